@@ -4,12 +4,17 @@ Metadata lives in pyproject.toml; this file only exists because setuptools
 needs code to declare compiled extensions. Each module in ``ext/`` becomes
 ``chromanet.<name>``.
 """
+import os
 from pathlib import Path
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 EXT_DIR = Path("ext")
+
+# CHROMANET_EXT="_pdu,_framer" limits a build to some modules; developers use
+# it with ``python setup.py build_ext --inplace`` to rebuild just what they edit.
+_only = {name.strip() for name in os.environ.get("CHROMANET_EXT", "").split(",") if name.strip()}
 
 extensions = [
     Extension(
@@ -18,6 +23,7 @@ extensions = [
         extra_compile_args=["-O2"],
     )
     for source in sorted(EXT_DIR.glob("*.pyx"))
+    if not _only or source.stem in _only
 ]
 
 setup(
