@@ -1,0 +1,288 @@
+"""The DIMSE message layer: requests, responses and their Message IDs.
+
+A ``DimseChannel`` sits on one established association. It sends whole
+messages (command + optional data set) and routes the ones that arrive:
+
+- responses go to the ``ResponseStream`` of the request they answer (matched
+  by Message ID Being Responded To), so several requests may be outstanding
+  when the asynchronous operations window allows it;
+- C-CANCEL-RQ marks the request it names as cancelled, at once, even while
+  that request's handler is still running;
+- other requests go to the service layer's ``request_handler``. It may answer
+  synchronously (and return None) or return a coroutine, which the channel
+  runs as a task; at most ``max_operations_performed`` such tasks run at once
+  and the rest wait their turn in arrival order.
+
+Data sets may be streamed: with a ``dataset_sink_factory`` the channel gets
+the command first and gives each data set fragment to a sink (e.g. a file),
+so a large C-STORE never sits whole in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
+
+from chromanet import _dimse
+from chromanet._dimse import Command
+from chromanet.errors import ChromanetError
+from chromanet.ul.association import AssociationAborted, AssociationClosed, ULAssociation
+
+if TYPE_CHECKING:
+    from chromanet._pdata import CommandArrived, DatasetChunk, DimseMessage
+
+LOGGER = logging.getLogger("chromanet.dimse")
+
+
+class DimseTimeout(ChromanetError, TimeoutError):
+    """No DIMSE response arrived within the DIMSE timeout."""
+
+
+class IncomingMessage:
+    """A received message as the service layer sees it.
+
+    ``dataset`` is the encoded data set (bytes or memoryview), a path to a
+    spooled file (streaming mode, when the sink returns one), or None.
+    """
+
+    __slots__ = ("context_id", "command", "dataset", "cancelled")
+
+    def __init__(self, context_id: int, command: Command, dataset: Any) -> None:
+        self.context_id = context_id
+        self.command = command
+        self.dataset = dataset
+        self.cancelled = False
+
+
+class DatasetSink(Protocol):
+    """Receives one message's data set fragments in order."""
+
+    def write(self, data: Any) -> None: ...
+    def finish(self) -> Any:
+        """All fragments arrived; returns what becomes ``IncomingMessage.dataset``."""
+    def discard(self) -> None:
+        """The association ended before the last fragment: drop everything."""
+
+
+class ResponseStream:
+    """The responses to one request, in arrival order.
+
+    ``await stream.next()`` returns the next response (an IncomingMessage);
+    the stream ends when a non-pending response arrived. If the association
+    ends first, ``next()`` raises the association's end exception.
+    """
+
+    __slots__ = ("message_id", "_items", "_waiter", "_error", "_loop", "timeout")
+
+    def __init__(self, message_id: int, loop: asyncio.AbstractEventLoop, timeout: float | None) -> None:
+        self.message_id = message_id
+        self.timeout = timeout
+        self._items: deque[IncomingMessage] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self._loop = loop
+
+    def _push(self, message: IncomingMessage) -> None:
+        self._items.append(message)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        self._error = exc
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next(self) -> IncomingMessage:
+        while not self._items:
+            if self._error is not None:
+                raise self._error
+            self._waiter = self._loop.create_future()
+            try:
+                if self.timeout is None:
+                    await self._waiter
+                else:
+                    await asyncio.wait_for(self._waiter, self.timeout)
+            except asyncio.TimeoutError:
+                raise DimseTimeout(f"no response to message {self.message_id} within {self.timeout} s") from None
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
+RequestHandler = Callable[["DimseChannel", IncomingMessage], "Awaitable[None] | None"]
+
+
+class DimseChannel:
+    """DIMSE messaging over one association (see the module docstring)."""
+
+    def __init__(
+        self,
+        ul: ULAssociation,
+        request_handler: RequestHandler | None = None,
+        *,
+        dimse_timeout: float | None = 30.0,
+        max_operations_performed: int = 1,
+        dataset_sink_factory: Callable[[int, Command], DatasetSink] | None = None,
+    ) -> None:
+        self.ul = ul
+        self.connection = ul.connection
+        self.request_handler = request_handler
+        self.dimse_timeout = dimse_timeout
+        self.max_operations_performed = max_operations_performed or 1 << 30
+        self.dataset_sink_factory = dataset_sink_factory
+        if dataset_sink_factory is not None:
+            self.connection.reassembler.stream_datasets = True
+        self._loop = asyncio.get_running_loop()
+        self._next_id = 0
+        self._pending: dict[int, ResponseStream] = {}
+        self._active: dict[int, IncomingMessage] = {}  # requests being served, by Message ID
+        self._waiting: deque[IncomingMessage] = deque()
+        self._running = 0
+        self._streaming: tuple[int, Command, DatasetSink] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.end_error: Exception | None = None
+        ul.message_sink = self
+
+    # -------------------------------------------------------------- sending
+    def next_message_id(self) -> int:
+        """Message IDs cycle 1..65535, skipping any still outstanding."""
+        for _ in range(65535):
+            self._next_id = self._next_id % 65535 + 1
+            if self._next_id not in self._pending:
+                return self._next_id
+        raise ChromanetError("65535 requests outstanding: no Message ID left")
+
+    def send(self, context_id: int, command: Command, dataset: Any = None) -> None:
+        """Send one message now (responses, C-CANCEL, requests)."""
+        if self.end_error is not None:
+            raise self.end_error
+        self.connection.send_message(context_id, command, dataset)
+
+    async def send_and_drain(self, context_id: int, command: Command, dataset: Any = None) -> None:
+        """Send, then wait while the transport's buffer is full, so a
+        producer of many large messages is paced by the peer."""
+        self.send(context_id, command, dataset)
+        await self.connection.drain()
+
+    def open_request(self, context_id: int, command: Command, dataset: Any = None) -> ResponseStream:
+        """Send a request and return the stream its responses arrive on.
+
+        ``command.message_id`` is assigned here when it is None.
+        """
+        if command.message_id is None:
+            command.message_id = self.next_message_id()
+        stream = ResponseStream(command.message_id, self._loop, self.dimse_timeout)
+        self._pending[command.message_id] = stream
+        try:
+            self.send(context_id, command, dataset)
+        except BaseException:
+            del self._pending[command.message_id]
+            raise
+        return stream
+
+    def close_request(self, stream: ResponseStream) -> None:
+        self._pending.pop(stream.message_id, None)
+
+    async def request(self, context_id: int, command: Command, dataset: Any = None) -> IncomingMessage:
+        """Send a request that has exactly one response, and return it."""
+        stream = self.open_request(context_id, command, dataset)
+        try:
+            await self.connection.drain()
+            return await stream.next()
+        finally:
+            self.close_request(stream)
+
+    # ------------------------------------------------------------ receiving
+    def on_message(self, message: DimseMessage) -> None:
+        self._dispatch(IncomingMessage(message.context_id, message.command, message.dataset))
+
+    def on_command_arrived(self, event: CommandArrived) -> None:
+        factory = self.dataset_sink_factory
+        assert factory is not None
+        self._streaming = (event.context_id, event.command, factory(event.context_id, event.command))
+
+    def on_dataset_chunk(self, chunk: DatasetChunk) -> None:
+        assert self._streaming is not None
+        context_id, command, sink = self._streaming
+        sink.write(chunk.data)
+        if chunk.is_last:
+            self._streaming = None
+            self._dispatch(IncomingMessage(context_id, command, sink.finish()))
+
+    def _dispatch(self, message: IncomingMessage) -> None:
+        command = message.command
+        field = command.command_field
+        if field & 0x8000:
+            stream = self._pending.get(command.message_id_being_responded_to)
+            if stream is None:
+                LOGGER.warning(
+                    "response to unknown message ID %s ignored", command.message_id_being_responded_to
+                )
+                return
+            stream._push(message)
+            return
+        if field == _dimse.C_CANCEL_RQ:
+            target = self._active.get(command.message_id_being_responded_to)
+            if target is not None:
+                target.cancelled = True
+            else:
+                for queued in self._waiting:
+                    if queued.command.message_id == command.message_id_being_responded_to:
+                        queued.cancelled = True
+            return
+        if self._running >= self.max_operations_performed:
+            self._waiting.append(message)
+            return
+        self._serve(message)
+
+    def _serve(self, message: IncomingMessage) -> None:
+        handler = self.request_handler
+        if handler is None:
+            LOGGER.warning("no handler for command 0x%04X: aborting", message.command.command_field)
+            self.ul.abort()
+            return
+        self._active[message.command.message_id] = message
+        try:
+            pending = handler(self, message)
+        except Exception:
+            LOGGER.exception("request handler failed; aborting the association")
+            self._active.pop(message.command.message_id, None)
+            self.ul.abort()
+            return
+        if pending is None:
+            self._active.pop(message.command.message_id, None)
+            return
+        self._running += 1
+        task = self._loop.create_task(pending)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(lambda t, m=message: self._served(t, m))
+
+    def _served(self, task: asyncio.Task[None], message: IncomingMessage) -> None:
+        self._tasks.discard(task)
+        self._running -= 1
+        self._active.pop(message.command.message_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            if not isinstance(exc, (AssociationAborted, AssociationClosed, ConnectionError)):
+                LOGGER.error("request handler failed; aborting the association", exc_info=exc)
+                self.ul.abort()
+        while self._waiting and self._running < self.max_operations_performed:
+            self._serve(self._waiting.popleft())
+
+    def on_writable(self) -> None:
+        pass  # drain() waiters are woken by the connection itself
+
+    def on_association_end(self, exc: Exception) -> None:
+        self.end_error = exc
+        for stream in list(self._pending.values()):
+            stream._fail(exc)
+        if self._streaming is not None:
+            self._streaming[2].discard()
+            self._streaming = None
+        for message in self._active.values():
+            message.cancelled = True
+        self._waiting.clear()

@@ -1,0 +1,171 @@
+"""Data sets on the wire: encode and decode by transfer syntax, Part 10 files.
+
+pydicom is the data model; this module is the only place where chromanet
+turns bytes into Datasets and back. Encoded data sets travel untouched when
+nothing needs to look inside them: a C-STORE sent from a file whose transfer
+syntax matches the negotiated one is a memory map of the file, never decoded.
+"""
+
+from __future__ import annotations
+
+import io
+import mmap
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset, write_file_meta_info
+
+from chromanet import uids
+
+# transfer syntax UID -> (is implicit VR, is little endian, is deflated)
+_SYNTAXES: dict[str, tuple[bool, bool, bool]] = {
+    uids.ImplicitVRLittleEndian: (True, True, False),
+    uids.ExplicitVRLittleEndian: (False, True, False),
+    uids.ExplicitVRBigEndian: (False, False, False),
+    uids.DeflatedExplicitVRLittleEndian: (False, True, True),
+}
+
+
+def _syntax(transfer_syntax: str) -> tuple[bool, bool, bool]:
+    # Any other syntax (the compressed pixel ones) encodes the data set itself
+    # as Explicit VR Little Endian.
+    return _SYNTAXES.get(transfer_syntax, (False, True, False))
+
+
+def decode_dataset(data: Any, transfer_syntax: str) -> Dataset:
+    """Decode an encoded data set (bytes-like) in ``transfer_syntax``."""
+    implicit, little, deflated = _syntax(transfer_syntax)
+    raw = bytes(data)
+    if deflated:
+        raw = zlib.decompress(raw, -zlib.MAX_WBITS)
+    return read_dataset(io.BytesIO(raw), implicit, little)
+
+
+def encode_dataset(dataset: Dataset, transfer_syntax: str) -> bytes:
+    """Encode ``dataset`` (without file meta) in ``transfer_syntax``."""
+    implicit, little, deflated = _syntax(transfer_syntax)
+    buffer = DicomBytesIO()
+    buffer.is_implicit_VR = implicit
+    buffer.is_little_endian = little
+    write_dataset(buffer, dataset)
+    raw = buffer.getvalue()
+    if deflated:
+        compressor = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -zlib.MAX_WBITS)
+        raw = compressor.compress(raw) + compressor.flush()
+    return raw
+
+
+def build_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> FileMetaDataset:
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.TransferSyntaxUID = transfer_syntax
+    meta.ImplementationClassUID = uids.IMPLEMENTATION_CLASS_UID
+    meta.ImplementationVersionName = uids.IMPLEMENTATION_VERSION_NAME
+    return meta
+
+
+def encode_file_header(meta: FileMetaDataset) -> bytes:
+    """The 128-byte preamble, "DICM" and the group 0002 elements."""
+    buffer = DicomBytesIO()
+    buffer.is_implicit_VR = False
+    buffer.is_little_endian = True
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    return buffer.getvalue()
+
+
+@dataclass
+class Part10File:
+    """A DICOM file on disk, its header parsed, its data set left encoded.
+
+    ``dataset_offset`` is where the data set starts (after the group 0002
+    elements); ``data`` maps the file read-only, so ``data[dataset_offset:]``
+    can be sent without reading the file into memory.
+    """
+
+    path: Path | None
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    dataset_offset: int
+    data: memoryview
+
+    def dataset_bytes(self) -> memoryview:
+        return self.data[self.dataset_offset :]
+
+    def close(self) -> None:
+        """Unmap now if nothing else still uses the data; otherwise the map
+        goes away with its last user (a slice the transport still holds)."""
+        obj = self.data.obj
+        try:
+            self.data.release()
+            if isinstance(obj, mmap.mmap):
+                obj.close()
+        except BufferError:
+            pass
+
+
+class NotPart10Error(ValueError):
+    """The file has no DICM prefix or no usable group 0002."""
+
+
+def open_part10(path: str | os.PathLike[str]) -> Part10File:
+    """Map a Part 10 file read-only and read its file meta group."""
+    path = Path(path)
+    with open(path, "rb") as handle:
+        if os.fstat(handle.fileno()).st_size < 132:
+            raise NotPart10Error(f"{path}: too short for a DICOM file")
+        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    view = memoryview(mapped)
+    try:
+        return parse_part10(view, path)
+    except BaseException:
+        view.release()
+        mapped.close()
+        raise
+
+
+def parse_part10(view: memoryview, path: Path | None = None) -> Part10File:
+    """Read the file meta group (Explicit VR LE) of a Part 10 image in memory."""
+    size = len(view)
+    if size < 132 or bytes(view[128:132]) != b"DICM":
+        raise NotPart10Error(f"{path or 'data'}: no DICM prefix")
+    values: dict[int, bytes] = {}
+    offset = 132
+    try:
+        while offset + 8 <= size:
+            group, element = struct.unpack_from("<HH", view, offset)
+            if group != 0x0002:
+                break
+            vr = bytes(view[offset + 4 : offset + 6])
+            if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
+                (length,) = struct.unpack_from("<I", view, offset + 8)
+                header = 12
+            else:
+                (length,) = struct.unpack_from("<H", view, offset + 6)
+                header = 8
+            start = offset + header
+            if start + length > size:
+                raise NotPart10Error(f"{path or 'data'}: file meta element overruns the data")
+            values[element] = bytes(view[start : start + length])
+            offset = start + length
+    except struct.error as exc:
+        raise NotPart10Error(f"{path or 'data'}: truncated file meta") from exc
+
+    def text(element: int) -> str:
+        return values.get(element, b"").rstrip(b"\x00 ").decode("ascii", "replace")
+
+    transfer_syntax = text(0x0010)
+    if not transfer_syntax:
+        raise NotPart10Error(f"{path or 'data'}: no Transfer Syntax UID in the file meta")
+    return Part10File(path, text(0x0002), text(0x0003), transfer_syntax, offset, view)

@@ -1,0 +1,233 @@
+"""Events and the objects handlers receive, with pynetdicom's names.
+
+A handler is bound to an event type (``evt.EVT_C_STORE``…) through
+``evt_handlers=[(evt.EVT_C_STORE, handler)]`` or ``(event, handler, [args])``.
+Intervention events (``EVT_C_*``, ``EVT_USER_ID``…) take the handler's return
+value as the answer; notification events (``EVT_ACCEPTED``…) ignore it.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
+
+from pydicom import Dataset
+from pydicom.dataset import FileMetaDataset
+
+from chromanet import dsutil
+
+if TYPE_CHECKING:
+    from chromanet.dimse import IncomingMessage
+
+LOGGER = logging.getLogger("chromanet.events")
+
+
+class NotificationEvent(NamedTuple):
+    name: str
+    description: str
+    is_intervention: bool = False
+    is_notification: bool = True
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class InterventionEvent(NamedTuple):
+    name: str
+    description: str
+    is_intervention: bool = True
+    is_notification: bool = False
+
+    def __str__(self) -> str:
+        return self.name
+
+
+EVT_ABORTED = NotificationEvent("EVT_ABORTED", "Association aborted")
+EVT_ACCEPTED = NotificationEvent("EVT_ACCEPTED", "Association request accepted")
+EVT_CONN_CLOSE = NotificationEvent("EVT_CONN_CLOSE", "Connection closed")
+EVT_CONN_OPEN = NotificationEvent("EVT_CONN_OPEN", "Connection opened")
+EVT_ESTABLISHED = NotificationEvent("EVT_ESTABLISHED", "Association established")
+EVT_REJECTED = NotificationEvent("EVT_REJECTED", "Association request rejected")
+EVT_RELEASED = NotificationEvent("EVT_RELEASED", "Association released")
+EVT_REQUESTED = NotificationEvent("EVT_REQUESTED", "Association requested")
+
+EVT_USER_ID = InterventionEvent("EVT_USER_ID", "User identity negotiation received")
+EVT_SOP_EXTENDED = InterventionEvent("EVT_SOP_EXTENDED", "SOP class extended negotiation received")
+EVT_C_ECHO = InterventionEvent("EVT_C_ECHO", "C-ECHO request received")
+EVT_C_FIND = InterventionEvent("EVT_C_FIND", "C-FIND request received")
+EVT_C_GET = InterventionEvent("EVT_C_GET", "C-GET request received")
+EVT_C_MOVE = InterventionEvent("EVT_C_MOVE", "C-MOVE request received")
+EVT_C_STORE = InterventionEvent("EVT_C_STORE", "C-STORE request received")
+
+EventType = NotificationEvent | InterventionEvent
+HandlerSpec = tuple[EventType, Callable[..., Any]] | tuple[EventType, Callable[..., Any], list[Any]]
+
+# pynetdicom-style request attribute names -> our Command field names.
+_REQUEST_FIELDS = {
+    "MessageID": "message_id",
+    "MessageIDBeingRespondedTo": "message_id_being_responded_to",
+    "AffectedSOPClassUID": "affected_sop_class_uid",
+    "AffectedSOPInstanceUID": "affected_sop_instance_uid",
+    "Priority": "priority",
+    "MoveDestination": "move_destination",
+    "MoveOriginatorApplicationEntityTitle": "move_originator_application_entity_title",
+    "MoveOriginatorMessageID": "move_originator_message_id",
+    "Status": "status",
+}
+
+
+class Request:
+    """A received request, read like pynetdicom's DIMSE primitives
+    (``event.request.MessageID``, ``.AffectedSOPInstanceUID``…)."""
+
+    __slots__ = ("command", "_message")
+
+    def __init__(self, message: IncomingMessage) -> None:
+        self._message = message
+        self.command = message.command
+
+    def __getattr__(self, name: str) -> Any:
+        field = _REQUEST_FIELDS.get(name)
+        if field is None:
+            raise AttributeError(name)
+        return getattr(self.command, field)
+
+
+class Event:
+    """What a handler receives (pynetdicom's ``Event`` attributes).
+
+    Data sets are decoded on first access only: a handler that stores
+    ``event.encoded_dataset()`` or reads ``event.dataset_path`` never pays for
+    a decode.
+    """
+
+    def __init__(
+        self,
+        assoc: Any,
+        event: EventType,
+        *,
+        message: IncomingMessage | None = None,
+        context: Any = None,
+        transfer_syntax: str | None = None,
+        **extra: Any,
+    ) -> None:
+        self.assoc = assoc
+        self.event = event
+        self.timestamp = datetime.now()
+        self.context = context
+        self._message = message
+        self._transfer_syntax = transfer_syntax
+        self._decoded: Dataset | None = None
+        self._file_meta: FileMetaDataset | None = None
+        for key, value in extra.items():
+            setattr(self, key, value)
+
+    def __repr__(self) -> str:
+        return f"<Event {self.event.name}>"
+
+    # --------------------------------------------------------- the request
+    @property
+    def request(self) -> Request:
+        if self._message is None:
+            raise AttributeError(f"{self.event.name} has no request")
+        return Request(self._message)
+
+    @property
+    def message_id(self) -> int:
+        return self.request.MessageID
+
+    @property
+    def is_cancelled(self) -> bool:
+        """True once the peer sent a C-CANCEL for this request."""
+        return self._message is not None and self._message.cancelled
+
+    @property
+    def move_destination(self) -> str | None:
+        return self._message.command.move_destination if self._message else None
+
+    # ---------------------------------------------------- the data set part
+    def _raw(self) -> Any:
+        if self._message is None or self._message.dataset is None:
+            raise AttributeError(f"{self.event.name} carries no data set")
+        return self._message.dataset
+
+    @property
+    def dataset_path(self) -> Any:
+        """The spooled file (streamed C-STORE); AttributeError otherwise."""
+        raw = self._raw()
+        if isinstance(raw, dsutil.Part10File):
+            return raw.path
+        raise AttributeError("the data set was received in memory, not spooled to a file")
+
+    def _decode(self) -> Dataset:
+        if self._decoded is None:
+            raw = self._raw()
+            if isinstance(raw, dsutil.Part10File):
+                self._decoded = dsutil.decode_dataset(raw.dataset_bytes(), raw.transfer_syntax)
+            else:
+                assert self._transfer_syntax is not None
+                self._decoded = dsutil.decode_dataset(raw, self._transfer_syntax)
+        return self._decoded
+
+    @property
+    def dataset(self) -> Dataset:
+        """The C-STORE data set, decoded (cached)."""
+        return self._decode()
+
+    @property
+    def identifier(self) -> Dataset:
+        """The C-FIND/C-GET/C-MOVE request identifier, decoded (cached)."""
+        return self._decode()
+
+    @property
+    def file_meta(self) -> FileMetaDataset:
+        if self._file_meta is None:
+            command = self.request.command
+            syntax = self._transfer_syntax or dsutil.uids.ExplicitVRLittleEndian
+            self._file_meta = dsutil.build_file_meta(
+                command.affected_sop_class_uid, command.affected_sop_instance_uid, syntax
+            )
+        return self._file_meta
+
+    def encoded_dataset(self, include_meta: bool = True) -> bytes:
+        """The data set as received, without a decode; with ``include_meta``
+        prefixed by the preamble and file meta: a complete Part 10 file."""
+        raw = self._raw()
+        if isinstance(raw, dsutil.Part10File):
+            body = bytes(raw.dataset_bytes())
+        else:
+            body = bytes(raw)
+        if not include_meta:
+            return body
+        return dsutil.encode_file_header(self.file_meta) + body
+
+
+def split_handlers(handlers: list[HandlerSpec] | None) -> dict[EventType, list[tuple[Callable[..., Any], list[Any]]]]:
+    """``[(event, handler[, args])…]`` -> {event: [(handler, args)…]}.
+
+    Intervention events keep only their last handler, as in pynetdicom.
+    """
+    bound: dict[EventType, list[tuple[Callable[..., Any], list[Any]]]] = {}
+    for spec in handlers or []:
+        if len(spec) == 2:
+            event, handler = spec  # type: ignore[misc]
+            args: list[Any] = []
+        elif len(spec) == 3:
+            event, handler, args = spec  # type: ignore[misc]
+        else:
+            raise ValueError(f"an event handler is (event, handler) or (event, handler, args), not {spec!r}")
+        if event.is_intervention:
+            bound[event] = [(handler, list(args))]
+        else:
+            bound.setdefault(event, []).append((handler, list(args)))
+    return bound
+
+
+def notify(handlers: dict[EventType, list[tuple[Callable[..., Any], list[Any]]]], event: Event) -> None:
+    """Run the notification handlers; their exceptions are logged, never raised."""
+    for handler, args in handlers.get(event.event, ()):
+        try:
+            handler(event, *args)
+        except Exception:
+            LOGGER.exception("handler for %s raised", event.event.name)

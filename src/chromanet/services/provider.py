@@ -1,0 +1,139 @@
+"""The SCP side: serve each incoming request with the bound handler."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import TYPE_CHECKING, Any, Callable
+
+from chromanet import _dimse
+from chromanet._dimse import Command
+from chromanet.evt import EVT_C_ECHO, EVT_C_STORE, Event, EventType
+from chromanet.services.status import apply_handler_status
+
+if TYPE_CHECKING:
+    from chromanet.dimse import DimseChannel, IncomingMessage
+
+LOGGER = logging.getLogger("chromanet.services")
+
+# Statuses sent when a handler raises (as pynetdicom does).
+ECHO_STATUS_ON_EXCEPTION = 0x0000
+STORE_STATUS_ON_EXCEPTION = 0xC211
+STORE_STATUS_NO_HANDLER = 0x0122  # no C-STORE handler bound: SOP class not supported
+UNRECOGNISED_OPERATION = 0x0211
+
+
+class ServiceProvider:
+    """Runs the handlers bound on one association for incoming requests.
+
+    ``assoc`` is the public association object handed to handlers as
+    ``event.assoc``; ``handlers`` maps event types to [(handler, args)].
+    Sync handlers run inline on the loop (keep them short); async ones
+    (``async def``) run as tasks.
+    """
+
+    def __init__(self, assoc: Any, handlers: dict[EventType, list[tuple[Callable[..., Any], list[Any]]]]) -> None:
+        self.assoc = assoc
+        self.handlers = handlers
+
+    def transfer_syntax(self, context_id: int) -> str | None:
+        context = self.assoc._ul.contexts.get(context_id)
+        return context.transfer_syntax if context is not None else None
+
+    def __call__(self, channel: DimseChannel, message: IncomingMessage) -> Any:
+        field = message.command.command_field
+        if field == _dimse.C_ECHO_RQ:
+            return self._serve_simple(channel, message, EVT_C_ECHO, _dimse.C_ECHO_RSP)
+        if field == _dimse.C_STORE_RQ:
+            return self._serve_simple(channel, message, EVT_C_STORE, _dimse.C_STORE_RSP)
+        extra = getattr(self.assoc, "_extra_services", None)
+        if extra is not None and field in extra:
+            return extra[field](self, channel, message)
+        LOGGER.warning("no service for command 0x%04X", field)
+        response = Command(
+            field | 0x8000,
+            affected_sop_class_uid=message.command.affected_sop_class_uid,
+            message_id_being_responded_to=message.command.message_id,
+            command_data_set_type=_dimse.NO_DATASET,
+            status=UNRECOGNISED_OPERATION,
+        )
+        channel.send(message.context_id, response)
+        return None
+
+    def _event(self, event_type: EventType, message: IncomingMessage) -> Event:
+        context = self.assoc._public_context(message.context_id)
+        return Event(
+            self.assoc,
+            event_type,
+            message=message,
+            context=context,
+            transfer_syntax=self.transfer_syntax(message.context_id),
+        )
+
+    def _serve_simple(
+        self, channel: DimseChannel, message: IncomingMessage, event_type: EventType, response_field: int
+    ) -> Any:
+        """C-ECHO and C-STORE: one handler call, one response."""
+        request = message.command
+        response = Command(
+            response_field,
+            affected_sop_class_uid=request.affected_sop_class_uid,
+            message_id_being_responded_to=request.message_id,
+            command_data_set_type=_dimse.NO_DATASET,
+        )
+        if response_field == _dimse.C_STORE_RSP:
+            response.affected_sop_instance_uid = request.affected_sop_instance_uid
+        bound = self.handlers.get(event_type)
+        if not bound:
+            response.status = 0x0000 if event_type is EVT_C_ECHO else STORE_STATUS_NO_HANDLER
+            channel.send(message.context_id, response)
+            return None
+        handler, args = bound[0]
+        event = self._event(event_type, message)
+        failure = ECHO_STATUS_ON_EXCEPTION if event_type is EVT_C_ECHO else STORE_STATUS_ON_EXCEPTION
+        if inspect.iscoroutinefunction(handler):
+            return self._serve_async(channel, message, handler, args, event, response, failure)
+        try:
+            result = handler(event, *args)
+        except Exception:
+            LOGGER.exception("exception in the handler bound to %s", event_type.name)
+            response.status = failure
+        else:
+            apply_handler_status(result, response, event_type.name)
+        self._finish_store(message)
+        if channel.end_error is None:
+            channel.send(message.context_id, response)
+        return None
+
+    async def _serve_async(
+        self,
+        channel: DimseChannel,
+        message: IncomingMessage,
+        handler: Callable[..., Any],
+        args: list[Any],
+        event: Event,
+        response: Command,
+        failure: int,
+    ) -> None:
+        try:
+            result = await handler(event, *args)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            LOGGER.exception("exception in the handler bound to %s", event.event.name)
+            response.status = failure
+        else:
+            apply_handler_status(result, response, event.event.name)
+        self._finish_store(message)
+        if channel.end_error is None:
+            channel.send(message.context_id, response)
+
+    @staticmethod
+    def _finish_store(message: IncomingMessage) -> None:
+        """A spooled data set's file is the handler's to keep or lose: once
+        the handler returned, an unmoved spool file is removed."""
+        spool = message.dataset
+        cleanup = getattr(spool, "cleanup", None)
+        if cleanup is not None:
+            cleanup()

@@ -1,0 +1,76 @@
+"""Spooling received data sets to files, in bounded memory.
+
+With a spool directory configured, a C-STORE data set is written fragment by
+fragment to a temporary Part 10 file (file meta built from the command and
+the context's transfer syntax) and the handler gets ``event.dataset_path``.
+The file is removed after the handler returns unless the handler moved it
+(``os.replace`` into its store), and on an abort mid-transfer.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from chromanet import dsutil
+from chromanet._dimse import Command
+
+
+class SpooledDataset(dsutil.Part10File):
+    """A Part10File that removes its file when the handler is done with it."""
+
+    def cleanup(self) -> None:
+        self.close()
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass  # the handler moved it away: it is theirs now
+
+
+class FileSink:
+    """DatasetSink writing one data set to a temporary file in ``directory``."""
+
+    def __init__(self, directory: Path, command: Command, transfer_syntax: str) -> None:
+        handle, name = tempfile.mkstemp(prefix=".incoming-", suffix=".dcm", dir=directory)
+        self._file = os.fdopen(handle, "wb", buffering=1 << 16)
+        self.path = Path(name)
+        meta = dsutil.build_file_meta(
+            command.affected_sop_class_uid or "", command.affected_sop_instance_uid or "", transfer_syntax
+        )
+        self._file.write(dsutil.encode_file_header(meta))
+
+    def write(self, data: Any) -> None:
+        self._file.write(data)
+
+    def finish(self) -> SpooledDataset:
+        self._file.close()
+        part = dsutil.open_part10(self.path)
+        return SpooledDataset(
+            part.path, part.sop_class_uid, part.sop_instance_uid, part.transfer_syntax, part.dataset_offset, part.data
+        )
+
+    def discard(self) -> None:
+        self._file.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+class MemorySink:
+    """DatasetSink that keeps the fragments and joins them once."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def write(self, data: Any) -> None:
+        self._parts.append(bytes(data))
+
+    def finish(self) -> bytes:
+        return b"".join(self._parts)
+
+    def discard(self) -> None:
+        self._parts.clear()

@@ -1,0 +1,316 @@
+"""Association establishment, release and abort on top of one ULConnection.
+
+``ULAssociation`` is the Upper Layer service user for one association, either
+side. It turns the connection's primitives into awaitable outcomes
+(``established``, ``ended``), runs presentation context negotiation (acceptor)
+or checks the peer's answer (requestor), and passes P-DATA messages to the
+layer above (the DIMSE channel) through ``message_sink``.
+
+It knows nothing of DIMSE services; the DIMSE layer knows nothing of PDUs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+from chromanet import _pdu
+from chromanet.errors import ChromanetError
+from chromanet.ul.connection import ULConnection
+from chromanet.ul.negotiation import (
+    AssociationRejected,
+    ContextSpec,
+    NegotiatedContext,
+    NegotiationError,
+    NegotiationResult,
+    negotiate_as_acceptor,
+    negotiate_as_requestor,
+)
+
+if TYPE_CHECKING:
+    from chromanet._pdata import CommandArrived, DatasetChunk, DimseMessage
+
+LOGGER = logging.getLogger("chromanet.ul")
+
+
+class AssociationAborted(ChromanetError):
+    """The association was aborted (by either side, or the provider)."""
+
+    def __init__(self, source: int, reason: int) -> None:
+        super().__init__(f"association aborted (source {source}, reason {reason})")
+        self.source = source
+        self.reason = reason
+
+
+class AssociationClosed(ChromanetError):
+    """The connection went away (after release, abort, or without notice)."""
+
+
+@dataclass
+class Timeouts:
+    """Seconds; None means no limit.
+
+    - ``acse``: waiting for A-ASSOCIATE-AC/RJ and for A-RELEASE-RP.
+    - ``dimse``: waiting for a DIMSE response (used by the DIMSE layer).
+    - ``network``: no byte received for this long aborts the association.
+    - ``connection``: TCP connect (requestor).
+    - ``artim``: ARTIM (acceptor waiting for the RQ; both sides waiting for
+      the transport to close after reject, abort or release).
+    """
+
+    acse: float | None = 30.0
+    dimse: float | None = 30.0
+    network: float | None = 60.0
+    connection: float | None = None
+    artim: float | None = 30.0
+
+
+class MessageSink(Protocol):
+    """The DIMSE layer's side of an association."""
+
+    def on_message(self, message: DimseMessage) -> None: ...
+    def on_command_arrived(self, event: CommandArrived) -> None: ...
+    def on_dataset_chunk(self, chunk: DatasetChunk) -> None: ...
+    def on_writable(self) -> None: ...
+    def on_association_end(self, exc: Exception) -> None: ...
+
+
+@dataclass
+class AcceptorPolicy:
+    """What an acceptor accepts: given by the server for every connection."""
+
+    ae_title: str
+    supported_contexts: list[ContextSpec]
+    max_pdu_length: int = 16382
+    require_called_aet: bool = False
+    require_calling_aet: list[str] = field(default_factory=list)
+    implementation_class_uid: str | None = None
+    implementation_version_name: str | None = None
+    async_ops_window: tuple[int, int] = (1, 1)
+    identity_handler: Callable[[Any], tuple[bool, bytes | None]] | None = None
+    sop_extended_handler: Callable[[list[Any]], list[Any]] | None = None
+    # Called with the RQ before negotiation; returns an AssociateRJ to refuse
+    # (used for the maximum-associations check) or None.
+    gatekeeper: Callable[[_pdu.AssociateRQ], _pdu.AssociateRJ | None] | None = None
+
+
+class ULAssociation:
+    """One association, seen from the Upper Layer's user.
+
+    Outcome futures, resolved on the loop:
+    - ``established``: result None once in Sta6; exception AssociationRejected
+      (A-ASSOCIATE-RJ), AssociationAborted, or AssociationClosed otherwise.
+    - ``ended``: result is "released", "aborted" or "closed" once the
+      connection is gone.
+    """
+
+    def __init__(
+        self,
+        *,
+        requestor: bool,
+        timeouts: Timeouts,
+        max_receive_pdu_length: int,
+        acceptor_policy: AcceptorPolicy | None = None,
+    ) -> None:
+        self.is_requestor = requestor
+        self.timeouts = timeouts
+        self.acceptor_policy = acceptor_policy
+        self.message_sink: MessageSink | None = None
+        self.connection = ULConnection(
+            self,
+            requestor=requestor,
+            max_receive_pdu_length=max_receive_pdu_length,
+            artim_timeout=timeouts.artim,
+            network_timeout=timeouts.network,
+        )
+        loop = asyncio.get_running_loop()
+        self.established: asyncio.Future[None] = loop.create_future()
+        self.ended: asyncio.Future[str] = loop.create_future()
+        self._release_done: asyncio.Future[None] | None = None
+        self.request: _pdu.AssociateRQ | None = None
+        self.response: _pdu.AssociateAC | _pdu.AssociateRJ | None = None
+        self.negotiation: NegotiationResult | None = None
+        self.contexts: dict[int, NegotiatedContext] = {}
+        self.outcome = "pending"  # established / rejected / released / aborted / closed
+        self.abort_source_reason: tuple[int, int] | None = None
+        self.on_established: Callable[[ULAssociation], None] | None = None
+        self.on_release_requested: Callable[[ULAssociation], None] | None = None
+
+    # ------------------------------------------------------------- requestor
+    async def open(self, host: str, port: int, rq: _pdu.AssociateRQ) -> None:
+        """Requestor: connect, send the RQ and wait for the answer.
+
+        Raises AssociationRejected / AssociationAborted / AssociationClosed /
+        TimeoutError (after aborting) when the association is not made.
+        """
+        self.request = rq
+        self.connection.request_association(rq)
+        loop = asyncio.get_running_loop()
+        connect = loop.create_connection(lambda: self.connection, host, port)
+        try:
+            await asyncio.wait_for(connect, self.timeouts.connection)
+        except BaseException:
+            self._finish("closed")
+            raise
+        try:
+            await asyncio.wait_for(asyncio.shield(self.established), self.timeouts.acse)
+        except asyncio.TimeoutError:
+            LOGGER.warning("no A-ASSOCIATE response within %s s, aborting", self.timeouts.acse)
+            self.abort()
+            raise
+
+    def on_associate_ac(self, ac: _pdu.AssociateAC) -> None:
+        assert self.request is not None
+        self.response = ac
+        try:
+            result = negotiate_as_requestor(self.request, ac)
+        except NegotiationError as exc:
+            LOGGER.warning("inconsistent A-ASSOCIATE-AC: %s", exc)
+            self._fail_establishment(exc)
+            self.connection.abort(source=2, reason=6)
+            return
+        self._set_negotiated(result)
+        self.connection.association_accepted(result.peer_max_pdu_length, set(self.contexts))
+        self._establish()
+
+    def on_associate_rj(self, rj: _pdu.AssociateRJ) -> None:
+        self.response = rj
+        self.outcome = "rejected"
+        self._fail_establishment(AssociationRejected(rj.result, rj.source, rj.reason))
+
+    # -------------------------------------------------------------- acceptor
+    def on_associate_rq(self, rq: _pdu.AssociateRQ) -> None:
+        policy = self.acceptor_policy
+        assert policy is not None, "an acceptor needs an AcceptorPolicy"
+        self.request = rq
+        refusal = policy.gatekeeper(rq) if policy.gatekeeper is not None else None
+        if refusal is not None:
+            self._reject(refusal)
+            return
+        try:
+            ac, result = negotiate_as_acceptor(
+                rq,
+                policy.supported_contexts,
+                ae_title=policy.ae_title,
+                max_pdu_length=policy.max_pdu_length,
+                require_called_aet=policy.require_called_aet,
+                require_calling_aet=policy.require_calling_aet,
+                implementation_class_uid=policy.implementation_class_uid,
+                implementation_version_name=policy.implementation_version_name,
+                async_ops_window=policy.async_ops_window,
+                identity_handler=policy.identity_handler,
+                sop_extended_handler=policy.sop_extended_handler,
+            )
+        except AssociationRejected as exc:
+            self._reject(_pdu.AssociateRJ(result=exc.result, source=exc.source, reason=exc.reason))
+            return
+        self.response = ac
+        self._set_negotiated(result)
+        self.connection.accept_association(ac, result.peer_max_pdu_length, set(self.contexts))
+        self._establish()
+
+    def _reject(self, rj: _pdu.AssociateRJ) -> None:
+        self.response = rj
+        self.outcome = "rejected"
+        LOGGER.info("rejecting association: result %d source %d reason %d", rj.result, rj.source, rj.reason)
+        self.connection.reject_association(rj)
+        self._fail_establishment(AssociationRejected(rj.result, rj.source, rj.reason))
+
+    # ---------------------------------------------------------------- common
+    def _set_negotiated(self, result: NegotiationResult) -> None:
+        self.negotiation = result
+        self.contexts = {ctx.context_id: ctx for ctx in result.contexts if ctx.accepted}
+
+    def _establish(self) -> None:
+        self.outcome = "established"
+        if not self.established.done():
+            self.established.set_result(None)
+        if self.on_established is not None:
+            self.on_established(self)
+
+    def _fail_establishment(self, exc: Exception) -> None:
+        if not self.established.done():
+            self.established.set_exception(exc)
+            # Retrieved here so that an unawaited failure never logs noise.
+            self.established.exception()
+
+    @property
+    def is_established(self) -> bool:
+        return self.connection.is_established
+
+    async def release(self) -> None:
+        """A-RELEASE request; returns when the peer confirmed (or the
+        connection ended). Aborts after the ACSE timeout."""
+        if not self.connection.is_established:
+            return
+        loop = asyncio.get_running_loop()
+        self._release_done = loop.create_future()
+        self.connection.request_release()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.ended), self.timeouts.acse)
+        except asyncio.TimeoutError:
+            LOGGER.warning("no A-RELEASE-RP within %s s, aborting", self.timeouts.acse)
+            self.abort()
+
+    def abort(self) -> None:
+        """A-ABORT request (service user), then the connection closes."""
+        if self.outcome in ("established", "pending"):
+            self.outcome = "aborted"
+            self.abort_source_reason = (0, 0)
+        self.connection.abort(source=0, reason=0)
+        self._notify_end(AssociationAborted(0, 0))
+
+    def on_release_rq(self) -> None:
+        # We answer at once: the DIMSE layer has nothing to flush because all
+        # writes go straight to the transport in order.
+        if self.outcome == "established":
+            self.outcome = "released"
+        if self.on_release_requested is not None:
+            self.on_release_requested(self)
+        self.connection.respond_release()
+
+    def on_release_rp(self) -> None:
+        if self.outcome == "established":
+            self.outcome = "released"
+
+    def on_abort(self, source: int, reason: int) -> None:
+        if self.outcome in ("established", "pending"):
+            self.outcome = "aborted"
+            self.abort_source_reason = (source, reason)
+        exc = AssociationAborted(source, reason)
+        self._fail_establishment(exc)
+        self._notify_end(exc)
+
+    def on_closed(self) -> None:
+        if self.outcome in ("established", "pending"):
+            self.outcome = "aborted" if self.outcome == "established" else "closed"
+            self.abort_source_reason = self.abort_source_reason or (2, 0)
+        self._fail_establishment(AssociationClosed("connection closed"))
+        self._notify_end(AssociationClosed("connection closed"))
+        if not self.ended.done():
+            self.ended.set_result(self.outcome)
+
+    def _notify_end(self, exc: Exception) -> None:
+        sink = self.message_sink
+        if sink is not None:
+            self.message_sink = None
+            sink.on_association_end(exc)
+
+    # ------------------------------------------------------- P-DATA upwards
+    def on_message(self, message: DimseMessage) -> None:
+        if self.message_sink is not None:
+            self.message_sink.on_message(message)
+
+    def on_command_arrived(self, event: CommandArrived) -> None:
+        if self.message_sink is not None:
+            self.message_sink.on_command_arrived(event)
+
+    def on_dataset_chunk(self, chunk: DatasetChunk) -> None:
+        if self.message_sink is not None:
+            self.message_sink.on_dataset_chunk(chunk)
+
+    def on_writable(self) -> None:
+        if self.message_sink is not None:
+            self.message_sink.on_writable()
