@@ -91,6 +91,9 @@ class AcceptorPolicy:
     async_ops_window: tuple[int, int] = (1, 1)
     identity_handler: Callable[[Any], tuple[bool, bytes | None]] | None = None
     sop_extended_handler: Callable[[list[Any]], list[Any]] | None = None
+    # "acceptor": the first of OUR transfer syntaxes that the requestor
+    # offered (what pynetdicom and DCMTK do); "requestor": the first of theirs.
+    transfer_syntax_order: str = "acceptor"
     # Called with the RQ before negotiation; returns an AssociateRJ to refuse
     # (used for the maximum-associations check) or None.
     gatekeeper: Callable[[_pdu.AssociateRQ], _pdu.AssociateRJ | None] | None = None
@@ -202,6 +205,7 @@ class ULAssociation:
                 async_ops_window=policy.async_ops_window,
                 identity_handler=policy.identity_handler,
                 sop_extended_handler=policy.sop_extended_handler,
+                transfer_syntax_order=policy.transfer_syntax_order,
             )
         except AssociationRejected as exc:
             self._reject(_pdu.AssociateRJ(result=exc.result, source=exc.source, reason=exc.reason))
