@@ -43,6 +43,10 @@ class AE:
         self.dimse_timeout: float | None = 30
         self.network_timeout: float | None = 60
         self.connection_timeout: float | None = None
+        # chromanet extra: the ARTIM timer (waiting for the A-ASSOCIATE-RQ
+        # after a connection, and for the peer to close after an abort,
+        # reject or release).
+        self.artim_timeout: float | None = 30
         self.require_called_aet = False
         self.require_calling_aet: list[str] = []
         self.implementation_class_uid = uids.IMPLEMENTATION_CLASS_UID
@@ -126,6 +130,7 @@ class AE:
             dimse=self.dimse_timeout,
             network=self.network_timeout,
             connection=self.connection_timeout,
+            artim=self.artim_timeout,
         )
 
     # ---------------------------------------------------------- requestor
@@ -399,7 +404,7 @@ class AsyncServer:
             self._server.close()
         for assoc in list(self.associations):
             assoc.abort()
-        waits = [a.wait_closed() for a in list(self.associations)]
+        waits = [asyncio.ensure_future(a.wait_closed()) for a in list(self.associations)]
         if waits:
             await asyncio.wait(waits, timeout=5)
         if self._server is not None:

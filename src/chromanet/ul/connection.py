@@ -256,8 +256,11 @@ class ULConnection(asyncio.Protocol):
         try:
             self._handle(Event.EVT15, _pdu.Abort(source=source, reason=reason))
         except ChromanetError:
-            # No cell for Evt15 here (e.g. Sta4 before connect): just close.
-            self._close_transport()
+            pass  # no cell for Evt15 here (e.g. Sta13 already): just close
+        # AA-1 left us in Sta13 waiting for the peer to close, with ARTIM as
+        # the backstop. A local abort does not wait: the A-ABORT PDU is
+        # already in the transport's buffer, which close() flushes first.
+        self._close_transport()
 
     def send_message(self, context_id: int, command: Command, dataset: Any = None) -> None:
         """DT-1 for one whole DIMSE message: encode the command, fragment it
