@@ -20,7 +20,7 @@ from pydicom import Dataset
 
 from chromanet import _pdu, loopthread, uids
 from chromanet.association import AsyncAssociation
-from chromanet.evt import EVT_CONN_OPEN, EVT_REQUESTED, Event, HandlerSpec, notify, split_handlers
+from chromanet.evt import EVT_CONN_OPEN, EVT_REQUESTED, EVT_SOP_EXTENDED, EVT_USER_ID, Event, HandlerSpec, notify, split_handlers
 from chromanet.presentation import DEFAULT_TRANSFER_SYNTAXES, PresentationContext, build_context
 from chromanet.ul.association import AcceptorPolicy, AssociationAborted, AssociationClosed, Timeouts, ULAssociation
 from chromanet.ul.negotiation import AssociationRejected, build_associate_rq
@@ -346,6 +346,8 @@ class AsyncServer:
             implementation_class_uid=ae.implementation_class_uid,
             implementation_version_name=ae.implementation_version_name,
             async_ops_window=ae.async_ops_window,
+            identity_handler=self._identity_adapter(),
+            sop_extended_handler=self._sop_extended_adapter(),
             gatekeeper=self._gatekeeper,
         )
         self.associations: set[AsyncAssociation] = set()
@@ -369,6 +371,43 @@ class AsyncServer:
         self._server = await loop.create_server(
             self._new_connection, host or None, port, reuse_address=True, backlog=1024
         )
+
+    def _identity_adapter(self) -> Any:
+        """EVT_USER_ID handler (pynetdicom's protocol: the event carries
+        user_id_type, primary_field, secondary_field; the handler returns
+        (is_verified, response or None)) as the negotiation's hook."""
+        bound = self._handlers.get(EVT_USER_ID)
+        if not bound:
+            return None
+        handler, args = bound[0]
+
+        def identity(item: _pdu.UserIdentityRQ) -> tuple[bool, bytes | None]:
+            event = Event(
+                None,
+                EVT_USER_ID,
+                user_id_type=item.identity_type,
+                primary_field=item.primary_field,
+                secondary_field=item.secondary_field or None,
+            )
+            verified, response = handler(event, *args)
+            return bool(verified), response
+
+        return identity
+
+    def _sop_extended_adapter(self) -> Any:
+        """EVT_SOP_EXTENDED handler: event.app_info {uid: bytes} in, the
+        replies {uid: bytes} out."""
+        bound = self._handlers.get(EVT_SOP_EXTENDED)
+        if not bound:
+            return None
+        handler, args = bound[0]
+
+        def extended(items: list[_pdu.SOPClassExtendedNegotiation]) -> list[_pdu.SOPClassExtendedNegotiation]:
+            app_info = {item.sop_class_uid: item.application_information for item in items}
+            replies = handler(Event(None, EVT_SOP_EXTENDED, app_info=app_info), *args) or {}
+            return [_pdu.SOPClassExtendedNegotiation(uid, bytes(info)) for uid, info in replies.items() if info]
+
+        return extended
 
     def _gatekeeper(self, rq: _pdu.AssociateRQ) -> _pdu.AssociateRJ | None:
         established = sum(1 for a in self.associations if a.is_established)

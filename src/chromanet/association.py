@@ -122,6 +122,7 @@ class AsyncAssociation:
             ServiceProvider(self, self._handlers),
             dimse_timeout=ul.timeouts.dimse,
             max_operations_performed=result.max_operations_performed,
+            max_operations_invoked=result.max_operations_invoked,
             dataset_sink_factory=sink_factory,
         )
         notify(self._handlers, Event(self, EVT_ACCEPTED))

@@ -126,6 +126,7 @@ class DimseChannel:
         *,
         dimse_timeout: float | None = 30.0,
         max_operations_performed: int = 1,
+        max_operations_invoked: int = 1,
         dataset_sink_factory: Callable[[int, Command], DatasetSink] | None = None,
     ) -> None:
         self.ul = ul
@@ -144,6 +145,9 @@ class DimseChannel:
         self._running = 0
         self._streaming: tuple[int, Command, DatasetSink] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # The negotiated window for our own requests: callers beyond it wait
+        # here for a slot (0 = unlimited).
+        self._invoke_slots = asyncio.Semaphore(max_operations_invoked) if max_operations_invoked else None
         self.end_error: Exception | None = None
         ul.message_sink = self
 
@@ -187,14 +191,27 @@ class DimseChannel:
     def close_request(self, stream: ResponseStream) -> None:
         self._pending.pop(stream.message_id, None)
 
+    async def acquire_slot(self) -> None:
+        """Wait for room in the asynchronous operations window we may invoke."""
+        if self._invoke_slots is not None:
+            await self._invoke_slots.acquire()
+
+    def release_slot(self) -> None:
+        if self._invoke_slots is not None:
+            self._invoke_slots.release()
+
     async def request(self, context_id: int, command: Command, dataset: Any = None) -> IncomingMessage:
         """Send a request that has exactly one response, and return it."""
-        stream = self.open_request(context_id, command, dataset)
+        await self.acquire_slot()
         try:
-            await self.connection.drain()
-            return await stream.next()
+            stream = self.open_request(context_id, command, dataset)
+            try:
+                await self.connection.drain()
+                return await stream.next()
+            finally:
+                self.close_request(stream)
         finally:
-            self.close_request(stream)
+            self.release_slot()
 
     # ------------------------------------------------------------ receiving
     def on_message(self, message: DimseMessage) -> None:
