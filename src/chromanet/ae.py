@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from pydicom import Dataset
 
@@ -23,7 +23,7 @@ from chromanet.association import AsyncAssociation
 from chromanet.evt import EVT_CONN_OPEN, EVT_REQUESTED, EVT_SOP_EXTENDED, EVT_USER_ID, Event, HandlerSpec, notify, split_handlers
 from chromanet.presentation import DEFAULT_TRANSFER_SYNTAXES, PresentationContext, build_context
 from chromanet.ul.association import AcceptorPolicy, AssociationAborted, AssociationClosed, Timeouts, ULAssociation
-from chromanet.ul.negotiation import AssociationRejected, build_associate_rq
+from chromanet.ul.negotiation import AssociationRejected, ContextSpec, build_associate_rq
 
 LOGGER = logging.getLogger("chromanet.ae")
 
@@ -161,14 +161,15 @@ class AE:
         requested = contexts if contexts is not None else self._requested
         if not requested:
             raise RuntimeError("no requested presentation contexts: use add_requested_context() first")
+        extended = _extended_items(ext_neg)
         rq = build_associate_rq(
             uids.validate_ae_title(ae_title),
             self.ae_title,
-            [ctx.to_spec() for ctx in requested],
+            _context_specs(requested, extended.pop("roles")),
             max_pdu_length=max_pdu,
             implementation_class_uid=self.implementation_class_uid,
             implementation_version_name=self.implementation_version_name,
-            **_extended_items(ext_neg),
+            **extended,
         )
         ul = ULAssociation(requestor=True, timeouts=self._timeouts(), max_receive_pdu_length=max_pdu)
         assoc = AsyncAssociation(
@@ -293,10 +294,34 @@ def _remove(
     return kept
 
 
+def _context_specs(requested: list[PresentationContext], roles: dict[str, tuple[bool, bool]]) -> list[ContextSpec]:
+    """The requested contexts as negotiation specs, with the role selection
+    items of ``ext_neg`` applied. Asking for Color Palette C-GET implies
+    receiving Color Palette Storage instances on the same association: the
+    storage context is added if missing, and the SCP role proposed for it
+    unless ``ext_neg`` said otherwise."""
+    specs = [ctx.to_spec() for ctx in requested]
+    if any(spec.abstract_syntax == uids.ColorPaletteInformationModelGet for spec in specs):
+        if not any(spec.abstract_syntax == uids.ColorPaletteStorage for spec in specs):
+            specs.append(ContextSpec(uids.ColorPaletteStorage, list(DEFAULT_TRANSFER_SYNTAXES)))
+        roles.setdefault(uids.ColorPaletteStorage, (False, True))
+    for spec in specs:
+        if spec.abstract_syntax in roles:
+            spec.scu_role, spec.scp_role = roles[spec.abstract_syntax]
+    return specs
+
+
+def build_role(sop_class_uid: str, scu_role: bool = False, scp_role: bool = False) -> _pdu.RoleSelection:
+    """An SCP/SCU Role Selection item for ``ext_neg`` (pynetdicom's build_role)."""
+    return _pdu.RoleSelection(str(sop_class_uid), bool(scu_role), bool(scp_role))
+
+
 def _extended_items(ext_neg: list[Any] | None) -> dict[str, Any]:
-    """Split pynetdicom-style ``ext_neg`` items into build_associate_rq's keywords."""
+    """Split pynetdicom-style ``ext_neg`` items into build_associate_rq's
+    keywords (plus "roles": {SOP class: (scu, scp)} from role items)."""
+    roles: dict[str, tuple[bool, bool]] = {}
     if not ext_neg:
-        return {}
+        return {"roles": roles}
     identity = None
     extended: list[Any] = []
     common: list[Any] = []
@@ -309,9 +334,11 @@ def _extended_items(ext_neg: list[Any] | None) -> dict[str, Any]:
             common.append(item)
         elif isinstance(item, _pdu.AsyncOperationsWindow):
             pass  # handled below
+        elif isinstance(item, _pdu.RoleSelection):
+            roles[item.sop_class_uid] = (item.scu_role, item.scp_role)
         else:
             raise NotImplementedError(f"extended negotiation item {type(item).__name__} is not supported")
-    result: dict[str, Any] = {"sop_class_extended": extended, "sop_class_common_extended": common}
+    result: dict[str, Any] = {"sop_class_extended": extended, "sop_class_common_extended": common, "roles": roles}
     if identity is not None:
         result["user_identity"] = identity
     for item in ext_neg:
@@ -510,6 +537,24 @@ class Association:
         originator_id: int | None = None,
     ) -> Dataset:
         return loopthread.run(self._inner.send_c_store(dataset, msg_id, priority, originator_aet, originator_id))
+
+    def send_c_find(
+        self, dataset: Dataset, query_model: str, msg_id: int = 1, priority: int = 2
+    ) -> Iterator[tuple[Dataset, Dataset | None]]:
+        return loopthread.iterate(self._inner.send_c_find(dataset, query_model, msg_id, priority))
+
+    def send_c_get(
+        self, dataset: Dataset, query_model: str, msg_id: int = 1, priority: int = 2
+    ) -> Iterator[tuple[Dataset, Dataset | None]]:
+        return loopthread.iterate(self._inner.send_c_get(dataset, query_model, msg_id, priority))
+
+    def send_c_move(
+        self, dataset: Dataset, move_aet: str, query_model: str, msg_id: int = 1, priority: int = 2
+    ) -> Iterator[tuple[Dataset, Dataset | None]]:
+        return loopthread.iterate(self._inner.send_c_move(dataset, move_aet, query_model, msg_id, priority))
+
+    def send_c_cancel(self, msg_id: int, context_id: int | None = None, query_model: str | None = None) -> None:
+        loopthread.call(self._inner.send_c_cancel, msg_id, context_id, query_model)
 
     def release(self) -> None:
         loopthread.run(self._inner.release())

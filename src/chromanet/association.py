@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from pydicom import Dataset
 
@@ -31,8 +31,8 @@ from chromanet.evt import (
     EventType,
     notify,
 )
-from chromanet.presentation import PresentationContext
-from chromanet.services import ServiceProvider
+from chromanet.presentation import PresentationContext, build_context
+from chromanet.services import ServiceProvider, qr_scu
 from chromanet.services.spool import FileSink, MemorySink
 from chromanet.services.status import response_to_dataset
 from chromanet.ul.association import AssociationAborted, AssociationClosed, ULAssociation
@@ -63,6 +63,10 @@ class AsyncAssociation:
         self._spool_directory = spool_directory
         self.is_requestor = ul.is_requestor
         self.is_acceptor = not ul.is_requestor
+        # chromanet extra: with no EVT_C_STORE handler bound, C-STORE
+        # sub-operations of a C-GET are written here as <SOP Instance UID>.dcm.
+        self.store_directory: Path | None = None
+        self._request_contexts: dict[int, int] = {}  # outstanding Q/R requests: message ID -> context ID
         ul.on_established = self._on_established
         ul.ended.add_done_callback(self._on_ended)
 
@@ -201,6 +205,63 @@ class AsyncAssociation:
         assert ctx.context_id is not None
         return response_to_dataset(await self._exchange(ctx.context_id, command))
 
+    def _prepare_store(self, dataset: Any) -> tuple[int, str, str, Any, dsutil.Part10File | None]:
+        """(context id, SOP class, SOP instance, payload, open file) for a
+        C-STORE of a Dataset, a Part 10 file path or a Part 10 image."""
+        part10: dsutil.Part10File | None = None
+        if isinstance(dataset, Dataset):
+            sop_class = str(dataset.SOPClassUID)
+            sop_instance = str(dataset.SOPInstanceUID)
+            meta = getattr(dataset, "file_meta", None)
+            source_syntax = str(meta.TransferSyntaxUID) if meta is not None and "TransferSyntaxUID" in meta else None
+            ctx = self.find_context(sop_class, source_syntax)
+            assert ctx.transfer_syntax and ctx.context_id is not None
+            return ctx.context_id, sop_class, sop_instance, dsutil.encode_dataset(dataset, ctx.transfer_syntax[0]), None
+        if isinstance(dataset, (bytes, bytearray, memoryview)):
+            part10 = dsutil.parse_part10(memoryview(dataset))
+        else:
+            part10 = dsutil.open_part10(dataset)
+        try:
+            ctx = self.find_context(part10.sop_class_uid, part10.transfer_syntax)
+            assert ctx.transfer_syntax and ctx.context_id is not None
+            if ctx.transfer_syntax[0] == part10.transfer_syntax:
+                payload: Any = part10.dataset_bytes()
+            else:
+                decoded = dsutil.decode_dataset(part10.dataset_bytes(), part10.transfer_syntax)
+                payload = dsutil.encode_dataset(decoded, ctx.transfer_syntax[0])
+        except BaseException:
+            part10.close()
+            raise
+        return ctx.context_id, part10.sop_class_uid, part10.sop_instance_uid, payload, part10
+
+    async def _store(
+        self,
+        dataset: Any,
+        msg_id: int | None,
+        priority: int,
+        originator_aet: str | None,
+        originator_id: int | None,
+    ) -> Command | None:
+        """One C-STORE; the response command, or None if none came."""
+        self._require_established()
+        context_id, sop_class, sop_instance, payload, part10 = self._prepare_store(dataset)
+        command = Command(
+            _dimse.C_STORE_RQ,
+            affected_sop_class_uid=sop_class,
+            affected_sop_instance_uid=sop_instance,
+            message_id=msg_id,
+            priority=priority,
+            command_data_set_type=_dimse.DATASET_PRESENT,
+            move_originator_application_entity_title=originator_aet,
+            move_originator_message_id=originator_id,
+        )
+        try:
+            return await self._exchange(context_id, command, payload)
+        finally:
+            del payload
+            if part10 is not None and part10.path is not None:
+                part10.close()
+
     async def send_c_store(
         self,
         dataset: Dataset | str | os.PathLike[str] | bytes | bytearray | memoryview,
@@ -212,45 +273,63 @@ class AsyncAssociation:
         """C-STORE of a Dataset, a Part 10 file (path) or a Part 10 image in
         memory (bytes). Files and bytes whose transfer syntax was accepted are
         sent as they are, without decoding; otherwise the data set is
-        decoded and re-encoded in an accepted one."""
-        self._require_established()
-        part10: dsutil.Part10File | None = None
-        if isinstance(dataset, Dataset):
-            sop_class = str(dataset.SOPClassUID)
-            sop_instance = str(dataset.SOPInstanceUID)
-            meta = getattr(dataset, "file_meta", None)
-            source_syntax = str(meta.TransferSyntaxUID) if meta is not None and "TransferSyntaxUID" in meta else None
-            ctx = self.find_context(sop_class, source_syntax)
-            assert ctx.transfer_syntax
-            payload: Any = dsutil.encode_dataset(dataset, ctx.transfer_syntax[0])
-        else:
-            if isinstance(dataset, (bytes, bytearray, memoryview)):
-                part10 = dsutil.parse_part10(memoryview(dataset))
-            else:
-                part10 = dsutil.open_part10(dataset)
-            sop_class, sop_instance = part10.sop_class_uid, part10.sop_instance_uid
-            ctx = self.find_context(sop_class, part10.transfer_syntax)
-            assert ctx.transfer_syntax
-            if ctx.transfer_syntax[0] == part10.transfer_syntax:
-                payload = part10.dataset_bytes()
-            else:
-                decoded = dsutil.decode_dataset(part10.dataset_bytes(), part10.transfer_syntax)
-                payload = dsutil.encode_dataset(decoded, ctx.transfer_syntax[0])
-        command = Command(
-            _dimse.C_STORE_RQ,
-            affected_sop_class_uid=sop_class,
-            affected_sop_instance_uid=sop_instance,
-            message_id=msg_id,
-            priority=priority,
-            command_data_set_type=_dimse.DATASET_PRESENT,
-            move_originator_application_entity_title=originator_aet,
-            move_originator_message_id=originator_id,
-        )
-        assert ctx.context_id is not None
-        try:
-            return response_to_dataset(await self._exchange(ctx.context_id, command, payload))
-        finally:
-            if part10 is not None and part10.path is not None:
-                payload = None
-                part10.close()
+        decoded and re-encoded in an accepted one. Returns the response as
+        a Dataset (empty if the association ended first)."""
+        return response_to_dataset(await self._store(dataset, msg_id, priority, originator_aet, originator_id))
 
+    # ------------------------------------------------- query/retrieve SCU
+    @property
+    def peer_ae_title(self) -> str:
+        """The other side's AE title, as sent in the A-ASSOCIATE-RQ."""
+        rq = self._ul.request
+        if rq is None:
+            return ""
+        return rq.called_ae_title if self.is_requestor else rq.calling_ae_title
+
+    def send_c_find(
+        self, identifier: Dataset, query_model: str, msg_id: int | None = None, priority: int = 2
+    ) -> AsyncIterator[tuple[Dataset, Dataset | None]]:
+        """C-FIND: an async iterator of (status, identifier) per response;
+        the last one is the final status with identifier None. Leaving the
+        loop early sends a C-CANCEL."""
+        return qr_scu.query(self, _dimse.C_FIND_RQ, identifier, query_model, msg_id, priority)
+
+    def send_c_get(
+        self, identifier: Dataset, query_model: str, msg_id: int | None = None, priority: int = 2
+    ) -> AsyncIterator[tuple[Dataset, Dataset | None]]:
+        """C-GET: (status, identifier) per response. The C-STORE
+        sub-operations arrive on this association and go to the EVT_C_STORE
+        handler bound at associate() (or to ``store_directory`` if set)."""
+        return qr_scu.query(self, _dimse.C_GET_RQ, identifier, query_model, msg_id, priority)
+
+    def send_c_move(
+        self, identifier: Dataset, move_aet: str, query_model: str, msg_id: int | None = None, priority: int = 2
+    ) -> AsyncIterator[tuple[Dataset, Dataset | None]]:
+        """C-MOVE to the AE ``move_aet``: (status, identifier) per response."""
+        return qr_scu.query(self, _dimse.C_MOVE_RQ, identifier, query_model, msg_id, priority, move_aet)
+
+    def send_c_cancel(self, msg_id: int, context_id: int | None = None, query_model: str | None = None) -> None:
+        """C-CANCEL of the outstanding request ``msg_id``."""
+        qr_scu.cancel(self, msg_id, context_id, query_model)
+
+    async def _open_move_destination(
+        self, address: str, port: int, ae_title: str | None, kwargs: dict[str, Any]
+    ) -> AsyncAssociation | None:
+        """The sub-association of a C-MOVE (requested contexts: the AE's, or
+        Color Palette Storage when it requests none)."""
+        contexts = kwargs.pop("contexts", None) or self.ae.requested_contexts or [
+            build_context(uids.ColorPaletteStorage)
+        ]
+        try:
+            return await self.ae._associate(
+                address,
+                port,
+                contexts,
+                ae_title or "ANY-SCP",
+                kwargs.pop("max_pdu", 16382),
+                kwargs.pop("ext_neg", None),
+                kwargs.pop("evt_handlers", None),
+            )
+        except (OSError, ValueError) as exc:
+            LOGGER.warning("cannot open the move destination %s:%s: %s", address, port, exc)
+            return None

@@ -74,7 +74,7 @@ class ResponseStream:
     ends first, ``next()`` raises the association's end exception.
     """
 
-    __slots__ = ("message_id", "_items", "_waiter", "_error", "_loop", "timeout")
+    __slots__ = ("message_id", "_items", "_waiter", "_error", "_loop", "timeout", "abandoned")
 
     def __init__(self, message_id: int, loop: asyncio.AbstractEventLoop, timeout: float | None) -> None:
         self.message_id = message_id
@@ -83,6 +83,7 @@ class ResponseStream:
         self._waiter: asyncio.Future[None] | None = None
         self._error: BaseException | None = None
         self._loop = loop
+        self.abandoned = False
 
     def _push(self, message: IncomingMessage) -> None:
         self._items.append(message)
@@ -191,6 +192,12 @@ class DimseChannel:
     def close_request(self, stream: ResponseStream) -> None:
         self._pending.pop(stream.message_id, None)
 
+    def abandon_request(self, stream: ResponseStream) -> None:
+        """Nobody reads this request's responses any more: drop them as they
+        come, and forget the request at its final response."""
+        stream.abandoned = True
+        stream._items.clear()
+
     async def acquire_slot(self) -> None:
         """Wait for room in the asynchronous operations window we may invoke."""
         if self._invoke_slots is not None:
@@ -239,6 +246,10 @@ class DimseChannel:
                 LOGGER.warning(
                     "response to unknown message ID %s ignored", command.message_id_being_responded_to
                 )
+                return
+            if stream.abandoned:
+                if command.status not in (0xFF00, 0xFF01):
+                    del self._pending[stream.message_id]
                 return
             stream._push(message)
             return

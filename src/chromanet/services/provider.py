@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from chromanet import _dimse
 from chromanet._dimse import Command
 from chromanet.evt import EVT_C_ECHO, EVT_C_STORE, Event, EventType
+from chromanet.services import qr_scp
 from chromanet.services.status import apply_handler_status
 
 if TYPE_CHECKING:
@@ -47,9 +48,12 @@ class ServiceProvider:
             return self._serve_simple(channel, message, EVT_C_ECHO, _dimse.C_ECHO_RSP)
         if field == _dimse.C_STORE_RQ:
             return self._serve_simple(channel, message, EVT_C_STORE, _dimse.C_STORE_RSP)
-        extra = getattr(self.assoc, "_extra_services", None)
-        if extra is not None and field in extra:
-            return extra[field](self, channel, message)
+        if field == _dimse.C_FIND_RQ:
+            return qr_scp.serve_find(self, channel, message)
+        if field == _dimse.C_GET_RQ:
+            return qr_scp.serve_get(self, channel, message)
+        if field == _dimse.C_MOVE_RQ:
+            return qr_scp.serve_move(self, channel, message)
         LOGGER.warning("no service for command 0x%04X", field)
         response = Command(
             field | 0x8000,
@@ -85,6 +89,9 @@ class ServiceProvider:
         if response_field == _dimse.C_STORE_RSP:
             response.affected_sop_instance_uid = request.affected_sop_instance_uid
         bound = self.handlers.get(event_type)
+        directory = getattr(self.assoc, "store_directory", None)
+        if not bound and event_type is EVT_C_STORE and directory is not None:
+            bound = [(_store_to_directory, [directory])]
         if not bound:
             response.status = 0x0000 if event_type is EVT_C_ECHO else STORE_STATUS_NO_HANDLER
             channel.send(message.context_id, response)
@@ -137,3 +144,21 @@ class ServiceProvider:
         cleanup = getattr(spool, "cleanup", None)
         if cleanup is not None:
             cleanup()
+
+
+def _store_to_directory(event: Event, directory: Any) -> int:
+    """The built-in C-STORE handler of ``store_directory``: the data set as
+    received, behind a file meta header, in <SOP Instance UID>.dcm (written
+    to a temporary name, then renamed, so no half file is ever visible)."""
+    import os
+    from pathlib import Path
+
+    uid = event.request.AffectedSOPInstanceUID
+    if not uid or "/" in uid or uid.startswith("."):
+        return 0xA900
+    target = Path(directory) / f"{uid}.dcm"
+    temporary = target.with_name(f".{uid}.partial")
+    with open(temporary, "wb") as handle:
+        handle.write(event.encoded_dataset(include_meta=True))
+    os.replace(temporary, target)
+    return 0x0000

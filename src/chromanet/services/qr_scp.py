@@ -1,0 +1,497 @@
+"""Query/Retrieve SCP: C-FIND, C-GET and C-MOVE served from user handlers.
+
+The handler protocol is pynetdicom's:
+
+- EVT_C_FIND: the handler is a generator (or async generator) yielding
+  ``(status, identifier)``; pending statuses send the identifier, any other
+  status ends the operation.
+- EVT_C_GET: yields the number of sub-operations first, then
+  ``(status, dataset)``; each pending dataset becomes a C-STORE
+  sub-operation on the same association.
+- EVT_C_MOVE: yields the destination ``(address, port)`` (or
+  ``(None, None)`` for an unknown destination) first, then the number, then
+  ``(status, dataset)``; the C-STOREs go over a new association to the
+  destination, with the Move Originator fields set.
+
+A status is an int or a Dataset holding (0000,0900) and optional elements.
+Datasets to send may be pydicom Datasets, Part 10 images (bytes) or Part 10
+file paths; files and bytes whose transfer syntax was accepted go out as they
+are, never decoded.
+
+The engine-specific failures (PS3.4 leaves 0xC000-0xCFFF to us):
+0xC001 status Dataset without Status, 0xC002 status neither int nor Dataset;
+C-FIND 0xC310 identifier failed to decode, 0xC311 handler raised, 0xC312
+response identifier failed to encode; C-GET 0xC410, 0xC411, 0xC413 invalid
+number of sub-operations; C-MOVE 0xC510, 0xC511, 0xC513, 0xC514 destination
+and/or number never yielded, 0xC515 destination not a valid (address, port).
+More than 65535 sub-operations cannot be counted in the US response fields:
+that retrieve is refused with 0xA702 and an Error Comment saying why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import ipaddress
+import logging
+from typing import TYPE_CHECKING, Any
+
+from pydicom import Dataset
+
+from chromanet import _dimse, dsutil, uids
+from chromanet._dimse import Command
+from chromanet.evt import EVT_C_FIND, EVT_C_GET, EVT_C_MOVE, EventType
+from chromanet.services.status import apply_handler_status, code_to_category
+
+if TYPE_CHECKING:
+    from chromanet.dimse import DimseChannel, IncomingMessage
+    from chromanet.services.provider import ServiceProvider
+
+LOGGER = logging.getLogger("chromanet.services")
+
+FIND_DECODE_FAILED, FIND_HANDLER_RAISED, FIND_ENCODE_FAILED = 0xC310, 0xC311, 0xC312
+GET_DECODE_FAILED, GET_HANDLER_RAISED, GET_BAD_COUNT = 0xC410, 0xC411, 0xC413
+MOVE_DECODE_FAILED, MOVE_HANDLER_RAISED, MOVE_BAD_COUNT = 0xC510, 0xC511, 0xC513
+MOVE_NOT_YIELDED, MOVE_BAD_DESTINATION = 0xC514, 0xC515
+MOVE_DESTINATION_UNKNOWN = 0xA801
+SUBOPERATIONS_IMPOSSIBLE = 0xA702
+SUBOPERATIONS_WITH_FAILURES = 0xB000
+CANCEL = 0xFE00
+MAX_SUBOPERATIONS = 0xFFFF
+# Yield to the loop every this many responses, so that a C-CANCEL (or any
+# other association's traffic) is read while a long C-FIND streams out.
+_YIELD_EVERY = 32
+
+
+class _Exhausted(Exception):
+    """The handler's generator has nothing more to yield."""
+
+
+class _HandlerGenerator:
+    """One handler's sync or async generator behind one ``await next()``."""
+
+    def __init__(self, produced: Any) -> None:
+        self._gen = produced
+        self._async = inspect.isasyncgen(produced)
+        if not self._async and not inspect.isgenerator(produced) and not hasattr(produced, "__next__"):
+            # A plain iterable (a list of results) is accepted as well.
+            self._gen = iter(produced)
+
+    async def next(self) -> Any:
+        try:
+            if self._async:
+                return await self._gen.__anext__()
+            return next(self._gen)
+        except (StopIteration, StopAsyncIteration):
+            raise _Exhausted from None
+
+    async def close(self) -> None:
+        try:
+            if self._async:
+                await self._gen.aclose()
+            elif hasattr(self._gen, "close"):
+                self._gen.close()
+        except Exception:
+            LOGGER.exception("handler generator raised while closing")
+
+
+def _response(request: Command, field: int, status: int | None = None) -> Command:
+    return Command(
+        field,
+        affected_sop_class_uid=request.affected_sop_class_uid,
+        message_id_being_responded_to=request.message_id,
+        command_data_set_type=_dimse.NO_DATASET,
+        status=status,
+    )
+
+
+def _start_handler(
+    provider: ServiceProvider, message: IncomingMessage, event_type: EventType
+) -> tuple[Any, Any]:
+    """(event, produced) or raises: the handler is called, not iterated."""
+    bound = provider.handlers.get(event_type)
+    if not bound:
+        raise NotImplementedError(f"no handler is bound to {event_type.name}")
+    handler, args = bound[0]
+    event = provider._event(event_type, message)
+    return event, handler, args
+
+
+class _Sender:
+    """Sends one operation's responses; pauses for the transport and yields
+    to the loop now and then."""
+
+    def __init__(self, channel: DimseChannel, message: IncomingMessage, transfer_syntax: str) -> None:
+        self.channel = channel
+        self.context_id = message.context_id
+        self.transfer_syntax = transfer_syntax
+        self.sent = 0
+
+    async def send(self, response: Command, identifier: Any = None) -> None:
+        if self.channel.end_error is not None:
+            return
+        if identifier is not None:
+            response.command_data_set_type = _dimse.DATASET_PRESENT
+        self.channel.send(self.context_id, response, identifier)
+        self.sent += 1
+        if self.sent % _YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+        await self.channel.connection.drain()
+
+    def encode(self, dataset: Dataset) -> bytes:
+        return dsutil.encode_dataset(dataset, self.transfer_syntax)
+
+
+# ----------------------------------------------------------------- C-FIND
+async def serve_find(provider: ServiceProvider, channel: DimseChannel, message: IncomingMessage) -> None:
+    request = message.command
+    sender = _Sender(channel, message, provider.transfer_syntax(message.context_id) or uids.ImplicitVRLittleEndian)
+    try:
+        event, handler, args = _start_handler(provider, message, EVT_C_FIND)
+    except NotImplementedError as exc:
+        LOGGER.error("%s", exc)
+        await sender.send(_response(request, _dimse.C_FIND_RSP, FIND_HANDLER_RAISED))
+        return
+    try:
+        event.identifier
+    except Exception as exc:
+        LOGGER.error("C-FIND request identifier failed to decode: %s", exc)
+        await sender.send(_response(request, _dimse.C_FIND_RSP, FIND_DECODE_FAILED))
+        return
+    try:
+        results = _HandlerGenerator(handler(event, *args))
+    except Exception:
+        LOGGER.exception("exception in the handler bound to EVT_C_FIND")
+        await sender.send(_response(request, _dimse.C_FIND_RSP, FIND_HANDLER_RAISED))
+        return
+    try:
+        while True:
+            if message.cancelled:
+                await sender.send(_response(request, _dimse.C_FIND_RSP, CANCEL))
+                return
+            try:
+                status, identifier = await results.next()
+            except _Exhausted:
+                break
+            except Exception:
+                LOGGER.exception("exception in the handler bound to EVT_C_FIND")
+                await sender.send(_response(request, _dimse.C_FIND_RSP, FIND_HANDLER_RAISED))
+                return
+            response = _response(request, _dimse.C_FIND_RSP)
+            apply_handler_status(status, response, "EVT_C_FIND")
+            category = code_to_category(response.status)
+            if category != "Pending":
+                if category == "Cancel" or message.cancelled:
+                    response = _response(request, _dimse.C_FIND_RSP, CANCEL)
+                await sender.send(response)
+                return
+            if message.cancelled:
+                await sender.send(_response(request, _dimse.C_FIND_RSP, CANCEL))
+                return
+            try:
+                encoded = sender.encode(identifier)
+            except Exception as exc:
+                LOGGER.error("C-FIND response identifier failed to encode: %s", exc)
+                await sender.send(_response(request, _dimse.C_FIND_RSP, FIND_ENCODE_FAILED))
+                return
+            await sender.send(response, encoded)
+        await sender.send(_response(request, _dimse.C_FIND_RSP, 0x0000))
+    finally:
+        await results.close()
+
+
+# ------------------------------------------------------- C-GET and C-MOVE
+class _Retrieve:
+    """Sub-operation bookkeeping shared by C-GET and C-MOVE."""
+
+    def __init__(self, request: Command, field: int, sender: _Sender, total: int) -> None:
+        self.request = request
+        self.field = field
+        self.sender = sender
+        self.remaining = total
+        self.completed = 0
+        self.failed = 0
+        self.warning = 0
+        self.failed_uids: list[str] = []
+
+    def _counted(self, status: int, *, remaining: bool) -> Command:
+        response = _response(self.request, self.field, status)
+        if remaining:
+            response.number_of_remaining_suboperations = self.remaining
+        response.number_of_completed_suboperations = self.completed
+        response.number_of_failed_suboperations = self.failed
+        response.number_of_warning_suboperations = self.warning
+        return response
+
+    def _failed_list(self) -> bytes:
+        ds = Dataset()
+        ds.FailedSOPInstanceUIDList = list(self.failed_uids)
+        return self.sender.encode(ds)
+
+    def record(self, sop_instance_uid: str, store_status: int | None) -> None:
+        self.remaining -= 1
+        category = code_to_category(store_status) if store_status is not None else "Failure"
+        if category == "Success":
+            self.completed += 1
+        elif category == "Warning":
+            self.warning += 1
+        else:
+            self.failed += 1
+            self.failed_uids.append(sop_instance_uid)
+
+    async def pending(self) -> None:
+        await self.sender.send(self._counted(0xFF00, remaining=True))
+
+    async def cancelled(self) -> None:
+        await self.sender.send(self._counted(CANCEL, remaining=True), self._failed_list())
+
+    async def stopped(self, status: int, given: Any) -> None:
+        """The handler yielded a final Failure or Warning status: what was not
+        done counts as failed."""
+        self.failed += self.remaining
+        self.remaining = 0
+        response = self._counted(status, remaining=False)
+        apply_handler_status(given, response, "retrieve handler")
+        response.status = status
+        await self.sender.send(response, self._failed_list())
+
+    async def finished(self) -> None:
+        # Sub-operations the handler promised but never yielded did not happen.
+        self.failed += self.remaining
+        self.remaining = 0
+        if not self.failed and not self.warning:
+            await self.sender.send(self._counted(0x0000, remaining=False))
+        elif self.failed and not self.completed and not self.warning:
+            await self.sender.send(self._counted(SUBOPERATIONS_IMPOSSIBLE, remaining=False), self._failed_list())
+        else:
+            await self.sender.send(self._counted(SUBOPERATIONS_WITH_FAILURES, remaining=False), self._failed_list())
+
+
+async def _count(results: _HandlerGenerator) -> int:
+    value = await results.next()
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"the number of sub-operations must be an int, not {type(value).__name__}")
+    return value
+
+
+async def _run_suboperations(
+    retrieve: _Retrieve,
+    results: _HandlerGenerator,
+    message: IncomingMessage,
+    store: Any,
+    raised_status: int,
+) -> None:
+    """Iterate the handler's (status, dataset) results, storing each pending
+    dataset with ``store(dataset) -> (sop_instance_uid, status | None)``."""
+    while True:
+        if message.cancelled:
+            await retrieve.cancelled()
+            return
+        try:
+            status, dataset = await results.next()
+        except _Exhausted:
+            break
+        except Exception:
+            LOGGER.exception("exception in the retrieve handler")
+            await retrieve.stopped(raised_status, raised_status)
+            return
+        if retrieve.remaining <= 0:
+            LOGGER.warning("the retrieve handler yielded more datasets than it announced; ignored")
+            break
+        probe = _response(retrieve.request, retrieve.field)
+        apply_handler_status(status, probe, "retrieve handler")
+        category = code_to_category(probe.status)
+        if category == "Cancel":
+            await retrieve.cancelled()
+            return
+        if category in ("Failure", "Warning"):
+            await retrieve.stopped(probe.status, status)
+            return
+        if category == "Success":
+            break
+        uid, store_status = await store(dataset)
+        retrieve.record(uid, store_status)
+        if retrieve.remaining > 0:
+            await retrieve.pending()
+    if message.cancelled and retrieve.remaining > 0:
+        await retrieve.cancelled()
+        return
+    await retrieve.finished()
+
+
+def _sop_instance_uid(dataset: Any) -> str:
+    if isinstance(dataset, Dataset):
+        return str(getattr(dataset, "SOPInstanceUID", ""))
+    try:
+        if isinstance(dataset, (bytes, bytearray, memoryview)):
+            return dsutil.parse_part10(memoryview(dataset)).sop_instance_uid
+        part = dsutil.open_part10(dataset)
+        uid = part.sop_instance_uid
+        part.close()
+        return uid
+    except (OSError, ValueError):
+        return ""
+
+
+async def _store_over(assoc: Any, dataset: Any, originator: tuple[str, int] | None) -> tuple[str, int | None]:
+    """One C-STORE sub-operation; (SOP Instance UID, response status or None)."""
+    uid = _sop_instance_uid(dataset)
+    if dataset is None:
+        return uid, None
+    try:
+        response = await assoc._store(
+            dataset,
+            None,
+            0,
+            originator[0] if originator else None,
+            originator[1] if originator else None,
+        )
+    except (ValueError, OSError) as exc:
+        LOGGER.warning("C-STORE sub-operation for %s not possible: %s", uid or "?", exc)
+        return uid, None
+    return uid, response.status if response is not None else None
+
+
+async def serve_get(provider: ServiceProvider, channel: DimseChannel, message: IncomingMessage) -> None:
+    request = message.command
+    sender = _Sender(channel, message, provider.transfer_syntax(message.context_id) or uids.ImplicitVRLittleEndian)
+    try:
+        event, handler, args = _start_handler(provider, message, EVT_C_GET)
+    except NotImplementedError as exc:
+        LOGGER.error("%s", exc)
+        await sender.send(_response(request, _dimse.C_GET_RSP, GET_HANDLER_RAISED))
+        return
+    try:
+        event.identifier
+    except Exception as exc:
+        LOGGER.error("C-GET request identifier failed to decode: %s", exc)
+        await sender.send(_response(request, _dimse.C_GET_RSP, GET_DECODE_FAILED))
+        return
+    try:
+        results = _HandlerGenerator(handler(event, *args))
+    except Exception:
+        LOGGER.exception("exception in the handler bound to EVT_C_GET")
+        await sender.send(_response(request, _dimse.C_GET_RSP, GET_HANDLER_RAISED))
+        return
+    try:
+        try:
+            total = await _count(results)
+        except Exception as exc:
+            LOGGER.error("the C-GET handler did not yield a valid number of sub-operations: %s", exc)
+            await sender.send(_response(request, _dimse.C_GET_RSP, GET_BAD_COUNT))
+            return
+        if not await _check_total(sender, request, _dimse.C_GET_RSP, total):
+            return
+        retrieve = _Retrieve(request, _dimse.C_GET_RSP, sender, total)
+        assoc = provider.assoc
+        await _run_suboperations(
+            retrieve, results, message, lambda ds: _store_over(assoc, ds, None), GET_HANDLER_RAISED
+        )
+    finally:
+        await results.close()
+
+
+async def _check_total(sender: _Sender, request: Command, field: int, total: int) -> bool:
+    """False (and the final response sent) when ``total`` ends the retrieve."""
+    if total < 1:
+        response = _response(request, field, 0x0000)
+        response.number_of_completed_suboperations = 0
+        response.number_of_failed_suboperations = 0
+        response.number_of_warning_suboperations = 0
+        await sender.send(response)
+        return False
+    if total > MAX_SUBOPERATIONS:
+        response = _response(request, field, SUBOPERATIONS_IMPOSSIBLE)
+        response.error_comment = f"{total} sub-operations: more than 65535 cannot be counted"
+        await sender.send(response)
+        return False
+    return True
+
+
+def _valid_destination(value: Any) -> tuple[str | None, int | None, dict[str, Any]] | None:
+    """(address, port, associate kwargs) from the handler's first yield, or
+    None when it is not a valid destination."""
+    if not isinstance(value, (tuple, list)) or len(value) not in (2, 3):
+        return None
+    address, port = value[0], value[1]
+    kwargs = value[2] if len(value) == 3 else {}
+    if address is None:
+        return None, None, {}
+    if not isinstance(kwargs, dict) or isinstance(port, bool) or not isinstance(port, int):
+        return None
+    if not 0 < port < 65536 or not isinstance(address, str) or not address:
+        return None
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        if any(c.isspace() for c in address) or len(address) > 253:
+            return None
+    return address, port, kwargs
+
+
+async def serve_move(provider: ServiceProvider, channel: DimseChannel, message: IncomingMessage) -> None:
+    request = message.command
+    sender = _Sender(channel, message, provider.transfer_syntax(message.context_id) or uids.ImplicitVRLittleEndian)
+    try:
+        event, handler, args = _start_handler(provider, message, EVT_C_MOVE)
+    except NotImplementedError as exc:
+        LOGGER.error("%s", exc)
+        await sender.send(_response(request, _dimse.C_MOVE_RSP, MOVE_HANDLER_RAISED))
+        return
+    try:
+        event.identifier
+    except Exception as exc:
+        LOGGER.error("C-MOVE request identifier failed to decode: %s", exc)
+        await sender.send(_response(request, _dimse.C_MOVE_RSP, MOVE_DECODE_FAILED))
+        return
+    try:
+        results = _HandlerGenerator(handler(event, *args))
+    except Exception:
+        LOGGER.exception("exception in the handler bound to EVT_C_MOVE")
+        await sender.send(_response(request, _dimse.C_MOVE_RSP, MOVE_HANDLER_RAISED))
+        return
+    sub_assoc = None
+    try:
+        try:
+            destination = _valid_destination(await results.next())
+        except _Exhausted:
+            await sender.send(_response(request, _dimse.C_MOVE_RSP, MOVE_NOT_YIELDED))
+            return
+        except Exception:
+            LOGGER.exception("exception in the handler bound to EVT_C_MOVE")
+            await sender.send(_response(request, _dimse.C_MOVE_RSP, MOVE_HANDLER_RAISED))
+            return
+        if destination is None:
+            await sender.send(_response(request, _dimse.C_MOVE_RSP, MOVE_BAD_DESTINATION))
+            return
+        address, port, kwargs = destination
+        if address is None:
+            LOGGER.info("unknown move destination %r", request.move_destination)
+            await sender.send(_response(request, _dimse.C_MOVE_RSP, MOVE_DESTINATION_UNKNOWN))
+            return
+        try:
+            total = await _count(results)
+        except _Exhausted:
+            await sender.send(_response(request, _dimse.C_MOVE_RSP, MOVE_NOT_YIELDED))
+            return
+        except Exception as exc:
+            LOGGER.error("the C-MOVE handler did not yield a valid number of sub-operations: %s", exc)
+            await sender.send(_response(request, _dimse.C_MOVE_RSP, MOVE_BAD_COUNT))
+            return
+        if not await _check_total(sender, request, _dimse.C_MOVE_RSP, total):
+            return
+        sub_assoc = await provider.assoc._open_move_destination(address, port, request.move_destination, kwargs)
+        if sub_assoc is None or not sub_assoc.is_established:
+            response = _response(request, _dimse.C_MOVE_RSP, MOVE_DESTINATION_UNKNOWN)
+            response.error_comment = "the move destination could not be reached or refused the association"
+            await sender.send(response)
+            return
+        retrieve = _Retrieve(request, _dimse.C_MOVE_RSP, sender, total)
+        originator = (provider.assoc.peer_ae_title, request.message_id)
+        await _run_suboperations(
+            retrieve, results, message, lambda ds: _store_over(sub_assoc, ds, originator), MOVE_HANDLER_RAISED
+        )
+    finally:
+        await results.close()
+        if sub_assoc is not None and sub_assoc.is_established:
+            await sub_assoc.release()
