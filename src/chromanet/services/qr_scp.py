@@ -267,8 +267,23 @@ class _Retrieve:
             await self.sender.send(self._counted(SUBOPERATIONS_WITH_FAILURES, remaining=False), self._failed_list())
 
 
+class _EarlyStatus(Exception):
+    """The handler yielded a status Dataset where the destination or the
+    number was due: the operation ends with that status (a chromanet
+    extension of the protocol, for a refused identifier)."""
+
+    def __init__(self, status: Dataset) -> None:
+        self.status = status
+
+
+def _early_status(value: Any) -> None:
+    if isinstance(value, Dataset) and "Status" in value:
+        raise _EarlyStatus(value)
+
+
 async def _count(results: _HandlerGenerator) -> int:
     value = await results.next()
+    _early_status(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"the number of sub-operations must be an int, not {type(value).__name__}")
     return value
@@ -376,6 +391,11 @@ async def serve_get(provider: ServiceProvider, channel: DimseChannel, message: I
     try:
         try:
             total = await _count(results)
+        except _EarlyStatus as early:
+            response = _response(request, _dimse.C_GET_RSP)
+            apply_handler_status(early.status, response, "EVT_C_GET")
+            await sender.send(response)
+            return
         except Exception as exc:
             LOGGER.error("the C-GET handler did not yield a valid number of sub-operations: %s", exc)
             await sender.send(_response(request, _dimse.C_GET_RSP, GET_BAD_COUNT))
@@ -453,7 +473,14 @@ async def serve_move(provider: ServiceProvider, channel: DimseChannel, message: 
     sub_assoc = None
     try:
         try:
-            destination = _valid_destination(await results.next())
+            first = await results.next()
+            _early_status(first)
+            destination = _valid_destination(first)
+        except _EarlyStatus as early:
+            response = _response(request, _dimse.C_MOVE_RSP)
+            apply_handler_status(early.status, response, "EVT_C_MOVE")
+            await sender.send(response)
+            return
         except _Exhausted:
             await sender.send(_response(request, _dimse.C_MOVE_RSP, MOVE_NOT_YIELDED))
             return
@@ -471,6 +498,11 @@ async def serve_move(provider: ServiceProvider, channel: DimseChannel, message: 
             return
         try:
             total = await _count(results)
+        except _EarlyStatus as early:
+            response = _response(request, _dimse.C_MOVE_RSP)
+            apply_handler_status(early.status, response, "EVT_C_MOVE")
+            await sender.send(response)
+            return
         except _Exhausted:
             await sender.send(_response(request, _dimse.C_MOVE_RSP, MOVE_NOT_YIELDED))
             return
