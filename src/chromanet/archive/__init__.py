@@ -1,0 +1,37 @@
+"""The palette archive: Color Palette instances on disk, indexed for Q/R.
+
+No networking here. The Q/R service layer calls ``find`` (C-FIND),
+``locate`` (C-GET / C-MOVE) and ``ingest_file`` / ``ingest_dataset``
+(C-STORE); ``chromanet serve`` opens one with ``PaletteArchive.open``.
+
+Modules: ``store`` (files, crash safety, statuses of stores), ``index``
+(SQLite), ``matching`` (identifiers to SQL, PS3.4 X.6.1.2 and C.2.2.2),
+``response`` (response identifiers), ``seed`` (the well-known palettes).
+"""
+
+from chromanet.archive.index import ArchiveVersionError
+from chromanet.archive.matching import ArchiveError, IdentifierError
+from chromanet.archive.response import FindResult
+from chromanet.archive.seed import WELL_KNOWN_PALETTE_UIDS
+from chromanet.archive.store import (
+    ArchiveBusyError,
+    IngestResult,
+    LocateResult,
+    PaletteArchive,
+    StoredInstance,
+    VerifyReport,
+)
+
+__all__ = [
+    "PaletteArchive",
+    "FindResult",
+    "LocateResult",
+    "StoredInstance",
+    "IngestResult",
+    "VerifyReport",
+    "ArchiveError",
+    "IdentifierError",
+    "ArchiveBusyError",
+    "ArchiveVersionError",
+    "WELL_KNOWN_PALETTE_UIDS",
+]

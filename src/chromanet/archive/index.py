@@ -1,0 +1,233 @@
+"""The archive's SQLite index: one row per stored palette.
+
+The index holds what C-FIND matches and returns (decoded to Unicode text)
+and where each instance's Part 10 file is. It is a cache of the files in one
+sense only: a row is written after its file is durable, in one transaction,
+so a row never points at a file that is not complete.
+
+Connections: one writer, serialised by a lock, and one reader per thread, so
+that queries run in parallel with each other and with a store's commit (WAL
+mode: readers see the last committed snapshot and never wait for the
+writer). ``synchronous=FULL`` makes a commit durable before a C-STORE is
+answered with success.
+
+Schema versions are ``PRAGMA user_version``; ``SCHEMA_VERSION`` is the one
+this code writes. A newer database is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from chromanet.errors import ChromanetError
+
+__all__ = ["Index", "IndexRow", "SCHEMA_VERSION", "ArchiveVersionError"]
+
+LOGGER = logging.getLogger("chromanet.archive")
+
+SCHEMA_VERSION = 1
+
+_SCHEMA_V1 = """
+CREATE TABLE instance (
+    sop_instance_uid       TEXT PRIMARY KEY,
+    sop_class_uid          TEXT NOT NULL,
+    transfer_syntax        TEXT NOT NULL,
+    file_name              TEXT NOT NULL UNIQUE,
+    size                   INTEGER NOT NULL,
+    content_label          TEXT NOT NULL,
+    content_description    TEXT,            -- NULL: absent from the instance
+    content_creator_name   TEXT,
+    alternate_descriptions TEXT,            -- JSON list of items (DICOM JSON), NULL: absent
+    specific_character_set TEXT,            -- values joined by backslash, NULL: absent
+    ascii_only             INTEGER NOT NULL, -- every returnable text is ASCII
+    stored_at              TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+) WITHOUT ROWID;
+CREATE INDEX instance_content_label ON instance (content_label);
+"""
+
+
+class ArchiveVersionError(ChromanetError):
+    """The index was written by a newer chromanet (schema version too high)."""
+
+
+@dataclass(frozen=True, slots=True)
+class IndexRow:
+    """Everything the index keeps about one instance."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    file_name: str
+    size: int
+    content_label: str
+    content_description: str | None
+    content_creator_name: str | None
+    alternate_descriptions: str | None
+    specific_character_set: str | None
+    ascii_only: bool
+
+
+_INSERT = """
+INSERT INTO instance (sop_instance_uid, sop_class_uid, transfer_syntax, file_name, size, content_label,
+    content_description, content_creator_name, alternate_descriptions, specific_character_set, ascii_only)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (sop_instance_uid) DO UPDATE SET
+    sop_class_uid = excluded.sop_class_uid, transfer_syntax = excluded.transfer_syntax,
+    file_name = excluded.file_name, size = excluded.size, content_label = excluded.content_label,
+    content_description = excluded.content_description, content_creator_name = excluded.content_creator_name,
+    alternate_descriptions = excluded.alternate_descriptions,
+    specific_character_set = excluded.specific_character_set, ascii_only = excluded.ascii_only,
+    stored_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+"""
+
+
+class Index:
+    """The SQLite index at ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._write_lock = threading.Lock()
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
+        self._writer = self._connect()
+        self._writer.execute("PRAGMA journal_mode=WAL")
+        self._migrate()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    def _migrate(self) -> None:
+        conn = self._writer
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > SCHEMA_VERSION:
+            raise ArchiveVersionError(
+                f"{self.path}: index schema version {version} is newer than this chromanet's ({SCHEMA_VERSION})"
+            )
+        if version == SCHEMA_VERSION:
+            return
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if version == 0:
+                    for statement in _SCHEMA_V1.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                # Later versions: "if version < 2: ..." steps go here, in order.
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        LOGGER.info("index %s: schema version %d -> %d", self.path, version, SCHEMA_VERSION)
+
+    # -- reading ---------------------------------------------------------
+
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read connection."""
+        if self._closed:
+            raise ChromanetError("the archive is closed")
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only=ON")
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def select(self, columns: Iterable[str], where: str, params: Iterable[Any], order: str = "") -> list[tuple[Any, ...]]:
+        sql = f"SELECT {', '.join(columns)} FROM instance WHERE {where}"
+        if order:
+            sql += f" ORDER BY {order}"
+        return self.reader().execute(sql, tuple(params)).fetchall()
+
+    def get(self, sop_instance_uid: str) -> IndexRow | None:
+        row = self.reader().execute(
+            f"SELECT {', '.join(IndexRow.__slots__)} FROM instance WHERE sop_instance_uid = ?",
+            (sop_instance_uid,),
+        ).fetchone()
+        return IndexRow(*row[:-1], bool(row[-1])) if row else None
+
+    def file_names(self) -> dict[str, tuple[str, int]]:
+        """file name -> (SOP Instance UID, size) for every row."""
+        rows = self.reader().execute("SELECT file_name, sop_instance_uid, size FROM instance").fetchall()
+        return {name: (uid, size) for name, uid, size in rows}
+
+    def count(self) -> int:
+        return int(self.reader().execute("SELECT count(*) FROM instance").fetchone()[0])
+
+    # -- writing ---------------------------------------------------------
+
+    def upsert(self, row: IndexRow) -> None:
+        """Insert or replace the row of ``row.sop_instance_uid``, committed on return."""
+        values = (
+            row.sop_instance_uid, row.sop_class_uid, row.transfer_syntax, row.file_name, row.size,
+            row.content_label, row.content_description, row.content_creator_name,
+            row.alternate_descriptions, row.specific_character_set, int(row.ascii_only),
+        )  # fmt: skip
+        with self._write_lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(_INSERT, values)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def upsert_many(self, rows: Iterable[IndexRow]) -> None:
+        """Like ``upsert`` for many rows, in one transaction (tests, bulk import)."""
+        with self._write_lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    _INSERT,
+                    (
+                        (
+                            r.sop_instance_uid, r.sop_class_uid, r.transfer_syntax, r.file_name, r.size,
+                            r.content_label, r.content_description, r.content_creator_name,
+                            r.alternate_descriptions, r.specific_character_set, int(r.ascii_only),
+                        )  # fmt: skip
+                        for r in rows
+                    ),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def delete(self, sop_instance_uids: Iterable[str]) -> int:
+        with self._write_lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = conn.executemany(
+                    "DELETE FROM instance WHERE sop_instance_uid = ?", ((u,) for u in sop_instance_uids)
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return cursor.rowcount
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        with self._write_lock:
+            self._writer.close()

@@ -1,0 +1,416 @@
+"""Identifiers of the Color Palette Information Model, turned into SQL.
+
+PS3.4 X.6.1.2 (Table X.6-1) defines one entity and these keys:
+
+==============================  ===========  =====  ======  ==========================
+Attribute                       Tag          Match  Return  Matching types
+==============================  ===========  =====  ======  ==========================
+Specific Character Set          (0008,0005)  -      1C      never matched (C.2.2.2)
+SOP Class UID                   (0008,0016)  R      1       single value
+SOP Instance UID                (0008,0018)  U      1       single value, list of UID
+Content Label (CS)              (0070,0080)  R      1       single value, wild card, universal
+Content Description (LO)        (0070,0081)  -      2       return only
+Content Creator's Name (PN)     (0070,0084)  -      2       return only
+Alternate Content Description   (0070,0087)  -      3       return only, with >Content
+Sequence                                                    Description and >Language Code
+                                                            Sequence (>>Code Value, >>Coding
+                                                            Scheme Designator, >>Coding Scheme
+                                                            Version, >>Code Meaning)
+==============================  ===========  =====  ======  ==========================
+
+C-FIND follows the Basic Worklist "Worklist" search method (X.4.1, K.4.1):
+one response per matching palette, with every key of the request, the
+matching keys included, filled from the index (K.2.2.1.2).
+
+Decisions, with the part of the standard behind each:
+
+* Single value matching (C.2.2.2.1) is an exact, case-sensitive comparison.
+  Content Label is CS, whose leading and trailing spaces are not significant
+  (PS3.5 6.2), so both sides are compared without them.
+* Wild card matching (C.2.2.2.4) applies to Content Label: ``*`` is any run
+  of characters, ``?`` exactly one, and the match is case sensitive (only PN
+  is exempt). It becomes an SQLite ``GLOB``, which is case sensitive and uses
+  the label index for a literal prefix. ``GLOB`` has one more special
+  character than DICOM, ``[``, which is escaped as ``[[]``; the SQL ``LIKE``
+  characters ``%`` and ``_`` are plain characters in ``GLOB``, so labels such
+  as ``HOT_IRON`` match themselves only. A value of only ``*`` is universal.
+* Universal matching (C.2.2.2.3): a zero-length key matches everything and
+  asks for the value to be returned.
+* SOP Instance UID accepts a list of UIDs (C.2.2.2.2) in C-FIND too. Table
+  X.6-1 names single value matching only; a list is a superset that no
+  conforming SCU can be hurt by, and it is the form C-GET/C-MOVE use.
+* UIDs are never wild-carded (C.2.2.2.4 excludes UI): ``*`` in a UID is a
+  character that no UID contains, so it matches nothing.
+* More than one value for a key that takes a single value (Content Label,
+  SOP Class UID) has no defined meaning without Multiple Value Matching
+  extended negotiation (C.2.2.2.8), which we do not accept: failure 0xA900.
+* Query/Retrieve Level (0008,0052) "shall not be present" (X.4.1, X.4.2,
+  X.4.3). Its presence means the identifier is not one of this SOP class:
+  failure 0xA900 "Identifier does not match SOP Class" (K.4.1.1.4 /
+  C.4.1.1.4 status tables), with the tag as Offending Element.
+* A key outside Table X.6-1 (an "optional key" to the worklist method) is
+  returned zero-length, and every pending response of that C-FIND carries
+  0xFF01 "one or more Optional Keys were not supported". The same status
+  answers a value given for a return-only key (Content Description, Content
+  Creator's Name, the sequence's items): it is not matched; the stored value
+  is returned.
+* Return keys absent from a stored palette come back zero-length (type 2
+  semantics; the type 3 sequence as an empty sequence).
+* Alternate Content Description Sequence (C.2.2.2.6, K.2.2.1.2 note 4):
+  zero-length, or one empty item, returns every item with the sub-keys of
+  the table; one item naming sub-keys returns those sub-keys only. A request
+  with more than one item is malformed (C.2.2.2.6 asks for a single item):
+  0xA900.
+* Specific Character Set (C.2.2.2, K.4.1.1.3) is never matched. pydicom
+  decodes the request with it, the index holds Unicode text, and matching is
+  between Unicode strings, so the request's and the palette's character sets
+  need not agree. Content Label is CS (default repertoire), the only text key
+  matched. See ``chromanet.archive.response`` for the character set of the
+  responses.
+* PN: Content Creator's Name is return-only, so no PN matching is done.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from pydicom import Dataset
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement
+from pydicom.multival import MultiValue
+
+from chromanet import uids
+from chromanet.errors import ChromanetError
+
+__all__ = [
+    "ArchiveError",
+    "IdentifierError",
+    "ReturnKey",
+    "FindPlan",
+    "plan_find",
+    "retrieve_uids",
+    "wildcard_to_glob",
+]
+
+# C-FIND / C-GET / C-MOVE statuses used here (PS3.4 C.4.1.1.4, K.4.1.1.4, C.4.2.1.5).
+PENDING = 0xFF00
+PENDING_OPTIONAL_KEYS_NOT_SUPPORTED = 0xFF01
+IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+
+# Tags of the information model.
+SPECIFIC_CHARACTER_SET = 0x00080005
+LANGUAGE_CODE_SEQUENCE = 0x00080006
+SOP_CLASS_UID = 0x00080016
+SOP_INSTANCE_UID = 0x00080018
+QUERY_RETRIEVE_LEVEL = 0x00080052
+CODE_VALUE = 0x00080100
+CODING_SCHEME_DESIGNATOR = 0x00080102
+CODING_SCHEME_VERSION = 0x00080103
+CODE_MEANING = 0x00080104
+TIMEZONE_OFFSET_FROM_UTC = 0x00080201
+CONTENT_LABEL = 0x00700080
+CONTENT_DESCRIPTION = 0x00700081
+CONTENT_CREATOR_NAME = 0x00700084
+ALTERNATE_CONTENT_DESCRIPTION_SEQUENCE = 0x00700087
+
+#: Columns selected for every C-FIND, in this order (see ``index.py``).
+ROW_COLUMNS = (
+    "sop_class_uid",
+    "sop_instance_uid",
+    "content_label",
+    "content_description",
+    "content_creator_name",
+    "alternate_descriptions",
+    "specific_character_set",
+    "ascii_only",
+)
+COL_SOP_CLASS_UID = 0
+COL_SOP_INSTANCE_UID = 1
+COL_CONTENT_LABEL = 2
+COL_CONTENT_DESCRIPTION = 3
+COL_CONTENT_CREATOR_NAME = 4
+COL_ALTERNATE_DESCRIPTIONS = 5
+COL_SPECIFIC_CHARACTER_SET = 6
+COL_ASCII_ONLY = 7
+
+# Top-level keys of Table X.6-1: tag -> (VR, row column).
+MODEL_KEYS: dict[int, tuple[str, int]] = {
+    SOP_CLASS_UID: ("UI", COL_SOP_CLASS_UID),
+    SOP_INSTANCE_UID: ("UI", COL_SOP_INSTANCE_UID),
+    CONTENT_LABEL: ("CS", COL_CONTENT_LABEL),
+    CONTENT_DESCRIPTION: ("LO", COL_CONTENT_DESCRIPTION),
+    CONTENT_CREATOR_NAME: ("PN", COL_CONTENT_CREATOR_NAME),
+    ALTERNATE_CONTENT_DESCRIPTION_SEQUENCE: ("SQ", COL_ALTERNATE_DESCRIPTIONS),
+}
+#: Sub-keys of an Alternate Content Description Sequence item.
+ALTERNATE_ITEM_KEYS: dict[int, str] = {LANGUAGE_CODE_SEQUENCE: "SQ", CONTENT_DESCRIPTION: "LO"}
+#: Sub-keys of a Language Code Sequence item (the coded entry macro of X.6-1).
+CODE_ITEM_KEYS: dict[int, str] = {
+    CODE_VALUE: "SH",
+    CODING_SCHEME_DESIGNATOR: "SH",
+    CODING_SCHEME_VERSION: "SH",
+    CODE_MEANING: "LO",
+}
+# Present in a request but neither matched nor returned as keys.
+_NOT_KEYS = {SPECIFIC_CHARACTER_SET, TIMEZONE_OFFSET_FROM_UTC}
+
+
+class ArchiveError(ChromanetError):
+    """A request the archive cannot answer; ``status`` is the failure to send.
+
+    ``comment`` is for Error Comment (0000,0902) (at most 64 characters) and
+    ``offending_tags`` for Offending Element (0000,0901).
+    """
+
+    def __init__(self, status: int, comment: str, offending_tags: Iterable[int] = ()) -> None:
+        super().__init__(f"0x{status:04X}: {comment}")
+        self.status = status
+        self.comment = comment[:64]
+        self.offending_tags = tuple(offending_tags)
+
+
+class IdentifierError(ArchiveError):
+    """The identifier is not one this SOP class can answer (bad keys or values)."""
+
+
+# A sub-template: None = every sub-key of the table that the stored item has;
+# otherwise the requested sub-keys in tag order, each (tag, VR, sub-template).
+Template = tuple[tuple[int, str, "Template | None"], ...] | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReturnKey:
+    """One element of every response identifier.
+
+    ``column`` indexes the row (``ROW_COLUMNS``); None means a key we do not
+    support, returned zero-length. ``template`` shapes the sequence.
+    """
+
+    tag: int
+    vr: str
+    column: int | None
+    template: Template = None
+
+
+@dataclass(frozen=True, slots=True)
+class FindPlan:
+    """What one C-FIND asks: the SQL condition and the response shape."""
+
+    where: str
+    params: tuple[Any, ...]
+    keys: tuple[ReturnKey, ...]
+    status: int
+    request_charset: tuple[str, ...] | None
+    wants_sequence: bool
+
+
+def wildcard_to_glob(value: str) -> str:
+    """A DICOM wild card value (``*``, ``?``) as an SQLite GLOB pattern.
+
+    DICOM has no escape for its wild cards; GLOB's only other special
+    character, ``[``, is made literal as ``[[]``.
+    """
+    return value.replace("[", "[[]")
+
+
+def _values(elem: DataElement) -> list[Any]:
+    value = elem.value
+    if value is None or value == "":
+        return []
+    if isinstance(value, (MultiValue, list, tuple)):
+        return [v for v in value]
+    return [value]
+
+
+def _text(value: Any) -> str:
+    return str(value).strip(" ")
+
+
+def _uid(value: Any) -> str:
+    return str(value).strip(" \x00")
+
+
+def _request_charset(identifier: Dataset) -> tuple[str, ...] | None:
+    elem = identifier.get(SPECIFIC_CHARACTER_SET)
+    if elem is None:
+        return None
+    values = tuple(_text(v) for v in _values(elem))
+    return values or None
+
+
+def _element_vr(elem: DataElement) -> str:
+    vr = elem.VR
+    if vr and "or" not in vr:
+        return str(vr)
+    try:
+        return str(dictionary_VR(elem.tag)).split(" or ")[0]
+    except KeyError:
+        return "UN"
+
+
+def _code_template(elem: DataElement) -> tuple[Template, bool]:
+    """Template for Language Code Sequence; second value: something unsupported."""
+    items = list(elem.value or ())
+    if not items or len(items[0]) == 0:
+        return None, len(items) > 1
+    unsupported = len(items) > 1
+    keys: list[tuple[int, str, Template | None]] = []
+    for sub in items[0]:
+        tag = int(sub.tag)
+        if tag in CODE_ITEM_KEYS:
+            keys.append((tag, CODE_ITEM_KEYS[tag], None))
+            unsupported |= bool(_values(sub))  # a value: matching not supported
+        elif (tag & 0xFFFF) != 0:
+            keys.append((tag, _element_vr(sub), None))
+            unsupported = True
+    return tuple(sorted(keys)), unsupported
+
+
+def _alternate_template(elem: DataElement) -> tuple[Template, bool]:
+    items = list(elem.value or ())
+    if len(items) > 1:
+        raise IdentifierError(
+            IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+            "Alternate Content Description Sequence: more than one item",
+            [int(elem.tag)],
+        )
+    if not items or len(items[0]) == 0:
+        return None, False
+    unsupported = False
+    keys: list[tuple[int, str, Template | None]] = []
+    for sub in items[0]:
+        tag = int(sub.tag)
+        if tag == LANGUAGE_CODE_SEQUENCE:
+            template, bad = _code_template(sub)
+            keys.append((tag, "SQ", template))
+            unsupported |= bad
+        elif tag == CONTENT_DESCRIPTION:
+            keys.append((tag, "LO", None))
+            unsupported |= bool(_values(sub))
+        elif (tag & 0xFFFF) != 0:
+            keys.append((tag, _element_vr(sub), None))
+            unsupported = True
+    return tuple(sorted(keys, key=lambda k: k[0])), unsupported
+
+
+def _single(elem: DataElement, name: str) -> str | None:
+    values = _values(elem)
+    if len(values) > 1:
+        raise IdentifierError(
+            IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"{name}: more than one value", [int(elem.tag)]
+        )
+    return values[0] if values else None
+
+
+def plan_find(identifier: Dataset) -> FindPlan:
+    """Check a C-FIND identifier and turn it into an SQL condition and a shape.
+
+    Raises IdentifierError for an identifier this SOP class cannot answer.
+    """
+    if QUERY_RETRIEVE_LEVEL in identifier:
+        raise IdentifierError(
+            IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+            "Query/Retrieve Level shall not be present (PS3.4 X.4.1)",
+            [QUERY_RETRIEVE_LEVEL],
+        )
+    clauses: list[str] = []
+    params: list[Any] = []
+    keys: list[ReturnKey] = []
+    unsupported = False
+    wants_sequence = False
+    for elem in identifier:
+        tag = int(elem.tag)
+        if tag in _NOT_KEYS or (tag & 0xFFFF) == 0 or (tag >> 16) <= 0x0002:
+            continue  # not keys, group lengths, command and file meta groups
+        model = MODEL_KEYS.get(tag)
+        if model is None:
+            keys.append(ReturnKey(tag, _element_vr(elem), None))
+            unsupported = True
+            continue
+        vr, column = model
+        if tag == SOP_CLASS_UID:
+            value = _single(elem, "SOP Class UID")
+            if value is not None:
+                clauses.append("sop_class_uid = ?")
+                params.append(_uid(value))
+        elif tag == SOP_INSTANCE_UID:
+            wanted = [u for u in (_uid(v) for v in _values(elem)) if u]
+            if len(wanted) == 1:
+                clauses.append("sop_instance_uid = ?")
+                params.append(wanted[0])
+            elif wanted:
+                clauses.append("sop_instance_uid IN (SELECT value FROM json_each(?))")
+                params.append(json.dumps(wanted))
+        elif tag == CONTENT_LABEL:
+            value = _single(elem, "Content Label")
+            label = _text(value) if value is not None else ""
+            if label and label.strip("*"):
+                if "*" in label or "?" in label:
+                    clauses.append("content_label GLOB ?")
+                    params.append(wildcard_to_glob(label))
+                else:
+                    clauses.append("content_label = ?")
+                    params.append(label)
+        elif tag == ALTERNATE_CONTENT_DESCRIPTION_SEQUENCE:
+            template, bad = _alternate_template(elem)
+            unsupported |= bad
+            wants_sequence = True
+            keys.append(ReturnKey(tag, vr, column, template))
+            continue
+        else:  # return-only text keys
+            unsupported |= bool(_values(elem))
+        keys.append(ReturnKey(tag, vr, column))
+    keys.sort(key=lambda k: k.tag)
+    return FindPlan(
+        where=" AND ".join(clauses) if clauses else "1",
+        params=tuple(params),
+        keys=tuple(keys),
+        status=PENDING_OPTIONAL_KEYS_NOT_SUPPORTED if unsupported else PENDING,
+        request_charset=_request_charset(identifier),
+        wants_sequence=wants_sequence,
+    )
+
+
+def retrieve_uids(identifier: Dataset) -> list[str]:
+    """The SOP Instance UIDs a C-GET / C-MOVE identifier asks for, in order.
+
+    X.4.2 / X.4.3: Query/Retrieve Level shall not be present, the only unique
+    key is SOP Instance UID, one UID or a list, and there is no relational
+    retrieve, so any other key is an error too. Specific Character Set is
+    tolerated (UIDs are in the default repertoire whatever it says). Every
+    violation is failure 0xA900 "Identifier does not match SOP Class" with
+    the offending tags.
+    """
+    if QUERY_RETRIEVE_LEVEL in identifier:
+        raise IdentifierError(
+            IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+            "Query/Retrieve Level shall not be present (PS3.4 X.4.2)",
+            [QUERY_RETRIEVE_LEVEL],
+        )
+    extra = [
+        int(elem.tag)
+        for elem in identifier
+        if int(elem.tag) not in (SOP_INSTANCE_UID, SPECIFIC_CHARACTER_SET) and (int(elem.tag) & 0xFFFF) != 0
+    ]
+    if extra:
+        raise IdentifierError(
+            IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+            "only SOP Instance UID may be a key (no relational retrieve)",
+            extra,
+        )
+    elem = identifier.get(SOP_INSTANCE_UID)
+    wanted = [u for u in (_uid(v) for v in _values(elem))] if elem is not None else []
+    if not wanted or not all(wanted):
+        raise IdentifierError(
+            IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+            "SOP Instance UID missing or empty (the unique key)",
+            [SOP_INSTANCE_UID],
+        )
+    bad = [u for u in wanted if not uids.validate_uid(u)]
+    if bad:
+        raise IdentifierError(
+            IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"invalid UID {bad[0][:40]!r}", [SOP_INSTANCE_UID]
+        )
+    return list(dict.fromkeys(wanted))

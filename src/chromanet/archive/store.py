@@ -1,0 +1,531 @@
+"""PaletteArchive: Color Palette instances on disk, indexed for Q/R.
+
+Layout of ``data_dir``::
+
+    index.sqlite3   the index (see ``index.py``), WAL mode, schema versioned
+    files/          one Part 10 file per instance, named from its SOP Instance UID
+    lock            held (flock) while an archive is open: one process per data_dir
+
+Storing, and why it is crash safe. A store is committed when its index row
+is committed, and not before:
+
+1. the data set is in a file in ``files/`` whose name starts with "." (a
+   temporary), or is the caller's own file (``ingest_file``);
+2. the file is validated, fsynced, and renamed (``os.replace``, atomic) to
+   its final name ``<SOP Instance UID>.dcm`` (``<UID>_<random>.dcm`` when that
+   name is taken by the version being replaced); the directory is fsynced;
+3. the index row is written and committed in one transaction;
+4. the file of the replaced version, if any, is removed.
+
+Killed anywhere, the archive holds at most a temporary file (1-2) or a
+complete file that no row names (2-3, or 4 for the old version). ``open``
+removes both: a file without a row is a store that was never answered with
+success, or a version already replaced. A row never names a file that is not
+complete. ``verify()`` reports disagreement between index and files both ways.
+
+Duplicate SOP Instance UID: last write wins. PS3.4 leaves the behaviour to
+the SCP and its Conformance Statement (B.4.1; PS3.2's sample statements
+"overwrite the old file and database record"), and for palettes it is what a
+user who edits a palette and sends it again expects. The replacement is
+atomic for readers: a C-GET in progress keeps the old file open (POSIX), a
+new one finds the new row. Exception: the eight well-known palettes
+(1.2.840.10008.1.5.1-8) are defined by the standard (PS3.6 Annex A) and are
+never replaced; a store of one is answered with success and discarded.
+
+C-STORE statuses (PS3.4 B.2.3, Table B.2-1) in ``IngestResult.status``:
+
+* 0x0000 success;
+* 0xB007 warning "Data Set does not match SOP Class": stored, but a Type 1
+  attribute that the archive does not need to serve the palette is missing
+  (ICC Profile (0028,2000)); the comment names it;
+* 0xA700 "Refused: Out of Resources": the file or the index could not be
+  written (disk full, I/O error); nothing is left behind;
+* 0xA900 "Error: Data Set does not match SOP Class": not Color Palette
+  Storage, SOP Class / Instance UID in the file meta and data set disagree,
+  SOP Instance UID invalid, or Content Label, the LUT descriptors or the LUT
+  data (normal or segmented) missing;
+* 0xC000 "Error: Cannot understand": not a Part 10 file, or one pydicom
+  cannot parse.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import secrets
+import shutil
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom import Dataset, dcmread
+from pydicom.sequence import Sequence as DicomSequence
+
+from chromanet import dsutil, uids
+from chromanet.archive import matching as m
+from chromanet.archive.index import Index, IndexRow
+from chromanet.archive.response import FindResult
+from chromanet.archive.seed import WELL_KNOWN_PALETTE_UIDS
+from chromanet.errors import ChromanetError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = [
+    "PaletteArchive",
+    "StoredInstance",
+    "LocateResult",
+    "IngestResult",
+    "VerifyReport",
+    "ArchiveBusyError",
+]
+
+LOGGER = logging.getLogger("chromanet.archive")
+
+SUCCESS = 0x0000
+WARNING_DATASET_DOES_NOT_MATCH = 0xB007
+OUT_OF_RESOURCES = 0xA700
+DATASET_DOES_NOT_MATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+UNABLE_TO_PROCESS = 0xC000
+
+_TEMP_PREFIX = "."
+
+# Attributes read from a file to validate and index it (LUT data deferred).
+_LUT_DESCRIPTORS = (0x00281101, 0x00281102, 0x00281103)
+_LUT_DATA = (0x00281201, 0x00281202, 0x00281203)
+_SEGMENTED_LUT_DATA = (0x00281221, 0x00281222, 0x00281223)
+_ICC_PROFILE = 0x00282000
+_READ_TAGS = [
+    m.SPECIFIC_CHARACTER_SET, m.SOP_CLASS_UID, m.SOP_INSTANCE_UID, m.CONTENT_LABEL, m.CONTENT_DESCRIPTION,
+    m.CONTENT_CREATOR_NAME, m.ALTERNATE_CONTENT_DESCRIPTION_SEQUENCE, *_LUT_DESCRIPTORS, *_LUT_DATA,
+    *_SEGMENTED_LUT_DATA, _ICC_PROFILE,
+]  # fmt: skip
+
+
+class ArchiveBusyError(ChromanetError):
+    """Another process has this data directory open."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInstance:
+    """One stored Part 10 file, as C-GET / C-MOVE send it (bytes untouched)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    path: Path
+    size: int
+
+
+class LocateResult(list[StoredInstance]):
+    """The instances a retrieve identifier names, in request order.
+
+    A list of StoredInstance; ``missing`` holds the requested UIDs that are
+    not in the archive (for Failed SOP Instance UID List (0008,0058)).
+    """
+
+    missing: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """Outcome of a store: a C-STORE status (PS3.4 B.2.3) and a comment."""
+
+    status: int
+    comment: str = ""
+    sop_instance_uid: str | None = None
+    path: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Stored (success or warning)."""
+        return self.status == SUCCESS or 0xB000 <= self.status <= 0xBFFF
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    """Where the index and ``files/`` disagree."""
+
+    files_without_row: list[Path] = field(default_factory=list)
+    rows_without_file: list[str] = field(default_factory=list)
+    size_mismatches: list[str] = field(default_factory=list)
+    temp_files: list[Path] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.files_without_row or self.rows_without_file or self.size_mismatches or self.temp_files)
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, comment: str) -> None:
+        super().__init__(comment)
+        self.status = status
+        self.comment = comment
+
+
+def _text_or_none(ds: Dataset, tag: int) -> str | None:
+    elem = ds.get(tag)
+    if elem is None:
+        return None
+    value = elem.value
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def _alternate_json(ds: Dataset) -> str | None:
+    elem = ds.get(m.ALTERNATE_CONTENT_DESCRIPTION_SEQUENCE)
+    if elem is None:
+        return None
+    items = []
+    for item in elem.value or ():
+        kept = Dataset()
+        if m.CONTENT_DESCRIPTION in item:
+            kept.add(copy.deepcopy(item[m.CONTENT_DESCRIPTION]))
+        if m.LANGUAGE_CODE_SEQUENCE in item:
+            codes = DicomSequence()
+            for code in item[m.LANGUAGE_CODE_SEQUENCE].value or ():
+                kept_code = Dataset()
+                for tag in m.CODE_ITEM_KEYS:
+                    if tag in code:
+                        kept_code.add(copy.deepcopy(code[tag]))
+                codes.append(kept_code)
+            kept.LanguageCodeSequence = codes
+        items.append(kept.to_json_dict())
+    return json.dumps(items, ensure_ascii=False)
+
+
+def _index_fields(ds: Dataset, meta_class: str | None, meta_instance: str | None) -> tuple[dict[str, Any], str]:
+    """Validate a Color Palette data set; the index columns and a warning text."""
+    sop_class = _text_or_none(ds, m.SOP_CLASS_UID)
+    sop_class = sop_class.strip(" \x00") if sop_class else ""
+    if sop_class != uids.ColorPaletteStorage:
+        raise _Refused(DATASET_DOES_NOT_MATCH, f"SOP Class {sop_class or '(none)'} is not Color Palette Storage")
+    uid = (_text_or_none(ds, m.SOP_INSTANCE_UID) or "").strip(" \x00")
+    if not uids.validate_uid(uid):
+        raise _Refused(DATASET_DOES_NOT_MATCH, f"invalid SOP Instance UID {uid[:40]!r}")
+    if meta_class and meta_class != sop_class:
+        raise _Refused(DATASET_DOES_NOT_MATCH, "file meta SOP Class UID differs from the data set's")
+    if meta_instance and meta_instance != uid:
+        raise _Refused(DATASET_DOES_NOT_MATCH, "file meta SOP Instance UID differs from the data set's")
+    label = (_text_or_none(ds, m.CONTENT_LABEL) or "").strip(" ")
+    if not label:
+        raise _Refused(DATASET_DOES_NOT_MATCH, "Content Label (0070,0080) missing or empty")
+    if not all(tag in ds for tag in _LUT_DESCRIPTORS):
+        raise _Refused(DATASET_DOES_NOT_MATCH, "Palette Color LUT Descriptors missing")
+    if not (all(tag in ds for tag in _LUT_DATA) or all(tag in ds for tag in _SEGMENTED_LUT_DATA)):
+        raise _Refused(DATASET_DOES_NOT_MATCH, "Palette Color LUT Data (normal or segmented) missing")
+    warning = "" if _ICC_PROFILE in ds else "ICC Profile (0028,2000) missing"
+    description = _text_or_none(ds, m.CONTENT_DESCRIPTION)
+    creator = _text_or_none(ds, m.CONTENT_CREATOR_NAME)
+    alternates = _alternate_json(ds)
+    charset = _text_or_none(ds, m.SPECIFIC_CHARACTER_SET)
+    ascii_only = all(t is None or t.isascii() for t in (label, description, creator, alternates))
+    fields = dict(
+        sop_instance_uid=uid,
+        sop_class_uid=sop_class,
+        content_label=label,
+        content_description=description,
+        content_creator_name=creator,
+        alternate_descriptions=alternates,
+        specific_character_set=charset or None,
+        ascii_only=ascii_only,
+    )
+    return fields, warning
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PaletteArchive:
+    """Color Palette instances in ``data_dir``: store, C-FIND, locate for retrieve.
+
+    Thread-safe: queries run on a per-thread SQLite connection, stores are
+    serialised only for their commit. Every method is synchronous and short
+    except ``ingest_*`` (fsync); an asyncio server runs those in an executor.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+        self.data_dir = Path(data_dir)
+        self.files_dir = self.data_dir / "files"
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.data_dir / "lock", "a+b")
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                self._lock_file.close()
+                raise ArchiveBusyError(f"{self.data_dir} is open in another process") from exc
+        try:
+            self.index = Index(self.data_dir / "index.sqlite3")
+        except BaseException:
+            self._lock_file.close()
+            raise
+        self.recovered = self.recover()
+
+    @classmethod
+    def open(cls, data_dir: str | os.PathLike[str], seed: bool = True) -> "PaletteArchive":
+        """Open (creating if needed) and, with ``seed``, store the eight
+        well-known palettes that are not there yet (idempotent)."""
+        archive = cls(data_dir)
+        if seed:
+            from chromanet.archive.seed import seed_well_known
+
+            try:
+                seed_well_known(archive)
+            except BaseException:
+                archive.close()
+                raise
+        return archive
+
+    def close(self) -> None:
+        self.index.close()
+        if not self._lock_file.closed:
+            self._lock_file.close()
+
+    def __enter__(self) -> "PaletteArchive":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return self.index.count()
+
+    # -- C-FIND ----------------------------------------------------------
+
+    def find(self, identifier: Dataset) -> FindResult:
+        """Match a C-FIND identifier (PS3.4 X.4.1, K.4.1); see ``matching``.
+
+        Raises IdentifierError (0xA900) for an identifier of the wrong shape,
+        ArchiveError (0xC000) when the index cannot be read.
+        """
+        plan = m.plan_find(identifier)
+        columns = list(m.ROW_COLUMNS)
+        if not plan.wants_sequence:
+            columns[m.COL_ALTERNATE_DESCRIPTIONS] = "NULL"
+        try:
+            rows = self.index.select(columns, plan.where, plan.params, order="content_label, sop_instance_uid")
+        except sqlite3.Error as exc:
+            raise m.ArchiveError(UNABLE_TO_PROCESS, f"index query failed: {exc}") from exc
+        return FindResult(plan, rows)
+
+    # -- C-GET / C-MOVE --------------------------------------------------
+
+    def locate(self, identifier: Dataset) -> LocateResult:
+        """The stored files a C-GET / C-MOVE identifier asks for (X.4.2, X.4.3).
+
+        Raises IdentifierError (0xA900) for a missing or invalid SOP Instance
+        UID, Query/Retrieve Level present, or any other key.
+        """
+        wanted = m.retrieve_uids(identifier)
+        try:
+            rows = self.index.select(
+                ("sop_instance_uid", "sop_class_uid", "transfer_syntax", "file_name", "size"),
+                "sop_instance_uid IN (SELECT value FROM json_each(?))",
+                (json.dumps(wanted),),
+            )
+        except sqlite3.Error as exc:
+            raise m.ArchiveError(UNABLE_TO_PROCESS, f"index query failed: {exc}") from exc
+        found = {
+            uid: StoredInstance(cls, uid, ts, self.files_dir / name, size) for uid, cls, ts, name, size in rows
+        }
+        result = LocateResult(found[u] for u in wanted if u in found)
+        result.missing = tuple(u for u in wanted if u not in found)
+        return result
+
+    def get(self, sop_instance_uid: str) -> StoredInstance | None:
+        """The stored instance with this UID, or None."""
+        row = self.index.get(sop_instance_uid)
+        if row is None:
+            return None
+        return StoredInstance(
+            row.sop_class_uid, row.sop_instance_uid, row.transfer_syntax, self.files_dir / row.file_name, row.size
+        )
+
+    # -- C-STORE ---------------------------------------------------------
+
+    def ingest_file(self, path: str | os.PathLike[str], *, move: bool = True) -> IngestResult:
+        """Store a Part 10 file already on disk (a spooled C-STORE).
+
+        With ``move`` the file is renamed into the archive (copied first if it
+        is on another file system) and is gone from ``path`` on success; on
+        failure it is left where it was. Without ``move`` it is copied.
+        """
+        source = Path(path)
+        try:
+            try:
+                ds = dcmread(source, defer_size="2 KB", specific_tags=_READ_TAGS)
+                meta = ds.file_meta
+                transfer_syntax = str(meta.TransferSyntaxUID).strip(" \x00")
+            except Exception as exc:
+                raise _Refused(CANNOT_UNDERSTAND, f"cannot read as Part 10: {exc}"[:64]) from exc
+            fields, warning = _index_fields(
+                ds, meta.get("MediaStorageSOPClassUID"), meta.get("MediaStorageSOPInstanceUID")
+            )
+        except _Refused as refused:
+            return IngestResult(refused.status, refused.comment)
+        if not move:
+            return self._store_new_file(lambda temp: shutil.copyfile(source, temp), fields, transfer_syntax, warning)
+        return self._store_moved(source, fields, transfer_syntax, warning)
+
+    def ingest_dataset(self, ds: Dataset, transfer_syntax: str = uids.ExplicitVRLittleEndian) -> IngestResult:
+        """Store a decoded data set, encoded in ``transfer_syntax``."""
+        try:
+            fields, warning = _index_fields(ds, None, None)
+        except _Refused as refused:
+            return IngestResult(refused.status, refused.comment)
+        meta = dsutil.build_file_meta(fields["sop_class_uid"], fields["sop_instance_uid"], transfer_syntax)
+
+        def write(temp: Path) -> None:
+            with open(temp, "wb") as handle:
+                handle.write(dsutil.encode_file_header(meta))
+                handle.write(dsutil.encode_dataset(ds, transfer_syntax))
+
+        return self._store_new_file(write, fields, transfer_syntax, warning)
+
+    # The steps of a store, as methods so that tests can fail each one.
+
+    def _step_fsync_file(self, path: Path) -> None:
+        _fsync_path(path)
+
+    def _step_rename(self, source: Path, target: Path) -> None:
+        os.replace(source, target)
+
+    def _step_fsync_dir(self) -> None:
+        if os.name == "posix":
+            _fsync_path(self.files_dir)
+
+    def _step_index(self, row: IndexRow) -> None:
+        self.index.upsert(row)
+
+    def _step_remove_old(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+
+    def _temp_path(self) -> Path:
+        return self.files_dir / f"{_TEMP_PREFIX}tmp-{secrets.token_hex(8)}.dcm"
+
+    def _final_name(self, uid: str, existing: IndexRow | None) -> str:
+        name = f"{uid}.dcm"
+        if existing is None and not (self.files_dir / name).exists():
+            return name
+        return f"{uid}_{secrets.token_hex(4)}.dcm"
+
+    def _store_new_file(self, write: Any, fields: dict[str, Any], transfer_syntax: str, warning: str) -> IngestResult:
+        kept = self._keep_well_known(fields)
+        if kept is not None:
+            return kept
+        temp = self._temp_path()
+        try:
+            write(temp)
+        except Exception as exc:
+            temp.unlink(missing_ok=True)
+            return IngestResult(OUT_OF_RESOURCES, f"cannot write: {exc}"[:64], fields["sop_instance_uid"])
+        return self._commit(temp, True, fields, transfer_syntax, warning)
+
+    def _store_moved(self, source: Path, fields: dict[str, Any], transfer_syntax: str, warning: str) -> IngestResult:
+        kept = self._keep_well_known(fields)
+        if kept is not None:
+            return kept
+        if source.parent.resolve() != self.files_dir.resolve() and os.stat(source).st_dev != os.stat(self.files_dir).st_dev:
+            return self._store_new_file(lambda temp: shutil.copyfile(source, temp), fields, transfer_syntax, warning)
+        return self._commit(source, False, fields, transfer_syntax, warning)
+
+    def _keep_well_known(self, fields: dict[str, Any]) -> IngestResult | None:
+        uid = fields["sop_instance_uid"]
+        if uid in WELL_KNOWN_PALETTE_UIDS:
+            existing = self.get(uid)
+            if existing is not None:
+                return IngestResult(SUCCESS, "well-known palette already stored; kept", uid, existing.path)
+        return None
+
+    def _commit(self, source: Path, ours: bool, fields: dict[str, Any], transfer_syntax: str, warning: str) -> IngestResult:
+        """Steps 2-4 of a store (see the module docstring) for ``source``.
+
+        ``ours``: ``source`` is our temporary, removed on failure. Cleanup is
+        done for ``Exception`` only: anything else is treated as the process
+        dying, and left to ``recover()`` at the next open.
+        """
+        uid = fields["sop_instance_uid"]
+        existing = self.index.get(uid)
+        final = self.files_dir / self._final_name(uid, existing)
+        renamed = False
+        try:
+            self._step_fsync_file(source)
+            size = os.stat(source).st_size
+            self._step_rename(source, final)
+            renamed = True
+            self._step_fsync_dir()
+            self._step_index(IndexRow(transfer_syntax=transfer_syntax, file_name=final.name, size=size, **fields))
+        except Exception as exc:
+            if renamed and not ours:
+                try:
+                    os.replace(final, source)  # give the caller its file back
+                except OSError:
+                    final.unlink(missing_ok=True)
+            elif renamed:
+                final.unlink(missing_ok=True)
+            elif ours:
+                source.unlink(missing_ok=True)
+            LOGGER.warning("store of %s failed: %s", uid, exc)
+            return IngestResult(OUT_OF_RESOURCES, f"cannot store: {exc}"[:64], uid)
+        if existing is not None and existing.file_name != final.name:
+            try:
+                self._step_remove_old(self.files_dir / existing.file_name)
+            except Exception as exc:  # left for recover()
+                LOGGER.warning("cannot remove replaced file %s: %s", existing.file_name, exc)
+        if warning:
+            return IngestResult(WARNING_DATASET_DOES_NOT_MATCH, warning, uid, final)
+        return IngestResult(SUCCESS, "replaced" if existing is not None else "", uid, final)
+
+    # -- consistency -----------------------------------------------------
+
+    def verify(self) -> VerifyReport:
+        """Compare the index with ``files/``; change nothing."""
+        report = VerifyReport()
+        rows = self.index.file_names()
+        on_disk: dict[str, int] = {}
+        for entry in os.scandir(self.files_dir):
+            if entry.name.startswith(_TEMP_PREFIX):
+                report.temp_files.append(Path(entry.path))
+            elif entry.is_file():
+                on_disk[entry.name] = entry.stat().st_size
+        for name in sorted(on_disk.keys() - rows.keys()):
+            report.files_without_row.append(self.files_dir / name)
+        for name in sorted(rows.keys() - on_disk.keys()):
+            report.rows_without_file.append(rows[name][0])
+        for name in sorted(rows.keys() & on_disk.keys()):
+            if rows[name][1] != on_disk[name]:
+                report.size_mismatches.append(rows[name][0])
+        return report
+
+    def recover(self) -> VerifyReport:
+        """Undo what an interrupted store left (run by the constructor).
+
+        Removes temporary files and files that no row names (stores never
+        committed, or versions already replaced), and rows whose file is gone
+        (only possible if someone removed it). Returns what was found.
+        """
+        report = self.verify()
+        for path in report.temp_files + report.files_without_row:
+            LOGGER.info("recover: removing %s", path.name)
+            path.unlink(missing_ok=True)
+        if report.rows_without_file:
+            LOGGER.warning("recover: %d index rows without their file, removed", len(report.rows_without_file))
+            self.index.delete(report.rows_without_file)
+        for uid in report.size_mismatches:
+            LOGGER.warning("recover: file of %s does not have the indexed size", uid)
+        return report

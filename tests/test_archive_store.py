@@ -1,0 +1,342 @@
+"""The palette archive's storage: seeding, restart, ingest, duplicates,
+refusals, retrieve lookups, crash safety and ``verify()``."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+from pydicom import Dataset, dcmread
+
+from chromanet import uids
+from chromanet.archive import (
+    ArchiveBusyError,
+    ArchiveVersionError,
+    IdentifierError,
+    PaletteArchive,
+    WELL_KNOWN_PALETTE_UIDS,
+)
+from chromanet.archive.seed import well_known_palette_files
+
+pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR")
+
+NEW_UID = "1.2.826.0.1.3680043.10.1234.77"
+HOT_IRON = "1.2.840.10008.1.5.1"
+
+
+def palette(uid: str = NEW_UID, label: str = "MY_PALETTE", **changes: object) -> Dataset:
+    path = next(p for p in well_known_palette_files() if p.name == "hotiron.dcm")
+    ds = dcmread(path)
+    del ds.file_meta
+    ds.SOPInstanceUID = uid
+    ds.ContentLabel = label
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    return ds
+
+
+def find_uids(archive: PaletteArchive, **keys: object) -> set[str]:
+    ds = Dataset()
+    for k, v in keys.items():
+        setattr(ds, k, v)
+    return set(archive.find(ds).sop_instance_uids)
+
+
+def locate_ds(value: object) -> Dataset:
+    ds = Dataset()
+    ds.SOPInstanceUID = value
+    return ds
+
+
+def listing(archive: PaletteArchive) -> list[str]:
+    return sorted(os.listdir(archive.files_dir))
+
+
+@pytest.fixture
+def archive(tmp_path: Path):
+    arch = PaletteArchive.open(tmp_path / "data")
+    yield arch
+    arch.close()
+
+
+def test_seed_idempotent_and_restart(tmp_path: Path) -> None:
+    with PaletteArchive.open(tmp_path) as first:
+        assert len(first) == 8
+        assert {i.sop_instance_uid for i in first.locate(locate_ds(sorted(WELL_KNOWN_PALETTE_UIDS)))} == set(
+            WELL_KNOWN_PALETTE_UIDS
+        )
+        files = listing(first)
+    with PaletteArchive.open(tmp_path) as second:
+        assert len(second) == 8
+        assert listing(second) == files
+        assert second.verify().ok
+        assert (tmp_path / "index.sqlite3").exists()
+        mode = sqlite3.connect(tmp_path / "index.sqlite3").execute("PRAGMA journal_mode").fetchone()[0]
+        assert mode == "wal"
+
+
+def test_seeded_files_are_the_pydicom_files(archive: PaletteArchive) -> None:
+    for path in well_known_palette_files():
+        uid = dcmread(path, stop_before_pixels=True).SOPInstanceUID
+        stored = archive.get(uid)
+        assert stored is not None
+        assert stored.path.read_bytes() == path.read_bytes()
+        assert stored.size == path.stat().st_size
+        assert stored.transfer_syntax == uids.ExplicitVRLittleEndian
+        assert stored.sop_class_uid == uids.ColorPaletteStorage
+
+
+def test_ingest_dataset_findable_and_locatable_after_restart(tmp_path: Path) -> None:
+    with PaletteArchive.open(tmp_path) as arch:
+        result = arch.ingest_dataset(palette(), uids.ImplicitVRLittleEndian)
+        assert result.status == 0x0000 and result.ok
+        assert result.path == arch.files_dir / f"{NEW_UID}.dcm"
+    with PaletteArchive.open(tmp_path) as arch:
+        assert find_uids(arch, ContentLabel="MY_*") == {NEW_UID}
+        (stored,) = arch.locate(locate_ds(NEW_UID))
+        assert stored.transfer_syntax == uids.ImplicitVRLittleEndian
+        assert stored.size == stored.path.stat().st_size
+        back = dcmread(stored.path)
+        assert back.ContentLabel == "MY_PALETTE"
+        assert back.file_meta.MediaStorageSOPInstanceUID == NEW_UID
+
+
+def test_ingest_file_moves_the_spooled_file(archive: PaletteArchive, tmp_path: Path) -> None:
+    spooled = tmp_path / "spool.dcm"
+    _write_part10(palette(), spooled)
+    result = archive.ingest_file(spooled)
+    assert result.status == 0x0000
+    assert not spooled.exists()
+    assert archive.get(NEW_UID).path.exists()
+    assert archive.verify().ok
+
+
+def _write_part10(ds: Dataset, path: Path, syntax: str = uids.ExplicitVRLittleEndian) -> None:
+    from chromanet import dsutil
+
+    meta = dsutil.build_file_meta(ds.SOPClassUID, ds.SOPInstanceUID, syntax)
+    path.write_bytes(dsutil.encode_file_header(meta) + dsutil.encode_dataset(ds, syntax))
+
+
+def test_ingest_file_copy_leaves_the_source(archive: PaletteArchive, tmp_path: Path) -> None:
+    source = tmp_path / "source.dcm"
+    _write_part10(palette(), source)
+    assert archive.ingest_file(source, move=False).status == 0x0000
+    assert source.exists()
+
+
+def test_duplicate_replaces(archive: PaletteArchive) -> None:
+    first = archive.ingest_dataset(palette(label="FIRST"))
+    second = archive.ingest_dataset(palette(label="SECOND"))
+    assert first.status == second.status == 0x0000
+    assert first.path != second.path
+    assert not first.path.exists()  # the replaced version is gone
+    assert find_uids(archive, ContentLabel="FIRST") == set()
+    assert find_uids(archive, ContentLabel="SECOND") == {NEW_UID}
+    assert len(archive) == 9
+    assert dcmread(archive.get(NEW_UID).path).ContentLabel == "SECOND"
+    assert archive.verify().ok
+    third = archive.ingest_dataset(palette(label="THIRD"))  # and back to the plain name
+    assert third.ok and archive.verify().ok and len(listing(archive)) == 9
+
+
+def test_well_known_palette_is_never_replaced(archive: PaletteArchive) -> None:
+    before = archive.get(HOT_IRON).path.read_bytes()
+    result = archive.ingest_dataset(palette(uid=HOT_IRON, label="EVIL"))
+    assert result.status == 0x0000 and "kept" in result.comment
+    assert archive.get(HOT_IRON).path.read_bytes() == before
+    assert find_uids(archive, ContentLabel="EVIL") == set()
+    assert archive.verify().ok
+
+
+def test_refusals(archive: PaletteArchive, tmp_path: Path) -> None:
+    ct = palette()
+    ct.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
+    cases = {
+        "other SOP class": (archive.ingest_dataset(ct), 0xA900),
+        "no label": (archive.ingest_dataset(palette(label="")), 0xA900),
+        "no descriptors": (archive.ingest_dataset(palette(RedPaletteColorLookupTableDescriptor=None)), 0xA900),
+        "no LUT data": (archive.ingest_dataset(palette(RedPaletteColorLookupTableData=None)), 0xA900),
+        "bad UID": (archive.ingest_dataset(palette(uid="1.2.03.x")), 0xA900),
+    }
+    garbage = tmp_path / "garbage.dcm"
+    garbage.write_bytes(b"\0" * 200)
+    cases["not part 10"] = (archive.ingest_file(garbage), 0xC000)
+    mismatch = tmp_path / "mismatch.dcm"
+    _write_part10(palette(), mismatch)
+    data = bytearray(mismatch.read_bytes())
+    at = data.index(NEW_UID.encode())  # the file meta's Media Storage SOP Instance UID
+    data[at + len(NEW_UID) - 1 : at + len(NEW_UID)] = b"8"
+    mismatch.write_bytes(bytes(data))
+    cases["meta mismatch"] = (archive.ingest_file(mismatch), 0xA900)
+    for name, (result, status) in cases.items():
+        assert result.status == status, (name, result)
+        assert not result.ok and result.comment and len(result.comment) <= 64
+    assert garbage.exists() and mismatch.exists()  # a refused file stays with its owner
+    assert len(archive) == 8
+    assert archive.verify().ok and len(listing(archive)) == 8
+
+
+def test_missing_icc_profile_is_a_warning(archive: PaletteArchive) -> None:
+    result = archive.ingest_dataset(palette(ICCProfile=None))
+    assert result.status == 0xB007 and result.ok and "ICC" in result.comment
+    assert find_uids(archive, SOPInstanceUID=NEW_UID) == {NEW_UID}
+
+
+def test_locate(archive: PaletteArchive) -> None:
+    archive.ingest_dataset(palette())
+    found = archive.locate(locate_ds([NEW_UID, "1.2.3.4", HOT_IRON, NEW_UID]))
+    assert [i.sop_instance_uid for i in found] == [NEW_UID, HOT_IRON]
+    assert found.missing == ("1.2.3.4",)
+    with_charset = locate_ds(HOT_IRON)
+    with_charset.SpecificCharacterSet = "ISO_IR 100"
+    assert len(archive.locate(with_charset)) == 1
+
+
+@pytest.mark.parametrize(
+    "build,tag",
+    [
+        (lambda: Dataset(), 0x00080018),
+        (lambda: locate_ds(""), 0x00080018),
+        (lambda: locate_ds("1.2.840.10008.1.5.*"), 0x00080018),
+        (lambda: _with(locate_ds(HOT_IRON), QueryRetrieveLevel="IMAGE"), 0x00080052),
+        (lambda: _with(locate_ds(HOT_IRON), ContentLabel="HOT_IRON"), 0x00700080),
+    ],
+    ids=["no-uid", "empty-uid", "wildcard-uid", "query-retrieve-level", "extra-key"],
+)
+def test_locate_refuses(archive: PaletteArchive, build, tag: int) -> None:
+    with pytest.raises(IdentifierError) as info:
+        archive.locate(build())
+    assert info.value.status == 0xA900
+    assert tag in info.value.offending_tags
+
+
+def _with(ds: Dataset, **keys: object) -> Dataset:
+    for k, v in keys.items():
+        setattr(ds, k, v)
+    return ds
+
+
+class SimulatedKill(BaseException):
+    """Raised inside a store step: like the process dying there (no cleanup runs)."""
+
+
+STEPS = ["_step_fsync_file", "_step_rename", "_step_fsync_dir", "_step_index", "_step_remove_old"]
+
+
+@pytest.mark.parametrize("replace", [False, True], ids=["new", "replace"])
+@pytest.mark.parametrize("step", STEPS)
+def test_killed_at_each_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str, replace: bool) -> None:
+    data = tmp_path / "data"
+    with PaletteArchive.open(data) as arch:
+        if replace:
+            assert arch.ingest_dataset(palette(label="OLD")).ok
+        monkeypatch.setattr(PaletteArchive, step, lambda self, *a: (_ for _ in ()).throw(SimulatedKill()))
+        try:
+            arch.ingest_dataset(palette(label="NEW"))
+        except SimulatedKill:
+            pass
+        monkeypatch.undo()
+        # not cleaned up in process (it "died") ...
+    with PaletteArchive.open(data) as arch:  # ... open() recovers
+        report = arch.verify()
+        assert report.ok, report
+        assert not [n for n in listing(arch) if n.startswith(".")]
+        labels = find_uids(arch, ContentLabel="NEW") | find_uids(arch, ContentLabel="OLD")
+        if replace or step == "_step_remove_old":
+            assert labels == {NEW_UID}  # old or new version, complete either way
+        else:
+            assert labels == set()  # never committed: gone
+        stored = arch.get(NEW_UID)
+        if stored is not None:
+            assert dcmread(stored.path).ContentLabel in ("NEW", "OLD")
+            expected = "NEW" if step == "_step_remove_old" else "OLD"
+            assert dcmread(stored.path).ContentLabel == expected
+
+
+@pytest.mark.parametrize("step", STEPS[:4])
+def test_failure_at_each_step_is_out_of_resources(archive: PaletteArchive, monkeypatch: pytest.MonkeyPatch, step: str) -> None:
+    def fail(self, *args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(PaletteArchive, step, fail)
+    result = archive.ingest_dataset(palette())
+    assert result.status == 0xA700 and "No space" in result.comment
+    assert archive.get(NEW_UID) is None
+    assert archive.verify().ok and len(listing(archive)) == 8  # cleaned in process
+
+
+def test_failed_move_gives_the_file_back(archive: PaletteArchive, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    spooled = archive.files_dir / ".incoming-test.dcm"
+    _write_part10(palette(), spooled)
+    monkeypatch.setattr(PaletteArchive, "_step_index", lambda self, row: (_ for _ in ()).throw(sqlite3.OperationalError("disk I/O error")))
+    assert archive.ingest_file(spooled).status == 0xA700
+    assert spooled.exists()
+
+
+def test_write_failure(archive: PaletteArchive, monkeypatch: pytest.MonkeyPatch) -> None:
+    from chromanet import dsutil
+
+    monkeypatch.setattr(dsutil, "encode_dataset", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left")))
+    assert archive.ingest_dataset(palette()).status == 0xA700
+    assert archive.verify().ok
+
+
+def test_verify_reports_both_ways_and_open_repairs(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with PaletteArchive.open(data) as arch:
+        orphan = arch.files_dir / "1.2.3.4.dcm"
+        shutil.copyfile(arch.get(HOT_IRON).path, orphan)
+        temp = arch.files_dir / ".tmp-leftover.dcm"
+        temp.write_bytes(b"half")
+        arch.get("1.2.840.10008.1.5.2").path.unlink()
+        with open(arch.get("1.2.840.10008.1.5.3").path, "ab") as handle:
+            handle.write(b"\0\0")
+        report = arch.verify()
+        assert report.files_without_row == [orphan]
+        assert report.rows_without_file == ["1.2.840.10008.1.5.2"]
+        assert report.size_mismatches == ["1.2.840.10008.1.5.3"]
+        assert report.temp_files == [temp]
+        assert not report.ok
+    with PaletteArchive.open(data, seed=False) as arch:
+        assert arch.recovered.files_without_row == [orphan]
+        assert not orphan.exists() and not temp.exists()
+        assert arch.get("1.2.840.10008.1.5.2") is None
+        assert arch.verify().rows_without_file == []
+    with PaletteArchive.open(data) as arch:  # seeding puts PET back
+        assert arch.get("1.2.840.10008.1.5.2") is not None
+
+
+def test_one_process_per_data_dir(archive: PaletteArchive) -> None:
+    with pytest.raises(ArchiveBusyError):
+        PaletteArchive(archive.data_dir)
+
+
+def test_newer_schema_refused(tmp_path: Path) -> None:
+    PaletteArchive.open(tmp_path, seed=False).close()
+    conn = sqlite3.connect(tmp_path / "index.sqlite3")
+    conn.execute("PRAGMA user_version = 99")
+    conn.close()
+    with pytest.raises(ArchiveVersionError):
+        PaletteArchive(tmp_path)
+    conn = sqlite3.connect(tmp_path / "index.sqlite3")
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    PaletteArchive(tmp_path).close()
+
+
+def test_queries_from_threads(archive: PaletteArchive) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    ds = Dataset()
+    ds.ContentLabel = "*"
+    with ThreadPoolExecutor(4) as pool:
+        counts = list(pool.map(lambda _: archive.find(ds).count, range(16)))
+    assert counts == [8] * 16
