@@ -521,6 +521,13 @@ class Association:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Settings (e.g. store_directory) belong to the association itself.
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._inner, name, value)
+
     @property
     def is_established(self) -> bool:
         return self._inner.is_established

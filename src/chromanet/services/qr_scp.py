@@ -189,7 +189,12 @@ async def serve_find(provider: ServiceProvider, channel: DimseChannel, message: 
                 await sender.send(_response(request, _dimse.C_FIND_RSP, CANCEL))
                 return
             try:
-                encoded = sender.encode(identifier)
+                # Bytes are an identifier already encoded in the context's
+                # transfer syntax (an archive's fast path): sent as they are.
+                if isinstance(identifier, (bytes, bytearray, memoryview)):
+                    encoded = identifier
+                else:
+                    encoded = sender.encode(identifier)
             except Exception as exc:
                 LOGGER.error("C-FIND response identifier failed to encode: %s", exc)
                 await sender.send(_response(request, _dimse.C_FIND_RSP, FIND_ENCODE_FAILED))
@@ -351,7 +356,10 @@ def _sop_instance_uid(dataset: Any) -> str:
 async def _store_over(assoc: Any, dataset: Any, originator: tuple[str, int] | None) -> tuple[str, int | None]:
     """One C-STORE sub-operation; (SOP Instance UID, response status or None)."""
     uid = _sop_instance_uid(dataset)
-    if dataset is None:
+    if dataset is None or not assoc.is_established:
+        # Nothing to send, or the (sub-)association is gone (e.g. the move
+        # destination aborted): this sub-operation fails, the others are
+        # still counted, and the final response still goes out.
         return uid, None
     try:
         response = await assoc._store(
@@ -361,7 +369,9 @@ async def _store_over(assoc: Any, dataset: Any, originator: tuple[str, int] | No
             originator[0] if originator else None,
             originator[1] if originator else None,
         )
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, AttributeError, KeyError) as exc:
+        # No context for its SOP class, an unreadable file, or a Dataset
+        # without the SOP Class UID (e.g. one that names a missing instance).
         LOGGER.warning("C-STORE sub-operation for %s not possible: %s", uid or "?", exc)
         return uid, None
     return uid, response.status if response is not None else None
@@ -422,7 +432,10 @@ async def _check_total(sender: _Sender, request: Command, field: int, total: int
         return False
     if total > MAX_SUBOPERATIONS:
         response = _response(request, field, SUBOPERATIONS_IMPOSSIBLE)
-        response.error_comment = f"{total} sub-operations: more than 65535 cannot be counted"
+        comment = f"{total} sub-operations: more than 65535 cannot be counted"
+        # Error Comment is LO (64 characters at most): a huge number would
+        # make the response itself fail to encode.
+        response.error_comment = comment if len(comment) <= 64 else "more than 65535 sub-operations cannot be counted"
         await sender.send(response)
         return False
     return True
@@ -515,7 +528,8 @@ async def serve_move(provider: ServiceProvider, channel: DimseChannel, message: 
         sub_assoc = await provider.assoc._open_move_destination(address, port, request.move_destination, kwargs)
         if sub_assoc is None or not sub_assoc.is_established:
             response = _response(request, _dimse.C_MOVE_RSP, MOVE_DESTINATION_UNKNOWN)
-            response.error_comment = "the move destination could not be reached or refused the association"
+            # Error Comment is LO: at most 64 characters.
+            response.error_comment = "move destination unreachable or it refused the association"
             await sender.send(response)
             return
         retrieve = _Retrieve(request, _dimse.C_MOVE_RSP, sender, total)

@@ -155,7 +155,11 @@ class ULAssociation:
         try:
             await asyncio.wait_for(connect, self.timeouts.connection)
         except BaseException:
-            self._finish("closed")
+            # No connection: nothing reached the peer and nothing will.
+            self.outcome = "closed"
+            self._fail_establishment(AssociationClosed("could not connect"))
+            if not self.ended.done():
+                self.ended.set_result("closed")
             raise
         try:
             await asyncio.wait_for(asyncio.shield(self.established), self.timeouts.acse)

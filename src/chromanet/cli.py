@@ -1,0 +1,380 @@
+"""The ``chromanet`` command: a palette archive node and SCU tools.
+
+    chromanet serve [--config FILE] [--port N] [--data-dir DIR] ...
+    chromanet echo  HOST PORT [-aet AET] [-aec AEC]
+    chromanet find  HOST PORT [-k Key=Value ...]
+    chromanet get   HOST PORT [-k Key=Value ...] [-od DIR]
+    chromanet move  HOST PORT -aem DEST [-k Key=Value ...]
+    chromanet store HOST PORT FILE_OR_DIR ...
+
+Flags follow DCMTK's where it has them (-aet, -aec, -aem, -k, -od). The exit
+status is 0 when every operation succeeded, 1 on a failure status or an
+association that could not be made, 2 on bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydicom import Dataset, config
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+from chromanet import loopthread, uids
+from chromanet.ae import AE
+from chromanet.services.status import code_to_category
+
+LOGGER = logging.getLogger("chromanet.cli")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+# --------------------------------------------------------------- arguments
+def _add_scu_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("host")
+    parser.add_argument("port", type=int)
+    parser.add_argument("-aet", "--calling-aet", default="CHROMANET-SCU", help="our AE title")
+    parser.add_argument("-aec", "--called-aet", default="CHROMANET", help="the peer's AE title")
+    parser.add_argument("--timeout", type=float, default=30.0, help="ACSE/DIMSE timeout in seconds")
+    parser.add_argument("-v", "--verbose", action="store_true")
+
+
+def _add_query_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-k",
+        "--key",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a query key by keyword, e.g. -k ContentLabel=HOT* (repeatable; KEY= asks for a return key)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chromanet", description="DICOM Color Palette node and SCU tools")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="run the palette archive node (Q/R, Storage and Verification SCP)")
+    serve.add_argument("--config", type=Path, help="TOML configuration file (flags override it)")
+    serve.add_argument("--ae-title")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--bind", dest="bind_address")
+    serve.add_argument("--data-dir", type=Path)
+    serve.add_argument("--allow", dest="allowed_calling_aets", action="append", metavar="AET")
+    serve.add_argument("--move-dest", action="append", default=[], metavar="AET=HOST:PORT")
+    serve.add_argument("--max-associations", type=int)
+    serve.add_argument("--acse-timeout", type=float)
+    serve.add_argument("--dimse-timeout", type=float)
+    serve.add_argument("--network-timeout", type=float)
+    serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    echo = commands.add_parser("echo", help="C-ECHO")
+    _add_scu_arguments(echo)
+
+    find = commands.add_parser("find", help="C-FIND on the Color Palette information model")
+    _add_scu_arguments(find)
+    _add_query_arguments(find)
+
+    get = commands.add_parser("get", help="C-GET palettes into a directory")
+    _add_scu_arguments(get)
+    _add_query_arguments(get)
+    get.add_argument("-od", "--output-directory", type=Path, default=Path("."))
+
+    move = commands.add_parser("move", help="C-MOVE palettes to another AE")
+    _add_scu_arguments(move)
+    _add_query_arguments(move)
+    move.add_argument("-aem", "--move-destination", required=True)
+
+    store = commands.add_parser("store", help="C-STORE Color Palette files")
+    _add_scu_arguments(store)
+    store.add_argument("paths", nargs="+", type=Path)
+    return parser
+
+
+def build_identifier(keys: list[str], defaults: dict[str, str]) -> Dataset:
+    """``["ContentLabel=HOT*", "ContentDescription="]`` -> a Dataset."""
+    ds = Dataset()
+    values = dict(defaults)
+    for key in keys:
+        name, sep, value = key.partition("=")
+        if not sep or tag_for_keyword(name) is None:
+            raise ValueError(f"bad query key {key!r}: use Keyword=value with a DICOM keyword")
+        values[name] = value
+    for name, value in values.items():
+        if dictionary_VR(tag_for_keyword(name)) == "SQ":
+            setattr(ds, name, [])
+        else:
+            setattr(ds, name, value)
+    return ds
+
+
+# --------------------------------------------------------------- commands
+def _scu(args: argparse.Namespace, *contexts: str) -> AE:
+    ae = AE(args.calling_aet)
+    ae.acse_timeout = ae.dimse_timeout = args.timeout
+    for context in contexts:
+        ae.add_requested_context(context)
+    return ae
+
+
+def _associate(ae: AE, args: argparse.Namespace, **kwargs: Any) -> Any:
+    assoc = ae.associate(args.host, args.port, ae_title=args.called_aet, **kwargs)
+    if not assoc.is_established:
+        reason = "rejected" if assoc.is_rejected else "failed"
+        print(f"association with {args.called_aet}@{args.host}:{args.port} {reason}", file=sys.stderr)
+        return None
+    return assoc
+
+
+def _status_text(status: int) -> str:
+    return f"0x{status:04X} ({code_to_category(status)})"
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    assoc = _associate(_scu(args, uids.Verification), args)
+    if assoc is None:
+        return EXIT_FAILED
+    try:
+        response = assoc.send_c_echo()
+    finally:
+        assoc.release()
+    if "Status" not in response:
+        print("C-ECHO: no response", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"C-ECHO: {_status_text(response.Status)}")
+    return EXIT_OK if response.Status == 0 else EXIT_FAILED
+
+
+_FIND_COLUMNS = ("SOPInstanceUID", "ContentLabel", "ContentDescription")
+
+
+def cmd_find(args: argparse.Namespace) -> int:
+    identifier = build_identifier(args.key, {"SOPInstanceUID": "", "ContentLabel": "", "ContentDescription": ""})
+    assoc = _associate(_scu(args, uids.ColorPaletteInformationModelFind), args)
+    if assoc is None:
+        return EXIT_FAILED
+    matches = 0
+    final = None
+    try:
+        for status, found in assoc.send_c_find(identifier, uids.ColorPaletteInformationModelFind):
+            if "Status" not in status:
+                break
+            if status.Status in (0xFF00, 0xFF01) and found is not None:
+                matches += 1
+                values = [str(found.get(column, "")) for column in _FIND_COLUMNS]
+                print("  ".join(values))
+            else:
+                final = status.Status
+    finally:
+        assoc.release()
+    if final is None:
+        print("C-FIND: the association ended before the final response", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"C-FIND: {_status_text(final)}, {matches} match(es)", file=sys.stderr)
+    return EXIT_OK if final == 0 else EXIT_FAILED
+
+
+class _Progress:
+    """One status line on stderr while a retrieve runs (only on a terminal)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.enabled = sys.stderr.isatty()
+
+    def update(self, status: Dataset) -> None:
+        if not self.enabled:
+            return
+        done = int(status.get("NumberOfCompletedSuboperations", 0) or 0)
+        failed = int(status.get("NumberOfFailedSuboperations", 0) or 0)
+        remaining = int(status.get("NumberOfRemainingSuboperations", 0) or 0)
+        total = done + failed + remaining + int(status.get("NumberOfWarningSuboperations", 0) or 0)
+        width = 30
+        filled = width * (total - remaining) // total if total else width
+        bar = "#" * filled + "." * (width - filled)
+        sys.stderr.write(f"\r{self.label} [{bar}] {total - remaining}/{total} failed {failed}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\n")
+
+
+def _retrieve(responses: Any, label: str) -> int:
+    progress = _Progress(label)
+    final: Dataset | None = None
+    failed_list: Any = None
+    try:
+        for status, identifier in responses:
+            if "Status" not in status:
+                break
+            if status.Status in (0xFF00, 0xFF01):
+                progress.update(status)
+            else:
+                final = status
+                failed_list = identifier.get("FailedSOPInstanceUIDList") if identifier is not None else None
+    finally:
+        progress.close()
+    if final is None:
+        print(f"{label}: the association ended before the final response", file=sys.stderr)
+        return EXIT_FAILED
+    counts = ", ".join(
+        f"{name.lower()} {int(final.get(f'NumberOf{name}Suboperations', 0) or 0)}"
+        for name in ("Completed", "Failed", "Warning")
+    )
+    print(f"{label}: {_status_text(final.Status)}, {counts}", file=sys.stderr)
+    if failed_list:
+        print(f"failed: {failed_list}", file=sys.stderr)
+    return EXIT_OK if final.Status == 0 else EXIT_FAILED
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    identifier = build_identifier(args.key, {})
+    args.output_directory.mkdir(parents=True, exist_ok=True)
+    assoc = _associate(_scu(args, uids.ColorPaletteInformationModelGet), args)
+    if assoc is None:
+        return EXIT_FAILED
+    assoc.store_directory = args.output_directory
+    try:
+        return _retrieve(assoc.send_c_get(identifier, uids.ColorPaletteInformationModelGet), "C-GET")
+    finally:
+        assoc.release()
+
+
+def cmd_move(args: argparse.Namespace) -> int:
+    identifier = build_identifier(args.key, {})
+    assoc = _associate(_scu(args, uids.ColorPaletteInformationModelMove), args)
+    if assoc is None:
+        return EXIT_FAILED
+    try:
+        responses = assoc.send_c_move(identifier, args.move_destination, uids.ColorPaletteInformationModelMove)
+        return _retrieve(responses, "C-MOVE")
+    finally:
+        assoc.release()
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    files: list[Path] = []
+    for path in args.paths:
+        files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
+    assoc = _associate(_scu(args, uids.ColorPaletteStorage), args)
+    if assoc is None:
+        return EXIT_FAILED
+    failures = 0
+    try:
+        for path in files:
+            try:
+                response = assoc.send_c_store(path)
+            except (ValueError, OSError) as exc:
+                print(f"{path}: not sent ({exc})", file=sys.stderr)
+                failures += 1
+                continue
+            status = response.get("Status")
+            if status is None:
+                print(f"{path}: no response", file=sys.stderr)
+                failures += 1
+                break
+            ok = code_to_category(status) in ("Success", "Warning")
+            failures += 0 if ok else 1
+            print(f"{path}: {_status_text(status)}")
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return EXIT_OK if failures == 0 else EXIT_FAILED
+
+
+# ------------------------------------------------------------------ serve
+def load_node_config(args: argparse.Namespace) -> Any:
+    from chromanet.node import NodeConfig
+
+    config = NodeConfig()
+    settings: dict[str, Any] = {}
+    if args.config is not None:
+        with open(args.config, "rb") as handle:
+            settings = tomllib.load(handle)
+    for key, value in settings.items():
+        if key == "move_destinations":
+            config.move_destinations = {aet: (str(hp[0]), int(hp[1])) for aet, hp in value.items()}
+        elif key == "data_dir":
+            config.data_dir = Path(value)
+        elif hasattr(config, key):
+            setattr(config, key, value)
+        else:
+            raise ValueError(f"unknown setting {key!r} in {args.config}")
+    for key in (
+        "ae_title",
+        "port",
+        "bind_address",
+        "data_dir",
+        "allowed_calling_aets",
+        "max_associations",
+        "acse_timeout",
+        "dimse_timeout",
+        "network_timeout",
+        "log_level",
+    ):
+        value = getattr(args, key, None)
+        if value is not None:
+            setattr(config, key, value)
+    for entry in args.move_dest:
+        aet, sep, where = entry.partition("=")
+        host, colon, port = where.rpartition(":")
+        if not sep or not colon or not port.isdigit():
+            raise ValueError(f"bad --move-dest {entry!r}: use AET=HOST:PORT")
+        config.move_destinations[aet] = (host, int(port))
+    return config
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM, then close the listener, abort what is
+    still open and close the archive."""
+    import signal
+
+    from chromanet.node import serve
+
+    config = load_node_config(args)
+    logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    loop = loopthread.new_event_loop()
+    task = loop.create_task(serve(config))
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, task.cancel)
+    try:
+        loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        LOGGER.info("stopped")
+    finally:
+        loop.close()
+    return EXIT_OK
+
+
+COMMANDS = {
+    "serve": cmd_serve,
+    "echo": cmd_echo,
+    "find": cmd_find,
+    "get": cmd_get,
+    "move": cmd_move,
+    "store": cmd_store,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Query values are not valid element values ("HOT*" in a CS): no warnings.
+    config.settings.reading_validation_mode = config.IGNORE
+    config.settings.writing_validation_mode = config.IGNORE
+    if args.command != "serve":
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
+    try:
+        return COMMANDS[args.command](args)
+    except ValueError as exc:
+        print(f"chromanet {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
