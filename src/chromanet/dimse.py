@@ -103,11 +103,12 @@ class ResponseStream:
                 raise self._error
             self._waiter = self._loop.create_future()
             try:
-                if self.timeout is None:
+                # asyncio.timeout, not wait_for: wait_for (3.11) can swallow
+                # a cancellation that lands when the waiter is already done,
+                # and a cancelled query must reach its C-CANCEL.
+                async with asyncio.timeout(self.timeout):
                     await self._waiter
-                else:
-                    await asyncio.wait_for(self._waiter, self.timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise DimseTimeout(f"no response to message {self.message_id} within {self.timeout} s") from None
             finally:
                 self._waiter = None

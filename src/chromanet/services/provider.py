@@ -23,6 +23,7 @@ ECHO_STATUS_ON_EXCEPTION = 0x0000
 STORE_STATUS_ON_EXCEPTION = 0xC211
 STORE_STATUS_NO_HANDLER = 0x0122  # no C-STORE handler bound: SOP class not supported
 UNRECOGNISED_OPERATION = 0x0211
+SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 
 class ServiceProvider:
@@ -46,6 +47,8 @@ class ServiceProvider:
         field = message.command.command_field
         if field == _dimse.C_ECHO_RQ:
             return self._serve_simple(channel, message, EVT_C_ECHO, _dimse.C_ECHO_RSP)
+        if field != _dimse.C_ECHO_RQ and not self._sop_class_matches(message):
+            return self._refuse(channel, message, SOP_CLASS_NOT_SUPPORTED)
         if field == _dimse.C_STORE_RQ:
             return self._serve_simple(channel, message, EVT_C_STORE, _dimse.C_STORE_RSP)
         if field == _dimse.C_FIND_RQ:
@@ -55,13 +58,30 @@ class ServiceProvider:
         if field == _dimse.C_MOVE_RQ:
             return qr_scp.serve_move(self, channel, message)
         LOGGER.warning("no service for command 0x%04X", field)
+        return self._refuse(channel, message, UNRECOGNISED_OPERATION)
+
+    def _sop_class_matches(self, message: IncomingMessage) -> bool:
+        """PS3.7: a request's Affected SOP Class UID is the abstract syntax
+        of the presentation context it came on."""
+        context = self.assoc._ul.contexts.get(message.context_id)
+        requested = message.command.affected_sop_class_uid
+        return context is None or requested is None or requested == context.abstract_syntax
+
+    def _refuse(self, channel: DimseChannel, message: IncomingMessage, status: int) -> None:
+        request = message.command
+        if status == SOP_CLASS_NOT_SUPPORTED:
+            LOGGER.warning(
+                "request for SOP class %s on a context for another: 0x0122", request.affected_sop_class_uid
+            )
         response = Command(
-            field | 0x8000,
-            affected_sop_class_uid=message.command.affected_sop_class_uid,
-            message_id_being_responded_to=message.command.message_id,
+            request.command_field | 0x8000,
+            affected_sop_class_uid=request.affected_sop_class_uid,
+            message_id_being_responded_to=request.message_id,
             command_data_set_type=_dimse.NO_DATASET,
-            status=UNRECOGNISED_OPERATION,
+            status=status,
         )
+        if request.command_field == _dimse.C_STORE_RQ:
+            response.affected_sop_instance_uid = request.affected_sop_instance_uid
         channel.send(message.context_id, response)
         return None
 

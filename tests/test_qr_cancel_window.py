@@ -1,0 +1,305 @@
+"""C-CANCEL and the asynchronous operations window, for Color Palette Q/R.
+
+C-CANCEL: an SCU cancels a C-FIND that would never end by itself (the SCP
+answers 0xFE00 and the SCU gets control back), a handler that watches
+``event.is_cancelled`` sees it become True, a C-GET cancelled half way ends
+with 0xFE00 and its counts, leaving an SCU loop early cancels the request
+and leaves the association usable, and pynetdicom's ``send_c_cancel`` works
+against a chromanet SCP.
+
+Window: with (4, 4) negotiated, four C-FINDs are outstanding on one
+association at once (the SCP runs their handlers together) and each
+consumer gets its own results; with the default (1, 1) they all complete,
+one after another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import threading
+import warnings
+from typing import Any, Iterator
+
+import pytest
+from pydicom import Dataset
+
+from chromanet import _pdu, evt, uids
+from conftest import (
+    NETWORK_TIMEOUT,
+    QR_MODELS,
+    WAIT_TIMEOUT,
+    StoreLog,
+    configure_qr_scp_ae,
+    qr_scu_ae,
+    run_async,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+FIND = uids.ColorPaletteInformationModelFind
+GET = uids.ColorPaletteInformationModelGet
+UIDS = [f"1.2.840.10008.1.5.{i}" for i in range(1, 9)]
+ENDLESS = "ENDLESS"  # Content Label asking the test SCP for an endless C-FIND
+
+
+def query(label: str = "", uid: str | list[str] = "") -> Dataset:
+    ds = Dataset()
+    ds.SOPInstanceUID = uid
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.ContentLabel = label
+    return ds
+
+
+def match(n: int, label: str = "MATCH") -> Dataset:
+    ds = Dataset()
+    ds.SOPInstanceUID = f"1.2.826.0.1.3680043.10.{n + 1}"
+    ds.ContentLabel = f"{label}{n}"
+    return ds
+
+
+class EndlessFind:
+    """EVT_C_FIND handler: Content Label ENDLESS gets matches without end
+    (only a C-CANCEL stops it); anything else gets three. Records how many
+    it produced and when its generator was closed by the engine."""
+
+    def __init__(self) -> None:
+        self.produced = 0
+        self.closed = threading.Event()
+        self.calls = 0
+
+    def __call__(self, event: Any) -> Any:
+        self.calls += 1
+        endless = event.identifier.ContentLabel == ENDLESS
+        return self._results(endless)
+
+    def _results(self, endless: bool) -> Any:
+        try:
+            for n in itertools.count() if endless else range(3):
+                self.produced += 1
+                yield 0xFF00, match(n)
+        finally:
+            self.closed.set()
+
+
+@contextlib.contextmanager
+def associated(scp: Any, store: Any = None) -> Iterator[Any]:
+    assoc = qr_scu_ae().associate(
+        "127.0.0.1", scp.port, ae_title="QRSCP", evt_handlers=[(evt.EVT_C_STORE, store)] if store else None
+    )
+    assert assoc.is_established
+    try:
+        yield assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def statuses(responses: list[tuple[Dataset, Any]]) -> list[int]:
+    return [int(s.Status) for s, _ in responses]
+
+
+async def _until(predicate: Any) -> None:
+    while not predicate():
+        await asyncio.sleep(0.005)
+
+
+# ================================================================ C-CANCEL
+def test_cancel_endless_find_blocking_api(make_qr_scp):
+    handler = EndlessFind()
+    scp = make_qr_scp([(evt.EVT_C_FIND, handler)])
+    with associated(scp) as assoc:
+        responses = []
+        for status, identifier in assoc.send_c_find(query(ENDLESS), FIND, msg_id=42):
+            responses.append((status, identifier))
+            if len(responses) == 5:
+                assoc.send_c_cancel(42)
+        # the loop ended by itself: the SCP's final answer came
+        assert responses[-1][0].Status == 0xFE00
+        assert responses[-1][1] is None
+        assert set(statuses(responses[:-1])) == {0xFF00}
+        assert 5 <= len(responses) - 1 <= handler.produced
+        assert handler.closed.wait(WAIT_TIMEOUT)
+        # usable afterwards
+        assert statuses(list(assoc.send_c_find(query("three"), FIND))) == [0xFF00] * 3 + [0x0000]
+    assert handler.calls == 2
+
+
+def test_cancel_seen_by_handler_through_is_cancelled(make_qr_scp):
+    """An async handler that waits for ``event.is_cancelled`` (and answers
+    the cancel itself): it becomes True after the SCU's C-CANCEL."""
+    seen: list[bool] = []
+
+    async def on_find(event):
+        for n in range(3):
+            yield 0xFF00, match(n)
+        seen.append(event.is_cancelled)
+        await asyncio.wait_for(_until(lambda: event.is_cancelled), WAIT_TIMEOUT)
+        seen.append(event.is_cancelled)
+        yield 0xFE00, None
+
+    scp = make_qr_scp([(evt.EVT_C_FIND, on_find)])
+
+    async def main() -> list[int]:
+        async with qr_scu_ae().associate_async(*scp.address, ae_title="QRSCP") as assoc:
+            got = []
+            async for status, _ in assoc.send_c_find(query("x"), FIND, msg_id=9):
+                got.append(int(status.Status))
+                if len(got) == 3:
+                    assoc.send_c_cancel(9)
+            return got
+
+    assert run_async(main()) == [0xFF00, 0xFF00, 0xFF00, 0xFE00]
+    assert seen == [False, True]
+
+
+def test_cancel_get_mid_way_reports_counts(make_qr_scp, palettes):
+    """The SCU's C-STORE handler sends the C-CANCEL during the 3rd
+    sub-operation: the SCP stops there, 0xFE00 with 5 remaining."""
+
+    def on_get(event):
+        yield 8
+        for uid in UIDS:
+            yield 0xFF00, palettes[uid].filename
+
+    scp = make_qr_scp([(evt.EVT_C_GET, on_get)])
+    log = StoreLog()
+
+    def on_store(event):
+        status = log(event)
+        if len(log.uids) == 3:
+            event.assoc.send_c_cancel(77)
+        return status
+
+    with associated(scp, store=on_store) as assoc:
+        responses = list(assoc.send_c_get(query("", UIDS), GET, msg_id=77))
+        again = list(assoc.send_c_get(query("", UIDS), GET))
+    assert statuses(responses) == [0xFF00] * 3 + [0xFE00]
+    final, identifier = responses[-1]
+    assert final.NumberOfRemainingSuboperations == 5
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (3, 0)
+    assert final.NumberOfWarningSuboperations == 0
+    assert identifier is not None and not identifier.FailedSOPInstanceUIDList
+    assert statuses(again) == [0xFF00] * 7 + [0x0000]
+    assert log.uids == UIDS[:3] + UIDS
+
+
+def test_leaving_blocking_loop_early_cancels(make_qr_scp):
+    handler = EndlessFind()
+    # a short network timeout: with the bug, the SCP aborts soon instead of after 10 s
+    scp = make_qr_scp([(evt.EVT_C_FIND, handler)], network_timeout=2)
+    with associated(scp) as assoc:
+        for n, (status, _) in enumerate(assoc.send_c_find(query(ENDLESS), FIND)):
+            assert status.Status == 0xFF00
+            if n == 2:
+                break
+        # the C-CANCEL stopped the endless handler (the engine closed its generator)
+        assert handler.closed.wait(WAIT_TIMEOUT)
+        assert statuses(list(assoc.send_c_find(query("three"), FIND))) == [0xFF00] * 3 + [0x0000]
+        assert len(scp.server.active_associations) == 1
+
+
+@pytest.mark.parametrize("closing", ["aclosing", "plain-break"])
+def test_leaving_async_loop_early_cancels(make_qr_scp, closing):
+    """``async for`` left with break: with ``contextlib.aclosing`` the
+    C-CANCEL goes out at once; with a plain break it goes out when the
+    abandoned generator is finalized. Either way the next request on the
+    (default, one-operation) window runs."""
+    handler = EndlessFind()
+    scp = make_qr_scp([(evt.EVT_C_FIND, handler)])
+
+    async def main() -> list[int]:
+        async with qr_scu_ae().associate_async(*scp.address, ae_title="QRSCP") as assoc:
+            seen = 0
+            if closing == "aclosing":
+                async with contextlib.aclosing(assoc.send_c_find(query(ENDLESS), FIND)) as found:
+                    async for status, _ in found:
+                        seen += 1
+                        if seen == 3:
+                            break
+            else:
+                async for status, _ in assoc.send_c_find(query(ENDLESS), FIND):
+                    seen += 1
+                    if seen == 3:
+                        break
+            assert status.Status == 0xFF00
+            return [int(s.Status) async for s, _ in assoc.send_c_find(query("three"), FIND)]
+
+    assert run_async(main(), timeout=30) == [0xFF00] * 3 + [0x0000]
+    assert handler.closed.wait(WAIT_TIMEOUT)
+
+
+@pytest.mark.peer
+def test_pynetdicom_send_c_cancel_against_chromanet(pynetdicom, make_qr_scp):
+    handler = EndlessFind()
+    scp = make_qr_scp([(evt.EVT_C_FIND, handler)])
+    ae = pynetdicom.AE("PYQRSCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = NETWORK_TIMEOUT
+    for model in QR_MODELS:
+        ae.add_requested_context(model)
+    assoc = ae.associate("127.0.0.1", scp.port, ae_title="QRSCP")
+    assert assoc.is_established
+    try:
+        responses = []
+        for status, identifier in assoc.send_c_find(query(ENDLESS), FIND, msg_id=5):
+            responses.append((status, identifier))
+            if len(responses) == 4:
+                assoc.send_c_cancel(5, query_model=FIND)
+        assert responses[-1][0].Status == 0xFE00
+        assert set(statuses(responses[:-1])) == {0xFF00}
+        assert handler.closed.wait(WAIT_TIMEOUT)
+        again = list(assoc.send_c_find(query("three"), FIND, msg_id=6))
+        assert statuses(again) == [0xFF00] * 3 + [0x0000]
+    finally:
+        assoc.release()
+
+
+# ===================================================== operations window
+@pytest.mark.parametrize("window", [(4, 4), None], ids=["window-4", "default"])
+def test_concurrent_finds_on_one_association(window):
+    """Four ``async for`` consumers share one association. With (4, 4) the
+    SCP runs the four handlers together: each handler waits (bounded) until
+    all four have started, which only happens if the requests really are
+    outstanding at once. With the default window they run one at a time
+    and still all complete with their own results."""
+    state = {"running": 0, "peak": 0, "started": 0}
+
+    async def on_find(event):
+        label = str(event.identifier.ContentLabel)
+        state["running"] += 1
+        state["started"] += 1
+        state["peak"] = max(state["peak"], state["running"])
+        try:
+            if window is not None:
+                await asyncio.wait_for(_until(lambda: state["started"] >= 4), WAIT_TIMEOUT)
+            for n in range(5):
+                yield 0xFF00, match(n, label)
+                await asyncio.sleep(0)
+        finally:
+            state["running"] -= 1
+
+    async def main() -> None:
+        ae = configure_qr_scp_ae(async_ops_window=(4, 4))
+        server = await ae.start_server_async(("127.0.0.1", 0), evt_handlers=[(evt.EVT_C_FIND, on_find)])
+        try:
+            ext = [_pdu.AsyncOperationsWindow(*window)] if window is not None else None
+            async with qr_scu_ae().associate_async(*server.server_address, ae_title="QRSCP", ext_neg=ext) as assoc:
+
+                async def consume(label: str) -> list[tuple[int, str | None]]:
+                    return [
+                        (int(s.Status), str(i.ContentLabel) if i is not None else None)
+                        async for s, i in assoc.send_c_find(query(label), FIND)
+                    ]
+
+                labels = ["ALPHA", "BRAVO", "CHARLIE", "DELTA"]
+                results = await asyncio.wait_for(asyncio.gather(*(consume(x) for x in labels)), WAIT_TIMEOUT)
+                for label, got in zip(labels, results):
+                    assert got == [(0xFF00, f"{label}{n}") for n in range(5)] + [(0x0000, None)]
+        finally:
+            await server.close()
+
+    run_async(main(), timeout=30)
+    assert state["started"] == 4
+    assert state["peak"] == (4 if window is not None else 1)
