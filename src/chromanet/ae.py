@@ -243,6 +243,14 @@ class AE:
             server.shutdown()
         return None
 
+    @property
+    def active_associations(self) -> list[Association]:
+        """The established associations of every server this AE runs."""
+        return [Association(a) for server in self._servers for a in server.active_associations]
+
+    def make_server(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("chromanet does not implement AE.make_server: use start_server(..., block=False)")
+
     def shutdown(self) -> None:
         """Stop every server this AE started (and their associations)."""
         for server in list(self._servers):
@@ -504,6 +512,41 @@ class ThreadedServer:
     @property
     def active_associations(self) -> list[Association]:
         return [Association(a) for a in self._server.active_associations]
+
+    @property
+    def ae(self) -> AE:
+        return self._server.ae
+
+    def bind(self, event: Any, handler: Any, args: list[Any] | None = None) -> None:
+        """Bind a handler for this server's associations, open or future."""
+        from chromanet.evt import check_implemented
+
+        check_implemented(event)
+        handlers = self._server._handlers
+        entry = (handler, list(args or []))
+        if event.is_intervention:
+            handlers[event] = [entry]
+        elif all(bound is not handler for bound, _ in handlers.get(event, [])):
+            handlers.setdefault(event, []).append(entry)
+
+    def unbind(self, event: Any, handler: Any) -> None:
+        handlers = self._server._handlers
+        kept = [(h, a) for h, a in handlers.get(event, []) if h is not handler]
+        if kept:
+            handlers[event] = kept
+        else:
+            handlers.pop(event, None)
+
+    def get_events(self) -> list[Any]:
+        return sorted(self._server._handlers, key=lambda event: event.name)
+
+    def serve_forever(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError(
+            "chromanet does not implement serve_forever: the server already serves; use start_server(block=True) to block"
+        )
+
+    def server_close(self) -> None:
+        self.shutdown()
 
     def shutdown(self) -> None:
         loopthread.run(self._server.close())

@@ -45,6 +45,77 @@ LOGGER = logging.getLogger("chromanet.association")
 Handlers = dict[EventType, list[tuple[Any, list[Any]]]]
 
 
+class ServiceUser:
+    """One side of an association as pynetdicom's ``assoc.requestor`` /
+    ``assoc.acceptor`` show it (read-only here): AE title, address, port,
+    maximum PDU length and implementation identifiers, from the
+    A-ASSOCIATE-RQ/-AC as sent or received."""
+
+    def __init__(self, assoc: AsyncAssociation, mode: str) -> None:
+        self._assoc = assoc
+        self.mode = mode
+
+    @property
+    def is_requestor(self) -> bool:
+        return self.mode == "requestor"
+
+    @property
+    def is_acceptor(self) -> bool:
+        return self.mode == "acceptor"
+
+    @property
+    def _is_local(self) -> bool:
+        return self.is_requestor == self._assoc.is_requestor
+
+    @property
+    def _pdu(self) -> Any:
+        ul = self._assoc._ul
+        return ul.request if self.is_requestor else ul.response
+
+    @property
+    def ae_title(self) -> str:
+        rq = self._assoc._ul.request
+        if rq is not None:
+            return rq.calling_ae_title if self.is_requestor else rq.called_ae_title
+        return self._assoc.ae.ae_title if self._is_local else ""
+
+    @property
+    def _sockaddr(self) -> tuple[str, int]:
+        return self._assoc._addresses[0 if self._is_local else 1]
+
+    @property
+    def address(self) -> str:
+        return self._sockaddr[0]
+
+    @property
+    def port(self) -> int:
+        return self._sockaddr[1]
+
+    def _user_info(self, name: str) -> Any:
+        pdu = self._pdu
+        info = getattr(pdu, "user_information", None)
+        return getattr(info, name, None) if info is not None else None
+
+    @property
+    def maximum_length(self) -> int | None:
+        return self._user_info("max_length")
+
+    @property
+    def implementation_class_uid(self) -> str | None:
+        return self._user_info("implementation_class_uid")
+
+    @property
+    def implementation_version_name(self) -> str | None:
+        return self._user_info("implementation_version_name")
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {"ae_title": self.ae_title, "address": self.address, "port": self.port, "mode": self.mode}
+
+    def __repr__(self) -> str:
+        return f"<ServiceUser {self.mode} {self.ae_title!r} {self.address}:{self.port}>"
+
+
 class AsyncAssociation:
     """One association, requestor or acceptor side, driven on the loop."""
 
@@ -67,6 +138,14 @@ class AsyncAssociation:
         # sub-operations of a C-GET are written here as <SOP Instance UID>.dcm.
         self.store_directory: Path | None = None
         self._request_contexts: dict[int, int] = {}  # outstanding Q/R requests: message ID -> context ID
+        # (local, peer) socket addresses, kept once known (the transport goes
+        # away when the connection closes).
+        self._addresses: tuple[tuple[str, int], tuple[str, int]] = (("", 0), ("", 0))
+        # Acceptors share their server's handler table until bind/unbind
+        # gives this association its own copy.
+        self._own_handlers = ul.is_requestor
+        self.requestor = ServiceUser(self, "requestor")
+        self.acceptor = ServiceUser(self, "acceptor")
         ul.on_established = self._on_established
         ul.ended.add_done_callback(self._on_ended)
 
@@ -117,7 +196,16 @@ class AsyncAssociation:
         return f"<AsyncAssociation {side} {self._ul.outcome}>"
 
     # ------------------------------------------------------------ lifecycle
+    def _remember_addresses(self) -> None:
+        transport = getattr(self._ul.connection, "transport", None)
+        if transport is None:
+            return
+        local = transport.get_extra_info("sockname") or ("", 0)
+        peer = transport.get_extra_info("peername") or ("", 0)
+        self._addresses = ((str(local[0]), int(local[1])), (str(peer[0]), int(peer[1])))
+
     def _on_established(self, ul: ULAssociation) -> None:
+        self._remember_addresses()
         result = ul.negotiation
         assert result is not None
         sink_factory = self._spool_factory if self._spool_directory is not None else None
@@ -148,6 +236,102 @@ class AsyncAssociation:
         elif outcome in ("aborted", "closed") and self._ul.negotiation is not None:
             notify(self._handlers, Event(self, EVT_ABORTED))
         notify(self._handlers, Event(self, EVT_CONN_CLOSE))
+
+    # ------------------------------------------------ handlers (pynetdicom)
+    def bind(self, event: EventType, handler: Any, args: list[Any] | None = None) -> None:
+        """Bind ``handler`` to ``event`` on this association only (an
+        intervention event keeps one handler: the new one replaces it)."""
+        from chromanet.evt import check_implemented
+
+        check_implemented(event)
+        handlers = self._private_handlers()
+        entry = (handler, list(args or []))
+        if event.is_intervention:
+            handlers[event] = [entry]
+        elif all(bound is not handler for bound, _ in handlers.get(event, [])):
+            handlers.setdefault(event, []).append(entry)
+
+    def unbind(self, event: EventType, handler: Any) -> None:
+        """Unbind ``handler`` from ``event`` on this association."""
+        handlers = self._private_handlers()
+        kept = [(h, a) for h, a in handlers.get(event, []) if h is not handler]
+        if kept:
+            handlers[event] = kept
+        else:
+            handlers.pop(event, None)
+
+    def get_events(self) -> list[EventType]:
+        """The events that have a handler bound, by name."""
+        return sorted(self._handlers, key=lambda event: event.name)
+
+    def get_handlers(self, event: EventType) -> Any:
+        """Notification events: [(handler, args)…]; intervention events:
+        (handler, args), or (None, None) when nothing is bound."""
+        bound = self._handlers.get(event, [])
+        if event.is_intervention:
+            return (bound[0][0], bound[0][1] or None) if bound else (None, None)
+        return [(h, a or None) for h, a in bound]
+
+    def _private_handlers(self) -> Handlers:
+        if not self._own_handlers:
+            self._handlers = {event: list(bound) for event, bound in self._handlers.items()}
+            self._own_handlers = True
+            if self._channel is not None:
+                provider = self._channel.request_handler
+                if isinstance(provider, ServiceProvider):
+                    provider.handlers = self._handlers
+        return self._handlers
+
+    # -------------------------------------------- pynetdicom's other names
+    @property
+    def mode(self) -> str:
+        return "requestor" if self.is_requestor else "acceptor"
+
+    @property
+    def acse_timeout(self) -> float | None:
+        return self._ul.timeouts.acse
+
+    @property
+    def dimse_timeout(self) -> float | None:
+        return self._ul.timeouts.dimse
+
+    @property
+    def network_timeout(self) -> float | None:
+        return self._ul.timeouts.network
+
+    @property
+    def local(self) -> dict[str, Any]:
+        return (self.requestor if self.is_requestor else self.acceptor).info
+
+    @property
+    def remote(self) -> dict[str, Any]:
+        return (self.acceptor if self.is_requestor else self.requestor).info
+
+    def is_alive(self) -> bool:
+        """True until the connection is gone (pynetdicom's Association is a
+        thread; this answers the same question)."""
+        return not self._ul.ended.done()
+
+    def _n_service(self, name: str) -> Any:
+        raise NotImplementedError(f"chromanet does not implement the DIMSE-N services ({name})")
+
+    def send_n_action(self, *args: Any, **kwargs: Any) -> Any:
+        self._n_service("send_n_action")
+
+    def send_n_create(self, *args: Any, **kwargs: Any) -> Any:
+        self._n_service("send_n_create")
+
+    def send_n_delete(self, *args: Any, **kwargs: Any) -> Any:
+        self._n_service("send_n_delete")
+
+    def send_n_event_report(self, *args: Any, **kwargs: Any) -> Any:
+        self._n_service("send_n_event_report")
+
+    def send_n_get(self, *args: Any, **kwargs: Any) -> Any:
+        self._n_service("send_n_get")
+
+    def send_n_set(self, *args: Any, **kwargs: Any) -> Any:
+        self._n_service("send_n_set")
 
     async def release(self) -> None:
         """A-RELEASE; returns once released (or aborted after the ACSE timeout)."""

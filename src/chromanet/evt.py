@@ -60,7 +60,56 @@ EVT_C_GET = InterventionEvent("EVT_C_GET", "C-GET request received")
 EVT_C_MOVE = InterventionEvent("EVT_C_MOVE", "C-MOVE request received")
 EVT_C_STORE = InterventionEvent("EVT_C_STORE", "C-STORE request received")
 
+# pynetdicom events chromanet never triggers. The names exist so that code
+# naming them imports; binding a handler to one raises NotImplementedError
+# (a handler that would silently never run is worse than an error).
+EVT_ACSE_RECV = NotificationEvent("EVT_ACSE_RECV", "ACSE primitive received from the DUL")
+EVT_ACSE_SENT = NotificationEvent("EVT_ACSE_SENT", "ACSE primitive sent to the DUL")
+EVT_DATA_RECV = NotificationEvent("EVT_DATA_RECV", "Data received from the peer")
+EVT_DATA_SENT = NotificationEvent("EVT_DATA_SENT", "Data sent to the peer")
+EVT_DIMSE_RECV = NotificationEvent("EVT_DIMSE_RECV", "Complete DIMSE message received and decoded")
+EVT_DIMSE_SENT = NotificationEvent("EVT_DIMSE_SENT", "DIMSE message encoded and sent")
+EVT_FSM_TRANSITION = NotificationEvent("EVT_FSM_TRANSITION", "State machine about to transition")
+EVT_PDU_RECV = NotificationEvent("EVT_PDU_RECV", "PDU received and decoded")
+EVT_PDU_SENT = NotificationEvent("EVT_PDU_SENT", "PDU encoded and sent")
+EVT_ASYNC_OPS = InterventionEvent("EVT_ASYNC_OPS", "Asynchronous operations negotiation requested")
+EVT_SOP_COMMON = InterventionEvent("EVT_SOP_COMMON", "SOP class common extended negotiation requested")
+EVT_N_ACTION = InterventionEvent("EVT_N_ACTION", "N-ACTION request received")
+EVT_N_CREATE = InterventionEvent("EVT_N_CREATE", "N-CREATE request received")
+EVT_N_DELETE = InterventionEvent("EVT_N_DELETE", "N-DELETE request received")
+EVT_N_EVENT_REPORT = InterventionEvent("EVT_N_EVENT_REPORT", "N-EVENT-REPORT request received")
+EVT_N_GET = InterventionEvent("EVT_N_GET", "N-GET request received")
+EVT_N_SET = InterventionEvent("EVT_N_SET", "N-SET request received")
+
+NOT_IMPLEMENTED_EVENTS = frozenset(
+    {
+        EVT_ACSE_RECV,
+        EVT_ACSE_SENT,
+        EVT_DATA_RECV,
+        EVT_DATA_SENT,
+        EVT_DIMSE_RECV,
+        EVT_DIMSE_SENT,
+        EVT_FSM_TRANSITION,
+        EVT_PDU_RECV,
+        EVT_PDU_SENT,
+        EVT_ASYNC_OPS,
+        EVT_SOP_COMMON,
+        EVT_N_ACTION,
+        EVT_N_CREATE,
+        EVT_N_DELETE,
+        EVT_N_EVENT_REPORT,
+        EVT_N_GET,
+        EVT_N_SET,
+    }
+)
+
 EventType = NotificationEvent | InterventionEvent
+
+
+def check_implemented(event: Any) -> None:
+    """NotImplementedError for a pynetdicom event chromanet never triggers."""
+    if event in NOT_IMPLEMENTED_EVENTS:
+        raise NotImplementedError(f"chromanet does not trigger {event.name}: a handler bound to it would never run")
 HandlerSpec = tuple[EventType, Callable[..., Any]] | tuple[EventType, Callable[..., Any], list[Any]]
 
 # pynetdicom-style request attribute names -> our Command field names.
@@ -217,6 +266,7 @@ def split_handlers(handlers: list[HandlerSpec] | None) -> dict[EventType, list[t
             event, handler, args = spec  # type: ignore[misc]
         else:
             raise ValueError(f"an event handler is (event, handler) or (event, handler, args), not {spec!r}")
+        check_implemented(event)
         if event.is_intervention:
             bound[event] = [(handler, list(args))]
         else:

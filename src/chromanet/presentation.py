@@ -64,3 +64,38 @@ def build_context(abstract_syntax: str, transfer_syntax: str | list[str] | None 
 
 
 VerificationPresentationContexts = [build_context(uids.Verification)]
+
+
+def build_role(sop_class_uid: str, scu_role: bool = False, scp_role: bool = False) -> object:
+    """pynetdicom's ``build_role`` lives in ``pynetdicom.presentation`` too."""
+    from chromanet.ae import build_role as _build_role
+
+    return _build_role(sop_class_uid, scu_role, scp_role)
+
+
+def _contexts(abstract_syntaxes: list[str]) -> list[PresentationContext]:
+    return [build_context(uid) for uid in abstract_syntaxes]
+
+
+# The Color Palette Q/R information models, FIND, MOVE and GET (as in
+# pynetdicom, the Storage SOP class is not part of this list).
+ColorPalettePresentationContexts = _contexts(
+    [
+        uids.ColorPaletteInformationModelFind,
+        uids.ColorPaletteInformationModelMove,
+        uids.ColorPaletteInformationModelGet,
+    ]
+)
+
+
+def _storage_contexts() -> list[PresentationContext]:
+    # Imported here: sop_class reads pydicom's UID dictionary, which the
+    # engine layers below do not need.
+    from chromanet.sop_class import _select_storage_classes
+
+    return _contexts(_select_storage_classes())
+
+
+#: At most 120 storage contexts (see chromanet.sop_class._select_storage_classes
+#: for the choice), leaving 8 of a request's 128 for other services.
+StoragePresentationContexts = _storage_contexts()

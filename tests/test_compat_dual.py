@@ -1,0 +1,711 @@
+"""One test module, two libraries: pynetdicom and chromanet.
+
+Every test is written once, the way a pynetdicom program is written
+(handlers bound with ``evt_handlers``, ``ae.start_server(..., block=False)``,
+``assoc.send_c_find(...)`` generators), and runs against both libraries
+through the ``lib`` fixture. No test body branches on the library: where the
+two behave differently the difference is in docs/compatibility.md, not
+hidden here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+from datetime import datetime
+from types import SimpleNamespace
+from typing import Any, Iterator
+
+import pytest
+from pydicom import Dataset, dcmread
+from pydicom.data import get_palette_files
+
+LIBRARIES = ["pynetdicom", "chromanet"]
+TIMEOUT = 10
+PALETTE_PATHS = sorted(get_palette_files("*.dcm"))
+
+
+@pytest.fixture(scope="module", params=LIBRARIES)
+def lib(request: pytest.FixtureRequest) -> SimpleNamespace:
+    name = request.param
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        pytest.skip(f"{name} is not installed")
+    return SimpleNamespace(
+        name=name,
+        AE=module.AE,
+        evt=module.evt,
+        build_context=module.build_context,
+        build_role=module.build_role,
+        sop_class=importlib.import_module(name + ".sop_class"),
+        status=importlib.import_module(name + ".status"),
+        VerificationPresentationContexts=module.VerificationPresentationContexts,
+        ColorPalettePresentationContexts=module.ColorPalettePresentationContexts,
+        StoragePresentationContexts=module.StoragePresentationContexts,
+    )
+
+
+@pytest.fixture
+def servers() -> Iterator[list[Any]]:
+    """Servers a test starts; all shut down afterwards, whatever happened."""
+    started: list[Any] = []
+    yield started
+    for server in started:
+        server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def palettes() -> list[Dataset]:
+    assert len(PALETTE_PATHS) == 8
+    return [dcmread(path) for path in PALETTE_PATHS]
+
+
+def make_ae(lib: SimpleNamespace, title: str) -> Any:
+    ae = lib.AE(ae_title=title)
+    ae.acse_timeout = TIMEOUT
+    ae.dimse_timeout = TIMEOUT
+    ae.network_timeout = TIMEOUT
+    return ae
+
+
+def serve(lib: SimpleNamespace, servers: list[Any], ae: Any, handlers: list[Any]) -> tuple[Any, int]:
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
+    servers.append(server)
+    return server, server.server_address[1]
+
+
+def palette_identifier(ds: Dataset) -> Dataset:
+    identifier = Dataset()
+    identifier.SOPInstanceUID = ds.SOPInstanceUID
+    identifier.ContentLabel = ds.ContentLabel
+    return identifier
+
+
+def query_all() -> Dataset:
+    query = Dataset()
+    query.SOPInstanceUID = ""
+    query.ContentLabel = ""
+    return query
+
+
+def wait_for(predicate: Any, timeout: float = TIMEOUT) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+# ------------------------------------------------------------------ C-ECHO
+def test_echo(lib: SimpleNamespace, servers: list[Any]) -> None:
+    seen: dict[str, Any] = {}
+
+    def handle_echo(event: Any) -> int:
+        seen["event"] = event.event
+        seen["message_id"] = event.message_id
+        seen["timestamp"] = event.timestamp
+        seen["abstract_syntax"] = event.context.abstract_syntax
+        seen["calling"] = event.assoc.requestor.ae_title
+        seen["called"] = event.assoc.acceptor.ae_title
+        return 0x0000
+
+    scp = make_ae(lib, "ECHOSCP")
+    scp.supported_contexts = lib.VerificationPresentationContexts
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_ECHO, handle_echo)])
+
+    scu = make_ae(lib, "ECHOSCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+    assoc = scu.associate("127.0.0.1", port, ae_title="ECHOSCP")
+    assert assoc.is_established
+    assert [cx.abstract_syntax for cx in assoc.accepted_contexts] == [lib.sop_class.Verification]
+    assert assoc.rejected_contexts == []
+    assert assoc.acceptor.ae_title == "ECHOSCP"
+    assert assoc.acceptor.port == port
+    assert assoc.requestor.ae_title == "ECHOSCU"
+    status = assoc.send_c_echo(msg_id=7)
+    assert isinstance(status, Dataset)
+    assert status.Status == 0x0000
+    assoc.release()
+    assert assoc.is_released
+    assert not assoc.is_established
+
+    assert seen["event"] == lib.evt.EVT_C_ECHO
+    assert seen["message_id"] == 7
+    assert isinstance(seen["timestamp"], datetime)
+    assert seen["abstract_syntax"] == lib.sop_class.Verification
+    assert (seen["calling"], seen["called"]) == ("ECHOSCU", "ECHOSCP")
+
+
+def test_echo_failure_status_from_handler(lib: SimpleNamespace, servers: list[Any]) -> None:
+    def handle_echo(event: Any) -> Dataset:
+        status = Dataset()
+        status.Status = 0x0122
+        status.ErrorComment = "not today"
+        return status
+
+    scp = make_ae(lib, "ECHOSCP")
+    scp.add_supported_context(lib.sop_class.Verification)
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_ECHO, handle_echo)])
+    scu = make_ae(lib, "ECHOSCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+    assoc = scu.associate("127.0.0.1", port)
+    assert assoc.is_established
+    status = assoc.send_c_echo()
+    assert status.Status == 0x0122
+    assert status.ErrorComment == "not today"
+    assert lib.status.code_to_category(status.Status) == "Failure"
+    assoc.release()
+
+
+def test_echo_handler_raises(lib: SimpleNamespace, servers: list[Any]) -> None:
+    def handle_echo(event: Any) -> int:
+        raise RuntimeError("deliberate")
+
+    scp = make_ae(lib, "ECHOSCP")
+    scp.add_supported_context(lib.sop_class.Verification)
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_ECHO, handle_echo)])
+    scu = make_ae(lib, "ECHOSCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+    assoc = scu.associate("127.0.0.1", port)
+    # Both libraries answer a C-ECHO whose handler raised with Success.
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+
+
+# ------------------------------------------------------------ association
+def test_rejected_association(lib: SimpleNamespace, servers: list[Any]) -> None:
+    scp = make_ae(lib, "STRICT")
+    scp.require_called_aet = True
+    scp.add_supported_context(lib.sop_class.Verification)
+    _server, port = serve(lib, servers, scp, [])
+    scu = make_ae(lib, "ECHOSCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+    assoc = scu.associate("127.0.0.1", port, ae_title="SOMEONEELSE")
+    assert assoc.is_rejected
+    assert not assoc.is_established
+    assert not assoc.is_aborted
+
+
+def test_calling_aet_not_allowed(lib: SimpleNamespace, servers: list[Any]) -> None:
+    scp = make_ae(lib, "STRICT")
+    scp.require_calling_aet = ["FRIEND"]
+    scp.add_supported_context(lib.sop_class.Verification)
+    _server, port = serve(lib, servers, scp, [])
+    scu = make_ae(lib, "STRANGER")
+    scu.add_requested_context(lib.sop_class.Verification)
+    assert scu.associate("127.0.0.1", port).is_rejected
+    friend = make_ae(lib, "FRIEND")
+    friend.add_requested_context(lib.sop_class.Verification)
+    assoc = friend.associate("127.0.0.1", port)
+    assert assoc.is_established
+    assoc.release()
+
+
+def test_notification_events(lib: SimpleNamespace, servers: list[Any]) -> None:
+    names: list[str] = []
+    lock = threading.Lock()
+
+    def record(event: Any) -> None:
+        with lock:
+            names.append(event.event.name)
+
+    events = [
+        lib.evt.EVT_CONN_OPEN,
+        lib.evt.EVT_REQUESTED,
+        lib.evt.EVT_ACCEPTED,
+        lib.evt.EVT_ESTABLISHED,
+        lib.evt.EVT_RELEASED,
+        lib.evt.EVT_CONN_CLOSE,
+    ]
+    scp = make_ae(lib, "ECHOSCP")
+    scp.add_supported_context(lib.sop_class.Verification)
+    _server, port = serve(lib, servers, scp, [(event, record) for event in events])
+    scu = make_ae(lib, "ECHOSCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+    assoc = scu.associate("127.0.0.1", port)
+    assoc.release()
+    assert wait_for(lambda: "EVT_CONN_CLOSE" in names)
+    assert names == [event.name for event in events]
+
+
+def test_aborted_by_peer_mid_find(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
+    """When the association ends before the final response, the generator
+    yields one (empty Dataset, None) and stops."""
+
+    def handle_find(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        yield 0xFF00, palette_identifier(palettes[0])
+        event.assoc.abort()
+        yield 0xFF00, palette_identifier(palettes[1])
+
+    scp = make_ae(lib, "FINDSCP")
+    scp.add_supported_context(lib.sop_class.ColorPaletteInformationModelFind)
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_FIND, handle_find)])
+    scu = make_ae(lib, "FINDSCU")
+    scu.add_requested_context(lib.sop_class.ColorPaletteInformationModelFind)
+    assoc = scu.associate("127.0.0.1", port)
+    results = list(assoc.send_c_find(query_all(), lib.sop_class.ColorPaletteInformationModelFind))
+    last_status, last_identifier = results[-1]
+    assert last_status == Dataset()
+    assert "Status" not in last_status
+    assert last_identifier is None
+    assert all(status.Status == 0xFF00 for status, _ in results[:-1])
+    assert wait_for(lambda: assoc.is_aborted)
+    assert not assoc.is_established
+
+
+# ----------------------------------------------------------------- C-STORE
+def test_store_palettes(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
+    received: list[tuple[str, str, str, str]] = []
+
+    def handle_store(event: Any) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        received.append(
+            (
+                str(ds.SOPInstanceUID),
+                str(ds.ContentLabel),
+                str(event.file_meta.MediaStorageSOPClassUID),
+                str(event.request.AffectedSOPInstanceUID),
+            )
+        )
+        return 0x0000
+
+    scp = make_ae(lib, "STORESCP")
+    scp.add_supported_context(lib.sop_class.ColorPaletteStorage)
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_STORE, handle_store)])
+
+    scu = make_ae(lib, "STORESCU")
+    scu.add_requested_context(lib.sop_class.ColorPaletteStorage)
+    assoc = scu.associate("127.0.0.1", port)
+    assert assoc.is_established
+    for ds in palettes[:7]:
+        status = assoc.send_c_store(ds)
+        assert status.Status == 0x0000
+    # A path to a Part 10 file is accepted as well.
+    assert assoc.send_c_store(str(PALETTE_PATHS[7])).Status == 0x0000
+    assoc.release()
+
+    expected = [
+        (str(ds.SOPInstanceUID), str(ds.ContentLabel), str(lib.sop_class.ColorPaletteStorage), str(ds.SOPInstanceUID))
+        for ds in palettes
+    ]
+    assert received == expected
+
+
+def test_store_handler_raises_and_failure_status(
+    lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]
+) -> None:
+    def handle_store(event: Any) -> int:
+        if event.dataset.ContentLabel == palettes[0].ContentLabel:
+            raise ValueError("deliberate")
+        return 0xA700
+
+    scp = make_ae(lib, "STORESCP")
+    scp.add_supported_context(lib.sop_class.ColorPaletteStorage)
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_STORE, handle_store)])
+    scu = make_ae(lib, "STORESCU")
+    scu.add_requested_context(lib.sop_class.ColorPaletteStorage)
+    assoc = scu.associate("127.0.0.1", port)
+    assert assoc.send_c_store(palettes[0]).Status == 0xC211
+    status = assoc.send_c_store(palettes[1])
+    assert status.Status == 0xA700
+    assert lib.status.code_to_category(status.Status) == "Failure"
+    assoc.release()
+
+
+def test_store_without_accepted_context(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
+    scp = make_ae(lib, "STORESCP")
+    scp.add_supported_context(lib.sop_class.Verification)
+    _server, port = serve(lib, servers, scp, [])
+    scu = make_ae(lib, "STORESCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+    scu.add_requested_context(lib.sop_class.ColorPaletteStorage)
+    assoc = scu.associate("127.0.0.1", port)
+    assert assoc.is_established
+    assert [cx.abstract_syntax for cx in assoc.rejected_contexts] == [lib.sop_class.ColorPaletteStorage]
+    with pytest.raises(ValueError):
+        assoc.send_c_store(palettes[0])
+    assoc.release()
+
+
+# ------------------------------------------------------------------ C-FIND
+def find_scp(lib: SimpleNamespace, servers: list[Any], handler: Any) -> int:
+    scp = make_ae(lib, "FINDSCP")
+    for cx in lib.ColorPalettePresentationContexts:
+        scp.add_supported_context(cx.abstract_syntax)
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_FIND, handler)])
+    return port
+
+
+def find_scu(lib: SimpleNamespace, port: int) -> Any:
+    scu = make_ae(lib, "FINDSCU")
+    scu.add_requested_context(lib.sop_class.ColorPaletteInformationModelFind)
+    assoc = scu.associate("127.0.0.1", port)
+    assert assoc.is_established
+    return assoc
+
+
+def test_find(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
+    queries: list[Any] = []
+
+    def handle_find(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        queries.append((event.identifier.ContentLabel, event.request.AffectedSOPClassUID, event.message_id))
+        wanted = event.identifier.ContentLabel
+        for ds in palettes:
+            if wanted in ("", "*") or ds.ContentLabel == wanted:
+                yield 0xFF00, palette_identifier(ds)
+
+    assoc = find_scu(lib, find_scp(lib, servers, handle_find))
+    results = list(assoc.send_c_find(query_all(), lib.sop_class.ColorPaletteInformationModelFind, msg_id=3))
+    assert [status.Status for status, _ in results] == [0xFF00] * 8 + [0x0000]
+    assert [ident.SOPInstanceUID for _, ident in results[:-1]] == [ds.SOPInstanceUID for ds in palettes]
+    assert results[-1][1] is None
+
+    query = query_all()
+    query.ContentLabel = palettes[2].ContentLabel
+    results = list(assoc.send_c_find(query, lib.sop_class.ColorPaletteInformationModelFind, msg_id=4))
+    assert [status.Status for status, _ in results] == [0xFF00, 0x0000]
+    assert results[0][1].ContentLabel == palettes[2].ContentLabel
+    assoc.release()
+    assert queries == [
+        ("", lib.sop_class.ColorPaletteInformationModelFind, 3),
+        (palettes[2].ContentLabel, lib.sop_class.ColorPaletteInformationModelFind, 4),
+    ]
+
+
+def test_find_handler_raises(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
+    def handle_find(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        yield 0xFF00, palette_identifier(palettes[0])
+        raise RuntimeError("deliberate")
+
+    assoc = find_scu(lib, find_scp(lib, servers, handle_find))
+    results = list(assoc.send_c_find(query_all(), lib.sop_class.ColorPaletteInformationModelFind))
+    assert [status.Status for status, _ in results] == [0xFF00, 0xC311]
+    assert results[-1][1] is None
+    assert assoc.is_established
+    assoc.release()
+
+
+def test_find_failure_status_from_handler(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
+    def handle_find(event: Any) -> Iterator[tuple[Any, Dataset | None]]:
+        status = Dataset()
+        status.Status = 0xA900
+        status.ErrorComment = "unsupported key"
+        yield status, None
+
+    assoc = find_scu(lib, find_scp(lib, servers, handle_find))
+    results = list(assoc.send_c_find(query_all(), lib.sop_class.ColorPaletteInformationModelFind))
+    assert len(results) == 1
+    status, identifier = results[0]
+    assert (status.Status, status.ErrorComment, identifier) == (0xA900, "unsupported key", None)
+    assoc.release()
+
+
+def test_find_cancel(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
+    total = 400
+    produced: list[int] = []
+    stopped = threading.Event()
+
+    def handle_find(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        try:
+            for index in range(total):
+                if event.is_cancelled:
+                    yield 0xFE00, None
+                    return
+                time.sleep(0.005)
+                produced.append(index)
+                yield 0xFF00, palette_identifier(palettes[index % 8])
+        finally:
+            stopped.set()
+
+    assoc = find_scu(lib, find_scp(lib, servers, handle_find))
+    statuses = []
+    for status, _identifier in assoc.send_c_find(query_all(), lib.sop_class.ColorPaletteInformationModelFind, msg_id=9):
+        statuses.append(status.Status)
+        if len(statuses) == 1:
+            assoc.send_c_cancel(9, query_model=lib.sop_class.ColorPaletteInformationModelFind)
+    assert statuses[-1] == 0xFE00
+    assert set(statuses[:-1]) == {0xFF00}
+    assert len(statuses) < total
+    # The handler stopped early. pynetdicom lets it see event.is_cancelled
+    # and yield the Cancel status itself; chromanet stops asking it for
+    # results once the C-CANCEL arrived (docs/compatibility.md).
+    assert stopped.wait(TIMEOUT)
+    assert len(produced) < total
+    assert assoc.is_established
+    assoc.release()
+
+
+# ------------------------------------------------------------------- C-GET
+def get_scp(lib: SimpleNamespace, servers: list[Any], handler: Any) -> int:
+    scp = make_ae(lib, "GETSCP")
+    scp.add_supported_context(lib.sop_class.ColorPaletteInformationModelGet)
+    scp.add_supported_context(lib.sop_class.ColorPaletteStorage, scu_role=True, scp_role=True)
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_GET, handler)])
+    return port
+
+
+def get_scu(lib: SimpleNamespace, port: int, store_handler: Any) -> Any:
+    scu = make_ae(lib, "GETSCU")
+    scu.add_requested_context(lib.sop_class.ColorPaletteInformationModelGet)
+    scu.add_requested_context(lib.sop_class.ColorPaletteStorage)
+    role = lib.build_role(lib.sop_class.ColorPaletteStorage, scp_role=True)
+    assoc = scu.associate("127.0.0.1", port, ext_neg=[role], evt_handlers=[(lib.evt.EVT_C_STORE, store_handler)])
+    assert assoc.is_established
+    return assoc
+
+
+def serve_palettes(palettes: list[Dataset]) -> Any:
+    def handle_get(event: Any) -> Iterator[Any]:
+        wanted = event.identifier.ContentLabel
+        matches = [ds for ds in palettes if wanted in ("", "*") or ds.ContentLabel == wanted]
+        yield len(matches)
+        for ds in matches:
+            if event.is_cancelled:
+                yield 0xFE00, None
+                return
+            yield 0xFF00, ds
+
+    return handle_get
+
+
+def test_get(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
+    stored: list[str] = []
+
+    def handle_store(event: Any) -> int:
+        stored.append(str(event.dataset.SOPInstanceUID))
+        return 0x0000
+
+    assoc = get_scu(lib, get_scp(lib, servers, serve_palettes(palettes)), handle_store)
+    results = list(assoc.send_c_get(query_all(), lib.sop_class.ColorPaletteInformationModelGet))
+    final, identifier = results[-1]
+    assert final.Status == 0x0000
+    assert identifier is None
+    assert (
+        final.NumberOfCompletedSuboperations,
+        final.NumberOfFailedSuboperations,
+        final.NumberOfWarningSuboperations,
+    ) == (8, 0, 0)
+    pending = [status for status, _ in results[:-1]]
+    assert {status.Status for status in pending} == {0xFF00}
+    # A pending response after each of the first 7 sub-operations, counting
+    # down. pynetdicom also sends one after the 8th (Remaining 0) before the
+    # final response; chromanet goes straight to the final one (see
+    # docs/compatibility.md, "C-GET/C-MOVE pending responses").
+    assert [status.NumberOfRemainingSuboperations for status in pending][:7] == list(range(7, 0, -1))
+    assert len(pending) in (7, 8)
+    assert stored == [str(ds.SOPInstanceUID) for ds in palettes]
+    assoc.release()
+
+
+def test_get_with_bound_handler_and_failed_store(
+    lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]
+) -> None:
+    """The EVT_C_STORE handler bound with ``assoc.bind`` after associate();
+    a sub-operation whose C-STORE fails is counted and listed."""
+
+    def refuse(event: Any) -> int:
+        raise AssertionError("unbound handler called")
+
+    def handle_store(event: Any) -> int:
+        return 0xA700 if event.dataset.SOPInstanceUID == palettes[0].SOPInstanceUID else 0x0000
+
+    assoc = get_scu(lib, get_scp(lib, servers, serve_palettes(palettes[:3])), refuse)
+    assoc.unbind(lib.evt.EVT_C_STORE, refuse)
+    assoc.bind(lib.evt.EVT_C_STORE, handle_store)
+    results = list(assoc.send_c_get(query_all(), lib.sop_class.ColorPaletteInformationModelGet))
+    final, identifier = results[-1]
+    assert final.Status == 0xB000
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (2, 1)
+    assert identifier.FailedSOPInstanceUIDList == palettes[0].SOPInstanceUID
+    assoc.release()
+
+
+def test_get_handler_raises(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
+    def handle_get_call(event: Any) -> Iterator[Any]:
+        raise RuntimeError("deliberate")  # raised when called: not a generator
+
+    def handle_get_count(event: Any) -> Iterator[Any]:
+        raise RuntimeError("deliberate")  # raised where the number is due
+        yield 1  # pragma: no cover - makes this a generator
+
+    for handler, expected in ((handle_get_call, 0xC411), (handle_get_count, 0xC413)):
+        assoc = get_scu(lib, get_scp(lib, servers, handler), lambda event: 0x0000)
+        results = list(assoc.send_c_get(query_all(), lib.sop_class.ColorPaletteInformationModelGet))
+        assert [status.Status for status, _ in results] == [expected]
+        assoc.release()
+
+
+def test_get_failure_status_from_handler(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
+    def handle_get(event: Any) -> Iterator[Any]:
+        yield 2
+        yield 0xFF00, palettes[0]
+        yield 0xC000, None
+
+    stored: list[str] = []
+
+    def handle_store(event: Any) -> int:
+        stored.append(event.request.AffectedSOPInstanceUID)
+        return 0x0000
+
+    assoc = get_scu(lib, get_scp(lib, servers, handle_get), handle_store)
+    results = list(assoc.send_c_get(query_all(), lib.sop_class.ColorPaletteInformationModelGet))
+    final, _ = results[-1]
+    assert final.Status == 0xC000
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (1, 1)
+    assert stored == [palettes[0].SOPInstanceUID]
+    assoc.release()
+
+
+# ------------------------------------------------------------------ C-MOVE
+def test_move(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
+    stored: list[tuple[str, str, int]] = []
+
+    def handle_store(event: Any) -> int:
+        stored.append(
+            (
+                str(event.dataset.SOPInstanceUID),
+                event.request.MoveOriginatorApplicationEntityTitle,
+                event.request.MoveOriginatorMessageID,
+            )
+        )
+        return 0x0000
+
+    destination = make_ae(lib, "DEST")
+    destination.add_supported_context(lib.sop_class.ColorPaletteStorage)
+    _dest_server, dest_port = serve(lib, servers, destination, [(lib.evt.EVT_C_STORE, handle_store)])
+
+    destinations = {"DEST": ("127.0.0.1", dest_port)}
+    requested_destinations: list[str] = []
+
+    def handle_move(event: Any) -> Iterator[Any]:
+        requested_destinations.append(event.move_destination)
+        yield destinations.get(event.move_destination, (None, None))
+        yield len(palettes)
+        for ds in palettes:
+            yield 0xFF00, ds
+
+    scp = make_ae(lib, "MOVESCP")
+    scp.add_supported_context(lib.sop_class.ColorPaletteInformationModelMove)
+    scp.add_requested_context(lib.sop_class.ColorPaletteStorage)
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_MOVE, handle_move)])
+
+    scu = make_ae(lib, "MOVESCU")
+    scu.add_requested_context(lib.sop_class.ColorPaletteInformationModelMove)
+    assoc = scu.associate("127.0.0.1", port)
+    results = list(assoc.send_c_move(query_all(), "DEST", lib.sop_class.ColorPaletteInformationModelMove, msg_id=5))
+    final, identifier = results[-1]
+    assert final.Status == 0x0000
+    assert identifier is None
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (8, 0)
+    assert {status.Status for status, _ in results[:-1]} == {0xFF00}
+
+    # An unknown destination: the handler yields (None, None).
+    results = list(assoc.send_c_move(query_all(), "NOWHERE", lib.sop_class.ColorPaletteInformationModelMove))
+    assert [status.Status for status, _ in results] == [0xA801]
+    assoc.release()
+
+    assert requested_destinations == ["DEST", "NOWHERE"]
+    assert [(uid, msg_id) for uid, _aet, msg_id in stored] == [(str(ds.SOPInstanceUID), 5) for ds in palettes]
+    # Move Originator AE Title: chromanet sends the C-MOVE requestor's title
+    # (PS3.7 9.3.1.1), pynetdicom its own (the move SCP's); see
+    # docs/compatibility.md.
+    assert {aet for _uid, aet, _msg_id in stored} <= {"MOVESCU", "MOVESCP"}
+    assert len({aet for _uid, aet, _msg_id in stored}) == 1
+
+
+def test_move_handler_raises(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
+    destination = make_ae(lib, "DEST")
+    destination.add_supported_context(lib.sop_class.ColorPaletteStorage)
+    _dest_server, dest_port = serve(lib, servers, destination, [(lib.evt.EVT_C_STORE, lambda event: 0x0000)])
+
+    def handle_move_call(event: Any) -> Iterator[Any]:
+        raise RuntimeError("deliberate")  # raised when called: not a generator
+
+    def handle_move_midway(event: Any) -> Iterator[Any]:
+        yield "127.0.0.1", dest_port
+        yield 3
+        yield 0xFF00, palettes[0]
+        raise RuntimeError("deliberate")
+
+    scp = make_ae(lib, "MOVESCP")
+    scp.add_supported_context(lib.sop_class.ColorPaletteInformationModelMove)
+    scp.add_requested_context(lib.sop_class.ColorPaletteStorage)
+    scu = make_ae(lib, "MOVESCU")
+    scu.add_requested_context(lib.sop_class.ColorPaletteInformationModelMove)
+
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_MOVE, handle_move_call)])
+    assoc = scu.associate("127.0.0.1", port)
+    results = list(assoc.send_c_move(query_all(), "DEST", lib.sop_class.ColorPaletteInformationModelMove))
+    assert [status.Status for status, _ in results] == [0xC511]
+    assoc.release()
+
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_MOVE, handle_move_midway)])
+    assoc = scu.associate("127.0.0.1", port)
+    results = list(assoc.send_c_move(query_all(), "DEST", lib.sop_class.ColorPaletteInformationModelMove))
+    final, _identifier = results[-1]
+    assert final.Status == 0xC511
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (1, 2)
+    assoc.release()
+
+
+# --------------------------------------------------------------- the AE
+def test_ae_configuration_round_trip(lib: SimpleNamespace) -> None:
+    ae = lib.AE(ae_title="CONFIG")
+    assert ae.ae_title == "CONFIG"
+    ae.maximum_associations = 3
+    ae.maximum_pdu_size = 32768
+    ae.acse_timeout = 5
+    ae.dimse_timeout = 6
+    ae.network_timeout = 7
+    ae.connection_timeout = 8
+    assert (ae.maximum_associations, ae.maximum_pdu_size) == (3, 32768)
+    assert (ae.acse_timeout, ae.dimse_timeout, ae.network_timeout, ae.connection_timeout) == (5, 6, 7, 8)
+    assert isinstance(ae.implementation_class_uid, str) and ae.implementation_class_uid
+    assert isinstance(ae.implementation_version_name, str)
+
+    ae.add_supported_context(lib.sop_class.ColorPaletteStorage, scu_role=True, scp_role=True)
+    (cx,) = ae.supported_contexts
+    assert (cx.abstract_syntax, cx.scu_role, cx.scp_role) == (lib.sop_class.ColorPaletteStorage, True, True)
+    ae.remove_supported_context(lib.sop_class.ColorPaletteStorage)
+    assert ae.supported_contexts == []
+
+    ae.requested_contexts = lib.ColorPalettePresentationContexts
+    assert [cx.abstract_syntax for cx in ae.requested_contexts] == [
+        lib.sop_class.ColorPaletteInformationModelFind,
+        lib.sop_class.ColorPaletteInformationModelMove,
+        lib.sop_class.ColorPaletteInformationModelGet,
+    ]
+    ae.remove_requested_context(lib.sop_class.ColorPaletteInformationModelMove)
+    assert len(ae.requested_contexts) == 2
+    ae.remove_requested_context(lib.sop_class.ColorPaletteInformationModelFind, "1.2.840.10008.1.2")
+    assert "1.2.840.10008.1.2" not in ae.requested_contexts[0].transfer_syntax
+    assert len(lib.StoragePresentationContexts) <= 128
+
+    context = lib.build_context(lib.sop_class.Verification)
+    assert context.abstract_syntax == lib.sop_class.Verification
+    assert context.context_id is None
+    assert context.transfer_syntax == [
+        "1.2.840.10008.1.2",
+        "1.2.840.10008.1.2.1",
+        "1.2.840.10008.1.2.1.99",
+        "1.2.840.10008.1.2.2",
+    ]
+
+
+def test_ae_shutdown_stops_servers(lib: SimpleNamespace) -> None:
+    scp = make_ae(lib, "ECHOSCP")
+    scp.add_supported_context(lib.sop_class.Verification)
+    server = scp.start_server(("127.0.0.1", 0), block=False)
+    port = server.server_address[1]
+    scu = make_ae(lib, "ECHOSCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+    assoc = scu.associate("127.0.0.1", port)
+    assert assoc.is_established
+    assoc.release()
+    scp.shutdown()
+    assoc = scu.associate("127.0.0.1", port)
+    assert not assoc.is_established
