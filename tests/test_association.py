@@ -1,0 +1,609 @@
+"""chromanet <-> chromanet over loopback: association life cycle, C-ECHO,
+C-STORE, handler statuses, spooling, transfer syntax conversion, and a peer
+that drops the connection mid-association."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom import Dataset
+
+from chromanet import _pdu, evt, uids
+from chromanet.presentation import build_context
+from chromanet.ul.negotiation import build_associate_rq
+from conftest import (
+    NETWORK_TIMEOUT,
+    WAIT_TIMEOUT,
+    Recorder,
+    async_scp,
+    dataset_bytes,
+    pydicom_decode,
+    pydicom_encode,
+    run_async,
+    scu_ae,
+)
+
+pytestmark = pytest.mark.timeout(90)
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+SERVER_LIFECYCLE = [
+    "EVT_CONN_OPEN",
+    "EVT_REQUESTED",
+    "EVT_ACCEPTED",
+    "EVT_ESTABLISHED",
+]
+
+
+def _rj(assoc: Any) -> tuple[int, int, int]:
+    rj = assoc.acse_response
+    assert type(rj).__name__ == "AssociateRJ", rj
+    return (rj.result, rj.source, rj.reason)
+
+
+def _no_active(scp: Any) -> bool:
+    # the whole set, not only the established ones: nothing may linger
+    return not scp.server._server.associations
+
+
+# ------------------------------------------------------------------ accept
+def test_accept_echo_release(chromanet_scp):
+    client = Recorder()
+    ae = scu_ae()
+    assoc = ae.associate(*chromanet_scp.address, ae_title="SRV", evt_handlers=client.handlers())
+    assert assoc.is_established
+    assert type(assoc.acse_response).__name__ == "AssociateAC"
+    accepted = {(c.abstract_syntax, c.transfer_syntax[0]) for c in assoc.accepted_contexts}
+    # The acceptor picks the first of its own syntaxes that we offered.
+    assert accepted == {
+        (uids.Verification, uids.ImplicitVRLittleEndian),
+        (uids.ColorPaletteStorage, uids.ImplicitVRLittleEndian),
+    }
+    assert assoc.rejected_contexts == []
+
+    rsp = assoc.send_c_echo()
+    assert rsp.Status == 0x0000
+    assert chromanet_scp.recorder.echoes == 1
+
+    assoc.release()
+    assert assoc.is_released and not assoc.is_aborted and not assoc.is_established
+    assert client.wait_event("EVT_CONN_CLOSE")
+    assert client.names() == ["EVT_ACCEPTED", "EVT_ESTABLISHED", "EVT_RELEASED", "EVT_CONN_CLOSE"]
+
+    rec = chromanet_scp.recorder
+    assert rec.wait_event("EVT_CONN_CLOSE")
+    assert rec.names() == SERVER_LIFECYCLE + ["EVT_RELEASED", "EVT_CONN_CLOSE"]
+    server_assoc = rec.events[-1][1]
+    assert server_assoc.is_released and server_assoc.is_acceptor
+    assert rec.wait_for(lambda: _no_active(chromanet_scp))
+
+
+def test_async_accept_echo_release_with_async_with():
+    async def main() -> None:
+        async with async_scp() as scp:
+            ae = scu_ae()
+            async with ae.associate_async(*scp.address, ae_title="SRV") as assoc:
+                assert assoc.is_established
+                for msg_id in (1, 2, 3):
+                    assert (await assoc.send_c_echo(msg_id)).Status == 0
+            assert assoc.is_released
+            assert await scp.recorder.wait_event_async("EVT_CONN_CLOSE")
+            assert scp.recorder.names() == SERVER_LIFECYCLE + ["EVT_RELEASED", "EVT_CONN_CLOSE"]
+            assert scp.recorder.echoes == 3
+            assert await scp.recorder.wait_until_async(lambda: not scp.server.associations)
+
+    run_async(main())
+
+
+# ------------------------------------------------------------------ reject
+@pytest.mark.parametrize(
+    "settings, calling, called, expected",
+    [
+        pytest.param({"require_called_aet": True}, "CLI", "WRONG", (1, 1, 7), id="called-aet"),
+        pytest.param({"require_calling_aet": ["GOOD"]}, "BAD", "SRV", (1, 1, 3), id="calling-aet"),
+    ],
+)
+def test_reject_ae_titles(make_scp, settings, calling, called, expected):
+    scp = make_scp(**settings)
+    client = Recorder()
+    assoc = scu_ae(calling).associate(*scp.address, ae_title=called, evt_handlers=client.handlers())
+    assert assoc.is_rejected
+    assert not assoc.is_established and not assoc.is_aborted and not assoc.is_released
+    assert _rj(assoc) == expected
+    assert client.wait_event("EVT_CONN_CLOSE")
+    assert client.names() == ["EVT_REJECTED", "EVT_CONN_CLOSE"]
+    assert scp.recorder.wait_event("EVT_CONN_CLOSE")
+    assert scp.recorder.names() == ["EVT_CONN_OPEN", "EVT_REQUESTED", "EVT_REJECTED", "EVT_CONN_CLOSE"]
+
+    # The right titles are accepted by the same server.
+    good = scu_ae("GOOD").associate(*scp.address, ae_title="SRV")
+    assert good.is_established
+    good.release()
+
+
+@pytest.mark.parametrize(
+    "field, value, expected, by_user",
+    [
+        # an unknown application context name: permanent, service user, reason 2
+        pytest.param("application_context_name", "1.2.3.4", (1, 1, 2), True, id="application-context"),
+        # protocol version without bit 0: permanent, ACSE provider, reason 2.
+        # The provider answers it (AE-6) and the user never sees the request.
+        pytest.param("protocol_version", 2, (1, 2, 2), False, id="protocol-version"),
+    ],
+)
+def test_reject_malformed_request(chromanet_scp, field, value, expected, by_user):
+    """Rejections only a non-chromanet requestor can provoke: raw RQ PDUs."""
+    rq = build_associate_rq("SRV", "RAW", [build_context(uids.Verification).to_spec()], max_pdu_length=16382)
+    setattr(rq, field, value)
+    with socket.create_connection(chromanet_scp.address, timeout=NETWORK_TIMEOUT) as sock:
+        sock.sendall(_pdu.encode_pdu(rq))
+        pdu_type, body = _recv_pdu(sock)
+        assert pdu_type == 0x03, "expected an A-ASSOCIATE-RJ"
+        rj = _pdu.decode_pdu(pdu_type, body)
+        assert (rj.result, rj.source, rj.reason) == expected
+        # after an RJ the acceptor waits for us to close (Sta13): we do
+    rec = chromanet_scp.recorder
+    assert rec.wait_event("EVT_CONN_CLOSE")
+    if by_user:
+        assert rec.names() == ["EVT_CONN_OPEN", "EVT_REQUESTED", "EVT_REJECTED", "EVT_CONN_CLOSE"]
+        assert _rj(rec.events[-1][1]) == expected  # what the server says it sent
+    else:
+        assert rec.names() == ["EVT_CONN_OPEN", "EVT_CONN_CLOSE"]
+    assert rec.wait_for(lambda: _no_active(chromanet_scp))
+
+
+def test_reject_accepted_titles_pass(make_scp):
+    scp = make_scp(require_called_aet=True, require_calling_aet=["GOOD", "ALSO"])
+    for calling in ("GOOD", "ALSO"):
+        assoc = scu_ae(calling).associate(*scp.address, ae_title="SRV")
+        assert assoc.is_established, calling
+        assoc.release()
+        assert assoc.is_released
+
+
+def test_reject_too_many_associations(make_scp):
+    scp = make_scp(maximum_associations=2)
+    ae = scu_ae()
+    first = ae.associate(*scp.address, ae_title="SRV")
+    second = ae.associate(*scp.address, ae_title="SRV")
+    assert first.is_established and second.is_established
+    third = ae.associate(*scp.address, ae_title="SRV")
+    assert third.is_rejected
+    # transient, ACSE-related presentation provider, local limit exceeded
+    assert _rj(third) == (2, 3, 2)
+    # the open ones are unaffected
+    assert first.send_c_echo().Status == 0
+    first.release()
+    assert scp.recorder.wait_event("EVT_RELEASED")
+    fourth = ae.associate(*scp.address, ae_title="SRV")
+    assert fourth.is_established
+    for assoc in (second, fourth):
+        assoc.release()
+        assert assoc.is_released
+
+
+# ------------------------------------------------------- context negotiation
+def test_some_contexts_rejected(make_scp):
+    scp = make_scp(transfer_syntaxes=[uids.ExplicitVRBigEndian])
+    ae = scu_ae(palette_syntaxes=[uids.ImplicitVRLittleEndian])
+    ae.add_requested_context(CT_IMAGE_STORAGE)
+    assoc = ae.associate(*scp.address, ae_title="SRV")
+    assert assoc.is_established
+    assert [(c.context_id, c.abstract_syntax) for c in assoc.accepted_contexts] == [(1, uids.Verification)]
+    rejected = {c.abstract_syntax: (c.context_id, c.result) for c in assoc.rejected_contexts}
+    assert rejected == {
+        uids.ColorPaletteStorage: (3, 4),  # transfer syntaxes not supported
+        CT_IMAGE_STORAGE: (5, 3),  # abstract syntax not supported
+    }
+    assert assoc.send_c_echo().Status == 0
+    with pytest.raises(ValueError, match="no accepted presentation context"):
+        assoc.send_c_store(_palette_dataset())
+    assoc.release()
+    assert assoc.is_released
+
+
+def test_no_common_context(make_scp):
+    scp = make_scp()
+    ae = scu_ae()
+    assoc = ae.associate(*scp.address, ae_title="SRV", contexts=[build_context(CT_IMAGE_STORAGE)])
+    try:
+        assert not assoc.is_rejected
+        assert assoc.accepted_contexts == []
+        assert [(c.context_id, c.result) for c in assoc.rejected_contexts] == [(1, 3)]
+        with pytest.raises((ValueError, RuntimeError)):
+            assoc.send_c_echo()
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    assert not assoc.is_established
+
+
+# ------------------------------------------------------------------ abort
+def test_abort_by_requestor():
+    async def main() -> None:
+        async with async_scp() as scp:
+            client = Recorder()
+            assoc = await scu_ae().associate_async(*scp.address, ae_title="SRV", evt_handlers=client.handlers())
+            assert assoc.is_established
+            assert (await assoc.send_c_echo()).Status == 0
+            assoc.abort()
+            assert await asyncio.wait_for(assoc.wait_closed(), WAIT_TIMEOUT) == "aborted"
+            assert assoc.is_aborted and not assoc.is_released and not assoc.is_established
+            assert client.names() == ["EVT_ACCEPTED", "EVT_ESTABLISHED", "EVT_ABORTED", "EVT_CONN_CLOSE"]
+
+            assert await scp.recorder.wait_event_async("EVT_CONN_CLOSE")
+            assert scp.recorder.names() == SERVER_LIFECYCLE + ["EVT_ABORTED", "EVT_CONN_CLOSE"]
+            server_assoc = scp.recorder.events[-1][1]
+            assert server_assoc.is_aborted and not server_assoc.is_released
+            assert server_assoc._ul.abort_source_reason == (0, 0)  # A-ABORT from the service user
+            assert await scp.recorder.wait_until_async(lambda: not scp.server.associations)
+
+    run_async(main())
+
+
+def test_abort_by_acceptor():
+    async def main() -> None:
+        async with async_scp() as scp:
+            client = Recorder()
+            assoc = await scu_ae().associate_async(*scp.address, ae_title="SRV", evt_handlers=client.handlers())
+            assert assoc.is_established
+            (server_assoc,) = scp.server.associations
+            server_assoc.abort()
+            await asyncio.wait_for(assoc.wait_closed(), WAIT_TIMEOUT)
+            assert assoc.is_aborted and not assoc.is_released
+            assert assoc._ul.abort_source_reason == (0, 0)
+            assert client.names() == ["EVT_ACCEPTED", "EVT_ESTABLISHED", "EVT_ABORTED", "EVT_CONN_CLOSE"]
+            with pytest.raises(RuntimeError, match="not established"):
+                await assoc.send_c_echo()
+            assert await scp.recorder.wait_event_async("EVT_CONN_CLOSE")
+            assert scp.recorder.names() == SERVER_LIFECYCLE + ["EVT_ABORTED", "EVT_CONN_CLOSE"]
+            assert server_assoc.is_aborted
+
+    run_async(main())
+
+
+def test_abort_blocking_api_both_sides(chromanet_scp):
+    ae = scu_ae()
+    # requestor aborts
+    assoc = ae.associate(*chromanet_scp.address, ae_title="SRV")
+    assert assoc.is_established
+    assoc.abort()
+    assert chromanet_scp.recorder.wait_event("EVT_ABORTED")
+    assert chromanet_scp.recorder.wait_event("EVT_CONN_CLOSE")
+    assert assoc.is_aborted
+    # acceptor aborts
+    client = Recorder()
+    assoc = ae.associate(*chromanet_scp.address, ae_title="SRV", evt_handlers=client.handlers())
+    (server_side,) = chromanet_scp.server.active_associations
+    server_side.abort()
+    assert client.wait_event("EVT_CONN_CLOSE")
+    assert "EVT_ABORTED" in client.names()
+    assert assoc.is_aborted
+    assert chromanet_scp.recorder.wait_event("EVT_ABORTED", count=2)
+
+
+def test_acceptor_aborts_from_echo_handler(make_scp):
+    def abort_now(event: Any) -> int:
+        event.assoc.abort()
+        return 0
+
+    scp = make_scp(handlers=[(evt.EVT_C_ECHO, abort_now)])
+    assoc = scu_ae().associate(*scp.address, ae_title="SRV")
+    rsp = assoc.send_c_echo()
+    # as pynetdicom: no response came, an empty Dataset
+    assert "Status" not in rsp
+    assert assoc.is_aborted
+    assert scp.recorder.wait_event("EVT_CONN_CLOSE")
+    assert "EVT_ABORTED" in scp.recorder.names()
+
+
+# ------------------------------------------------------------------ C-STORE
+def _palette_dataset() -> Dataset:
+    from pydicom.data import get_palette_files
+
+    return pydicom.dcmread(get_palette_files("*.dcm")[0])
+
+
+def _as_form(path: Path, form: str) -> Any:
+    if form == "dataset":
+        return pydicom.dcmread(path)
+    if form == "path":
+        return path
+    if form == "str":
+        return str(path)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("form", ["dataset", "path", "str", "bytes"])
+def test_store_palettes_byte_for_byte(chromanet_scp, palette_files, form):
+    # Offer only the files' own syntax so that nothing needs re-encoding.
+    ae = scu_ae(palette_syntaxes=[uids.ExplicitVRLittleEndian])
+    assoc = ae.associate(*chromanet_scp.address, ae_title="SRV")
+    assert assoc.is_established
+    for msg_id, path in enumerate(palette_files, start=1):
+        rsp = assoc.send_c_store(_as_form(path, form), msg_id=msg_id)
+        assert rsp.Status == 0x0000, path
+    assoc.release()
+    assert assoc.is_released
+
+    stored = chromanet_scp.stored
+    assert len(stored) == 8
+    for item, path in zip(stored, palette_files):
+        source = pydicom.dcmread(path)
+        assert item.sop_class_uid == uids.ColorPaletteStorage
+        assert item.sop_instance_uid == source.SOPInstanceUID
+        assert item.transfer_syntax == uids.ExplicitVRLittleEndian
+        if form == "dataset":
+            # A Dataset is encoded by pydicom: equal to pydicom's own encoding
+            # (winter.dcm has a duplicated element that pydicom drops).
+            expected = pydicom_encode(source, uids.ExplicitVRLittleEndian)
+        else:
+            # Files and bytes go on the wire as they are.
+            expected = dataset_bytes(path)
+        assert item.encoded == expected, path.name
+        received = pydicom_decode(item.encoded, item.transfer_syntax)
+        assert received == source, path.name
+
+
+@pytest.mark.parametrize("form", ["dataset", "path", "bytes"])
+def test_store_converts_transfer_syntax(make_scp, palette_files, form):
+    """The files are Explicit VR LE; the SCP takes Implicit VR LE only."""
+    scp = make_scp(transfer_syntaxes=[uids.ImplicitVRLittleEndian])
+    assoc = scu_ae().associate(*scp.address, ae_title="SRV")
+    (ctx,) = [c for c in assoc.accepted_contexts if c.abstract_syntax == uids.ColorPaletteStorage]
+    assert ctx.transfer_syntax == [uids.ImplicitVRLittleEndian]
+    for path in palette_files:
+        assert assoc.send_c_store(_as_form(path, form)).Status == 0
+    assoc.release()
+
+    assert len(scp.stored) == 8
+    for item, path in zip(scp.stored, palette_files):
+        source = pydicom.dcmread(path)
+        assert item.transfer_syntax == uids.ImplicitVRLittleEndian
+        assert item.encoded != dataset_bytes(path)  # really re-encoded
+        received = pydicom_decode(item.encoded, uids.ImplicitVRLittleEndian)
+        assert received == source, path.name
+        # Implicit VR: the same bytes pydicom writes for the source data set.
+        assert item.encoded == pydicom_encode(source, uids.ImplicitVRLittleEndian), path.name
+
+
+def test_store_async_api(palette_files):
+    async def main() -> None:
+        async with async_scp() as scp:
+            async with scu_ae().associate_async(*scp.address, ae_title="SRV") as assoc:
+                statuses = [(await assoc.send_c_store(p)).Status for p in palette_files]
+            assert statuses == [0] * 8
+            assert [s.sop_instance_uid for s in scp.stored] == [
+                str(pydicom.dcmread(p).SOPInstanceUID) for p in palette_files
+            ]
+
+    run_async(main())
+
+
+def _raise(event: Any) -> Any:
+    raise RuntimeError("handler failure (expected by the test)")
+
+
+def _status_ds(**kw: Any) -> Dataset:
+    ds = Dataset()
+    for key, value in kw.items():
+        setattr(ds, key, value)
+    return ds
+
+
+@pytest.mark.parametrize(
+    "handler, status, comment",
+    [
+        pytest.param(lambda e: 0x0000, 0x0000, None, id="int-success"),
+        pytest.param(lambda e: 0xB000, 0xB000, None, id="int-warning"),
+        pytest.param(lambda e: 0xA700, 0xA700, None, id="int-failure"),
+        pytest.param(
+            lambda e: _status_ds(Status=0xC000, ErrorComment="disk full"), 0xC000, "disk full", id="dataset-comment"
+        ),
+        pytest.param(lambda e: _status_ds(ErrorComment="no status"), 0xC001, None, id="dataset-without-status"),
+        pytest.param(lambda e: "Success", 0xC002, None, id="wrong-type-str"),
+        pytest.param(lambda e: None, 0xC002, None, id="wrong-type-none"),
+        pytest.param(lambda e: True, 0xC002, None, id="wrong-type-bool"),
+        pytest.param(_raise, 0xC211, None, id="handler-raises"),
+        pytest.param(None, 0x0122, None, id="no-handler"),
+    ],
+)
+def test_store_handler_status(make_scp, palette_files, handler, status, comment):
+    if handler is None:
+        scp = make_scp(store=False)
+    else:
+        scp = make_scp(store=False, handlers=[(evt.EVT_C_STORE, handler)])
+    assoc = scu_ae().associate(*scp.address, ae_title="SRV")
+    rsp = assoc.send_c_store(palette_files[0])
+    assert rsp.Status == status
+    if comment is None:
+        assert "ErrorComment" not in rsp
+    else:
+        assert rsp.ErrorComment == comment
+    # The association survives any handler answer.
+    assert assoc.send_c_echo().Status == 0
+    assoc.release()
+    assert assoc.is_released
+
+
+def test_async_store_handler(palette_files):
+    seen: list[str] = []
+
+    async def on_store(event: Any) -> Dataset:
+        await asyncio.sleep(0)
+        seen.append(str(event.dataset.SOPInstanceUID))
+        return _status_ds(Status=0xB000, ErrorComment="coerced")
+
+    async def main() -> None:
+        async with async_scp(handlers=[(evt.EVT_C_STORE, on_store)]) as scp:
+            async with scu_ae().associate_async(*scp.address, ae_title="SRV") as assoc:
+                rsp = await assoc.send_c_store(palette_files[1])
+        assert (rsp.Status, rsp.ErrorComment) == (0xB000, "coerced")
+
+    run_async(main())
+    assert seen == [str(pydicom.dcmread(palette_files[1]).SOPInstanceUID)]
+
+
+# ------------------------------------------------------------------ spooling
+def test_spool_handler_keeps_files(make_scp, palette_files, tmp_path):
+    spool = tmp_path / "spool"
+    keep = tmp_path / "keep"
+    spool.mkdir()
+    keep.mkdir()
+
+    def keep_it(event: Any) -> int:
+        path = Path(event.dataset_path)
+        assert path.parent == spool and path.exists()
+        os.replace(path, keep / f"{event.request.AffectedSOPInstanceUID}.dcm")
+        return 0
+
+    scp = make_scp(store=False, handlers=[(evt.EVT_C_STORE, keep_it)], store_spool_directory=spool)
+    assoc = scu_ae(palette_syntaxes=[uids.ExplicitVRLittleEndian]).associate(*scp.address, ae_title="SRV")
+    for path in palette_files:
+        assert assoc.send_c_store(path).Status == 0
+    assoc.release()
+
+    assert os.listdir(spool) == []
+    assert len(os.listdir(keep)) == 8
+    for path in palette_files:
+        source = pydicom.dcmread(path)
+        kept = keep / f"{source.SOPInstanceUID}.dcm"
+        received = pydicom.dcmread(kept)  # a valid Part 10 file
+        meta = received.file_meta
+        assert meta.TransferSyntaxUID == uids.ExplicitVRLittleEndian
+        assert meta.MediaStorageSOPClassUID == uids.ColorPaletteStorage
+        assert meta.MediaStorageSOPInstanceUID == source.SOPInstanceUID
+        assert received == source
+        assert dataset_bytes(kept) == dataset_bytes(path)
+
+
+def test_spool_file_removed_when_not_moved(make_scp, palette_files, tmp_path):
+    seen: list[tuple[Path, bool, str]] = []
+
+    def look_only(event: Any) -> int:
+        path = Path(event.dataset_path)
+        seen.append((path, path.exists(), str(event.dataset.SOPInstanceUID)))
+        return 0
+
+    scp = make_scp(store=False, handlers=[(evt.EVT_C_STORE, look_only)], store_spool_directory=tmp_path)
+    assoc = scu_ae().associate(*scp.address, ae_title="SRV")
+    for path in palette_files[:3]:
+        assert assoc.send_c_store(path).Status == 0
+    assoc.release()
+    assert [(exists, uid) for _, exists, uid in seen] == [
+        (True, str(pydicom.dcmread(p).SOPInstanceUID)) for p in palette_files[:3]
+    ]
+    assert all(not path.exists() for path, _, _ in seen)
+    assert os.listdir(tmp_path) == []
+
+
+def test_spool_file_removed_when_handler_raises(make_scp, palette_files, tmp_path):
+    scp = make_scp(store=False, handlers=[(evt.EVT_C_STORE, _raise)], store_spool_directory=tmp_path)
+    assoc = scu_ae().associate(*scp.address, ae_title="SRV")
+    assert assoc.send_c_store(palette_files[0]).Status == 0xC211
+    assoc.release()
+    assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------- peer drops the connection
+def _recv_pdu(sock: socket.socket) -> tuple[int, bytes]:
+    def exactly(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("closed")
+            data += chunk
+        return data
+
+    header = exactly(6)
+    pdu_type, _, length = struct.unpack(">BBI", header)
+    return pdu_type, exactly(length)
+
+
+def _raw_associate(address: tuple[str, int]) -> socket.socket:
+    rq = build_associate_rq(
+        "SRV", "RAW", [build_context(uids.Verification).to_spec()], max_pdu_length=16382
+    )
+    sock = socket.create_connection(address, timeout=NETWORK_TIMEOUT)
+    sock.sendall(_pdu.encode_pdu(rq))
+    pdu_type, _ = _recv_pdu(sock)
+    assert pdu_type == 0x02, "expected an A-ASSOCIATE-AC"
+    return sock
+
+
+def _half_pdata() -> bytes:
+    # P-DATA-TF announcing a 100-byte body; one PDV item header and 4 bytes sent.
+    body = struct.pack(">IBB", 96, 1, 0x03) + b"\x00\x00\x00\x00"
+    return struct.pack(">BBI", 0x04, 0, 100) + body
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        pytest.param(b"", id="close-after-accept"),
+        pytest.param(_half_pdata(), id="half-a-pdata"),
+        pytest.param(b"\x04\x00\x00", id="half-a-header"),
+    ],
+)
+def test_peer_closes_mid_association(chromanet_scp, tail):
+    rec = chromanet_scp.recorder
+    sock = _raw_associate(chromanet_scp.address)
+    assert rec.wait_event("EVT_ESTABLISHED")
+    if tail:
+        sock.sendall(tail)
+    sock.close()
+
+    assert rec.wait_event("EVT_CONN_CLOSE")
+    assert rec.names() == SERVER_LIFECYCLE + ["EVT_ABORTED", "EVT_CONN_CLOSE"]
+    server_assoc = rec.events[-1][1]
+    assert server_assoc.is_aborted and not server_assoc.is_released
+    assert rec.wait_for(lambda: _no_active(chromanet_scp))
+
+    # The server still serves.
+    assoc = scu_ae().associate(*chromanet_scp.address, ae_title="SRV")
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0
+    assoc.release()
+    assert assoc.is_released
+
+
+def test_peer_closes_during_store_with_spool(make_scp, palette_files, tmp_path):
+    """A data set cut off mid-transfer leaves no spool file behind."""
+    scp = make_scp(store_spool_directory=tmp_path)
+    rq = build_associate_rq(
+        "SRV", "RAW", [build_context(uids.ColorPaletteStorage, uids.ExplicitVRLittleEndian).to_spec()],
+        max_pdu_length=16382,
+    )
+    sock = socket.create_connection(scp.address, timeout=NETWORK_TIMEOUT)
+    try:
+        sock.sendall(_pdu.encode_pdu(rq))
+        assert _recv_pdu(sock)[0] == 0x02
+        from chromanet._dimse import Command, encode_command
+
+        command = Command(
+            0x0001,
+            affected_sop_class_uid=uids.ColorPaletteStorage,
+            affected_sop_instance_uid="1.2.3.4",
+            message_id=1,
+            priority=2,
+            command_data_set_type=0x0000,
+        )
+        encoded = encode_command(command)
+        pdv = struct.pack(">IBB", len(encoded) + 2, 1, 0x03) + encoded
+        sock.sendall(struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv)
+        part = dataset_bytes(palette_files[0])[:1000]
+        pdv = struct.pack(">IBB", len(part) + 2, 1, 0x00) + part  # not the last fragment
+        sock.sendall(struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv)
+    finally:
+        sock.close()
+    assert scp.recorder.wait_event("EVT_CONN_CLOSE")
+    assert "EVT_ABORTED" in scp.recorder.names()
+    assert scp.stored == []
+    assert scp.recorder.wait_for(lambda: os.listdir(tmp_path) == [])
