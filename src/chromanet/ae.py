@@ -610,4 +610,17 @@ class Association:
         loopthread.run(self._inner.release())
 
     def abort(self) -> None:
-        loopthread.get_loop().call_soon_threadsafe(self._inner.abort)
+        """A-ABORT; returns once the connection is closed (as pynetdicom's
+        does), or at once when called from a handler on the loop thread."""
+        if loopthread.in_loop_thread():
+            self._inner.abort()
+            return
+
+        async def abort_and_wait() -> None:
+            self._inner.abort()
+            try:
+                await asyncio.wait_for(self._inner.wait_closed(), 5)
+            except asyncio.TimeoutError:
+                LOGGER.warning("the connection did not close within 5 s of the abort")
+
+        loopthread.run(abort_and_wait())
