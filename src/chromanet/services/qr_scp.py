@@ -105,16 +105,40 @@ def _response(request: Command, field: int, status: int | None = None) -> Comman
     )
 
 
-def _start_handler(
-    provider: ServiceProvider, message: IncomingMessage, event_type: EventType
-) -> tuple[Any, Any]:
-    """(event, produced) or raises: the handler is called, not iterated."""
+async def _begin(
+    provider: ServiceProvider,
+    channel: DimseChannel,
+    message: IncomingMessage,
+    event_type: EventType,
+    response_field: int,
+    decode_failed: int,
+    handler_raised: int,
+) -> tuple[_Sender, _HandlerGenerator] | None:
+    """The common start of C-FIND, C-GET and C-MOVE: decode the identifier
+    and call the handler. None (with the failure response sent) when either
+    fails or no handler is bound."""
+    request = message.command
+    sender = _Sender(channel, message, provider.transfer_syntax(message.context_id) or uids.ImplicitVRLittleEndian)
     bound = provider.handlers.get(event_type)
     if not bound:
-        raise NotImplementedError(f"no handler is bound to {event_type.name}")
+        LOGGER.error("no handler is bound to %s", event_type.name)
+        await sender.send(_response(request, response_field, handler_raised))
+        return None
     handler, args = bound[0]
     event = provider._event(event_type, message)
-    return event, handler, args
+    try:
+        event.identifier
+    except Exception as exc:
+        LOGGER.error("%s request identifier failed to decode: %s", event_type.name, exc)
+        await sender.send(_response(request, response_field, decode_failed))
+        return None
+    try:
+        results = _HandlerGenerator(handler(event, *args))
+    except Exception:
+        LOGGER.exception("exception in the handler bound to %s", event_type.name)
+        await sender.send(_response(request, response_field, handler_raised))
+        return None
+    return sender, results
 
 
 class _Sender:
@@ -145,25 +169,10 @@ class _Sender:
 # ----------------------------------------------------------------- C-FIND
 async def serve_find(provider: ServiceProvider, channel: DimseChannel, message: IncomingMessage) -> None:
     request = message.command
-    sender = _Sender(channel, message, provider.transfer_syntax(message.context_id) or uids.ImplicitVRLittleEndian)
-    try:
-        event, handler, args = _start_handler(provider, message, EVT_C_FIND)
-    except NotImplementedError as exc:
-        LOGGER.error("%s", exc)
-        await sender.send(_response(request, _dimse.C_FIND_RSP, FIND_HANDLER_RAISED))
+    begun = await _begin(provider, channel, message, EVT_C_FIND, _dimse.C_FIND_RSP, FIND_DECODE_FAILED, FIND_HANDLER_RAISED)
+    if begun is None:
         return
-    try:
-        event.identifier
-    except Exception as exc:
-        LOGGER.error("C-FIND request identifier failed to decode: %s", exc)
-        await sender.send(_response(request, _dimse.C_FIND_RSP, FIND_DECODE_FAILED))
-        return
-    try:
-        results = _HandlerGenerator(handler(event, *args))
-    except Exception:
-        LOGGER.exception("exception in the handler bound to EVT_C_FIND")
-        await sender.send(_response(request, _dimse.C_FIND_RSP, FIND_HANDLER_RAISED))
-        return
+    sender, results = begun
     try:
         while True:
             if message.cancelled:
@@ -379,25 +388,10 @@ async def _store_over(assoc: Any, dataset: Any, originator: tuple[str, int] | No
 
 async def serve_get(provider: ServiceProvider, channel: DimseChannel, message: IncomingMessage) -> None:
     request = message.command
-    sender = _Sender(channel, message, provider.transfer_syntax(message.context_id) or uids.ImplicitVRLittleEndian)
-    try:
-        event, handler, args = _start_handler(provider, message, EVT_C_GET)
-    except NotImplementedError as exc:
-        LOGGER.error("%s", exc)
-        await sender.send(_response(request, _dimse.C_GET_RSP, GET_HANDLER_RAISED))
+    begun = await _begin(provider, channel, message, EVT_C_GET, _dimse.C_GET_RSP, GET_DECODE_FAILED, GET_HANDLER_RAISED)
+    if begun is None:
         return
-    try:
-        event.identifier
-    except Exception as exc:
-        LOGGER.error("C-GET request identifier failed to decode: %s", exc)
-        await sender.send(_response(request, _dimse.C_GET_RSP, GET_DECODE_FAILED))
-        return
-    try:
-        results = _HandlerGenerator(handler(event, *args))
-    except Exception:
-        LOGGER.exception("exception in the handler bound to EVT_C_GET")
-        await sender.send(_response(request, _dimse.C_GET_RSP, GET_HANDLER_RAISED))
-        return
+    sender, results = begun
     try:
         try:
             total = await _count(results)
@@ -464,25 +458,10 @@ def _valid_destination(value: Any) -> tuple[str | None, int | None, dict[str, An
 
 async def serve_move(provider: ServiceProvider, channel: DimseChannel, message: IncomingMessage) -> None:
     request = message.command
-    sender = _Sender(channel, message, provider.transfer_syntax(message.context_id) or uids.ImplicitVRLittleEndian)
-    try:
-        event, handler, args = _start_handler(provider, message, EVT_C_MOVE)
-    except NotImplementedError as exc:
-        LOGGER.error("%s", exc)
-        await sender.send(_response(request, _dimse.C_MOVE_RSP, MOVE_HANDLER_RAISED))
+    begun = await _begin(provider, channel, message, EVT_C_MOVE, _dimse.C_MOVE_RSP, MOVE_DECODE_FAILED, MOVE_HANDLER_RAISED)
+    if begun is None:
         return
-    try:
-        event.identifier
-    except Exception as exc:
-        LOGGER.error("C-MOVE request identifier failed to decode: %s", exc)
-        await sender.send(_response(request, _dimse.C_MOVE_RSP, MOVE_DECODE_FAILED))
-        return
-    try:
-        results = _HandlerGenerator(handler(event, *args))
-    except Exception:
-        LOGGER.exception("exception in the handler bound to EVT_C_MOVE")
-        await sender.send(_response(request, _dimse.C_MOVE_RSP, MOVE_HANDLER_RAISED))
-        return
+    sender, results = begun
     sub_assoc = None
     try:
         try:
