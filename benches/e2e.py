@@ -1,23 +1,32 @@
-"""End-to-end association benchmarks: chromanet and pynetdicom, same run.
+"""End-to-end benchmarks: chromanet, pynetdicom and DCMTK, same run.
 
-    python benches/e2e.py            # default sizes, ~2-3 minutes on 2 cores
-    python benches/e2e.py --quick    # smoke run, ~30 s
+    python benches/e2e.py            # default sizes, ~6 minutes on 2 cores
+    python benches/e2e.py --quick    # smoke run, ~1 minute
     python benches/e2e.py --help
 
 Every cell is one pairing (client implementation -> SCP implementation) and
 one workload. For each cell the harness starts a fresh SCP process (its own
-session, on a free port, waited for with a connect probe), starts the
-client process(es), triggers the timed run ``--repeats`` times, reads the
-SCP's peak RSS (``VmHWM``) and stops everything. Clients and SCPs are
-separate processes (``benches/e2e_peers.py``), so no two of them share a GIL.
+session, on a free port, waited for with a connect probe; for W6 also the
+move destination, a third process), starts the client process(es), triggers
+the timed run ``--repeats`` times, samples the SCP's peak RSS (``VmHWM``) and
+stops everything. Clients and SCPs are separate processes
+(``benches/e2e_peers.py``), so no two of them share a GIL.
 
 Workloads:
 - ``W1 echo``: N C-ECHO round trips on one association (messages/s).
+- ``W2 find``: one C-FIND with N (10,000) matches (matches/s).
+- ``W3 find1``: N (2000) one-match C-FINDs on one association (finds/s).
+- ``W4 get``: one C-GET of N (1000) ~4.4 KB palettes (instances/s).
+- ``W5 get-large``: one C-GET of N (100) ~400 KB palettes (instances/s).
+- ``W6 move``: one C-MOVE of N (1000) palettes to a store SCP (instances/s).
 - ``W7 assoc x1``: M x (associate, C-ECHO, release), one client
-  (associations/s).
-- ``W7 assoc xP``: the same M associations split over P client processes
-  in parallel; total associations / (last end - first start).
-- ``store``: the 8 pydicom palettes x K on one association (stores/s).
+  (associations/s); ``W7 assoc xP``: the same over P client processes.
+- ``W8 store``: the 8 pydicom palettes x K on one association (stores/s).
+
+The Q/R data sets (W2-W6) are built once per run, untimed, in a temporary
+directory: chromanet palette archives (``PaletteArchive``), which the
+chromanet node (``chromanet.node.PaletteNode``) serves and the pynetdicom SCP
+reads into memory, and dcmqrscp storage areas of same-size images.
 
 Pairings (client -> SCP):
 - chromanet async (``await ae.associate_async``, uvloop) -> chromanet
@@ -27,15 +36,20 @@ Pairings (client -> SCP):
   ``EVT_CONN_OPEN`` handler, no patching)
 - pynetdicom default -> pynetdicom default: as users run it. Its C-STORE
   stalls on Nagle + delayed ACK (~40 ms a store), so this pairing runs at
-  sizes scaled by ``--stall-scale`` (the table shows the n used).
+  sizes scaled by ``--stall-scale`` (the table shows the n used), W1/W7/W8 only.
+- DCMTK's command-line tools -> storescp (W1, W7, W8) / dcmqrscp (W2-W6, on
+  the Patient Root model: DCMTK has no Color Palette Q/R SCP), all with
+  ``TCP_NODELAY=1`` in their environment; skipped with a message when DCMTK
+  is not installed.
 - with ``--cross``: chromanet async -> pynetdicom + TCP_NODELAY, and
   pynetdicom + TCP_NODELAY -> chromanet.
 
 Output: a table on stdout (median, min-max over the repeats, ratio of
-medians to the pynetdicom baselines, SCP peak RSS), and JSON in
-``bench-results/e2e.json``; peers' stderr goes to ``bench-results/e2e-logs/``.
-Timings vary with machine load: compare ratios from one run, not absolute
-numbers across runs.
+medians to the pynetdicom and DCMTK baselines, SCP peak RSS), JSON in
+``bench-results/e2e.json``, a PNG chart (``bench-results/e2e.png``, when
+matplotlib is installed; otherwise the harness says so); peers' stderr goes
+to ``bench-results/e2e-logs/``. Timings vary with machine load: compare
+ratios from one run, not absolute numbers across runs.
 """
 
 from __future__ import annotations
@@ -67,18 +81,22 @@ class Peer:
     """A child process in its own session (so we can kill its group), with
     a line reader on its stdout that honours a timeout."""
 
-    def __init__(self, argv: list[str], log_path: Path, registry: list["Peer"]) -> None:
+    def __init__(self, argv: list[str], log_path: Path, registry: list["Peer"],
+                 env: dict[str, str] | None = None, eof_exits: bool = True) -> None:
         self.argv = argv
         self.log_path = log_path
+        self.eof_exits = eof_exits  # False for DCMTK's SCPs, which do not read stdin
         self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
+            stdout=subprocess.PIPE if eof_exits else self._log,
             stderr=self._log,
             start_new_session=True,
             cwd=str(REPO),
+            env=env,
         )
+
         self._buf = b""
         registry.append(self)
 
@@ -111,14 +129,19 @@ class Peer:
 
     def vmhwm_kb(self) -> int | None:
         """Peak resident set size of the process so far (Linux)."""
+        return vmhwm_kb(self.pid)
+
+    def family_vmhwm_kb(self) -> int | None:
+        """The largest peak RSS of the process and its current children
+        (DCMTK's dcmqrscp forks one child per association)."""
+        peaks = [vmhwm_kb(self.pid)]
         try:
-            with open(f"/proc/{self.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1])
+            with open(f"/proc/{self.pid}/task/{self.pid}/children") as f:
+                peaks += [vmhwm_kb(int(child)) for child in f.read().split()]
         except OSError:
             pass
-        return None
+        known = [p for p in peaks if p is not None]
+        return max(known) if known else None
 
     def describe(self) -> str:
         return " ".join(self.argv[2:6]) + f" (pid {self.pid})"
@@ -130,10 +153,11 @@ class Peer:
                 self.proc.stdin.close()
         except OSError:
             pass
-        try:
-            self.proc.wait(timeout=3)
-        except subprocess.TimeoutExpired:
-            pass
+        if self.eof_exits:
+            try:
+                self.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                pass
         for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
             try:
                 os.killpg(self.pid, sig)  # the whole session/group we created
@@ -146,6 +170,46 @@ class Peer:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         self._log.close()
+
+
+def vmhwm_kb(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+class RssSampler:
+    """Samples a peer's family peak RSS every 50 ms while a cell runs (a
+    forked DCMTK child is gone by the time the cell ends)."""
+
+    def __init__(self, peer: Peer) -> None:
+        import threading
+
+        self.peer = peer
+        self.peak: int | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        got = self.peer.family_vmhwm_kb()
+        if got is not None and (self.peak is None or got > self.peak):
+            self.peak = got
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self._sample()
+
+    def stop(self) -> int | None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        return self.peak
 
 
 def free_port() -> int:
@@ -170,9 +234,30 @@ def wait_listening(peer: Peer, port: int, timeout: float = 30.0) -> None:
 
 
 # -------------------------------------------------------------------- the grid
+DCMTK_BIN = "/usr/bin"  # explicit: pynetdicom's same-named console scripts shadow DCMTK's on PATH
+DCMTK_TOOLS = ("echoscu", "storescu", "findscu", "getscu", "movescu", "storescp", "dcmqrscp", "dcmqridx")
+PALETTE_PROFILE = REPO / "tests" / "data" / "storescp-palettes.cfg"
+MOVE_AET = "BENCH-STORE"
+DCMTK_MAX_IMAGES = 4000  # dcmqrscp's index holds ~4100 images (see e2e_peers.py): W2 runs at most this on DCMTK
+
+
+def dcmtk_missing() -> str | None:
+    """None when DCMTK's tools are in /usr/bin, else what is missing."""
+    missing = [t for t in DCMTK_TOOLS if not os.access(f"{DCMTK_BIN}/{t}", os.X_OK)]
+    if missing:
+        return f"DCMTK tools missing in {DCMTK_BIN}: {', '.join(missing)} (apt-get install dcmtk, or scripts/bootstrap --peers)"
+    try:
+        out = subprocess.run([f"{DCMTK_BIN}/echoscu", "--version"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{DCMTK_BIN}/echoscu does not run: {exc}"
+    if "dcmtk" not in (out.stdout + out.stderr).lower():
+        return f"{DCMTK_BIN}/echoscu is not DCMTK's"
+    return None
+
+
 @dataclass
 class Side:
-    impl: str  # peer --impl
+    impl: str  # chromanet | pynetdicom | dcmtk (SCP); client: chromanet-async | chromanet-blocking | pynetdicom | dcmtk
     nodelay: bool = False
 
 
@@ -183,6 +268,7 @@ class Pairing:
     client: Side
     scp: Side
     scale: float = 1.0  # size multiplier (for the stalling pynetdicom default)
+    qr: bool = True  # runs the Q/R workloads W2-W6
 
 
 @dataclass
@@ -194,6 +280,7 @@ class Workload:
     size: int
     clients: int = 1
     warmup: int = 0
+    dataset: str | None = None  # Q/R: the data set it runs on ("find", "small", "large")
 
 
 @dataclass
@@ -217,8 +304,11 @@ def pairings(args: argparse.Namespace) -> list[Pairing]:
                 Side("pynetdicom", True), Side("pynetdicom", True)),
     ]
     if not args.no_default_baseline:
+        # Its Q/R would stall ~40 ms a response: W1, W7 and W8 only.
         out.append(Pairing("pyn-default", "pynetdicom default -> pynetdicom default",
-                           Side("pynetdicom"), Side("pynetdicom"), scale=args.stall_scale))
+                           Side("pynetdicom"), Side("pynetdicom"), scale=args.stall_scale, qr=False))
+    if not args.no_dcmtk and args.dcmtk_missing is None:
+        out.append(Pairing("dcmtk", "DCMTK tools -> storescp/dcmqrscp (ND=1)", Side("dcmtk", True), Side("dcmtk", True)))
     if args.cross:
         out += [
             Pairing("cn-async>pyn", "chromanet async -> pynetdicom+NODELAY",
@@ -234,10 +324,20 @@ def pairings(args: argparse.Namespace) -> list[Pairing]:
 def workloads(args: argparse.Namespace) -> list[Workload]:
     out = [
         Workload("w1-echo", "W1 C-ECHO x N, 1 assoc", "echo", "msg/s", args.echo_n, warmup=50),
+        Workload("w2-find", "W2 one C-FIND, N matches", "find-many", "match/s", args.find_n, warmup=20,
+                 dataset="find"),
+        Workload("w3-find1", "W3 N one-match C-FINDs, 1 assoc", "find-one", "find/s", args.find1_n, warmup=20,
+                 dataset="small"),
+        Workload("w4-get", "W4 C-GET of N ~4.4 KB palettes", "get", "inst/s", args.retrieve_n, warmup=20,
+                 dataset="small"),
+        Workload("w5-get-large", "W5 C-GET of N ~400 KB palettes", "get", "inst/s", args.large_n, warmup=2,
+                 dataset="large"),
+        Workload("w6-move", f"W6 C-MOVE of N ~4.4 KB palettes to a store SCP", "move", "inst/s", args.retrieve_n,
+                 warmup=20, dataset="small"),
         Workload("w7-assoc", "W7 assoc+echo+release x M", "assoc", "assoc/s", args.assoc_m, warmup=5),
         Workload("w7-assoc-par", f"W7 same, {args.parallel} clients", "assoc", "assoc/s", args.assoc_m,
                  clients=args.parallel, warmup=2),
-        Workload("store", "C-STORE 8 palettes x K, 1 assoc", "store", "store/s", args.store_k, warmup=1),
+        Workload("w8-store", "W8 C-STORE 8 palettes x K, 1 assoc", "store", "store/s", args.store_k, warmup=1),
     ]
     if args.workloads:
         keys = set(args.workloads.split(","))
@@ -245,8 +345,70 @@ def workloads(args: argparse.Namespace) -> list[Workload]:
     return out
 
 
+def data_sets(args: argparse.Namespace, chosen: list[Workload]) -> list[str]:
+    """``e2e_peers.py data --set`` specs of the sets the chosen workloads use."""
+    sizes = {"find": ("small", args.find_n), "small": ("small", args.retrieve_n), "large": ("large", args.large_n)}
+    used = dict.fromkeys(w.dataset for w in chosen if w.dataset)
+    return [f"{name}:{sizes[name][0]}:{sizes[name][1]}" for name in used]
+
+
 def split(total: int, parts: int) -> list[int]:
     return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+
+
+DCMQRSCP_CONFIG = """\
+# dcmqrscp configuration written by benches/e2e.py (one storage area per data set)
+NetworkTCPPort  = {port}
+MaxPDUSize      = 16384
+MaxAssociations = 64
+HostTable BEGIN
+bench_store = ({move_aet}, 127.0.0.1, {store_port})
+HostTable END
+VendorTable BEGIN
+VendorTable END
+AETable BEGIN
+BENCH-SCP  {area}  R  (10, 1024mb)  ANY
+AETable END
+"""
+
+
+def scp_argv(side: Side, w: Workload, port: int, args: argparse.Namespace, log_dir: Path,
+             store_port: int | None) -> tuple[list[str], bool]:
+    """The command line of the SCP of a cell, and whether it exits on stdin EOF."""
+    py = sys.executable
+    dests = ["--move-dest", f"{MOVE_AET}={store_port}"] if store_port else []
+    if side.impl == "dcmtk":
+        if w.dataset is None:  # W1, W7, W8: storescp, receiving without storing
+            return [f"{DCMTK_BIN}/storescp", "--ignore", "-xf", str(PALETTE_PROFILE), "Palettes", str(port)], False
+        config = log_dir / f"dcmqrscp-{w.key}.cfg"
+        config.write_text(DCMQRSCP_CONFIG.format(port=port, move_aet=MOVE_AET, store_port=store_port or 1,
+                                                 area=args.data_root / "dcmtk" / w.dataset))
+        return [f"{DCMTK_BIN}/dcmqrscp", "-c", str(config), str(port)], False  # forks one child per association
+    impl = side.impl
+    argv = [py, str(PEERS), "scp", "--port", str(port)]
+    if w.dataset is not None:
+        impl = {"chromanet": "chromanet-node", "pynetdicom": "pynetdicom-qr"}[impl]
+        argv += ["--data-dir", str(args.data_root / "cn" / w.dataset), *dests]
+    argv += ["--impl", impl]
+    if side.nodelay and side.impl == "pynetdicom":
+        argv.append("--nodelay")
+    return argv, True
+
+
+def start_scp(argv_for_port: Any, log: Path, registry: list[Peer], env: dict[str, str] | None,
+              eof_exits: bool) -> tuple[Peer, int]:
+    for attempt in range(3):  # a free port can be taken before the SCP binds it
+        port = free_port()
+        argv = argv_for_port(port)
+        peer = Peer(argv, log, registry, env=env, eof_exits=eof_exits)
+        try:
+            wait_listening(peer, port)
+            return peer, port
+        except (RuntimeError, TimeoutError):
+            peer.stop()
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def run_cell(cell: Cell, args: argparse.Namespace, registry: list[Peer], log_dir: Path) -> None:
@@ -254,28 +416,38 @@ def run_cell(cell: Cell, args: argparse.Namespace, registry: list[Peer], log_dir
     py = sys.executable
     log = log_dir / f"{w.key}.{p.key}.log"
     log.write_bytes(b"")
-    scp = None
+    scp = store_scp = None
+    sampler = None
     clients: list[Peer] = []
+    dcmtk_env = dict(os.environ, TCP_NODELAY="1")  # DCMTK sets TCP_NODELAY when this is set
+    env = dcmtk_env if p.scp.impl == "dcmtk" else None
     try:
-        for attempt in range(3):  # a free port can be taken before the SCP binds it
-            port = free_port()
-            argv = [py, str(PEERS), "scp", "--impl", p.scp.impl, "--port", str(port)]
-            if p.scp.nodelay:
-                argv.append("--nodelay")
-            scp = Peer(argv, log, registry)
-            try:
-                wait_listening(scp, port)
-                break
-            except RuntimeError:
-                scp.stop()
-                if attempt == 2:
-                    raise
-        assert scp is not None
+        store_port = None
+        if w.peer_workload == "move":  # the third process: the move destination
+            if p.scp.impl == "dcmtk":
+                def store_argv(port: int) -> list[str]:
+                    return [f"{DCMTK_BIN}/storescp", "--ignore", "-aet", MOVE_AET, str(port)]
+                store_scp, store_port = start_scp(store_argv, log, registry, dcmtk_env, False)
+            else:
+                def store_argv(port: int) -> list[str]:
+                    argv = [py, str(PEERS), "scp", "--impl", p.scp.impl, "--port", str(port)]
+                    return argv + (["--nodelay"] if p.scp.nodelay else [])
+                store_scp, store_port = start_scp(store_argv, log, registry, None, True)
+        side = p.scp
+        eof_exits = side.impl != "dcmtk"
+        scp, port = start_scp(lambda port: scp_argv(side, w, port, args, log_dir, store_port)[0], log, registry,
+                              env, eof_exits)
+        sampler = RssSampler(scp)
         sizes = [s for s in split(cell.size, w.clients) if s > 0]
         for size in sizes:
             argv = [py, str(PEERS), "client", "--impl", p.client.impl, "--port", str(port),
-                    "--workload", w.peer_workload, "--n", str(size), "--warmup", str(w.warmup)]
-            if p.client.nodelay:
+                    "--workload", w.peer_workload, "--n", str(size), "--warmup", str(w.warmup),
+                    "--move-aet", MOVE_AET, "--scratch", str(args.data_root)]
+            if w.dataset is not None:
+                argv += ["--uids", str(args.data_root / "uids" / f"{w.dataset}.txt")]
+                if p.client.impl == "dcmtk":
+                    argv += ["--dcmtk-keys", str(args.data_root / "dcmtk" / f"{w.dataset}.json")]
+            if p.client.nodelay and p.client.impl == "pynetdicom":
                 argv.append("--nodelay")
             clients.append(Peer(argv, log, registry))
         for c in clients:  # all set up (imports, warm-up) before any timing
@@ -299,14 +471,16 @@ def run_cell(cell: Cell, args: argparse.Namespace, registry: list[Peer], log_dir
             cell.rates.append(count / span)
             cell.errors += sum(a["errors"] for a in answers)
             cell.client_maxrss_kb = max(a["maxrss_kb"] for a in answers)
-        cell.scp_vmhwm_kb = scp.vmhwm_kb()
     except (RuntimeError, TimeoutError, OSError, ValueError, KeyError) as exc:
         cell.failure = f"{type(exc).__name__}: {exc}"
     finally:
+        if sampler is not None:
+            cell.scp_vmhwm_kb = sampler.stop()
         for c in clients:
             c.stop()
-        if scp is not None:
-            scp.stop()
+        for peer in (scp, store_scp):
+            if peer is not None:
+                peer.stop()
 
 
 # ------------------------------------------------------------------ reporting
@@ -321,8 +495,9 @@ def summary(cell: Cell) -> dict[str, Any]:
         "scp": cell.pairing.scp.__dict__,
         "unit": cell.workload.unit,
         "size": cell.size,
-        "ops_per_run": cell.size * 8 if cell.workload.key == "store" else cell.size,
+        "ops_per_run": cell.size * 8 if cell.workload.key == "w8-store" else cell.size,
         "clients": cell.workload.clients,
+        "dataset": cell.workload.dataset,
         "rates": r,
         "median": statistics.median(r) if r else None,
         "min": min(r) if r else None,
@@ -341,12 +516,23 @@ def fmt_rate(x: float | None) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}"
 
 
+def fmt_ratio(x: float | None) -> str:
+    if not x:
+        return ""
+    if x >= 10:
+        return f"{x:.0f}x"
+    return f"{x:.1f}x" if x >= 0.95 else f"{x:.2f}x" if x >= 0.095 else f"{x:.3f}x"
+
+
+BASELINES = ("pyn-nodelay", "pyn-default", "dcmtk")
+
+
 def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """median(pairing) / median(baseline) per workload."""
     out: dict[str, dict[str, float]] = {}
     for w in dict.fromkeys(r["workload"] for r in rows):
         by = {r["pairing"]: r["median"] for r in rows if r["workload"] == w}
-        for base in ("pyn-nodelay", "pyn-default"):
+        for base in BASELINES:
             if by.get(base):
                 for k, v in by.items():
                     if v and k != base:
@@ -356,12 +542,12 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 def ops_per_run(row: dict[str, Any]) -> int:
     """Operations in one timed run (the store size counts palette rounds)."""
-    return row["size"] * 8 if row["workload"] == "store" else row["size"]
+    return row["size"] * 8 if row["workload"] == "w8-store" else row["size"]
 
 
 def print_table(rows: list[dict[str, Any]], rat: dict[str, dict[str, float]]) -> None:
     head = (f"  {'pairing (client -> SCP)':42} {'n/run':>6} {'median':>9} {'min-max':>17} "
-            f"{'x pyn+ND':>9} {'x pyn':>8} {'SCP RSS':>8}")
+            f"{'x pyn+ND':>9} {'x pyn':>6} {'x DCMTK':>8} {'SCP RSS':>8}")
     print(head)
     print("-" * len(head))
     last = None
@@ -378,12 +564,13 @@ def print_table(rows: list[dict[str, Any]], rat: dict[str, dict[str, float]]) ->
         rr = rat.get(r["workload"], {})
         x_nd = rr.get(f"{r['pairing']}/pyn-nodelay")
         x_def = rr.get(f"{r['pairing']}/pyn-default")
+        x_dcm = rr.get(f"{r['pairing']}/dcmtk")
         rng = f"{fmt_rate(r['min'])}-{fmt_rate(r['max'])}"
         rss = f"{r['scp_peak_rss_kb'] / 1024:.0f} MB" if r["scp_peak_rss_kb"] else "-"
         err = f"  ({r['dimse_errors']} DIMSE errors)" if r["dimse_errors"] else ""
         err += f"  ({len(r['incidents'])} failed run(s) re-run, see JSON)" if r["incidents"] else ""
         print(f"  {r['pairing_label']:42} {n:>6} {fmt_rate(r['median']):>9} {rng:>17} "
-              f"{(f'{x_nd:.1f}x' if x_nd else ''):>9} {(f'{x_def:.1f}x' if x_def else ''):>8} {rss:>8}{err}")
+              f"{fmt_ratio(x_nd):>9} {fmt_ratio(x_def):>6} {fmt_ratio(x_dcm):>8} {rss:>8}{err}")
 
 
 def versions() -> dict[str, str]:
@@ -404,27 +591,57 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--echo-n", type=int, default=2000, help="W1: C-ECHOs per run (default 2000)")
     p.add_argument("--assoc-m", type=int, default=300, help="W7: associations per run (default 300)")
     p.add_argument("--parallel", type=int, default=4, help="W7: client processes for the parallel run (default 4)")
-    p.add_argument("--store-k", type=int, default=125, help="store: rounds of the 8 palettes (default 125 = 1000 stores)")
+    p.add_argument("--store-k", type=int, default=125, help="W8: rounds of the 8 palettes (default 125 = 1000 stores)")
+    p.add_argument("--find-n", type=int, default=10000, help="W2: matches of the one C-FIND (default 10000)")
+    p.add_argument("--find1-n", type=int, default=2000, help="W3: one-match C-FINDs per run (default 2000)")
+    p.add_argument("--retrieve-n", type=int, default=1000,
+                   help="W4 C-GET, W6 C-MOVE: ~4.4 KB instances per retrieve (default 1000)")
+    p.add_argument("--large-n", type=int, default=100, help="W5: ~400 KB instances per C-GET (default 100)")
+    p.add_argument("--no-dcmtk", action="store_true", help="skip the DCMTK pairing")
+    p.add_argument("--data-dir", type=Path,
+                   help="build the Q/R data sets here and keep them (default: a temporary directory, removed)")
+    p.add_argument("--chart", type=Path, default=REPO / "bench-results" / "e2e.png",
+                   help="PNG chart (needs matplotlib: pip install matplotlib, or the 'bench' extra)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per cell (default 3)")
     p.add_argument("--stall-scale", type=float, default=0.05,
                    help="size multiplier for the pynetdicom-default pairing (default 0.05)")
     p.add_argument("--no-default-baseline", action="store_true", help="skip the pynetdicom default pairing")
     p.add_argument("--cross", action="store_true", help="also run the cross pairings (adds 1.5 to 4 min: see README on pynetdicom's reply race)")
     p.add_argument("--only", help="comma-separated pairing keys: cn-async,cn-blocking,pyn-nodelay,pyn-default,"
-                                  "cn-async>pyn,pyn>cn")
-    p.add_argument("--workloads", help="comma-separated: w1-echo,w7-assoc,w7-assoc-par,store")
+                                  "dcmtk,cn-async>pyn,pyn>cn")
+    p.add_argument("--workloads", help="comma-separated: w1-echo,w2-find,w3-find1,w4-get,w5-get-large,w6-move,"
+                                       "w7-assoc,w7-assoc-par,w8-store")
     p.add_argument("--retries", type=int, default=2,
                    help="failed runs re-run per cell before the cell fails (default 2)")
     p.add_argument("--timeout", type=float, default=300, help="seconds to wait for any one client answer")
     p.add_argument("--out", type=Path, default=REPO / "bench-results" / "e2e.json")
-    p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes (echo 200, assoc 30, store 3)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: tiny sizes (echo 200, find 500, finds 100, retrieve 50, large 10, assoc 30, store 3)")
     args = p.parse_args(argv)
     if args.quick:
         args.echo_n, args.assoc_m, args.store_k = 200, 30, 3
+        args.find_n, args.find1_n, args.retrieve_n, args.large_n = 500, 100, 50, 10
         args.stall_scale = max(args.stall_scale, 0.2)
     if args.repeats < 1:
         p.error("--repeats must be at least 1")
     return args
+
+
+def chart_note(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
+    """Draw the PNG chart if matplotlib is there; say what happened."""
+    sys.path.insert(0, str(HERE))
+    try:
+        import chart
+    except ImportError as exc:
+        return f"chart: not drawn ({exc})"
+    return chart.draw_or_explain(rows, args.chart)
+
+
+def cell_size(w: Workload, p: Pairing) -> int:
+    size = scaled(w.size, p.scale, w.clients)
+    if p.key == "dcmtk" and w.dataset is not None and w.peer_workload != "find-one":
+        size = min(size, DCMTK_MAX_IMAGES)  # its data set holds at most this many
+    return size
 
 
 def scaled(size: int, scale: float, clients: int) -> int:
@@ -445,7 +662,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_term)
 
-    cells = [Cell(w, p, scaled(w.size, p.scale, w.clients)) for w in workloads(args) for p in pairings(args)]
+    args.dcmtk_missing = None if args.no_dcmtk else dcmtk_missing()
+    if args.dcmtk_missing:
+        print(f"e2e: no DCMTK pairing: {args.dcmtk_missing}", flush=True)
+    chosen = workloads(args)
+    cells = [Cell(w, p, cell_size(w, p)) for w in chosen for p in pairings(args) if p.qr or w.dataset is None]
     meta = {
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
@@ -454,28 +675,68 @@ def main(argv: list[str] | None = None) -> int:
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "pynetdicom_nodelay": "EVT_CONN_OPEN handler sets TCP_NODELAY on event.assoc.dul.socket.socket "
                               "(requestor and acceptor); verified with getsockopt in the client",
+        "dcmtk": args.dcmtk_missing or "DCMTK tools from /usr/bin with TCP_NODELAY=1 in their environment; "
+                                      "W2-W6 on dcmqrscp's Patient Root model (Secondary Capture images of the "
+                                      "palettes' file size, one series), W1/W7/W8 on storescp --ignore",
     }
     print(f"e2e: {len(cells)} cells x {args.repeats} repeats; load average {meta['loadavg_start'][0]:.2f} "
           f"on {meta['cpus']} CPUs", flush=True)
     t_start = time.monotonic()
     interrupted = False
+    temp_root = None
     try:
+        sets = data_sets(args, chosen)
+        if sets:
+            if args.data_dir is None:
+                import tempfile
+
+                temp_root = tempfile.mkdtemp(prefix="chromanet-e2e-")
+                args.data_root = Path(temp_root)
+            else:
+                args.data_root = args.data_dir.resolve()
+            marker = args.data_root / "sets.json"
+            wanted = {"sets": sets, "dcmtk": not args.dcmtk_missing and not args.no_dcmtk}
+            if marker.exists() and json.loads(marker.read_text()) == wanted:
+                print(f"e2e: reusing the data sets in {args.data_root}", flush=True)
+            else:
+                import shutil
+
+                if args.data_dir is not None and args.data_root.exists():
+                    for sub in ("cn", "dcmtk", "uids"):
+                        shutil.rmtree(args.data_root / sub, ignore_errors=True)
+                t = time.monotonic()
+                argv = [sys.executable, str(PEERS), "data", "--root", str(args.data_root)]
+                argv += [x for spec in sets for x in ("--set", spec)] + (["--dcmtk"] if wanted["dcmtk"] else [])
+                subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, cwd=str(REPO))
+                marker.write_text(json.dumps(wanted))
+                print(f"e2e: built the Q/R data sets {', '.join(sets)}{' (+ DCMTK)' if wanted['dcmtk'] else ''} "
+                      f"in {time.monotonic() - t:.1f} s (untimed)", flush=True)
+            meta["data_sets"] = sets
+        else:
+            args.data_root = Path("/tmp")
         for i, cell in enumerate(cells, 1):
             t = time.monotonic()
             run_cell(cell, args, registry, log_dir)
             state = cell.failure or "  ".join(fmt_rate(x) for x in cell.rates) + f" {cell.workload.unit}"
             if cell.incidents and not cell.failure:
                 state += f"  [{len(cell.incidents)} failed run(s) re-run: {cell.incidents[0][:120]}]"
-            n = cell.size * 8 if cell.workload.key == "store" else cell.size
+            n = cell.size * 8 if cell.workload.key == "w8-store" else cell.size
             print(f"  [{i:>2}/{len(cells)}] {cell.workload.key:13} {cell.pairing.label:42} n={n:<5} "
                   f"{state}  ({time.monotonic() - t:.1f} s)", flush=True)
     except KeyboardInterrupt:
         interrupted = True
         print("\ninterrupted: stopping peers", file=sys.stderr)
+    except subprocess.CalledProcessError as exc:
+        print(f"e2e: building the data sets failed: {exc}", file=sys.stderr)
+        return 1
     finally:
         for peer in registry:
             if peer.proc.poll() is None:
                 peer.stop()
+        if temp_root is not None:
+            import shutil
+
+            shutil.rmtree(temp_root, ignore_errors=True)
     rows = [summary(c) for c in cells if c.rates or c.failure]
     rat = ratios(rows)
     meta["elapsed_s"] = round(time.monotonic() - t_start, 1)
@@ -486,8 +747,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_table(rows, rat)
     print(f"\nmedian of {args.repeats}; 'x pyn+ND' = median / pynetdicom+TCP_NODELAY median, "
-          f"'x pyn' = / pynetdicom default; SCP RSS = VmHWM of the SCP process.")
+          f"'x pyn' = / pynetdicom default, 'x DCMTK' = / DCMTK median;\nSCP RSS = peak RSS (VmHWM) of the SCP "
+          f"process (DCMTK dcmqrscp: the largest of the parent and its per-association children).\n"
+          f"DCMTK runs W2-W6 on the Patient Root model (dcmqrscp, Secondary Capture images of the same file "
+          f"size, series-level retrieve); its clients are timed as whole processes (start, association, release).")
     print(f"{meta['elapsed_s']} s; JSON: {args.out}")
+    print(chart_note(args, rows))
     failed = any(c.failure for c in cells) or any(c.errors for c in cells)
     return 130 if interrupted else (1 if failed else 0)
 

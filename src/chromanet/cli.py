@@ -6,6 +6,7 @@
     chromanet get   HOST PORT [-k Key=Value ...] [-od DIR]
     chromanet move  HOST PORT -aem DEST [-k Key=Value ...]
     chromanet store HOST PORT FILE_OR_DIR ...
+    chromanet bench HOST PORT [--op echo|find|get|move|store] [-c N] [-n M] ...
 
 Flags follow DCMTK's where it has them (-aet, -aec, -aem, -k, -od). The exit
 status is 0 when every operation succeeded, 1 on a failure status or an
@@ -93,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     store = commands.add_parser("store", help="C-STORE Color Palette files")
     _add_scu_arguments(store)
     store.add_argument("paths", nargs="+", type=Path)
+
+    from chromanet import bench
+
+    bench.add_arguments(commands.add_parser("bench", help="load generator: N associations x M operations, latencies"))
     return parser
 
 
@@ -351,6 +356,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from chromanet import bench
+
+    return bench.run(args)
+
+
 COMMANDS = {
     "serve": cmd_serve,
     "echo": cmd_echo,
@@ -358,6 +369,7 @@ COMMANDS = {
     "get": cmd_get,
     "move": cmd_move,
     "store": cmd_store,
+    "bench": cmd_bench,
 }
 
 

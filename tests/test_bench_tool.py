@@ -1,0 +1,234 @@
+"""``chromanet bench`` (src/chromanet/bench.py) against live SCPs.
+
+The tool runs as a subprocess (``python -m chromanet.cli bench``), as a user
+runs it, against: the chromanet palette archive node (``chromanet serve`` in
+a subprocess) for echo, find, get, store and move; DCMTK's ``storescp``
+(echo, store, with the Color Palette profile in tests/data) and
+``dcmqrscp`` (echo, and find on its Patient Root model with ``--query-model``
+and ``-k``). Each test reads the ``--json`` summary and checks its counts and
+that there were no errors. No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chromanet import bench, cli
+from conftest import free_port, subprocess_server
+
+pytestmark = [pytest.mark.timeout(120)]
+
+REPO = Path(__file__).resolve().parent.parent
+PALETTE_PROFILE = REPO / "tests" / "data" / "storescp-palettes.cfg"
+TOOL_TIMEOUT = 90
+
+
+def run_bench(*args: str, json_path: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    argv = [sys.executable, "-m", "chromanet.cli", "bench", *args, "--json", str(json_path)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=TOOL_TIMEOUT)
+    summary = json.loads(json_path.read_text()) if json_path.exists() else {}
+    return done, summary
+
+
+def detail(done: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+
+
+def assert_clean(done: subprocess.CompletedProcess[str], summary: dict[str, Any], ops: int, assocs: int) -> None:
+    assert done.returncode == 0, detail(done)
+    assert summary["errors"] == 0, summary["errors_by_status"]
+    assert summary["errors_by_status"] == {}
+    assert summary["ok"] == ops
+    assert summary["operations"] == ops
+    assert summary["associations"] == {**summary["associations"], "opened": assocs, "failed": 0}
+    lat = summary["latency_ms"]
+    assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert "errors by status: none" in done.stdout
+
+
+# ------------------------------------------------------------ chromanet node
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``chromanet serve`` on a fresh archive (the 8 well-known palettes),
+    AE CHROMANET, with itself as move destination SELF."""
+    port = free_port()
+    data = tmp_path_factory.mktemp("node")
+    args = [sys.executable, "-m", "chromanet.cli", "serve", "--port", str(port), "--bind", "127.0.0.1",
+            "--data-dir", str(data), "--log-level", "WARNING", "--move-dest", f"SELF=127.0.0.1:{port}"]
+    with subprocess_server(args, port, cwd=REPO):
+        yield port
+
+
+@pytest.mark.parametrize(
+    "op, extra, items_per_op",
+    [
+        ("echo", [], 0),
+        ("find", [], 8),  # every palette: the 8 well-known ones
+        ("find", ["-k", "ContentLabel=HOT*"], 2),  # HOT_IRON, HOT_METAL_BLUE
+        ("get", [], 8),  # default identifier: the 8 well-known UIDs
+        ("get", ["-k", "SOPInstanceUID=1.2.840.10008.1.5.1"], 1),
+        ("store", [], 0),  # pydicom's palettes (kept as they are: well-known)
+        ("move", ["-aem", "SELF"], 8),
+    ],
+)
+def test_against_chromanet_node(node: int, tmp_path: Path, op: str, extra: list[str], items_per_op: int) -> None:
+    done, summary = run_bench("127.0.0.1", str(node), "-aec", "CHROMANET", "--op", op, "-c", "3", "-n", "4",
+                              *extra, json_path=tmp_path / "s.json")
+    assert_clean(done, summary, ops=12, assocs=3)
+    assert summary["op"] == op
+    assert summary["concurrency"] == 3 and summary["ops_per_association"] == 4 and summary["processes"] == 1
+    if op in ("find", "get", "move"):
+        assert summary["query_model"] == "palette"
+        assert summary["items"] == 12 * items_per_op
+
+
+def test_processes(node: int, tmp_path: Path) -> None:
+    done, summary = run_bench("127.0.0.1", str(node), "-aec", "CHROMANET", "--op", "echo", "-c", "2", "-n", "25",
+                              "--processes", "2", json_path=tmp_path / "s.json")
+    assert_clean(done, summary, ops=100, assocs=4)
+    assert summary["processes"] == 2
+
+
+def test_duration_bound(node: int, tmp_path: Path) -> None:
+    done, summary = run_bench("127.0.0.1", str(node), "-aec", "CHROMANET", "--op", "find", "-c", "2", "-n", "5",
+                              "--duration", "0.5", json_path=tmp_path / "s.json")
+    assert done.returncode == 0, detail(done)
+    assert summary["errors"] == 0 and summary["ok"] > 0
+    assert summary["items"] == 8 * summary["ok"]
+    assert summary["associations"]["opened"] >= 2  # new associations of 5 finds until the time is up
+    assert summary["duration_s"] == 0.5
+
+
+def test_unreachable_counts_errors(tmp_path: Path) -> None:
+    done, summary = run_bench("127.0.0.1", str(free_port()), "--op", "echo", "-c", "2", "-n", "3",
+                              "--timeout", "5", json_path=tmp_path / "s.json")
+    assert done.returncode == 1, detail(done)
+    assert summary["ok"] == 0
+    assert summary["associations"]["failed"] == 2
+    assert summary["errors_by_status"] == {"association failed": 2}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--op", "move"], "--move-dest"),
+        (["--op", "get", "--query-model", "patient"], "--storage-class"),
+        (["--op", "find", "--query-model", "nonsense"], "--query-model"),
+        (["--op", "find", "-k", "NotAKeyword=1"], "bad query key"),
+        (["-c", "0"], "at least 1"),
+    ],
+)
+def test_usage_errors(args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bench", "127.0.0.1", "1", *args]) == bench.EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_percentile() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert bench.percentile(values, 50) == 50
+    assert bench.percentile(values, 90) == 90
+    assert bench.percentile(values, 99) == 99
+    assert bench.percentile(values, 100) == 100
+    assert bench.percentile([7.0], 99) == 7.0
+
+
+# ------------------------------------------------------------ DCMTK peers
+@pytest.fixture
+def dcmtk_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TCP_NODELAY", "1")  # DCMTK sets the socket option when this is set
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("op", ["echo", "store"])
+def test_against_dcmtk_storescp(dcmtk: Any, dcmtk_env: None, tmp_path: Path, op: str) -> None:
+    port = free_port()
+    args = [dcmtk("storescp"), "--ignore", "-xf", str(PALETTE_PROFILE), "Palettes", str(port)]
+    with subprocess_server(args, port):
+        done, summary = run_bench("127.0.0.1", str(port), "-aec", "STORESCP", "--op", op, "-c", "2", "-n", "10",
+                                  json_path=tmp_path / "s.json")
+    assert_clean(done, summary, ops=20, assocs=2)
+
+
+DCMQRSCP_CONFIG = """\
+NetworkTCPPort  = {port}
+MaxPDUSize      = 16384
+MaxAssociations = 16
+HostTable BEGIN
+HostTable END
+VendorTable BEGIN
+VendorTable END
+AETable BEGIN
+QRSCP  {area}  R  (10, 64mb)  ANY
+AETable END
+"""
+
+
+@pytest.fixture
+def dcmqrscp(dcmtk: Any, dcmtk_env: None, tmp_path: Path) -> Any:
+    """dcmqrscp (AE QRSCP) with 5 Secondary Capture images of one series."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    area = tmp_path / "qr"
+    area.mkdir()
+    study, series = generate_uid(), generate_uid()
+    files = []
+    for i in range(5):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = meta.MediaStorageSOPClassUID
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.PatientName, ds.PatientID = "BENCH^TEST", "BENCH1"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.StudyID, ds.SeriesNumber = study, series, "1", 1
+        ds.InstanceNumber, ds.Modality, ds.ConversionType = i + 1, "OT", "WSD"
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.Rows, ds.Columns = 1, "MONOCHROME2", 8, 8
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = bytes(64)
+        path = area / f"img{i}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        files.append(str(path))
+    subprocess.run([dcmtk("dcmqridx"), str(area), *files], check=True, capture_output=True, timeout=TOOL_TIMEOUT)
+    port = free_port()
+    config = tmp_path / "dcmqrscp.cfg"
+    config.write_text(DCMQRSCP_CONFIG.format(port=port, area=area))
+    with subprocess_server([dcmtk("dcmqrscp"), "-c", str(config), str(port)], port):
+        yield port, study, series
+
+
+@pytest.mark.peer
+def test_against_dcmqrscp_echo(dcmqrscp: Any, tmp_path: Path) -> None:
+    port, _, _ = dcmqrscp
+    done, summary = run_bench("127.0.0.1", str(port), "-aec", "QRSCP", "--op", "echo", "-c", "2", "-n", "10",
+                              json_path=tmp_path / "s.json")
+    assert_clean(done, summary, ops=20, assocs=2)
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize(
+    "model, keys, matches",
+    [
+        ("patient", ["QueryRetrieveLevel=PATIENT", "PatientID=BENCH1"], 1),
+        ("patient", ["QueryRetrieveLevel=IMAGE", "PatientID=BENCH1", "StudyInstanceUID={study}",
+                     "SeriesInstanceUID={series}", "SOPInstanceUID="], 5),
+        ("study", ["QueryRetrieveLevel=SERIES", "StudyInstanceUID={study}", "SeriesInstanceUID="], 1),
+        ("1.2.840.10008.5.1.4.1.2.2.1", ["QueryRetrieveLevel=STUDY", "StudyInstanceUID="], 1),
+    ],
+)
+def test_against_dcmqrscp_find(dcmqrscp: Any, tmp_path: Path, model: str, keys: list[str], matches: int) -> None:
+    port, study, series = dcmqrscp
+    k = [x for key in keys for x in ("-k", key.format(study=study, series=series))]
+    done, summary = run_bench("127.0.0.1", str(port), "-aec", "QRSCP", "--op", "find", "--query-model", model,
+                              *k, "-c", "2", "-n", "5", json_path=tmp_path / "s.json")
+    assert_clean(done, summary, ops=10, assocs=2)
+    assert summary["items"] == 10 * matches
+    assert summary["sop_class"] in ("1.2.840.10008.5.1.4.1.2.1.1", "1.2.840.10008.5.1.4.1.2.2.1")
