@@ -93,10 +93,17 @@ class PaletteNode:
         ):
             ae.add_supported_context(model)
         # Storage SCP for C-STORE, and the SCU role on the same context for
-        # the C-STORE sub-operations of a C-GET (role selection).
-        ae.add_supported_context(uids.ColorPaletteStorage, scu_role=True, scp_role=True)
-        # Requested on C-MOVE sub-associations.
-        ae.add_requested_context(uids.ColorPaletteStorage)
+        # the C-STORE sub-operations of a C-GET (role selection). Explicit VR
+        # Little Endian first: it is how the files are stored, so a retrieve
+        # on such a context sends them without decoding.
+        stored_first = [uids.ExplicitVRLittleEndian] + [
+            syntax for syntax in uids.DEFAULT_TRANSFER_SYNTAXES if syntax != uids.ExplicitVRLittleEndian
+        ]
+        ae.add_supported_context(uids.ColorPaletteStorage, stored_first, scu_role=True, scp_role=True)
+        # Requested on C-MOVE sub-associations: one context for the stored
+        # syntax alone (whatever the destination prefers), one for the rest.
+        ae.add_requested_context(uids.ColorPaletteStorage, uids.ExplicitVRLittleEndian)
+        ae.add_requested_context(uids.ColorPaletteStorage, stored_first[1:])
         return ae
 
     def handlers(self) -> list[Any]:
