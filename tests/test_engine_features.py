@@ -222,3 +222,39 @@ def test_encode_decode_dataset_round_trip_each_syntax():
         decoded = dsutil.decode_dataset(encoded, syntax)
         for element in original:
             assert decoded[element.tag].value == element.value, (syntax, element.keyword)
+
+
+CONNECTION_TIMEOUT = 0.5
+
+
+def test_connection_timeout():
+    """A listener whose accept queue is full drops our SYN: without a
+    connection timeout the connect would hang for minutes."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    try:
+        # Fill the accept queue (never accepted).
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            fillers.append(filler)
+
+        async def main():
+            client = AE("CLI")
+            client.add_requested_context(uids.Verification)
+            client.connection_timeout = CONNECTION_TIMEOUT
+            # The guard: without a working connection timeout this raises.
+            return await asyncio.wait_for(client.associate_async("127.0.0.1", port), WAIT)
+
+        assoc = run(main())
+        assert not assoc.is_established and assoc.is_aborted
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()

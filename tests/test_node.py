@@ -145,6 +145,13 @@ def test_cli_failures_exit_non_zero(node: Node, tmp_path: Path):
     # A move destination the node does not know.
     unknown = cli("move", "127.0.0.1", str(node.port), "-aem", "NOBODY", "-k", "SOPInstanceUID=1.2.840.10008.1.5.1")
     assert unknown.returncode == 1 and "0xA801" in unknown.stderr
+    # An identifier the Color Palette model refuses: Query/Retrieve Level
+    # must not be present (PS3.4 X.4.1) -> 0xA900, for FIND and for GET.
+    refused = cli("find", "127.0.0.1", str(node.port), "-k", "QueryRetrieveLevel=IMAGE")
+    assert refused.returncode == 1 and "0xA900" in refused.stderr
+    refused = cli("get", "127.0.0.1", str(node.port), "-k", "SOPInstanceUID=1.2.840.10008.1.5.1",
+                  "-k", "QueryRetrieveLevel=IMAGE", "-od", str(tmp_path))  # fmt: skip
+    assert refused.returncode == 1 and "0xA900" in refused.stderr
     # Bad usage.
     assert cli("find", "127.0.0.1", str(node.port), "-k", "NotAKeyword=1").returncode == 2
 
