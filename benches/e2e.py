@@ -332,7 +332,7 @@ def workloads(args: argparse.Namespace) -> list[Workload]:
                  dataset="small"),
         Workload("w5-get-large", "W5 C-GET of N ~400 KB palettes", "get", "inst/s", args.large_n, warmup=2,
                  dataset="large"),
-        Workload("w6-move", f"W6 C-MOVE of N ~4.4 KB palettes to a store SCP", "move", "inst/s", args.retrieve_n,
+        Workload("w6-move", "W6 C-MOVE of N ~4.4 KB palettes to a store SCP", "move", "inst/s", args.retrieve_n,
                  warmup=20, dataset="small"),
         Workload("w7-assoc", "W7 assoc+echo+release x M", "assoc", "assoc/s", args.assoc_m, warmup=5),
         Workload("w7-assoc-par", f"W7 same, {args.parallel} clients", "assoc", "assoc/s", args.assoc_m,

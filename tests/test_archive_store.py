@@ -3,7 +3,6 @@ refusals, retrieve lookups, crash safety and ``verify()``."""
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import sqlite3

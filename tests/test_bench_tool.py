@@ -12,7 +12,6 @@ that there were no errors. No timing is asserted.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -32,7 +32,6 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
