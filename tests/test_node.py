@@ -220,6 +220,40 @@ def test_pynetdicom_against_node(node: Node, tmp_path: Path, monkeypatch: pytest
         assoc.release()
 
 
+def test_pynetdicom_move_from_node_to_pynetdicom_scp(node: Node):
+    """pynetdicom as the C-MOVE SCU and as the destination's Storage SCP."""
+    pynetdicom = require_module("pynetdicom")
+    from pydicom import Dataset
+
+    arrived: list[tuple[str, str]] = []
+
+    def on_store(event):
+        arrived.append((event.dataset.SOPInstanceUID, event.request.MoveOriginatorApplicationEntityTitle))
+        return 0x0000
+
+    destination = pynetdicom.AE("DEST")
+    destination.add_supported_context(uids.ColorPaletteStorage)
+    port = node.destination_port  # type: ignore[attr-defined]
+    server = destination.start_server(("127.0.0.1", port), block=False,
+                                      evt_handlers=[(pynetdicom.evt.EVT_C_STORE, on_store)])  # fmt: skip
+    try:
+        ae = pynetdicom.AE("PYMOVER")
+        ae.add_requested_context(uids.ColorPaletteInformationModelMove)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="CHROMANET")
+        assert assoc.is_established
+        try:
+            query = Dataset()
+            query.SOPInstanceUID = ["1.2.840.10008.1.5.1", "1.2.840.10008.1.5.4"]
+            responses = list(assoc.send_c_move(query, "DEST", uids.ColorPaletteInformationModelMove))
+        finally:
+            assoc.release()
+    finally:
+        server.shutdown()
+    final = responses[-1][0]
+    assert final.Status == 0x0000 and final.NumberOfCompletedSuboperations == 2
+    assert sorted(arrived) == [("1.2.840.10008.1.5.1", "PYMOVER"), ("1.2.840.10008.1.5.4", "PYMOVER")]
+
+
 # ------------------------------------------------------------ DCMTK
 def test_dcmtk_storescu_and_echoscu_into_node(node: Node, tmp_path: Path):
     storescu = require_dcmtk("storescu")
