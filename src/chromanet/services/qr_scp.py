@@ -289,6 +289,11 @@ class _EarlyStatus(Exception):
     def __init__(self, status: Dataset) -> None:
         self.status = status
 
+    async def answer(self, sender: _Sender, request: Command, field: int) -> None:
+        response = _response(request, field)
+        apply_handler_status(self.status, response, "retrieve handler")
+        await sender.send(response)
+
 
 def _early_status(value: Any) -> None:
     if isinstance(value, Dataset) and "Status" in value:
@@ -396,9 +401,7 @@ async def serve_get(provider: ServiceProvider, channel: DimseChannel, message: I
         try:
             total = await _count(results)
         except _EarlyStatus as early:
-            response = _response(request, _dimse.C_GET_RSP)
-            apply_handler_status(early.status, response, "EVT_C_GET")
-            await sender.send(response)
+            await early.answer(sender, request, _dimse.C_GET_RSP)
             return
         except Exception as exc:
             LOGGER.error("the C-GET handler did not yield a valid number of sub-operations: %s", exc)
@@ -469,9 +472,7 @@ async def serve_move(provider: ServiceProvider, channel: DimseChannel, message: 
             _early_status(first)
             destination = _valid_destination(first)
         except _EarlyStatus as early:
-            response = _response(request, _dimse.C_MOVE_RSP)
-            apply_handler_status(early.status, response, "EVT_C_MOVE")
-            await sender.send(response)
+            await early.answer(sender, request, _dimse.C_MOVE_RSP)
             return
         except _Exhausted:
             await sender.send(_response(request, _dimse.C_MOVE_RSP, MOVE_NOT_YIELDED))
@@ -491,9 +492,7 @@ async def serve_move(provider: ServiceProvider, channel: DimseChannel, message: 
         try:
             total = await _count(results)
         except _EarlyStatus as early:
-            response = _response(request, _dimse.C_MOVE_RSP)
-            apply_handler_status(early.status, response, "EVT_C_MOVE")
-            await sender.send(response)
+            await early.answer(sender, request, _dimse.C_MOVE_RSP)
             return
         except _Exhausted:
             await sender.send(_response(request, _dimse.C_MOVE_RSP, MOVE_NOT_YIELDED))
