@@ -302,9 +302,6 @@ class DimseChannel:
         while self._waiting and self._running < self.max_operations_performed:
             self._serve(self._waiting.popleft())
 
-    def on_writable(self) -> None:
-        pass  # drain() waiters are woken by the connection itself
-
     def on_association_end(self, exc: Exception) -> None:
         self.end_error = exc
         for stream in list(self._pending.values()):

@@ -88,7 +88,6 @@ class ConnectionListener(Protocol):
     def on_release_rp(self) -> None: ...
     def on_abort(self, source: int, reason: int) -> None: ...
     def on_closed(self) -> None: ...
-    def on_writable(self) -> None: ...
 
 
 class ULConnection(asyncio.Protocol):
@@ -217,7 +216,6 @@ class ULConnection(asyncio.Protocol):
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
-        self.listener.on_writable()
 
     # ---------------------------------------------------- primitives, down
     def request_association(self, rq: _pdu.AssociateRQ) -> None:
