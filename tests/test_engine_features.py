@@ -258,3 +258,63 @@ def test_connection_timeout():
         for filler in fillers:
             filler.close()
         listener.close()
+
+
+def test_large_store_is_paced_and_never_interleaved():
+    """A 24 MB C-STORE goes out in slices (the write buffer never holds the
+    whole data set) while a C-ECHO on the same association, sent in the
+    middle of it, is queued behind it instead of interleaving its PDUs."""
+    from pydicom import Dataset
+    from pydicom.uid import generate_uid
+
+    from chromanet.ul import connection as connection_module
+
+    big = Dataset()
+    big.SOPClassUID = uids.ColorPaletteStorage
+    big.SOPInstanceUID = generate_uid()
+    big.EncapsulatedDocument = bytes(range(256)) * (24 * 4096)  # 24 MiB
+    received = {}
+
+    async def on_store(event):
+        received["size"] = len(event.dataset.EncapsulatedDocument)
+        received["ok"] = event.dataset.EncapsulatedDocument == big.EncapsulatedDocument
+        return 0
+
+    buffered: list[int] = []
+
+    async def main():
+        ae = AE("SRV")
+        ae.add_supported_context(uids.ColorPaletteStorage, uids.ExplicitVRLittleEndian)
+        ae.add_supported_context(uids.Verification)
+        ae.async_ops_window = (2, 2)
+        server = await _server(ae, [(evt.EVT_C_STORE, on_store)])
+        try:
+            client = AE("CLI")
+            client.add_requested_context(uids.ColorPaletteStorage, uids.ExplicitVRLittleEndian)
+            client.add_requested_context(uids.Verification)
+            assoc = await client.associate_async(
+                *server.server_address, max_pdu=16382, ext_neg=[_pdu.AsyncOperationsWindow(2, 2)]
+            )
+            assert assoc.is_established
+            conn = assoc._ul.connection
+            original = conn._write_slice
+
+            def recording(buffers):
+                buffered.append(conn.transport.get_write_buffer_size())
+                original(buffers)
+
+            conn._write_slice = recording
+            store = asyncio.ensure_future(assoc.send_c_store(big))
+            while not buffered:
+                await asyncio.sleep(0)
+            echo = await asyncio.wait_for(assoc.send_c_echo(), WAIT)
+            stored = await asyncio.wait_for(store, 60)
+            assert (echo.Status, stored.Status) == (0, 0)
+            await assoc.release()
+        finally:
+            await server.close()
+
+    run(main())
+    assert received == {"size": len(big.EncapsulatedDocument), "ok": True}
+    assert len(buffered) > 10  # really sent in slices
+    assert max(buffered) < 4 * connection_module.PACING_SLICE

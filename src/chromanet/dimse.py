@@ -179,15 +179,21 @@ class DimseChannel:
 
         ``command.message_id`` is assigned here when it is None.
         """
-        if command.message_id is None:
-            command.message_id = self.next_message_id()
-        stream = ResponseStream(command.message_id, self._loop, self.dimse_timeout)
-        self._pending[command.message_id] = stream
+        stream = self._register(command)
         try:
             self.send(context_id, command, dataset)
         except BaseException:
             del self._pending[command.message_id]
             raise
+        return stream
+
+    def _register(self, command: Command) -> ResponseStream:
+        """The response stream of a request about to be sent (its Message ID
+        assigned here when it is None)."""
+        if command.message_id is None:
+            command.message_id = self.next_message_id()
+        stream = ResponseStream(command.message_id, self._loop, self.dimse_timeout)
+        self._pending[command.message_id] = stream
         return stream
 
     def close_request(self, stream: ResponseStream) -> None:
@@ -209,11 +215,15 @@ class DimseChannel:
             self._invoke_slots.release()
 
     async def request(self, context_id: int, command: Command, dataset: Any = None) -> IncomingMessage:
-        """Send a request that has exactly one response, and return it."""
+        """Send a request that has exactly one response, and return it.
+        A large data set (a C-STORE of a big file) is paced out in slices."""
         await self.acquire_slot()
         try:
-            stream = self.open_request(context_id, command, dataset)
+            stream = self._register(command)
             try:
+                if self.end_error is not None:
+                    raise self.end_error
+                await self.connection.send_message_paced(context_id, command, dataset)
                 await self.connection.drain()
                 return await stream.next()
             finally:

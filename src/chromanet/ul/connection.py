@@ -66,6 +66,12 @@ _RECEIVE_EVENT: dict[type, Event] = {
 # presentation contexts and long user identity fields stays far below this.
 MAX_ASSOCIATION_PDU_LENGTH = 1 << 20
 
+# Data sets larger than this are written a slice of this size at a time.
+PACING_SLICE = 1 << 20
+
+# States where P-DATA may be sent (DT-1 in Sta6, AR-7 in Sta7 and Sta8).
+_PDATA_STATES = frozenset((State.STA6, State.STA7, State.STA8))
+
 
 class NotEstablishedError(ChromanetError):
     """A DIMSE message was to be sent while the association is not in Sta6."""
@@ -132,6 +138,8 @@ class ULConnection(asyncio.Protocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self.closed = self._loop.create_future()
         self._pending_rq: _pdu.AssociateRQ | None = None
+        self._pacing: asyncio.Future[None] | None = None  # a large message is going out
+        self._deferred: list[list[Any]] = []  # messages sent meanwhile, in order
 
     # ----------------------------------------------------------- properties
     @property
@@ -260,15 +268,59 @@ class ULConnection(asyncio.Protocol):
         # already in the transport's buffer, which close() flushes first.
         self._close_transport()
 
-    def send_message(self, context_id: int, command: Command, dataset: Any = None) -> None:
-        """DT-1 for one whole DIMSE message: encode the command, fragment it
-        with the data set (any buffer, never copied) and write it in one go."""
-        if self.machine.state is not State.STA6 and self.machine.state is not State.STA8:
+    def _fragments(self, context_id: int, command: Command, dataset: Any) -> list[Any]:
+        if self.machine.state not in _PDATA_STATES:
             raise NotEstablishedError(f"cannot send P-DATA in {self.machine.state.name}")
         transport = self.transport
         if transport is None or transport.is_closing():
             raise NotEstablishedError("the connection is closed")
-        buffers = fragment_message(context_id, encode_command(command), dataset, self.peer_max_pdu_length)
+        return fragment_message(context_id, encode_command(command), dataset, self.peer_max_pdu_length)
+
+    def send_message(self, context_id: int, command: Command, dataset: Any = None) -> None:
+        """DT-1 for one whole DIMSE message: encode the command, fragment it
+        with the data set (any buffer, never copied) and write it in one go.
+
+        While a large message is being paced out (``send_message_paced``),
+        this one waits its turn in order: fragments of two messages never
+        interleave on the wire."""
+        buffers = self._fragments(context_id, command, dataset)
+        if self._pacing is not None:
+            self._deferred.append(buffers)
+            return
+        self.transport.writelines(buffers)  # type: ignore[union-attr]
+
+    async def send_message_paced(self, context_id: int, command: Command, dataset: Any = None) -> None:
+        """Like send_message, but a large data set goes out a slice at a
+        time, waiting for the transport between slices, so sending a file of
+        any size holds at most about PACING_SLICE bytes in the write buffer."""
+        if dataset is None or len(memoryview(dataset)) <= PACING_SLICE:
+            self.send_message(context_id, command, dataset)
+            return
+        while self._pacing is not None:
+            await asyncio.shield(self._pacing)
+        buffers = self._fragments(context_id, command, dataset)
+        self._pacing = self._loop.create_future()
+        try:
+            start = pending = 0
+            for index, buffer in enumerate(buffers):
+                pending += len(buffer)
+                if pending >= PACING_SLICE:
+                    self._write_slice(buffers[start : index + 1])
+                    start, pending = index + 1, 0
+                    await self.drain()
+            self._write_slice(buffers[start:])
+        finally:
+            done, self._pacing = self._pacing, None
+            deferred, self._deferred = self._deferred, []
+            if self.transport is not None and not self.transport.is_closing():
+                for queued in deferred:
+                    self.transport.writelines(queued)
+            done.set_result(None)
+
+    def _write_slice(self, buffers: list[Any]) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            raise NotEstablishedError("the connection closed while sending")
         transport.writelines(buffers)
 
     async def drain(self) -> None:
