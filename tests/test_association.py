@@ -214,6 +214,7 @@ def test_no_common_context(make_scp):
     assoc = ae.associate(*scp.address, ae_title="SRV", contexts=[build_context(CT_IMAGE_STORAGE)])
     try:
         assert not assoc.is_rejected
+        assert assoc.is_aborted  # as pynetdicom: nothing to do without a context
         assert assoc.accepted_contexts == []
         assert [(c.context_id, c.result) for c in assoc.rejected_contexts] == [(1, 3)]
         with pytest.raises((ValueError, RuntimeError)):

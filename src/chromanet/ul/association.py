@@ -178,6 +178,15 @@ class ULAssociation:
             self.connection.abort(source=2, reason=6)
             return
         self._set_negotiated(result)
+        if not self.contexts:
+            # Nothing can be done on an association without a context: the
+            # requestor gives it up at once (pynetdicom does the same).
+            LOGGER.warning("no presentation context was accepted: aborting the association")
+            self.outcome = "aborted"
+            self.abort_source_reason = (0, 0)
+            self._fail_establishment(AssociationAborted(0, 0))
+            self.connection.abort(source=0, reason=0)
+            return
         self.connection.association_accepted(result.peer_max_pdu_length, set(self.contexts))
         self._establish()
 
