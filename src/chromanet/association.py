@@ -36,6 +36,7 @@ from chromanet.services import ServiceProvider, qr_scu
 from chromanet.services.spool import FileSink, MemorySink
 from chromanet.services.status import response_to_dataset
 from chromanet.ul.association import AssociationAborted, AssociationClosed, ULAssociation
+from chromanet.ul.negotiation import NegotiatedContext
 
 if TYPE_CHECKING:
     from chromanet.dimse import DatasetSink
@@ -354,15 +355,21 @@ class AsyncAssociation:
     def find_context(self, abstract_syntax: str, transfer_syntax: str | None = None) -> PresentationContext:
         """An accepted context for ``abstract_syntax`` on which we may be SCU,
         preferring ``transfer_syntax`` when given. ValueError when none."""
-        candidates = [
-            c for c in self._ul.contexts.values() if c.abstract_syntax == abstract_syntax and c.as_scu
-        ]
-        if not candidates:
+        return PresentationContext.from_negotiated(self._scu_context(abstract_syntax, transfer_syntax))
+
+    def _scu_context(self, abstract_syntax: str, transfer_syntax: str | None = None) -> NegotiatedContext:
+        """find_context's lookup, without building a public object: the send
+        paths call it once per request."""
+        first = None
+        for ctx in self._ul.contexts.values():
+            if ctx.abstract_syntax == abstract_syntax and ctx.as_scu:
+                if transfer_syntax is None or ctx.transfer_syntax == transfer_syntax:
+                    return ctx
+                if first is None:
+                    first = ctx
+        if first is None:
             raise ValueError(f"no accepted presentation context for {abstract_syntax} with the SCU role")
-        for ctx in candidates:
-            if transfer_syntax is not None and ctx.transfer_syntax == transfer_syntax:
-                return PresentationContext.from_negotiated(ctx)
-        return PresentationContext.from_negotiated(candidates[0])
+        return first
 
     async def _exchange(self, context_id: int, command: Command, dataset: Any = None) -> Command | None:
         """One request, one response; None if the association ended first."""
@@ -379,14 +386,13 @@ class AsyncAssociation:
 
     async def send_c_echo(self, msg_id: int | None = None) -> Dataset:
         """C-ECHO; the response as a Dataset (empty if none came)."""
-        ctx = self.find_context(uids.Verification)
+        ctx = self._scu_context(uids.Verification)
         command = Command(
             _dimse.C_ECHO_RQ,
             affected_sop_class_uid=uids.Verification,
             message_id=msg_id,
             command_data_set_type=_dimse.NO_DATASET,
         )
-        assert ctx.context_id is not None
         return response_to_dataset(await self._exchange(ctx.context_id, command))
 
     def _prepare_store(self, dataset: Any) -> tuple[int, str, str, Any, dsutil.Part10File | None]:
@@ -398,21 +404,21 @@ class AsyncAssociation:
             sop_instance = str(dataset.SOPInstanceUID)
             meta = getattr(dataset, "file_meta", None)
             source_syntax = str(meta.TransferSyntaxUID) if meta is not None and "TransferSyntaxUID" in meta else None
-            ctx = self.find_context(sop_class, source_syntax)
-            assert ctx.transfer_syntax and ctx.context_id is not None
-            return ctx.context_id, sop_class, sop_instance, dsutil.encode_dataset(dataset, ctx.transfer_syntax[0]), None
+            ctx = self._scu_context(sop_class, source_syntax)
+            assert ctx.transfer_syntax is not None
+            return ctx.context_id, sop_class, sop_instance, dsutil.encode_dataset(dataset, ctx.transfer_syntax), None
         if isinstance(dataset, (bytes, bytearray, memoryview)):
             part10 = dsutil.parse_part10(memoryview(dataset))
         else:
             part10 = dsutil.open_part10(dataset)
         try:
-            ctx = self.find_context(part10.sop_class_uid, part10.transfer_syntax)
-            assert ctx.transfer_syntax and ctx.context_id is not None
-            if ctx.transfer_syntax[0] == part10.transfer_syntax:
+            ctx = self._scu_context(part10.sop_class_uid, part10.transfer_syntax)
+            assert ctx.transfer_syntax is not None
+            if ctx.transfer_syntax == part10.transfer_syntax:
                 payload: Any = part10.dataset_bytes()
             else:
                 decoded = dsutil.decode_dataset(part10.dataset_bytes(), part10.transfer_syntax)
-                payload = dsutil.encode_dataset(decoded, ctx.transfer_syntax[0])
+                payload = dsutil.encode_dataset(decoded, ctx.transfer_syntax)
         except BaseException:
             part10.close()
             raise

@@ -40,9 +40,9 @@ async def query(
     move_destination: str | None = None,
 ) -> AsyncIterator[tuple[Dataset, Dataset | None]]:
     channel = assoc._require_established()
-    ctx = assoc.find_context(str(query_model))
-    assert ctx.context_id is not None and ctx.transfer_syntax
-    syntax = ctx.transfer_syntax[0]
+    ctx = assoc._scu_context(str(query_model))
+    assert ctx.transfer_syntax is not None
+    syntax = ctx.transfer_syntax
     command = Command(
         field,
         affected_sop_class_uid=ctx.abstract_syntax,

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from chromanet import _pdu
 from chromanet._dimse import Command, encode_command
 from chromanet._framer import PDUFramer
-from chromanet._pdata import Reassembler, fragment_message
+from chromanet._pdata import DatasetChunk, DimseMessage, Reassembler, fragment_message
 from chromanet.errors import (
     ABORT_REASON_INVALID_PDU_PARAMETER_VALUE,
     ChromanetError,
@@ -47,7 +47,7 @@ from chromanet.ul.statemachine import (
 )
 
 if TYPE_CHECKING:
-    from chromanet._pdata import CommandArrived, DatasetChunk, DimseMessage
+    from chromanet._pdata import CommandArrived
 
 LOGGER = logging.getLogger("chromanet.ul")
 
@@ -293,7 +293,7 @@ class ULConnection(asyncio.Protocol):
         """Like send_message, but a large data set goes out a slice at a
         time, waiting for the transport between slices, so sending a file of
         any size holds at most about PACING_SLICE bytes in the write buffer."""
-        if dataset is None or len(memoryview(dataset)) <= PACING_SLICE:
+        if dataset is None or memoryview(dataset).nbytes <= PACING_SLICE:
             self.send_message(context_id, command, dataset)
             return
         while self._pacing is not None:
@@ -340,10 +340,10 @@ class ULConnection(asyncio.Protocol):
             return
         listener = self.listener
         for event in events:
-            kind = type(event).__name__
-            if kind == "DimseMessage":
+            kind = type(event)
+            if kind is DimseMessage:
                 listener.on_message(event)  # type: ignore[arg-type]
-            elif kind == "DatasetChunk":
+            elif kind is DatasetChunk:
                 listener.on_dataset_chunk(event)  # type: ignore[arg-type]
             else:
                 listener.on_command_arrived(event)  # type: ignore[arg-type]
