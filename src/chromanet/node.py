@@ -21,6 +21,7 @@ from pydicom import Dataset
 from chromanet import evt, uids
 from chromanet.ae import AE, AsyncServer
 from chromanet.archive import IdentifierError, PaletteArchive
+from chromanet.services.spool import SPOOL_PREFIX
 
 LOGGER = logging.getLogger("chromanet.node")
 
@@ -68,7 +69,7 @@ class PaletteNode:
         # was never acknowledged to any peer: it goes.
         self.spool_directory = config.data_dir / "incoming"
         self.spool_directory.mkdir(exist_ok=True)
-        for leftover in self.spool_directory.glob(".incoming-*"):
+        for leftover in self.spool_directory.glob(f"{SPOOL_PREFIX}*"):
             leftover.unlink()
         self.ae = self._build_ae()
         self.server: AsyncServer | None = None

@@ -18,6 +18,10 @@ from chromanet import dsutil
 from chromanet._dimse import Command
 
 
+# Name prefix of spool files: a leftover one was never acknowledged to a peer.
+SPOOL_PREFIX = ".incoming-"
+
+
 class SpooledDataset(dsutil.Part10File):
     """A Part10File that removes its file when the handler is done with it."""
 
@@ -34,7 +38,7 @@ class FileSink:
     """DatasetSink writing one data set to a temporary file in ``directory``."""
 
     def __init__(self, directory: Path, command: Command, transfer_syntax: str) -> None:
-        handle, name = tempfile.mkstemp(prefix=".incoming-", suffix=".dcm", dir=directory)
+        handle, name = tempfile.mkstemp(prefix=SPOOL_PREFIX, suffix=".dcm", dir=directory)
         self._file = os.fdopen(handle, "wb", buffering=1 << 16)
         self.path = Path(name)
         meta = dsutil.build_file_meta(
