@@ -320,19 +320,24 @@ def make_scp() -> Iterator[Callable[..., ScpHandle]]:
         store: bool = True,
         **settings: Any,
     ) -> ScpHandle:
-        ae = configure_scp_ae(ae_title, transfer_syntaxes, **settings)
-        recorder = Recorder()
-        bound = recorder.handlers(store=store) + list(handlers or [])
-        server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=bound)
-        assert server is not None
-        started.append(server)
-        return ScpHandle(ae, server, recorder)
+        return _start_scp(started, configure_scp_ae(ae_title, transfer_syntaxes, **settings), handlers, store)
 
     try:
         yield make
     finally:
         for server in started:
             server.shutdown()
+
+
+def _start_scp(started: list[Any], ae: AE, handlers: list[Any] | None, store: bool) -> ScpHandle:
+    """Start ``ae`` on a free port with a Recorder's handlers (plus
+    ``handlers``); ``started`` collects it for the fixture to shut down."""
+    recorder = Recorder()
+    bound = recorder.handlers(store=store) + list(handlers or [])
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=bound)
+    assert server is not None
+    started.append(server)
+    return ScpHandle(ae, server, recorder)
 
 
 @pytest.fixture
@@ -518,13 +523,7 @@ def make_qr_scp() -> Iterator[Callable[..., ScpHandle]]:
     started: list[Any] = []
 
     def make(handlers: list[Any] | None = None, ae_title: str = "QRSCP", **settings: Any) -> ScpHandle:
-        ae = configure_qr_scp_ae(ae_title, **settings)
-        recorder = Recorder()
-        bound = recorder.handlers(store=False) + list(handlers or [])
-        server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=bound)
-        assert server is not None
-        started.append(server)
-        return ScpHandle(ae, server, recorder)
+        return _start_scp(started, configure_qr_scp_ae(ae_title, **settings), handlers, store=False)
 
     try:
         yield make
