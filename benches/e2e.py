@@ -25,7 +25,7 @@ Workloads:
 
 The Q/R data sets (W2-W6) are built once per run, untimed, in a temporary
 directory: chromanet palette archives (``PaletteArchive``), which the
-chromanet node (``chromanet.node.PaletteNode``) serves and the pynetdicom SCP
+chromanet node (``chromanet.apps.node.PaletteNode``) serves and the pynetdicom SCP
 reads into memory, and dcmqrscp storage areas of same-size images.
 
 Pairings (client -> SCP):

@@ -12,7 +12,7 @@ SCP::
   ``chromanet``/``pynetdicom``: listens on 127.0.0.1:P with Verification and
   Color Palette Storage. Its C-STORE handler returns Success without decoding
   the data set (we measure the engine, not pydicom). ``chromanet-node`` is
-  the real palette archive node (``chromanet.node.PaletteNode``) on an
+  the real palette archive node (``chromanet.apps.node.PaletteNode``) on an
   archive built by ``data``; ``pynetdicom-qr`` is a pynetdicom Color Palette
   Q/R SCP answering from an in-memory list of the same data sets (read from
   the archive's files at start). Each exits when its stdin closes (so an SCP
@@ -331,7 +331,7 @@ def run_scp(impl: str, port: int, nodelay: bool, data_dir: Path | None = None,
         import threading
 
         from chromanet.loopthread import new_event_loop
-        from chromanet.node import NodeConfig, PaletteNode
+        from chromanet.apps.node import NodeConfig, PaletteNode
 
         if data_dir is None:
             raise SystemExit("chromanet-node needs --data-dir")

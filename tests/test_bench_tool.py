@@ -1,6 +1,6 @@
 """``chromanet bench`` (src/chromanet/bench.py) against live SCPs.
 
-The tool runs as a subprocess (``python -m chromanet.cli bench``), as a user
+The tool runs as a subprocess (``python -m chromanet.apps.cli bench``), as a user
 runs it, against: the chromanet palette archive node (``chromanet serve`` in
 a subprocess) for echo, find, get, store and move; DCMTK's ``storescp``
 (echo, store, with the Color Palette profile in tests/data) and
@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from chromanet import bench, cli
+from chromanet.apps import cli
+from chromanet.apps import loadtool as bench
 from conftest import free_port, subprocess_server
 
 pytestmark = [pytest.mark.timeout(120)]
@@ -30,7 +31,7 @@ TOOL_TIMEOUT = 90
 
 
 def run_bench(*args: str, json_path: Path) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    argv = [sys.executable, "-m", "chromanet.cli", "bench", *args, "--json", str(json_path)]
+    argv = [sys.executable, "-m", "chromanet.apps.cli", "bench", *args, "--json", str(json_path)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=TOOL_TIMEOUT)
     summary = json.loads(json_path.read_text()) if json_path.exists() else {}
     return done, summary
@@ -59,7 +60,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Any:
     AE CHROMANET, with itself as move destination SELF."""
     port = free_port()
     data = tmp_path_factory.mktemp("node")
-    args = [sys.executable, "-m", "chromanet.cli", "serve", "--port", str(port), "--bind", "127.0.0.1",
+    args = [sys.executable, "-m", "chromanet.apps.cli", "serve", "--port", str(port), "--bind", "127.0.0.1",
             "--data-dir", str(data), "--log-level", "WARNING", "--move-dest", f"SELF=127.0.0.1:{port}"]
     with subprocess_server(args, port, cwd=REPO):
         yield port

@@ -32,7 +32,7 @@ WELL_KNOWN = {f"1.2.840.10008.1.5.{n}" for n in range(1, 9)}
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "chromanet.cli", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "chromanet.apps.cli", *args], capture_output=True, text=True, timeout=timeout
     )
 
 
@@ -45,7 +45,7 @@ class Node:
 
     def start(self) -> None:
         args = [
-            sys.executable, "-m", "chromanet.cli", "serve",
+            sys.executable, "-m", "chromanet.apps.cli", "serve",
             "--data-dir", str(self.data_dir), "--port", str(self.port), "--bind", "127.0.0.1",
             "--log-level", "INFO", *self.extra,
         ]  # fmt: skip
@@ -363,7 +363,7 @@ def test_config_file_and_allowed_calling_aets(tmp_path: Path):
         f'data_dir = "{tmp_path / "d"}"\nallowed_calling_aets = ["FRIEND"]\n'
         '[move_destinations]\nDEST = ["127.0.0.1", 11112]\n'
     )
-    process = subprocess.Popen([sys.executable, "-m", "chromanet.cli", "serve", "--config", str(config)],
+    process = subprocess.Popen([sys.executable, "-m", "chromanet.apps.cli", "serve", "--config", str(config)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
     try:
         wait_listening(port, process, timeout=30)

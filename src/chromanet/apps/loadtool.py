@@ -185,7 +185,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
 
 
 def build_identifier_for(plan: Plan) -> Any:
-    from chromanet.cli import build_identifier
+    from chromanet.apps.identifiers import build_identifier
 
     palette = plan.model in MODELS["palette"]
     defaults: dict[str, str] = {}

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset, config
-from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 from chromanet import loopthread, uids
 from chromanet.ae import AE
+from chromanet.apps.identifiers import build_identifier
 from chromanet.services.status import code_to_category
 
 LOGGER = logging.getLogger("chromanet.cli")
@@ -95,27 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scu_arguments(store)
     store.add_argument("paths", nargs="+", type=Path)
 
-    from chromanet import bench
+    from chromanet.apps import loadtool
 
-    bench.add_arguments(commands.add_parser("bench", help="load generator: N associations x M operations, latencies"))
+    loadtool.add_arguments(commands.add_parser("bench", help="load generator: N associations x M operations, latencies"))
     return parser
-
-
-def build_identifier(keys: list[str], defaults: dict[str, str]) -> Dataset:
-    """``["ContentLabel=HOT*", "ContentDescription="]`` -> a Dataset."""
-    ds = Dataset()
-    values = dict(defaults)
-    for key in keys:
-        name, sep, value = key.partition("=")
-        if not sep or tag_for_keyword(name) is None:
-            raise ValueError(f"bad query key {key!r}: use Keyword=value with a DICOM keyword")
-        values[name] = value
-    for name, value in values.items():
-        if dictionary_VR(tag_for_keyword(name)) == "SQ":
-            setattr(ds, name, [])
-        else:
-            setattr(ds, name, value)
-    return ds
 
 
 # --------------------------------------------------------------- commands
@@ -294,7 +277,7 @@ def cmd_store(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------ serve
 def load_node_config(args: argparse.Namespace) -> Any:
-    from chromanet.node import NodeConfig
+    from chromanet.apps.node import NodeConfig
 
     config = NodeConfig()
     settings: dict[str, Any] = {}
@@ -339,7 +322,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     still open and close the archive."""
     import signal
 
-    from chromanet.node import serve
+    from chromanet.apps.node import serve
 
     config = load_node_config(args)
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -357,9 +340,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from chromanet import bench
+    from chromanet.apps import loadtool
 
-    return bench.run(args)
+    return loadtool.run(args)
 
 
 COMMANDS = {
