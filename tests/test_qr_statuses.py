@@ -138,7 +138,7 @@ def raw_request(assoc: Any, field: int, model: str, payload: bytes, move_destina
     inner = assoc._inner
 
     async def exchange() -> list[Any]:
-        channel = inner._channel
+        channel = inner.service_session.channel
         ctx = inner.find_context(model)
         command = Command(
             field,
@@ -258,7 +258,7 @@ def test_find_unnegotiated_sop_class_is_0122(make_qr_scp):
         inner = assoc._inner
 
         async def exchange() -> Any:
-            channel = inner._channel
+            channel = inner.service_session.channel
             ctx = inner.find_context(FIND)
             command = Command(
                 _dimse.C_FIND_RQ,

@@ -1,35 +1,32 @@
-"""The Application Entity: configuration, associations out, servers in.
+"""The Application Entity: its configuration, and associations out.
 
 ``AE`` has pynetdicom's names and blocking behaviour (``associate`` returns an
 ``Association``; ``start_server(..., block=False)`` returns a server with
 ``shutdown()``), run on a shared background loop, plus coroutine twins for
 asyncio programs: ``await ae.associate_async(...)`` (usable as ``async
-with``) and ``await ae.start_server_async(...)``.
+with``) and ``await ae.start_server_async(...)``. The server itself lives in
+``chromanet.server``, the blocking facades in ``chromanet.blocking``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import threading
 from pathlib import Path
-from typing import Any, Iterable, Iterator
-
-from pydicom import Dataset
+from typing import Any, Iterable
 
 from chromanet import _pdu, loopthread, uids
 from chromanet.association import AsyncAssociation
-from chromanet.evt import EVT_CONN_OPEN, EVT_REQUESTED, EVT_SOP_EXTENDED, EVT_USER_ID, Event, HandlerSpec, notify, split_handlers
-from chromanet.presentation import DEFAULT_TRANSFER_SYNTAXES, PresentationContext, build_context
-from chromanet.ul.association import AcceptorPolicy, AssociationAborted, AssociationClosed, Timeouts, ULAssociation
+from chromanet.blocking import Association, ThreadedServer
+from chromanet.evt import HandlerSpec, split_handlers
+from chromanet.presentation import DEFAULT_TRANSFER_SYNTAXES, PresentationContext, build_context, build_role
+from chromanet.server import AsyncServer
+from chromanet.ul.acse import AssociationAborted, AssociationClosed, AssociationControl, Timeouts
 from chromanet.ul.negotiation import AssociationRejected, ContextSpec, build_associate_rq
 
-LOGGER = logging.getLogger("chromanet.ae")
+__all__ = ["AE", "Association", "AsyncServer", "ThreadedServer", "build_role"]
 
-# Presentation provider rejection when too many associations are open
-# (A-ASSOCIATE-RJ result 2 transient, source 3, reason 2 local limit exceeded).
-_TOO_MANY_ASSOCIATIONS = (2, 3, 2)
+LOGGER = logging.getLogger("chromanet.ae")
 
 
 class AE:
@@ -124,7 +121,9 @@ class AE:
     def remove_supported_context(self, abstract_syntax: str, transfer_syntax: str | list[str] | None = None) -> None:
         self._supported = _remove(self._supported, abstract_syntax, transfer_syntax)
 
-    def _timeouts(self) -> Timeouts:
+    def association_timeouts(self) -> Timeouts:
+        """The timeouts an association made now gets (read at each one, so
+        a change applies to the next association)."""
         return Timeouts(
             acse=self.acse_timeout,
             dimse=self.dimse_timeout,
@@ -171,7 +170,7 @@ class AE:
             implementation_version_name=self.implementation_version_name,
             **extended,
         )
-        ul = ULAssociation(requestor=True, timeouts=self._timeouts(), max_receive_pdu_length=max_pdu)
+        ul = AssociationControl(requestor=True, timeouts=self.association_timeouts(), max_receive_pdu_length=max_pdu)
         assoc = AsyncAssociation(
             self, ul, split_handlers(evt_handlers), spool_directory=self.store_spool_directory
         )
@@ -217,7 +216,12 @@ class AE:
         server = AsyncServer(self, address, split_handlers(evt_handlers), ae_title, contexts)
         await server.start()
         self._servers.append(server)
+        server.on_closed = self._forget_server
         return server
+
+    def _forget_server(self, server: AsyncServer) -> None:
+        if server in self._servers:
+            self._servers.remove(server)
 
     def start_server(
         self,
@@ -238,7 +242,7 @@ class AE:
         if not block:
             return server
         try:
-            server._stopped.wait()
+            server.wait_stopped()
         except KeyboardInterrupt:
             server.shutdown()
         return None
@@ -319,11 +323,6 @@ def _context_specs(requested: list[PresentationContext], roles: dict[str, tuple[
     return specs
 
 
-def build_role(sop_class_uid: str, scu_role: bool = False, scp_role: bool = False) -> _pdu.RoleSelection:
-    """An SCP/SCU Role Selection item for ``ext_neg`` (pynetdicom's build_role)."""
-    return _pdu.RoleSelection(str(sop_class_uid), bool(scu_role), bool(scp_role))
-
-
 def _extended_items(ext_neg: list[Any] | None) -> dict[str, Any]:
     """Split pynetdicom-style ``ext_neg`` items into build_associate_rq's
     keywords (plus "roles": {SOP class: (scu, scp)} from role items)."""
@@ -353,274 +352,3 @@ def _extended_items(ext_neg: list[Any] | None) -> dict[str, Any]:
         if isinstance(item, _pdu.AsyncOperationsWindow):
             result["async_ops_window"] = (item.max_operations_invoked, item.max_operations_performed)
     return result
-
-
-class AsyncServer:
-    """A listening acceptor on the loop it was started on."""
-
-    def __init__(
-        self,
-        ae: AE,
-        address: tuple[str, int],
-        handlers: dict[Any, list[tuple[Any, list[Any]]]],
-        ae_title: str | None,
-        contexts: list[PresentationContext] | None,
-    ) -> None:
-        self.ae = ae
-        self.address = address
-        self._handlers = handlers
-        supported = contexts if contexts is not None else ae.supported_contexts
-        if not supported:
-            raise ValueError("no supported presentation contexts: use add_supported_context() first")
-        self.policy = AcceptorPolicy(
-            ae_title=uids.validate_ae_title(ae_title or ae.ae_title),
-            supported_contexts=[ctx.to_spec() for ctx in supported],
-            max_pdu_length=ae.maximum_pdu_size,
-            require_called_aet=ae.require_called_aet,
-            require_calling_aet=list(ae.require_calling_aet),
-            implementation_class_uid=ae.implementation_class_uid,
-            implementation_version_name=ae.implementation_version_name,
-            async_ops_window=ae.async_ops_window,
-            identity_handler=self._identity_adapter(),
-            sop_extended_handler=self._sop_extended_adapter(),
-            gatekeeper=self._gatekeeper,
-        )
-        self.associations: set[AsyncAssociation] = set()
-        self._server: asyncio.AbstractServer | None = None
-        self._closed: asyncio.Event | None = None
-
-    @property
-    def server_address(self) -> tuple[str, int]:
-        assert self._server is not None
-        sockname = self._server.sockets[0].getsockname()
-        return (sockname[0], sockname[1])
-
-    @property
-    def active_associations(self) -> list[AsyncAssociation]:
-        return [a for a in self.associations if a.is_established]
-
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._closed = asyncio.Event()
-        host, port = self.address
-        self._server = await loop.create_server(
-            self._new_connection, host or None, port, reuse_address=True, backlog=1024
-        )
-
-    def _identity_adapter(self) -> Any:
-        """EVT_USER_ID handler (pynetdicom's protocol: the event carries
-        user_id_type, primary_field, secondary_field; the handler returns
-        (is_verified, response or None)) as the negotiation's hook."""
-        bound = self._handlers.get(EVT_USER_ID)
-        if not bound:
-            return None
-        handler, args = bound[0]
-
-        def identity(item: _pdu.UserIdentityRQ) -> tuple[bool, bytes | None]:
-            event = Event(
-                None,
-                EVT_USER_ID,
-                user_id_type=item.identity_type,
-                primary_field=item.primary_field,
-                secondary_field=item.secondary_field or None,
-            )
-            verified, response = handler(event, *args)
-            return bool(verified), response
-
-        return identity
-
-    def _sop_extended_adapter(self) -> Any:
-        """EVT_SOP_EXTENDED handler: event.app_info {uid: bytes} in, the
-        replies {uid: bytes} out."""
-        bound = self._handlers.get(EVT_SOP_EXTENDED)
-        if not bound:
-            return None
-        handler, args = bound[0]
-
-        def extended(items: list[_pdu.SOPClassExtendedNegotiation]) -> list[_pdu.SOPClassExtendedNegotiation]:
-            app_info = {item.sop_class_uid: item.application_information for item in items}
-            replies = handler(Event(None, EVT_SOP_EXTENDED, app_info=app_info), *args) or {}
-            return [_pdu.SOPClassExtendedNegotiation(uid, bytes(info)) for uid, info in replies.items() if info]
-
-        return extended
-
-    def _gatekeeper(self, rq: _pdu.AssociateRQ) -> _pdu.AssociateRJ | None:
-        established = sum(1 for a in self.associations if a.is_established)
-        if self.ae.maximum_associations and established >= self.ae.maximum_associations:
-            result, source, reason = _TOO_MANY_ASSOCIATIONS
-            return _pdu.AssociateRJ(result=result, source=source, reason=reason)
-        return None
-
-    def _new_connection(self) -> Any:
-        ae = self.ae
-        ul = ULAssociation(
-            requestor=False,
-            timeouts=ae._timeouts(),
-            max_receive_pdu_length=ae.maximum_pdu_size,
-            acceptor_policy=self.policy,
-        )
-        assoc = AsyncAssociation(ae, ul, self._handlers, spool_directory=ae.store_spool_directory)
-        self.associations.add(assoc)
-        ul.ended.add_done_callback(lambda _f, a=assoc: self.associations.discard(a))
-        notify(self._handlers, Event(assoc, EVT_CONN_OPEN))
-        original = ul.on_associate_rq
-
-        def on_rq(rq: _pdu.AssociateRQ) -> None:
-            notify(self._handlers, Event(assoc, EVT_REQUESTED))
-            original(rq)
-
-        ul.on_associate_rq = on_rq  # type: ignore[method-assign]
-        return ul.connection
-
-    async def close(self) -> None:
-        """Stop listening and abort the associations still open."""
-        if self._server is not None:
-            self._server.close()
-        for assoc in list(self.associations):
-            assoc.abort()
-        waits = [asyncio.ensure_future(a.wait_closed()) for a in list(self.associations)]
-        if waits:
-            await asyncio.wait(waits, timeout=5)
-        if self._server is not None:
-            await self._server.wait_closed()
-        if self._closed is not None:
-            self._closed.set()
-
-    async def serve_forever(self) -> None:
-        assert self._closed is not None
-        await self._closed.wait()
-
-    async def __aenter__(self) -> AsyncServer:
-        return self
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        await self.close()
-
-
-class ThreadedServer:
-    """A server on the background loop, for blocking code (pynetdicom's
-    ``ThreadedAssociationServer``: ``shutdown()``, ``server_address``)."""
-
-    def __init__(self, server: AsyncServer) -> None:
-        self._server = server
-        self._stopped = threading.Event()
-
-    @property
-    def server_address(self) -> tuple[str, int]:
-        return self._server.server_address
-
-    @property
-    def active_associations(self) -> list[Association]:
-        return [Association(a) for a in self._server.active_associations]
-
-    @property
-    def ae(self) -> AE:
-        return self._server.ae
-
-    def bind(self, event: Any, handler: Any, args: list[Any] | None = None) -> None:
-        """Bind a handler for this server's associations, open or future."""
-        from chromanet.evt import check_implemented
-
-        check_implemented(event)
-        handlers = self._server._handlers
-        entry = (handler, list(args or []))
-        if event.is_intervention:
-            handlers[event] = [entry]
-        elif all(bound is not handler for bound, _ in handlers.get(event, [])):
-            handlers.setdefault(event, []).append(entry)
-
-    def unbind(self, event: Any, handler: Any) -> None:
-        handlers = self._server._handlers
-        kept = [(h, a) for h, a in handlers.get(event, []) if h is not handler]
-        if kept:
-            handlers[event] = kept
-        else:
-            handlers.pop(event, None)
-
-    def get_events(self) -> list[Any]:
-        return sorted(self._server._handlers, key=lambda event: event.name)
-
-    def serve_forever(self, *args: Any, **kwargs: Any) -> None:
-        raise NotImplementedError(
-            "chromanet does not implement serve_forever: the server already serves; use start_server(block=True) to block"
-        )
-
-    def server_close(self) -> None:
-        self.shutdown()
-
-    def shutdown(self) -> None:
-        loopthread.run(self._server.close())
-        if self._server in self._server.ae._servers:
-            self._server.ae._servers.remove(self._server)
-        self._stopped.set()
-
-
-class Association:
-    """Blocking wrapper of AsyncAssociation (pynetdicom's ``Association``)."""
-
-    def __init__(self, inner: AsyncAssociation) -> None:
-        self._inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Settings (e.g. store_directory) belong to the association itself.
-        if name.startswith("_"):
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self._inner, name, value)
-
-    @property
-    def is_established(self) -> bool:
-        return self._inner.is_established
-
-    def send_c_echo(self, msg_id: int = 1) -> Dataset:
-        return loopthread.run(self._inner.send_c_echo(msg_id))
-
-    def send_c_store(
-        self,
-        dataset: Dataset | str | os.PathLike[str] | bytes,
-        msg_id: int = 1,
-        priority: int = 2,
-        originator_aet: str | None = None,
-        originator_id: int | None = None,
-    ) -> Dataset:
-        return loopthread.run(self._inner.send_c_store(dataset, msg_id, priority, originator_aet, originator_id))
-
-    def send_c_find(
-        self, dataset: Dataset, query_model: str, msg_id: int = 1, priority: int = 2
-    ) -> Iterator[tuple[Dataset, Dataset | None]]:
-        return loopthread.iterate(self._inner.send_c_find(dataset, query_model, msg_id, priority))
-
-    def send_c_get(
-        self, dataset: Dataset, query_model: str, msg_id: int = 1, priority: int = 2
-    ) -> Iterator[tuple[Dataset, Dataset | None]]:
-        return loopthread.iterate(self._inner.send_c_get(dataset, query_model, msg_id, priority))
-
-    def send_c_move(
-        self, dataset: Dataset, move_aet: str, query_model: str, msg_id: int = 1, priority: int = 2
-    ) -> Iterator[tuple[Dataset, Dataset | None]]:
-        return loopthread.iterate(self._inner.send_c_move(dataset, move_aet, query_model, msg_id, priority))
-
-    def send_c_cancel(self, msg_id: int, context_id: int | None = None, query_model: str | None = None) -> None:
-        loopthread.call(self._inner.send_c_cancel, msg_id, context_id, query_model)
-
-    def release(self) -> None:
-        loopthread.run(self._inner.release())
-
-    def abort(self) -> None:
-        """A-ABORT; returns once the connection is closed (as pynetdicom's
-        does), or at once when called from a handler on the loop thread."""
-        if loopthread.in_loop_thread():
-            self._inner.abort()
-            return
-
-        async def abort_and_wait() -> None:
-            self._inner.abort()
-            try:
-                await asyncio.wait_for(self._inner.wait_closed(), 5)
-            except asyncio.TimeoutError:
-                LOGGER.warning("the connection did not close within 5 s of the abort")
-
-        loopthread.run(abort_and_wait())

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from pydicom import Dataset
 
-from chromanet import _dimse, dsutil, uids
+from chromanet import _dimse, uids
 from chromanet._dimse import Command
-from chromanet.dimse import DimseChannel, DimseTimeout
+from chromanet.dimse_channel import DimseChannel
 from chromanet.evt import (
     EVT_ABORTED,
     EVT_ACCEPTED,
@@ -32,18 +32,19 @@ from chromanet.evt import (
     notify,
 )
 from chromanet.presentation import PresentationContext, build_context
-from chromanet.services import ServiceProvider, qr_scu
+from chromanet.services import query_retrieve, storage, verification
+from chromanet.services.answers import response_to_dataset
+from chromanet.services.base import HandlerTable, ServiceSession
+from chromanet.services.dispatch import ServiceDispatcher
 from chromanet.services.spool import FileSink, MemorySink
-from chromanet.services.status import response_to_dataset
-from chromanet.ul.association import AssociationAborted, AssociationClosed, ULAssociation
-from chromanet.ul.negotiation import NegotiatedContext
+from chromanet.ul.acse import AssociationControl
 
 if TYPE_CHECKING:
-    from chromanet.dimse import DatasetSink
+    from chromanet.dimse_channel import DatasetSink
 
 LOGGER = logging.getLogger("chromanet.association")
 
-Handlers = dict[EventType, list[tuple[Any, list[Any]]]]
+Handlers = HandlerTable
 
 
 class ServiceUser:
@@ -82,7 +83,7 @@ class ServiceUser:
 
     @property
     def _sockaddr(self) -> tuple[str, int]:
-        return self._assoc._addresses[0 if self._is_local else 1]
+        return self._assoc._ul.addresses[0 if self._is_local else 1]
 
     @property
     def address(self) -> str:
@@ -123,7 +124,7 @@ class AsyncAssociation:
     def __init__(
         self,
         ae: Any,
-        ul: ULAssociation,
+        ul: AssociationControl,
         handlers: Handlers,
         *,
         spool_directory: Path | None = None,
@@ -131,17 +132,11 @@ class AsyncAssociation:
         self.ae = ae
         self._ul = ul
         self._handlers = handlers
-        self._channel: DimseChannel | None = None
+        self._session: ServiceSession | None = None
         self._spool_directory = spool_directory
         self.is_requestor = ul.is_requestor
         self.is_acceptor = not ul.is_requestor
-        # chromanet extra: with no EVT_C_STORE handler bound, C-STORE
-        # sub-operations of a C-GET are written here as <SOP Instance UID>.dcm.
-        self.store_directory: Path | None = None
-        self._request_contexts: dict[int, int] = {}  # outstanding Q/R requests: message ID -> context ID
-        # (local, peer) socket addresses, kept once known (the transport goes
-        # away when the connection closes).
-        self._addresses: tuple[tuple[str, int], tuple[str, int]] = (("", 0), ("", 0))
+        self._store_directory: Path | None = None
         # Acceptors share their server's handler table until bind/unbind
         # gives this association its own copy.
         self._own_handlers = ul.is_requestor
@@ -188,36 +183,50 @@ class AsyncAssociation:
         """The A-ASSOCIATE-AC or -RJ as sent or received."""
         return self._ul.response
 
-    def _public_context(self, context_id: int) -> PresentationContext | None:
-        ctx = self._ul.contexts.get(context_id)
-        return PresentationContext.from_negotiated(ctx) if ctx is not None else None
+    @property
+    def store_directory(self) -> Path | None:
+        """chromanet extra: with no EVT_C_STORE handler bound, received
+        C-STOREs (e.g. a C-GET's sub-operations) are written here as
+        <SOP Instance UID>.dcm."""
+        return self._store_directory
+
+    @store_directory.setter
+    def store_directory(self, value: Path | None) -> None:
+        self._store_directory = value
+        if self._session is not None:
+            self._session.store_directory = value
+
+    @property
+    def service_session(self) -> ServiceSession | None:
+        """What the services see of this association, once established."""
+        return self._session
 
     def __repr__(self) -> str:
         side = "requestor" if self.is_requestor else "acceptor"
         return f"<AsyncAssociation {side} {self._ul.outcome}>"
 
     # ------------------------------------------------------------ lifecycle
-    def _remember_addresses(self) -> None:
-        transport = getattr(self._ul.connection, "transport", None)
-        if transport is None:
-            return
-        local = transport.get_extra_info("sockname") or ("", 0)
-        peer = transport.get_extra_info("peername") or ("", 0)
-        self._addresses = ((str(local[0]), int(local[1])), (str(peer[0]), int(peer[1])))
-
-    def _on_established(self, ul: ULAssociation) -> None:
-        self._remember_addresses()
+    def _on_established(self, ul: AssociationControl) -> None:
         result = ul.negotiation
         assert result is not None
         sink_factory = self._spool_factory if self._spool_directory is not None else None
-        self._channel = DimseChannel(
+        channel = DimseChannel(
             ul,
-            ServiceProvider(self, self._handlers),
             dimse_timeout=ul.timeouts.dimse,
             max_operations_performed=result.max_operations_performed,
             max_operations_invoked=result.max_operations_invoked,
             dataset_sink_factory=sink_factory,
         )
+        self._session = ServiceSession(
+            channel,
+            ul.contexts,
+            self._handlers,
+            event_source=self,
+            peer_ae_title=self.peer_ae_title,
+            open_sub_association=self._open_sub_association,
+            store_directory=self._store_directory,
+        )
+        channel.request_handler = ServiceDispatcher(self._session)
         notify(self._handlers, Event(self, EVT_ACCEPTED))
         notify(self._handlers, Event(self, EVT_ESTABLISHED))
 
@@ -277,10 +286,8 @@ class AsyncAssociation:
         if not self._own_handlers:
             self._handlers = {event: list(bound) for event, bound in self._handlers.items()}
             self._own_handlers = True
-            if self._channel is not None:
-                provider = self._channel.request_handler
-                if isinstance(provider, ServiceProvider):
-                    provider.handlers = self._handlers
+            if self._session is not None:
+                self._session.handlers = self._handlers
         return self._handlers
 
     # -------------------------------------------- pynetdicom's other names
@@ -347,110 +354,21 @@ class AsyncAssociation:
         return await asyncio.shield(self._ul.ended)
 
     # ----------------------------------------------------------------- SCU
-    def _require_established(self) -> DimseChannel:
-        if not self.is_established or self._channel is None:
+    def _require_established(self) -> ServiceSession:
+        if not self.is_established or self._session is None:
             raise RuntimeError("the association is not established")
-        return self._channel
+        return self._session
 
     def find_context(self, abstract_syntax: str, transfer_syntax: str | None = None) -> PresentationContext:
         """An accepted context for ``abstract_syntax`` on which we may be SCU,
         preferring ``transfer_syntax`` when given. ValueError when none."""
-        return PresentationContext.from_negotiated(self._scu_context(abstract_syntax, transfer_syntax))
-
-    def _scu_context(self, abstract_syntax: str, transfer_syntax: str | None = None) -> NegotiatedContext:
-        """find_context's lookup, without building a public object: the send
-        paths call it once per request."""
-        first = None
-        for ctx in self._ul.contexts.values():
-            if ctx.abstract_syntax == abstract_syntax and ctx.as_scu:
-                if transfer_syntax is None or ctx.transfer_syntax == transfer_syntax:
-                    return ctx
-                if first is None:
-                    first = ctx
-        if first is None:
-            raise ValueError(f"no accepted presentation context for {abstract_syntax} with the SCU role")
-        return first
-
-    async def _exchange(self, context_id: int, command: Command, dataset: Any = None) -> Command | None:
-        """One request, one response; None if the association ended first."""
-        channel = self._require_established()
-        try:
-            response = await channel.request(context_id, command, dataset)
-        except DimseTimeout:
-            LOGGER.error("DIMSE timeout: aborting the association")
-            self.abort()
-            return None
-        except (AssociationAborted, AssociationClosed, ConnectionError):
-            return None
-        return response.command
+        if self._session is None:
+            raise ValueError(f"no accepted presentation context for {abstract_syntax}: not established")
+        return PresentationContext.from_negotiated(self._session.scu_context(abstract_syntax, transfer_syntax))
 
     async def send_c_echo(self, msg_id: int | None = None) -> Dataset:
         """C-ECHO; the response as a Dataset (empty if none came)."""
-        ctx = self._scu_context(uids.Verification)
-        command = Command(
-            _dimse.C_ECHO_RQ,
-            affected_sop_class_uid=uids.Verification,
-            message_id=msg_id,
-            command_data_set_type=_dimse.NO_DATASET,
-        )
-        return response_to_dataset(await self._exchange(ctx.context_id, command))
-
-    def _prepare_store(self, dataset: Any) -> tuple[int, str, str, Any, dsutil.Part10File | None]:
-        """(context id, SOP class, SOP instance, payload, open file) for a
-        C-STORE of a Dataset, a Part 10 file path or a Part 10 image."""
-        part10: dsutil.Part10File | None = None
-        if isinstance(dataset, Dataset):
-            sop_class = str(dataset.SOPClassUID)
-            sop_instance = str(dataset.SOPInstanceUID)
-            meta = getattr(dataset, "file_meta", None)
-            source_syntax = str(meta.TransferSyntaxUID) if meta is not None and "TransferSyntaxUID" in meta else None
-            ctx = self._scu_context(sop_class, source_syntax)
-            assert ctx.transfer_syntax is not None
-            return ctx.context_id, sop_class, sop_instance, dsutil.encode_dataset(dataset, ctx.transfer_syntax), None
-        if isinstance(dataset, (bytes, bytearray, memoryview)):
-            part10 = dsutil.parse_part10(memoryview(dataset))
-        else:
-            part10 = dsutil.open_part10(dataset)
-        try:
-            ctx = self._scu_context(part10.sop_class_uid, part10.transfer_syntax)
-            assert ctx.transfer_syntax is not None
-            if ctx.transfer_syntax == part10.transfer_syntax:
-                payload: Any = part10.dataset_bytes()
-            else:
-                decoded = dsutil.decode_dataset(part10.dataset_bytes(), part10.transfer_syntax)
-                payload = dsutil.encode_dataset(decoded, ctx.transfer_syntax)
-        except BaseException:
-            part10.close()
-            raise
-        return ctx.context_id, part10.sop_class_uid, part10.sop_instance_uid, payload, part10
-
-    async def _store(
-        self,
-        dataset: Any,
-        msg_id: int | None,
-        priority: int,
-        originator_aet: str | None,
-        originator_id: int | None,
-    ) -> Command | None:
-        """One C-STORE; the response command, or None if none came."""
-        self._require_established()
-        context_id, sop_class, sop_instance, payload, part10 = self._prepare_store(dataset)
-        command = Command(
-            _dimse.C_STORE_RQ,
-            affected_sop_class_uid=sop_class,
-            affected_sop_instance_uid=sop_instance,
-            message_id=msg_id,
-            priority=priority,
-            command_data_set_type=_dimse.DATASET_PRESENT,
-            move_originator_application_entity_title=originator_aet,
-            move_originator_message_id=originator_id,
-        )
-        try:
-            return await self._exchange(context_id, command, payload)
-        finally:
-            del payload
-            if part10 is not None and part10.path is not None:
-                part10.close()
+        return response_to_dataset(await verification.echo(self._require_established(), msg_id))
 
     async def send_c_store(
         self,
@@ -465,7 +383,9 @@ class AsyncAssociation:
         sent as they are, without decoding; otherwise the data set is
         decoded and re-encoded in an accepted one. Returns the response as
         a Dataset (empty if the association ended first)."""
-        return response_to_dataset(await self._store(dataset, msg_id, priority, originator_aet, originator_id))
+        session = self._require_established()
+        response = await storage.store(session, dataset, msg_id, priority, originator_aet, originator_id)
+        return response_to_dataset(response)
 
     # ------------------------------------------------- query/retrieve SCU
     @property
@@ -482,7 +402,8 @@ class AsyncAssociation:
         """C-FIND: an async iterator of (status, identifier) per response;
         the last one is the final status with identifier None. Leaving the
         loop early sends a C-CANCEL."""
-        return qr_scu.query(self, _dimse.C_FIND_RQ, identifier, query_model, msg_id, priority)
+        session = self._require_established()
+        return query_retrieve.query(session, _dimse.C_FIND_RQ, identifier, query_model, msg_id, priority)
 
     def send_c_get(
         self, identifier: Dataset, query_model: str, msg_id: int | None = None, priority: int = 2
@@ -490,19 +411,21 @@ class AsyncAssociation:
         """C-GET: (status, identifier) per response. The C-STORE
         sub-operations arrive on this association and go to the EVT_C_STORE
         handler bound at associate() (or to ``store_directory`` if set)."""
-        return qr_scu.query(self, _dimse.C_GET_RQ, identifier, query_model, msg_id, priority)
+        session = self._require_established()
+        return query_retrieve.query(session, _dimse.C_GET_RQ, identifier, query_model, msg_id, priority)
 
     def send_c_move(
         self, identifier: Dataset, move_aet: str, query_model: str, msg_id: int | None = None, priority: int = 2
     ) -> AsyncIterator[tuple[Dataset, Dataset | None]]:
         """C-MOVE to the AE ``move_aet``: (status, identifier) per response."""
-        return qr_scu.query(self, _dimse.C_MOVE_RQ, identifier, query_model, msg_id, priority, move_aet)
+        session = self._require_established()
+        return query_retrieve.query(session, _dimse.C_MOVE_RQ, identifier, query_model, msg_id, priority, move_aet)
 
     def send_c_cancel(self, msg_id: int, context_id: int | None = None, query_model: str | None = None) -> None:
         """C-CANCEL of the outstanding request ``msg_id``."""
-        qr_scu.cancel(self, msg_id, context_id, query_model)
+        query_retrieve.cancel(self._require_established(), msg_id, context_id, query_model)
 
-    async def _open_move_destination(
+    async def _open_sub_association(
         self, address: str, port: int, ae_title: str | None, kwargs: dict[str, Any]
     ) -> AsyncAssociation | None:
         """The sub-association of a C-MOVE (requested contexts: the AE's, or
@@ -511,7 +434,7 @@ class AsyncAssociation:
             build_context(uids.ColorPaletteStorage)
         ]
         try:
-            return await self.ae._associate(
+            return await self.ae.associate_async(
                 address,
                 port,
                 contexts,

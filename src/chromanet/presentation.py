@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from chromanet import uids
+from chromanet import _pdu, uids
 from chromanet.ul.negotiation import ContextSpec, NegotiatedContext
 
 DEFAULT_TRANSFER_SYNTAXES: list[str] = list(uids.DEFAULT_TRANSFER_SYNTAXES)
@@ -66,11 +66,10 @@ def build_context(abstract_syntax: str, transfer_syntax: str | list[str] | None 
 VerificationPresentationContexts = [build_context(uids.Verification)]
 
 
-def build_role(sop_class_uid: str, scu_role: bool = False, scp_role: bool = False) -> object:
-    """pynetdicom's ``build_role`` lives in ``pynetdicom.presentation`` too."""
-    from chromanet.ae import build_role as _build_role
-
-    return _build_role(sop_class_uid, scu_role, scp_role)
+def build_role(sop_class_uid: str, scu_role: bool = False, scp_role: bool = False) -> _pdu.RoleSelection:
+    """An SCP/SCU Role Selection item for ``ext_neg`` (pynetdicom's
+    ``build_role``, which ``chromanet.ae`` re-exports as pynetdicom does)."""
+    return _pdu.RoleSelection(str(sop_class_uid), bool(scu_role), bool(scp_role))
 
 
 def _contexts(abstract_syntaxes: list[str]) -> list[PresentationContext]:
@@ -91,11 +90,11 @@ ColorPalettePresentationContexts = _contexts(
 def _storage_contexts() -> list[PresentationContext]:
     # Imported here: sop_class reads pydicom's UID dictionary, which the
     # engine layers below do not need.
-    from chromanet.sop_class import _select_storage_classes
+    from chromanet.sop_class import select_storage_classes
 
-    return _contexts(_select_storage_classes())
+    return _contexts(select_storage_classes())
 
 
-#: At most 120 storage contexts (see chromanet.sop_class._select_storage_classes
+#: At most 120 storage contexts (see chromanet.sop_class.select_storage_classes
 #: for the choice), leaving 8 of a request's 128 for other services.
 StoragePresentationContexts = _storage_contexts()

@@ -73,7 +73,7 @@ COLOR_PALETTE_CLASSES: dict[str, UID] = {
 STORAGE_CONTEXT_LIMIT = 120
 
 
-def _select_storage_classes() -> list[UID]:
+def select_storage_classes() -> list[UID]:
     """The storage SOP classes behind ``StoragePresentationContexts``.
 
     The rule (deterministic, from pydicom's dictionary only):

@@ -1,17 +1,25 @@
-"""DIMSE status values for Verification, Storage and the Color Palette
-Query/Retrieve service (the public names of ``pynetdicom.status``).
+"""The one status vocabulary: DIMSE status codes, their names and their
+categories, for Verification, Storage and the Color Palette Query/Retrieve
+service (with the public names of ``pynetdicom.status``).
 
+Every layer that names a status uses this module: the services, the public
+API, the CLI and the load tool.
+
+- ``Status``: an IntEnum naming every code the engine itself sends, the
+  engine-specific ones included; extensible with ``Status.add`` (pynetdicom's);
 - the category names ``STATUS_SUCCESS`` … ``STATUS_UNKNOWN``;
 - ``code_to_category(code)``: the category of a status code (PS3.7 Annex C
   and the service classes of PS3.4), ``'Unknown'`` for a code none of
-  them defines, ValueError for a negative or non-int code;
+  them defines, ValueError for a negative or non-int code. A service that
+  must decide treats 'Unknown' as a failure (``is_failure``);
 - ``code_to_status(code)``: a Dataset holding only (0000,0900) Status;
-- the per-service dictionaries ``{code: (category, meaning)}``;
-- ``Status``: an IntEnum of common codes, extensible with ``Status.add``.
+- the per-service dictionaries ``{code: (category, meaning)}``.
 
-The meanings are short descriptions of the standard's wording. The engine's
-own answers to bad handler results (0xC001, 0xC002, 0xC3xx/0xC4xx/0xC5xx) are
-listed in ``chromanet.services.qr_scp``.
+The meanings are short descriptions of the standard's wording, or of the
+engine's own answers where PS3.4 leaves 0xC000-0xCFFF to the implementation:
+0xC001/0xC002 for a bad status answer from a handler, 0xC211 for a C-STORE
+handler that raised, and the C-FIND/C-GET/C-MOVE families 0xC310-0xC312,
+0xC410-0xC413 and 0xC510-0xC515.
 """
 
 from __future__ import annotations
@@ -38,8 +46,47 @@ __all__ = [
     "QR_GET_SERVICE_CLASS_STATUS",
     "code_to_status",
     "code_to_category",
+    "is_failure",
     "Status",
 ]
+
+class Status(IntEnum):
+    """Status codes by name. ``Status.add(name, code)`` adds one (as
+    pynetdicom's does)."""
+
+    # PS3.7 Annex C, every service
+    SUCCESS = 0x0000
+    CANCEL = 0xFE00
+    PENDING = 0xFF00
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
+    UNRECOGNISED_OPERATION = 0x0211
+    # PS3.4 C.4 and X, query/retrieve
+    PENDING_WARNING = 0xFF01  # C-FIND: a match, with unsupported optional keys
+    OUT_OF_RESOURCES = 0xA700
+    OUT_OF_RESOURCES_SUBOPERATIONS = 0xA702
+    MOVE_DESTINATION_UNKNOWN = 0xA801
+    IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    SUBOPERATIONS_COMPLETE_WITH_FAILURES = 0xB000
+    # chromanet's own failures (the 0xCxxx range PS3.4 leaves to the SCP)
+    STATUS_DATASET_WITHOUT_STATUS = 0xC001
+    STATUS_OF_WRONG_TYPE = 0xC002
+    STORE_HANDLER_RAISED = 0xC211
+    FIND_IDENTIFIER_DECODE_FAILED = 0xC310
+    FIND_HANDLER_RAISED = 0xC311
+    FIND_RESPONSE_ENCODE_FAILED = 0xC312
+    GET_IDENTIFIER_DECODE_FAILED = 0xC410
+    GET_HANDLER_RAISED = 0xC411
+    GET_SUBOPERATION_COUNT_INVALID = 0xC413
+    MOVE_IDENTIFIER_DECODE_FAILED = 0xC510
+    MOVE_HANDLER_RAISED = 0xC511
+    MOVE_SUBOPERATION_COUNT_INVALID = 0xC513
+    MOVE_DESTINATION_OR_COUNT_NOT_YIELDED = 0xC514
+    MOVE_DESTINATION_INVALID = 0xC515
+
+    @classmethod
+    def add(cls, name: str, code: int) -> None:
+        setattr(cls, name, code)
+
 
 STATUS_SUCCESS = "Success"
 STATUS_FAILURE = "Failure"
@@ -94,6 +141,7 @@ STORAGE_SERVICE_CLASS_STATUS: StatusDictType = {
 }
 _with_range(STORAGE_SERVICE_CLASS_STATUS, 0xA700, 0xA7FF, STATUS_FAILURE, "Refused: out of resources")
 _with_range(STORAGE_SERVICE_CLASS_STATUS, 0xA900, 0xA9FF, STATUS_FAILURE, "The data set does not match the SOP class")
+STORAGE_SERVICE_CLASS_STATUS[Status.STORE_HANDLER_RAISED] = (STATUS_FAILURE, "The C-STORE handler raised an exception")
 _with_range(STORAGE_SERVICE_CLASS_STATUS, 0xC000, 0xCFFF, STATUS_FAILURE, "The SCP cannot understand the data set")
 STORAGE_SERVICE_CLASS_STATUS.update(GENERAL_STATUS)
 
@@ -106,6 +154,13 @@ QR_FIND_SERVICE_CLASS_STATUS: StatusDictType = {
     0xFF00: (STATUS_PENDING, "A match follows; more may come"),
     0xFF01: (STATUS_PENDING, "A match follows, with unsupported optional keys"),
 }
+QR_FIND_SERVICE_CLASS_STATUS.update(
+    {
+        Status.FIND_IDENTIFIER_DECODE_FAILED: (STATUS_FAILURE, "The request identifier could not be decoded"),
+        Status.FIND_HANDLER_RAISED: (STATUS_FAILURE, "The C-FIND handler raised an exception"),
+        Status.FIND_RESPONSE_ENCODE_FAILED: (STATUS_FAILURE, "A response identifier could not be encoded"),
+    }
+)
 _with_range(QR_FIND_SERVICE_CLASS_STATUS, 0xC000, 0xCFFF, STATUS_FAILURE, "The SCP cannot process the query")
 QR_FIND_SERVICE_CLASS_STATUS.update(GENERAL_STATUS)
 
@@ -124,12 +179,28 @@ _RETRIEVE_COMMON: StatusDictType = {
 
 # PS3.4 C.4.2.1.5 and X: C-MOVE.
 QR_MOVE_SERVICE_CLASS_STATUS: StatusDictType = dict(_RETRIEVE_COMMON)
-QR_MOVE_SERVICE_CLASS_STATUS[0xA801] = (STATUS_FAILURE, "The move destination is not known")
+QR_MOVE_SERVICE_CLASS_STATUS.update(
+    {
+        Status.MOVE_DESTINATION_UNKNOWN: (STATUS_FAILURE, "The move destination is not known"),
+        Status.MOVE_IDENTIFIER_DECODE_FAILED: (STATUS_FAILURE, "The request identifier could not be decoded"),
+        Status.MOVE_HANDLER_RAISED: (STATUS_FAILURE, "The C-MOVE handler raised an exception"),
+        Status.MOVE_SUBOPERATION_COUNT_INVALID: (STATUS_FAILURE, "The handler gave no valid number of sub-operations"),
+        Status.MOVE_DESTINATION_OR_COUNT_NOT_YIELDED: (STATUS_FAILURE, "The handler never gave the destination or number"),
+        Status.MOVE_DESTINATION_INVALID: (STATUS_FAILURE, "The handler gave no valid (address, port)"),
+    }
+)
 _with_range(QR_MOVE_SERVICE_CLASS_STATUS, 0xC000, 0xCFFF, STATUS_FAILURE, "The SCP cannot process the request")
 QR_MOVE_SERVICE_CLASS_STATUS.update(GENERAL_STATUS)
 
 # PS3.4 C.4.3.1.4 and X: C-GET.
 QR_GET_SERVICE_CLASS_STATUS: StatusDictType = dict(_RETRIEVE_COMMON)
+QR_GET_SERVICE_CLASS_STATUS.update(
+    {
+        Status.GET_IDENTIFIER_DECODE_FAILED: (STATUS_FAILURE, "The request identifier could not be decoded"),
+        Status.GET_HANDLER_RAISED: (STATUS_FAILURE, "The C-GET handler raised an exception"),
+        Status.GET_SUBOPERATION_COUNT_INVALID: (STATUS_FAILURE, "The handler gave no valid number of sub-operations"),
+    }
+)
 _with_range(QR_GET_SERVICE_CLASS_STATUS, 0xC000, 0xCFFF, STATUS_FAILURE, "The SCP cannot process the request")
 QR_GET_SERVICE_CLASS_STATUS.update(GENERAL_STATUS)
 
@@ -166,17 +237,10 @@ def code_to_category(code: int) -> str:
     return STATUS_UNKNOWN
 
 
-class Status(IntEnum):
-    """Common status codes by name; ``Status.add(name, code)`` adds one."""
-
-    SUCCESS = 0x0000
-    CANCEL = 0xFE00
-    PENDING = 0xFF00
-    MOVE_DESTINATION_UNKNOWN = 0xA801
-
-    @classmethod
-    def add(cls, name: str, code: int) -> None:
-        setattr(cls, name, code)
+def is_failure(code: int) -> bool:
+    """True for a Failure or an undefined ('Unknown') code: what a service
+    that must decide treats as not done."""
+    return code_to_category(code) in (STATUS_FAILURE, STATUS_UNKNOWN)
 
 
 # pynetdicom status tables for services chromanet does not implement.

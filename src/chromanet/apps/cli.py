@@ -28,7 +28,7 @@ from pydicom import Dataset, config
 from chromanet import loopthread, uids
 from chromanet.ae import AE
 from chromanet.apps.identifiers import build_identifier
-from chromanet.services.status import code_to_category
+from chromanet.status import code_to_category
 
 LOGGER = logging.getLogger("chromanet.cli")
 

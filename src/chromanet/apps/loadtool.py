@@ -216,7 +216,7 @@ class Tally:
 
 
 def _status_key(status: int) -> str:
-    from chromanet.services.status import code_to_category
+    from chromanet.status import code_to_category
 
     return f"0x{status:04X} {code_to_category(status)}"
 

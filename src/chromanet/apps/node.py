@@ -19,7 +19,8 @@ from typing import Any
 from pydicom import Dataset
 
 from chromanet import evt, uids
-from chromanet.ae import AE, AsyncServer
+from chromanet.ae import AE
+from chromanet.server import AsyncServer
 from chromanet.archive import IdentifierError, PaletteArchive
 from chromanet.services.spool import SPOOL_PREFIX
 

@@ -1,10 +1,8 @@
-"""DIMSE services: the SCU operations and the SCP side that runs handlers.
+"""DIMSE services, one module per PS3.4 service class, SCU and SCP sides
+together: ``verification`` (C-ECHO), ``storage`` (C-STORE),
+``color_palette_qr`` (the Color Palette Q/R service class, on the Q/R
+operations of ``query_retrieve``).
 
-``ServiceProvider`` is the DIMSE channel's request handler for one
-association: it picks the service by Command Field and runs the user's
-handler the pynetdicom way (intervention events, status ints or Datasets).
+Services see an association only through ``base.ServiceSession``; the
+dispatcher (``dispatch.ServiceDispatcher``) routes incoming requests to them.
 """
-
-from chromanet.services.provider import ServiceProvider
-
-__all__ = ["ServiceProvider"]

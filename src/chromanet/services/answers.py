@@ -1,7 +1,14 @@
-"""Status values: categories, and turning handler answers into responses."""
+"""Handler answers in, response commands out (pynetdicom's handler protocol).
+
+A handler answers with a status: an int, or a Dataset holding (0000,0900)
+Status and optional elements (Error Comment, Offending Element, the
+sub-operation counts…) that go into the response command. Responses come
+back to SCU callers as such Datasets too (``response_to_dataset``).
+"""
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any
 
@@ -9,16 +16,12 @@ from pydicom import Dataset
 from pydicom.tag import Tag
 
 from chromanet._dimse import Command
+from chromanet.status import Status
 
 LOGGER = logging.getLogger("chromanet.services")
 
-SUCCESS = 0x0000
-CANCEL = 0xFE00
-PENDING = 0xFF00
-PENDING_WARNING = 0xFF01
-# Engine-specific failures for bad handler answers (same values as pynetdicom).
-STATUS_DATASET_WITHOUT_STATUS = 0xC001
-STATUS_OF_WRONG_TYPE = 0xC002
+_DATASET_WITHOUT_STATUS = int(Status.STATUS_DATASET_WITHOUT_STATUS)
+_STATUS_OF_WRONG_TYPE = int(Status.STATUS_OF_WRONG_TYPE)
 
 # Optional elements a status Dataset may carry into the response command.
 _STATUS_ELEMENTS = {
@@ -33,19 +36,6 @@ _STATUS_ELEMENTS = {
 }
 
 
-def code_to_category(status: int) -> str:
-    """'Success', 'Warning', 'Failure', 'Cancel' or 'Pending' (PS3.7 C)."""
-    if status == SUCCESS:
-        return "Success"
-    if status in (PENDING, PENDING_WARNING):
-        return "Pending"
-    if status == CANCEL:
-        return "Cancel"
-    if status in (0x0001, 0x0107, 0x0116) or 0xB000 <= status <= 0xBFFF:
-        return "Warning"
-    return "Failure"
-
-
 def apply_handler_status(result: Any, response: Command, event_name: str) -> None:
     """Put a handler's status answer (int or Dataset) into ``response``.
 
@@ -55,7 +45,7 @@ def apply_handler_status(result: Any, response: Command, event_name: str) -> Non
     if isinstance(result, Dataset):
         if "Status" not in result:
             LOGGER.error("the status Dataset from the %s handler has no (0000,0900) Status", event_name)
-            response.status = STATUS_DATASET_WITHOUT_STATUS
+            response.status = _DATASET_WITHOUT_STATUS
             return
         response.status = int(result.Status)
         for keyword, field in _STATUS_ELEMENTS.items():
@@ -72,7 +62,7 @@ def apply_handler_status(result: Any, response: Command, event_name: str) -> Non
         return
     if isinstance(result, bool) or not isinstance(result, int):
         LOGGER.error("the %s handler returned a status of type %s", event_name, type(result).__name__)
-        response.status = STATUS_OF_WRONG_TYPE
+        response.status = _STATUS_OF_WRONG_TYPE
         return
     response.status = result
 
@@ -90,3 +80,36 @@ def response_to_dataset(command: Command | None) -> Dataset:
         if value is not None:
             setattr(ds, keyword, value)
     return ds
+
+
+class Exhausted(Exception):
+    """The handler's generator has nothing more to yield."""
+
+
+class HandlerResults:
+    """One handler's sync or async generator (or plain iterable) behind one
+    ``await next()``, for the handlers that yield (C-FIND, C-GET, C-MOVE)."""
+
+    def __init__(self, produced: Any) -> None:
+        self._gen = produced
+        self._async = inspect.isasyncgen(produced)
+        if not self._async and not inspect.isgenerator(produced) and not hasattr(produced, "__next__"):
+            # A plain iterable (a list of results) is accepted as well.
+            self._gen = iter(produced)
+
+    async def next(self) -> Any:
+        try:
+            if self._async:
+                return await self._gen.__anext__()
+            return next(self._gen)
+        except (StopIteration, StopAsyncIteration):
+            raise Exhausted from None
+
+    async def close(self) -> None:
+        try:
+            if self._async:
+                await self._gen.aclose()
+            elif hasattr(self._gen, "close"):
+                self._gen.close()
+        except Exception:
+            LOGGER.exception("handler generator raised while closing")

@@ -1,7 +1,8 @@
-"""Association establishment, release and abort on top of one ULConnection.
+"""Association establishment, release and abort (the ACSE primitives of
+PS3.8 7.1-7.3) on top of one ULConnection.
 
-``ULAssociation`` is the Upper Layer service user for one association, either
-side. It turns the connection's primitives into awaitable outcomes
+``AssociationControl`` is the Upper Layer service user for one association,
+either side. It turns the connection's primitives into awaitable outcomes
 (``established``, ``ended``), runs presentation context negotiation (acceptor)
 or checks the peer's answer (requestor), and passes P-DATA messages to the
 layer above (the DIMSE channel) through ``message_sink``.
@@ -98,7 +99,7 @@ class AcceptorPolicy:
     gatekeeper: Callable[[_pdu.AssociateRQ], _pdu.AssociateRJ | None] | None = None
 
 
-class ULAssociation:
+class AssociationControl:
     """One association, seen from the Upper Layer's user.
 
     Outcome futures, resolved on the loop:
@@ -137,8 +138,9 @@ class ULAssociation:
         self.contexts: dict[int, NegotiatedContext] = {}
         self.outcome = "pending"  # established / rejected / released / aborted / closed
         self.abort_source_reason: tuple[int, int] | None = None
-        self.on_established: Callable[[ULAssociation], None] | None = None
-        self.on_release_requested: Callable[[ULAssociation], None] | None = None
+        self.on_requested: Callable[[AssociationControl], None] | None = None
+        self.on_established: Callable[[AssociationControl], None] | None = None
+        self.on_release_requested: Callable[[AssociationControl], None] | None = None
 
     # ------------------------------------------------------------- requestor
     async def open(self, host: str, port: int, rq: _pdu.AssociateRQ) -> None:
@@ -200,6 +202,8 @@ class ULAssociation:
         policy = self.acceptor_policy
         assert policy is not None, "an acceptor needs an AcceptorPolicy"
         self.request = rq
+        if self.on_requested is not None:
+            self.on_requested(self)
         refusal = policy.gatekeeper(rq) if policy.gatekeeper is not None else None
         if refusal is not None:
             self._reject(refusal)
@@ -255,6 +259,27 @@ class ULAssociation:
     @property
     def is_established(self) -> bool:
         return self.connection.is_established
+
+    @property
+    def addresses(self) -> tuple[tuple[str, int], tuple[str, int]]:
+        """(local, peer) socket addresses; ("", 0) until connected."""
+        return self.connection.addresses
+
+    def stream_datasets(self) -> None:
+        """From now on, data sets arrive in fragments (``on_dataset_chunk``)."""
+        self.connection.set_stream_datasets(True)
+
+    def send_message(self, context_id: int, command: Any, dataset: Any = None) -> None:
+        """One DIMSE message, written now (P-DATA request)."""
+        self.connection.send_message(context_id, command, dataset)
+
+    async def send_message_paced(self, context_id: int, command: Any, dataset: Any = None) -> None:
+        """One DIMSE message, a large data set paced out with flow control."""
+        await self.connection.send_message_paced(context_id, command, dataset)
+
+    async def drain(self) -> None:
+        """Wait while the transport's write buffer is above its high mark."""
+        await self.connection.drain()
 
     async def release(self) -> None:
         """A-RELEASE request; returns when the peer confirmed (or the

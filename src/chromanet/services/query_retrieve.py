@@ -1,6 +1,8 @@
-"""Query/Retrieve SCP: C-FIND, C-GET and C-MOVE served from user handlers.
+"""Query/Retrieve (PS3.4 Annex C): C-FIND, C-GET and C-MOVE, SCU and SCP,
+for any information model; the Color Palette service class
+(``color_palette_qr.py``) is served by it.
 
-The handler protocol is pynetdicom's:
+SCP, with pynetdicom's handler protocol:
 
 - EVT_C_FIND: the handler is a generator (or async generator) yielding
   ``(status, identifier)``; pending statuses send the identifier, any other
@@ -10,122 +12,102 @@ The handler protocol is pynetdicom's:
   sub-operation on the same association.
 - EVT_C_MOVE: yields the destination ``(address, port)`` (or
   ``(None, None)`` for an unknown destination) first, then the number, then
-  ``(status, dataset)``; the C-STOREs go over a new association to the
+  ``(status, dataset)``; the C-STOREs go over a sub-association to the
   destination, with the Move Originator fields set.
 
 A status is an int or a Dataset holding (0000,0900) and optional elements.
 Datasets to send may be pydicom Datasets, Part 10 images (bytes) or Part 10
 file paths; files and bytes whose transfer syntax was accepted go out as they
-are, never decoded.
+are, never decoded. The engine's own failures for bad handler answers are
+named in ``chromanet.status.Status`` (0xC001, 0xC002, 0xC310-0xC312,
+0xC410-0xC413, 0xC510-0xC515). More than 65535 sub-operations cannot be
+counted in the US response fields: that retrieve is refused with 0xA702 and
+an Error Comment saying why.
 
-The engine-specific failures (PS3.4 leaves 0xC000-0xCFFF to us):
-0xC001 status Dataset without Status, 0xC002 status neither int nor Dataset;
-C-FIND 0xC310 identifier failed to decode, 0xC311 handler raised, 0xC312
-response identifier failed to encode; C-GET 0xC410, 0xC411, 0xC413 invalid
-number of sub-operations; C-MOVE 0xC510, 0xC511, 0xC513, 0xC514 destination
-and/or number never yielded, 0xC515 destination not a valid (address, port).
-More than 65535 sub-operations cannot be counted in the US response fields:
-that retrieve is refused with 0xA702 and an Error Comment saying why.
+SCU: ``query`` is an async generator of ``(status, identifier)`` pairs, one
+per response as it arrives (pynetdicom's shape): ``status`` is the response
+as a Dataset with Status and the sub-operation counts, ``identifier`` the
+decoded identifier or None. If the association ends before the final
+response, one ``(Dataset(), None)`` pair is yielded, as pynetdicom does.
+Leaving the loop before the final response sends a C-CANCEL and drops the
+responses still coming.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import ipaddress
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, AsyncIterator
 
 from pydicom import Dataset
 
 from chromanet import _dimse, dsutil, uids
 from chromanet._dimse import Command
+from chromanet.dimse_channel import DimseChannel, DimseTimeout, IncomingMessage
 from chromanet.evt import EVT_C_FIND, EVT_C_GET, EVT_C_MOVE, EventType
-from chromanet.services.status import apply_handler_status, code_to_category
-
-if TYPE_CHECKING:
-    from chromanet.dimse import DimseChannel, IncomingMessage
-    from chromanet.services.provider import ServiceProvider
+from chromanet.services import storage
+from chromanet.services.answers import Exhausted, HandlerResults, apply_handler_status, response_to_dataset
+from chromanet.services.base import ServiceSession, response_to
+from chromanet.status import (
+    STATUS_CANCEL,
+    STATUS_FAILURE,
+    STATUS_SUCCESS,
+    STATUS_UNKNOWN,
+    STATUS_WARNING,
+    Status,
+    code_to_category,
+)
+from chromanet.ul.acse import AssociationAborted, AssociationClosed
 
 LOGGER = logging.getLogger("chromanet.services")
 
-FIND_DECODE_FAILED, FIND_HANDLER_RAISED, FIND_ENCODE_FAILED = 0xC310, 0xC311, 0xC312
-GET_DECODE_FAILED, GET_HANDLER_RAISED, GET_BAD_COUNT = 0xC410, 0xC411, 0xC413
-MOVE_DECODE_FAILED, MOVE_HANDLER_RAISED, MOVE_BAD_COUNT = 0xC510, 0xC511, 0xC513
-MOVE_NOT_YIELDED, MOVE_BAD_DESTINATION = 0xC514, 0xC515
-MOVE_DESTINATION_UNKNOWN = 0xA801
-SUBOPERATIONS_IMPOSSIBLE = 0xA702
-SUBOPERATIONS_WITH_FAILURES = 0xB000
-CANCEL = 0xFE00
+# The codes by name, from the one status table (plain ints on the hot path).
+SUCCESS, CANCEL, PENDING = int(Status.SUCCESS), int(Status.CANCEL), int(Status.PENDING)
+_PENDING = (PENDING, int(Status.PENDING_WARNING))
+FIND_DECODE_FAILED = int(Status.FIND_IDENTIFIER_DECODE_FAILED)
+FIND_HANDLER_RAISED = int(Status.FIND_HANDLER_RAISED)
+FIND_ENCODE_FAILED = int(Status.FIND_RESPONSE_ENCODE_FAILED)
+GET_DECODE_FAILED = int(Status.GET_IDENTIFIER_DECODE_FAILED)
+GET_HANDLER_RAISED = int(Status.GET_HANDLER_RAISED)
+GET_BAD_COUNT = int(Status.GET_SUBOPERATION_COUNT_INVALID)
+MOVE_DECODE_FAILED = int(Status.MOVE_IDENTIFIER_DECODE_FAILED)
+MOVE_HANDLER_RAISED = int(Status.MOVE_HANDLER_RAISED)
+MOVE_BAD_COUNT = int(Status.MOVE_SUBOPERATION_COUNT_INVALID)
+MOVE_NOT_YIELDED = int(Status.MOVE_DESTINATION_OR_COUNT_NOT_YIELDED)
+MOVE_BAD_DESTINATION = int(Status.MOVE_DESTINATION_INVALID)
+MOVE_DESTINATION_UNKNOWN = int(Status.MOVE_DESTINATION_UNKNOWN)
+SUBOPERATIONS_IMPOSSIBLE = int(Status.OUT_OF_RESOURCES_SUBOPERATIONS)
+SUBOPERATIONS_WITH_FAILURES = int(Status.SUBOPERATIONS_COMPLETE_WITH_FAILURES)
 MAX_SUBOPERATIONS = 0xFFFF
 # Yield to the loop every this many responses, so that a C-CANCEL (or any
 # other association's traffic) is read while a long C-FIND streams out.
 _YIELD_EVERY = 32
 
 
-class _Exhausted(Exception):
-    """The handler's generator has nothing more to yield."""
-
-
-class _HandlerGenerator:
-    """One handler's sync or async generator behind one ``await next()``."""
-
-    def __init__(self, produced: Any) -> None:
-        self._gen = produced
-        self._async = inspect.isasyncgen(produced)
-        if not self._async and not inspect.isgenerator(produced) and not hasattr(produced, "__next__"):
-            # A plain iterable (a list of results) is accepted as well.
-            self._gen = iter(produced)
-
-    async def next(self) -> Any:
-        try:
-            if self._async:
-                return await self._gen.__anext__()
-            return next(self._gen)
-        except (StopIteration, StopAsyncIteration):
-            raise _Exhausted from None
-
-    async def close(self) -> None:
-        try:
-            if self._async:
-                await self._gen.aclose()
-            elif hasattr(self._gen, "close"):
-                self._gen.close()
-        except Exception:
-            LOGGER.exception("handler generator raised while closing")
-
-
-def _response(request: Command, field: int, status: int | None = None) -> Command:
-    return Command(
-        field,
-        affected_sop_class_uid=request.affected_sop_class_uid,
-        message_id_being_responded_to=request.message_id,
-        command_data_set_type=_dimse.NO_DATASET,
-        status=status,
-    )
+_response = response_to
 
 
 async def _begin(
-    provider: ServiceProvider,
-    channel: DimseChannel,
+    session: ServiceSession,
     message: IncomingMessage,
     event_type: EventType,
     response_field: int,
     decode_failed: int,
     handler_raised: int,
-) -> tuple[_Sender, _HandlerGenerator] | None:
+) -> tuple[_Sender, HandlerResults] | None:
     """The common start of C-FIND, C-GET and C-MOVE: decode the identifier
     and call the handler. None (with the failure response sent) when either
     fails or no handler is bound."""
     request = message.command
-    sender = _Sender(channel, message, provider.transfer_syntax(message.context_id) or uids.ImplicitVRLittleEndian)
-    bound = provider.handlers.get(event_type)
-    if not bound:
+    sender = _Sender(session.channel, message, session.transfer_syntax(message.context_id) or uids.ImplicitVRLittleEndian)
+    bound = session.handler(event_type)
+    if bound is None:
         LOGGER.error("no handler is bound to %s", event_type.name)
         await sender.send(_response(request, response_field, handler_raised))
         return None
-    handler, args = bound[0]
-    event = provider._event(event_type, message)
+    handler, args = bound
+    event = session.make_event(event_type, message)
     try:
         event.identifier
     except Exception as exc:
@@ -133,7 +115,7 @@ async def _begin(
         await sender.send(_response(request, response_field, decode_failed))
         return None
     try:
-        results = _HandlerGenerator(handler(event, *args))
+        results = HandlerResults(handler(event, *args))
     except Exception:
         LOGGER.exception("exception in the handler bound to %s", event_type.name)
         await sender.send(_response(request, response_field, handler_raised))
@@ -160,16 +142,17 @@ class _Sender:
         self.sent += 1
         if self.sent % _YIELD_EVERY == 0:
             await asyncio.sleep(0)
-        await self.channel.connection.drain()
+        await self.channel.drain()
 
     def encode(self, dataset: Dataset) -> bytes:
         return dsutil.encode_dataset(dataset, self.transfer_syntax)
 
 
 # ----------------------------------------------------------------- C-FIND
-async def serve_find(provider: ServiceProvider, channel: DimseChannel, message: IncomingMessage) -> None:
+async def serve_find(session: ServiceSession, message: IncomingMessage) -> None:
+    """SCP: serve one C-FIND-RQ with the EVT_C_FIND handler."""
     request = message.command
-    begun = await _begin(provider, channel, message, EVT_C_FIND, _dimse.C_FIND_RSP, FIND_DECODE_FAILED, FIND_HANDLER_RAISED)
+    begun = await _begin(session, message, EVT_C_FIND, _dimse.C_FIND_RSP, FIND_DECODE_FAILED, FIND_HANDLER_RAISED)
     if begun is None:
         return
     sender, results = begun
@@ -180,7 +163,7 @@ async def serve_find(provider: ServiceProvider, channel: DimseChannel, message: 
                 return
             try:
                 status, identifier = await results.next()
-            except _Exhausted:
+            except Exhausted:
                 break
             except Exception:
                 LOGGER.exception("exception in the handler bound to EVT_C_FIND")
@@ -188,9 +171,8 @@ async def serve_find(provider: ServiceProvider, channel: DimseChannel, message: 
                 return
             response = _response(request, _dimse.C_FIND_RSP)
             apply_handler_status(status, response, "EVT_C_FIND")
-            category = code_to_category(response.status)
-            if category != "Pending":
-                if category == "Cancel" or message.cancelled:
+            if response.status not in _PENDING:
+                if response.status == CANCEL or message.cancelled:
                     response = _response(request, _dimse.C_FIND_RSP, CANCEL)
                 await sender.send(response)
                 return
@@ -209,7 +191,7 @@ async def serve_find(provider: ServiceProvider, channel: DimseChannel, message: 
                 await sender.send(_response(request, _dimse.C_FIND_RSP, FIND_ENCODE_FAILED))
                 return
             await sender.send(response, encoded)
-        await sender.send(_response(request, _dimse.C_FIND_RSP, 0x0000))
+        await sender.send(_response(request, _dimse.C_FIND_RSP, SUCCESS))
     finally:
         await results.close()
 
@@ -244,17 +226,17 @@ class _Retrieve:
 
     def record(self, sop_instance_uid: str, store_status: int | None) -> None:
         self.remaining -= 1
-        category = code_to_category(store_status) if store_status is not None else "Failure"
-        if category == "Success":
+        category = code_to_category(store_status) if store_status is not None else STATUS_FAILURE
+        if category == STATUS_SUCCESS:
             self.completed += 1
-        elif category == "Warning":
+        elif category == STATUS_WARNING:
             self.warning += 1
         else:
             self.failed += 1
             self.failed_uids.append(sop_instance_uid)
 
     async def pending(self) -> None:
-        await self.sender.send(self._counted(0xFF00, remaining=True))
+        await self.sender.send(self._counted(PENDING, remaining=True))
 
     async def cancelled(self) -> None:
         await self.sender.send(self._counted(CANCEL, remaining=True), self._failed_list())
@@ -274,7 +256,7 @@ class _Retrieve:
         self.failed += self.remaining
         self.remaining = 0
         if not self.failed and not self.warning:
-            await self.sender.send(self._counted(0x0000, remaining=False))
+            await self.sender.send(self._counted(SUCCESS, remaining=False))
         elif self.failed and not self.completed and not self.warning:
             await self.sender.send(self._counted(SUBOPERATIONS_IMPOSSIBLE, remaining=False), self._failed_list())
         else:
@@ -300,7 +282,7 @@ def _early_status(value: Any) -> None:
         raise _EarlyStatus(value)
 
 
-async def _count(results: _HandlerGenerator) -> int:
+async def _count(results: HandlerResults) -> int:
     value = await results.next()
     _early_status(value)
     if isinstance(value, bool) or not isinstance(value, int):
@@ -310,7 +292,7 @@ async def _count(results: _HandlerGenerator) -> int:
 
 async def _run_suboperations(
     retrieve: _Retrieve,
-    results: _HandlerGenerator,
+    results: HandlerResults,
     message: IncomingMessage,
     store: Any,
     raised_status: int,
@@ -323,7 +305,7 @@ async def _run_suboperations(
             return
         try:
             status, dataset = await results.next()
-        except _Exhausted:
+        except Exhausted:
             break
         except Exception:
             LOGGER.exception("exception in the retrieve handler")
@@ -335,13 +317,13 @@ async def _run_suboperations(
         probe = _response(retrieve.request, retrieve.field)
         apply_handler_status(status, probe, "retrieve handler")
         category = code_to_category(probe.status)
-        if category == "Cancel":
+        if category == STATUS_CANCEL:
             await retrieve.cancelled()
             return
-        if category in ("Failure", "Warning"):
+        if category in (STATUS_FAILURE, STATUS_WARNING, STATUS_UNKNOWN):
             await retrieve.stopped(probe.status, status)
             return
-        if category == "Success":
+        if category == STATUS_SUCCESS:
             break
         uid, store_status = await store(dataset)
         retrieve.record(uid, store_status)
@@ -367,16 +349,19 @@ def _sop_instance_uid(dataset: Any) -> str:
         return ""
 
 
-async def _store_over(assoc: Any, dataset: Any, originator: tuple[str, int] | None) -> tuple[str, int | None]:
+async def _store_over(
+    session: ServiceSession | None, dataset: Any, originator: tuple[str, int] | None
+) -> tuple[str, int | None]:
     """One C-STORE sub-operation; (SOP Instance UID, response status or None)."""
     uid = _sop_instance_uid(dataset)
-    if dataset is None or not assoc.is_established:
+    if dataset is None or session is None or session.channel.end_error is not None:
         # Nothing to send, or the (sub-)association is gone (e.g. the move
         # destination aborted): this sub-operation fails, the others are
         # still counted, and the final response still goes out.
         return uid, None
     try:
-        response = await assoc._store(
+        response = await storage.store(
+            session,
             dataset,
             None,
             0,
@@ -391,9 +376,10 @@ async def _store_over(assoc: Any, dataset: Any, originator: tuple[str, int] | No
     return uid, response.status if response is not None else None
 
 
-async def serve_get(provider: ServiceProvider, channel: DimseChannel, message: IncomingMessage) -> None:
+async def serve_get(session: ServiceSession, message: IncomingMessage) -> None:
+    """SCP: serve one C-GET-RQ with the EVT_C_GET handler."""
     request = message.command
-    begun = await _begin(provider, channel, message, EVT_C_GET, _dimse.C_GET_RSP, GET_DECODE_FAILED, GET_HANDLER_RAISED)
+    begun = await _begin(session, message, EVT_C_GET, _dimse.C_GET_RSP, GET_DECODE_FAILED, GET_HANDLER_RAISED)
     if begun is None:
         return
     sender, results = begun
@@ -410,9 +396,8 @@ async def serve_get(provider: ServiceProvider, channel: DimseChannel, message: I
         if not await _check_total(sender, request, _dimse.C_GET_RSP, total):
             return
         retrieve = _Retrieve(request, _dimse.C_GET_RSP, sender, total)
-        assoc = provider.assoc
         await _run_suboperations(
-            retrieve, results, message, lambda ds: _store_over(assoc, ds, None), GET_HANDLER_RAISED
+            retrieve, results, message, lambda ds: _store_over(session, ds, None), GET_HANDLER_RAISED
         )
     finally:
         await results.close()
@@ -421,7 +406,7 @@ async def serve_get(provider: ServiceProvider, channel: DimseChannel, message: I
 async def _check_total(sender: _Sender, request: Command, field: int, total: int) -> bool:
     """False (and the final response sent) when ``total`` ends the retrieve."""
     if total < 1:
-        response = _response(request, field, 0x0000)
+        response = _response(request, field, SUCCESS)
         response.number_of_completed_suboperations = 0
         response.number_of_failed_suboperations = 0
         response.number_of_warning_suboperations = 0
@@ -459,9 +444,10 @@ def _valid_destination(value: Any) -> tuple[str | None, int | None, dict[str, An
     return address, port, kwargs
 
 
-async def serve_move(provider: ServiceProvider, channel: DimseChannel, message: IncomingMessage) -> None:
+async def serve_move(session: ServiceSession, message: IncomingMessage) -> None:
+    """SCP: serve one C-MOVE-RQ with the EVT_C_MOVE handler."""
     request = message.command
-    begun = await _begin(provider, channel, message, EVT_C_MOVE, _dimse.C_MOVE_RSP, MOVE_DECODE_FAILED, MOVE_HANDLER_RAISED)
+    begun = await _begin(session, message, EVT_C_MOVE, _dimse.C_MOVE_RSP, MOVE_DECODE_FAILED, MOVE_HANDLER_RAISED)
     if begun is None:
         return
     sender, results = begun
@@ -474,7 +460,7 @@ async def serve_move(provider: ServiceProvider, channel: DimseChannel, message: 
         except _EarlyStatus as early:
             await early.answer(sender, request, _dimse.C_MOVE_RSP)
             return
-        except _Exhausted:
+        except Exhausted:
             await sender.send(_response(request, _dimse.C_MOVE_RSP, MOVE_NOT_YIELDED))
             return
         except Exception:
@@ -494,7 +480,7 @@ async def serve_move(provider: ServiceProvider, channel: DimseChannel, message: 
         except _EarlyStatus as early:
             await early.answer(sender, request, _dimse.C_MOVE_RSP)
             return
-        except _Exhausted:
+        except Exhausted:
             await sender.send(_response(request, _dimse.C_MOVE_RSP, MOVE_NOT_YIELDED))
             return
         except Exception as exc:
@@ -503,7 +489,8 @@ async def serve_move(provider: ServiceProvider, channel: DimseChannel, message: 
             return
         if not await _check_total(sender, request, _dimse.C_MOVE_RSP, total):
             return
-        sub_assoc = await provider.assoc._open_move_destination(address, port, request.move_destination, kwargs)
+        opener = session.open_sub_association
+        sub_assoc = await opener(address, port, request.move_destination, kwargs) if opener is not None else None
         if sub_assoc is None or not sub_assoc.is_established:
             response = _response(request, _dimse.C_MOVE_RSP, MOVE_DESTINATION_UNKNOWN)
             # Error Comment is LO: at most 64 characters.
@@ -511,11 +498,113 @@ async def serve_move(provider: ServiceProvider, channel: DimseChannel, message: 
             await sender.send(response)
             return
         retrieve = _Retrieve(request, _dimse.C_MOVE_RSP, sender, total)
-        originator = (provider.assoc.peer_ae_title, request.message_id)
+        originator = (session.peer_ae_title, request.message_id)
+        destination_session = sub_assoc.service_session
         await _run_suboperations(
-            retrieve, results, message, lambda ds: _store_over(sub_assoc, ds, originator), MOVE_HANDLER_RAISED
+            retrieve,
+            results,
+            message,
+            lambda ds: _store_over(destination_session, ds, originator),
+            MOVE_HANDLER_RAISED,
         )
     finally:
         await results.close()
         if sub_assoc is not None and sub_assoc.is_established:
             await sub_assoc.release()
+
+
+# -------------------------------------------------------------------- SCU
+async def query(
+    session: ServiceSession,
+    field: int,
+    identifier: Dataset,
+    query_model: str,
+    msg_id: int | None,
+    priority: int,
+    move_destination: str | None = None,
+) -> AsyncIterator[tuple[Dataset, Dataset | None]]:
+    """SCU: one C-FIND, C-GET or C-MOVE request (``field``); see the module
+    docstring for what it yields."""
+    channel = session.channel
+    ctx = session.scu_context(str(query_model))
+    assert ctx.transfer_syntax is not None
+    syntax = ctx.transfer_syntax
+    command = Command(
+        field,
+        affected_sop_class_uid=ctx.abstract_syntax,
+        message_id=msg_id,
+        priority=priority,
+        command_data_set_type=_dimse.DATASET_PRESENT,
+        move_destination=move_destination,
+    )
+    encoded = dsutil.encode_dataset(identifier, syntax)
+    await channel.acquire_slot()
+    finished = False
+    stream = None
+    try:
+        if msg_id is not None and channel.is_outstanding(msg_id):
+            command.message_id = None  # in use: take a free one
+        stream = channel.open_request(ctx.context_id, command, encoded)
+        session.request_contexts[stream.message_id] = ctx.context_id
+        while True:
+            try:
+                response = await stream.next()
+            except DimseTimeout:
+                LOGGER.error("DIMSE timeout: aborting the association")
+                channel.abort()
+                finished = True
+                yield Dataset(), None
+                return
+            except (AssociationAborted, AssociationClosed, ConnectionError):
+                finished = True
+                yield Dataset(), None
+                return
+            status = response_to_dataset(response.command)
+            decoded = None
+            if response.dataset is not None:
+                try:
+                    decoded = dsutil.decode_dataset(response.dataset, syntax)
+                except Exception as exc:
+                    LOGGER.error("response identifier failed to decode: %s", exc)
+            done = response.command.status not in _PENDING
+            finished = done
+            yield status, decoded
+            if done:
+                return
+    finally:
+        if stream is not None:
+            session.request_contexts.pop(stream.message_id, None)
+            if finished:
+                channel.close_request(stream)
+            else:
+                # Left early: ask the SCP to stop, and let the channel drop
+                # what still comes for this request.
+                channel.abandon_request(stream)
+                if channel.end_error is None:
+                    _send_cancel(channel, ctx.context_id, stream.message_id)
+        channel.release_slot()
+
+
+def _send_cancel(channel: DimseChannel, context_id: int, message_id: int) -> None:
+    channel.send(
+        context_id,
+        Command(
+            _dimse.C_CANCEL_RQ,
+            message_id_being_responded_to=message_id,
+            command_data_set_type=_dimse.NO_DATASET,
+        ),
+    )
+
+
+def cancel(session: ServiceSession, msg_id: int, context_id: int | None, query_model: str | None) -> None:
+    """Send C-CANCEL for the outstanding request ``msg_id``: on the context
+    it was sent on when we know it, else on ``context_id`` or the context of
+    ``query_model``."""
+    channel = session.channel
+    if context_id is None:
+        context_id = session.request_contexts.get(msg_id)
+    if context_id is None:
+        if query_model is None:
+            raise ValueError("no outstanding request with that Message ID: give context_id or query_model")
+        context_id = session.scu_context(str(query_model)).context_id
+    _send_cancel(channel, context_id, msg_id)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 from chromanet import _dimse
 from chromanet._dimse import Command
 from chromanet.errors import ChromanetError
-from chromanet.ul.association import AssociationAborted, AssociationClosed, ULAssociation
+from chromanet.ul.acse import AssociationAborted, AssociationClosed, AssociationControl
 
 if TYPE_CHECKING:
     from chromanet._pdata import CommandArrived, DatasetChunk, DimseMessage
@@ -123,7 +123,7 @@ class DimseChannel:
 
     def __init__(
         self,
-        ul: ULAssociation,
+        ul: AssociationControl,
         request_handler: RequestHandler | None = None,
         *,
         dimse_timeout: float | None = 30.0,
@@ -132,13 +132,12 @@ class DimseChannel:
         dataset_sink_factory: Callable[[int, Command], DatasetSink] | None = None,
     ) -> None:
         self.ul = ul
-        self.connection = ul.connection
         self.request_handler = request_handler
         self.dimse_timeout = dimse_timeout
         self.max_operations_performed = max_operations_performed or 1 << 30
         self.dataset_sink_factory = dataset_sink_factory
         if dataset_sink_factory is not None:
-            self.connection.reassembler.stream_datasets = True
+            ul.stream_datasets()
         self._loop = asyncio.get_running_loop()
         self._next_id = 0
         self._pending: dict[int, ResponseStream] = {}
@@ -166,13 +165,25 @@ class DimseChannel:
         """Send one message now (responses, C-CANCEL, requests)."""
         if self.end_error is not None:
             raise self.end_error
-        self.connection.send_message(context_id, command, dataset)
+        self.ul.send_message(context_id, command, dataset)
 
     async def send_and_drain(self, context_id: int, command: Command, dataset: Any = None) -> None:
         """Send, then wait while the transport's buffer is full, so a
         producer of many large messages is paced by the peer."""
         self.send(context_id, command, dataset)
-        await self.connection.drain()
+        await self.ul.drain()
+
+    async def drain(self) -> None:
+        """Wait while the transport's write buffer is full (a slow reader)."""
+        await self.ul.drain()
+
+    def abort(self) -> None:
+        """A-ABORT the association (e.g. after a DIMSE timeout)."""
+        self.ul.abort()
+
+    def is_outstanding(self, message_id: int) -> bool:
+        """True while a request of ours with this Message ID awaits responses."""
+        return message_id in self._pending
 
     def open_request(self, context_id: int, command: Command, dataset: Any = None) -> ResponseStream:
         """Send a request and return the stream its responses arrive on.
@@ -223,8 +234,8 @@ class DimseChannel:
             try:
                 if self.end_error is not None:
                     raise self.end_error
-                await self.connection.send_message_paced(context_id, command, dataset)
-                await self.connection.drain()
+                await self.ul.send_message_paced(context_id, command, dataset)
+                await self.ul.drain()
                 return await stream.next()
             finally:
                 self.close_request(stream)

@@ -1,0 +1,156 @@
+"""The blocking facade: pynetdicom's ``Association`` and
+``ThreadedAssociationServer`` for code that does not use asyncio.
+
+Each call runs the async twin on chromanet's shared background loop
+(``chromanet.loopthread``) and waits for it; generators (C-FIND, C-GET,
+C-MOVE) are iterated a response at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from typing import TYPE_CHECKING, Any, Iterator
+
+from pydicom import Dataset
+
+from chromanet import loopthread
+from chromanet.association import AsyncAssociation
+from chromanet.evt import check_implemented
+from chromanet.server import AsyncServer
+
+if TYPE_CHECKING:
+    from chromanet.ae import AE
+
+LOGGER = logging.getLogger("chromanet.blocking")
+
+
+class ThreadedServer:
+    """A server on the background loop, for blocking code (pynetdicom's
+    ``ThreadedAssociationServer``: ``shutdown()``, ``server_address``)."""
+
+    def __init__(self, server: AsyncServer) -> None:
+        self._server = server
+        self._stopped = threading.Event()
+
+    @property
+    def server_address(self) -> tuple[str, int]:
+        return self._server.server_address
+
+    @property
+    def active_associations(self) -> list[Association]:
+        return [Association(a) for a in self._server.active_associations]
+
+    @property
+    def ae(self) -> AE:
+        return self._server.ae
+
+    def bind(self, event: Any, handler: Any, args: list[Any] | None = None) -> None:
+        """Bind a handler for this server's associations, open or future."""
+        check_implemented(event)
+        handlers = self._server.handlers
+        entry = (handler, list(args or []))
+        if event.is_intervention:
+            handlers[event] = [entry]
+        elif all(bound is not handler for bound, _ in handlers.get(event, [])):
+            handlers.setdefault(event, []).append(entry)
+
+    def unbind(self, event: Any, handler: Any) -> None:
+        handlers = self._server.handlers
+        kept = [(h, a) for h, a in handlers.get(event, []) if h is not handler]
+        if kept:
+            handlers[event] = kept
+        else:
+            handlers.pop(event, None)
+
+    def get_events(self) -> list[Any]:
+        return sorted(self._server.handlers, key=lambda event: event.name)
+
+    def serve_forever(self, *args: Any, **kwargs: Any) -> None:
+        raise NotImplementedError(
+            "chromanet does not implement serve_forever: the server already serves; use start_server(block=True) to block"
+        )
+
+    def server_close(self) -> None:
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        loopthread.run(self._server.close())
+        self._stopped.set()
+
+    def wait_stopped(self) -> None:
+        """Block until ``shutdown()`` (what ``start_server(block=True)`` does)."""
+        self._stopped.wait()
+
+
+class Association:
+    """Blocking wrapper of AsyncAssociation (pynetdicom's ``Association``)."""
+
+    def __init__(self, inner: AsyncAssociation) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Settings (e.g. store_directory) belong to the association itself.
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._inner, name, value)
+
+    @property
+    def is_established(self) -> bool:
+        return self._inner.is_established
+
+    def send_c_echo(self, msg_id: int = 1) -> Dataset:
+        return loopthread.run(self._inner.send_c_echo(msg_id))
+
+    def send_c_store(
+        self,
+        dataset: Dataset | str | os.PathLike[str] | bytes,
+        msg_id: int = 1,
+        priority: int = 2,
+        originator_aet: str | None = None,
+        originator_id: int | None = None,
+    ) -> Dataset:
+        return loopthread.run(self._inner.send_c_store(dataset, msg_id, priority, originator_aet, originator_id))
+
+    def send_c_find(
+        self, dataset: Dataset, query_model: str, msg_id: int = 1, priority: int = 2
+    ) -> Iterator[tuple[Dataset, Dataset | None]]:
+        return loopthread.iterate(self._inner.send_c_find(dataset, query_model, msg_id, priority))
+
+    def send_c_get(
+        self, dataset: Dataset, query_model: str, msg_id: int = 1, priority: int = 2
+    ) -> Iterator[tuple[Dataset, Dataset | None]]:
+        return loopthread.iterate(self._inner.send_c_get(dataset, query_model, msg_id, priority))
+
+    def send_c_move(
+        self, dataset: Dataset, move_aet: str, query_model: str, msg_id: int = 1, priority: int = 2
+    ) -> Iterator[tuple[Dataset, Dataset | None]]:
+        return loopthread.iterate(self._inner.send_c_move(dataset, move_aet, query_model, msg_id, priority))
+
+    def send_c_cancel(self, msg_id: int, context_id: int | None = None, query_model: str | None = None) -> None:
+        loopthread.call(self._inner.send_c_cancel, msg_id, context_id, query_model)
+
+    def release(self) -> None:
+        loopthread.run(self._inner.release())
+
+    def abort(self) -> None:
+        """A-ABORT; returns once the connection is closed (as pynetdicom's
+        does), or at once when called from a handler on the loop thread."""
+        if loopthread.in_loop_thread():
+            self._inner.abort()
+            return
+
+        async def abort_and_wait() -> None:
+            self._inner.abort()
+            try:
+                await asyncio.wait_for(self._inner.wait_closed(), 5)
+            except asyncio.TimeoutError:
+                LOGGER.warning("the connection did not close within 5 s of the abort")
+
+        loopthread.run(abort_and_wait())

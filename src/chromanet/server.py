@@ -1,0 +1,177 @@
+"""The acceptor side: a listening server that makes an association of each
+connection (pynetdicom's association server, on asyncio).
+
+``AsyncServer`` listens on the loop it was started on; every accepted
+connection gets an ``AssociationControl`` (Upper Layer) and an
+``AsyncAssociation`` (API) sharing the server's handler table and
+``AcceptorPolicy``. The AE starts servers (``AE.start_server_async``); the
+blocking ``ThreadedServer`` (``chromanet.blocking``) wraps one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, Callable
+
+from chromanet import _pdu, uids
+from chromanet.association import AsyncAssociation, Handlers
+from chromanet.evt import EVT_CONN_OPEN, EVT_REQUESTED, EVT_SOP_EXTENDED, EVT_USER_ID, Event, notify
+from chromanet.presentation import PresentationContext
+from chromanet.ul.acse import AcceptorPolicy, AssociationControl
+
+if TYPE_CHECKING:
+    from chromanet.ae import AE
+
+LOGGER = logging.getLogger("chromanet.server")
+
+# Presentation provider rejection when too many associations are open
+# (A-ASSOCIATE-RJ result 2 transient, source 3, reason 2 local limit exceeded).
+_TOO_MANY_ASSOCIATIONS = (2, 3, 2)
+
+
+class AsyncServer:
+    """A listening acceptor on the loop it was started on."""
+
+    def __init__(
+        self,
+        ae: AE,
+        address: tuple[str, int],
+        handlers: Handlers,
+        ae_title: str | None,
+        contexts: list[PresentationContext] | None,
+    ) -> None:
+        self.ae = ae
+        #: Called once with this server when it has closed (the AE forgets it).
+        self.on_closed: Callable[[AsyncServer], None] | None = None
+        self.address = address
+        self._handlers = handlers
+        supported = contexts if contexts is not None else ae.supported_contexts
+        if not supported:
+            raise ValueError("no supported presentation contexts: use add_supported_context() first")
+        self.policy = AcceptorPolicy(
+            ae_title=uids.validate_ae_title(ae_title or ae.ae_title),
+            supported_contexts=[ctx.to_spec() for ctx in supported],
+            max_pdu_length=ae.maximum_pdu_size,
+            require_called_aet=ae.require_called_aet,
+            require_calling_aet=list(ae.require_calling_aet),
+            implementation_class_uid=ae.implementation_class_uid,
+            implementation_version_name=ae.implementation_version_name,
+            async_ops_window=ae.async_ops_window,
+            identity_handler=self._identity_adapter(),
+            sop_extended_handler=self._sop_extended_adapter(),
+            gatekeeper=self._gatekeeper,
+        )
+        self.associations: set[AsyncAssociation] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._closed: asyncio.Event | None = None
+
+    @property
+    def handlers(self) -> Handlers:
+        """The handlers bound for this server's associations (shared by
+        every association until one binds or unbinds on its own)."""
+        return self._handlers
+
+    @property
+    def server_address(self) -> tuple[str, int]:
+        assert self._server is not None
+        sockname = self._server.sockets[0].getsockname()
+        return (sockname[0], sockname[1])
+
+    @property
+    def active_associations(self) -> list[AsyncAssociation]:
+        return [a for a in self.associations if a.is_established]
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._closed = asyncio.Event()
+        host, port = self.address
+        self._server = await loop.create_server(
+            self._new_connection, host or None, port, reuse_address=True, backlog=1024
+        )
+
+    def _identity_adapter(self) -> Any:
+        """EVT_USER_ID handler (pynetdicom's protocol: the event carries
+        user_id_type, primary_field, secondary_field; the handler returns
+        (is_verified, response or None)) as the negotiation's hook."""
+        bound = self._handlers.get(EVT_USER_ID)
+        if not bound:
+            return None
+        handler, args = bound[0]
+
+        def identity(item: _pdu.UserIdentityRQ) -> tuple[bool, bytes | None]:
+            event = Event(
+                None,
+                EVT_USER_ID,
+                user_id_type=item.identity_type,
+                primary_field=item.primary_field,
+                secondary_field=item.secondary_field or None,
+            )
+            verified, response = handler(event, *args)
+            return bool(verified), response
+
+        return identity
+
+    def _sop_extended_adapter(self) -> Any:
+        """EVT_SOP_EXTENDED handler: event.app_info {uid: bytes} in, the
+        replies {uid: bytes} out."""
+        bound = self._handlers.get(EVT_SOP_EXTENDED)
+        if not bound:
+            return None
+        handler, args = bound[0]
+
+        def extended(items: list[_pdu.SOPClassExtendedNegotiation]) -> list[_pdu.SOPClassExtendedNegotiation]:
+            app_info = {item.sop_class_uid: item.application_information for item in items}
+            replies = handler(Event(None, EVT_SOP_EXTENDED, app_info=app_info), *args) or {}
+            return [_pdu.SOPClassExtendedNegotiation(uid, bytes(info)) for uid, info in replies.items() if info]
+
+        return extended
+
+    def _gatekeeper(self, rq: _pdu.AssociateRQ) -> _pdu.AssociateRJ | None:
+        established = sum(1 for a in self.associations if a.is_established)
+        if self.ae.maximum_associations and established >= self.ae.maximum_associations:
+            result, source, reason = _TOO_MANY_ASSOCIATIONS
+            return _pdu.AssociateRJ(result=result, source=source, reason=reason)
+        return None
+
+    def _new_connection(self) -> Any:
+        ae = self.ae
+        ul = AssociationControl(
+            requestor=False,
+            timeouts=ae.association_timeouts(),
+            max_receive_pdu_length=ae.maximum_pdu_size,
+            acceptor_policy=self.policy,
+        )
+        assoc = AsyncAssociation(ae, ul, self._handlers, spool_directory=ae.store_spool_directory)
+        self.associations.add(assoc)
+        ul.ended.add_done_callback(lambda _f, a=assoc: self.associations.discard(a))
+        notify(self._handlers, Event(assoc, EVT_CONN_OPEN))
+        ul.on_requested = lambda _ul, a=assoc: notify(self._handlers, Event(a, EVT_REQUESTED))
+        return ul.connection
+
+    async def close(self) -> None:
+        """Stop listening and abort the associations still open."""
+        if self._server is not None:
+            self._server.close()
+        for assoc in list(self.associations):
+            assoc.abort()
+        waits = [asyncio.ensure_future(a.wait_closed()) for a in list(self.associations)]
+        if waits:
+            await asyncio.wait(waits, timeout=5)
+        if self._server is not None:
+            await self._server.wait_closed()
+        if self._closed is not None:
+            self._closed.set()
+        if self.on_closed is not None:
+            on_closed, self.on_closed = self.on_closed, None
+            on_closed(self)
+
+    async def serve_forever(self) -> None:
+        assert self._closed is not None
+        await self._closed.wait()
+
+    async def __aenter__(self) -> AsyncServer:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()

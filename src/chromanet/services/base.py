@@ -1,0 +1,226 @@
+"""The typed interface between the association layer and the services.
+
+A service (``services/verification.py``, ``storage.py``,
+``color_palette_qr.py``…) sees one association only through a
+``ServiceSession``: the DIMSE channel to send and receive messages on, the
+negotiated presentation contexts with their roles, the handler table, the
+object handed to handlers as ``event.assoc``, and a way to open a
+sub-association (C-MOVE). The association layer (``chromanet.association``)
+builds one per established association; services use its public names only,
+never the association object's internals.
+
+``ServiceClass`` declares what one service class module serves as an SCP
+(request Command Field -> coroutine), so that the dispatcher
+(``services/dispatch.py``) is built from the declarations and a new service
+class is a new module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from chromanet._dimse import NO_DATASET, Command
+from chromanet.dimse_channel import DimseChannel, DimseTimeout, IncomingMessage
+from chromanet.evt import Event, EventType
+from chromanet.presentation import PresentationContext
+from chromanet.services.answers import apply_handler_status
+from chromanet.ul.acse import AssociationAborted, AssociationClosed
+from chromanet.ul.negotiation import NegotiatedContext
+
+LOGGER = logging.getLogger("chromanet.services")
+
+#: {event type: [(handler, extra args)…]}; intervention events hold one.
+HandlerTable = dict[EventType, list[tuple[Callable[..., Any], list[Any]]]]
+
+
+class SubAssociation(Protocol):
+    """An association opened for sub-operations (the C-MOVE destination)."""
+
+    @property
+    def is_established(self) -> bool: ...
+
+    @property
+    def service_session(self) -> ServiceSession | None: ...
+
+    async def release(self) -> None: ...
+
+
+#: (address, port, called AE title, extra associate() keywords) -> the
+#: sub-association, or None when it could not be opened.
+SubAssociationOpener = Callable[[str, int, "str | None", dict[str, Any]], Awaitable["SubAssociation | None"]]
+
+
+class ServiceSession:
+    """What the services see of one established association."""
+
+    def __init__(
+        self,
+        channel: DimseChannel,
+        contexts: Mapping[int, NegotiatedContext],
+        handlers: HandlerTable,
+        *,
+        event_source: object,
+        peer_ae_title: str,
+        open_sub_association: SubAssociationOpener | None = None,
+        store_directory: Any = None,
+    ) -> None:
+        #: Sends and receives DIMSE messages (requests, responses, C-CANCEL).
+        self.channel = channel
+        #: The accepted presentation contexts by ID, with transfer syntax and roles.
+        self.contexts = contexts
+        #: The handlers bound on this association (replaced by bind/unbind).
+        self.handlers = handlers
+        #: What handlers receive as ``event.assoc`` (the public association).
+        self.event_source = event_source
+        #: The other side's AE title.
+        self.peer_ae_title = peer_ae_title
+        #: Opens a sub-association (C-MOVE); None where not possible.
+        self.open_sub_association = open_sub_association
+        #: With no C-STORE handler bound, received instances are written
+        #: here as <SOP Instance UID>.dcm (a chromanet extra; None: refused).
+        self.store_directory = store_directory
+        #: Our outstanding Q/R requests: Message ID -> context ID (for C-CANCEL).
+        self.request_contexts: dict[int, int] = {}
+
+    # ----------------------------------------------------------- contexts
+    def context(self, context_id: int) -> NegotiatedContext | None:
+        return self.contexts.get(context_id)
+
+    def transfer_syntax(self, context_id: int) -> str | None:
+        context = self.contexts.get(context_id)
+        return context.transfer_syntax if context is not None else None
+
+    def scu_context(self, abstract_syntax: str, transfer_syntax: str | None = None) -> NegotiatedContext:
+        """An accepted context for ``abstract_syntax`` on which we may be SCU,
+        preferring ``transfer_syntax`` when given; ValueError when none."""
+        first = None
+        for ctx in self.contexts.values():
+            if ctx.abstract_syntax == abstract_syntax and ctx.as_scu:
+                if transfer_syntax is None or ctx.transfer_syntax == transfer_syntax:
+                    return ctx
+                if first is None:
+                    first = ctx
+        if first is None:
+            raise ValueError(f"no accepted presentation context for {abstract_syntax} with the SCU role")
+        return first
+
+    # ----------------------------------------------------------- handlers
+    def handler(self, event_type: EventType) -> tuple[Callable[..., Any], list[Any]] | None:
+        """The handler bound to an intervention event, with its extra args."""
+        bound = self.handlers.get(event_type)
+        return bound[0] if bound else None
+
+    def make_event(self, event_type: EventType, message: IncomingMessage) -> Event:
+        """The Event a handler receives for an incoming request."""
+        context = self.contexts.get(message.context_id)
+        return Event(
+            self.event_source,
+            event_type,
+            message=message,
+            context=PresentationContext.from_negotiated(context) if context is not None else None,
+            transfer_syntax=context.transfer_syntax if context is not None else None,
+        )
+
+    # --------------------------------------------------------------- SCU
+    async def exchange(self, context_id: int, command: Command, dataset: Any = None) -> Command | None:
+        """One request, one response; None if the association ended first
+        (a DIMSE timeout aborts it, as pynetdicom does)."""
+        try:
+            response = await self.channel.request(context_id, command, dataset)
+        except DimseTimeout:
+            LOGGER.error("DIMSE timeout: aborting the association")
+            self.channel.abort()
+            return None
+        except (AssociationAborted, AssociationClosed, ConnectionError):
+            return None
+        return response.command
+
+
+#: An SCP operation: serve one request (sync: return None; or a coroutine).
+ServeFunction = Callable[[ServiceSession, IncomingMessage], "Awaitable[None] | None"]
+
+
+@dataclass(frozen=True)
+class ServiceClass:
+    """One PS3.4 service class as the dispatcher sees it."""
+
+    name: str
+    #: The SOP classes of the service class (documentation and presets).
+    sop_classes: tuple[str, ...]
+    #: Request Command Field -> the SCP function serving it.
+    scp: Mapping[int, ServeFunction] = field(default_factory=dict)
+
+
+def response_to(request: Command, field: int, status: int | None = None) -> Command:
+    """The response command for ``request`` (no data set yet)."""
+    return Command(
+        field,
+        affected_sop_class_uid=request.affected_sop_class_uid,
+        message_id_being_responded_to=request.message_id,
+        command_data_set_type=NO_DATASET,
+        status=status,
+    )
+
+
+def answer_once(
+    session: ServiceSession,
+    message: IncomingMessage,
+    event_type: EventType,
+    bound: tuple[Callable[..., Any], list[Any]],
+    response: Command,
+    status_on_exception: int,
+    after: Callable[[], None] | None = None,
+) -> Awaitable[None] | None:
+    """Serve a request that has one response (C-ECHO, C-STORE): call the
+    bound handler (inline when it is a plain function, as a task when it is
+    ``async def``), put its status answer into ``response``, run ``after``
+    and send the response while the association lasts."""
+    handler, args = bound
+    event = session.make_event(event_type, message)
+    if inspect.iscoroutinefunction(handler):
+        return _answer_async(session, message, event, bound, response, status_on_exception, after)
+    try:
+        result = handler(event, *args)
+    except Exception:
+        LOGGER.exception("exception in the handler bound to %s", event_type.name)
+        response.status = status_on_exception
+    else:
+        apply_handler_status(result, response, event_type.name)
+    _finish(session, message, response, after)
+    return None
+
+
+async def _answer_async(
+    session: ServiceSession,
+    message: IncomingMessage,
+    event: Event,
+    bound: tuple[Callable[..., Any], list[Any]],
+    response: Command,
+    status_on_exception: int,
+    after: Callable[[], None] | None,
+) -> None:
+    handler, args = bound
+    try:
+        result = await handler(event, *args)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        LOGGER.exception("exception in the handler bound to %s", event.event.name)
+        response.status = status_on_exception
+    else:
+        apply_handler_status(result, response, event.event.name)
+    _finish(session, message, response, after)
+
+
+def _finish(
+    session: ServiceSession, message: IncomingMessage, response: Command, after: Callable[[], None] | None
+) -> None:
+    if after is not None:
+        after()
+    if session.channel.end_error is None:
+        session.channel.send(message.context_id, response)

@@ -1,0 +1,90 @@
+"""The SCP side of one association: each incoming request to its service.
+
+``ServiceDispatcher`` is the DIMSE channel's request handler. It is built
+from the ``SERVICE_CLASS`` declarations of the service class modules, so the
+table of who serves what is data: adding a service class is adding its
+module to ``SERVICE_CLASSES``.
+
+Before a request reaches its service, PS3.7's rule is checked: a request's
+Affected SOP Class UID is the abstract syntax of the presentation context it
+came on (0x0122 otherwise). A Command Field no service serves gets 0x0211.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Awaitable
+
+from chromanet import _dimse
+from chromanet.dimse_channel import DimseChannel, IncomingMessage
+from chromanet.services import color_palette_qr, storage, verification
+from chromanet.services.base import ServeFunction, ServiceClass, ServiceSession
+from chromanet.status import Status
+
+LOGGER = logging.getLogger("chromanet.services")
+
+#: The service classes this engine serves, in no particular order.
+SERVICE_CLASSES: tuple[ServiceClass, ...] = (
+    verification.SERVICE_CLASS,
+    storage.SERVICE_CLASS,
+    color_palette_qr.SERVICE_CLASS,
+)
+
+_SOP_CLASS_NOT_SUPPORTED = int(Status.SOP_CLASS_NOT_SUPPORTED)
+_UNRECOGNISED_OPERATION = int(Status.UNRECOGNISED_OPERATION)
+
+
+def _serve_table(classes: tuple[ServiceClass, ...]) -> dict[int, ServeFunction]:
+    table: dict[int, ServeFunction] = {}
+    for service_class in classes:
+        for field, serve in service_class.scp.items():
+            if field in table and table[field] is not serve:
+                raise ValueError(f"two service classes serve command 0x{field:04X}")
+            table[field] = serve
+    return table
+
+
+_SERVE = _serve_table(SERVICE_CLASSES)
+
+
+class ServiceDispatcher:
+    """Routes the requests of one association to the services."""
+
+    def __init__(self, session: ServiceSession) -> None:
+        self.session = session
+
+    def __call__(self, channel: DimseChannel, message: IncomingMessage) -> Awaitable[None] | None:
+        field = message.command.command_field
+        if field != _dimse.C_ECHO_RQ and not self._sop_class_matches(message):
+            LOGGER.warning(
+                "request for SOP class %s on a context for another: 0x0122", message.command.affected_sop_class_uid
+            )
+            return self._refuse(channel, message, _SOP_CLASS_NOT_SUPPORTED)
+        serve = _SERVE.get(field)
+        if serve is None:
+            LOGGER.warning("no service for command 0x%04X", field)
+            return self._refuse(channel, message, _UNRECOGNISED_OPERATION)
+        return serve(self.session, message)
+
+    def _sop_class_matches(self, message: IncomingMessage) -> bool:
+        context = self.session.context(message.context_id)
+        requested = message.command.affected_sop_class_uid
+        return context is None or requested is None or requested == context.abstract_syntax
+
+    @staticmethod
+    def _refuse(channel: DimseChannel, message: IncomingMessage, status: int) -> None:
+        request = message.command
+        response = _dimse.Command(
+            request.command_field | 0x8000,
+            affected_sop_class_uid=request.affected_sop_class_uid,
+            message_id_being_responded_to=request.message_id,
+            command_data_set_type=_dimse.NO_DATASET,
+            status=status,
+        )
+        if request.command_field == _dimse.C_STORE_RQ:
+            response.affected_sop_instance_uid = request.affected_sop_instance_uid
+            cleanup = getattr(message.dataset, "cleanup", None)
+            if cleanup is not None:
+                cleanup()  # a refused store leaves no spool file behind
+        channel.send(message.context_id, response)
+        return None

@@ -1,0 +1,156 @@
+"""The Storage Service Class (PS3.4 Annex B): C-STORE, SCU and SCP.
+
+SCU: ``store`` sends a Dataset, a Part 10 file (path) or a Part 10 image in
+memory. Files and bytes whose transfer syntax was accepted are sent as they
+are, without decoding (a memory-mapped file goes out by scatter-gather
+writes, paced for a large one); otherwise the data set is decoded and
+re-encoded in an accepted transfer syntax. C-GET and C-MOVE use the same
+function for their sub-operations.
+
+SCP: ``serve_store`` runs the EVT_C_STORE handler. With none bound, the
+association's ``store_directory`` (a chromanet extra) receives the instance
+as <SOP Instance UID>.dcm, and without that the request is refused with
+0x0122. A data set spooled to a file (``spool.FileSink``) is removed once the
+handler returned, unless the handler moved it away.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Awaitable
+
+from pydicom import Dataset
+
+from chromanet import _dimse, dsutil, uids
+from chromanet._dimse import Command
+from chromanet.dimse_channel import IncomingMessage
+from chromanet.evt import EVT_C_STORE, Event
+from chromanet.services.base import ServiceClass, ServiceSession, answer_once
+from chromanet.status import Status
+
+_NO_HANDLER = int(Status.SOP_CLASS_NOT_SUPPORTED)
+_HANDLER_RAISED = int(Status.STORE_HANDLER_RAISED)
+_IDENTIFIER_INVALID = int(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS)
+_SUCCESS = int(Status.SUCCESS)
+
+
+# ------------------------------------------------------------------- SCU
+def _prepare(session: ServiceSession, dataset: Any) -> tuple[int, str, str, Any, dsutil.Part10File | None]:
+    """(context id, SOP class, SOP instance, payload, open file) for a
+    C-STORE of a Dataset, a Part 10 file path or a Part 10 image."""
+    if isinstance(dataset, Dataset):
+        sop_class = str(dataset.SOPClassUID)
+        sop_instance = str(dataset.SOPInstanceUID)
+        meta = getattr(dataset, "file_meta", None)
+        source_syntax = str(meta.TransferSyntaxUID) if meta is not None and "TransferSyntaxUID" in meta else None
+        ctx = session.scu_context(sop_class, source_syntax)
+        assert ctx.transfer_syntax is not None
+        return ctx.context_id, sop_class, sop_instance, dsutil.encode_dataset(dataset, ctx.transfer_syntax), None
+    if isinstance(dataset, (bytes, bytearray, memoryview)):
+        part10 = dsutil.parse_part10(memoryview(dataset))
+    else:
+        part10 = dsutil.open_part10(dataset)
+    try:
+        ctx = session.scu_context(part10.sop_class_uid, part10.transfer_syntax)
+        assert ctx.transfer_syntax is not None
+        if ctx.transfer_syntax == part10.transfer_syntax:
+            payload: Any = part10.dataset_bytes()
+        else:
+            decoded = dsutil.decode_dataset(part10.dataset_bytes(), part10.transfer_syntax)
+            payload = dsutil.encode_dataset(decoded, ctx.transfer_syntax)
+    except BaseException:
+        part10.close()
+        raise
+    return ctx.context_id, part10.sop_class_uid, part10.sop_instance_uid, payload, part10
+
+
+async def store(
+    session: ServiceSession,
+    dataset: Any,
+    msg_id: int | None = None,
+    priority: int = 2,
+    originator_aet: str | None = None,
+    originator_id: int | None = None,
+) -> Command | None:
+    """SCU: one C-STORE; the response command, or None if none came.
+
+    ValueError when no accepted context fits the SOP class, OSError for an
+    unreadable file."""
+    context_id, sop_class, sop_instance, payload, part10 = _prepare(session, dataset)
+    command = Command(
+        _dimse.C_STORE_RQ,
+        affected_sop_class_uid=sop_class,
+        affected_sop_instance_uid=sop_instance,
+        message_id=msg_id,
+        priority=priority,
+        command_data_set_type=_dimse.DATASET_PRESENT,
+        move_originator_application_entity_title=originator_aet,
+        move_originator_message_id=originator_id,
+    )
+    try:
+        return await session.exchange(context_id, command, payload)
+    finally:
+        del payload
+        if part10 is not None and part10.path is not None:
+            part10.close()
+
+
+# ------------------------------------------------------------------- SCP
+def serve_store(session: ServiceSession, message: IncomingMessage) -> Awaitable[None] | None:
+    """SCP: answer one C-STORE-RQ."""
+    request = message.command
+    response = Command(
+        _dimse.C_STORE_RSP,
+        affected_sop_class_uid=request.affected_sop_class_uid,
+        affected_sop_instance_uid=request.affected_sop_instance_uid,
+        message_id_being_responded_to=request.message_id,
+        command_data_set_type=_dimse.NO_DATASET,
+    )
+    bound = session.handler(EVT_C_STORE)
+    if bound is None and session.store_directory is not None:
+        bound = (store_to_directory, [session.store_directory])
+    if bound is None:
+        _remove_spool(message)
+        response.status = _NO_HANDLER
+        session.channel.send(message.context_id, response)
+        return None
+    return answer_once(
+        session,
+        message,
+        EVT_C_STORE,
+        bound,
+        response,
+        status_on_exception=_HANDLER_RAISED,
+        after=lambda: _remove_spool(message),
+    )
+
+
+def _remove_spool(message: IncomingMessage) -> None:
+    """A spooled data set's file is the handler's to keep or lose: once the
+    handler returned, an unmoved spool file is removed."""
+    cleanup = getattr(message.dataset, "cleanup", None)
+    if cleanup is not None:
+        cleanup()
+
+
+def store_to_directory(event: Event, directory: Any) -> int:
+    """The built-in C-STORE handler of ``store_directory``: the data set as
+    received, behind a file meta header, in <SOP Instance UID>.dcm (written
+    to a temporary name, then renamed, so no half file is ever visible)."""
+    uid = event.request.AffectedSOPInstanceUID
+    if not uid or "/" in uid or uid.startswith("."):
+        return _IDENTIFIER_INVALID
+    target = Path(directory) / f"{uid}.dcm"
+    temporary = target.with_name(f".{uid}.partial")
+    with open(temporary, "wb") as handle:
+        handle.write(event.encoded_dataset(include_meta=True))
+    os.replace(temporary, target)
+    return _SUCCESS
+
+
+SERVICE_CLASS = ServiceClass(
+    name="Storage",
+    sop_classes=(uids.ColorPaletteStorage,),
+    scp={_dimse.C_STORE_RQ: serve_store},
+)

@@ -1,0 +1,55 @@
+"""The Verification Service Class (PS3.4 Annex A): C-ECHO, SCU and SCP.
+
+Every node answers C-ECHO: with no EVT_C_ECHO handler bound the answer is
+Success; a bound handler's status answer is sent instead (a handler that
+raises still gives Success, as in pynetdicom).
+"""
+
+from __future__ import annotations
+
+from typing import Awaitable
+
+from chromanet import _dimse, uids
+from chromanet._dimse import Command
+from chromanet.dimse_channel import IncomingMessage
+from chromanet.evt import EVT_C_ECHO
+from chromanet.services.base import ServiceClass, ServiceSession, answer_once
+from chromanet.status import Status
+
+_SUCCESS = int(Status.SUCCESS)
+
+
+async def echo(session: ServiceSession, msg_id: int | None = None) -> Command | None:
+    """SCU: one C-ECHO; the response command, None if none came."""
+    ctx = session.scu_context(uids.Verification)
+    command = Command(
+        _dimse.C_ECHO_RQ,
+        affected_sop_class_uid=uids.Verification,
+        message_id=msg_id,
+        command_data_set_type=_dimse.NO_DATASET,
+    )
+    return await session.exchange(ctx.context_id, command)
+
+
+def serve_echo(session: ServiceSession, message: IncomingMessage) -> Awaitable[None] | None:
+    """SCP: answer one C-ECHO-RQ."""
+    request = message.command
+    response = Command(
+        _dimse.C_ECHO_RSP,
+        affected_sop_class_uid=request.affected_sop_class_uid,
+        message_id_being_responded_to=request.message_id,
+        command_data_set_type=_dimse.NO_DATASET,
+    )
+    bound = session.handler(EVT_C_ECHO)
+    if bound is None:
+        response.status = _SUCCESS
+        session.channel.send(message.context_id, response)
+        return None
+    return answer_once(session, message, EVT_C_ECHO, bound, response, status_on_exception=_SUCCESS)
+
+
+SERVICE_CLASS = ServiceClass(
+    name="Verification",
+    sop_classes=(uids.Verification,),
+    scp={_dimse.C_ECHO_RQ: serve_echo},
+)
