@@ -127,6 +127,15 @@ def imports_of(module: str) -> list[tuple[str, bool, list[str]]]:
     return found
 
 
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_every_chromanet_import_names_a_module(module):
+    missing = []
+    for target, _type_only, _names in imports_of(module):
+        if target not in MODULES:
+            missing.append(target)
+    assert not missing, f"{module} imports chromanet modules that do not exist: {missing}"
+
+
 def test_every_module_has_a_layer():
     unplaced = []
     for module in MODULES:

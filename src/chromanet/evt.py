@@ -18,7 +18,7 @@ from pydicom.dataset import FileMetaDataset
 from chromanet import dsutil
 
 if TYPE_CHECKING:
-    from chromanet.dimse import IncomingMessage
+    from chromanet.dimse_channel import IncomingMessage
 
 LOGGER = logging.getLogger("chromanet.events")
 
