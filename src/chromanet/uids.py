@@ -56,6 +56,10 @@ ColorPaletteInformationModelFind = "1.2.840.10008.5.1.4.39.2"
 ColorPaletteInformationModelMove = "1.2.840.10008.5.1.4.39.3"
 ColorPaletteInformationModelGet = "1.2.840.10008.5.1.4.39.4"
 
+#: SOP Instance UIDs of the eight well-known Color Palettes (PS3.6 Annex A:
+#: Hot Iron, PET, Hot Metal Blue, PET 20 Step, Spring, Summer, Fall, Winter).
+WELL_KNOWN_PALETTE_UIDS = frozenset(f"1.2.840.10008.1.5.{n}" for n in range(1, 9))
+
 #: chromanet's Implementation Class UID (PS3.7 D.3.3.2). A UUID-derived UID
 #: (PS3.5 B.2, root 2.25) generated once for this project; it never changes.
 IMPLEMENTATION_CLASS_UID = "2.25.241842705298940886862995710319256704116"

@@ -23,10 +23,11 @@ from chromanet.ae import AE
 from chromanet.server import AsyncServer
 from chromanet.archive import IdentifierError, PaletteArchive
 from chromanet.services.spool import SPOOL_PREFIX
+from chromanet.status import Status
 
 LOGGER = logging.getLogger("chromanet.node")
 
-STORE_OUT_OF_RESOURCES = 0xA700
+STORE_OUT_OF_RESOURCES = int(Status.OUT_OF_RESOURCES)
 
 
 @dataclass
@@ -166,7 +167,7 @@ class PaletteNode:
         syntax = event.context.transfer_syntax[0]
         for encoded in result.encoded(syntax):
             if event.is_cancelled:
-                yield 0xFE00, None
+                yield Status.CANCEL, None
                 return
             yield pending, encoded
 
@@ -194,9 +195,9 @@ class PaletteNode:
         yield len(items)
         for item in items:
             if event.is_cancelled:
-                yield 0xFE00, None
+                yield Status.CANCEL, None
                 return
-            yield 0xFF00, item
+            yield Status.PENDING, item
 
     def on_move(self, event: evt.Event) -> Any:
         destination = self.config.move_destinations.get((event.move_destination or "").strip())
@@ -212,9 +213,9 @@ class PaletteNode:
         yield len(items)
         for item in items:
             if event.is_cancelled:
-                yield 0xFE00, None
+                yield Status.CANCEL, None
                 return
-            yield 0xFF00, item
+            yield Status.PENDING, item
 
 
 async def serve(config: NodeConfig, ready: asyncio.Future[Any] | None = None) -> None:

@@ -83,6 +83,7 @@ from pydicom.multival import MultiValue
 
 from chromanet import uids
 from chromanet.errors import ChromanetError
+from chromanet.status import Status
 
 __all__ = [
     "ArchiveError",
@@ -95,9 +96,9 @@ __all__ = [
 ]
 
 # C-FIND / C-GET / C-MOVE statuses used here (PS3.4 C.4.1.1.4, K.4.1.1.4, C.4.2.1.5).
-PENDING = 0xFF00
-PENDING_OPTIONAL_KEYS_NOT_SUPPORTED = 0xFF01
-IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+PENDING = int(Status.PENDING)
+PENDING_OPTIONAL_KEYS_NOT_SUPPORTED = int(Status.PENDING_WARNING)
+IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = int(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS)
 
 # Tags of the information model.
 SPECIFIC_CHARACTER_SET = 0x00080005

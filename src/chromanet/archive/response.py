@@ -36,7 +36,7 @@ from pydicom.tag import BaseTag
 from chromanet import dsutil, uids
 from chromanet.archive import matching as m
 
-__all__ = ["FindResult", "build_identifier", "choose_charset"]
+__all__ = ["FindResult", "identifier_from_row", "choose_charset"]
 
 _LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
 _TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UT", "UC", "PN"})
@@ -133,7 +133,7 @@ def _texts(ds: Dataset) -> list[str]:
     return found
 
 
-def build_identifier(plan: m.FindPlan, row: Sequence[Any]) -> Dataset:
+def identifier_from_row(plan: m.FindPlan, row: Sequence[Any]) -> Dataset:
     """The response identifier for one index row, as a pydicom Dataset."""
     ds = Dataset()
     for key in plan.keys:
@@ -176,7 +176,7 @@ class _Encoder:
 
     def encode(self, row: Sequence[Any]) -> bytes:
         if not self.usable or not row[m.COL_ASCII_ONLY]:
-            return dsutil.encode_dataset(build_identifier(self.plan, row), self.syntax)
+            return dsutil.encode_dataset(identifier_from_row(self.plan, row), self.syntax)
         parts: list[bytes] = []
         pack = struct.pack
         for header, fmt, column, pad in self.fields:
@@ -218,7 +218,7 @@ class FindResult:
     def matches(self) -> Iterator[Dataset]:
         """Response identifiers as Datasets, built as they are taken."""
         plan = self.plan
-        return (build_identifier(plan, row) for row in self._rows)
+        return (identifier_from_row(plan, row) for row in self._rows)
 
     def __iter__(self) -> Iterator[tuple[int, Dataset]]:
         """(status, identifier) pairs, the shape a C-FIND handler yields."""
@@ -231,4 +231,4 @@ class FindResult:
             encoder = _Encoder(self.plan, transfer_syntax == uids.ImplicitVRLittleEndian)
             return (encoder.encode(row) for row in self._rows)
         plan = self.plan
-        return (dsutil.encode_dataset(build_identifier(plan, row), transfer_syntax) for row in self._rows)
+        return (dsutil.encode_dataset(identifier_from_row(plan, row), transfer_syntax) for row in self._rows)

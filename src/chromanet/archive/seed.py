@@ -13,6 +13,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from chromanet import uids
+
 if TYPE_CHECKING:
     from chromanet.archive.store import IngestResult, PaletteArchive
 
@@ -21,7 +23,7 @@ __all__ = ["WELL_KNOWN_PALETTE_UIDS", "well_known_palette_files", "seed_well_kno
 LOGGER = logging.getLogger("chromanet.archive")
 
 #: SOP Instance UIDs of the well-known palettes, which the archive never replaces.
-WELL_KNOWN_PALETTE_UIDS = frozenset(f"1.2.840.10008.1.5.{n}" for n in range(1, 9))
+WELL_KNOWN_PALETTE_UIDS = uids.WELL_KNOWN_PALETTE_UIDS
 
 
 def well_known_palette_files() -> list[Path]:

@@ -68,8 +68,8 @@ from chromanet import dsutil, uids
 from chromanet.archive import matching as m
 from chromanet.archive.index import Index, IndexRow
 from chromanet.archive.response import FindResult
-from chromanet.archive.seed import WELL_KNOWN_PALETTE_UIDS
 from chromanet.errors import ChromanetError
+from chromanet.status import STATUS_SUCCESS, STATUS_WARNING, Status, code_to_category
 
 try:
     import fcntl
@@ -87,12 +87,11 @@ __all__ = [
 
 LOGGER = logging.getLogger("chromanet.archive")
 
-SUCCESS = 0x0000
-WARNING_DATASET_DOES_NOT_MATCH = 0xB007
-OUT_OF_RESOURCES = 0xA700
-DATASET_DOES_NOT_MATCH = 0xA900
-CANNOT_UNDERSTAND = 0xC000
-UNABLE_TO_PROCESS = 0xC000
+SUCCESS = int(Status.SUCCESS)
+WARNING_DATASET_DOES_NOT_MATCH = int(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS_WARNING)
+OUT_OF_RESOURCES = int(Status.OUT_OF_RESOURCES)
+DATASET_DOES_NOT_MATCH = int(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS)
+CANNOT_UNDERSTAND = UNABLE_TO_PROCESS = int(Status.CANNOT_UNDERSTAND)
 
 _TEMP_PREFIX = "."
 
@@ -145,7 +144,7 @@ class IngestResult:
     @property
     def ok(self) -> bool:
         """Stored (success or warning)."""
-        return self.status == SUCCESS or 0xB000 <= self.status <= 0xBFFF
+        return code_to_category(self.status) in (STATUS_SUCCESS, STATUS_WARNING)
 
 
 @dataclass(slots=True)
@@ -446,7 +445,7 @@ class PaletteArchive:
 
     def _keep_well_known(self, fields: dict[str, Any]) -> IngestResult | None:
         uid = fields["sop_instance_uid"]
-        if uid in WELL_KNOWN_PALETTE_UIDS:
+        if uid in uids.WELL_KNOWN_PALETTE_UIDS:
             existing = self.get(uid)
             if existing is not None:
                 return IngestResult(SUCCESS, "well-known palette already stored; kept", uid, existing.path)
