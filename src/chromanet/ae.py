@@ -44,6 +44,16 @@ class AE:
         # after a connection, and for the peer to close after an abort,
         # reject or release).
         self.artim_timeout: float | None = 30
+        # chromanet extras against slow or stuck peers (seconds, None: no
+        # limit): a PDU that began to arrive must be whole within
+        # ``pdu_timeout``; an association with no DIMSE message either way
+        # for ``idle_timeout`` is aborted.
+        self.pdu_timeout: float | None = 30
+        self.idle_timeout: float | None = None
+        # chromanet extra: at most this many connections from one host
+        # (None: only maximum_associations applies), so that a few hosts
+        # cannot take every association slot.
+        self.maximum_associations_per_host: int | None = None
         self.require_called_aet = False
         self.require_calling_aet: list[str] = []
         self.implementation_class_uid = uids.IMPLEMENTATION_CLASS_UID
@@ -130,6 +140,8 @@ class AE:
             network=self.network_timeout,
             connection=self.connection_timeout,
             artim=self.artim_timeout,
+            pdu=self.pdu_timeout,
+            idle=self.idle_timeout,
         )
 
     # ---------------------------------------------------------- requestor

@@ -197,6 +197,11 @@ class AsyncAssociation:
             self._session.store_directory = value
 
     @property
+    def remote_host(self) -> str:
+        """The peer's IP address ('' before the connection is made)."""
+        return self._ul.addresses[1][0]
+
+    @property
     def service_session(self) -> ServiceSession | None:
         """What the services see of this association, once established."""
         return self._session

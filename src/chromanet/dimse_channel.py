@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
 LOGGER = logging.getLogger("chromanet.dimse")
 
+_WINDOW_HOLD = "operations beyond the window"
+
 
 class DimseTimeout(ChromanetError, TimeoutError):
     """No DIMSE response arrived within the DIMSE timeout."""
@@ -285,7 +287,10 @@ class DimseChannel:
                         queued.cancelled = True
             return
         if self._running >= self.max_operations_performed:
+            # The peer invoked more operations than the negotiated window:
+            # serve them in turn, and read nothing more until they are.
             self._waiting.append(message)
+            self.ul.hold_reading(_WINDOW_HOLD)
             return
         self._serve(message)
 
@@ -322,6 +327,8 @@ class DimseChannel:
                 self.ul.abort()
         while self._waiting and self._running < self.max_operations_performed:
             self._serve(self._waiting.popleft())
+        if not self._waiting:
+            self.ul.release_reading(_WINDOW_HOLD)
 
     def on_association_end(self, exc: Exception) -> None:
         self.end_error = exc
@@ -332,4 +339,9 @@ class DimseChannel:
             self._streaming = None
         for message in self._active.values():
             message.cancelled = True
+        for message in self._waiting:
+            # Never served: a spooled data set of theirs is nobody's.
+            discard = getattr(message.dataset, "cleanup", None)
+            if discard is not None:
+                discard()
         self._waiting.clear()

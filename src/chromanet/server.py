@@ -127,9 +127,21 @@ class AsyncServer:
 
         return extended
 
-    def _gatekeeper(self, rq: _pdu.AssociateRQ) -> _pdu.AssociateRJ | None:
+    def _gatekeeper(self, rq: _pdu.AssociateRQ, peer_host: str) -> _pdu.AssociateRJ | None:
+        """Refuse (transient, local limit exceeded) when every association
+        slot is taken, or when ``peer_host`` already holds its share: its
+        other connections, established or not yet, count against it."""
+        ae = self.ae
         established = sum(1 for a in self.associations if a.is_established)
-        if self.ae.maximum_associations and established >= self.ae.maximum_associations:
+        refused = bool(ae.maximum_associations and established >= ae.maximum_associations)
+        per_host = ae.maximum_associations_per_host
+        if not refused and per_host:
+            # This connection is among self.associations too: hence the >.
+            from_host = sum(1 for a in self.associations if a.remote_host == peer_host)
+            refused = from_host > per_host
+            if refused:
+                LOGGER.warning("%s holds %d connections (at most %d per host): refusing", peer_host, from_host - 1, per_host)
+        if refused:
             result, source, reason = _TOO_MANY_ASSOCIATIONS
             return _pdu.AssociateRJ(result=result, source=source, reason=reason)
         return None

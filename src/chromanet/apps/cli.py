@@ -69,9 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allow", dest="allowed_calling_aets", action="append", metavar="AET")
     serve.add_argument("--move-dest", action="append", default=[], metavar="AET=HOST:PORT")
     serve.add_argument("--max-associations", type=int)
+    serve.add_argument("--max-associations-per-host", type=int, help="connections one host may hold")
     serve.add_argument("--acse-timeout", type=float)
     serve.add_argument("--dimse-timeout", type=float)
-    serve.add_argument("--network-timeout", type=float)
+    serve.add_argument("--network-timeout", type=float, help="abort when nothing arrives for this long")
+    serve.add_argument("--pdu-timeout", type=float, help="abort when a PDU is not whole this long after it began")
+    serve.add_argument("--idle-timeout", type=float, help="abort after this long without a DIMSE message")
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     echo = commands.add_parser("echo", help="C-ECHO")
@@ -300,9 +303,12 @@ def load_node_config(args: argparse.Namespace) -> Any:
         "data_dir",
         "allowed_calling_aets",
         "max_associations",
+        "max_associations_per_host",
         "acse_timeout",
         "dimse_timeout",
         "network_timeout",
+        "pdu_timeout",
+        "idle_timeout",
         "log_level",
     ):
         value = getattr(args, key, None)

@@ -41,10 +41,18 @@ class NodeConfig:
     allowed_calling_aets: list[str] = field(default_factory=list)
     move_destinations: dict[str, tuple[str, int]] = field(default_factory=dict)
     max_associations: int = 64
+    # One host may hold at most this many connections (established or
+    # still negotiating), so a few hosts cannot take every slot.
+    max_associations_per_host: int | None = 32
     max_pdu_length: int = 65536
     acse_timeout: float | None = 30
     dimse_timeout: float | None = 60
     network_timeout: float | None = 120
+    # A PDU that began must be whole within this (a trickling peer).
+    pdu_timeout: float | None = 30
+    # No DIMSE message either way for this long: the association is aborted
+    # and its slot freed (Orthanc's default for the same limit is 30 s).
+    idle_timeout: float | None = 60
     require_called_aet: bool = False
     log_level: str = "INFO"
 
@@ -80,6 +88,9 @@ class PaletteNode:
         config = self.config
         ae = AE(config.ae_title)
         ae.maximum_associations = config.max_associations
+        ae.maximum_associations_per_host = config.max_associations_per_host
+        ae.pdu_timeout = config.pdu_timeout
+        ae.idle_timeout = config.idle_timeout
         ae.maximum_pdu_size = config.max_pdu_length
         ae.acse_timeout = config.acse_timeout
         ae.dimse_timeout = config.dimse_timeout

@@ -59,6 +59,9 @@ class Timeouts:
     - ``connection``: TCP connect (requestor).
     - ``artim``: ARTIM (acceptor waiting for the RQ; both sides waiting for
       the transport to close after reject, abort or release).
+    - ``pdu``: a PDU that began to arrive must be whole within this.
+    - ``idle``: an established association with no DIMSE message either way
+      for this long is aborted.
     """
 
     acse: float | None = 30.0
@@ -66,6 +69,8 @@ class Timeouts:
     network: float | None = 60.0
     connection: float | None = None
     artim: float | None = 30.0
+    pdu: float | None = 30.0
+    idle: float | None = None
 
 
 class MessageSink(Protocol):
@@ -94,9 +99,9 @@ class AcceptorPolicy:
     # "acceptor": the first of OUR transfer syntaxes that the requestor
     # offered (what pynetdicom and DCMTK do); "requestor": the first of theirs.
     transfer_syntax_order: str = "acceptor"
-    # Called with the RQ before negotiation; returns an AssociateRJ to refuse
-    # (used for the maximum-associations check) or None.
-    gatekeeper: Callable[[_pdu.AssociateRQ], _pdu.AssociateRJ | None] | None = None
+    # Called with the RQ and the peer's host before negotiation; returns an
+    # AssociateRJ to refuse (the association limits) or None.
+    gatekeeper: Callable[[_pdu.AssociateRQ, str], _pdu.AssociateRJ | None] | None = None
 
 
 class AssociationControl:
@@ -127,6 +132,8 @@ class AssociationControl:
             max_receive_pdu_length=max_receive_pdu_length,
             artim_timeout=timeouts.artim,
             network_timeout=timeouts.network,
+            pdu_timeout=timeouts.pdu,
+            idle_timeout=timeouts.idle,
         )
         loop = asyncio.get_running_loop()
         self.established: asyncio.Future[None] = loop.create_future()
@@ -204,7 +211,7 @@ class AssociationControl:
         self.request = rq
         if self.on_requested is not None:
             self.on_requested(self)
-        refusal = policy.gatekeeper(rq) if policy.gatekeeper is not None else None
+        refusal = policy.gatekeeper(rq, self.addresses[1][0]) if policy.gatekeeper is not None else None
         if refusal is not None:
             self._reject(refusal)
             return
@@ -280,6 +287,13 @@ class AssociationControl:
     async def drain(self) -> None:
         """Wait while the transport's write buffer is above its high mark."""
         await self.connection.drain()
+
+    def hold_reading(self, reason: str) -> None:
+        """Read nothing more from the peer until ``release_reading(reason)``."""
+        self.connection.hold_reading(reason)
+
+    def release_reading(self, reason: str) -> None:
+        self.connection.release_reading(reason)
 
     async def release(self) -> None:
         """A-RELEASE request; returns when the peer confirmed (or the

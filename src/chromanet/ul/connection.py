@@ -47,6 +47,10 @@ LOGGER = logging.getLogger("chromanet.ul")
 # Data sets larger than this are written a slice of this size at a time.
 PACING_SLICE = 1 << 20
 
+# The transport's write buffer high mark: above it, reading from the peer
+# pauses and paced writers wait (flow control both ways).
+WRITE_BUFFER_HIGH = 256 * 1024
+
 
 class ConnectionListener(Protocol):
     """What the association above a connection must implement.
@@ -71,9 +75,17 @@ class ULConnection(asyncio.Protocol):
     """Drives one ``UpperLayer`` over one TCP connection.
 
     ``requestor`` says which side of the association this is; the
-    ``listener`` receives the primitives. Timers, in seconds (None: none):
-    ``artim_timeout`` (Sta2 and Sta13) and ``network_timeout`` (the
-    association is aborted when no byte arrives for this long).
+    ``listener`` receives the primitives. The time limits (seconds, None:
+    none) are the Upper Layer's: ``artim_timeout``, ``network_timeout``,
+    ``pdu_timeout`` and ``idle_timeout``.
+
+    Flow control: while the transport's write buffer is above its high mark
+    (the peer does not read what we send), nothing more is read from the
+    peer, so a peer that pipelines requests without reading the responses
+    cannot make us queue responses without bound. The layer above may hold
+    reading too (``hold_reading``), e.g. while the peer has more operations
+    outstanding than the negotiated window. Reading resumes when every hold
+    is released.
     """
 
     def __init__(
@@ -84,6 +96,8 @@ class ULConnection(asyncio.Protocol):
         max_receive_pdu_length: int,
         artim_timeout: float | None = 30.0,
         network_timeout: float | None = None,
+        pdu_timeout: float | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         self.listener = listener
         self.is_requestor = requestor
@@ -92,6 +106,8 @@ class ULConnection(asyncio.Protocol):
             max_receive_pdu_length=max_receive_pdu_length,
             artim_timeout=artim_timeout,
             network_timeout=network_timeout,
+            pdu_timeout=pdu_timeout,
+            idle_timeout=idle_timeout,
         )
         self.transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
@@ -103,6 +119,7 @@ class ULConnection(asyncio.Protocol):
         self._pacing: asyncio.Future[None] | None = None  # a large message is going out
         self._deferred: list[list[Any]] = []  # messages sent meanwhile, in order
         self._addresses: tuple[tuple[str, int], tuple[str, int]] = (("", 0), ("", 0))
+        self._read_holds: set[str] = set()  # reasons reading is paused
 
     # ----------------------------------------------------------- properties
     @property
@@ -128,6 +145,9 @@ class ULConnection(asyncio.Protocol):
     # ------------------------------------------------------ asyncio protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        # Responses beyond this many unsent bytes pause reading from the
+        # peer (see the class docstring); writes below it never wait.
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)  # type: ignore[attr-defined]
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
@@ -170,13 +190,34 @@ class ULConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._writing_paused = True
+        self.hold_reading("unread responses")
 
     def resume_writing(self) -> None:
         self._writing_paused = False
+        self.release_reading("unread responses")
         waiters, self._drain_waiters = self._drain_waiters, []
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+    def hold_reading(self, reason: str) -> None:
+        """Stop reading from the peer until ``release_reading(reason)``."""
+        if reason in self._read_holds:
+            return
+        self._read_holds.add(reason)
+        transport = self.transport
+        if len(self._read_holds) == 1 and transport is not None and not transport.is_closing():
+            LOGGER.debug("reading from %s paused: %s", self.peername(), reason)
+            transport.pause_reading()
+
+    def release_reading(self, reason: str) -> None:
+        if reason not in self._read_holds:
+            return
+        self._read_holds.discard(reason)
+        transport = self.transport
+        if not self._read_holds and transport is not None and not transport.is_closing():
+            LOGGER.debug("reading from %s resumed", self.peername())
+            transport.resume_reading()
 
     # ---------------------------------------------------- primitives, down
     def request_association(self, rq: _pdu.AssociateRQ) -> None:

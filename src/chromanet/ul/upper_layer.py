@@ -156,6 +156,13 @@ Indication = Union[
 ]
 
 _RELEASE_REQUESTED = ReleaseRequested()
+
+# What the log says when a limit expires (each is given the UpperLayer).
+_EXPIRED = {
+    "network": lambda ul: f"network timeout: nothing received for {ul.network_timeout:.1f} s",
+    "pdu": lambda ul: f"PDU timeout: a PDU not whole {ul.pdu_timeout:.1f} s after it began",
+    "idle": lambda ul: f"idle timeout: no DIMSE message for {ul.idle_timeout:.1f} s",
+}
 _RELEASE_CONFIRMED = ReleaseConfirmed()
 
 
@@ -164,9 +171,16 @@ class UpperLayer:
     module docstring for the driving protocol).
 
     ``max_receive_pdu_length`` is our Maximum Length: a P-DATA-TF longer than
-    that is a protocol error. ``artim_timeout`` and ``network_timeout`` are
-    seconds (None: no limit); the network limit aborts the association when
-    no byte has arrived for that long.
+    that is a protocol error. The time limits, in seconds (None: no limit),
+    each abort the association (A-ABORT, source 2) when exceeded:
+
+    - ``network_timeout``: no byte at all has arrived for this long;
+    - ``pdu_timeout``: a PDU has begun to arrive and is not whole after this
+      long (a peer trickling one byte at a time cannot hold the association
+      with the network limit alone);
+    - ``idle_timeout``: no DIMSE message went either way for this long while
+      established (a peer that keeps a slot without using it);
+    - ``artim_timeout``: ARTIM, run by the state machine in Sta2 and Sta13.
     """
 
     def __init__(
@@ -176,6 +190,8 @@ class UpperLayer:
         max_receive_pdu_length: int,
         artim_timeout: float | None = 30.0,
         network_timeout: float | None = None,
+        pdu_timeout: float | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         self.is_requestor = requestor
         self.machine = UpperLayerMachine(requestor)
@@ -186,6 +202,8 @@ class UpperLayer:
         self._reassembler = Reassembler()
         self.artim_timeout = artim_timeout
         self.network_timeout = network_timeout
+        self.pdu_timeout = pdu_timeout
+        self.idle_timeout = idle_timeout
         #: The peer's Maximum Length, known once the association is accepted.
         self.peer_max_pdu_length = 0
         #: Set when the transport must be closed (after the PDUs to send).
@@ -194,6 +212,10 @@ class UpperLayer:
         self._artim_deadline: float | None = None
         self._last_receive: float | None = None  # None: no connection yet, or gone
         self._clock = 0.0  # the latest time the driver gave us
+        self._pdu_began: float | None = None  # when the partial PDU began to arrive
+        self._last_message: float | None = None  # the last DIMSE message received (Sta6)
+        self._messages_sent = 0  # counted, not timed: sending takes no clock
+        self._messages_sent_seen = 0
         self._pending_rq: Any = None
 
     # ------------------------------------------------------------- reading
@@ -232,12 +254,22 @@ class UpperLayer:
     def get_timer(self) -> float | None:
         """The earliest deadline (in the driver's clock) at which
         ``handle_timer`` must be called, or None."""
-        deadline = self._artim_deadline
-        if self.network_timeout is not None and self._last_receive is not None and not self.close_requested:
-            idle = self._last_receive + self.network_timeout
-            if deadline is None or idle < deadline:
-                deadline = idle
-        return deadline
+        deadlines = [d for d in self._deadlines().values() if d is not None]
+        return min(deadlines) if deadlines else None
+
+    def _deadlines(self) -> dict[str, float | None]:
+        """Each running limit's deadline (a receive moves the network and
+        PDU ones; a message either way moves the idle one)."""
+        if self.close_requested:
+            return {"artim": self._artim_deadline}
+        deadlines: dict[str, float | None] = {"artim": self._artim_deadline}
+        if self.network_timeout is not None and self._last_receive is not None:
+            deadlines["network"] = self._last_receive + self.network_timeout
+        if self.pdu_timeout is not None and self._pdu_began is not None:
+            deadlines["pdu"] = self._pdu_began + self.pdu_timeout
+        if self.idle_timeout is not None and self._last_message is not None and self.machine.state is State.STA6:
+            deadlines["idle"] = self._last_message + self.idle_timeout
+        return deadlines
 
     # ------------------------------------------------------ transport events
     def connection_made(self, now: float) -> list[Indication]:
@@ -252,16 +284,27 @@ class UpperLayer:
     def receive_data(self, data: Any, now: float) -> list[Indication]:
         """Bytes from the transport, any size; returns the indications."""
         self._last_receive = self._clock = now
+        framer = self._framer
         try:
-            frames = self._framer.feed(data)
+            frames = framer.feed(data)
         except PDUError as exc:
             return self._protocol_error(exc, now)
+        if framer.in_pdu:
+            if self._pdu_began is None or frames:
+                self._pdu_began = now  # a new PDU began in this chunk
+        else:
+            self._pdu_began = None
         machine = self.machine
         if len(frames) == 1:
             pdu_type, body = frames[0]
             if pdu_type == _PDATA_TF and machine.state is State.STA6:
                 # DT-2 fast path: no state change, straight to reassembly.
-                return self._reassemble(body, now)
+                indications = self._reassemble(body, now)
+                if indications:
+                    self._last_message = now
+                return indications
+        elif not frames:
+            return []
         indications: list[Indication] = []
         for pdu_type, body in frames:
             if self.close_requested:
@@ -281,11 +324,13 @@ class UpperLayer:
             if LOGGER.isEnabledFor(logging.DEBUG):
                 LOGGER.debug("received %s in %s", type(pdu).__name__, machine.state.name)
             indications.extend(self._handle(event, data_for_machine, now))
+        if self._last_message is not None and indications:
+            self._last_message = now
         return indications
 
     def connection_lost(self) -> list[Indication]:
         """The transport connection is gone (Evt17)."""
-        self._last_receive = None
+        self._last_receive = self._pdu_began = self._last_message = None
         self._artim_deadline = None
         if self.machine.state is State.STA1:
             return []
@@ -298,16 +343,16 @@ class UpperLayer:
             self._artim_deadline = None
             LOGGER.info("ARTIM expired in %s", self.machine.state.name)
             return self._handle(Event.EVT18, None, now)
-        if (
-            self.network_timeout is not None
-            and self._last_receive is not None
-            and now - self._last_receive >= self.network_timeout
-            and not self.close_requested
-        ):
-            LOGGER.warning("network timeout: nothing received for %.1f s, aborting", self.network_timeout)
-            self._last_receive = None
-            self.abort(source=2, reason=0)
-            return [Aborted(2, 0)]
+        if self._messages_sent != self._messages_sent_seen and self._last_message is not None:
+            # Messages went out since the last look: the association is in use.
+            self._messages_sent_seen = self._messages_sent
+            self._last_message = now
+        for limit, deadline in self._deadlines().items():
+            if limit != "artim" and deadline is not None and now >= deadline:
+                LOGGER.warning("%s; aborting the association", _EXPIRED[limit](self))
+                self._last_receive = None
+                self.abort(source=2, reason=0)
+                return [Aborted(2, 0)]
         return []
 
     # ------------------------------------------------------ local primitives
@@ -330,6 +375,7 @@ class UpperLayer:
         """Record what the A-ASSOCIATE-AC negotiated, before any P-DATA."""
         self.peer_max_pdu_length = peer_max_pdu_length
         self._reassembler.accepted_context_ids = context_ids
+        self._last_message = self._clock  # the idle limit runs from here
 
     def request_release(self) -> None:
         """Evt11 (A-RELEASE request)."""
@@ -359,6 +405,7 @@ class UpperLayer:
         them itself (it may pace a large data set); nothing goes to the outbox."""
         if self.machine.state not in _PDATA_STATES or self.close_requested:
             raise NotEstablishedError(f"cannot send P-DATA in {self.machine.state.name}")
+        self._messages_sent += 1
         return fragment_message(context_id, encode_command(command), dataset, self.peer_max_pdu_length)
 
     # -------------------------------------------------------------- inside
