@@ -27,7 +27,7 @@ LAYERS: dict[str, list[str]] = {
     "foundation": [
         "chromanet._pdu", "chromanet._framer", "chromanet._pdata", "chromanet._dimse",
         "chromanet.errors", "chromanet.uids", "chromanet.dsutil", "chromanet.sop_class",
-        "chromanet.status", "chromanet.loopthread", "chromanet.utils",
+        "chromanet.status", "chromanet.loopthread", "chromanet.utils", "chromanet.logutil",
     ],
     "archive": ["chromanet.archive.*"],
     "ul": ["chromanet.ul.*"],

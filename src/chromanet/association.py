@@ -228,6 +228,7 @@ class AsyncAssociation:
             self._handlers,
             event_source=self,
             peer_ae_title=self.peer_ae_title,
+            peer_host=self.remote_host,
             open_sub_association=self._open_sub_association,
             store_directory=self._store_directory,
         )

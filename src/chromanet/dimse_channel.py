@@ -28,6 +28,9 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 from chromanet import _dimse
 from chromanet._dimse import Command
 from chromanet.errors import ChromanetError
+from chromanet.logutil import peer_log
+from chromanet.status import Status
+from chromanet.ul.upper_layer import NotEstablishedError
 from chromanet.ul.acse import AssociationAborted, AssociationClosed, AssociationControl
 
 if TYPE_CHECKING:
@@ -36,6 +39,10 @@ if TYPE_CHECKING:
 LOGGER = logging.getLogger("chromanet.dimse")
 
 _WINDOW_HOLD = "operations beyond the window"
+_PENDING = (int(Status.PENDING), int(Status.PENDING_WARNING))
+# How a handler task ends when the association went away under it: an
+# ordinary event (the peer reset or aborted), not a failure of the handler.
+_ASSOCIATION_GONE = (AssociationAborted, AssociationClosed, NotEstablishedError, ConnectionError)
 
 
 class DimseTimeout(ChromanetError, TimeoutError):
@@ -267,12 +274,13 @@ class DimseChannel:
         if field & 0x8000:
             stream = self._pending.get(command.message_id_being_responded_to)
             if stream is None:
-                LOGGER.warning(
-                    "response to unknown message ID %s ignored", command.message_id_being_responded_to
+                peer_log(
+                    LOGGER, logging.WARNING, self.ul.addresses[1][0],
+                    "response to unknown message ID %s ignored", command.message_id_being_responded_to,
                 )
                 return
             if stream.abandoned:
-                if command.status not in (0xFF00, 0xFF01):
+                if command.status not in _PENDING:
                     del self._pending[stream.message_id]
                 return
             stream._push(message)
@@ -322,7 +330,7 @@ class DimseChannel:
         self._active.pop(message.command.message_id, None)
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
-            if not isinstance(exc, (AssociationAborted, AssociationClosed, ConnectionError)):
+            if not isinstance(exc, _ASSOCIATION_GONE):
                 LOGGER.error("request handler failed; aborting the association", exc_info=exc)
                 self.ul.abort()
         while self._waiting and self._running < self.max_operations_performed:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from chromanet import _pdu, uids
 from chromanet.association import AsyncAssociation, Handlers
+from chromanet.logutil import peer_log
 from chromanet.evt import EVT_CONN_OPEN, EVT_REQUESTED, EVT_SOP_EXTENDED, EVT_USER_ID, Event, notify
 from chromanet.presentation import PresentationContext
 from chromanet.ul.acse import AcceptorPolicy, AssociationControl
@@ -140,7 +141,8 @@ class AsyncServer:
             from_host = sum(1 for a in self.associations if a.remote_host == peer_host)
             refused = from_host > per_host
             if refused:
-                LOGGER.warning("%s holds %d connections (at most %d per host): refusing", peer_host, from_host - 1, per_host)
+                peer_log(LOGGER, logging.WARNING, peer_host, "%s holds %d connections (at most %d per host): refusing",
+                         peer_host, from_host - 1, per_host)
         if refused:
             result, source, reason = _TOO_MANY_ASSOCIATIONS
             return _pdu.AssociateRJ(result=result, source=source, reason=reason)

@@ -57,6 +57,8 @@ import os
 import secrets
 import shutil
 import sqlite3
+import threading
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,7 @@ DATASET_DOES_NOT_MATCH = int(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS)
 CANNOT_UNDERSTAND = UNABLE_TO_PROCESS = int(Status.CANNOT_UNDERSTAND)
 
 _TEMP_PREFIX = "."
+_COMMIT_STRIPES = 64
 
 # Attributes read from a file to validate and index it (LUT data deferred).
 _LUT_DESCRIPTORS = (0x00281101, 0x00281102, 0x00281103)
@@ -241,6 +244,23 @@ def _index_fields(ds: Dataset, meta_class: str | None, meta_instance: str | None
     return fields, warning
 
 
+def _check_whole_file(path: Path) -> None:
+    """Refuse a file whose data set is not well formed in the transfer
+    syntax it declares (e.g. Implicit VR bytes sent on an Explicit VR
+    context): what we could not serve back, we do not store."""
+    try:
+        part = dsutil.open_part10(path)
+    except (OSError, ValueError) as exc:
+        raise _Refused(CANNOT_UNDERSTAND, f"cannot read as Part 10: {exc}"[:64]) from exc
+    try:
+        dsutil.check_encoding(part.dataset_bytes(), part.transfer_syntax)
+    except dsutil.EncodingError as exc:
+        LOGGER.info("refusing %s: not well formed in %s: %s", path.name, part.transfer_syntax, exc)
+        raise _Refused(CANNOT_UNDERSTAND, f"data set not valid in its transfer syntax: {exc}"[:64]) from exc
+    finally:
+        part.close()
+
+
 def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -273,6 +293,11 @@ class PaletteArchive:
         except BaseException:
             self._lock_file.close()
             raise
+        # Stores of one SOP Instance UID commit one at a time (the index
+        # read, the rename, the index write and the removal of the replaced
+        # file), or two concurrent ones would each keep their file and one
+        # would be left behind unindexed. Striped: different UIDs rarely wait.
+        self._commit_locks = [threading.Lock() for _ in range(_COMMIT_STRIPES)]
         self.recovered = self.recover()
 
     @classmethod
@@ -372,6 +397,7 @@ class PaletteArchive:
                 transfer_syntax = str(meta.TransferSyntaxUID).strip(" \x00")
             except Exception as exc:
                 raise _Refused(CANNOT_UNDERSTAND, f"cannot read as Part 10: {exc}"[:64]) from exc
+            _check_whole_file(source)
             fields, warning = _index_fields(
                 ds, meta.get("MediaStorageSOPClassUID"), meta.get("MediaStorageSOPInstanceUID")
             )
@@ -452,6 +478,13 @@ class PaletteArchive:
         return None
 
     def _commit(self, source: Path, ours: bool, fields: dict[str, Any], transfer_syntax: str, warning: str) -> IngestResult:
+        lock = self._commit_locks[zlib.crc32(fields["sop_instance_uid"].encode()) % _COMMIT_STRIPES]
+        with lock:
+            return self._commit_locked(source, ours, fields, transfer_syntax, warning)
+
+    def _commit_locked(
+        self, source: Path, ours: bool, fields: dict[str, Any], transfer_syntax: str, warning: str
+    ) -> IngestResult:
         """Steps 2-4 of a store (see the module docstring) for ``source``.
 
         ``ours``: ``source`` is our temporary, removed on failure. Cleanup is
@@ -484,6 +517,7 @@ class PaletteArchive:
         if existing is not None and existing.file_name != final.name:
             try:
                 self._step_remove_old(self.files_dir / existing.file_name)
+                LOGGER.info("%s replaced: its previous file %s removed", uid, existing.file_name)
             except Exception as exc:  # left for recover()
                 LOGGER.warning("cannot remove replaced file %s: %s", existing.file_name, exc)
         if warning:

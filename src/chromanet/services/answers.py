@@ -36,6 +36,25 @@ _STATUS_ELEMENTS = {
 }
 
 
+#: LO (PS3.5 6.2): at most 64 characters, no backslash, no control characters.
+_LO_MAX = 64
+
+
+def lo_text(value: Any) -> str:
+    """``value`` as a valid LO value: a multi-value joined, each backslash
+    (the value delimiter, which would split it) written as '/', control
+    characters as spaces, cut to 64 characters."""
+    if isinstance(value, bytes):
+        text = value.decode("ascii", "replace")
+    elif hasattr(value, "__iter__") and not isinstance(value, str):
+        text = "/".join(str(item) for item in value)
+    else:
+        text = str(value)
+    text = text.replace("\\", "/")
+    text = "".join(char if 0x20 <= ord(char) != 0x7F else " " for char in text)
+    return text[:_LO_MAX]
+
+
 def apply_handler_status(result: Any, response: Command, event_name: str) -> None:
     """Put a handler's status answer (int or Dataset) into ``response``.
 
@@ -51,13 +70,21 @@ def apply_handler_status(result: Any, response: Command, event_name: str) -> Non
         for keyword, field in _STATUS_ELEMENTS.items():
             if keyword in result:
                 value = result[keyword].value
-                if keyword == "OffendingElement":
-                    values = value if isinstance(value, (list, tuple)) else [value]
-                    value = [int(Tag(tag)) for tag in values]
-                elif isinstance(value, str):
-                    value = str(value)
-                else:
-                    value = int(value)
+                try:
+                    if keyword == "OffendingElement":
+                        many = hasattr(value, "__iter__") and not isinstance(value, (str, bytes))
+                        values = value if many else [value]
+                        value = [int(Tag(tag)) for tag in values]
+                    elif keyword == "ErrorComment":
+                        value = lo_text(value)
+                    elif isinstance(value, str):
+                        value = str(value)
+                    else:
+                        value = int(value)
+                except (TypeError, ValueError, OverflowError) as exc:
+                    # A bad optional element must not cost the response.
+                    LOGGER.warning("%s in the %s handler's status ignored: %s", keyword, event_name, exc)
+                    continue
                 setattr(response, field, value)
         return
     if isinstance(result, bool) or not isinstance(result, int):

@@ -31,6 +31,7 @@ from chromanet.presentation import PresentationContext
 from chromanet.services.answers import apply_handler_status
 from chromanet.ul.acse import AssociationAborted, AssociationClosed
 from chromanet.ul.negotiation import NegotiatedContext
+from chromanet.ul.upper_layer import NotEstablishedError
 
 LOGGER = logging.getLogger("chromanet.services")
 
@@ -66,6 +67,7 @@ class ServiceSession:
         *,
         event_source: object,
         peer_ae_title: str,
+        peer_host: str = "",
         open_sub_association: SubAssociationOpener | None = None,
         store_directory: Any = None,
     ) -> None:
@@ -77,8 +79,9 @@ class ServiceSession:
         self.handlers = handlers
         #: What handlers receive as ``event.assoc`` (the public association).
         self.event_source = event_source
-        #: The other side's AE title.
+        #: The other side's AE title and IP address.
         self.peer_ae_title = peer_ae_title
+        self.peer_host = peer_host
         #: Opens a sub-association (C-MOVE); None where not possible.
         self.open_sub_association = open_sub_association
         #: With no C-STORE handler bound, received instances are written
@@ -136,7 +139,7 @@ class ServiceSession:
             LOGGER.error("DIMSE timeout: aborting the association")
             self.channel.abort()
             return None
-        except (AssociationAborted, AssociationClosed, ConnectionError):
+        except (AssociationAborted, AssociationClosed, NotEstablishedError, ConnectionError):
             return None
         return response.command
 

@@ -17,6 +17,7 @@ from typing import Awaitable
 
 from chromanet import _dimse
 from chromanet.dimse_channel import DimseChannel, IncomingMessage
+from chromanet.logutil import peer_log
 from chromanet.services import color_palette_qr, storage, verification
 from chromanet.services.base import ServeFunction, ServiceClass, ServiceSession
 from chromanet.status import Status
@@ -56,13 +57,14 @@ class ServiceDispatcher:
     def __call__(self, channel: DimseChannel, message: IncomingMessage) -> Awaitable[None] | None:
         field = message.command.command_field
         if field != _dimse.C_ECHO_RQ and not self._sop_class_matches(message):
-            LOGGER.warning(
-                "request for SOP class %s on a context for another: 0x0122", message.command.affected_sop_class_uid
+            peer_log(
+                LOGGER, logging.WARNING, self.session.peer_host,
+                "request for SOP class %s on a context for another: 0x0122", message.command.affected_sop_class_uid,
             )
             return self._refuse(channel, message, _SOP_CLASS_NOT_SUPPORTED)
         serve = _SERVE.get(field)
         if serve is None:
-            LOGGER.warning("no service for command 0x%04X", field)
+            peer_log(LOGGER, logging.WARNING, self.session.peer_host, "no service for command 0x%04X", field)
             return self._refuse(channel, message, _UNRECOGNISED_OPERATION)
         return serve(self.session, message)
 

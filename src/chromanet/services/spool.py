@@ -9,6 +9,7 @@ The file is removed after the handler returns unless the handler moved it
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -18,6 +19,8 @@ from chromanet import dsutil
 from chromanet._dimse import Command
 
 
+LOGGER = logging.getLogger("chromanet.services")
+
 # Name prefix of spool files: a leftover one was never acknowledged to a peer.
 SPOOL_PREFIX = ".incoming-"
 
@@ -26,12 +29,15 @@ class SpooledDataset(dsutil.Part10File):
     """A Part10File that removes its file when the handler is done with it."""
 
     def cleanup(self) -> None:
+        """Remove the file unless the handler moved it away (then it is
+        theirs): a store that was refused or failed leaves nothing behind."""
         self.close()
         if self.path is not None:
             try:
                 os.unlink(self.path)
             except FileNotFoundError:
-                pass  # the handler moved it away: it is theirs now
+                return
+            LOGGER.info("C-STORE of %s not kept: its spooled data set removed", self.sop_instance_uid)
 
 
 class FileSink:
@@ -61,7 +67,8 @@ class FileSink:
         try:
             os.unlink(self.path)
         except FileNotFoundError:
-            pass
+            return
+        LOGGER.info("C-STORE cut off by the end of the association: its partial data set removed")
 
 
 class MemorySink:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from chromanet import _pdu
-from chromanet.errors import ChromanetError
+from chromanet.errors import ABORT_REASON_INVALID_PDU_PARAMETER_VALUE, ChromanetError
+from chromanet.logutil import peer_log
 from chromanet.ul.connection import ULConnection
 from chromanet.ul.negotiation import (
     AssociationRejected,
@@ -231,17 +232,43 @@ class AssociationControl:
                 transfer_syntax_order=policy.transfer_syntax_order,
             )
         except AssociationRejected as exc:
-            self._reject(_pdu.AssociateRJ(result=exc.result, source=exc.source, reason=exc.reason))
+            self._reject(_pdu.AssociateRJ(result=exc.result, source=exc.source, reason=exc.reason), str(exc))
+            return
+        except NegotiationError as exc:
+            # A request that breaks PS3.8's rules for its parameters (a
+            # context ID used twice, more than 128 contexts): an invalid PDU
+            # parameter value, answered with A-ABORT (AA-8's answer).
+            peer_log(LOGGER, logging.WARNING, self.addresses[1][0], "invalid A-ASSOCIATE-RQ from %s: %s; aborting",
+                     self._peer(), exc)
+            self._abort_invalid_request()
+            return
+        except Exception:
+            LOGGER.error("could not answer the A-ASSOCIATE-RQ from %s; aborting", self._peer(), exc_info=True)
+            self._abort_invalid_request(reason=0)
             return
         self.response = ac
         self._set_negotiated(result)
         self.connection.accept_association(ac, result.peer_max_pdu_length, set(self.contexts))
         self._establish()
 
-    def _reject(self, rj: _pdu.AssociateRJ) -> None:
+    def _peer(self) -> str:
+        host, port = self.addresses[1]
+        return f"{host}:{port}" if host else "the peer"
+
+    def _abort_invalid_request(self, reason: int = ABORT_REASON_INVALID_PDU_PARAMETER_VALUE) -> None:
+        self.outcome = "aborted"
+        self.abort_source_reason = (2, reason)
+        self._fail_establishment(AssociationAborted(2, reason))
+        self.connection.abort(source=2, reason=reason)
+
+    def _reject(self, rj: _pdu.AssociateRJ, why: str = "association limits") -> None:
         self.response = rj
         self.outcome = "rejected"
-        LOGGER.info("rejecting association: result %d source %d reason %d", rj.result, rj.source, rj.reason)
+        peer_log(
+            LOGGER, logging.INFO, self.addresses[1][0],
+            "rejecting the association from %s (result %d source %d reason %d): %s",
+            self._peer(), rj.result, rj.source, rj.reason, why,
+        )
         self.connection.reject_association(rj)
         self._fail_establishment(AssociationRejected(rj.result, rj.source, rj.reason))
 

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from chromanet import _pdu
 from chromanet._dimse import Command
 from chromanet._pdata import CommandArrived, DatasetChunk, DimseMessage
+from chromanet.logutil import peer_log
 from chromanet.ul.statemachine import State
 from chromanet.ul.upper_layer import (
     Aborted,
@@ -160,6 +161,8 @@ class ULConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername") or ("", 0)
         if isinstance(local, tuple) and isinstance(peer, tuple):
             self._addresses = ((str(local[0]), int(local[1])), (str(peer[0]), int(peer[1])))
+            self.upper_layer.peer_host = str(peer[0])
+            self.upper_layer.peer_label = f"{peer[0]}:{peer[1]}"
         self._after(self.upper_layer.connection_made(self._loop.time()))
 
     def data_received(self, data: bytes) -> None:  # type: ignore[override]
@@ -177,7 +180,11 @@ class ULConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
-        indications = self.upper_layer.connection_lost()
+        upper = self.upper_layer
+        if exc is not None and upper.state is not State.STA1 and not upper.close_requested:
+            # A reset is an ordinary failure of a peer: one line, no traceback.
+            peer_log(LOGGER, logging.INFO, upper.peer_host, "connection from %s lost: %s", upper.peer_label, exc)
+        indications = upper.connection_lost()
         self.transport = None
         self._deliver(indications)
         for waiter in self._drain_waiters:

@@ -90,6 +90,8 @@ _RJ_SOURCES = {1: "service user", 2: "service provider (ACSE)", 3: "service prov
 _RJ_RESULTS = {1: "rejected permanently", 2: "rejected transiently"}
 
 MAX_CONTEXTS = 128  # odd context IDs 1..255
+# The smallest Maximum Length we accept from a peer (0 means unlimited).
+MIN_PEER_MAX_PDU_LENGTH = 512
 _MAX_UINT32 = 0xFFFFFFFF
 _MAX_UINT16 = 0xFFFF
 
@@ -266,6 +268,13 @@ def _check_window(window: tuple[int, int], name: str) -> tuple[int, int]:
         if not 0 <= value <= _MAX_UINT16:
             raise ValueError(f"{name} values must be 0..65535 (0 unlimited), got {window!r}")
     return invoked, performed
+
+
+def _valid_title(title: str) -> bool:
+    """An AE title as PS3.8 allows it: not only spaces, no control
+    characters or backslash, ASCII."""
+    stripped = title.strip(" ")
+    return bool(stripped) and all(0x20 <= ord(c) <= 0x7E and c != "\\" for c in stripped)
 
 
 def _check_max_pdu(value: int) -> int:
@@ -515,6 +524,19 @@ def negotiate_as_acceptor(
         raise AssociationRejected(RJ_PERMANENT, RJ_SOURCE_USER, 2, repr(rq.application_context_name))
     called = rq.called_ae_title.strip(" ")
     calling = rq.calling_ae_title.strip(" ")
+    # PS3.8 9.3.2: titles of the AE repertoire; an empty or control-character
+    # title can name no AE ("not recognized").
+    if not _valid_title(rq.called_ae_title):
+        raise AssociationRejected(RJ_PERMANENT, RJ_SOURCE_USER, 7, f"invalid called AE title {rq.called_ae_title!r}")
+    if not _valid_title(rq.calling_ae_title):
+        raise AssociationRejected(RJ_PERMANENT, RJ_SOURCE_USER, 3, f"invalid calling AE title {rq.calling_ae_title!r}")
+    peer_max = rq_info.max_length or 0
+    if 0 < peer_max < MIN_PEER_MAX_PDU_LENGTH:
+        # Too small to carry a DIMSE message in any sensible number of
+        # PDUs: refused rather than sent a few bytes per PDU.
+        raise AssociationRejected(
+            RJ_PERMANENT, RJ_SOURCE_USER, 1, f"maximum PDU length {peer_max} is below {MIN_PEER_MAX_PDU_LENGTH}"
+        )
     if require_called_aet and called != ae_title.strip(" "):
         raise AssociationRejected(RJ_PERMANENT, RJ_SOURCE_USER, 7, f"called {called!r}, we are {ae_title.strip()!r}")
     if require_calling_aet and calling not in {title.strip(" ") for title in require_calling_aet}:
@@ -538,6 +560,10 @@ def negotiate_as_acceptor(
     # --- presentation contexts and roles
     if not rq.presentation_contexts:
         raise NegotiationError("A-ASSOCIATE-RQ proposes no presentation context")
+    if len(rq.presentation_contexts) > MAX_CONTEXTS:
+        raise NegotiationError(
+            f"A-ASSOCIATE-RQ proposes {len(rq.presentation_contexts)} presentation contexts, more than {MAX_CONTEXTS}"
+        )
     seen: set[int] = set()
     for pc in rq.presentation_contexts:
         if pc.context_id in seen:

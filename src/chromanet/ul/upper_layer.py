@@ -36,6 +36,7 @@ from chromanet import _pdu
 from chromanet._dimse import Command, encode_command
 from chromanet._framer import PDUFramer
 from chromanet._pdata import CommandArrived, DatasetChunk, DimseMessage, Reassembler, fragment_message
+from chromanet.logutil import peer_log
 from chromanet.errors import (
     ABORT_REASON_INVALID_PDU_PARAMETER_VALUE,
     ChromanetError,
@@ -217,6 +218,9 @@ class UpperLayer:
         self._messages_sent = 0  # counted, not timed: sending takes no clock
         self._messages_sent_seen = 0
         self._pending_rq: Any = None
+        #: Who is at the other end, for log lines (set by the driver).
+        self.peer_host = ""
+        self.peer_label = "the peer"
 
     # ------------------------------------------------------------- reading
     @property
@@ -349,7 +353,8 @@ class UpperLayer:
             self._last_message = now
         for limit, deadline in self._deadlines().items():
             if limit != "artim" and deadline is not None and now >= deadline:
-                LOGGER.warning("%s; aborting the association", _EXPIRED[limit](self))
+                peer_log(LOGGER, logging.WARNING, self.peer_host, "%s: %s; aborting the association",
+                         self.peer_label, _EXPIRED[limit](self))
                 self._last_receive = None
                 self.abort(source=2, reason=0)
                 return [Aborted(2, 0)]
@@ -418,7 +423,7 @@ class UpperLayer:
     def _protocol_error(self, exc: Exception, now: float | None) -> list[Indication]:
         """Evt19: an unrecognised or invalid PDU (or P-DATA contents)."""
         reason = getattr(exc, "abort_reason", ABORT_REASON_INVALID_PDU_PARAMETER_VALUE)
-        LOGGER.warning("protocol error: %s", exc)
+        peer_log(LOGGER, logging.WARNING, self.peer_host, "protocol error from %s: %s", self.peer_label, exc)
         return self._handle(Event.EVT19, reason, now)
 
     def _handle(self, event: Event, data: Any, now: float | None) -> list[Indication]:
