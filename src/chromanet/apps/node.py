@@ -21,7 +21,7 @@ from pydicom import Dataset
 from chromanet import evt, uids
 from chromanet.ae import AE
 from chromanet.server import AsyncServer
-from chromanet.archive import IdentifierError, PaletteArchive
+from chromanet.archive import ArchiveError, PaletteArchive
 from chromanet.services.spool import SPOOL_PREFIX
 from chromanet.status import Status
 
@@ -57,7 +57,7 @@ class NodeConfig:
     log_level: str = "INFO"
 
 
-def _status_dataset(error: IdentifierError) -> Dataset:
+def _status_dataset(error: ArchiveError) -> Dataset:
     status = Dataset()
     status.Status = error.status
     if error.comment:
@@ -171,7 +171,7 @@ class PaletteNode:
         the context's transfer syntax (no pydicom Dataset per match)."""
         try:
             result = self.archive.find(event.identifier)
-        except IdentifierError as error:
+        except ArchiveError as error:
             yield _status_dataset(error), None
             return
         pending = result.status_pending
@@ -198,7 +198,7 @@ class PaletteNode:
     def on_get(self, event: evt.Event) -> Any:
         try:
             items = self._instances(event)
-        except IdentifierError as error:
+        except ArchiveError as error:
             # A status Dataset in place of the number ends the retrieve
             # with that status (chromanet's handler protocol allows it).
             yield _status_dataset(error)
@@ -217,7 +217,7 @@ class PaletteNode:
             return
         try:
             items = self._instances(event)
-        except IdentifierError as error:
+        except ArchiveError as error:
             yield _status_dataset(error)
             return
         yield destination

@@ -229,6 +229,34 @@ def _text(value: Any) -> str:
     return str(value).strip(" ")
 
 
+# The longest value each VR allows (PS3.5 Table 6.2-1, in characters); a
+# matching value may not be longer (a range of dates or times is two values
+# and a hyphen). Text VRs without a limit are capped too: no key is that long.
+_MAX_VALUE_LENGTH = {
+    "AE": 16, "AS": 4, "CS": 16, "DA": 18, "DS": 16, "DT": 54, "IS": 12, "LO": 64, "LT": 10240,
+    "PN": 64 * 3 + 2, "SH": 16, "ST": 1024, "TM": 28, "UC": 1024, "UI": 64, "UR": 1024, "UT": 1024,
+}
+
+
+def _check_key(elem: DataElement, tag: int) -> None:
+    """Failure 0xA900 for what cannot be in an identifier at all: command
+    or file meta elements, or a value longer than its VR allows."""
+    if (tag >> 16) in (0x0000, 0x0002):
+        raise IdentifierError(
+            IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, "command or file meta element in the identifier", [tag]
+        )
+    limit = _MAX_VALUE_LENGTH.get(_element_vr(elem))
+    if limit is None or elem.VR == "SQ":
+        return
+    for value in _values(elem):
+        if len(str(value)) > limit:
+            raise IdentifierError(
+                IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
+                f"({tag >> 16:04X},{tag & 0xFFFF:04X}) value longer than its VR allows",
+                [tag],
+            )
+
+
 def _uid(value: Any) -> str:
     return str(value).strip(" \x00")
 
@@ -323,8 +351,9 @@ def plan_find(identifier: Dataset) -> FindPlan:
     wants_sequence = False
     for elem in identifier:
         tag = int(elem.tag)
-        if tag in _NOT_KEYS or (tag & 0xFFFF) == 0 or (tag >> 16) <= 0x0002:
-            continue  # not keys, group lengths, command and file meta groups
+        _check_key(elem, tag)
+        if tag in _NOT_KEYS or (tag & 0xFFFF) == 0:
+            continue  # not keys, group lengths
         model = MODEL_KEYS.get(tag)
         if model is None:
             keys.append(ReturnKey(tag, _element_vr(elem), None))

@@ -109,6 +109,9 @@ async def _begin(
     handler, args = bound
     event = session.make_event(event_type, message)
     try:
+        # Structure first: pydicom reads garbage leniently (as an empty or
+        # odd identifier, which a handler could take for "match all").
+        dsutil.check_encoding(message.dataset, sender.transfer_syntax)
         event.identifier
     except Exception as exc:
         LOGGER.error("%s request identifier failed to decode: %s", event_type.name, exc)
