@@ -18,17 +18,9 @@ from pydicom import Dataset
 from chromanet import _pdu, evt, uids
 from chromanet.presentation import build_context
 from chromanet.ul.negotiation import build_associate_rq
-from conftest import (
-    NETWORK_TIMEOUT,
-    WAIT_TIMEOUT,
-    Recorder,
-    async_scp,
-    dataset_bytes,
-    pydicom_decode,
-    pydicom_encode,
-    run_async,
-    scu_ae,
-)
+from helpers.data import dataset_bytes, pydicom_decode, pydicom_encode
+from helpers.servers import Recorder, async_scp, scu_ae
+from helpers.waits import NETWORK_TIMEOUT, WAIT_TIMEOUT, run_async
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -21,7 +21,7 @@ import pytest
 
 from chromanet.apps import cli
 from chromanet.apps import loadtool as bench
-from conftest import free_port, subprocess_server
+from helpers.servers import free_port, subprocess_server
 
 pytestmark = [pytest.mark.timeout(120)]
 

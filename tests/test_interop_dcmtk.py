@@ -1,6 +1,6 @@
 """chromanet <-> DCMTK (echoscu, storescu, storescp) over loopback.
 
-DCMTK's tools are found with ``conftest.find_dcmtk_tool``: pynetdicom
+DCMTK's tools are found with ``helpers.dcmtk.find_dcmtk_tool``: pynetdicom
 installs console scripts with the same names, which must not stand in.
 """
 
@@ -13,7 +13,8 @@ import pydicom
 import pytest
 
 from chromanet import uids
-from conftest import free_port, pydicom_decode, scu_ae, subprocess_server
+from helpers.data import pydicom_decode
+from helpers.servers import free_port, scu_ae, subprocess_server
 
 pytestmark = [pytest.mark.peer, pytest.mark.timeout(120)]
 

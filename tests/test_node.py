@@ -23,7 +23,10 @@ from pydicom.uid import generate_uid
 from chromanet import _dimse, _pdu, uids
 from chromanet.ul.negotiation import ContextSpec, build_associate_rq
 
-from conftest import WAIT_TIMEOUT, free_port, require_dcmtk, require_module, wait_listening
+from helpers.dcmtk import require_dcmtk
+from helpers.peers import require_module
+from helpers.servers import free_port, wait_listening
+from helpers.waits import WAIT_TIMEOUT
 
 REPO = Path(__file__).resolve().parents[1]
 STORESCP_CFG = REPO / "tests" / "data" / "storescp-palettes.cfg"

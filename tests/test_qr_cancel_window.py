@@ -26,15 +26,8 @@ import pytest
 from pydicom import Dataset
 
 from chromanet import _pdu, evt, uids
-from conftest import (
-    NETWORK_TIMEOUT,
-    QR_MODELS,
-    WAIT_TIMEOUT,
-    StoreLog,
-    configure_qr_scp_ae,
-    qr_scu_ae,
-    run_async,
-)
+from helpers.qr import QR_MODELS, StoreLog, configure_qr_scp_ae, qr_scu_ae
+from helpers.waits import NETWORK_TIMEOUT, WAIT_TIMEOUT, run_async
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -25,18 +25,9 @@ from pydicom import Dataset
 
 from chromanet import evt, uids
 from chromanet.ae import build_role
-from conftest import (
-    NETWORK_TIMEOUT,
-    QR_MODELS,
-    WAIT_TIMEOUT,
-    StoreLog,
-    configure_qr_scp_ae,
-    free_port,
-    qr_scu_ae,
-    run_async,
-    subprocess_server,
-    wait_until,
-)
+from helpers.qr import QR_MODELS, StoreLog, configure_qr_scp_ae, qr_scu_ae
+from helpers.servers import free_port, subprocess_server
+from helpers.waits import NETWORK_TIMEOUT, WAIT_TIMEOUT, run_async, wait_until
 
 pytestmark = [pytest.mark.peer, pytest.mark.timeout(90)]
 

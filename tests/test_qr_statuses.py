@@ -20,15 +20,9 @@ from pydicom import Dataset
 
 from chromanet import _dimse, evt, loopthread, uids
 from chromanet._dimse import Command
-from conftest import (
-    NETWORK_TIMEOUT,
-    QR_MODELS,
-    WAIT_TIMEOUT,
-    StoreLog,
-    free_port,
-    qr_scu_ae,
-    wait_until,
-)
+from helpers.qr import QR_MODELS, StoreLog, qr_scu_ae
+from helpers.servers import free_port
+from helpers.waits import NETWORK_TIMEOUT, WAIT_TIMEOUT, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
