@@ -22,15 +22,8 @@ import pytest
 from helpers.data import palette_paths
 from helpers.dcmtk import require_dcmtk
 from helpers.peers import require_module
-from helpers.qr import PynetdicomDestination, configure_qr_scp_ae, start_pynetdicom_destination
-from helpers.servers import (
-    PynetdicomScp,
-    ScpHandle,
-    async_scp,
-    configure_scp_ae,
-    start_pynetdicom_scp,
-    start_scp,
-)
+from helpers.qr import configure_qr_scp_ae
+from helpers.servers import ScpHandle, async_scp, configure_scp_ae, start_scp
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -117,50 +110,6 @@ def make_qr_scp() -> Iterator[Callable[..., ScpHandle]]:
 
     def make(handlers: list[Any] | None = None, ae_title: str = "QRSCP", **settings: Any) -> ScpHandle:
         return start_scp(started, configure_qr_scp_ae(ae_title, **settings), handlers, store=False)
-
-    try:
-        yield make
-    finally:
-        for server in started:
-            server.shutdown()
-
-
-# ---------------------------------------------------------------- pynetdicom SCPs
-@pytest.fixture
-def make_pynetdicom_scp(pynetdicom: Any) -> Iterator[Callable[..., PynetdicomScp]]:
-    """Factory for pynetdicom SCPs (Verification + Color Palette Storage)
-    recording stored data sets and notification events
-    (``helpers.servers.start_pynetdicom_scp``); shut down after the test."""
-    started: list[Any] = []
-
-    def make(ae_title: str = "PYSCP", require_called_aet: bool = False) -> PynetdicomScp:
-        handle = start_pynetdicom_scp(pynetdicom, ae_title, require_called_aet)
-        started.append(handle.server)
-        return handle
-
-    try:
-        yield make
-    finally:
-        for server in started:
-            server.shutdown()
-
-
-@pytest.fixture
-def pynetdicom_scp(make_pynetdicom_scp: Callable[..., PynetdicomScp]) -> PynetdicomScp:
-    return make_pynetdicom_scp()
-
-
-@pytest.fixture
-def make_pynetdicom_destination(pynetdicom: Any) -> Iterator[Callable[..., PynetdicomDestination]]:
-    """Factory for pynetdicom Color Palette Storage SCPs (C-MOVE
-    destinations) answering each C-STORE from a StoreLog; shut down after
-    the test."""
-    started: list[Any] = []
-
-    def make(ae_title: str = "PYDEST", answers: dict[str, int] | None = None) -> PynetdicomDestination:
-        destination = start_pynetdicom_destination(pynetdicom, ae_title, answers)
-        started.append(destination.server)
-        return destination
 
     try:
         yield make

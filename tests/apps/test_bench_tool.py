@@ -21,11 +21,11 @@ import pytest
 
 from chromanet.apps import cli
 from chromanet.apps import loadtool as bench
+from helpers.data import REPO
 from helpers.servers import free_port, subprocess_server
 
 pytestmark = [pytest.mark.timeout(120)]
 
-REPO = Path(__file__).resolve().parent.parent
 PALETTE_PROFILE = REPO / "tests" / "data" / "storescp-palettes.cfg"
 TOOL_TIMEOUT = 90
 

@@ -23,12 +23,12 @@ from pydicom.uid import generate_uid
 from chromanet import _dimse, _pdu, uids
 from chromanet.ul.negotiation import ContextSpec, build_associate_rq
 
+from helpers.data import REPO
 from helpers.dcmtk import require_dcmtk
 from helpers.peers import require_module
 from helpers.servers import free_port, wait_listening
 from helpers.waits import WAIT_TIMEOUT
 
-REPO = Path(__file__).resolve().parents[1]
 STORESCP_CFG = REPO / "tests" / "data" / "storescp-palettes.cfg"
 WELL_KNOWN = {f"1.2.840.10008.1.5.{n}" for n in range(1, 9)}
 
