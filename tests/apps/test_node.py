@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import sqlite3
-import struct
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from chromanet.ul.negotiation import ContextSpec, build_associate_rq
 from helpers.data import REPO
 from helpers.dcmtk import require_dcmtk
 from helpers.peers import require_module
+from helpers.rawpeer import pdata, raw_associate
 from helpers.servers import free_port, wait_listening
 from helpers.waits import WAIT_TIMEOUT
 
@@ -295,13 +295,7 @@ def _partial_store(port: int, dataset_bytes: bytes, sop_instance_uid: str) -> so
     rq = build_associate_rq(
         "CHROMANET", "RAW", [ContextSpec(uids.ColorPaletteStorage, [uids.ExplicitVRLittleEndian])], max_pdu_length=0
     )
-    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT_TIMEOUT)
-    sock.sendall(_pdu.encode_pdu(rq))
-    header = sock.recv(6)
-    assert header[0] == 0x02, "association not accepted"
-    remaining = struct.unpack(">I", header[2:6])[0]
-    while remaining:
-        remaining -= len(sock.recv(remaining))
+    sock = raw_associate(("127.0.0.1", port), rq, timeout=WAIT_TIMEOUT)
     command = _dimse.encode_command(
         _dimse.Command(
             _dimse.C_STORE_RQ,
@@ -314,8 +308,7 @@ def _partial_store(port: int, dataset_bytes: bytes, sop_instance_uid: str) -> so
     )
     half = dataset_bytes[: len(dataset_bytes) // 2]
     for control, fragment in ((0x03, command), (0x00, half)):
-        pdv = struct.pack(">IBB", len(fragment) + 2, 1, control) + fragment
-        sock.sendall(struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv)
+        sock.sendall(pdata(1, control, fragment))
     return sock
 
 

@@ -19,6 +19,7 @@ from chromanet import _pdu, evt, uids
 from chromanet.presentation import build_context
 from chromanet.ul.negotiation import build_associate_rq
 from helpers.data import dataset_bytes, pydicom_decode, pydicom_encode
+from helpers.rawpeer import pdata, raw_associate, recv_raw_pdu
 from helpers.servers import Recorder, async_scp, scu_ae
 from helpers.waits import NETWORK_TIMEOUT, WAIT_TIMEOUT, run_async
 
@@ -135,7 +136,7 @@ def test_reject_malformed_request(chromanet_scp, field, value, expected, by_user
     setattr(rq, field, value)
     with socket.create_connection(chromanet_scp.address, timeout=NETWORK_TIMEOUT) as sock:
         sock.sendall(_pdu.encode_pdu(rq))
-        pdu_type, body = _recv_pdu(sock)
+        pdu_type, body = recv_raw_pdu(sock)
         assert pdu_type == 0x03, "expected an A-ASSOCIATE-RJ"
         rj = _pdu.decode_pdu(pdu_type, body)
         assert (rj.result, rj.source, rj.reason) == expected
@@ -505,30 +506,11 @@ def test_spool_file_removed_when_handler_raises(make_scp, palette_files, tmp_pat
 
 
 # ------------------------------------------------- peer drops the connection
-def _recv_pdu(sock: socket.socket) -> tuple[int, bytes]:
-    def exactly(n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = sock.recv(n - len(data))
-            if not chunk:
-                raise ConnectionError("closed")
-            data += chunk
-        return data
-
-    header = exactly(6)
-    pdu_type, _, length = struct.unpack(">BBI", header)
-    return pdu_type, exactly(length)
-
-
 def _raw_associate(address: tuple[str, int]) -> socket.socket:
     rq = build_associate_rq(
         "SRV", "RAW", [build_context(uids.Verification).to_spec()], max_pdu_length=16382
     )
-    sock = socket.create_connection(address, timeout=NETWORK_TIMEOUT)
-    sock.sendall(_pdu.encode_pdu(rq))
-    pdu_type, _ = _recv_pdu(sock)
-    assert pdu_type == 0x02, "expected an A-ASSOCIATE-AC"
-    return sock
+    return raw_associate(address, rq)
 
 
 def _half_pdata() -> bytes:
@@ -574,10 +556,8 @@ def test_peer_closes_during_store_with_spool(make_scp, palette_files, tmp_path):
         "SRV", "RAW", [build_context(uids.ColorPaletteStorage, uids.ExplicitVRLittleEndian).to_spec()],
         max_pdu_length=16382,
     )
-    sock = socket.create_connection(scp.address, timeout=NETWORK_TIMEOUT)
+    sock = raw_associate(scp.address, rq)
     try:
-        sock.sendall(_pdu.encode_pdu(rq))
-        assert _recv_pdu(sock)[0] == 0x02
         from chromanet._dimse import Command, encode_command
 
         command = Command(
@@ -588,12 +568,9 @@ def test_peer_closes_during_store_with_spool(make_scp, palette_files, tmp_path):
             priority=2,
             command_data_set_type=0x0000,
         )
-        encoded = encode_command(command)
-        pdv = struct.pack(">IBB", len(encoded) + 2, 1, 0x03) + encoded
-        sock.sendall(struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv)
+        sock.sendall(pdata(1, 0x03, encode_command(command)))
         part = dataset_bytes(palette_files[0])[:1000]
-        pdv = struct.pack(">IBB", len(part) + 2, 1, 0x00) + part  # not the last fragment
-        sock.sendall(struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv)
+        sock.sendall(pdata(1, 0x00, part))  # not the last fragment
     finally:
         sock.close()
     assert scp.recorder.wait_event("EVT_CONN_CLOSE")
