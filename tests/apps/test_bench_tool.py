@@ -22,11 +22,11 @@ import pytest
 from chromanet.apps import cli
 from chromanet.apps import loadtool as bench
 from helpers.data import REPO
+from helpers.dcmtk import storescp_palette_options
 from helpers.servers import free_port, subprocess_server
 
 pytestmark = [pytest.mark.timeout(120)]
 
-PALETTE_PROFILE = REPO / "tests" / "data" / "storescp-palettes.cfg"
 TOOL_TIMEOUT = 90
 
 
@@ -149,7 +149,7 @@ def dcmtk_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("op", ["echo", "store"])
 def test_against_dcmtk_storescp(dcmtk: Any, dcmtk_env: None, tmp_path: Path, op: str) -> None:
     port = free_port()
-    args = [dcmtk("storescp"), "--ignore", "-xf", str(PALETTE_PROFILE), "Palettes", str(port)]
+    args = [dcmtk("storescp"), "--ignore", *storescp_palette_options(), str(port)]
     with subprocess_server(args, port):
         done, summary = run_bench("127.0.0.1", str(port), "-aec", "STORESCP", "--op", op, "-c", "2", "-n", "10",
                                   json_path=tmp_path / "s.json")

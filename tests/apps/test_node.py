@@ -22,14 +22,12 @@ from pydicom.uid import generate_uid
 from chromanet import _dimse, _pdu, uids
 from chromanet.ul.negotiation import ContextSpec, build_associate_rq
 
-from helpers.data import REPO
-from helpers.dcmtk import require_dcmtk
+from helpers.dcmtk import require_dcmtk, storescp_palette_options
 from helpers.peers import require_module
 from helpers.rawpeer import pdata, raw_associate
-from helpers.servers import free_port, wait_listening
+from helpers.servers import free_port, subprocess_server, wait_listening
 from helpers.waits import WAIT_TIMEOUT
 
-STORESCP_CFG = REPO / "tests" / "data" / "storescp-palettes.cfg"
 WELL_KNOWN = {f"1.2.840.10008.1.5.{n}" for n in range(1, 9)}
 
 
@@ -164,18 +162,10 @@ def test_cli_move_into_dcmtk_storescp(node: Node, tmp_path: Path):
     out = tmp_path / "moved"
     out.mkdir()
     port = node.destination_port  # type: ignore[attr-defined]
-    process = subprocess.Popen(
-        [storescp, "-xf", str(STORESCP_CFG), "Palettes", "-od", str(out), str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        wait_listening(port, process)
+    with subprocess_server([storescp, *storescp_palette_options(), "-od", str(out), str(port)], port):
         moved = cli("move", "127.0.0.1", str(node.port), "-aem", "DEST", "-k",
                     "SOPInstanceUID=" + "\\".join(sorted(WELL_KNOWN)))  # fmt: skip
         assert moved.returncode == 0, moved.stderr
-    finally:
-        process.kill()
-        process.communicate(timeout=WAIT_TIMEOUT)
     assert {pydicom.dcmread(p).SOPInstanceUID for p in out.iterdir()} == WELL_KNOWN
 
 

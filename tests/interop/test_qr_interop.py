@@ -25,6 +25,7 @@ from pydicom import Dataset
 
 from chromanet import evt, uids
 from chromanet.ae import build_role
+from helpers.dcmtk import storescp_palette_options
 from helpers.qr import QR_MODELS, StoreLog, configure_qr_scp_ae, qr_scu_ae
 from helpers.servers import free_port, subprocess_server
 from helpers.waits import NETWORK_TIMEOUT, WAIT_TIMEOUT, run_async, wait_until
@@ -35,24 +36,6 @@ FIND = uids.ColorPaletteInformationModelFind
 GET = uids.ColorPaletteInformationModelGet
 MOVE = uids.ColorPaletteInformationModelMove
 UIDS = [f"1.2.840.10008.1.5.{i}" for i in range(1, 9)]
-
-# DCMTK's default storescp profile has no Color Palette Storage: give it one.
-STORESCP_PROFILE = r"""
-[[TransferSyntaxes]]
-[Uncompressed]
-TransferSyntax1 = LittleEndianExplicit
-TransferSyntax2 = LittleEndianImplicit
-
-[[PresentationContexts]]
-[Palettes]
-PresentationContext1 = 1.2.840.10008.1.1\Uncompressed
-PresentationContext2 = 1.2.840.10008.5.1.4.39.1\Uncompressed
-
-[[Profiles]]
-[Palettes]
-PresentationContexts = Palettes
-"""
-
 
 # ------------------------------------------------------------ the service
 def query(label: str = "*", uid: str | list[str] = "") -> Dataset:
@@ -340,12 +323,10 @@ def test_chromanet_move_from_pynetdicom(pynetdicom_qr_scp, make_scp, palettes):
 
 # ============================== chromanet SCP C-MOVE -> DCMTK storescp
 def test_move_into_dcmtk_storescp(dcmtk, tmp_path, chromanet_qr_scp, palettes):
-    profile = tmp_path / "storescp.cfg"
-    profile.write_text(STORESCP_PROFILE)
     out = tmp_path / "received"
     out.mkdir()
     port = free_port()
-    args = [dcmtk("storescp"), "-aet", "STORESCP", "-xf", str(profile), "Palettes", "-od", str(out), str(port)]
+    args = [dcmtk("storescp"), "-aet", "STORESCP", *storescp_palette_options(), "-od", str(out), str(port)]
     with subprocess_server(args, port):
         chromanet_qr_scp.destinations["STORESCP"] = ("127.0.0.1", port)
         with chromanet_scu(chromanet_qr_scp.port, ae_title="QRSCP") as assoc:
