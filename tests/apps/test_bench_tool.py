@@ -22,7 +22,7 @@ import pytest
 from chromanet.apps import cli
 from chromanet.apps import loadtool as bench
 from helpers.data import REPO
-from helpers.dcmtk import storescp_palette_options
+from helpers.dcmtk import storescp_palette_options, write_dcmqrscp_config
 from helpers.servers import free_port, subprocess_server
 
 pytestmark = [pytest.mark.timeout(120)]
@@ -156,20 +156,6 @@ def test_against_dcmtk_storescp(dcmtk: Any, dcmtk_env: None, tmp_path: Path, op:
     assert_clean(done, summary, ops=20, assocs=2)
 
 
-DCMQRSCP_CONFIG = """\
-NetworkTCPPort  = {port}
-MaxPDUSize      = 16384
-MaxAssociations = 16
-HostTable BEGIN
-HostTable END
-VendorTable BEGIN
-VendorTable END
-AETable BEGIN
-QRSCP  {area}  R  (10, 64mb)  ANY
-AETable END
-"""
-
-
 @pytest.fixture
 def dcmqrscp(dcmtk: Any, dcmtk_env: None, tmp_path: Path) -> Any:
     """dcmqrscp (AE QRSCP) with 5 Secondary Capture images of one series."""
@@ -199,8 +185,7 @@ def dcmqrscp(dcmtk: Any, dcmtk_env: None, tmp_path: Path) -> Any:
         files.append(str(path))
     subprocess.run([dcmtk("dcmqridx"), str(area), *files], check=True, capture_output=True, timeout=TOOL_TIMEOUT)
     port = free_port()
-    config = tmp_path / "dcmqrscp.cfg"
-    config.write_text(DCMQRSCP_CONFIG.format(port=port, area=area))
+    config = write_dcmqrscp_config(tmp_path / "dcmqrscp.cfg", port, area)
     with subprocess_server([dcmtk("dcmqrscp"), "-c", str(config), str(port)], port):
         yield port, study, series
 
