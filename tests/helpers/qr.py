@@ -1,23 +1,29 @@
 """Color Palette Query/Retrieve (PS3.4 Annex X) set-up: the SCP and SCU
-AEs, and store handlers that log what C-GET and C-MOVE sub-operations
+AEs, associations for the Q/R models from chromanet and from pynetdicom,
+and store handlers that log what C-GET and C-MOVE sub-operations
 delivered."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
-from chromanet import uids
+from pydicom import Dataset
+
+from chromanet import evt, uids
 from chromanet.ae import AE
 from helpers.servers import configure_scp_ae
 from helpers.waits import NETWORK_TIMEOUT
 
-QR_MODELS = (
-    uids.ColorPaletteInformationModelFind,
-    uids.ColorPaletteInformationModelGet,
-    uids.ColorPaletteInformationModelMove,
-)
+FIND = uids.ColorPaletteInformationModelFind
+GET = uids.ColorPaletteInformationModelGet
+MOVE = uids.ColorPaletteInformationModelMove
+QR_MODELS = (FIND, GET, MOVE)
+
+# SOP Instance UIDs of the eight well-known palettes (PS3.6 Annex A).
+UIDS = [f"1.2.840.10008.1.5.{i}" for i in range(1, 9)]
 
 
 def configure_qr_scp_ae(ae_title: str = "QRSCP", **settings: Any) -> AE:
@@ -40,6 +46,51 @@ def qr_scu_ae(ae_title: str = "QRSCU", models: tuple[str, ...] = QR_MODELS) -> A
     for model in models:
         ae.add_requested_context(model)
     return ae
+
+
+@contextlib.contextmanager
+def qr_association(port: int, called: str = "QRSCP", store: Any = None, calling: str = "QRSCU") -> Iterator[Any]:
+    """A blocking chromanet association for the Q/R models (``qr_scu_ae``)
+    to 127.0.0.1:``port``, ``store`` handling C-GET's C-STOREs; released
+    afterwards if still established."""
+    handlers = [(evt.EVT_C_STORE, store)] if store is not None else None
+    assoc = qr_scu_ae(calling).associate("127.0.0.1", port, ae_title=called, evt_handlers=handlers)
+    assert assoc.is_established
+    try:
+        yield assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+@contextlib.contextmanager
+def pynetdicom_qr_association(pynetdicom: Any, port: int, called: str = "QRSCP", store: Any = None) -> Iterator[Any]:
+    """A pynetdicom association (AE PYQRSCU) for the Q/R models to
+    127.0.0.1:``port``, proposing the SCP role for Color Palette Storage
+    (for C-GET, ``store`` handling the C-STOREs); released afterwards."""
+    ae = pynetdicom.AE("PYQRSCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = NETWORK_TIMEOUT
+    for model in QR_MODELS:
+        ae.add_requested_context(model)
+    ae.add_requested_context(uids.ColorPaletteStorage)
+    assoc = ae.associate(
+        "127.0.0.1",
+        port,
+        ae_title=called,
+        ext_neg=[pynetdicom.build_role(uids.ColorPaletteStorage, scp_role=True)],
+        evt_handlers=[(pynetdicom.evt.EVT_C_STORE, store)] if store is not None else [],
+    )
+    assert assoc.is_established
+    try:
+        yield assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def statuses(responses: list[tuple[Dataset, Any]]) -> list[int]:
+    """The Status of each (status, identifier) response."""
+    return [int(status.Status) for status, _ in responses]
 
 
 class StoreLog:

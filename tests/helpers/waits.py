@@ -26,6 +26,13 @@ def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_TIMEOUT) -> 
     return True
 
 
+async def until(predicate: Callable[[], bool]) -> None:
+    """On the loop: yield to it until ``predicate()``. Unbounded by itself:
+    wrap it in ``asyncio.wait_for(until(...), WAIT_TIMEOUT)``."""
+    while not predicate():
+        await asyncio.sleep(0.005)
+
+
 def run_async(coro: Any, timeout: float = 60.0) -> Any:
     """Run a test coroutine on a fresh uvloop loop, bounded."""
     import uvloop
