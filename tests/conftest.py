@@ -5,7 +5,8 @@ files...) is plain code in ``helpers/``; here are only the fixtures that
 give it a lifetime. Every server a fixture starts listens on 127.0.0.1
 port 0 (a free port the kernel picks) and is shut down in the fixture's
 ``finally``, whatever the test did; every wait is bounded
-(``helpers.waits``).
+(``helpers.waits``). Fixtures only one folder uses are in that folder's
+conftest.py (interop/, services/).
 
 External peers (pynetdicom, DCMTK tools) are found at test time; when one is
 missing the test is skipped with the reason, except under CI (``CI`` set in

@@ -1,4 +1,4 @@
-"""``chromanet bench`` (src/chromanet/bench.py) against live SCPs.
+"""``chromanet bench`` (chromanet.apps.loadtool) against live SCPs.
 
 The tool runs as a subprocess (``python -m chromanet.apps.cli bench``), as a user
 runs it, against: the chromanet palette archive node (``chromanet serve`` in

@@ -12,6 +12,7 @@ path (``pythonpath``), so a test module in any folder can write
 - ``data``: the palette files, pydicom's encode/decode as the reference.
 - ``servers``: chromanet and pynetdicom SCPs that record what they saw,
   requestor AEs, subprocess servers on free ports.
-- ``qr``: Color Palette Query/Retrieve SCP and SCU AEs, store logs.
+- ``qr``: Color Palette Query/Retrieve: the model UIDs, SCP and SCU AEs,
+  associations from chromanet and pynetdicom, store logs.
 - ``rawpeer``: a peer that speaks PDUs over a plain socket.
 """
