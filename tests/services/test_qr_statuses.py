@@ -10,32 +10,31 @@ C-GET failure families, to show a foreign peer reads them the same way.
 
 from __future__ import annotations
 
-import contextlib
 import struct
 import warnings
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from pydicom import Dataset
 
 from chromanet import _dimse, evt, loopthread, uids
 from chromanet._dimse import Command
-from conftest import (
-    NETWORK_TIMEOUT,
-    QR_MODELS,
-    WAIT_TIMEOUT,
+from helpers.qr import (
+    FIND,
+    GET,
+    MOVE,
+    UIDS,
     StoreLog,
-    free_port,
+    pynetdicom_qr_association,
+    qr_association,
     qr_scu_ae,
-    wait_until,
+    statuses,
 )
+from helpers.servers import free_port
+from helpers.waits import WAIT_TIMEOUT, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
-FIND = uids.ColorPaletteInformationModelFind
-GET = uids.ColorPaletteInformationModelGet
-MOVE = uids.ColorPaletteInformationModelMove
-UIDS = [f"1.2.840.10008.1.5.{i}" for i in range(1, 9)]
 PENDING = (0xFF00, 0xFF01)
 
 # An identifier that really fails to decode: pydicom reads a run of 0xFF as
@@ -70,48 +69,6 @@ def find_match(uid: str, palettes: dict[str, Any]) -> Dataset:
     ds.SOPInstanceUID = uid
     ds.ContentLabel = palettes[uid].ContentLabel
     return ds
-
-
-@contextlib.contextmanager
-def associated(scp: Any, store: Any = None, ae_title: str = "QRSCU") -> Iterator[Any]:
-    """A blocking chromanet association to ``scp`` (released afterwards)."""
-    handlers = [(evt.EVT_C_STORE, store)] if store is not None else None
-    assoc = qr_scu_ae(ae_title).associate("127.0.0.1", scp.port, ae_title=scp.ae.ae_title, evt_handlers=handlers)
-    assert assoc.is_established
-    try:
-        yield assoc
-    finally:
-        if assoc.is_established:
-            assoc.release()
-
-
-@contextlib.contextmanager
-def pyn_associated(pynetdicom: Any, scp: Any, store: Any = None) -> Iterator[Any]:
-    """A pynetdicom association to ``scp`` proposing the SCP role for Color
-    Palette Storage (for C-GET)."""
-    ae = pynetdicom.AE("PYQRSCU")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = NETWORK_TIMEOUT
-    for model in QR_MODELS:
-        ae.add_requested_context(model)
-    ae.add_requested_context(uids.ColorPaletteStorage)
-    handlers = [(pynetdicom.evt.EVT_C_STORE, store)] if store is not None else []
-    assoc = ae.associate(
-        "127.0.0.1",
-        scp.port,
-        ae_title=scp.ae.ae_title,
-        ext_neg=[pynetdicom.build_role(uids.ColorPaletteStorage, scp_role=True)],
-        evt_handlers=handlers,
-    )
-    assert assoc.is_established
-    try:
-        yield assoc
-    finally:
-        if assoc.is_established:
-            assoc.release()
-
-
-def statuses(responses: list[tuple[Dataset, Any]]) -> list[int]:
-    return [int(status.Status) for status, _ in responses]
 
 
 def counts(status: Dataset) -> tuple[Any, int, int, int]:
@@ -171,7 +128,7 @@ def test_find_success_one_pending_per_match(make_qr_scp, palettes):
             yield 0xFF00, find_match(uid, palettes)
 
     scp = make_qr_scp([(evt.EVT_C_FIND, on_find)])
-    with associated(scp) as assoc:
+    with qr_association(scp.port) as assoc:
         responses = list(assoc.send_c_find(query(), FIND))
     assert statuses(responses) == [0xFF00] * 8 + [0x0000]
     assert [str(ident.SOPInstanceUID) for _, ident in responses[:-1]] == UIDS
@@ -186,7 +143,7 @@ def test_find_pending_warning_ff01(make_qr_scp, palettes):
         yield 0xFF00, find_match(UIDS[1], palettes)
 
     scp = make_qr_scp([(evt.EVT_C_FIND, on_find)])
-    with associated(scp) as assoc:
+    with qr_association(scp.port) as assoc:
         responses = list(assoc.send_c_find(query(), FIND))
     assert statuses(responses) == [0xFF01, 0xFF00, 0x0000]
     assert str(responses[0][1].SOPInstanceUID) == UIDS[0]
@@ -199,7 +156,7 @@ def test_find_cancel_yielded_by_handler(make_qr_scp, palettes):
         yield 0xFF00, find_match(UIDS[1], palettes)  # never reached
 
     scp = make_qr_scp([(evt.EVT_C_FIND, on_find)])
-    with associated(scp) as assoc:
+    with qr_association(scp.port) as assoc:
         responses = list(assoc.send_c_find(query(), FIND))
     assert statuses(responses) == [0xFF00, 0xFE00]
     assert responses[-1][1] is None
@@ -215,7 +172,7 @@ def test_find_failure_passed_through_as_final(make_qr_scp, palettes, code):
         yield status, None
 
     scp = make_qr_scp([(evt.EVT_C_FIND, on_find)])
-    with associated(scp) as assoc:
+    with qr_association(scp.port) as assoc:
         responses = list(assoc.send_c_find(query(), FIND))
     assert statuses(responses) == [0xFF00, code]
     assert responses[-1][0].ErrorComment == f"handler says {code:04X}"
@@ -227,7 +184,7 @@ def test_find_int_failure_as_first_answer(make_qr_scp):
         yield 0xA700, None
 
     scp = make_qr_scp([(evt.EVT_C_FIND, on_find)])
-    with associated(scp) as assoc:
+    with qr_association(scp.port) as assoc:
         responses = list(assoc.send_c_find(query(), FIND))
     assert statuses(responses) == [0xA700]
     assert "ErrorComment" not in responses[0][0]
@@ -238,7 +195,7 @@ def test_find_without_handler_is_c311_not_0122(make_qr_scp):
     too: its default handler raises NotImplementedError). The engine has no
     path that answers a C-FIND with 0x0122 (see the report)."""
     scp = make_qr_scp([])
-    with associated(scp) as assoc:
+    with qr_association(scp.port) as assoc:
         responses = list(assoc.send_c_find(query(), FIND))
     assert statuses(responses) == [0xC311]
 
@@ -254,7 +211,7 @@ def test_find_unnegotiated_sop_class_is_0122(make_qr_scp):
         yield from ()
 
     scp = make_qr_scp([(evt.EVT_C_FIND, on_find)])
-    with associated(scp) as assoc:
+    with qr_association(scp.port) as assoc:
         inner = assoc._inner
 
         async def exchange() -> Any:
@@ -286,7 +243,7 @@ def test_find_status_dataset_without_status_c001(make_qr_scp):
         yield status, None
 
     scp = make_qr_scp([(evt.EVT_C_FIND, on_find)])
-    with associated(scp) as assoc:
+    with qr_association(scp.port) as assoc:
         responses = list(assoc.send_c_find(query(), FIND))
     assert statuses(responses) == [0xC001]
 
@@ -297,7 +254,7 @@ def test_find_status_of_wrong_type_c002(make_qr_scp, palettes):
         yield "pending", find_match(UIDS[1], palettes)
 
     scp = make_qr_scp([(evt.EVT_C_FIND, on_find)])
-    with associated(scp) as assoc:
+    with qr_association(scp.port) as assoc:
         responses = list(assoc.send_c_find(query(), FIND))
     assert statuses(responses) == [0xFF00, 0xC002]
 
@@ -310,7 +267,7 @@ def test_find_identifier_fails_to_decode_c310(make_qr_scp):
         yield from ()
 
     scp = make_qr_scp([(evt.EVT_C_FIND, on_find)])
-    with associated(scp) as assoc:
+    with qr_association(scp.port) as assoc:
         messages = raw_request(assoc, _dimse.C_FIND_RQ, FIND, UNDECODABLE)
         # the association survives the bad request
         assert statuses(list(assoc.send_c_find(query(), FIND))) == [0x0000]
@@ -325,7 +282,7 @@ def test_find_handler_raises_at_call_c311(make_qr_scp):
         raise RuntimeError("handler broken")
 
     scp = make_qr_scp([(evt.EVT_C_FIND, on_find)])
-    with associated(scp) as assoc:
+    with qr_association(scp.port) as assoc:
         responses = list(assoc.send_c_find(query(), FIND))
     assert statuses(responses) == [0xC311]
 
@@ -337,7 +294,7 @@ def test_find_handler_raises_mid_iteration_c311(make_qr_scp, palettes):
         raise RuntimeError("handler broke half way")
 
     scp = make_qr_scp([(evt.EVT_C_FIND, on_find)])
-    with associated(scp) as assoc:
+    with qr_association(scp.port) as assoc:
         responses = list(assoc.send_c_find(query(), FIND))
     assert statuses(responses) == [0xFF00, 0xFF00, 0xC311]
     assert [str(i.SOPInstanceUID) for _, i in responses[:2]] == UIDS[:2]
@@ -350,7 +307,7 @@ def test_find_identifier_fails_to_encode_c312(make_qr_scp, palettes):
         yield 0xFF00, find_match(UIDS[2], palettes)
 
     scp = make_qr_scp([(evt.EVT_C_FIND, on_find)])
-    with associated(scp) as assoc:
+    with qr_association(scp.port) as assoc:
         responses = list(assoc.send_c_find(query(), FIND))
     assert statuses(responses) == [0xFF00, 0xC312]
 
@@ -411,7 +368,7 @@ def _find_failure_handlers(palettes: dict[str, Any]) -> dict[str, Any]:
 def test_find_failures_read_by_pynetdicom(pynetdicom, make_qr_scp, palettes, case):
     handler, expected = _find_failure_handlers(palettes)[case]
     scp = make_qr_scp([(evt.EVT_C_FIND, handler)])
-    with pyn_associated(pynetdicom, scp) as assoc:
+    with pynetdicom_qr_association(pynetdicom, scp.port) as assoc:
         responses = list(assoc.send_c_find(query(), FIND))
     assert statuses(responses) == expected
     for status, identifier in responses:
@@ -428,7 +385,7 @@ def test_find_success_read_by_pynetdicom(pynetdicom, make_qr_scp, palettes):
             yield 0xFF00, find_match(uid, palettes)
 
     scp = make_qr_scp([(evt.EVT_C_FIND, on_find)])
-    with pyn_associated(pynetdicom, scp) as assoc:
+    with pynetdicom_qr_association(pynetdicom, scp.port) as assoc:
         responses = list(assoc.send_c_find(query(), FIND))
     assert statuses(responses) == [0xFF00] * 8 + [0x0000]
     assert [i.ContentLabel for _, i in responses[:-1]] == [palettes[u].ContentLabel for u in UIDS]
@@ -450,7 +407,7 @@ def get_all(palettes: dict[str, Any], as_files: bool = True) -> Any:
 def test_get_success_counts_in_every_response(make_qr_scp, palettes, as_files):
     scp = make_qr_scp([(evt.EVT_C_GET, get_all(palettes, as_files))])
     log = StoreLog()
-    with associated(scp, store=log) as assoc:
+    with qr_association(scp.port, store=log) as assoc:
         responses = list(assoc.send_c_get(query(UIDS), GET))
     assert statuses(responses) == [0xFF00] * 7 + [0x0000]
     assert [counts(s) for s, _ in responses[:-1]] == [(8 - n, n, 0, 0) for n in range(1, 8)]
@@ -462,7 +419,7 @@ def test_get_success_counts_in_every_response(make_qr_scp, palettes, as_files):
 def test_get_some_stores_fail_or_warn_b000(make_qr_scp, palettes):
     scp = make_qr_scp([(evt.EVT_C_GET, get_all(palettes))])
     log = StoreLog({UIDS[1]: 0xA700, UIDS[4]: 0xA700, UIDS[6]: 0xB000})
-    with associated(scp, store=log) as assoc:
+    with qr_association(scp.port, store=log) as assoc:
         responses = list(assoc.send_c_get(query(UIDS), GET))
     assert statuses(responses) == [0xFF00] * 7 + [0xB000]
     # counts as they go: after the 2nd sub-operation one failure, after the 7th one warning
@@ -476,7 +433,7 @@ def test_get_some_stores_fail_or_warn_b000(make_qr_scp, palettes):
 def test_get_all_stores_fail_a702(make_qr_scp, palettes):
     scp = make_qr_scp([(evt.EVT_C_GET, get_all(palettes))])
     log = StoreLog({uid: 0xA700 for uid in UIDS})
-    with associated(scp, store=log) as assoc:
+    with qr_association(scp.port, store=log) as assoc:
         responses = list(assoc.send_c_get(query(UIDS), GET))
     assert statuses(responses)[-1] == 0xA702
     assert counts(responses[-1][0]) == (None, 0, 8, 0)
@@ -492,7 +449,7 @@ def test_get_cancel_yielded_by_handler_fe00(make_qr_scp, palettes):
 
     scp = make_qr_scp([(evt.EVT_C_GET, on_get)])
     log = StoreLog({UIDS[1]: 0xA700})
-    with associated(scp, store=log) as assoc:
+    with qr_association(scp.port, store=log) as assoc:
         responses = list(assoc.send_c_get(query(UIDS), GET))
     assert statuses(responses) == [0xFF00] * 3 + [0xFE00]
     assert counts(responses[-1][0]) == (5, 2, 1, 0)
@@ -525,7 +482,7 @@ def test_retrieve_bad_status_from_handler(make_qr_scp, make_scp, palettes, field
         yield from body()
 
     scp = make_qr_scp([(evt.EVT_C_GET, on_get), (evt.EVT_C_MOVE, on_move)])
-    with associated(scp, store=StoreLog()) as assoc:
+    with qr_association(scp.port, store=StoreLog()) as assoc:
         if field == _dimse.C_GET_RQ:
             responses = list(assoc.send_c_get(query(UIDS), GET))
         else:
@@ -546,7 +503,7 @@ def test_retrieve_identifier_fails_to_decode(make_qr_scp, palettes, field, code)
         yield 0
 
     scp = make_qr_scp([(evt.EVT_C_GET, on_get), (evt.EVT_C_MOVE, on_move)])
-    with associated(scp, store=StoreLog()) as assoc:
+    with qr_association(scp.port, store=StoreLog()) as assoc:
         model = GET if field == _dimse.C_GET_RQ else MOVE
         messages = raw_request(assoc, field, model, UNDECODABLE, "DEST" if field == _dimse.C_MOVE_RQ else None)
     assert [m.command.status for m in messages] == [code]
@@ -558,7 +515,7 @@ def test_get_handler_raises_at_call_c411(make_qr_scp):
         raise RuntimeError("broken")
 
     scp = make_qr_scp([(evt.EVT_C_GET, on_get)])
-    with associated(scp, store=StoreLog()) as assoc:
+    with qr_association(scp.port, store=StoreLog()) as assoc:
         responses = list(assoc.send_c_get(query(UIDS), GET))
     assert statuses(responses) == [0xC411]
 
@@ -571,7 +528,7 @@ def test_get_handler_raises_before_the_number_c413(make_qr_scp):
         yield 8  # makes on_get a generator: the raise happens at the first next()
 
     scp = make_qr_scp([(evt.EVT_C_GET, on_get)])
-    with associated(scp, store=StoreLog()) as assoc:
+    with qr_association(scp.port, store=StoreLog()) as assoc:
         responses = list(assoc.send_c_get(query(UIDS), GET))
     assert statuses(responses) == [0xC413]
 
@@ -585,7 +542,7 @@ def test_get_handler_raises_mid_iteration_c411(make_qr_scp, palettes):
 
     scp = make_qr_scp([(evt.EVT_C_GET, on_get)])
     log = StoreLog({UIDS[1]: 0xA700})
-    with associated(scp, store=log) as assoc:
+    with qr_association(scp.port, store=log) as assoc:
         responses = list(assoc.send_c_get(query(UIDS), GET))
     assert statuses(responses) == [0xFF00, 0xFF00, 0xC411]
     assert counts(responses[-1][0]) == (None, 1, 7, 0)
@@ -601,7 +558,7 @@ def test_get_invalid_number_of_suboperations_c413(make_qr_scp, palettes, number)
 
     scp = make_qr_scp([(evt.EVT_C_GET, on_get)])
     log = StoreLog()
-    with associated(scp, store=log) as assoc:
+    with qr_association(scp.port, store=log) as assoc:
         responses = list(assoc.send_c_get(query(UIDS), GET))
     assert statuses(responses) == [0xC413]
     assert log.uids == []
@@ -630,7 +587,7 @@ def test_retrieve_more_than_65535_suboperations_a702(make_qr_scp, make_scp, pale
 
     scp = make_qr_scp([(evt.EVT_C_GET, on_get), (evt.EVT_C_MOVE, on_move)])
     log = StoreLog()
-    with associated(scp, store=log) as assoc:
+    with qr_association(scp.port, store=log) as assoc:
         if field == _dimse.C_GET_RQ:
             responses = list(assoc.send_c_get(query(UIDS), GET))
         else:
@@ -646,7 +603,7 @@ def test_get_zero_suboperations_is_success(make_qr_scp):
         yield 0
 
     scp = make_qr_scp([(evt.EVT_C_GET, on_get)])
-    with associated(scp, store=StoreLog()) as assoc:
+    with qr_association(scp.port, store=StoreLog()) as assoc:
         responses = list(assoc.send_c_get(query(UIDS), GET))
     assert statuses(responses) == [0x0000]
     assert counts(responses[0][0]) == (None, 0, 0, 0)
@@ -669,7 +626,7 @@ def test_get_suboperation_without_scp_role_context_fails(make_qr_scp, palettes):
 
     scp = make_qr_scp([(evt.EVT_C_GET, on_get)])
     log = StoreLog()
-    with associated(scp, store=log) as assoc:
+    with qr_association(scp.port, store=log) as assoc:
         responses = list(assoc.send_c_get(query(UIDS), GET))
     assert statuses(responses) == [0xFF00, 0xFF00, 0xB000]
     assert counts(responses[-1][0]) == (None, 2, 1, 0)
@@ -705,7 +662,7 @@ def test_get_without_scp_role_all_suboperations_fail(make_qr_scp, palettes):
 def test_get_success_read_by_pynetdicom(pynetdicom, make_qr_scp, palettes):
     scp = make_qr_scp([(evt.EVT_C_GET, get_all(palettes))])
     log = StoreLog()
-    with pyn_associated(pynetdicom, scp, store=log) as assoc:
+    with pynetdicom_qr_association(pynetdicom, scp.port, store=log) as assoc:
         responses = list(assoc.send_c_get(query(UIDS), GET))
     assert statuses(responses) == [0xFF00] * 7 + [0x0000]
     assert [counts(s) for s, _ in responses[:-1]] == [(8 - n, n, 0, 0) for n in range(1, 8)]
@@ -741,7 +698,7 @@ def test_get_failures_read_by_pynetdicom(pynetdicom, make_qr_scp, palettes, case
         answers = {UIDS[0]: 0xA700}
     scp = make_qr_scp([(evt.EVT_C_GET, on_get)])
     log = StoreLog(answers)
-    with pyn_associated(pynetdicom, scp, store=log) as assoc:
+    with pynetdicom_qr_association(pynetdicom, scp.port, store=log) as assoc:
         responses = list(assoc.send_c_get(query(UIDS), GET))
     final, identifier = responses[-1]
     expected = {
@@ -790,7 +747,7 @@ def test_move_success_into_chromanet_destination(make_qr_scp, make_scp, palettes
     log = StoreLog()
     dest = make_scp(ae_title="DEST", store=False, handlers=[(evt.EVT_C_STORE, log)])
     scp = make_qr_scp([(evt.EVT_C_MOVE, move_all(palettes, ("127.0.0.1", dest.port)))])
-    with associated(scp) as assoc:
+    with qr_association(scp.port) as assoc:
         responses = list(assoc.send_c_move(query(UIDS), "DEST", MOVE, msg_id=7))
         assert_no_association_left(dest.server)
         assert len(scp.server.active_associations) == 1  # ours only
@@ -807,7 +764,7 @@ def test_move_success_into_chromanet_destination(make_qr_scp, make_scp, palettes
 def test_move_success_into_pynetdicom_destination(make_qr_scp, make_pynetdicom_destination, palettes):
     dest = make_pynetdicom_destination("PYDEST")
     scp = make_qr_scp([(evt.EVT_C_MOVE, move_all(palettes, ("127.0.0.1", dest.port)))])
-    with associated(scp, ae_title="ORIGIN") as assoc:
+    with qr_association(scp.port, calling="ORIGIN") as assoc:
         responses = list(assoc.send_c_move(query(UIDS), "PYDEST", MOVE, msg_id=321))
         assert_no_association_left(dest.server)
     assert statuses(responses) == [0xFF00] * 7 + [0x0000]
@@ -825,7 +782,7 @@ def test_move_unknown_destination_a801(make_qr_scp, palettes):
         yield 8  # never asked for
 
     scp = make_qr_scp([(evt.EVT_C_MOVE, on_move)])
-    with associated(scp) as assoc:
+    with qr_association(scp.port) as assoc:
         responses = list(assoc.send_c_move(query(UIDS), "NOWHERE", MOVE))
     assert statuses(responses) == [0xA801]
     assert seen == ["NOWHERE"]
@@ -840,7 +797,7 @@ def test_move_destination_unreachable_a801(make_qr_scp, make_scp, palettes, how)
         dest = None
         port = free_port()  # nothing listens there
     scp = make_qr_scp([(evt.EVT_C_MOVE, move_all(palettes, ("127.0.0.1", port)))])
-    with associated(scp) as assoc:
+    with qr_association(scp.port) as assoc:
         responses = list(assoc.send_c_move(query(UIDS), "DEST", MOVE))
     assert statuses(responses) == [0xA801]
     assert "refused the association" in responses[0][0].ErrorComment
@@ -855,7 +812,7 @@ def test_move_handler_raises_at_call_c511(make_qr_scp):
         raise RuntimeError("broken")
 
     scp = make_qr_scp([(evt.EVT_C_MOVE, on_move)])
-    with associated(scp) as assoc:
+    with qr_association(scp.port) as assoc:
         responses = list(assoc.send_c_move(query(UIDS), "DEST", MOVE))
     assert statuses(responses) == [0xC511]
 
@@ -876,7 +833,7 @@ def test_move_handler_raises_while_iterating_c511(make_qr_scp, make_scp, palette
         raise RuntimeError("broken")
 
     scp = make_qr_scp([(evt.EVT_C_MOVE, on_move)])
-    with associated(scp) as assoc:
+    with qr_association(scp.port) as assoc:
         responses = list(assoc.send_c_move(query(UIDS), "DEST", MOVE))
     if where == "before-number":
         # A raise while the number is asked for is reported as an invalid
@@ -904,7 +861,7 @@ def test_move_invalid_number_of_suboperations_c513(make_qr_scp, make_scp, number
         yield number
 
     scp = make_qr_scp([(evt.EVT_C_MOVE, on_move)])
-    with associated(scp) as assoc:
+    with qr_association(scp.port) as assoc:
         responses = list(assoc.send_c_move(query(UIDS), "DEST", MOVE))
     assert statuses(responses) == [0xC513]
     # no sub-association was opened for a retrieve that cannot start
@@ -921,7 +878,7 @@ def test_move_generator_ends_early_c514(make_qr_scp, make_scp, ends):
         return
 
     scp = make_qr_scp([(evt.EVT_C_MOVE, on_move)])
-    with associated(scp) as assoc:
+    with qr_association(scp.port) as assoc:
         responses = list(assoc.send_c_move(query(UIDS), "DEST", MOVE))
     assert statuses(responses) == [0xC514]
     assert dest.recorder.count("EVT_CONN_OPEN") == 0
@@ -954,7 +911,7 @@ def test_move_invalid_destination_c515(make_qr_scp, destination):
         yield 0xFF00, None
 
     scp = make_qr_scp([(evt.EVT_C_MOVE, on_move)])
-    with associated(scp) as assoc:
+    with qr_association(scp.port) as assoc:
         responses = list(assoc.send_c_move(query(UIDS), "DEST", MOVE))
     assert statuses(responses) == [0xC515]
 
@@ -973,7 +930,7 @@ def test_move_destination_failures(request, make_qr_scp, make_scp, palettes, kin
         pdest = make_pyn("DEST", answers)
         log, port, server = pdest.log, pdest.port, pdest.server
     scp = make_qr_scp([(evt.EVT_C_MOVE, move_all(palettes, ("127.0.0.1", port)))])
-    with associated(scp) as assoc:
+    with qr_association(scp.port) as assoc:
         responses = list(assoc.send_c_move(query(UIDS), "DEST", MOVE))
         assert_no_association_left(server)
     assert statuses(responses) == [0xFF00] * 7 + [code]
@@ -997,7 +954,7 @@ def test_move_destination_aborts_mid_way(make_qr_scp, make_scp, palettes):
 
     dest = make_scp(ae_title="DEST", store=False, handlers=[(evt.EVT_C_STORE, on_store)])
     scp = make_qr_scp([(evt.EVT_C_MOVE, move_all(palettes, ("127.0.0.1", dest.port)))])
-    with associated(scp) as assoc:
+    with qr_association(scp.port) as assoc:
         responses = list(assoc.send_c_move(query(UIDS), "DEST", MOVE))
         # the SCU's association is unharmed: the same move again succeeds
         again = list(assoc.send_c_move(query(UIDS), "DEST", MOVE))

@@ -9,7 +9,6 @@ import os
 import signal
 import socket
 import sqlite3
-import struct
 import subprocess
 import sys
 import time
@@ -23,10 +22,12 @@ from pydicom.uid import generate_uid
 from chromanet import _dimse, _pdu, uids
 from chromanet.ul.negotiation import ContextSpec, build_associate_rq
 
-from conftest import WAIT_TIMEOUT, free_port, require_dcmtk, require_module, wait_listening
+from helpers.dcmtk import require_dcmtk, storescp_palette_options
+from helpers.peers import require_module
+from helpers.rawpeer import pdata, raw_associate
+from helpers.servers import free_port, subprocess_server, wait_listening
+from helpers.waits import WAIT_TIMEOUT
 
-REPO = Path(__file__).resolve().parents[1]
-STORESCP_CFG = REPO / "tests" / "data" / "storescp-palettes.cfg"
 WELL_KNOWN = {f"1.2.840.10008.1.5.{n}" for n in range(1, 9)}
 
 
@@ -161,18 +162,10 @@ def test_cli_move_into_dcmtk_storescp(node: Node, tmp_path: Path):
     out = tmp_path / "moved"
     out.mkdir()
     port = node.destination_port  # type: ignore[attr-defined]
-    process = subprocess.Popen(
-        [storescp, "-xf", str(STORESCP_CFG), "Palettes", "-od", str(out), str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        wait_listening(port, process)
+    with subprocess_server([storescp, *storescp_palette_options(), "-od", str(out), str(port)], port):
         moved = cli("move", "127.0.0.1", str(node.port), "-aem", "DEST", "-k",
                     "SOPInstanceUID=" + "\\".join(sorted(WELL_KNOWN)))  # fmt: skip
         assert moved.returncode == 0, moved.stderr
-    finally:
-        process.kill()
-        process.communicate(timeout=WAIT_TIMEOUT)
     assert {pydicom.dcmread(p).SOPInstanceUID for p in out.iterdir()} == WELL_KNOWN
 
 
@@ -292,13 +285,7 @@ def _partial_store(port: int, dataset_bytes: bytes, sop_instance_uid: str) -> so
     rq = build_associate_rq(
         "CHROMANET", "RAW", [ContextSpec(uids.ColorPaletteStorage, [uids.ExplicitVRLittleEndian])], max_pdu_length=0
     )
-    sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT_TIMEOUT)
-    sock.sendall(_pdu.encode_pdu(rq))
-    header = sock.recv(6)
-    assert header[0] == 0x02, "association not accepted"
-    remaining = struct.unpack(">I", header[2:6])[0]
-    while remaining:
-        remaining -= len(sock.recv(remaining))
+    sock = raw_associate(("127.0.0.1", port), rq, timeout=WAIT_TIMEOUT)
     command = _dimse.encode_command(
         _dimse.Command(
             _dimse.C_STORE_RQ,
@@ -311,8 +298,7 @@ def _partial_store(port: int, dataset_bytes: bytes, sop_instance_uid: str) -> so
     )
     half = dataset_bytes[: len(dataset_bytes) // 2]
     for control, fragment in ((0x03, command), (0x00, half)):
-        pdv = struct.pack(">IBB", len(fragment) + 2, 1, control) + fragment
-        sock.sendall(struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv)
+        sock.sendall(pdata(1, control, fragment))
     return sock
 
 

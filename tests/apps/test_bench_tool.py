@@ -1,4 +1,4 @@
-"""``chromanet bench`` (src/chromanet/bench.py) against live SCPs.
+"""``chromanet bench`` (chromanet.apps.loadtool) against live SCPs.
 
 The tool runs as a subprocess (``python -m chromanet.apps.cli bench``), as a user
 runs it, against: the chromanet palette archive node (``chromanet serve`` in
@@ -21,12 +21,12 @@ import pytest
 
 from chromanet.apps import cli
 from chromanet.apps import loadtool as bench
-from conftest import free_port, subprocess_server
+from helpers.data import REPO
+from helpers.dcmtk import storescp_palette_options, write_dcmqrscp_config
+from helpers.servers import free_port, subprocess_server
 
 pytestmark = [pytest.mark.timeout(120)]
 
-REPO = Path(__file__).resolve().parent.parent
-PALETTE_PROFILE = REPO / "tests" / "data" / "storescp-palettes.cfg"
 TOOL_TIMEOUT = 90
 
 
@@ -149,25 +149,11 @@ def dcmtk_env(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize("op", ["echo", "store"])
 def test_against_dcmtk_storescp(dcmtk: Any, dcmtk_env: None, tmp_path: Path, op: str) -> None:
     port = free_port()
-    args = [dcmtk("storescp"), "--ignore", "-xf", str(PALETTE_PROFILE), "Palettes", str(port)]
+    args = [dcmtk("storescp"), "--ignore", *storescp_palette_options(), str(port)]
     with subprocess_server(args, port):
         done, summary = run_bench("127.0.0.1", str(port), "-aec", "STORESCP", "--op", op, "-c", "2", "-n", "10",
                                   json_path=tmp_path / "s.json")
     assert_clean(done, summary, ops=20, assocs=2)
-
-
-DCMQRSCP_CONFIG = """\
-NetworkTCPPort  = {port}
-MaxPDUSize      = 16384
-MaxAssociations = 16
-HostTable BEGIN
-HostTable END
-VendorTable BEGIN
-VendorTable END
-AETable BEGIN
-QRSCP  {area}  R  (10, 64mb)  ANY
-AETable END
-"""
 
 
 @pytest.fixture
@@ -199,8 +185,7 @@ def dcmqrscp(dcmtk: Any, dcmtk_env: None, tmp_path: Path) -> Any:
         files.append(str(path))
     subprocess.run([dcmtk("dcmqridx"), str(area), *files], check=True, capture_output=True, timeout=TOOL_TIMEOUT)
     port = free_port()
-    config = tmp_path / "dcmqrscp.cfg"
-    config.write_text(DCMQRSCP_CONFIG.format(port=port, area=area))
+    config = write_dcmqrscp_config(tmp_path / "dcmqrscp.cfg", port, area)
     with subprocess_server([dcmtk("dcmqrscp"), "-c", str(config), str(port)], port):
         yield port, study, series
 

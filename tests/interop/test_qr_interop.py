@@ -11,7 +11,6 @@ DCMTK's storescp; and the two chromanet SCU APIs (blocking generators,
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fnmatch
 import inspect
 import threading
@@ -25,42 +24,25 @@ from pydicom import Dataset
 
 from chromanet import evt, uids
 from chromanet.ae import build_role
-from conftest import (
-    NETWORK_TIMEOUT,
+from helpers.dcmtk import storescp_palette_options
+from helpers.qr import (
+    FIND,
+    GET,
+    MOVE,
     QR_MODELS,
-    WAIT_TIMEOUT,
+    UIDS,
     StoreLog,
     configure_qr_scp_ae,
-    free_port,
+    pynetdicom_qr_association,
+    qr_association,
     qr_scu_ae,
-    run_async,
-    subprocess_server,
-    wait_until,
+    start_pynetdicom_destination,
+    statuses,
 )
+from helpers.servers import free_port, subprocess_server
+from helpers.waits import NETWORK_TIMEOUT, WAIT_TIMEOUT, run_async, until, wait_until
 
 pytestmark = [pytest.mark.peer, pytest.mark.timeout(90)]
-
-FIND = uids.ColorPaletteInformationModelFind
-GET = uids.ColorPaletteInformationModelGet
-MOVE = uids.ColorPaletteInformationModelMove
-UIDS = [f"1.2.840.10008.1.5.{i}" for i in range(1, 9)]
-
-# DCMTK's default storescp profile has no Color Palette Storage: give it one.
-STORESCP_PROFILE = r"""
-[[TransferSyntaxes]]
-[Uncompressed]
-TransferSyntax1 = LittleEndianExplicit
-TransferSyntax2 = LittleEndianImplicit
-
-[[PresentationContexts]]
-[Palettes]
-PresentationContext1 = 1.2.840.10008.1.1\Uncompressed
-PresentationContext2 = 1.2.840.10008.5.1.4.39.1\Uncompressed
-
-[[Profiles]]
-[Palettes]
-PresentationContexts = Palettes
-"""
 
 
 # ------------------------------------------------------------ the service
@@ -159,33 +141,7 @@ def assert_same_palettes(received: dict[str, Dataset], palettes: dict[str, Any],
         assert got.RedPaletteColorLookupTableDescriptor == source.RedPaletteColorLookupTableDescriptor
 
 
-def statuses(responses: list[tuple[Dataset, Any]]) -> list[int]:
-    return [int(s.Status) for s, _ in responses]
-
-
 # ----------------------------------------------------------------- peers
-@contextlib.contextmanager
-def pyn_scu(pynetdicom: Any, port: int, store: Any = None, ae_title: str = "QRSCP") -> Iterator[Any]:
-    ae = pynetdicom.AE("PYQRSCU")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = NETWORK_TIMEOUT
-    for model in QR_MODELS:
-        ae.add_requested_context(model)
-    ae.add_requested_context(uids.ColorPaletteStorage)
-    assoc = ae.associate(
-        "127.0.0.1",
-        port,
-        ae_title=ae_title,
-        ext_neg=[pynetdicom.build_role(uids.ColorPaletteStorage, scp_role=True)],
-        evt_handlers=[(pynetdicom.evt.EVT_C_STORE, store)] if store is not None else [],
-    )
-    assert assoc.is_established
-    try:
-        yield assoc
-    finally:
-        if assoc.is_established:
-            assoc.release()
-
-
 @pytest.fixture
 def pynetdicom_qr_scp(pynetdicom: Any, palettes: dict[str, Any]) -> Iterator[Any]:
     """A pynetdicom Color Palette Q/R SCP "PYQRSCP" serving Datasets;
@@ -229,7 +185,7 @@ def chromanet_qr_scp(make_qr_scp: Any, palettes: dict[str, Any]) -> Any:
 
 # ==================================== pynetdicom SCU -> chromanet SCP
 def test_pynetdicom_find_from_chromanet(pynetdicom, chromanet_qr_scp, palettes):
-    with pyn_scu(pynetdicom, chromanet_qr_scp.port) as assoc:
+    with pynetdicom_qr_association(pynetdicom, chromanet_qr_scp.port) as assoc:
         everything = list(assoc.send_c_find(query("*"), FIND))
         one = list(assoc.send_c_find(query("", UIDS[2]), FIND))
         wild = list(assoc.send_c_find(query("*LUT"), FIND))
@@ -247,7 +203,7 @@ def test_pynetdicom_find_from_chromanet(pynetdicom, chromanet_qr_scp, palettes):
 
 def test_pynetdicom_get_from_chromanet(pynetdicom, chromanet_qr_scp, palettes):
     log = DatasetLog()
-    with pyn_scu(pynetdicom, chromanet_qr_scp.port, store=log) as assoc:
+    with pynetdicom_qr_association(pynetdicom, chromanet_qr_scp.port, store=log) as assoc:
         responses = list(assoc.send_c_get(query("", UIDS), GET))
         some = list(assoc.send_c_get(query("", [UIDS[0], UIDS[7]]), GET))
     assert statuses(responses) == [0xFF00] * 7 + [0x0000]
@@ -260,7 +216,7 @@ def test_pynetdicom_move_from_chromanet_to_third_ae(pynetdicom, chromanet_qr_scp
     log, datasets = StoreLog(), DatasetLog()
     dest = make_scp(ae_title="THIRD", store=False, handlers=[(evt.EVT_C_STORE, both(log, datasets))])
     chromanet_qr_scp.destinations["THIRD"] = dest.address
-    with pyn_scu(pynetdicom, chromanet_qr_scp.port) as assoc:
+    with pynetdicom_qr_association(pynetdicom, chromanet_qr_scp.port) as assoc:
         responses = list(assoc.send_c_move(query("", UIDS), "THIRD", MOVE, msg_id=11))
         unknown = list(assoc.send_c_move(query("", UIDS), "NOBODY", MOVE))
     assert statuses(responses) == [0xFF00] * 7 + [0x0000]
@@ -271,21 +227,8 @@ def test_pynetdicom_move_from_chromanet_to_third_ae(pynetdicom, chromanet_qr_scp
 
 
 # ==================================== chromanet SCU -> pynetdicom SCP
-@contextlib.contextmanager
-def chromanet_scu(port: int, store: Any = None, ae_title: str = "PYQRSCP") -> Iterator[Any]:
-    assoc = qr_scu_ae().associate(
-        "127.0.0.1", port, ae_title=ae_title, evt_handlers=[(evt.EVT_C_STORE, store)] if store else None
-    )
-    assert assoc.is_established
-    try:
-        yield assoc
-    finally:
-        if assoc.is_established:
-            assoc.release()
-
-
 def test_chromanet_find_from_pynetdicom(pynetdicom_qr_scp, palettes):
-    with chromanet_scu(pynetdicom_qr_scp.server_address[1]) as assoc:
+    with qr_association(pynetdicom_qr_scp.server_address[1], "PYQRSCP") as assoc:
         responses = list(assoc.send_c_find(query("*"), FIND))
         hot = list(assoc.send_c_find(query("HOT*"), FIND))
     assert statuses(responses) == [0xFF00] * 8 + [0x0000]
@@ -297,7 +240,7 @@ def test_chromanet_find_from_pynetdicom(pynetdicom_qr_scp, palettes):
 
 def test_chromanet_get_from_pynetdicom(pynetdicom_qr_scp, palettes):
     log = DatasetLog()
-    with chromanet_scu(pynetdicom_qr_scp.server_address[1], store=log) as assoc:
+    with qr_association(pynetdicom_qr_scp.server_address[1], "PYQRSCP", store=log) as assoc:
         responses = list(assoc.send_c_get(query("", UIDS), GET))
     # pynetdicom sends a pending response after every sub-operation, the last one included
     assert statuses(responses) == [0xFF00] * 8 + [0x0000]
@@ -333,7 +276,7 @@ def test_chromanet_move_from_pynetdicom(pynetdicom_qr_scp, make_scp, palettes):
     log, datasets = StoreLog(), DatasetLog()
     dest = make_scp(ae_title="DEST", store=False, handlers=[(evt.EVT_C_STORE, both(log, datasets))])
     pynetdicom_qr_scp.destinations["DEST"] = dest.address
-    with chromanet_scu(pynetdicom_qr_scp.server_address[1]) as assoc:
+    with qr_association(pynetdicom_qr_scp.server_address[1], "PYQRSCP") as assoc:
         responses = list(assoc.send_c_move(query("", UIDS), "DEST", MOVE, msg_id=99))
         unknown = list(assoc.send_c_move(query("", UIDS), "NOBODY", MOVE))
     # pynetdicom sends a pending response after every sub-operation, the last one included
@@ -349,15 +292,13 @@ def test_chromanet_move_from_pynetdicom(pynetdicom_qr_scp, make_scp, palettes):
 
 # ============================== chromanet SCP C-MOVE -> DCMTK storescp
 def test_move_into_dcmtk_storescp(dcmtk, tmp_path, chromanet_qr_scp, palettes):
-    profile = tmp_path / "storescp.cfg"
-    profile.write_text(STORESCP_PROFILE)
     out = tmp_path / "received"
     out.mkdir()
     port = free_port()
-    args = [dcmtk("storescp"), "-aet", "STORESCP", "-xf", str(profile), "Palettes", "-od", str(out), str(port)]
+    args = [dcmtk("storescp"), "-aet", "STORESCP", *storescp_palette_options(), "-od", str(out), str(port)]
     with subprocess_server(args, port):
         chromanet_qr_scp.destinations["STORESCP"] = ("127.0.0.1", port)
-        with chromanet_scu(chromanet_qr_scp.port, ae_title="QRSCP") as assoc:
+        with qr_association(chromanet_qr_scp.port) as assoc:
             responses = list(assoc.send_c_move(query("", UIDS), "STORESCP", MOVE))
         assert statuses(responses) == [0xFF00] * 7 + [0x0000]
         assert responses[-1][0].NumberOfCompletedSuboperations == 8
@@ -373,7 +314,7 @@ def test_move_into_dcmtk_storescp(dcmtk, tmp_path, chromanet_qr_scp, palettes):
 # ================================================ the two SCU APIs
 def test_blocking_api_returns_lazy_generators(chromanet_qr_scp, palettes):
     log = DatasetLog()
-    with chromanet_scu(chromanet_qr_scp.port, store=log, ae_title="QRSCP") as assoc:
+    with qr_association(chromanet_qr_scp.port, store=log) as assoc:
         found = assoc.send_c_find(query("*"), FIND)
         assert inspect.isgenerator(found)
         first_status, first = next(found)
@@ -390,12 +331,8 @@ def test_async_api_async_for(palettes, pynetdicom):
     """The same service on one uvloop loop: chromanet SCP (async server) and
     chromanet SCU (``async with`` / ``async for``), plus a C-MOVE into a
     pynetdicom destination."""
-    pdest_ae = pynetdicom.AE("PYDEST")
-    pdest_ae.add_supported_context(uids.ColorPaletteStorage)
-    pdest_log = StoreLog()
-    pdest = pdest_ae.start_server(
-        ("127.0.0.1", 0), block=False, evt_handlers=[(pynetdicom.evt.EVT_C_STORE, pdest_log)]
-    )
+    destination = start_pynetdicom_destination(pynetdicom, "PYDEST")
+    pdest, pdest_log = destination.server, destination.log
 
     async def main() -> None:
         destinations = {"PYDEST": ("127.0.0.1", pdest.server_address[1])}
@@ -423,7 +360,7 @@ def test_async_api_async_for(palettes, pynetdicom):
 
                 moves = [s async for s, _ in assoc.send_c_move(query("", UIDS[:2]), "PYDEST", MOVE, msg_id=5)]
                 assert [s.Status for s in moves] == [0xFF00, 0x0000]
-            await asyncio.wait_for(_until(lambda: not server.associations), WAIT_TIMEOUT)
+            await asyncio.wait_for(until(lambda: not server.associations), WAIT_TIMEOUT)
         finally:
             await server.close()
         assert_same_palettes(log.datasets, palettes)
@@ -434,8 +371,3 @@ def test_async_api_async_for(palettes, pynetdicom):
         assert wait_until(lambda: not pdest.active_associations)
     finally:
         pdest.shutdown()
-
-
-async def _until(predicate: Any) -> None:
-    while not predicate():
-        await asyncio.sleep(0.01)

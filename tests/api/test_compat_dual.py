@@ -19,11 +19,12 @@ from typing import Any, Iterator
 
 import pytest
 from pydicom import Dataset, dcmread
-from pydicom.data import get_palette_files
+
+from helpers.data import palette_paths
 
 LIBRARIES = ["pynetdicom", "chromanet"]
 TIMEOUT = 10
-PALETTE_PATHS = sorted(get_palette_files("*.dcm"))
+PALETTE_PATHS = palette_paths()
 
 
 @pytest.fixture(scope="module", params=LIBRARIES)

@@ -1,14 +1,16 @@
-"""chromanet <-> chromanet over loopback: association life cycle, C-ECHO,
-C-STORE, handler statuses, spooling, transfer syntax conversion, and a peer
-that drops the connection mid-association."""
+"""chromanet <-> chromanet over loopback: the association life cycle (PS3.8
+A-ASSOCIATE, A-RELEASE, A-ABORT) through the public API. Accept and release
+around C-ECHO, rejections (AE titles, a malformed request, too many
+associations), presentation context negotiation, aborts from either side,
+and a peer that drops the connection mid-association.
+
+C-STORE over the same loopback is in tests/services/test_storage.py."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import struct
-from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -18,17 +20,9 @@ from pydicom import Dataset
 from chromanet import _pdu, evt, uids
 from chromanet.presentation import build_context
 from chromanet.ul.negotiation import build_associate_rq
-from conftest import (
-    NETWORK_TIMEOUT,
-    WAIT_TIMEOUT,
-    Recorder,
-    async_scp,
-    dataset_bytes,
-    pydicom_decode,
-    pydicom_encode,
-    run_async,
-    scu_ae,
-)
+from helpers.rawpeer import raw_associate, recv_raw_pdu
+from helpers.servers import Recorder, async_scp, scu_ae
+from helpers.waits import NETWORK_TIMEOUT, WAIT_TIMEOUT, run_async
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -50,6 +44,12 @@ def _rj(assoc: Any) -> tuple[int, int, int]:
 def _no_active(scp: Any) -> bool:
     # the whole set, not only the established ones: nothing may linger
     return not scp.server._server.associations
+
+
+def _palette_dataset() -> Dataset:
+    from pydicom.data import get_palette_files
+
+    return pydicom.dcmread(get_palette_files("*.dcm")[0])
 
 
 # ------------------------------------------------------------------ accept
@@ -143,7 +143,7 @@ def test_reject_malformed_request(chromanet_scp, field, value, expected, by_user
     setattr(rq, field, value)
     with socket.create_connection(chromanet_scp.address, timeout=NETWORK_TIMEOUT) as sock:
         sock.sendall(_pdu.encode_pdu(rq))
-        pdu_type, body = _recv_pdu(sock)
+        pdu_type, body = recv_raw_pdu(sock)
         assert pdu_type == 0x03, "expected an A-ASSOCIATE-RJ"
         rj = _pdu.decode_pdu(pdu_type, body)
         assert (rj.result, rj.source, rj.reason) == expected
@@ -304,239 +304,12 @@ def test_acceptor_aborts_from_echo_handler(make_scp):
     assert "EVT_ABORTED" in scp.recorder.names()
 
 
-# ------------------------------------------------------------------ C-STORE
-def _palette_dataset() -> Dataset:
-    from pydicom.data import get_palette_files
-
-    return pydicom.dcmread(get_palette_files("*.dcm")[0])
-
-
-def _as_form(path: Path, form: str) -> Any:
-    if form == "dataset":
-        return pydicom.dcmread(path)
-    if form == "path":
-        return path
-    if form == "str":
-        return str(path)
-    return path.read_bytes()
-
-
-@pytest.mark.parametrize("form", ["dataset", "path", "str", "bytes"])
-def test_store_palettes_byte_for_byte(chromanet_scp, palette_files, form):
-    # Offer only the files' own syntax so that nothing needs re-encoding.
-    ae = scu_ae(palette_syntaxes=[uids.ExplicitVRLittleEndian])
-    assoc = ae.associate(*chromanet_scp.address, ae_title="SRV")
-    assert assoc.is_established
-    for msg_id, path in enumerate(palette_files, start=1):
-        rsp = assoc.send_c_store(_as_form(path, form), msg_id=msg_id)
-        assert rsp.Status == 0x0000, path
-    assoc.release()
-    assert assoc.is_released
-
-    stored = chromanet_scp.stored
-    assert len(stored) == 8
-    for item, path in zip(stored, palette_files):
-        source = pydicom.dcmread(path)
-        assert item.sop_class_uid == uids.ColorPaletteStorage
-        assert item.sop_instance_uid == source.SOPInstanceUID
-        assert item.transfer_syntax == uids.ExplicitVRLittleEndian
-        if form == "dataset":
-            # A Dataset is encoded by pydicom: equal to pydicom's own encoding
-            # (winter.dcm has a duplicated element that pydicom drops).
-            expected = pydicom_encode(source, uids.ExplicitVRLittleEndian)
-        else:
-            # Files and bytes go on the wire as they are.
-            expected = dataset_bytes(path)
-        assert item.encoded == expected, path.name
-        received = pydicom_decode(item.encoded, item.transfer_syntax)
-        assert received == source, path.name
-
-
-@pytest.mark.parametrize("form", ["dataset", "path", "bytes"])
-def test_store_converts_transfer_syntax(make_scp, palette_files, form):
-    """The files are Explicit VR LE; the SCP takes Implicit VR LE only."""
-    scp = make_scp(transfer_syntaxes=[uids.ImplicitVRLittleEndian])
-    assoc = scu_ae().associate(*scp.address, ae_title="SRV")
-    (ctx,) = [c for c in assoc.accepted_contexts if c.abstract_syntax == uids.ColorPaletteStorage]
-    assert ctx.transfer_syntax == [uids.ImplicitVRLittleEndian]
-    for path in palette_files:
-        assert assoc.send_c_store(_as_form(path, form)).Status == 0
-    assoc.release()
-
-    assert len(scp.stored) == 8
-    for item, path in zip(scp.stored, palette_files):
-        source = pydicom.dcmread(path)
-        assert item.transfer_syntax == uids.ImplicitVRLittleEndian
-        assert item.encoded != dataset_bytes(path)  # really re-encoded
-        received = pydicom_decode(item.encoded, uids.ImplicitVRLittleEndian)
-        assert received == source, path.name
-        # Implicit VR: the same bytes pydicom writes for the source data set.
-        assert item.encoded == pydicom_encode(source, uids.ImplicitVRLittleEndian), path.name
-
-
-def test_store_async_api(palette_files):
-    async def main() -> None:
-        async with async_scp() as scp:
-            async with scu_ae().associate_async(*scp.address, ae_title="SRV") as assoc:
-                statuses = [(await assoc.send_c_store(p)).Status for p in palette_files]
-            assert statuses == [0] * 8
-            assert [s.sop_instance_uid for s in scp.stored] == [
-                str(pydicom.dcmread(p).SOPInstanceUID) for p in palette_files
-            ]
-
-    run_async(main())
-
-
-def _raise(event: Any) -> Any:
-    raise RuntimeError("handler failure (expected by the test)")
-
-
-def _status_ds(**kw: Any) -> Dataset:
-    ds = Dataset()
-    for key, value in kw.items():
-        setattr(ds, key, value)
-    return ds
-
-
-@pytest.mark.parametrize(
-    "handler, status, comment",
-    [
-        pytest.param(lambda e: 0x0000, 0x0000, None, id="int-success"),
-        pytest.param(lambda e: 0xB000, 0xB000, None, id="int-warning"),
-        pytest.param(lambda e: 0xA700, 0xA700, None, id="int-failure"),
-        pytest.param(
-            lambda e: _status_ds(Status=0xC000, ErrorComment="disk full"), 0xC000, "disk full", id="dataset-comment"
-        ),
-        pytest.param(lambda e: _status_ds(ErrorComment="no status"), 0xC001, None, id="dataset-without-status"),
-        pytest.param(lambda e: "Success", 0xC002, None, id="wrong-type-str"),
-        pytest.param(lambda e: None, 0xC002, None, id="wrong-type-none"),
-        pytest.param(lambda e: True, 0xC002, None, id="wrong-type-bool"),
-        pytest.param(_raise, 0xC211, None, id="handler-raises"),
-        pytest.param(None, 0x0122, None, id="no-handler"),
-    ],
-)
-def test_store_handler_status(make_scp, palette_files, handler, status, comment):
-    if handler is None:
-        scp = make_scp(store=False)
-    else:
-        scp = make_scp(store=False, handlers=[(evt.EVT_C_STORE, handler)])
-    assoc = scu_ae().associate(*scp.address, ae_title="SRV")
-    rsp = assoc.send_c_store(palette_files[0])
-    assert rsp.Status == status
-    if comment is None:
-        assert "ErrorComment" not in rsp
-    else:
-        assert rsp.ErrorComment == comment
-    # The association survives any handler answer.
-    assert assoc.send_c_echo().Status == 0
-    assoc.release()
-    assert assoc.is_released
-
-
-def test_async_store_handler(palette_files):
-    seen: list[str] = []
-
-    async def on_store(event: Any) -> Dataset:
-        await asyncio.sleep(0)
-        seen.append(str(event.dataset.SOPInstanceUID))
-        return _status_ds(Status=0xB000, ErrorComment="coerced")
-
-    async def main() -> None:
-        async with async_scp(handlers=[(evt.EVT_C_STORE, on_store)]) as scp:
-            async with scu_ae().associate_async(*scp.address, ae_title="SRV") as assoc:
-                rsp = await assoc.send_c_store(palette_files[1])
-        assert (rsp.Status, rsp.ErrorComment) == (0xB000, "coerced")
-
-    run_async(main())
-    assert seen == [str(pydicom.dcmread(palette_files[1]).SOPInstanceUID)]
-
-
-# ------------------------------------------------------------------ spooling
-def test_spool_handler_keeps_files(make_scp, palette_files, tmp_path):
-    spool = tmp_path / "spool"
-    keep = tmp_path / "keep"
-    spool.mkdir()
-    keep.mkdir()
-
-    def keep_it(event: Any) -> int:
-        path = Path(event.dataset_path)
-        assert path.parent == spool and path.exists()
-        os.replace(path, keep / f"{event.request.AffectedSOPInstanceUID}.dcm")
-        return 0
-
-    scp = make_scp(store=False, handlers=[(evt.EVT_C_STORE, keep_it)], store_spool_directory=spool)
-    assoc = scu_ae(palette_syntaxes=[uids.ExplicitVRLittleEndian]).associate(*scp.address, ae_title="SRV")
-    for path in palette_files:
-        assert assoc.send_c_store(path).Status == 0
-    assoc.release()
-
-    assert os.listdir(spool) == []
-    assert len(os.listdir(keep)) == 8
-    for path in palette_files:
-        source = pydicom.dcmread(path)
-        kept = keep / f"{source.SOPInstanceUID}.dcm"
-        received = pydicom.dcmread(kept)  # a valid Part 10 file
-        meta = received.file_meta
-        assert meta.TransferSyntaxUID == uids.ExplicitVRLittleEndian
-        assert meta.MediaStorageSOPClassUID == uids.ColorPaletteStorage
-        assert meta.MediaStorageSOPInstanceUID == source.SOPInstanceUID
-        assert received == source
-        assert dataset_bytes(kept) == dataset_bytes(path)
-
-
-def test_spool_file_removed_when_not_moved(make_scp, palette_files, tmp_path):
-    seen: list[tuple[Path, bool, str]] = []
-
-    def look_only(event: Any) -> int:
-        path = Path(event.dataset_path)
-        seen.append((path, path.exists(), str(event.dataset.SOPInstanceUID)))
-        return 0
-
-    scp = make_scp(store=False, handlers=[(evt.EVT_C_STORE, look_only)], store_spool_directory=tmp_path)
-    assoc = scu_ae().associate(*scp.address, ae_title="SRV")
-    for path in palette_files[:3]:
-        assert assoc.send_c_store(path).Status == 0
-    assoc.release()
-    assert [(exists, uid) for _, exists, uid in seen] == [
-        (True, str(pydicom.dcmread(p).SOPInstanceUID)) for p in palette_files[:3]
-    ]
-    assert all(not path.exists() for path, _, _ in seen)
-    assert os.listdir(tmp_path) == []
-
-
-def test_spool_file_removed_when_handler_raises(make_scp, palette_files, tmp_path):
-    scp = make_scp(store=False, handlers=[(evt.EVT_C_STORE, _raise)], store_spool_directory=tmp_path)
-    assoc = scu_ae().associate(*scp.address, ae_title="SRV")
-    assert assoc.send_c_store(palette_files[0]).Status == 0xC211
-    assoc.release()
-    assert os.listdir(tmp_path) == []
-
-
 # ------------------------------------------------- peer drops the connection
-def _recv_pdu(sock: socket.socket) -> tuple[int, bytes]:
-    def exactly(n: int) -> bytes:
-        data = b""
-        while len(data) < n:
-            chunk = sock.recv(n - len(data))
-            if not chunk:
-                raise ConnectionError("closed")
-            data += chunk
-        return data
-
-    header = exactly(6)
-    pdu_type, _, length = struct.unpack(">BBI", header)
-    return pdu_type, exactly(length)
-
-
 def _raw_associate(address: tuple[str, int]) -> socket.socket:
     rq = build_associate_rq(
         "SRV", "RAW", [build_context(uids.Verification).to_spec()], max_pdu_length=16382
     )
-    sock = socket.create_connection(address, timeout=NETWORK_TIMEOUT)
-    sock.sendall(_pdu.encode_pdu(rq))
-    pdu_type, _ = _recv_pdu(sock)
-    assert pdu_type == 0x02, "expected an A-ASSOCIATE-AC"
-    return sock
+    return raw_associate(address, rq)
 
 
 def _half_pdata() -> bytes:
@@ -573,38 +346,3 @@ def test_peer_closes_mid_association(chromanet_scp, tail):
     assert assoc.send_c_echo().Status == 0
     assoc.release()
     assert assoc.is_released
-
-
-def test_peer_closes_during_store_with_spool(make_scp, palette_files, tmp_path):
-    """A data set cut off mid-transfer leaves no spool file behind."""
-    scp = make_scp(store_spool_directory=tmp_path)
-    rq = build_associate_rq(
-        "SRV", "RAW", [build_context(uids.ColorPaletteStorage, uids.ExplicitVRLittleEndian).to_spec()],
-        max_pdu_length=16382,
-    )
-    sock = socket.create_connection(scp.address, timeout=NETWORK_TIMEOUT)
-    try:
-        sock.sendall(_pdu.encode_pdu(rq))
-        assert _recv_pdu(sock)[0] == 0x02
-        from chromanet._dimse import Command, encode_command
-
-        command = Command(
-            0x0001,
-            affected_sop_class_uid=uids.ColorPaletteStorage,
-            affected_sop_instance_uid="1.2.3.4",
-            message_id=1,
-            priority=2,
-            command_data_set_type=0x0000,
-        )
-        encoded = encode_command(command)
-        pdv = struct.pack(">IBB", len(encoded) + 2, 1, 0x03) + encoded
-        sock.sendall(struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv)
-        part = dataset_bytes(palette_files[0])[:1000]
-        pdv = struct.pack(">IBB", len(part) + 2, 1, 0x00) + part  # not the last fragment
-        sock.sendall(struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv)
-    finally:
-        sock.close()
-    assert scp.recorder.wait_event("EVT_CONN_CLOSE")
-    assert "EVT_ABORTED" in scp.recorder.names()
-    assert scp.stored == []
-    assert scp.recorder.wait_for(lambda: os.listdir(tmp_path) == [])

@@ -1,39 +1,24 @@
 """chromanet <-> DCMTK (echoscu, storescu, storescp) over loopback.
 
-DCMTK's tools are found with ``conftest.find_dcmtk_tool``: pynetdicom
+DCMTK's tools are found with ``helpers.dcmtk.find_dcmtk_tool``: pynetdicom
 installs console scripts with the same names, which must not stand in.
+storescp has no Color Palette Storage by default: it runs with the profile
+in tests/data (``helpers.dcmtk.storescp_palette_options``).
 """
 
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import pydicom
 import pytest
 
 from chromanet import uids
-from conftest import free_port, pydicom_decode, scu_ae, subprocess_server
+from helpers.data import pydicom_decode
+from helpers.dcmtk import storescp_palette_options
+from helpers.servers import free_port, scu_ae, subprocess_server
 
 pytestmark = [pytest.mark.peer, pytest.mark.timeout(120)]
-
-# DCMTK's default storescp profile has no Color Palette Storage, and
-# --promiscuous only takes SOP classes DCMTK does not know: give it a profile.
-STORESCP_PROFILE = r"""
-[[TransferSyntaxes]]
-[Uncompressed]
-TransferSyntax1 = LittleEndianExplicit
-TransferSyntax2 = LittleEndianImplicit
-
-[[PresentationContexts]]
-[Palettes]
-PresentationContext1 = 1.2.840.10008.1.1\Uncompressed
-PresentationContext2 = 1.2.840.10008.5.1.4.39.1\Uncompressed
-
-[[Profiles]]
-[Palettes]
-PresentationContexts = Palettes
-"""
 
 TOOL_TIMEOUT = 60  # seconds for one DCMTK client run
 
@@ -110,19 +95,12 @@ def test_storescu_palettes(dcmtk, make_scp, palette_files, propose, scp_syntaxes
 
 
 # ======================================================= chromanet -> storescp
-@pytest.fixture
-def storescp_profile(tmp_path: Path) -> Path:
-    path = tmp_path / "storescp.cfg"
-    path.write_text(STORESCP_PROFILE)
-    return path
-
-
 @pytest.mark.parametrize("form", ["path", "dataset"])
-def test_store_to_storescp(dcmtk, tmp_path, storescp_profile, palette_files, form):
+def test_store_to_storescp(dcmtk, tmp_path, palette_files, form):
     out = tmp_path / "received"
     out.mkdir()
     port = free_port()
-    args = [dcmtk("storescp"), "-aet", "STORESCP", "-xf", str(storescp_profile), "Palettes", "-od", str(out), str(port)]
+    args = [dcmtk("storescp"), "-aet", "STORESCP", *storescp_palette_options(), "-od", str(out), str(port)]
     with subprocess_server(args, port):
         assoc = scu_ae().associate("127.0.0.1", port, ae_title="STORESCP")
         assert assoc.is_established
@@ -145,14 +123,14 @@ def test_store_to_storescp(dcmtk, tmp_path, storescp_profile, palette_files, for
         assert got == source, path.name
 
 
-def test_store_to_storescp_raw_bytes_explicit(dcmtk, tmp_path, storescp_profile, palette_files):
+def test_store_to_storescp_raw_bytes_explicit(dcmtk, tmp_path, palette_files):
     """Part 10 bytes in memory, offered in the files' own syntax: sent as they
     are; storescp's files hold equal data sets (DCMTK re-encodes what it
     writes, e.g. sequence lengths, so no byte comparison here)."""
     out = tmp_path / "received"
     out.mkdir()
     port = free_port()
-    args = [dcmtk("storescp"), "-xf", str(storescp_profile), "Palettes", "-od", str(out), str(port)]
+    args = [dcmtk("storescp"), *storescp_palette_options(), "-od", str(out), str(port)]
     with subprocess_server(args, port):
         assoc = scu_ae(palette_syntaxes=[uids.ExplicitVRLittleEndian]).associate("127.0.0.1", port)
         for path in palette_files:
@@ -177,10 +155,10 @@ def test_rejected_by_storescp(dcmtk, tmp_path):
         assert (rj.result, rj.source, rj.reason) == (1, 1, 1)
 
 
-def test_storescp_abort_by_chromanet_then_next_association(dcmtk, tmp_path, storescp_profile, palette_files):
+def test_storescp_abort_by_chromanet_then_next_association(dcmtk, tmp_path, palette_files):
     """An association we abort does not break storescp; the next works."""
     port = free_port()
-    args = [dcmtk("storescp"), "-xf", str(storescp_profile), "Palettes", "-od", str(tmp_path), str(port)]
+    args = [dcmtk("storescp"), *storescp_palette_options(), "-od", str(tmp_path), str(port)]
     with subprocess_server(args, port) as process:
         ae = scu_ae()
         first = ae.associate("127.0.0.1", port)
@@ -192,4 +170,4 @@ def test_storescp_abort_by_chromanet_then_next_association(dcmtk, tmp_path, stor
         second.release()
         assert second.is_released
         assert process.poll() is None  # still running
-    assert len([f for f in tmp_path.iterdir() if f.suffix != ".cfg"]) == 1
+    assert len(list(tmp_path.iterdir())) == 1

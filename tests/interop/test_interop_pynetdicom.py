@@ -10,7 +10,9 @@ import pydicom
 import pytest
 
 from chromanet import uids
-from conftest import NETWORK_TIMEOUT, WAIT_TIMEOUT, Recorder, dataset_bytes, pydicom_decode, pydicom_encode, scu_ae
+from helpers.data import dataset_bytes, pydicom_decode, pydicom_encode
+from helpers.servers import Recorder, scu_ae
+from helpers.waits import NETWORK_TIMEOUT, WAIT_TIMEOUT
 
 pytestmark = [pytest.mark.peer, pytest.mark.timeout(90)]
 

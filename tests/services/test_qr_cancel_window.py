@@ -20,27 +20,17 @@ import contextlib
 import itertools
 import threading
 import warnings
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from pydicom import Dataset
 
-from chromanet import _pdu, evt, uids
-from conftest import (
-    NETWORK_TIMEOUT,
-    QR_MODELS,
-    WAIT_TIMEOUT,
-    StoreLog,
-    configure_qr_scp_ae,
-    qr_scu_ae,
-    run_async,
-)
+from chromanet import _pdu, evt
+from helpers.qr import FIND, GET, QR_MODELS, UIDS, StoreLog, configure_qr_scp_ae, qr_association, qr_scu_ae, statuses
+from helpers.waits import NETWORK_TIMEOUT, WAIT_TIMEOUT, run_async, until
 
 pytestmark = pytest.mark.timeout(60)
 
-FIND = uids.ColorPaletteInformationModelFind
-GET = uids.ColorPaletteInformationModelGet
-UIDS = [f"1.2.840.10008.1.5.{i}" for i in range(1, 9)]
 ENDLESS = "ENDLESS"  # Content Label asking the test SCP for an endless C-FIND
 
 
@@ -84,33 +74,11 @@ class EndlessFind:
             self.closed.set()
 
 
-@contextlib.contextmanager
-def associated(scp: Any, store: Any = None) -> Iterator[Any]:
-    assoc = qr_scu_ae().associate(
-        "127.0.0.1", scp.port, ae_title="QRSCP", evt_handlers=[(evt.EVT_C_STORE, store)] if store else None
-    )
-    assert assoc.is_established
-    try:
-        yield assoc
-    finally:
-        if assoc.is_established:
-            assoc.release()
-
-
-def statuses(responses: list[tuple[Dataset, Any]]) -> list[int]:
-    return [int(s.Status) for s, _ in responses]
-
-
-async def _until(predicate: Any) -> None:
-    while not predicate():
-        await asyncio.sleep(0.005)
-
-
 # ================================================================ C-CANCEL
 def test_cancel_endless_find_blocking_api(make_qr_scp):
     handler = EndlessFind()
     scp = make_qr_scp([(evt.EVT_C_FIND, handler)])
-    with associated(scp) as assoc:
+    with qr_association(scp.port) as assoc:
         responses = []
         for status, identifier in assoc.send_c_find(query(ENDLESS), FIND, msg_id=42):
             responses.append((status, identifier))
@@ -136,7 +104,7 @@ def test_cancel_seen_by_handler_through_is_cancelled(make_qr_scp):
         for n in range(3):
             yield 0xFF00, match(n)
         seen.append(event.is_cancelled)
-        await asyncio.wait_for(_until(lambda: event.is_cancelled), WAIT_TIMEOUT)
+        await asyncio.wait_for(until(lambda: event.is_cancelled), WAIT_TIMEOUT)
         seen.append(event.is_cancelled)
         yield 0xFE00, None
 
@@ -173,7 +141,7 @@ def test_cancel_get_mid_way_reports_counts(make_qr_scp, palettes):
             event.assoc.send_c_cancel(77)
         return status
 
-    with associated(scp, store=on_store) as assoc:
+    with qr_association(scp.port, store=on_store) as assoc:
         responses = list(assoc.send_c_get(query("", UIDS), GET, msg_id=77))
         again = list(assoc.send_c_get(query("", UIDS), GET))
     assert statuses(responses) == [0xFF00] * 3 + [0xFE00]
@@ -190,7 +158,7 @@ def test_leaving_blocking_loop_early_cancels(make_qr_scp):
     handler = EndlessFind()
     # a short network timeout: with the bug, the SCP aborts soon instead of after 10 s
     scp = make_qr_scp([(evt.EVT_C_FIND, handler)], network_timeout=2)
-    with associated(scp) as assoc:
+    with qr_association(scp.port) as assoc:
         for n, (status, _) in enumerate(assoc.send_c_find(query(ENDLESS), FIND)):
             assert status.Status == 0xFF00
             if n == 2:
@@ -273,7 +241,7 @@ def test_concurrent_finds_on_one_association(window):
         state["peak"] = max(state["peak"], state["running"])
         try:
             if window is not None:
-                await asyncio.wait_for(_until(lambda: state["started"] >= 4), WAIT_TIMEOUT)
+                await asyncio.wait_for(until(lambda: state["started"] >= 4), WAIT_TIMEOUT)
             for n in range(5):
                 yield 0xFF00, match(n, label)
                 await asyncio.sleep(0)

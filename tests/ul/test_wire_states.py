@@ -21,37 +21,7 @@ import pytest
 from chromanet import _pdu, loopthread, uids
 from chromanet.ae import AE
 from chromanet.ul.negotiation import ContextSpec, build_associate_rq
-
-IO_TIMEOUT = 5.0
-
-
-def _recv_exact(sock: socket.socket, count: int) -> bytes:
-    data = b""
-    while len(data) < count:
-        chunk = sock.recv(count - len(data))
-        if not chunk:
-            raise ConnectionError(f"closed after {len(data)} of {count} bytes")
-        data += chunk
-    return data
-
-
-def recv_pdu(sock: socket.socket) -> _pdu.PDU:
-    header = _recv_exact(sock, 6)
-    (length,) = struct.unpack(">I", header[2:6])
-    return _pdu.decode_pdu_bytes(header + _recv_exact(sock, length))
-
-
-def wait_closed(sock: socket.socket) -> bool:
-    """True when the peer closed the connection (reads EOF) in time."""
-    sock.settimeout(IO_TIMEOUT)
-    try:
-        while True:
-            if not sock.recv(65536):
-                return True
-    except (ConnectionResetError, BrokenPipeError):
-        return True
-    except socket.timeout:
-        return False
+from helpers.rawpeer import IO_TIMEOUT, FakeAcceptor, pdata, recv_pdu, wait_closed
 
 
 def associate_rq(called: str = "SRV", calling: str = "RAW") -> bytes:
@@ -59,11 +29,6 @@ def associate_rq(called: str = "SRV", calling: str = "RAW") -> bytes:
         called, calling, [ContextSpec(uids.Verification, [uids.ImplicitVRLittleEndian])], max_pdu_length=16382
     )
     return _pdu.encode_pdu(rq)
-
-
-def pdata(context_id: int, control: int, fragment: bytes) -> bytes:
-    pdv = struct.pack(">IBB", len(fragment) + 2, context_id, control) + fragment
-    return struct.pack(">BBI", 0x04, 0, len(pdv)) + pdv
 
 
 @pytest.fixture
@@ -274,37 +239,6 @@ def test_pdata_after_release_request_is_answered_in_sta8(server):
 
 
 # ---------------------------------------------------------- requestor side
-class FakeAcceptor:
-    """A one-connection TCP server whose answer to the RQ is scripted."""
-
-    def __init__(self, script) -> None:
-        self.script = script
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.received: list[_pdu.PDU] = []
-        self.closed_by_peer = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        self.listener.settimeout(IO_TIMEOUT)
-        try:
-            conn, _ = self.listener.accept()
-        except OSError:
-            return
-        conn.settimeout(IO_TIMEOUT)
-        try:
-            self.received.append(recv_pdu(conn))
-            self.script(conn, self)
-            if wait_closed(conn):
-                self.closed_by_peer.set()
-        except (OSError, ConnectionError):
-            self.closed_by_peer.set()
-        finally:
-            conn.close()
-            self.listener.close()
-
-
 def _requestor() -> AE:
     ae = AE("RAW")
     ae.add_requested_context(uids.Verification, uids.ImplicitVRLittleEndian)

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from conftest import WAIT_TIMEOUT, async_scp, run_async, scu_ae
+from helpers.servers import async_scp, scu_ae
+from helpers.waits import WAIT_TIMEOUT, run_async
 
 pytestmark = [pytest.mark.load, pytest.mark.timeout(180)]
 
