@@ -14,10 +14,12 @@ request to the final response; association set-up and release are measured
 separately and are not part of the operation latencies.
 
 On a terminal one status line on stderr shows progress. At the end a
-summary goes to stdout: throughput, latency percentiles (p50/p90/p99/max),
-errors by status; ``--json FILE`` writes it as JSON, ``--histogram FILE.png``
-draws the latency histogram (needs matplotlib). Exit status 0 when every
-operation succeeded, 1 when any failed, 2 on bad usage.
+summary goes to stdout: throughput, latency percentiles (p50/p90/p99/p99.9/max,
+from an HdrHistogram: see ``latency.py``), errors by status; ``--json FILE``
+writes it as JSON (with the encoded HdrHistogram),
+``--histogram FILE.png`` draws the latency histogram (needs matplotlib).
+Exit status 0 when every operation succeeded, 1 when any failed, 2 on bad
+usage.
 
 Query models (``--query-model``): ``palette`` (Color Palette, the default),
 ``patient`` (Patient Root), ``study`` (Study Root), or a SOP Class UID. For
@@ -31,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from chromanet import uids
+from chromanet.apps.latency import Latencies
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -201,8 +203,8 @@ def build_identifier_for(plan: Plan) -> Any:
 class Tally:
     """What one process measured."""
 
-    latencies: list[float] = field(default_factory=list)  # seconds, successful and failed operations
-    assoc_latencies: list[float] = field(default_factory=list)
+    latencies: Latencies = field(default_factory=Latencies)  # successful and failed operations
+    assoc_latencies: Latencies = field(default_factory=Latencies)
     ok: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     items: int = 0  # C-FIND matches, C-GET/C-MOVE completed sub-operations
@@ -272,7 +274,7 @@ class Worker:
         plan, t = self.plan, self.tally
         file_index = index
         while True:
-            start = time.monotonic()
+            start = time.monotonic_ns()
             try:
                 assoc = await self.ae.associate_async(
                     plan.host, plan.port, ae_title=plan.called_aet, max_pdu=plan.max_pdu,
@@ -295,7 +297,7 @@ class Worker:
                     return
                 continue
             t.associations += 1
-            t.assoc_latencies.append(time.monotonic() - start)
+            t.assoc_latencies.record(time.monotonic_ns() - start)
             try:
                 for _ in range(plan.count):
                     if not self._time_left():
@@ -316,7 +318,7 @@ class Worker:
 
     async def _one(self, assoc: Any, file_index: int) -> int:
         plan, t = self.plan, self.tally
-        start = time.monotonic()
+        start = time.monotonic_ns()
         status: int | None = None
         items = 0
         try:
@@ -345,11 +347,11 @@ class Worker:
                     if plan.op != "find":
                         items = int(rsp.get("NumberOfCompletedSuboperations", 0) or 0)
         except Exception as exc:  # noqa: BLE001 - counted, not raised
-            t.latencies.append(time.monotonic() - start)
+            t.latencies.record(time.monotonic_ns() - start)
             t.error(f"exception: {type(exc).__name__}")
             self._done(False)
             return file_index
-        t.latencies.append(time.monotonic() - start)
+        t.latencies.record(time.monotonic_ns() - start)
         t.items += items
         if status is None:
             t.error("no response")
@@ -425,33 +427,11 @@ class ProgressLine:
 
 
 # --------------------------------------------------------------- summary
-def percentile(sorted_values: list[float], p: float) -> float:
-    """Nearest-rank percentile of an ascending list (p in 0..100)."""
-    if not sorted_values:
-        return math.nan
-    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
-def _latency_ms(values: list[float]) -> dict[str, float] | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return {
-        "min": ordered[0] * 1000,
-        "p50": percentile(ordered, 50) * 1000,
-        "p90": percentile(ordered, 90) * 1000,
-        "p99": percentile(ordered, 99) * 1000,
-        "max": ordered[-1] * 1000,
-        "mean": sum(ordered) / len(ordered) * 1000,
-    }
-
-
 def merge(tallies: list[Tally]) -> Tally:
     out = Tally()
     for t in tallies:
-        out.latencies += t.latencies
-        out.assoc_latencies += t.assoc_latencies
+        out.latencies.add(t.latencies)
+        out.assoc_latencies.add(t.assoc_latencies)
         out.ok += t.ok
         out.items += t.items
         out.associations += t.associations
@@ -486,11 +466,13 @@ def summarize(plan: Plan, processes: int, query_model: str, tally: Tally) -> dic
         "items": tally.items,
         "items_label": {"find": "matches", "get": "instances", "move": "instances"}.get(plan.op),
         "items_per_s": tally.items / elapsed,
-        "latency_ms": _latency_ms(tally.latencies),
+        "latency_ms": tally.latencies.summary_ms(),
+        # HdrHistogram's V2 encoding: any HdrHistogram tool reads it; runs add up
+        "latency_histogram": tally.latencies.encode().decode("ascii") if tally.latencies.count else None,
         "associations": {
             "opened": tally.associations,
             "failed": tally.association_failures,
-            "latency_ms": _latency_ms(tally.assoc_latencies),
+            "latency_ms": tally.assoc_latencies.summary_ms(),
         },
     }
 
@@ -510,7 +492,7 @@ def format_summary(s: dict[str, Any]) -> str:
     if lat:
         lines.append(
             f"  latency ms    p50 {lat['p50']:.3f}  p90 {lat['p90']:.3f}  p99 {lat['p99']:.3f}  "
-            f"max {lat['max']:.3f}  (mean {lat['mean']:.3f})"
+            f"p99.9 {lat['p99.9']:.3f}  max {lat['max']:.3f}  (mean {lat['mean']:.3f}; within 0.1 %)"
         )
     assoc = s["associations"]
     alat = assoc["latency_ms"]
@@ -526,7 +508,7 @@ def format_summary(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def draw_histogram(latencies: list[float], path: Path, title: str) -> str | None:
+def draw_histogram(latencies: Latencies, path: Path, title: str) -> str | None:
     """Draw; None on success, else why not."""
     try:
         import matplotlib
@@ -535,14 +517,17 @@ def draw_histogram(latencies: list[float], path: Path, title: str) -> str | None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not latencies:
+    summary = latencies.summary_ms()
+    if summary is None:
         return "no operations: no histogram drawn"
-    ms = sorted(v * 1000 for v in latencies)
+    recorded = [(item.value_iterated_to / 1000, item.count_added_in_this_iter_step)
+                for item in latencies.histogram.get_recorded_iterator()]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.hist(ms, bins=min(100, max(10, len(ms) // 20)), color="#1f77b4")
-    for p, style in ((50, "-"), (90, "--"), (99, ":")):
-        value = percentile(ms, p)
-        ax.axvline(value, color="#d62728", linestyle=style, linewidth=1, label=f"p{p} {value:.3f} ms")
+    ax.hist([ms for ms, _ in recorded], weights=[n for _, n in recorded],
+            bins=min(100, max(10, latencies.count // 20)), color="#1f77b4")
+    for key, style in (("p50", "-"), ("p90", "--"), ("p99", ":")):
+        value = summary[key]
+        ax.axvline(value, color="#d62728", linestyle=style, linewidth=1, label=f"{key} {value:.3f} ms")
     ax.set_xlabel("latency (ms)")
     ax.set_ylabel("operations")
     ax.set_title(title, fontsize=9)
