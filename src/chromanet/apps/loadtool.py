@@ -13,10 +13,10 @@ C-FIND / C-GET / C-MOVE up to its final response. Its latency runs from the
 request to the final response; association set-up and release are measured
 separately and are not part of the operation latencies.
 
-On a terminal one status line on stderr shows progress. At the end a
-summary goes to stdout: throughput, latency percentiles (p50/p90/p99/p99.9/max,
-from an HdrHistogram: see ``latency.py``), errors by status; ``--json FILE``
-writes it as JSON (with the encoded HdrHistogram),
+On a terminal a tqdm status line on stderr shows progress, rate and time
+left. At the end a summary goes to stdout: throughput, latency percentiles
+(p50/p90/p99/p99.9/max, from an HdrHistogram: see ``latency.py``), errors by
+status; ``--json FILE`` writes it as JSON (with the encoded HdrHistogram),
 ``--histogram FILE.png`` draws the latency histogram (needs matplotlib).
 Exit status 0 when every operation succeeded, 1 when any failed, 2 on bad
 usage.
@@ -38,6 +38,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from chromanet import uids
 from chromanet.apps.latency import Latencies
@@ -398,32 +400,18 @@ def _process_main(plan: Plan, progress: Any, slot: int, queue: Any) -> None:
 
 
 # --------------------------------------------------------------- progress
-class ProgressLine:
-    """One status line on stderr, rewritten in place; only on a terminal."""
+def _progress_bar(plan: Plan, processes: int, quiet: bool) -> tqdm:
+    """The status line on stderr: a tqdm bar, shown only on a terminal and
+    not with -q (the TQDM_* environment variables tune it)."""
+    total = None if plan.duration else plan.concurrency * plan.count * processes
+    desc = plan.op + (f" for {plan.duration:g} s" if plan.duration else "")
+    return tqdm(total=total, desc=desc, unit="op", file=sys.stderr, disable=True if quiet else None,
+                dynamic_ncols=True)
 
-    def __init__(self, total: int | None, duration: float | None, enabled: bool) -> None:
-        self.total = total
-        self.duration = duration
-        self.enabled = enabled and sys.stderr.isatty()
-        self.t0 = time.monotonic()
 
-    def show(self, ok: int, errors: int) -> None:
-        if not self.enabled:
-            return
-        elapsed = time.monotonic() - self.t0
-        done = ok + errors
-        rate = done / elapsed if elapsed > 0 else 0.0
-        if self.duration:
-            goal = f"{min(elapsed, self.duration):5.1f}/{self.duration:g} s"
-        else:
-            goal = f"{done}/{self.total}"
-        sys.stderr.write(f"\r{goal}  ok {ok}  errors {errors}  {rate:,.0f} ops/s   ")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+def _show(bar: tqdm, ok: int, errors: int) -> None:
+    bar.set_postfix({"ok": str(ok), "errors": str(errors)}, refresh=False)  # as is, in this order
+    bar.update(ok + errors - bar.n)
 
 
 # --------------------------------------------------------------- summary
@@ -540,7 +528,7 @@ def draw_histogram(latencies: Latencies, path: Path, title: str) -> str | None:
 
 
 # --------------------------------------------------------------- entry point
-def _run_processes(plan: Plan, processes: int, line: ProgressLine) -> list[Tally]:
+def _run_processes(plan: Plan, processes: int, quiet: bool) -> list[Tally]:
     import multiprocessing as mp
 
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
@@ -555,16 +543,18 @@ def _run_processes(plan: Plan, processes: int, line: ProgressLine) -> list[Tally
     import queue as queue_module
 
     try:
-        while len(results) + len(failures) < processes:
-            try:
-                kind, value = queue.get(timeout=0.5)
-            except queue_module.Empty:
-                line.show(sum(progress[0::2]), sum(progress[1::2]))
-                if not any(c.is_alive() for c in children) and queue.empty():
-                    failures.append("a worker process died without a result")
-                    break
-                continue
-            (results if kind == "ok" else failures).append(value)
+        with _progress_bar(plan, processes, quiet) as bar:  # after the fork: tqdm starts a thread
+            while len(results) + len(failures) < processes:
+                try:
+                    kind, value = queue.get(timeout=0.5)
+                except queue_module.Empty:
+                    _show(bar, sum(progress[0::2]), sum(progress[1::2]))
+                    if not any(c.is_alive() for c in children) and queue.empty():
+                        failures.append("a worker process died without a result")
+                        break
+                    continue
+                (results if kind == "ok" else failures).append(value)
+            _show(bar, sum(progress[0::2]), sum(progress[1::2]))
     finally:
         for child in children:
             child.join(timeout=5)
@@ -575,13 +565,13 @@ def _run_processes(plan: Plan, processes: int, line: ProgressLine) -> list[Tally
     return results
 
 
-async def _run_here(plan: Plan, line: ProgressLine) -> Tally:
+async def _run_here(plan: Plan, bar: tqdm) -> Tally:
     progress = [0, 0]
     worker = Worker(plan, progress)
     task = asyncio.ensure_future(worker.run())
     while not task.done():
         await asyncio.wait([task], timeout=0.25)
-        line.show(progress[0], progress[1])
+        _show(bar, progress[0], progress[1])
     return task.result()
 
 
@@ -596,8 +586,6 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"chromanet bench: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    total = None if plan.duration else plan.concurrency * plan.count * args.processes
-    line = ProgressLine(total, plan.duration, enabled=not args.quiet)
     try:
         if args.processes == 1:
             from chromanet.loopthread import new_event_loop
@@ -605,20 +593,18 @@ def run(args: argparse.Namespace) -> int:
             loop = new_event_loop()
             try:
                 asyncio.set_event_loop(loop)
-                tally = loop.run_until_complete(_run_here(plan, line))
+                with _progress_bar(plan, 1, args.quiet) as bar:
+                    tally = loop.run_until_complete(_run_here(plan, bar))
             finally:
                 loop.close()
         else:
-            tally = merge(_run_processes(plan, args.processes, line))
+            tally = merge(_run_processes(plan, args.processes, args.quiet))
     except KeyboardInterrupt:
-        line.close()
         print("chromanet bench: interrupted", file=sys.stderr)
         return EXIT_FAILED
     except RuntimeError as exc:
-        line.close()
         print(f"chromanet bench: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    line.close()
     summary = summarize(plan, args.processes, args.query_model, tally)
     if not args.quiet:
         print(format_summary(summary))
