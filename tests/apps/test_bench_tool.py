@@ -7,11 +7,16 @@ a subprocess) for echo, find, get, store and move; DCMTK's ``storescp``
 ``dcmqrscp`` (echo, and find on its Patient Root model with ``--query-model``
 and ``-k``). Each test reads the ``--json`` summary and checks its counts and
 that there were no errors. No timing is asserted.
+
+Its latency record (src/chromanet/apps/latency.py, an HdrHistogram) is checked
+on known data against the precision HdrHistogram documents (3 significant
+digits: within 0.1 %), and for the exact addition of what worker processes send.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +24,9 @@ from typing import Any
 
 import pytest
 
-from chromanet.apps import cli
+from chromanet.apps import cli, latency
 from chromanet.apps import loadtool as bench
+from chromanet.apps.latency import Latencies
 from helpers.data import REPO
 from helpers.dcmtk import storescp_palette_options, write_dcmqrscp_config
 from helpers.servers import free_port, subprocess_server
@@ -130,13 +136,65 @@ def test_usage_errors(args: list[str], message: str, capsys: pytest.CaptureFixtu
     assert message in capsys.readouterr().err
 
 
-def test_percentile() -> None:
-    values = [float(v) for v in range(1, 101)]
-    assert bench.percentile(values, 50) == 50
-    assert bench.percentile(values, 90) == 90
-    assert bench.percentile(values, 99) == 99
-    assert bench.percentile(values, 100) == 100
-    assert bench.percentile([7.0], 99) == 7.0
+# ------------------------------------------------------------ latencies (HdrHistogram)
+def recorded(microseconds: Any) -> Latencies:
+    latencies = Latencies()
+    for value in microseconds:
+        latencies.record(value * 1000)  # nanoseconds in, as the worker measures
+    return latencies
+
+
+def assert_within_precision(summary: dict[str, float], expected: dict[str, float]) -> None:
+    """HdrHistogram at 3 significant digits: a value is reported within 0.1 %;
+    a percentile or the maximum as the top of its bucket, so never below."""
+    for key, true in expected.items():
+        assert abs(summary[key] - true) <= true * 1e-3, (key, summary[key], true)
+        if key.startswith("p") or key == "max":
+            assert summary[key] >= true, (key, summary[key], true)
+
+
+@pytest.mark.parametrize(
+    "microseconds, expected_ms",
+    [
+        # the nearest-rank percentiles of 1..100 ms
+        ([v * 1000 for v in range(1, 101)],
+         {"min": 1, "p50": 50, "p90": 90, "p99": 99, "p99.9": 100, "max": 100, "mean": 50.5}),
+        # 1..100000 µs: more than FOLD_EVERY samples, so the fold runs mid-way too
+        (range(1, 100_001),
+         {"min": 0.001, "p50": 50, "p90": 90, "p99": 99, "p99.9": 99.9, "max": 100, "mean": 50.0005}),
+        ([7000], {"min": 7, "p50": 7, "p99": 7, "max": 7, "mean": 7}),
+    ],
+)
+def test_latency_percentiles(microseconds: Any, expected_ms: dict[str, float]) -> None:
+    assert latency.FOLD_EVERY < 100_000
+    latencies = recorded(microseconds)
+    assert latencies.count == len(microseconds)
+    assert_within_precision(latencies.summary_ms(), expected_ms)
+
+
+def test_latencies_from_processes_add_exactly() -> None:
+    """As worker processes send them back (pickled: HdrHistogram's compressed
+    encoding, not the samples) and the parent adds them: bucket for bucket the
+    same histogram as one that recorded every sample; an empty one changes nothing."""
+    samples = [(i * 7919) % 50_000 + 1 for i in range(60_000)]
+    parts = [recorded(samples[i::3]) for i in range(3)]
+    parts.insert(1, Latencies())
+    sent = [pickle.dumps(part) for part in parts]
+    assert all(len(blob) < 8 * len(samples) / 3 / 4 for blob in sent)  # far less than the samples
+    merged = Latencies()
+    for blob in sent:
+        merged.add(pickle.loads(blob))
+    whole = recorded(samples)
+    assert merged.histogram.equals(whole.histogram)
+    assert merged.summary_ms() == whole.summary_ms()
+    assert merged.summary_ms()["min"] == 0.001
+
+
+def test_latency_beyond_range_counts_as_the_highest() -> None:
+    latencies = recorded([1000, 2 * latency.HIGHEST_US])
+    assert latencies.count == latencies.histogram.get_total_count() == 2
+    assert latencies.summary_ms()["max"] >= latency.HIGHEST_US / 1000
+    assert Latencies().summary_ms() is None
 
 
 # ------------------------------------------------------------ DCMTK peers

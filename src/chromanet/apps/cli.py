@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset, config
+from tqdm import tqdm
 
 from chromanet import loopthread, uids
 from chromanet.ae import AE
@@ -170,46 +171,27 @@ def cmd_find(args: argparse.Namespace) -> int:
     return EXIT_OK if final == 0 else EXIT_FAILED
 
 
-class _Progress:
-    """One status line on stderr while a retrieve runs (only on a terminal)."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.enabled = sys.stderr.isatty()
-
-    def update(self, status: Dataset) -> None:
-        if not self.enabled:
-            return
-        done = int(status.get("NumberOfCompletedSuboperations", 0) or 0)
-        failed = int(status.get("NumberOfFailedSuboperations", 0) or 0)
-        remaining = int(status.get("NumberOfRemainingSuboperations", 0) or 0)
-        total = done + failed + remaining + int(status.get("NumberOfWarningSuboperations", 0) or 0)
-        width = 30
-        filled = width * (total - remaining) // total if total else width
-        bar = "#" * filled + "." * (width - filled)
-        sys.stderr.write(f"\r{self.label} [{bar}] {total - remaining}/{total} failed {failed}")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
+def _show_suboperations(bar: tqdm, status: Dataset) -> None:
+    """A C-GET/C-MOVE response's sub-operation counts on the progress bar."""
+    counts = {name: int(status.get(f"NumberOf{name}Suboperations", 0) or 0)
+              for name in ("Completed", "Failed", "Warning", "Remaining")}
+    bar.total = sum(counts.values())
+    bar.set_postfix(failed=str(counts["Failed"]), refresh=False)
+    bar.update(bar.total - counts["Remaining"] - bar.n)
 
 
 def _retrieve(responses: Any, label: str) -> int:
-    progress = _Progress(label)
     final: Dataset | None = None
     failed_list: Any = None
-    try:
+    # a tqdm bar on stderr, only on a terminal, and only for a retrieve that lasts
+    with tqdm(desc=label, unit="sub-op", file=sys.stderr, disable=None, dynamic_ncols=True, delay=0.5) as bar:
         for status, identifier in responses:
             if "Status" not in status:
                 break
-            if status.Status in (0xFF00, 0xFF01):
-                progress.update(status)
-            else:
+            _show_suboperations(bar, status)
+            if status.Status not in (0xFF00, 0xFF01):
                 final = status
                 failed_list = identifier.get("FailedSOPInstanceUIDList") if identifier is not None else None
-    finally:
-        progress.close()
     if final is None:
         print(f"{label}: the association ended before the final response", file=sys.stderr)
         return EXIT_FAILED

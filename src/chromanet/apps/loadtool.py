@@ -13,11 +13,13 @@ C-FIND / C-GET / C-MOVE up to its final response. Its latency runs from the
 request to the final response; association set-up and release are measured
 separately and are not part of the operation latencies.
 
-On a terminal one status line on stderr shows progress. At the end a
-summary goes to stdout: throughput, latency percentiles (p50/p90/p99/max),
-errors by status; ``--json FILE`` writes it as JSON, ``--histogram FILE.png``
-draws the latency histogram (needs matplotlib). Exit status 0 when every
-operation succeeded, 1 when any failed, 2 on bad usage.
+On a terminal a tqdm status line on stderr shows progress, rate and time
+left. At the end a summary goes to stdout: throughput, latency percentiles
+(p50/p90/p99/p99.9/max, from an HdrHistogram: see ``latency.py``), errors by
+status; ``--json FILE`` writes it as JSON (with the encoded HdrHistogram),
+``--histogram FILE.png`` draws the latency histogram (needs matplotlib).
+Exit status 0 when every operation succeeded, 1 when any failed, 2 on bad
+usage.
 
 Query models (``--query-model``): ``palette`` (Color Palette, the default),
 ``patient`` (Patient Root), ``study`` (Study Root), or a SOP Class UID. For
@@ -31,14 +33,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from chromanet import uids
+from chromanet.apps.latency import Latencies
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -201,8 +205,8 @@ def build_identifier_for(plan: Plan) -> Any:
 class Tally:
     """What one process measured."""
 
-    latencies: list[float] = field(default_factory=list)  # seconds, successful and failed operations
-    assoc_latencies: list[float] = field(default_factory=list)
+    latencies: Latencies = field(default_factory=Latencies)  # successful and failed operations
+    assoc_latencies: Latencies = field(default_factory=Latencies)
     ok: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     items: int = 0  # C-FIND matches, C-GET/C-MOVE completed sub-operations
@@ -272,7 +276,7 @@ class Worker:
         plan, t = self.plan, self.tally
         file_index = index
         while True:
-            start = time.monotonic()
+            start = time.monotonic_ns()
             try:
                 assoc = await self.ae.associate_async(
                     plan.host, plan.port, ae_title=plan.called_aet, max_pdu=plan.max_pdu,
@@ -295,7 +299,7 @@ class Worker:
                     return
                 continue
             t.associations += 1
-            t.assoc_latencies.append(time.monotonic() - start)
+            t.assoc_latencies.record(time.monotonic_ns() - start)
             try:
                 for _ in range(plan.count):
                     if not self._time_left():
@@ -316,7 +320,7 @@ class Worker:
 
     async def _one(self, assoc: Any, file_index: int) -> int:
         plan, t = self.plan, self.tally
-        start = time.monotonic()
+        start = time.monotonic_ns()
         status: int | None = None
         items = 0
         try:
@@ -345,11 +349,11 @@ class Worker:
                     if plan.op != "find":
                         items = int(rsp.get("NumberOfCompletedSuboperations", 0) or 0)
         except Exception as exc:  # noqa: BLE001 - counted, not raised
-            t.latencies.append(time.monotonic() - start)
+            t.latencies.record(time.monotonic_ns() - start)
             t.error(f"exception: {type(exc).__name__}")
             self._done(False)
             return file_index
-        t.latencies.append(time.monotonic() - start)
+        t.latencies.record(time.monotonic_ns() - start)
         t.items += items
         if status is None:
             t.error("no response")
@@ -396,62 +400,26 @@ def _process_main(plan: Plan, progress: Any, slot: int, queue: Any) -> None:
 
 
 # --------------------------------------------------------------- progress
-class ProgressLine:
-    """One status line on stderr, rewritten in place; only on a terminal."""
+def _progress_bar(plan: Plan, processes: int, quiet: bool) -> tqdm:
+    """The status line on stderr: a tqdm bar, shown only on a terminal and
+    not with -q (the TQDM_* environment variables tune it)."""
+    total = None if plan.duration else plan.concurrency * plan.count * processes
+    desc = plan.op + (f" for {plan.duration:g} s" if plan.duration else "")
+    return tqdm(total=total, desc=desc, unit="op", file=sys.stderr, disable=True if quiet else None,
+                dynamic_ncols=True)
 
-    def __init__(self, total: int | None, duration: float | None, enabled: bool) -> None:
-        self.total = total
-        self.duration = duration
-        self.enabled = enabled and sys.stderr.isatty()
-        self.t0 = time.monotonic()
 
-    def show(self, ok: int, errors: int) -> None:
-        if not self.enabled:
-            return
-        elapsed = time.monotonic() - self.t0
-        done = ok + errors
-        rate = done / elapsed if elapsed > 0 else 0.0
-        if self.duration:
-            goal = f"{min(elapsed, self.duration):5.1f}/{self.duration:g} s"
-        else:
-            goal = f"{done}/{self.total}"
-        sys.stderr.write(f"\r{goal}  ok {ok}  errors {errors}  {rate:,.0f} ops/s   ")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+def _show(bar: tqdm, ok: int, errors: int) -> None:
+    bar.set_postfix({"ok": str(ok), "errors": str(errors)}, refresh=False)  # as is, in this order
+    bar.update(ok + errors - bar.n)
 
 
 # --------------------------------------------------------------- summary
-def percentile(sorted_values: list[float], p: float) -> float:
-    """Nearest-rank percentile of an ascending list (p in 0..100)."""
-    if not sorted_values:
-        return math.nan
-    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
-    return sorted_values[min(rank, len(sorted_values)) - 1]
-
-
-def _latency_ms(values: list[float]) -> dict[str, float] | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return {
-        "min": ordered[0] * 1000,
-        "p50": percentile(ordered, 50) * 1000,
-        "p90": percentile(ordered, 90) * 1000,
-        "p99": percentile(ordered, 99) * 1000,
-        "max": ordered[-1] * 1000,
-        "mean": sum(ordered) / len(ordered) * 1000,
-    }
-
-
 def merge(tallies: list[Tally]) -> Tally:
     out = Tally()
     for t in tallies:
-        out.latencies += t.latencies
-        out.assoc_latencies += t.assoc_latencies
+        out.latencies.add(t.latencies)
+        out.assoc_latencies.add(t.assoc_latencies)
         out.ok += t.ok
         out.items += t.items
         out.associations += t.associations
@@ -486,11 +454,13 @@ def summarize(plan: Plan, processes: int, query_model: str, tally: Tally) -> dic
         "items": tally.items,
         "items_label": {"find": "matches", "get": "instances", "move": "instances"}.get(plan.op),
         "items_per_s": tally.items / elapsed,
-        "latency_ms": _latency_ms(tally.latencies),
+        "latency_ms": tally.latencies.summary_ms(),
+        # HdrHistogram's V2 encoding: any HdrHistogram tool reads it; runs add up
+        "latency_histogram": tally.latencies.encode().decode("ascii") if tally.latencies.count else None,
         "associations": {
             "opened": tally.associations,
             "failed": tally.association_failures,
-            "latency_ms": _latency_ms(tally.assoc_latencies),
+            "latency_ms": tally.assoc_latencies.summary_ms(),
         },
     }
 
@@ -510,7 +480,7 @@ def format_summary(s: dict[str, Any]) -> str:
     if lat:
         lines.append(
             f"  latency ms    p50 {lat['p50']:.3f}  p90 {lat['p90']:.3f}  p99 {lat['p99']:.3f}  "
-            f"max {lat['max']:.3f}  (mean {lat['mean']:.3f})"
+            f"p99.9 {lat['p99.9']:.3f}  max {lat['max']:.3f}  (mean {lat['mean']:.3f}; within 0.1 %)"
         )
     assoc = s["associations"]
     alat = assoc["latency_ms"]
@@ -526,7 +496,7 @@ def format_summary(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def draw_histogram(latencies: list[float], path: Path, title: str) -> str | None:
+def draw_histogram(latencies: Latencies, path: Path, title: str) -> str | None:
     """Draw; None on success, else why not."""
     try:
         import matplotlib
@@ -535,14 +505,17 @@ def draw_histogram(latencies: list[float], path: Path, title: str) -> str | None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not latencies:
+    summary = latencies.summary_ms()
+    if summary is None:
         return "no operations: no histogram drawn"
-    ms = sorted(v * 1000 for v in latencies)
+    recorded = [(item.value_iterated_to / 1000, item.count_added_in_this_iter_step)
+                for item in latencies.histogram.get_recorded_iterator()]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.hist(ms, bins=min(100, max(10, len(ms) // 20)), color="#1f77b4")
-    for p, style in ((50, "-"), (90, "--"), (99, ":")):
-        value = percentile(ms, p)
-        ax.axvline(value, color="#d62728", linestyle=style, linewidth=1, label=f"p{p} {value:.3f} ms")
+    ax.hist([ms for ms, _ in recorded], weights=[n for _, n in recorded],
+            bins=min(100, max(10, latencies.count // 20)), color="#1f77b4")
+    for key, style in (("p50", "-"), ("p90", "--"), ("p99", ":")):
+        value = summary[key]
+        ax.axvline(value, color="#d62728", linestyle=style, linewidth=1, label=f"{key} {value:.3f} ms")
     ax.set_xlabel("latency (ms)")
     ax.set_ylabel("operations")
     ax.set_title(title, fontsize=9)
@@ -555,7 +528,7 @@ def draw_histogram(latencies: list[float], path: Path, title: str) -> str | None
 
 
 # --------------------------------------------------------------- entry point
-def _run_processes(plan: Plan, processes: int, line: ProgressLine) -> list[Tally]:
+def _run_processes(plan: Plan, processes: int, quiet: bool) -> list[Tally]:
     import multiprocessing as mp
 
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
@@ -570,16 +543,18 @@ def _run_processes(plan: Plan, processes: int, line: ProgressLine) -> list[Tally
     import queue as queue_module
 
     try:
-        while len(results) + len(failures) < processes:
-            try:
-                kind, value = queue.get(timeout=0.5)
-            except queue_module.Empty:
-                line.show(sum(progress[0::2]), sum(progress[1::2]))
-                if not any(c.is_alive() for c in children) and queue.empty():
-                    failures.append("a worker process died without a result")
-                    break
-                continue
-            (results if kind == "ok" else failures).append(value)
+        with _progress_bar(plan, processes, quiet) as bar:  # after the fork: tqdm starts a thread
+            while len(results) + len(failures) < processes:
+                try:
+                    kind, value = queue.get(timeout=0.5)
+                except queue_module.Empty:
+                    _show(bar, sum(progress[0::2]), sum(progress[1::2]))
+                    if not any(c.is_alive() for c in children) and queue.empty():
+                        failures.append("a worker process died without a result")
+                        break
+                    continue
+                (results if kind == "ok" else failures).append(value)
+            _show(bar, sum(progress[0::2]), sum(progress[1::2]))
     finally:
         for child in children:
             child.join(timeout=5)
@@ -590,13 +565,13 @@ def _run_processes(plan: Plan, processes: int, line: ProgressLine) -> list[Tally
     return results
 
 
-async def _run_here(plan: Plan, line: ProgressLine) -> Tally:
+async def _run_here(plan: Plan, bar: tqdm) -> Tally:
     progress = [0, 0]
     worker = Worker(plan, progress)
     task = asyncio.ensure_future(worker.run())
     while not task.done():
         await asyncio.wait([task], timeout=0.25)
-        line.show(progress[0], progress[1])
+        _show(bar, progress[0], progress[1])
     return task.result()
 
 
@@ -611,8 +586,6 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"chromanet bench: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    total = None if plan.duration else plan.concurrency * plan.count * args.processes
-    line = ProgressLine(total, plan.duration, enabled=not args.quiet)
     try:
         if args.processes == 1:
             from chromanet.loopthread import new_event_loop
@@ -620,20 +593,18 @@ def run(args: argparse.Namespace) -> int:
             loop = new_event_loop()
             try:
                 asyncio.set_event_loop(loop)
-                tally = loop.run_until_complete(_run_here(plan, line))
+                with _progress_bar(plan, 1, args.quiet) as bar:
+                    tally = loop.run_until_complete(_run_here(plan, bar))
             finally:
                 loop.close()
         else:
-            tally = merge(_run_processes(plan, args.processes, line))
+            tally = merge(_run_processes(plan, args.processes, args.quiet))
     except KeyboardInterrupt:
-        line.close()
         print("chromanet bench: interrupted", file=sys.stderr)
         return EXIT_FAILED
     except RuntimeError as exc:
-        line.close()
         print(f"chromanet bench: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    line.close()
     summary = summarize(plan, args.processes, args.query_model, tally)
     if not args.quiet:
         print(format_summary(summary))
