@@ -227,6 +227,7 @@ cdef class Reassembler:
     cdef public object accepted_context_ids
     cdef public bint stream_datasets
     cdef public Py_ssize_t max_dataset_length
+    cdef public Py_ssize_t stream_threshold
 
     cdef int _state
     cdef int _context_id
@@ -238,12 +239,13 @@ cdef class Reassembler:
     cdef Py_ssize_t _dataset_length
 
     def __init__(self, accepted_context_ids=None, bint stream_datasets=False,
-                 Py_ssize_t max_dataset_length=0):
-        if max_dataset_length < 0:
-            raise ValueError("max_dataset_length must be >= 0")
+                 Py_ssize_t max_dataset_length=0, Py_ssize_t stream_threshold=0):
+        if max_dataset_length < 0 or stream_threshold < 0:
+            raise ValueError("max_dataset_length and stream_threshold must be >= 0")
         self.accepted_context_ids = accepted_context_ids
         self.stream_datasets = stream_datasets
         self.max_dataset_length = max_dataset_length
+        self.stream_threshold = stream_threshold
         self._state = _IDLE
         self._command_fragments = []
         self._dataset_fragments = []
@@ -369,6 +371,16 @@ cdef class Reassembler:
         self._dataset_length += length
         if self.max_dataset_length and self._dataset_length > self.max_dataset_length:
             raise _perror(f"data set larger than {self.max_dataset_length} bytes", item_pos)
+        if not last and self.stream_threshold and self._dataset_length > self.stream_threshold:
+            # Too big to collect: from here on the message streams, starting
+            # with what was collected (never joined).
+            events.append(CommandArrived(ctx, self._command))
+            for collected in self._dataset_fragments:
+                events.append(DatasetChunk(ctx, collected, False))
+            events.append(DatasetChunk(ctx, data, False))
+            self._dataset_fragments = []
+            self._streaming = True
+            return 0
         if not last:
             self._dataset_fragments.append(data)
             return 0

@@ -57,7 +57,11 @@ class Reassembler:
     that overrun the PDU, and a data set larger than ``max_dataset_length``
     (0 = no limit; collecting mode only).
 
-    Collecting mode (default): ``feed`` returns DimseMessage objects.
+    Collecting mode (default): ``feed`` returns DimseMessage objects. With a
+    ``stream_threshold`` (bytes, 0 = none), a data set that grows past it
+    before its last fragment switches that message to streaming: a
+    CommandArrived, the fragments so far and the rest as DatasetChunk objects.
+    Small messages stay whole; a large one is never joined in memory.
     Streaming mode (``stream_datasets=True``): a command with no data set is
     still returned as a DimseMessage; one with a data set is returned as
     CommandArrived, then its fragments as DatasetChunk objects, so that large
@@ -68,11 +72,13 @@ class Reassembler:
     accepted_context_ids: set[int] | None
     stream_datasets: bool
     max_dataset_length: int
+    stream_threshold: int
     def __init__(
         self,
         accepted_context_ids: set[int] | None = None,
         stream_datasets: bool = False,
         max_dataset_length: int = 0,
+        stream_threshold: int = 0,
     ) -> None: ...
     def feed(self, pdata_body: Buffer) -> list[DimseMessage | CommandArrived | DatasetChunk]:
         """``pdata_body`` is a P-DATA-TF PDU minus its 6-byte header."""

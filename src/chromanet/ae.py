@@ -54,6 +54,10 @@ class AE:
         # (None: only maximum_associations applies), so that a few hosts
         # cannot take every association slot.
         self.maximum_associations_per_host: int | None = None
+        # chromanet extra: an identifier (or any data set that is not a
+        # C-STORE's) larger than this many bytes is refused, never held
+        # whole (0: no limit).
+        self.max_identifier_size = 256 * 1024
         self.require_called_aet = False
         self.require_calling_aet: list[str] = []
         self.implementation_class_uid = uids.IMPLEMENTATION_CLASS_UID

@@ -36,7 +36,7 @@ from chromanet.services import query_retrieve, storage, verification
 from chromanet.services.answers import response_to_dataset
 from chromanet.services.base import HandlerTable, ServiceSession
 from chromanet.services.dispatch import ServiceDispatcher
-from chromanet.services.spool import FileSink, MemorySink
+from chromanet.services.spool import FileSink
 from chromanet.ul.acse import AssociationControl
 
 if TYPE_CHECKING:
@@ -221,6 +221,7 @@ class AsyncAssociation:
             max_operations_performed=result.max_operations_performed,
             max_operations_invoked=result.max_operations_invoked,
             dataset_sink_factory=sink_factory,
+            max_identifier_size=self.ae.max_identifier_size,
         )
         self._session = ServiceSession(
             channel,
@@ -236,12 +237,12 @@ class AsyncAssociation:
         notify(self._handlers, Event(self, EVT_ACCEPTED))
         notify(self._handlers, Event(self, EVT_ESTABLISHED))
 
-    def _spool_factory(self, context_id: int, command: Command) -> DatasetSink:
+    def _spool_factory(self, context_id: int, command: Command) -> DatasetSink | None:
         # Only C-STORE data sets go to disk; identifiers and responses are small.
         ctx = self._ul.contexts.get(context_id)
         if command.command_field == _dimse.C_STORE_RQ and ctx is not None and self._spool_directory is not None:
             return FileSink(self._spool_directory, command, ctx.transfer_syntax or uids.ImplicitVRLittleEndian)
-        return MemorySink()
+        return None  # the channel's own (capped) sink
 
     def _on_ended(self, future: asyncio.Future[str]) -> None:
         outcome = self._ul.outcome

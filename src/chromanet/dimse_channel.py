@@ -15,7 +15,11 @@ messages (command + optional data set) and routes the ones that arrive:
 
 Data sets may be streamed: with a ``dataset_sink_factory`` the channel gets
 the command first and gives each data set fragment to a sink (e.g. a file),
-so a large C-STORE never sits whole in memory.
+so a large C-STORE never sits whole in memory. Every data set that is not a
+C-STORE's (identifiers, mostly) is capped at ``max_identifier_size`` bytes:
+past it, its fragments are dropped as they come and the message arrives
+with a ``DatasetTooLarge`` in place of its data set, for the service to
+refuse.
 """
 
 from __future__ import annotations
@@ -63,6 +67,49 @@ class IncomingMessage:
         self.command = command
         self.dataset = dataset
         self.cancelled = False
+
+
+class DatasetTooLarge:
+    """Stands for a data set that was larger than allowed (and dropped)."""
+
+    __slots__ = ("size", "limit")
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+
+    def __repr__(self) -> str:
+        return f"<DatasetTooLarge {self.size} bytes, limit {self.limit}>"
+
+
+class MemorySink:
+    """DatasetSink that keeps the fragments and joins them once; past
+    ``limit`` bytes (0: none) it keeps nothing more and finishes as
+    DatasetTooLarge."""
+
+    __slots__ = ("_parts", "_size", "_limit")
+
+    def __init__(self, limit: int = 0) -> None:
+        self._parts: list[bytes] | None = []
+        self._size = 0
+        self._limit = limit
+
+    def write(self, data: Any) -> None:
+        self._size += len(data)
+        if self._parts is None:
+            return
+        if self._limit and self._size > self._limit:
+            self._parts = None  # over the limit: what came is dropped
+            return
+        self._parts.append(bytes(data))
+
+    def finish(self) -> bytes | DatasetTooLarge:
+        if self._parts is None:
+            return DatasetTooLarge(self._size, self._limit)
+        return b"".join(self._parts)
+
+    def discard(self) -> None:
+        self._parts = []
 
 
 class DatasetSink(Protocol):
@@ -138,15 +185,20 @@ class DimseChannel:
         dimse_timeout: float | None = 30.0,
         max_operations_performed: int = 1,
         max_operations_invoked: int = 1,
-        dataset_sink_factory: Callable[[int, Command], DatasetSink] | None = None,
+        dataset_sink_factory: Callable[[int, Command], DatasetSink | None] | None = None,
+        max_identifier_size: int = 0,
     ) -> None:
         self.ul = ul
         self.request_handler = request_handler
         self.dimse_timeout = dimse_timeout
         self.max_operations_performed = max_operations_performed or 1 << 30
         self.dataset_sink_factory = dataset_sink_factory
+        self.max_identifier_size = max_identifier_size
         if dataset_sink_factory is not None:
             ul.stream_datasets()
+        if max_identifier_size:
+            # Larger data sets stream (into a capped sink unless a C-STORE's).
+            ul.set_stream_threshold(max_identifier_size)
         self._loop = asyncio.get_running_loop()
         self._next_id = 0
         self._pending: dict[int, ResponseStream] = {}
@@ -257,8 +309,11 @@ class DimseChannel:
 
     def on_command_arrived(self, event: CommandArrived) -> None:
         factory = self.dataset_sink_factory
-        assert factory is not None
-        self._streaming = (event.context_id, event.command, factory(event.context_id, event.command))
+        sink = factory(event.context_id, event.command) if factory is not None else None
+        if sink is None:
+            is_store = event.command.command_field == _dimse.C_STORE_RQ
+            sink = MemorySink(0 if is_store else self.max_identifier_size)
+        self._streaming = (event.context_id, event.command, sink)
 
     def on_dataset_chunk(self, chunk: DatasetChunk) -> None:
         assert self._streaming is not None

@@ -8,6 +8,10 @@ module to ``SERVICE_CLASSES``.
 Before a request reaches its service, PS3.7's rule is checked: a request's
 Affected SOP Class UID is the abstract syntax of the presentation context it
 came on (0x0122 otherwise). A Command Field no service serves gets 0x0211.
+A request whose data set was over the association's size limit (and was
+dropped as it came) is refused with its service's "out of resources"
+status: C-FIND 0xA700, C-GET and C-MOVE 0xA701; a C-ECHO, which takes no
+data set at all, 0x0212.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import logging
 from typing import Awaitable
 
 from chromanet import _dimse
-from chromanet.dimse_channel import DimseChannel, IncomingMessage
+from chromanet.dimse_channel import DatasetTooLarge, DimseChannel, IncomingMessage
 from chromanet.logutil import peer_log
 from chromanet.services import color_palette_qr, storage, verification
 from chromanet.services.base import ServeFunction, ServiceClass, ServiceSession
@@ -33,6 +37,11 @@ SERVICE_CLASSES: tuple[ServiceClass, ...] = (
 
 _SOP_CLASS_NOT_SUPPORTED = int(Status.SOP_CLASS_NOT_SUPPORTED)
 _UNRECOGNISED_OPERATION = int(Status.UNRECOGNISED_OPERATION)
+_TOO_LARGE = {
+    _dimse.C_FIND_RQ: int(Status.OUT_OF_RESOURCES),
+    _dimse.C_GET_RQ: int(Status.OUT_OF_RESOURCES_MATCHES),
+    _dimse.C_MOVE_RQ: int(Status.OUT_OF_RESOURCES_MATCHES),
+}
 
 
 def _serve_table(classes: tuple[ServiceClass, ...]) -> dict[int, ServeFunction]:
@@ -62,6 +71,15 @@ class ServiceDispatcher:
                 "request for SOP class %s on a context for another: 0x0122", message.command.affected_sop_class_uid,
             )
             return self._refuse(channel, message, _SOP_CLASS_NOT_SUPPORTED)
+        if type(message.dataset) is DatasetTooLarge:
+            too_large = message.dataset
+            peer_log(
+                LOGGER, logging.WARNING, self.session.peer_host,
+                "refusing command 0x%04X: its data set has %d bytes, more than the %d allowed",
+                field, too_large.size, too_large.limit,
+            )
+            comment = f"data set of {too_large.size} bytes: at most {too_large.limit} accepted"
+            return self._refuse(channel, message, _TOO_LARGE.get(field, int(Status.MISTYPED_ARGUMENT)), comment)
         serve = _SERVE.get(field)
         if serve is None:
             peer_log(LOGGER, logging.WARNING, self.session.peer_host, "no service for command 0x%04X", field)
@@ -74,7 +92,7 @@ class ServiceDispatcher:
         return context is None or requested is None or requested == context.abstract_syntax
 
     @staticmethod
-    def _refuse(channel: DimseChannel, message: IncomingMessage, status: int) -> None:
+    def _refuse(channel: DimseChannel, message: IncomingMessage, status: int, comment: str | None = None) -> None:
         request = message.command
         response = _dimse.Command(
             request.command_field | 0x8000,
@@ -82,6 +100,7 @@ class ServiceDispatcher:
             message_id_being_responded_to=request.message_id,
             command_data_set_type=_dimse.NO_DATASET,
             status=status,
+            error_comment=comment[:64] if comment else None,
         )
         if request.command_field == _dimse.C_STORE_RQ:
             response.affected_sop_instance_uid = request.affected_sop_instance_uid

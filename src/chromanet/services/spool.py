@@ -69,19 +69,3 @@ class FileSink:
         except FileNotFoundError:
             return
         LOGGER.info("C-STORE cut off by the end of the association: its partial data set removed")
-
-
-class MemorySink:
-    """DatasetSink that keeps the fragments and joins them once."""
-
-    def __init__(self) -> None:
-        self._parts: list[bytes] = []
-
-    def write(self, data: Any) -> None:
-        self._parts.append(bytes(data))
-
-    def finish(self) -> bytes:
-        return b"".join(self._parts)
-
-    def discard(self) -> None:
-        self._parts.clear()

@@ -301,7 +301,11 @@ class AssociationControl:
 
     def stream_datasets(self) -> None:
         """From now on, data sets arrive in fragments (``on_dataset_chunk``)."""
-        self.connection.set_stream_datasets(True)
+        self.connection.upper_layer.stream_datasets = True
+
+    def set_stream_threshold(self, size: int) -> None:
+        """Data sets larger than ``size`` bytes arrive in fragments."""
+        self.connection.upper_layer.stream_threshold = size
 
     def send_message(self, context_id: int, command: Any, dataset: Any = None) -> None:
         """One DIMSE message, written now (P-DATA request)."""

@@ -264,10 +264,6 @@ class ULConnection(asyncio.Protocol):
         self.upper_layer.abort(source, reason)
         self._after([])
 
-    def set_stream_datasets(self, value: bool) -> None:
-        """Hand data sets up in fragments (see ``UpperLayer.stream_datasets``)."""
-        self.upper_layer.stream_datasets = value
-
     def send_message(self, context_id: int, command: Command, dataset: Any = None) -> None:
         """DT-1 for one whole DIMSE message, written in one go.
 

@@ -242,6 +242,16 @@ class UpperLayer:
         self._reassembler.stream_datasets = value
 
     @property
+    def stream_threshold(self) -> int:
+        """A data set larger than this (bytes, 0 = none) is handed up in
+        fragments even when ``stream_datasets`` is off."""
+        return self._reassembler.stream_threshold
+
+    @stream_threshold.setter
+    def stream_threshold(self, value: int) -> None:
+        self._reassembler.stream_threshold = value
+
+    @property
     def in_pdu(self) -> bool:
         """True while a PDU has begun to arrive and is not yet whole."""
         return self._framer.in_pdu
