@@ -25,6 +25,7 @@ refuse.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
@@ -47,6 +48,18 @@ _PENDING = (int(Status.PENDING), int(Status.PENDING_WARNING))
 # How a handler task ends when the association went away under it: an
 # ordinary event (the peer reset or aborted), not a failure of the handler.
 _ASSOCIATION_GONE = (AssociationAborted, AssociationClosed, NotEstablishedError, ConnectionError)
+
+
+def _fresh(error: BaseException) -> BaseException:
+    """A new exception like ``error``, to raise in its place.
+
+    The end of an association is one exception, kept by the channel and
+    every waiting stream. Raised as it is, it would take each raise's
+    traceback, and with it the frames (and their data sets: memory maps of
+    files being sent) into a reference cycle that only the garbage collector
+    breaks; a copy raised per waiter takes them nowhere.
+    """
+    return copy.copy(error)
 
 
 class DimseTimeout(ChromanetError, TimeoutError):
@@ -156,7 +169,7 @@ class ResponseStream:
     async def next(self) -> IncomingMessage:
         while not self._items:
             if self._error is not None:
-                raise self._error
+                raise _fresh(self._error)
             self._waiter = self._loop.create_future()
             try:
                 # asyncio.timeout, not wait_for: wait_for (3.11) can swallow
@@ -225,7 +238,7 @@ class DimseChannel:
     def send(self, context_id: int, command: Command, dataset: Any = None) -> None:
         """Send one message now (responses, C-CANCEL, requests)."""
         if self.end_error is not None:
-            raise self.end_error
+            raise _fresh(self.end_error)
         self.ul.send_message(context_id, command, dataset)
 
     async def send_and_drain(self, context_id: int, command: Command, dataset: Any = None) -> None:
@@ -294,7 +307,7 @@ class DimseChannel:
             stream = self._register(command)
             try:
                 if self.end_error is not None:
-                    raise self.end_error
+                    raise _fresh(self.end_error)
                 await self.ul.send_message_paced(context_id, command, dataset)
                 await self.ul.drain()
                 return await stream.next()

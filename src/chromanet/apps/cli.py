@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--network-timeout", type=float, help="abort when nothing arrives for this long")
     serve.add_argument("--pdu-timeout", type=float, help="abort when a PDU is not whole this long after it began")
     serve.add_argument("--idle-timeout", type=float, help="abort after this long without a DIMSE message")
+    serve.add_argument("--max-identifier-size", type=int, help="bytes; larger identifiers are refused")
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     echo = commands.add_parser("echo", help="C-ECHO")
@@ -291,6 +292,7 @@ def load_node_config(args: argparse.Namespace) -> Any:
         "network_timeout",
         "pdu_timeout",
         "idle_timeout",
+        "max_identifier_size",
         "log_level",
     ):
         value = getattr(args, key, None)

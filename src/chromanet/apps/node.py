@@ -53,6 +53,9 @@ class NodeConfig:
     # No DIMSE message either way for this long: the association is aborted
     # and its slot freed (Orthanc's default for the same limit is 30 s).
     idle_timeout: float | None = 60
+    # An identifier (any data set but a C-STORE's) larger than this many
+    # bytes is refused without being held (C-FIND 0xA700, C-GET/MOVE 0xA701).
+    max_identifier_size: int = 256 * 1024
     require_called_aet: bool = False
     log_level: str = "INFO"
 
@@ -91,6 +94,7 @@ class PaletteNode:
         ae.maximum_associations_per_host = config.max_associations_per_host
         ae.pdu_timeout = config.pdu_timeout
         ae.idle_timeout = config.idle_timeout
+        ae.max_identifier_size = config.max_identifier_size
         ae.maximum_pdu_size = config.max_pdu_length
         ae.acse_timeout = config.acse_timeout
         ae.dimse_timeout = config.dimse_timeout

@@ -45,6 +45,9 @@ class AssociationAborted(ChromanetError):
         self.source = source
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type, tuple[int, int]]:
+        return (type(self), (self.source, self.reason))  # copy.copy makes a fresh one
+
 
 class AssociationClosed(ChromanetError):
     """The connection went away (after release, abort, or without notice)."""

@@ -1,0 +1,344 @@
+"""The palette node against hostile and broken peers, each a raw socket.
+
+One test (or a few) per way a peer can exhaust or derail a node, each with
+what the node must do instead (issue "Hold up against hostile and broken
+peers"): bounded memory under pipelining (PS3.7's operations window, TCP
+flow control), time limits a trickling or idle peer cannot cheat, a
+per-host share of the association slots, identifiers capped in size, no
+spooled or replaced file left behind, nothing stored that could not be read
+back, PS3.8's answer to every bad A-ASSOCIATE-RQ (A-ASSOCIATE-RJ or A-ABORT),
+no traceback for a peer's ordinary failure, and a log a peer cannot flood.
+The node runs as a subprocess (``chromanet serve``) with short limits
+(``helpers.hostile``); after each misbehaviour it must still serve.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+
+import pytest
+from pydicom import dcmread
+
+from chromanet import _dimse, _pdu, dsutil, uids
+from chromanet.ae import AE
+from helpers.data import palette_paths
+from helpers.hostile import (
+    EXPLICIT,
+    FIND,
+    GET,
+    IDLE_TIMEOUT,
+    IMPLICIT,
+    MAX_IDENTIFIER,
+    PDU_TIMEOUT,
+    PER_HOST,
+    associate,
+    connect,
+    echo_rq,
+    identifier,
+    message_bytes,
+    query_rq,
+    raw_associate_rq,
+    read_message,
+    recv_pdu,
+    reset,
+    running_node,
+    still_serves,
+    store_rq,
+    wait_for,
+)
+
+PALETTE_EXPLICIT = [(1, uids.ColorPaletteStorage, [EXPLICIT])]
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    with running_node(tmp_path_factory.mktemp("hostile")) as running:
+        yield running
+
+
+def _no_traceback(node) -> None:
+    assert "Traceback" not in node.log(), node.log()[-3000:]
+
+
+# ------------------------------------------------------- memory and windows
+@pytest.mark.parametrize("op", ["echo", "find"])
+def test_pipelining_without_reading_is_held_to_bounded_memory(node, op):
+    """Requests sent as fast as the socket takes them, no response ever
+    read: the node stops reading (its responses are unread; C-FIND tasks
+    beyond the window) instead of queueing without bound. Before this held,
+    the node grew by hundreds of MB in these 3 s."""
+    contexts = [(1, uids.Verification, [IMPLICIT])] if op == "echo" else [(1, FIND, [IMPLICIT])]
+    sock = associate(node, contexts)
+    ident = identifier(SOPInstanceUID="1.2.840.10008.1.5.1", ContentLabel="")
+    batch = b"".join(
+        message_bytes(1, echo_rq(i)) if op == "echo" else message_bytes(1, query_rq(_dimse.C_FIND_RQ, FIND, i), ident)
+        for i in range(1, 65)
+    )
+    start_rss = node.rss_kib()
+    sock.setblocking(False)
+    sent = 0
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        try:
+            sent += sock.send(batch)
+        except BlockingIOError:
+            time.sleep(0.01)
+    growth_mib = (node.rss_kib() - start_rss) / 1024
+    reset(sock)
+    assert growth_mib < 48, f"the node grew by {growth_mib:.0f} MiB"
+    assert sent < 64 << 20, f"the node kept reading: {sent} bytes taken"
+    assert still_serves(node)
+
+
+# ------------------------------------------------------------------ timers
+def test_trickling_peer_is_aborted_by_the_pdu_time_limit(node):
+    """One byte every 0.3 s of a PDU that never completes: the network
+    timeout alone would never fire; the PDU limit does."""
+    sock = associate(node)
+    pdu = message_bytes(1, echo_rq(1))
+    began = time.monotonic()
+    answer = None
+    sock.settimeout(0.3)
+    for byte in pdu[:-1]:
+        try:
+            sock.send(bytes([byte]))
+            answer = recv_pdu(sock)
+            break
+        except (socket.timeout, TimeoutError):
+            continue
+        except (ConnectionError, OSError):
+            break
+    elapsed = time.monotonic() - began
+    assert isinstance(answer, _pdu.Abort) and answer.source == 2, answer
+    assert PDU_TIMEOUT - 0.5 < elapsed < PDU_TIMEOUT + 3, elapsed
+    sock.close()
+
+
+def test_trickling_before_the_rq_is_aborted_too(node):
+    sock = connect(node)
+    sock.settimeout(0.3)
+    began = time.monotonic()
+    closed = False
+    for byte in raw_associate_rq([(1, uids.Verification, [IMPLICIT])]):
+        try:
+            sock.send(bytes([byte]))
+            sock.recv(64)  # EOF or the node's A-ABORT: either way it ended it
+        except (socket.timeout, TimeoutError):
+            continue
+        except OSError:
+            pass
+        closed = True
+        break
+    assert closed and time.monotonic() - began < PDU_TIMEOUT + 3
+    sock.close()
+
+
+def test_idle_association_is_aborted_and_its_slot_freed(node):
+    sock = associate(node)
+    began = time.monotonic()
+    answer = recv_pdu(sock)  # nothing sent: the node's idle limit ends it
+    assert isinstance(answer, _pdu.Abort) and answer.source == 2
+    assert IDLE_TIMEOUT - 0.5 < time.monotonic() - began < IDLE_TIMEOUT + 3
+    sock.close()
+
+
+def test_a_few_hosts_cannot_take_every_slot(tmp_path):
+    """PER_HOST idle associations from 127.0.0.1: the next one from that
+    host is refused (transient, local limit exceeded), one from 127.0.0.2
+    is still accepted."""
+    with running_node(tmp_path, "--idle-timeout", "60") as fresh:
+        holders = [associate(fresh) for _ in range(PER_HOST)]
+        try:
+            sock = connect(fresh)
+            sock.sendall(raw_associate_rq([(1, uids.Verification, [IMPLICIT])]))
+            refused = recv_pdu(sock)
+            sock.close()
+            assert isinstance(refused, _pdu.AssociateRJ)
+            assert (refused.result, refused.source, refused.reason) == (2, 3, 2)
+            other = associate(fresh, source="127.0.0.2")
+            other.close()
+        finally:
+            for holder in holders:
+                holder.close()
+        assert wait_for(lambda: _accepts(fresh))
+
+
+def _accepts(node) -> bool:
+    try:
+        sock = associate(node)
+    except AssertionError:
+        return False
+    sock.close()
+    return True
+
+
+# ------------------------------------------------------------ size limits
+@pytest.mark.parametrize(
+    "field, model, status",
+    [(_dimse.C_FIND_RQ, FIND, 0xA700), (_dimse.C_GET_RQ, GET, 0xA701)],
+    ids=["find", "get"],
+)
+def test_identifier_over_the_limit_is_refused_without_holding_it(node, field, model, status):
+    sock = associate(node, [(1, model, [IMPLICIT])])
+    big = identifier(SOPInstanceUID="1.2.3", ContentLabel="", ContentDescription="x" * 60) + (
+        struct.pack("<HHI", 0x0009, 0x1010, 20 << 20) + bytes(20 << 20)
+    )
+    start_rss = node.rss_kib()
+    sock.sendall(message_bytes(1, query_rq(field, model, 1), big))
+    answer = read_message(sock, {1})
+    assert answer.command.status == status
+    assert str(MAX_IDENTIFIER) in (answer.command.error_comment or "")
+    assert (node.rss_kib() - start_rss) / 1024 < 16
+    sock.close()
+
+
+def test_echo_with_a_data_set_is_refused(node):
+    sock = associate(node)
+    command = echo_rq(1)
+    command.command_data_set_type = _dimse.DATASET_PRESENT
+    sock.sendall(message_bytes(1, command, bytes(MAX_IDENTIFIER * 4)))
+    assert read_message(sock, {1}).command.status == 0x0212
+    sock.close()
+
+
+# -------------------------------------------------------------- identifiers
+@pytest.mark.parametrize(
+    "payload, status",
+    [
+        (identifier(SOPInstanceUID="1." + "2" * 198), 0xA900),
+        (identifier(ContentLabel="?" * 60000), 0xA900),
+        (identifier(ContentLabel="*" * 6000), 0xA900),
+        (bytes(range(256)) * 8, 0xC310),
+        (b"\x00" * 32, 0xA900),
+    ],
+    ids=["200-char-uid", "60k-wildcard", "6k-wildcard", "garbage", "command-group"],
+)
+def test_malformed_identifier_gets_a_failure_never_a_match(node, payload, status):
+    sock = associate(node, [(1, FIND, [IMPLICIT])])
+    sock.sendall(message_bytes(1, query_rq(_dimse.C_FIND_RQ, FIND, 1), payload))
+    answer = read_message(sock, {1})
+    assert answer.command.status == status
+    assert answer.dataset is None
+    sock.close()
+    _no_traceback(node)
+
+
+# ------------------------------------------------------------------ stores
+def test_refused_store_leaves_no_spool_file(node):
+    sock = associate(node, PALETTE_EXPLICIT)
+    sock.sendall(message_bytes(1, store_rq("1.2.826.0.1.3680043.8.498.1", 1), b"\x08\x00\x16\x00garbage-garbage"))
+    assert read_message(sock, {1}).command.status == 0xC000
+    sock.close()
+    assert node.spool() == []
+    assert not [name for name in node.stored_files() if name.startswith("1.2.826.0.1.3680043.8.498.1")]
+
+
+def test_store_cut_off_by_a_reset_leaves_no_spool_file_and_no_traceback(node):
+    sock = associate(node, PALETTE_EXPLICIT)
+    data = dsutil.encode_dataset(dcmread(palette_paths()[0]), EXPLICIT) + bytes(2 << 20)
+    whole = message_bytes(1, store_rq("1.2.826.0.1.3680043.8.498.2", 1), data)
+    sock.sendall(whole[: len(whole) // 2])
+    assert wait_for(lambda: node.spool() != [], 5)  # it was being spooled
+    reset(sock)
+    assert wait_for(lambda: node.spool() == [])
+    assert wait_for(lambda: "lost" in node.log() or "partial data set removed" in node.log())
+    _no_traceback(node)
+
+
+def test_implicit_bytes_on_an_explicit_context_are_refused(node):
+    """What could not be served back (dcmdump cannot read it) is not stored."""
+    ds = dcmread(palette_paths()[1])
+    ds.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.3"
+    sock = associate(node, PALETTE_EXPLICIT)
+    sock.sendall(message_bytes(1, store_rq(ds.SOPInstanceUID, 1), dsutil.encode_dataset(ds, IMPLICIT)))
+    assert read_message(sock, {1}).command.status == 0xC000
+    sock.close()
+    assert not [name for name in node.stored_files() if name.startswith(ds.SOPInstanceUID)]
+    assert node.spool() == []
+
+
+def test_concurrent_stores_of_one_uid_leave_one_file(node):
+    uid = "1.2.826.0.1.3680043.8.498.4"
+    base = dcmread(palette_paths()[2])
+    base.SOPInstanceUID = uid
+
+    def store_many(worker: int) -> None:
+        ae = AE(f"W{worker}")
+        ae.add_requested_context(uids.ColorPaletteStorage, EXPLICIT)
+        assoc = ae.associate(*node.address, ae_title="CHROMANET")
+        assert assoc.is_established
+        for n in range(10):
+            ds = base.copy()
+            ds.ContentLabel = f"W{worker}_{n}"
+            assert assoc.send_c_store(ds).Status == 0
+        assoc.release()
+
+    threads = [threading.Thread(target=store_many, args=(w,)) for w in range(PER_HOST)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert [name for name in node.stored_files() if name.startswith(uid)] and len(
+        [name for name in node.stored_files() if name.startswith(uid)]
+    ) == 1
+    assert node.spool() == []
+
+
+def test_reset_in_the_middle_of_a_get_closes_its_files_without_a_traceback(node):
+    """The node sends C-STORE sub-operations (memory-mapped files); the
+    peer resets before answering any: no file of them stays open."""
+    baseline = node.open_files()
+    sock = associate(
+        node, [(1, GET, [EXPLICIT]), (3, uids.ColorPaletteStorage, [EXPLICIT])], scp_roles=(uids.ColorPaletteStorage,)
+    )
+    wanted = "\\".join(f"1.2.840.10008.1.5.{n}" for n in range(1, 9))
+    sock.sendall(message_bytes(1, query_rq(_dimse.C_GET_RQ, GET, 1), identifier(EXPLICIT, SOPInstanceUID=wanted)))
+    sub_operation = read_message(sock, {1, 3})
+    assert sub_operation.command.command_field == _dimse.C_STORE_RQ
+    reset(sock)
+    assert wait_for(lambda: node.open_files() <= baseline), (node.open_files(), baseline)
+    _no_traceback(node)
+    assert still_serves(node)
+
+
+# ------------------------------------------------- bad association requests
+@pytest.mark.parametrize(
+    "rq, expected",
+    [
+        (raw_associate_rq([(1, uids.Verification, [IMPLICIT]), (1, FIND, [IMPLICIT])]), ("abort", 2, 6)),
+        (raw_associate_rq([(1 + 2 * (n % 128), uids.Verification, [IMPLICIT]) for n in range(10000)]), ("abort", 2, 6)),
+        (raw_associate_rq([(1, uids.Verification, [IMPLICIT])], calling=b" " * 16), ("rj", 1, 1, 3)),
+        (raw_associate_rq([(1, uids.Verification, [IMPLICIT])], called=b"CHROMA\x01NET"), ("rj", 1, 1, 7)),
+        (raw_associate_rq([(1, uids.Verification, [IMPLICIT])], max_length=1), ("rj", 1, 1, 1)),
+    ],
+    ids=["duplicate-context-id", "10000-contexts", "empty-calling-aet", "control-char-called-aet", "max-pdu-1"],
+)
+def test_bad_association_request_gets_the_standard_answer(node, rq, expected):
+    sock = connect(node)
+    sock.sendall(rq)
+    answer = recv_pdu(sock)
+    sock.close()
+    if expected[0] == "abort":
+        assert isinstance(answer, _pdu.Abort) and (answer.source, answer.reason) == expected[1:]
+    else:
+        assert isinstance(answer, _pdu.AssociateRJ)
+        assert (answer.result, answer.source, answer.reason) == expected[1:]
+    _no_traceback(node)
+    assert still_serves(node)
+
+
+# --------------------------------------------------------------------- logs
+def test_a_flood_of_bad_pdus_is_logged_a_few_times(node):
+    before = node.log().count("protocol error")
+    for _ in range(200):
+        sock = associate(node)
+        sock.sendall(b"\x0a\x00\x00\x00\x00\x00")  # an unknown PDU type
+        recv_pdu(sock)
+        sock.close()
+    assert wait_for(lambda: node.log().count("protocol error") > before)
+    time.sleep(0.5)
+    assert node.log().count("protocol error") - before <= 6
+    assert still_serves(node)
