@@ -1,8 +1,10 @@
 """Build script: declares the Cython extension modules that own the wire work.
 
 Metadata lives in pyproject.toml; this file only exists because setuptools
-needs code to declare compiled extensions. Each module in ``ext/`` becomes
-``chromanet.<name>``.
+needs code to declare compiled extensions. Each ``ext/<name>.pyx`` becomes
+``chromanet.<name>``. The ``.pxi`` files are included into one of them and the
+``.pxd`` files hold inline declarations cimported by several (``from _bytes
+cimport ...``, found through ``include_path``): neither is a module of its own.
 """
 import os
 from pathlib import Path

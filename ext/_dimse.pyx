@@ -34,6 +34,8 @@ from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 from libc.stdlib cimport qsort
 
+from _bytes cimport load_le16, load_le32, store_le16, store_le32
+
 from operator import index as _index
 
 from chromanet.errors import CommandSetError
@@ -222,14 +224,6 @@ cdef class Command:
 
 # ---------------------------------------------------------------- decoding
 
-cdef inline uint16_t _le16(const uint8_t *p) noexcept nogil:
-    return <uint16_t>(p[0] | (p[1] << 8))
-
-
-cdef inline uint32_t _le32(const uint8_t *p) noexcept nogil:
-    return (<uint32_t>p[0]) | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
-
-
 cdef object _error(str message, uint32_t tag, Py_ssize_t offset):
     return CommandSetError(message, tag=tag, offset=offset)
 
@@ -237,7 +231,7 @@ cdef object _error(str message, uint32_t tag, Py_ssize_t offset):
 cdef inline object _us(const uint8_t *v, uint32_t vlen, uint32_t tag, Py_ssize_t off):
     if vlen != 2:
         raise _error(f"US value length {vlen}, expected 2", tag, off)
-    return _le16(v)
+    return load_le16(v)
 
 
 cdef object _text(const uint8_t *v, uint32_t vlen, int kind, uint32_t tag, Py_ssize_t off):
@@ -262,7 +256,7 @@ cdef list _at(const uint8_t *v, uint32_t vlen, uint32_t tag, Py_ssize_t off):
         raise _error(f"AT value length {vlen} is not a multiple of 4", tag, off)
     out = []
     for i in range(0, vlen, 4):
-        out.append((<uint32_t>_le16(v + i) << 16) | _le16(v + i + 2))
+        out.append((<uint32_t>load_le16(v + i) << 16) | load_le16(v + i + 2))
     return out
 
 
@@ -282,11 +276,12 @@ cdef Command _decode(const uint8_t *p, Py_ssize_t n):
         if n - pos < 8:
             raise CommandSetError(
                 f"truncated element header ({n - pos} of 8 bytes)", offset=pos,
-                tag=((<uint32_t>_le16(p + pos) << 16) | _le16(p + pos + 2)) if n - pos >= 4 else None)
-        group = _le16(p + pos)
-        elem = _le16(p + pos + 2)
+                tag=((<uint32_t>load_le16(p + pos) << 16) | load_le16(p + pos + 2))
+                if n - pos >= 4 else None)
+        group = load_le16(p + pos)
+        elem = load_le16(p + pos + 2)
         tag = (<uint32_t>group << 16) | elem
-        vlen = _le32(p + pos + 4)
+        vlen = load_le32(p + pos + 4)
         if group != 0:
             raise _error("element outside group 0000 in a command set", tag, pos)
         if <int64_t>tag == prev_tag:
@@ -302,7 +297,7 @@ cdef Command _decode(const uint8_t *p, Py_ssize_t n):
         if elem == 0x0000:
             if vlen != 4:
                 raise _error(f"UL value length {vlen}, expected 4", tag, start)
-            gl = _le32(v)
+            gl = load_le32(v)
             gl_end = pos + 4
             present |= B_GL
         elif elem == 0x0002:
@@ -314,7 +309,7 @@ cdef Command _decode(const uint8_t *p, Py_ssize_t n):
         elif elem == 0x0100:
             if vlen != 2:
                 raise _error(f"US value length {vlen}, expected 2", tag, start)
-            cf = _le16(v)
+            cf = load_le16(v)
             cf_offset = start
             cmd.command_field = cf
             present |= B_CF
@@ -487,10 +482,8 @@ cdef int _add_at(_Elem *e, int *ne, object value, list keep) except -1:
         if item < 0 or item > 0xFFFFFFFF:
             raise ValueError(f"offending_element tag {item!r} out of range")
         t = item
-        w[i] = (t >> 16) & 0xFF
-        w[i + 1] = (t >> 24) & 0xFF
-        w[i + 2] = t & 0xFF
-        w[i + 3] = (t >> 8) & 0xFF
+        store_le16(w + i, <uint16_t>(t >> 16))     # group
+        store_le16(w + i + 2, <uint16_t>t)         # element
         i += 4
     return _add_bytes(e, ne, 0x0901, K_AT, raw, 0, keep)
 
@@ -504,14 +497,9 @@ cdef bint _is_known(uint32_t elem) noexcept:
 
 
 cdef inline uint8_t *_put_header(uint8_t *w, uint32_t elem, uint32_t vlen) noexcept nogil:
-    w[0] = 0
-    w[1] = 0
-    w[2] = elem & 0xFF
-    w[3] = (elem >> 8) & 0xFF
-    w[4] = vlen & 0xFF
-    w[5] = (vlen >> 8) & 0xFF
-    w[6] = (vlen >> 16) & 0xFF
-    w[7] = (vlen >> 24) & 0xFF
+    store_le16(w, 0x0000)                  # group 0000
+    store_le16(w + 2, <uint16_t>elem)
+    store_le32(w + 4, vlen)
     return w + 8
 
 
@@ -534,7 +522,6 @@ cpdef bytes encode_command(Command command):
     cdef uint64_t total = 12
     cdef bytes out
     cdef uint8_t *w
-    cdef uint32_t vlen
     if n_other:
         e = <_Elem *>PyMem_Malloc((20 + n_other) * sizeof(_Elem))
         if e == NULL:
@@ -578,17 +565,12 @@ cpdef bytes encode_command(Command command):
         out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>total)
         w = <uint8_t *>PyBytes_AS_STRING(out)
         w = _put_header(w, 0x0000, 4)
-        vlen = <uint32_t>(total - 12)
-        w[0] = vlen & 0xFF
-        w[1] = (vlen >> 8) & 0xFF
-        w[2] = (vlen >> 16) & 0xFF
-        w[3] = (vlen >> 24) & 0xFF
+        store_le32(w, <uint32_t>(total - 12))
         w += 4
         for i in range(ne):
             if e[i].kind == K_US:
                 w = _put_header(w, e[i].elem, 2)
-                w[0] = e[i].ival & 0xFF
-                w[1] = (e[i].ival >> 8) & 0xFF
+                store_le16(w, <uint16_t>e[i].ival)
                 w += 2
             else:
                 w = _put_header(w, e[i].elem, <uint32_t>(e[i].size + e[i].pad))

@@ -18,6 +18,8 @@ cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING
 from libc.string cimport memcpy
 
+from _bytes cimport load_be32
+
 from chromanet.errors import PDUTooLargeError
 
 cdef enum:
@@ -104,8 +106,7 @@ cdef class PDUFramer:
     cdef int _header_done(self) except -1:
         cdef const unsigned char* h = self._hdr
         self._type = h[0]
-        self._length = ((<unsigned long long>h[2] << 24) | (<unsigned long long>h[3] << 16)
-                        | (<unsigned long long>h[4] << 8) | h[5])
+        self._length = load_be32(h + 2)  # PDU length, big-endian (PS3.8 9.3.1)
         self._need = self._length  # so that ``buffered`` stays right even after an error
         if self._type == T_PDATA:
             if self._max_pdata and self._length > self._max_pdata:

@@ -18,6 +18,8 @@ from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
+from _bytes cimport load_be32, store_be32
+
 from chromanet._dimse import Command, decode_command
 from chromanet.errors import PDataError
 
@@ -30,16 +32,9 @@ cdef enum:
 
 # ------------------------------------------------------------ fragmenting
 
-cdef inline void _be32(uint8_t *w, uint64_t v) noexcept nogil:
-    w[0] = (v >> 24) & 0xFF
-    w[1] = (v >> 16) & 0xFF
-    w[2] = (v >> 8) & 0xFF
-    w[3] = v & 0xFF
-
-
 cdef inline Py_ssize_t _pdv_header(uint8_t *w, Py_ssize_t size, int context_id,
                                    int control) noexcept nogil:
-    _be32(w, size + 2)
+    store_be32(w, <uint32_t>(size + 2))
     w[4] = <uint8_t>context_id
     w[5] = <uint8_t>control
     return 6
@@ -138,7 +133,7 @@ def fragment_message(int context_id, command, dataset, max_pdu_length, bint pack
         w = <uint8_t *>PyBytes_AS_STRING(hdr)
         w[0] = _PDU_TYPE
         w[1] = 0
-        _be32(w + 2, max_len - room)
+        store_be32(w + 2, <uint32_t>(max_len - room))
         w += 6
         if cmd_frag >= 0:
             w += _pdv_header(w, cmd_frag, context_id, cmd_control)
@@ -294,8 +289,7 @@ cdef class Reassembler:
             while pos < n:
                 if n - pos < 6:
                     raise _perror(f"truncated PDV item header ({n - pos} bytes left)", pos)
-                item_len = ((<uint32_t>p[pos] << 24) | (<uint32_t>p[pos + 1] << 16)
-                            | (<uint32_t>p[pos + 2] << 8) | p[pos + 3])
+                item_len = load_be32(p + pos)
                 if item_len < 2:
                     raise _perror(f"PDV item length {item_len} is below 2", pos)
                 if <uint64_t>item_len > <uint64_t>(n - pos - 4):

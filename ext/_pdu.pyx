@@ -28,8 +28,11 @@ than an error, so that the association layer decides.
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from libc.stdint cimport uint16_t, uint32_t
 from libc.string cimport memcpy, memset
 from cython.dataclasses cimport dataclass, field
+
+from _bytes cimport load_be16, load_be32, store_be16, store_be32
 
 from chromanet.errors import (
     InvalidPDUParameterError,

@@ -6,15 +6,6 @@
 cdef unsigned char _EMPTY[1]
 
 
-cdef inline unsigned int _u16(const unsigned char* p) noexcept nogil:
-    return (<unsigned int>p[0] << 8) | p[1]
-
-
-cdef inline unsigned long _u32(const unsigned char* p) noexcept nogil:
-    return ((<unsigned long>p[0] << 24) | (<unsigned long>p[1] << 16)
-            | (<unsigned long>p[2] << 8) | p[3])
-
-
 cdef inline int _need(Py_ssize_t pos, Py_ssize_t want, Py_ssize_t end, int pdu_type,
                       int item_type, const char* what) except -1:
     """Raise MalformedPDUError unless ``want`` bytes remain at ``pos`` before ``end``.
@@ -86,7 +77,7 @@ cdef PresentationContextRQ _decode_pc_rq(const unsigned char* p, Py_ssize_t star
     while pos < end:
         _need(pos, 4, end, T_RQ, I_PC_RQ, "sub-item header")
         st = p[pos]
-        sl = _u16(p + pos + 2)
+        sl = load_be16(p + pos + 2)
         _need(pos, 4 + sl, end, T_RQ, st, "sub-item")
         vend = pos + 4 + sl
         if st == I_ABSTRACT:
@@ -127,7 +118,7 @@ cdef PresentationContextAC _decode_pc_ac(const unsigned char* p, Py_ssize_t star
     while pos < end:
         _need(pos, 4, end, T_AC, I_PC_AC, "sub-item header")
         st = p[pos]
-        sl = _u16(p + pos + 2)
+        sl = load_be16(p + pos + 2)
         _need(pos, 4 + sl, end, T_AC, st, "sub-item")
         if st == I_TS:
             if ts is not None:
@@ -201,24 +192,24 @@ cdef UserInformation _decode_user_info(const unsigned char* p, Py_ssize_t start,
     while pos < end:
         _need(pos, 4, end, pdu_type, I_USER, "sub-item header")
         st = p[pos]
-        sl = _u16(p + pos + 2)
+        sl = load_be16(p + pos + 2)
         _need(pos, 4 + sl, end, pdu_type, st, "sub-item")
         v = pos + 4
         vend = v + sl
         if st == S_MAXLEN:
             _fixed(pos, sl, 4, pdu_type, st)
             _dup(ui.max_length, pos, pdu_type, st)
-            ui.max_length = _u32(p + v)
+            ui.max_length = load_be32(p + v)
         elif st == S_IMPL_UID:
             _dup(ui.implementation_class_uid, pos, pdu_type, st)
             ui.implementation_class_uid = _uid(p, v, sl, pdu_type, st)
         elif st == S_ASYNC:
             _fixed(pos, sl, 4, pdu_type, st)
             _dup(ui.async_ops_window, pos, pdu_type, st)
-            ui.async_ops_window = AsyncOperationsWindow(_u16(p + v), _u16(p + v + 2))
+            ui.async_ops_window = AsyncOperationsWindow(load_be16(p + v), load_be16(p + v + 2))
         elif st == S_ROLE:
             _need(v, 2, vend, pdu_type, st, "role selection UID length")
-            n1 = _u16(p + v)
+            n1 = load_be16(p + v)
             _fixed(pos, sl, n1 + 4, pdu_type, st)
             ui.role_selections.append(RoleSelection(
                 _uid(p, v + 2, n1, pdu_type, st),
@@ -229,7 +220,7 @@ cdef UserInformation _decode_user_info(const unsigned char* p, Py_ssize_t start,
             ui.implementation_version_name = _ascii(p, v, sl, pdu_type, st)
         elif st == S_EXT:
             _need(v, 2, vend, pdu_type, st, "SOP class UID length")
-            n1 = _u16(p + v)
+            n1 = load_be16(p + v)
             _need(v + 2, n1, vend, pdu_type, st, "SOP class UID")
             ui.sop_class_extended.append(SOPClassExtendedNegotiation(
                 _uid(p, v + 2, n1, pdu_type, st),
@@ -237,24 +228,24 @@ cdef UserInformation _decode_user_info(const unsigned char* p, Py_ssize_t start,
         elif st == S_COMMON_EXT:
             q = v
             _need(q, 2, vend, pdu_type, st, "SOP class UID length")
-            n1 = _u16(p + q)
+            n1 = load_be16(p + q)
             _need(q + 2, n1, vend, pdu_type, st, "SOP class UID")
             sop = _uid(p, q + 2, n1, pdu_type, st)
             q += 2 + n1
             _need(q, 2, vend, pdu_type, st, "service class UID length")
-            n2 = _u16(p + q)
+            n2 = load_be16(p + q)
             _need(q + 2, n2, vend, pdu_type, st, "service class UID")
             svc = _uid(p, q + 2, n2, pdu_type, st)
             q += 2 + n2
             _need(q, 2, vend, pdu_type, st, "related general SOP class length")
-            n3 = _u16(p + q)
+            n3 = load_be16(p + q)
             q += 2
             _fixed(pos, sl, q + n3 - v, pdu_type, st)
             related = []
             rend = q + n3
             while q < rend:
                 _need(q, 2, rend, pdu_type, st, "related general SOP class UID length")
-                n1 = _u16(p + q)
+                n1 = load_be16(p + q)
                 _need(q + 2, n1, rend, pdu_type, st, "related general SOP class UID")
                 related.append(_uid(p, q + 2, n1, pdu_type, st))
                 q += 2 + n1
@@ -265,9 +256,9 @@ cdef UserInformation _decode_user_info(const unsigned char* p, Py_ssize_t start,
                                                   offset=pos + HDR, item_type=st, pdu_type=pdu_type)
             _dup(ui.user_identity_rq, pos, pdu_type, st)
             _need(v, 4, vend, pdu_type, st, "user identity fields")
-            n1 = _u16(p + v + 2)
+            n1 = load_be16(p + v + 2)
             _need(v + 4, n1 + 2, vend, pdu_type, st, "primary field")
-            n2 = _u16(p + v + 4 + n1)
+            n2 = load_be16(p + v + 4 + n1)
             _fixed(pos, sl, 6 + n1 + n2, pdu_type, st)
             ident = UserIdentityRQ.__new__(UserIdentityRQ)
             (<UserIdentityRQ>ident).identity_type = p[v]
@@ -282,7 +273,7 @@ cdef UserInformation _decode_user_info(const unsigned char* p, Py_ssize_t start,
                                                   offset=pos + HDR, item_type=st, pdu_type=pdu_type)
             _dup(ui.user_identity_ac, pos, pdu_type, st)
             _need(v, 2, vend, pdu_type, st, "server response length")
-            n1 = _u16(p + v)
+            n1 = load_be16(p + v)
             _fixed(pos, sl, 2 + n1, pdu_type, st)
             ui.user_identity_ac = UserIdentityAC(PyBytes_FromStringAndSize(<const char*>p + v + 2, n1))
         else:
@@ -298,14 +289,14 @@ cdef object _decode_associate(int pdu_type, const unsigned char* p, Py_ssize_t n
     cdef object app = None, ui = None
     cdef unsigned int pc_type = I_PC_RQ if pdu_type == T_RQ else I_PC_AC
     _need(0, ASSOC_FIXED, n, pdu_type, -1, "fixed fields")
-    version = _u16(p)
+    version = load_be16(p)
     called = _ae_title(p, 4, pdu_type)
     calling = _ae_title(p, 20, pdu_type)
     pos = ASSOC_FIXED
     while pos < n:
         _need(pos, 4, n, pdu_type, -1, "item header")
         it = p[pos]
-        il = _u16(p + pos + 2)
+        il = load_be16(p + pos + 2)
         _need(pos, 4 + il, n, pdu_type, it, "item")
         v = pos + 4
         if it == I_APP:
@@ -367,7 +358,7 @@ cdef PDataTF _decode_pdata(const unsigned char* p, Py_ssize_t n, object view):
         raise MalformedPDUError("P-DATA-TF without PDV item", offset=HDR, pdu_type=T_PDATA)
     while pos < n:
         _need(pos, 4, n, T_PDATA, -1, "PDV item length")
-        il = _u32(p + pos)
+        il = load_be32(p + pos)
         if il < 2:
             raise InvalidPDUParameterError(f"PDV item length {il} < 2", offset=pos + HDR,
                                            pdu_type=T_PDATA)
@@ -480,7 +471,7 @@ def decode_pdu_bytes(data):
     n = buf.shape[0]
     if n < HDR:
         raise MalformedPDUError(f"{n} bytes, shorter than a PDU header", offset=n)
-    cdef unsigned long length = _u32(&buf[2])
+    cdef unsigned long length = load_be32(&buf[2])
     if <unsigned long long>length != <unsigned long long>(n - HDR):
         raise MalformedPDUError(f"PDU length field {length} but {n - HDR} bytes follow the header",
                                 offset=2, pdu_type=buf[0])

@@ -24,18 +24,14 @@ cdef inline int _w8(_W* w, unsigned int v) except -1:
 
 cdef inline int _w16(_W* w, unsigned int v) except -1:
     _room(w, 2)
-    w.p[w.pos] = (v >> 8) & 0xFF
-    w.p[w.pos + 1] = v & 0xFF
+    store_be16(w.p + w.pos, <uint16_t>v)
     w.pos += 2
     return 0
 
 
 cdef inline int _w32(_W* w, unsigned long v) except -1:
     _room(w, 4)
-    w.p[w.pos] = (v >> 24) & 0xFF
-    w.p[w.pos + 1] = (v >> 16) & 0xFF
-    w.p[w.pos + 2] = (v >> 8) & 0xFF
-    w.p[w.pos + 3] = v & 0xFF
+    store_be32(w.p + w.pos, <uint32_t>v)
     w.pos += 4
     return 0
 
