@@ -29,7 +29,7 @@ from tqdm import tqdm
 from chromanet import loopthread, uids
 from chromanet.ae import AE
 from chromanet.apps.identifiers import build_identifier
-from chromanet.status import code_to_category
+from chromanet.status import STATUS_PENDING, code_to_category
 
 LOGGER = logging.getLogger("chromanet.cli")
 
@@ -157,7 +157,7 @@ def cmd_find(args: argparse.Namespace) -> int:
         for status, found in assoc.send_c_find(identifier, uids.ColorPaletteInformationModelFind):
             if "Status" not in status:
                 break
-            if status.Status in (0xFF00, 0xFF01) and found is not None:
+            if code_to_category(status.Status) == STATUS_PENDING and found is not None:
                 matches += 1
                 values = [str(found.get(column, "")) for column in _FIND_COLUMNS]
                 print("  ".join(values))
@@ -190,7 +190,7 @@ def _retrieve(responses: Any, label: str) -> int:
             if "Status" not in status:
                 break
             _show_suboperations(bar, status)
-            if status.Status not in (0xFF00, 0xFF01):
+            if code_to_category(status.Status) != STATUS_PENDING:
                 final = status
                 failed_list = identifier.get("FailedSOPInstanceUIDList") if identifier is not None else None
     if final is None:

@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from chromanet import uids
 from chromanet.apps.latency import Latencies
+from chromanet.status import STATUS_WARNING, Status, code_to_category
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -59,8 +60,8 @@ MODELS: dict[str, tuple[str, str, str]] = {
     "study": ("1.2.840.10008.5.1.4.1.2.2.1", "1.2.840.10008.5.1.4.1.2.2.3", "1.2.840.10008.5.1.4.1.2.2.2"),
 }
 
-WELL_KNOWN_PALETTES = "\\".join(f"1.2.840.10008.1.5.{i}" for i in range(1, 9))
-PENDING = (0xFF00, 0xFF01)
+WELL_KNOWN_PALETTES = "\\".join(sorted(uids.WELL_KNOWN_PALETTE_UIDS))
+PENDING = (int(Status.PENDING), int(Status.PENDING_WARNING))
 
 
 # --------------------------------------------------------------- arguments
@@ -220,8 +221,6 @@ class Tally:
 
 
 def _status_key(status: int) -> str:
-    from chromanet.status import code_to_category
-
     return f"0x{status:04X} {code_to_category(status)}"
 
 
@@ -254,7 +253,7 @@ class Worker:
 
     @staticmethod
     def _on_store(event: Any) -> int:
-        return 0x0000  # C-GET sub-operations: accepted, not decoded
+        return Status.SUCCESS  # C-GET sub-operations: accepted, not decoded
 
     def _done(self, ok: bool) -> None:
         if self.progress is not None:
@@ -358,7 +357,7 @@ class Worker:
         if status is None:
             t.error("no response")
             self._done(False)
-        elif status == 0x0000 or (plan.op == "store" and 0xB000 <= status <= 0xBFFF):
+        elif status == Status.SUCCESS or (plan.op == "store" and code_to_category(status) == STATUS_WARNING):
             t.ok += 1
             self._done(True)
         else:

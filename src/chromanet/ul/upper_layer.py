@@ -296,7 +296,10 @@ class UpperLayer:
         return self._handle(Event.EVT5, None, now)
 
     def receive_data(self, data: Any, now: float) -> list[Indication]:
-        """Bytes from the transport, any size; returns the indications."""
+        """Bytes from the transport, any size; returns the indications.
+        Once the connection is to be closed, what still arrives is ignored."""
+        if self.close_requested:
+            return []
         self._last_receive = self._clock = now
         framer = self._framer
         try:
