@@ -379,6 +379,9 @@ class DimseChannel:
         self._active[message.command.message_id] = message
         try:
             pending = handler(self, message)
+        except _ASSOCIATION_GONE:
+            self._active.pop(message.command.message_id, None)
+            return  # the association ended under the answer: nothing to do
         except Exception:
             LOGGER.exception("request handler failed; aborting the association")
             self._active.pop(message.command.message_id, None)

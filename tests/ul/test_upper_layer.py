@@ -303,3 +303,17 @@ def test_connection_lost_in_sta6_is_a_provider_abort():
     pair.establish()
     assert pair.acceptor.connection_lost() == [Aborted(2, 0)]
     assert pair.acceptor.state is State.STA1 and pair.acceptor.get_timer() is None
+
+
+def test_rq_followed_by_garbage_in_one_read_cannot_be_accepted_after():
+    """The RQ and an invalid PDU arrive together: both indications come up,
+    and the user's accept, arriving after the abort, is refused (False)
+    instead of breaking the state machine (found by the fuzzer)."""
+    layer = UpperLayer(requestor=False, max_receive_pdu_length=16382)
+    layer.connection_made(0.0)
+    rq = build_associate_rq("SCP", "SCU", CONTEXTS, max_pdu_length=16382)
+    indications = layer.receive_data(_pdu.encode_pdu(rq) + b"\x0a\x00\x00\x00\x00\x00", 0.0)
+    assert [type(i) for i in indications] == [AssociateRequested, Aborted]
+    ac, result = negotiate_as_acceptor(indications[0].rq, CONTEXTS, ae_title="SCP", max_pdu_length=16382)
+    assert layer.accept_association(ac, result.peer_max_pdu_length, {1}) is False
+    assert [type(p) for p in sent_pdus(layer)] == [_pdu.Abort]

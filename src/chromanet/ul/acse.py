@@ -249,9 +249,12 @@ class AssociationControl:
             LOGGER.error("could not answer the A-ASSOCIATE-RQ from %s; aborting", self._peer(), exc_info=True)
             self._abort_invalid_request(reason=0)
             return
-        self.response = ac
         self._set_negotiated(result)
-        self.connection.accept_association(ac, result.peer_max_pdu_length, set(self.contexts))
+        if not self.connection.accept_association(ac, result.peer_max_pdu_length, set(self.contexts)):
+            # Aborted by what came right behind the RQ: nothing to establish.
+            self._fail_establishment(AssociationAborted(2, 0))
+            return
+        self.response = ac
         self._establish()
 
     def _peer(self) -> str:

@@ -48,6 +48,8 @@ LOGGER = logging.getLogger("chromanet.ul")
 # Data sets larger than this are written a slice of this size at a time.
 PACING_SLICE = 1 << 20
 
+_MESSAGE_KINDS = (DimseMessage, DatasetChunk, CommandArrived)
+
 # The transport's write buffer high mark: above it, reading from the peer
 # pauses and paced writers wait (flow control both ways).
 WRITE_BUFFER_HIGH = 256 * 1024
@@ -232,10 +234,11 @@ class ULConnection(asyncio.Protocol):
         itself (AE-1); the RQ goes out when it is made."""
         self.upper_layer.request_association(rq)
 
-    def accept_association(self, ac: _pdu.AssociateAC, peer_max_pdu_length: int, context_ids: set[int]) -> None:
-        """Evt7 (A-ASSOCIATE response accept)."""
-        self.upper_layer.accept_association(ac, peer_max_pdu_length, context_ids)
+    def accept_association(self, ac: _pdu.AssociateAC, peer_max_pdu_length: int, context_ids: set[int]) -> bool:
+        """Evt7 (A-ASSOCIATE response accept); False when too late (see UpperLayer)."""
+        accepted = self.upper_layer.accept_association(ac, peer_max_pdu_length, context_ids)
         self._after([])
+        return accepted
 
     def reject_association(self, rj: _pdu.AssociateRJ) -> None:
         """Evt8 (A-ASSOCIATE response reject)."""
@@ -346,8 +349,11 @@ class ULConnection(asyncio.Protocol):
 
     def _deliver(self, indications: list[Any]) -> None:
         listener = self.listener
+        upper = self.upper_layer
         for indication in indications:
             kind = type(indication)
+            if upper.close_requested and kind in _MESSAGE_KINDS:
+                continue  # the association is being closed: nothing more to serve
             if kind is DimseMessage:
                 listener.on_message(indication)
             elif kind is DatasetChunk:

@@ -380,14 +380,20 @@ class UpperLayer:
         self._pending_rq = rq
         self._handle(Event.EVT1, rq, None)
 
-    def accept_association(self, ac: _pdu.AssociateAC, peer_max_pdu_length: int, context_ids: set[int]) -> None:
-        """Evt7 (A-ASSOCIATE response, accept), with what was negotiated."""
+    def accept_association(self, ac: _pdu.AssociateAC, peer_max_pdu_length: int, context_ids: set[int]) -> bool:
+        """Evt7 (A-ASSOCIATE response, accept), with what was negotiated.
+        False (nothing done) when the association request is no longer
+        awaiting an answer: what followed the RQ in the same read aborted it."""
+        if self.machine.state is not State.STA3:
+            return False
         self.association_accepted(peer_max_pdu_length, context_ids)
         self._handle(Event.EVT7, ac, None)
+        return True
 
     def reject_association(self, rj: _pdu.AssociateRJ) -> None:
-        """Evt8 (A-ASSOCIATE response, reject)."""
-        self._handle(Event.EVT8, rj, None)
+        """Evt8 (A-ASSOCIATE response, reject); nothing when no longer in Sta3."""
+        if self.machine.state is State.STA3:
+            self._handle(Event.EVT8, rj, None)
 
     def association_accepted(self, peer_max_pdu_length: int, context_ids: set[int]) -> None:
         """Record what the A-ASSOCIATE-AC negotiated, before any P-DATA."""
