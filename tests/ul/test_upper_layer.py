@@ -317,3 +317,13 @@ def test_rq_followed_by_garbage_in_one_read_cannot_be_accepted_after():
     ac, result = negotiate_as_acceptor(indications[0].rq, CONTEXTS, ae_title="SCP", max_pdu_length=16382)
     assert layer.accept_association(ac, result.peer_max_pdu_length, {1}) is False
     assert [type(p) for p in sent_pdus(layer)] == [_pdu.Abort]
+
+
+def test_release_request_followed_by_garbage_cannot_be_answered_after():
+    pair = Pair()
+    pair.establish()
+    chunk = _pdu.encode_pdu(_pdu.ReleaseRQ()) + b"\x0a\x00\x00\x00\x00\x00"
+    indications = pair.acceptor.receive_data(chunk, 1.0)
+    assert [type(i) for i in indications] == [ReleaseRequested, Aborted]
+    pair.acceptor.respond_release()  # too late: a no-op, not an InvalidEventError
+    assert [type(p) for p in sent_pdus(pair.acceptor)] == [_pdu.Abort]

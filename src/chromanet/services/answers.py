@@ -41,9 +41,10 @@ _LO_MAX = 64
 
 
 def lo_text(value: Any) -> str:
-    """``value`` as a valid LO value: a multi-value joined, each backslash
-    (the value delimiter, which would split it) written as '/', control
-    characters as spaces, cut to 64 characters."""
+    """``value`` as a valid LO value in the default repertoire: a
+    multi-value joined, each backslash (the value delimiter, which would
+    split it) written as '/', control characters as spaces, other
+    characters outside ASCII as '?', cut to 64 characters."""
     if isinstance(value, bytes):
         text = value.decode("ascii", "replace")
     elif hasattr(value, "__iter__") and not isinstance(value, str):
@@ -51,7 +52,9 @@ def lo_text(value: Any) -> str:
     else:
         text = str(value)
     text = text.replace("\\", "/")
-    text = "".join(char if 0x20 <= ord(char) != 0x7F else " " for char in text)
+    text = "".join(
+        char if 0x20 <= ord(char) < 0x7F else (" " if ord(char) < 0x20 or ord(char) == 0x7F else "?") for char in text
+    )
     return text[:_LO_MAX]
 
 
@@ -77,9 +80,9 @@ def apply_handler_status(result: Any, response: Command, event_name: str) -> Non
                         value = [int(Tag(tag)) for tag in values]
                     elif keyword == "ErrorComment":
                         value = lo_text(value)
-                    elif isinstance(value, str):
+                    elif keyword == "AffectedSOPInstanceUID":
                         value = str(value)
-                    else:
+                    else:  # the US elements: a number or nothing
                         value = int(value)
                 except (TypeError, ValueError, OverflowError) as exc:
                     # A bad optional element must not cost the response.

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from chromanet._dimse import NO_DATASET, Command
 from chromanet.dimse_channel import DimseChannel, DimseTimeout, IncomingMessage
 from chromanet.evt import Event, EventType
+from chromanet.logutil import peer_log
 from chromanet.presentation import PresentationContext
 from chromanet.services.answers import apply_handler_status
 from chromanet.ul.acse import AssociationAborted, AssociationClosed
@@ -136,7 +137,8 @@ class ServiceSession:
         try:
             response = await self.channel.request(context_id, command, dataset)
         except DimseTimeout:
-            LOGGER.error("DIMSE timeout: aborting the association")
+            peer_log(LOGGER, logging.WARNING, self.peer_host, "DIMSE timeout waiting for %s: aborting the association",
+                     self.peer_host or "the peer")
             self.channel.abort()
             return None
         except (AssociationAborted, AssociationClosed, NotEstablishedError, ConnectionError):

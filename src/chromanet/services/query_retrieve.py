@@ -46,6 +46,7 @@ from chromanet import _dimse, dsutil, uids
 from chromanet._dimse import Command
 from chromanet.dimse_channel import DimseChannel, DimseTimeout, IncomingMessage
 from chromanet.evt import EVT_C_FIND, EVT_C_GET, EVT_C_MOVE, EventType
+from chromanet.logutil import peer_log
 from chromanet.services import storage
 from chromanet.services.answers import Exhausted, HandlerResults, apply_handler_status, response_to_dataset
 from chromanet.services.base import ServiceSession, response_to
@@ -114,7 +115,8 @@ async def _begin(
         dsutil.check_encoding(message.dataset, sender.transfer_syntax)
         event.identifier
     except Exception as exc:
-        LOGGER.error("%s request identifier failed to decode: %s", event_type.name, exc)
+        peer_log(LOGGER, logging.WARNING, session.peer_host, "%s request identifier from %s failed to decode: %s",
+                 event_type.name, session.peer_host, exc)
         await sender.send(_response(request, response_field, decode_failed))
         return None
     try:

@@ -97,6 +97,9 @@ _PDATA_STATES = frozenset((State.STA6, State.STA7, State.STA8))
 
 _PDATA_TF = 0x04
 
+# Where a local A-RELEASE response (Evt14) has a cell: Sta8, Sta9, Sta12.
+_RELEASE_ANSWER_STATES = frozenset((State.STA8, State.STA9, State.STA12))
+
 
 class NotEstablishedError(ChromanetError):
     """A DIMSE message was to be sent while no association allows P-DATA."""
@@ -406,8 +409,10 @@ class UpperLayer:
         self._handle(Event.EVT11, _pdu.ReleaseRQ(), None)
 
     def respond_release(self) -> None:
-        """Evt14 (A-RELEASE response)."""
-        self._handle(Event.EVT14, _pdu.ReleaseRP(), None)
+        """Evt14 (A-RELEASE response); nothing when no release awaits an
+        answer any more (what followed the RQ in the same read aborted it)."""
+        if self.machine.state in _RELEASE_ANSWER_STATES:
+            self._handle(Event.EVT14, _pdu.ReleaseRP(), None)
 
     def abort(self, source: int = 0, reason: int = 0) -> None:
         """Evt15 (A-ABORT request), then close at once: a local abort does
