@@ -244,6 +244,10 @@ cdef object _text(const uint8_t *v, uint32_t vlen, int kind, uint32_t tag, Py_ss
             a += 1
     if kind == K_LO:
         return PyUnicode_DecodeLatin1(<const char *>v + a, b - a, NULL)
+    if kind == K_UI and b - a > 64:
+        # PS3.5 9.1: a UID has at most 64 characters. A longer one could not
+        # even be echoed back in the response: the command set is invalid.
+        raise _error(f"UI value of {b - a} characters, more than 64", tag, off)
     try:
         return PyUnicode_DecodeASCII(<const char *>v + a, b - a, NULL)
     except UnicodeDecodeError:
@@ -394,6 +398,12 @@ cdef Command _decode(const uint8_t *p, Py_ssize_t n):
             bit = 1u << i
             if missing & bit:
                 raise _error(f"{_COMMAND_NAMES[cf]} lacks a mandatory element", _BIT_ELEMENT[i], n)
+    # A mandatory UID present but empty is as good as missing: a request
+    # names its SOP class, a C-STORE-RQ its instance too (PS3.7 9.3).
+    if not cf & 0x8000 and cf != 0x0FFF and not cmd.affected_sop_class_uid:
+        raise _error(f"{_COMMAND_NAMES[cf]} has an empty Affected SOP Class UID", 0x0002, n)
+    if cf == 0x0001 and not cmd.affected_sop_instance_uid:
+        raise _error("C-STORE-RQ has an empty Affected SOP Instance UID", 0x1000, n)
     return cmd
 
 

@@ -658,3 +658,47 @@ def test_round_trip(cmd):
 def test_round_trip_every_type(cf, data):
     cmd = data.draw(commands(cf))
     assert decode_command(encode_command(cmd)) == cmd
+
+
+def test_uid_longer_than_64_characters_is_an_invalid_command_set():
+    """PS3.5 9.1: a UID has at most 64 characters; a longer Affected SOP Class
+    UID could not even be echoed in the response (found by the fuzzer)."""
+
+    def element(elem: int, value: bytes) -> bytes:
+        return struct.pack("<HHI", 0, elem, len(value)) + value
+
+    def echo_with(uid: bytes) -> bytes:
+        body = (
+            element(0x0002, uid)
+            + element(0x0100, struct.pack("<H", 0x0030))
+            + element(0x0110, struct.pack("<H", 1))
+            + element(0x0800, struct.pack("<H", 0x0101))
+        )
+        return element(0x0000, struct.pack("<I", len(body))) + body
+
+    with pytest.raises(CommandSetError, match="more than 64"):
+        decode_command(echo_with(b"1." + b"2" * 64))
+    assert decode_command(echo_with(b"1." + b"2" * 62)).affected_sop_class_uid == "1." + "2" * 62
+
+
+@pytest.mark.parametrize("empty", ["affected_sop_class_uid", "affected_sop_instance_uid"])
+def test_store_request_with_an_empty_mandatory_uid_is_invalid(empty):
+    """An empty UID is as good as missing (found by the fuzzer: the spool
+    file of such a C-STORE could not be given a file meta header)."""
+
+    def element(elem: int, value: bytes) -> bytes:
+        return struct.pack("<HHI", 0, elem, len(value)) + value
+
+    uids = {"affected_sop_class_uid": b"1.2.840.10008.5.1.4.39.1", "affected_sop_instance_uid": b"1.2.3.4"}
+    uids[empty] = b""
+    body = (
+        element(0x0002, uids["affected_sop_class_uid"])
+        + element(0x0100, struct.pack("<H", 0x0001))
+        + element(0x0110, struct.pack("<H", 1))
+        + element(0x0700, struct.pack("<H", 2))
+        + element(0x0800, struct.pack("<H", 0x0000))
+        + element(0x1000, uids["affected_sop_instance_uid"])
+    )
+    raw = element(0x0000, struct.pack("<I", len(body))) + body
+    with pytest.raises(CommandSetError, match="empty"):
+        decode_command(raw)

@@ -169,13 +169,20 @@ class ULConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:  # type: ignore[override]
         upper = self.upper_layer
-        indications = upper.receive_data(data, self._loop.time())
-        # In Sta6 a receive only moves the idle deadline later (found when
-        # the timer fires); elsewhere it may start or stop ARTIM.
-        if upper.has_data_to_send or upper.close_requested or upper.state is not State.STA6:
-            self._carry_out()
-        if indications:
-            self._deliver(indications)
+        try:
+            indications = upper.receive_data(data, self._loop.time())
+            # In Sta6 a receive only moves the idle deadline later (found when
+            # the timer fires); elsewhere it may start or stop ARTIM.
+            if upper.has_data_to_send or upper.close_requested or upper.state is not State.STA6:
+                self._carry_out()
+            if indications:
+                self._deliver(indications)
+        except Exception:
+            # A bug of ours, not the peer's doing: said once with its
+            # traceback, and the association aborted, instead of the
+            # exception escaping into the event loop's transport.
+            LOGGER.error("internal error on the connection from %s; aborting", upper.peer_label, exc_info=True)
+            self.abort(source=2, reason=0)
 
     def eof_received(self) -> bool | None:
         return False  # close our side too; connection_lost follows
