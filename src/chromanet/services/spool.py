@@ -44,13 +44,15 @@ class FileSink:
     """DatasetSink writing one data set to a temporary file in ``directory``."""
 
     def __init__(self, directory: Path, command: Command, transfer_syntax: str) -> None:
-        handle, name = tempfile.mkstemp(prefix=SPOOL_PREFIX, suffix=".dcm", dir=directory)
-        self._file = os.fdopen(handle, "wb", buffering=1 << 16)
-        self.path = Path(name)
+        # The header first: if it cannot be built, no spool file is made.
         meta = dsutil.build_file_meta(
             command.affected_sop_class_uid or "", command.affected_sop_instance_uid or "", transfer_syntax
         )
-        self._file.write(dsutil.encode_file_header(meta))
+        header = dsutil.encode_file_header(meta)
+        handle, name = tempfile.mkstemp(prefix=SPOOL_PREFIX, suffix=".dcm", dir=directory)
+        self._file = os.fdopen(handle, "wb", buffering=1 << 16)
+        self.path = Path(name)
+        self._file.write(header)
 
     def write(self, data: Any) -> None:
         self._file.write(data)
