@@ -104,8 +104,6 @@ class ServiceDispatcher:
         )
         if request.command_field == _dimse.C_STORE_RQ:
             response.affected_sop_instance_uid = request.affected_sop_instance_uid
-            cleanup = getattr(message.dataset, "cleanup", None)
-            if cleanup is not None:
-                cleanup()  # a refused store leaves no spool file behind
+            storage.remove_spool(message)  # a refused store leaves no spool file behind
         channel.send(message.context_id, response)
         return None

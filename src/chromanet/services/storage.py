@@ -111,7 +111,7 @@ def serve_store(session: ServiceSession, message: IncomingMessage) -> Awaitable[
     if bound is None and session.store_directory is not None:
         bound = (store_to_directory, [session.store_directory])
     if bound is None:
-        _remove_spool(message)
+        remove_spool(message)
         response.status = _NO_HANDLER
         session.channel.send(message.context_id, response)
         return None
@@ -122,11 +122,11 @@ def serve_store(session: ServiceSession, message: IncomingMessage) -> Awaitable[
         bound,
         response,
         status_on_exception=_HANDLER_RAISED,
-        after=lambda: _remove_spool(message),
+        after=lambda: remove_spool(message),
     )
 
 
-def _remove_spool(message: IncomingMessage) -> None:
+def remove_spool(message: IncomingMessage) -> None:
     """A spooled data set's file is the handler's to keep or lose: once the
     handler returned, an unmoved spool file is removed."""
     cleanup = getattr(message.dataset, "cleanup", None)
