@@ -38,6 +38,7 @@ from chromanet.services.base import HandlerTable, ServiceSession
 from chromanet.services.dispatch import ServiceDispatcher
 from chromanet.services.spool import FileSink
 from chromanet.ul.acse import AssociationControl
+from chromanet.ul.tls import TlsInfo
 
 if TYPE_CHECKING:
     from chromanet.dimse_channel import DatasetSink
@@ -200,6 +201,12 @@ class AsyncAssociation:
     def remote_host(self) -> str:
         """The peer's IP address ('' before the connection is made)."""
         return self._ul.addresses[1][0]
+
+    @property
+    def tls(self) -> TlsInfo | None:
+        """The TLS parameters (version, cipher, peer certificate subject) of
+        the connection, or None when it is plain TCP."""
+        return self._ul.tls
 
     @property
     def service_session(self) -> ServiceSession | None:

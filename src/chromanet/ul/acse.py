@@ -21,6 +21,7 @@ from chromanet import _pdu
 from chromanet.errors import ABORT_REASON_INVALID_PDU_PARAMETER_VALUE, ChromanetError
 from chromanet.logutil import peer_log
 from chromanet.ul.connection import ULConnection
+from chromanet.ul.tls import TlsInfo
 from chromanet.ul.negotiation import (
     AssociationRejected,
     ContextSpec,
@@ -152,6 +153,11 @@ class AssociationControl:
         self.on_requested: Callable[[AssociationControl], None] | None = None
         self.on_established: Callable[[AssociationControl], None] | None = None
         self.on_release_requested: Callable[[AssociationControl], None] | None = None
+
+    @property
+    def tls(self) -> TlsInfo | None:
+        """The connection's TLS parameters, or None on plain TCP."""
+        return self.connection.tls
 
     # ------------------------------------------------------------- requestor
     async def open(self, host: str, port: int, rq: _pdu.AssociateRQ) -> None:

@@ -30,6 +30,7 @@ from chromanet._dimse import Command
 from chromanet._pdata import CommandArrived, DatasetChunk, DimseMessage
 from chromanet.logutil import peer_log
 from chromanet.ul.statemachine import State
+from chromanet.ul.tls import TlsInfo, tls_info_of
 from chromanet.ul.upper_layer import (
     Aborted,
     AssociateAccepted,
@@ -122,6 +123,7 @@ class ULConnection(asyncio.Protocol):
         self._pacing: asyncio.Future[None] | None = None  # a large message is going out
         self._deferred: list[list[Any]] = []  # messages sent meanwhile, in order
         self._addresses: tuple[tuple[str, int], tuple[str, int]] = (("", 0), ("", 0))
+        self.tls: TlsInfo | None = None
         self._read_holds: set[str] = set()  # reasons reading is paused
 
     # ----------------------------------------------------------- properties
@@ -159,6 +161,8 @@ class ULConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:  # not TCP (a UNIX socket in tests)
                 pass
+        #: The TLS parameters when the connection runs on TLS, else None.
+        self.tls = tls_info_of(transport)
         local = transport.get_extra_info("sockname") or ("", 0)
         peer = transport.get_extra_info("peername") or ("", 0)
         if isinstance(local, tuple) and isinstance(peer, tuple):
