@@ -21,7 +21,7 @@ from chromanet.blocking import Association, ThreadedServer
 from chromanet.evt import HandlerSpec, split_handlers
 from chromanet.presentation import DEFAULT_TRANSFER_SYNTAXES, PresentationContext, build_context, build_role
 from chromanet.server import AsyncServer
-from chromanet.ul.acse import AssociationAborted, AssociationClosed, AssociationControl, Timeouts
+from chromanet.ul.acse import AdmissionCheck, AssociationAborted, AssociationClosed, AssociationControl, Timeouts
 from chromanet.ul.negotiation import AssociationRejected, ContextSpec, build_associate_rq
 
 __all__ = ["AE", "Association", "AsyncServer", "ThreadedServer", "build_role"]
@@ -59,6 +59,11 @@ class AE:
         # whole (0: no limit).
         self.max_identifier_size = 256 * 1024
         self.require_called_aet = False
+        # chromanet extra: an async check of each requestor (identity, peer
+        # rules) run after negotiation and before the A-ASSOCIATE-AC; its
+        # Admission may reject the association or carry a grant that the
+        # handlers read as ``event.assoc.admission.grant``.
+        self.admission: AdmissionCheck | None = None
         self.require_calling_aet: list[str] = []
         self.implementation_class_uid = uids.IMPLEMENTATION_CLASS_UID
         self.implementation_version_name: str | None = uids.IMPLEMENTATION_VERSION_NAME

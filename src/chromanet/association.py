@@ -37,7 +37,7 @@ from chromanet.services.answers import response_to_dataset
 from chromanet.services.base import HandlerTable, ServiceSession
 from chromanet.services.dispatch import ServiceDispatcher
 from chromanet.services.spool import FileSink
-from chromanet.ul.acse import AssociationControl
+from chromanet.ul.acse import Admission, AssociationControl
 from chromanet.ul.tls import TlsInfo
 
 if TYPE_CHECKING:
@@ -201,6 +201,12 @@ class AsyncAssociation:
     def remote_host(self) -> str:
         """The peer's IP address ('' before the connection is made)."""
         return self._ul.addresses[1][0]
+
+    @property
+    def admission(self) -> Admission | None:
+        """The acceptor's admission answer (its ``grant``: what this peer may
+        do), or None when the server has no admission check."""
+        return self._ul.admission
 
     @property
     def tls(self) -> TlsInfo | None:

@@ -62,6 +62,7 @@ class AsyncServer:
             identity_handler=self._identity_adapter(),
             sop_extended_handler=self._sop_extended_adapter(),
             gatekeeper=self._gatekeeper,
+            admission=ae.admission,
         )
         self.associations: set[AsyncAssociation] = set()
         self._server: asyncio.AbstractServer | None = None

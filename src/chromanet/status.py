@@ -59,6 +59,7 @@ class Status(IntEnum):
     CANCEL = 0xFE00
     PENDING = 0xFF00
     SOP_CLASS_NOT_SUPPORTED = 0x0122
+    NOT_AUTHORISED = 0x0124
     UNRECOGNISED_OPERATION = 0x0211
     MISTYPED_ARGUMENT = 0x0212
     # PS3.4 C.4 and X, query/retrieve

@@ -149,7 +149,8 @@ def test_duplicate_replaces(archive: PaletteArchive) -> None:
 def test_well_known_palette_is_never_replaced(archive: PaletteArchive) -> None:
     before = archive.get(HOT_IRON).path.read_bytes()
     result = archive.ingest_dataset(palette(uid=HOT_IRON, label="EVIL"))
-    assert result.status == 0x0000 and "kept" in result.comment
+    # Not stored, and the status says so (0x0124 Refused: Not Authorized).
+    assert result.status == 0x0124 and not result.ok and "not stored" in result.comment
     assert archive.get(HOT_IRON).path.read_bytes() == before
     assert find_uids(archive, ContentLabel="EVIL") == set()
     assert archive.verify().ok
@@ -326,9 +327,59 @@ def test_newer_schema_refused(tmp_path: Path) -> None:
     with pytest.raises(ArchiveVersionError):
         PaletteArchive(tmp_path)
     conn = sqlite3.connect(tmp_path / "index.sqlite3")
-    conn.execute("PRAGMA user_version = 1")
+    conn.execute("PRAGMA user_version = 2")
     conn.close()
     PaletteArchive(tmp_path).close()
+
+
+def test_version_1_index_gains_owners(tmp_path: Path) -> None:
+    """An index written before owners were kept is migrated in place: its
+    rows stay, with no owner, and whoever may store can claim them."""
+    with PaletteArchive.open(tmp_path, seed=False) as arch:
+        assert arch.ingest_dataset(palette(label="OLD")).ok
+    conn = sqlite3.connect(tmp_path / "index.sqlite3")
+    conn.execute("ALTER TABLE instance DROP COLUMN owner")
+    conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    with PaletteArchive(tmp_path) as arch:
+        (uid,) = find_uids(arch, ContentLabel="OLD")
+        assert arch.index.get(uid).owner is None
+        assert arch.ingest_dataset(palette(uid=uid, label="NEW"), owner="B").ok
+        assert arch.index.get(uid).owner == "B"
+    conn = sqlite3.connect(tmp_path / "index.sqlite3")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    conn.close()
+
+
+def test_only_the_owner_replaces(archive: PaletteArchive) -> None:
+    uid = "1.2.826.0.1.3680043.8.498.777"
+    assert archive.ingest_dataset(palette(uid=uid, label="BYA"), owner="A").ok
+    refused = archive.ingest_dataset(palette(uid=uid, label="BYB"), owner="B")
+    assert refused.status == 0x0124 and "not replaced" in refused.comment
+    assert find_uids(archive, ContentLabel="BYA") == {uid}
+    assert find_uids(archive, ContentLabel="BYB") == set()
+    # The owner may; so may a peer the policy lets replace others (the owner stays A).
+    assert archive.ingest_dataset(palette(uid=uid, label="BYA2"), owner="A").ok
+    assert archive.ingest_dataset(palette(uid=uid, label="BYC"), owner="C", may_replace_others=True).ok
+    assert find_uids(archive, ContentLabel="BYC") == {uid}
+    assert archive.index.get(uid).owner == "A"
+    # A local store without an owner is not checked.
+    assert archive.ingest_dataset(palette(uid=uid, label="ADMIN")).ok
+    assert archive.verify().ok
+
+
+def test_refused_replacement_leaves_the_spooled_file(archive: PaletteArchive, tmp_path: Path) -> None:
+    """A refused store moves nothing: the spool file stays for its owner
+    (the storage service) to remove, and no temporary is left behind."""
+    uid = "1.2.826.0.1.3680043.8.498.778"
+    assert archive.ingest_dataset(palette(uid=uid, label="BYA"), owner="A").ok
+    spooled = tmp_path / "spooled.dcm"
+    _write_part10(palette(uid=uid, label="BYB"), spooled)
+    assert archive.ingest_file(spooled, owner="B").status == 0x0124
+    assert spooled.exists()
+    assert archive.ingest_file(spooled, owner="B", move=False).status == 0x0124
+    assert [p.name for p in archive.files_dir.iterdir() if p.name.startswith(".")] == []
+    assert archive.verify().ok
 
 
 def test_queries_from_threads(archive: PaletteArchive) -> None:

@@ -30,7 +30,7 @@ __all__ = ["Index", "IndexRow", "SCHEMA_VERSION", "ArchiveVersionError"]
 
 LOGGER = logging.getLogger("chromanet.archive")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA_V1 = """
 CREATE TABLE instance (
@@ -48,6 +48,13 @@ CREATE TABLE instance (
     stored_at              TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
 ) WITHOUT ROWID;
 CREATE INDEX instance_content_label ON instance (content_label);
+"""
+
+# Version 2: who stored each instance (the node's peer name, or the calling
+# AE title of a peer without an entry); NULL for instances stored before
+# owners were kept, and for the seeded well-known palettes.
+_SCHEMA_V2 = """
+ALTER TABLE instance ADD COLUMN owner TEXT
 """
 
 
@@ -70,20 +77,36 @@ class IndexRow:
     alternate_descriptions: str | None
     specific_character_set: str | None
     ascii_only: bool
+    owner: str | None = None
 
 
 _INSERT = """
 INSERT INTO instance (sop_instance_uid, sop_class_uid, transfer_syntax, file_name, size, content_label,
-    content_description, content_creator_name, alternate_descriptions, specific_character_set, ascii_only)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    content_description, content_creator_name, alternate_descriptions, specific_character_set, ascii_only, owner)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (sop_instance_uid) DO UPDATE SET
     sop_class_uid = excluded.sop_class_uid, transfer_syntax = excluded.transfer_syntax,
     file_name = excluded.file_name, size = excluded.size, content_label = excluded.content_label,
     content_description = excluded.content_description, content_creator_name = excluded.content_creator_name,
     alternate_descriptions = excluded.alternate_descriptions,
     specific_character_set = excluded.specific_character_set, ascii_only = excluded.ascii_only,
-    stored_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now')
+    stored_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+    -- A replacement keeps the first storer as the owner; an instance
+    -- without one is claimed by whoever replaces it.
+    owner = coalesce(instance.owner, excluded.owner)
 """
+
+
+_ASCII_ONLY_COLUMN = IndexRow.__slots__.index("ascii_only")
+
+
+def _values(row: IndexRow) -> tuple[Any, ...]:
+    """``row`` as the parameters of ``_INSERT``."""
+    return (
+        row.sop_instance_uid, row.sop_class_uid, row.transfer_syntax, row.file_name, row.size,
+        row.content_label, row.content_description, row.content_creator_name,
+        row.alternate_descriptions, row.specific_character_set, int(row.ascii_only), row.owner,
+    )  # fmt: skip
 
 
 class Index:
@@ -122,7 +145,9 @@ class Index:
                     for statement in _SCHEMA_V1.split(";"):
                         if statement.strip():
                             conn.execute(statement)
-                # Later versions: "if version < 2: ..." steps go here, in order.
+                if version < 2:
+                    conn.execute(_SCHEMA_V2)
+                # Later versions: "if version < 3: ..." steps go here, in order.
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 conn.execute("COMMIT")
             except BaseException:
@@ -156,7 +181,11 @@ class Index:
             f"SELECT {', '.join(IndexRow.__slots__)} FROM instance WHERE sop_instance_uid = ?",
             (sop_instance_uid,),
         ).fetchone()
-        return IndexRow(*row[:-1], bool(row[-1])) if row else None
+        if row is None:
+            return None
+        values = list(row)
+        values[_ASCII_ONLY_COLUMN] = bool(values[_ASCII_ONLY_COLUMN])
+        return IndexRow(*values)
 
     def file_names(self) -> dict[str, tuple[str, int]]:
         """file name -> (SOP Instance UID, size) for every row."""
@@ -170,11 +199,7 @@ class Index:
 
     def upsert(self, row: IndexRow) -> None:
         """Insert or replace the row of ``row.sop_instance_uid``, committed on return."""
-        values = (
-            row.sop_instance_uid, row.sop_class_uid, row.transfer_syntax, row.file_name, row.size,
-            row.content_label, row.content_description, row.content_creator_name,
-            row.alternate_descriptions, row.specific_character_set, int(row.ascii_only),
-        )  # fmt: skip
+        values = _values(row)
         with self._write_lock:
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
@@ -191,17 +216,7 @@ class Index:
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(
-                    _INSERT,
-                    (
-                        (
-                            r.sop_instance_uid, r.sop_class_uid, r.transfer_syntax, r.file_name, r.size,
-                            r.content_label, r.content_description, r.content_creator_name,
-                            r.alternate_descriptions, r.specific_character_set, int(r.ascii_only),
-                        )  # fmt: skip
-                        for r in rows
-                    ),
-                )
+                conn.executemany(_INSERT, (_values(r) for r in rows))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")

@@ -30,7 +30,13 @@ user who edits a palette and sends it again expects. The replacement is
 atomic for readers: a C-GET in progress keeps the old file open (POSIX), a
 new one finds the new row. Exception: the eight well-known palettes
 (1.2.840.10008.1.5.1-8) are defined by the standard (PS3.6 Annex A) and are
-never replaced; a store of one is answered with success and discarded.
+never replaced: a store of one that is already here is refused (0x0124).
+
+Ownership: a store may name its ``owner`` (the node passes the peer's name).
+An instance another owner stored is replaced only when the store says
+``may_replace_others``; otherwise the store is refused (0x0124) and the
+stored instance stays as it was. A store without an owner (local imports,
+the library) is not checked.
 
 C-STORE statuses (PS3.4 B.2.3, Table B.2-1) in ``IngestResult.status``:
 
@@ -38,6 +44,8 @@ C-STORE statuses (PS3.4 B.2.3, Table B.2-1) in ``IngestResult.status``:
 * 0xB007 warning "Data Set does not match SOP Class": stored, but a Type 1
   attribute that the archive does not need to serve the palette is missing
   (ICC Profile (0028,2000)); the comment names it;
+* 0x0124 "Refused: Not Authorized" (PS3.7 C): not stored, because the
+  instance is a well-known palette already here or one another owner stored;
 * 0xA700 "Refused: Out of Resources": the file or the index could not be
   written (disk full, I/O error); nothing is left behind;
 * 0xA900 "Error: Data Set does not match SOP Class": not Color Palette
@@ -94,6 +102,7 @@ WARNING_DATASET_DOES_NOT_MATCH = int(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS_WAR
 OUT_OF_RESOURCES = int(Status.OUT_OF_RESOURCES)
 DATASET_DOES_NOT_MATCH = int(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS)
 CANNOT_UNDERSTAND = UNABLE_TO_PROCESS = int(Status.CANNOT_UNDERSTAND)
+NOT_AUTHORISED = int(Status.NOT_AUTHORISED)
 
 _TEMP_PREFIX = "."
 _COMMIT_STRIPES = 64
@@ -162,6 +171,17 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not (self.files_without_row or self.rows_without_file or self.size_mismatches or self.temp_files)
+
+
+@dataclass(frozen=True, slots=True)
+class _Rights:
+    """Who stores, and whether they may replace what another owner stored."""
+
+    owner: str | None
+    may_replace_others: bool
+
+    def may_replace(self, stored_by: str | None) -> bool:
+        return self.owner is None or self.may_replace_others or stored_by is None or stored_by == self.owner
 
 
 class _Refused(Exception):
@@ -382,13 +402,22 @@ class PaletteArchive:
 
     # -- C-STORE ---------------------------------------------------------
 
-    def ingest_file(self, path: str | os.PathLike[str], *, move: bool = True) -> IngestResult:
+    def ingest_file(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        move: bool = True,
+        owner: str | None = None,
+        may_replace_others: bool = False,
+    ) -> IngestResult:
         """Store a Part 10 file already on disk (a spooled C-STORE).
 
         With ``move`` the file is renamed into the archive (copied first if it
         is on another file system) and is gone from ``path`` on success; on
         failure it is left where it was. Without ``move`` it is copied.
+        ``owner`` and ``may_replace_others``: see the module docstring.
         """
+        rights = _Rights(owner, may_replace_others)
         source = Path(path)
         try:
             try:
@@ -404,11 +433,20 @@ class PaletteArchive:
         except _Refused as refused:
             return IngestResult(refused.status, refused.comment)
         if not move:
-            return self._store_new_file(lambda temp: shutil.copyfile(source, temp), fields, transfer_syntax, warning)
-        return self._store_moved(source, fields, transfer_syntax, warning)
+            copy_file = lambda temp: shutil.copyfile(source, temp)  # noqa: E731
+            return self._store_new_file(copy_file, fields, transfer_syntax, warning, rights)
+        return self._store_moved(source, fields, transfer_syntax, warning, rights)
 
-    def ingest_dataset(self, ds: Dataset, transfer_syntax: str = uids.ExplicitVRLittleEndian) -> IngestResult:
+    def ingest_dataset(
+        self,
+        ds: Dataset,
+        transfer_syntax: str = uids.ExplicitVRLittleEndian,
+        *,
+        owner: str | None = None,
+        may_replace_others: bool = False,
+    ) -> IngestResult:
         """Store a decoded data set, encoded in ``transfer_syntax``."""
+        rights = _Rights(owner, may_replace_others)
         try:
             fields, warning = _index_fields(ds, None, None)
         except _Refused as refused:
@@ -420,7 +458,7 @@ class PaletteArchive:
                 handle.write(dsutil.encode_file_header(meta))
                 handle.write(dsutil.encode_dataset(ds, transfer_syntax))
 
-        return self._store_new_file(write, fields, transfer_syntax, warning)
+        return self._store_new_file(write, fields, transfer_syntax, warning, rights)
 
     # The steps of a store, as methods so that tests can fail each one.
 
@@ -449,7 +487,9 @@ class PaletteArchive:
             return name
         return f"{uid}_{secrets.token_hex(4)}.dcm"
 
-    def _store_new_file(self, write: Any, fields: dict[str, Any], transfer_syntax: str, warning: str) -> IngestResult:
+    def _store_new_file(
+        self, write: Any, fields: dict[str, Any], transfer_syntax: str, warning: str, rights: _Rights
+    ) -> IngestResult:
         kept = self._keep_well_known(fields)
         if kept is not None:
             return kept
@@ -459,31 +499,36 @@ class PaletteArchive:
         except Exception as exc:
             temp.unlink(missing_ok=True)
             return IngestResult(OUT_OF_RESOURCES, f"cannot write: {exc}"[:64], fields["sop_instance_uid"])
-        return self._commit(temp, True, fields, transfer_syntax, warning)
+        return self._commit(temp, True, fields, transfer_syntax, warning, rights)
 
-    def _store_moved(self, source: Path, fields: dict[str, Any], transfer_syntax: str, warning: str) -> IngestResult:
+    def _store_moved(
+        self, source: Path, fields: dict[str, Any], transfer_syntax: str, warning: str, rights: _Rights
+    ) -> IngestResult:
         kept = self._keep_well_known(fields)
         if kept is not None:
             return kept
         if source.parent.resolve() != self.files_dir.resolve() and os.stat(source).st_dev != os.stat(self.files_dir).st_dev:
-            return self._store_new_file(lambda temp: shutil.copyfile(source, temp), fields, transfer_syntax, warning)
-        return self._commit(source, False, fields, transfer_syntax, warning)
+            copy_file = lambda temp: shutil.copyfile(source, temp)  # noqa: E731
+            return self._store_new_file(copy_file, fields, transfer_syntax, warning, rights)
+        return self._commit(source, False, fields, transfer_syntax, warning, rights)
 
     def _keep_well_known(self, fields: dict[str, Any]) -> IngestResult | None:
         uid = fields["sop_instance_uid"]
         if uid in uids.WELL_KNOWN_PALETTE_UIDS:
             existing = self.get(uid)
             if existing is not None:
-                return IngestResult(SUCCESS, "well-known palette already stored; kept", uid, existing.path)
+                return IngestResult(NOT_AUTHORISED, "well-known palette is read-only: not stored", uid)
         return None
 
-    def _commit(self, source: Path, ours: bool, fields: dict[str, Any], transfer_syntax: str, warning: str) -> IngestResult:
+    def _commit(
+        self, source: Path, ours: bool, fields: dict[str, Any], transfer_syntax: str, warning: str, rights: _Rights
+    ) -> IngestResult:
         lock = self._commit_locks[zlib.crc32(fields["sop_instance_uid"].encode()) % _COMMIT_STRIPES]
         with lock:
-            return self._commit_locked(source, ours, fields, transfer_syntax, warning)
+            return self._commit_locked(source, ours, fields, transfer_syntax, warning, rights)
 
     def _commit_locked(
-        self, source: Path, ours: bool, fields: dict[str, Any], transfer_syntax: str, warning: str
+        self, source: Path, ours: bool, fields: dict[str, Any], transfer_syntax: str, warning: str, rights: _Rights
     ) -> IngestResult:
         """Steps 2-4 of a store (see the module docstring) for ``source``.
 
@@ -493,6 +538,11 @@ class PaletteArchive:
         """
         uid = fields["sop_instance_uid"]
         existing = self.index.get(uid)
+        if existing is not None and not rights.may_replace(existing.owner):
+            if ours:
+                source.unlink(missing_ok=True)
+            LOGGER.info("store of %s by %s refused: stored by %s", uid, rights.owner, existing.owner)
+            return IngestResult(NOT_AUTHORISED, "stored by another peer: not replaced", uid)
         final = self.files_dir / self._final_name(uid, existing)
         renamed = False
         try:
@@ -501,7 +551,9 @@ class PaletteArchive:
             self._step_rename(source, final)
             renamed = True
             self._step_fsync_dir()
-            self._step_index(IndexRow(transfer_syntax=transfer_syntax, file_name=final.name, size=size, **fields))
+            self._step_index(
+                IndexRow(transfer_syntax=transfer_syntax, file_name=final.name, size=size, owner=rights.owner, **fields)
+            )
         except Exception as exc:
             if renamed and not ours:
                 try:

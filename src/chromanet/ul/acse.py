@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
 from chromanet import _pdu
 from chromanet.errors import ABORT_REASON_INVALID_PDU_PARAMETER_VALUE, ChromanetError
@@ -87,6 +87,47 @@ class MessageSink(Protocol):
     def on_association_end(self, exc: Exception) -> None: ...
 
 
+@dataclass(frozen=True)
+class AdmissionRequest:
+    """What an admission check knows of a requestor: its A-ASSOCIATE-RQ
+    (calling and called AE titles, user identity item), where it connects
+    from and, on TLS, its certificate."""
+
+    rq: _pdu.AssociateRQ
+    peer_address: tuple[str, int]
+    tls: TlsInfo | None
+
+
+@dataclass
+class Admission:
+    """An admission check's answer.
+
+    ``rejection`` (result, source, reason) refuses the association with that
+    A-ASSOCIATE-RJ; ``reason`` says why, for the log. Otherwise negotiation
+    goes on: ``identity_response`` is the server response sent when the RQ
+    asked for a positive user identity response (None: no response item),
+    and ``grant`` is kept on the association for the layers above (the
+    node's per-peer permissions).
+    """
+
+    rejection: tuple[int, int, int] | None = None
+    reason: str = ""
+    identity_response: bytes | None = None
+    grant: Any = None
+
+
+#: An acceptor's asynchronous check of who may associate (identity, peer
+#: rules). It may take time (a password hash off the loop, a token
+#: service) without holding the event loop.
+AdmissionCheck = Callable[[AdmissionRequest], Awaitable[Admission]]
+
+# How long an admission check may take when no ACSE timeout is set.
+_ADMISSION_LIMIT = 30.0
+# A-ASSOCIATE-RJ when the admission check itself failed: transient, user,
+# no reason given (the requestor may try again).
+_ADMISSION_FAILED = (2, 1, 1)
+
+
 @dataclass
 class AcceptorPolicy:
     """What an acceptor accepts: given by the server for every connection."""
@@ -107,6 +148,9 @@ class AcceptorPolicy:
     # Called with the RQ and the peer's host before negotiation; returns an
     # AssociateRJ to refuse (the association limits) or None.
     gatekeeper: Callable[[_pdu.AssociateRQ, str], _pdu.AssociateRJ | None] | None = None
+    # Run after the gatekeeper and before negotiation; replaces
+    # ``identity_handler`` (the check verifies the user identity itself).
+    admission: AdmissionCheck | None = None
 
 
 class AssociationControl:
@@ -153,6 +197,9 @@ class AssociationControl:
         self.on_requested: Callable[[AssociationControl], None] | None = None
         self.on_established: Callable[[AssociationControl], None] | None = None
         self.on_release_requested: Callable[[AssociationControl], None] | None = None
+        #: The acceptor's admission answer (None without an admission check).
+        self.admission: Admission | None = None
+        self._admission_task: asyncio.Future[None] | None = None
 
     @property
     def tls(self) -> TlsInfo | None:
@@ -225,6 +272,20 @@ class AssociationControl:
         if refusal is not None:
             self._reject(refusal)
             return
+        negotiated = self._negotiate(rq, policy)
+        if negotiated is None:
+            return
+        if policy.admission is not None:
+            # The standard's checks passed; our own (identity, peer rules)
+            # may take time. Sta3 (waiting for our answer) until it is done;
+            # what the peer sends meanwhile is handled by the state machine.
+            self._admission_task = asyncio.ensure_future(self._admit(rq, negotiated, policy.admission))
+            return
+        self._accept(*negotiated)
+
+    def _negotiate(self, rq: _pdu.AssociateRQ, policy: AcceptorPolicy) -> tuple[_pdu.AssociateAC, NegotiationResult] | None:
+        """The AC for ``rq``, or None when it was rejected or aborted. With an
+        admission check, the user identity is left to it (no reply yet)."""
         try:
             ac, result = negotiate_as_acceptor(
                 rq,
@@ -236,13 +297,13 @@ class AssociationControl:
                 implementation_class_uid=policy.implementation_class_uid,
                 implementation_version_name=policy.implementation_version_name,
                 async_ops_window=policy.async_ops_window,
-                identity_handler=policy.identity_handler,
+                identity_handler=None if policy.admission is not None else policy.identity_handler,
                 sop_extended_handler=policy.sop_extended_handler,
                 transfer_syntax_order=policy.transfer_syntax_order,
             )
         except AssociationRejected as exc:
             self._reject(_pdu.AssociateRJ(result=exc.result, source=exc.source, reason=exc.reason), str(exc))
-            return
+            return None
         except NegotiationError as exc:
             # A request that breaks PS3.8's rules for its parameters (a
             # context ID used twice, more than 128 contexts): an invalid PDU
@@ -250,11 +311,41 @@ class AssociationControl:
             peer_log(LOGGER, logging.WARNING, self.addresses[1][0], "invalid A-ASSOCIATE-RQ from %s: %s; aborting",
                      self._peer(), exc)
             self._abort_invalid_request()
-            return
+            return None
         except Exception:
             LOGGER.error("could not answer the A-ASSOCIATE-RQ from %s; aborting", self._peer(), exc_info=True)
             self._abort_invalid_request(reason=0)
+            return None
+        return ac, result
+
+    async def _admit(
+        self, rq: _pdu.AssociateRQ, negotiated: tuple[_pdu.AssociateAC, NegotiationResult], check: AdmissionCheck
+    ) -> None:
+        request = AdmissionRequest(rq, self.addresses[1], self.tls)
+        try:
+            admission = await asyncio.wait_for(check(request), self.timeouts.acse or _ADMISSION_LIMIT)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            LOGGER.error("the admission check of %s failed; rejecting", self._peer(), exc_info=True)
+            admission = Admission(rejection=_ADMISSION_FAILED, reason="admission check failed")
+        if self.established.done():
+            return  # the peer aborted or went away while we checked
+        self.admission = admission
+        if admission.rejection is not None:
+            result, source, reason = admission.rejection
+            self._reject(_pdu.AssociateRJ(result=result, source=source, reason=reason), admission.reason)
             return
+        ac, result = negotiated
+        asked = rq.user_information.user_identity_rq
+        if asked is not None and asked.positive_response_requested and admission.identity_response is not None:
+            # PS3.7 D.3.3.7.2: the server response is empty for identity
+            # types 1 (username) and 2 (username and passcode).
+            response = b"" if asked.identity_type in (1, 2) else bytes(admission.identity_response)
+            ac.user_information.user_identity_ac = _pdu.UserIdentityAC(response)
+        self._accept(ac, result)
+
+    def _accept(self, ac: _pdu.AssociateAC, result: NegotiationResult) -> None:
         self._set_negotiated(result)
         if not self.connection.accept_association(ac, result.peer_max_pdu_length, set(self.contexts)):
             # Aborted by what came right behind the RQ: nothing to establish.
