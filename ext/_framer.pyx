@@ -128,7 +128,7 @@ cdef class PDUFramer:
         cdef Py_ssize_t n, pos = 0, take
         cdef list out = []
         if self._error is not None:
-            raise self._error
+            raise self._error.with_traceback(None)  # a fresh traceback: re-raising must not chain (and keep) the old frames
         if type(data) is bytes:
             chunk = data
             n = len(<bytes>data)

@@ -95,6 +95,32 @@ def test_pipelining_without_reading_is_held_to_bounded_memory(node, op):
     assert still_serves(node)
 
 
+def test_a_peer_that_goes_on_sending_after_a_framing_error_is_not_kept(node):
+    """A PDU header claiming 1.1 GB makes the stream unreadable: the node
+    aborts and waits for the peer to close (Sta13). A peer that goes on
+    sending instead must not make it keep what arrives. Before the fix every
+    chunk was held, chained to the re-raised framing error's traceback
+    (hundreds of MB in these 3 s)."""
+    sock = associate(node, [(1, uids.Verification, [IMPLICIT])])
+    sock.sendall(struct.pack(">BBI", 0x07, 0, 0x46000000) + b"\x00" * 64)
+    batch = b"\x00\x01" * 32768
+    start_rss = node.rss_kib()
+    sock.setblocking(False)
+    sent = 0
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        try:
+            sent += sock.send(batch)
+        except BlockingIOError:
+            time.sleep(0.01)
+        except OSError:
+            break  # the node closed the connection: also bounded
+    growth_mib = (node.rss_kib() - start_rss) / 1024
+    reset(sock)
+    assert growth_mib < 48, f"the node grew by {growth_mib:.0f} MiB after taking {sent >> 20} MiB"
+    assert still_serves(node)
+
+
 # ------------------------------------------------------------------ timers
 def test_trickling_peer_is_aborted_by_the_pdu_time_limit(node):
     """One byte every 0.3 s of a PDU that never completes: the network
@@ -268,7 +294,7 @@ def test_concurrent_stores_of_one_uid_leave_one_file(node):
     base.SOPInstanceUID = uid
 
     def store_many(worker: int) -> None:
-        ae = AE(f"W{worker}")
+        ae = AE("WORKER")  # one peer (several would be refused each other's instance: 0x0124)
         ae.add_requested_context(uids.ColorPaletteStorage, EXPLICIT)
         assoc = ae.associate(*node.address, ae_title="CHROMANET")
         assert assoc.is_established

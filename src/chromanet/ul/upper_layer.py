@@ -91,6 +91,10 @@ _RECEIVE_EVENT: dict[type, Event] = {
 # Largest non-P-DATA PDU we buffer. An A-ASSOCIATE-RQ with the maximum 128
 # presentation contexts and long user identity fields stays far below this.
 MAX_ASSOCIATION_PDU_LENGTH = 1 << 20
+# Bytes a peer may still send once the association is over (Sta13: after our
+# A-ABORT, A-ASSOCIATE-RJ or A-RELEASE-RP) before the connection is closed
+# without waiting for ARTIM: enough for PDUs that crossed ours on the wire.
+STA13_TOLERANCE = 256 * 1024
 
 # States where P-DATA may be sent (DT-1 in Sta6, AR-7 in Sta7 and Sta8).
 _PDATA_STATES = frozenset((State.STA6, State.STA7, State.STA8))
@@ -199,6 +203,8 @@ class UpperLayer:
     ) -> None:
         self.is_requestor = requestor
         self.machine = UpperLayerMachine(requestor)
+        self._unaligned = False
+        self._ignored = 0
         self._framer = PDUFramer(
             max_pdata_length=max_receive_pdu_length,
             max_other_length=MAX_ASSOCIATION_PDU_LENGTH,
@@ -303,11 +309,27 @@ class UpperLayer:
         Once the connection is to be closed, what still arrives is ignored."""
         if self.close_requested:
             return []
+        if self.machine.state is State.STA13:
+            # Nothing should come now (after our A-ABORT, A-ASSOCIATE-RJ or
+            # A-RELEASE-RP). A little is tolerated (crossing PDUs); a peer
+            # that goes on sending is closed on rather than read forever.
+            self._ignored += len(data)
+            if self._ignored > STA13_TOLERANCE:
+                peer_log(LOGGER, logging.WARNING, self.peer_host,
+                         "%s goes on sending after the association ended: closing the connection", self.peer_label)
+                self.close_requested = True
+                self._artim_deadline = None
+                return []
+        if self._unaligned:
+            return []
         self._last_receive = self._clock = now
         framer = self._framer
         try:
             frames = framer.feed(data)
         except PDUError as exc:
+            # The stream can no longer be split into PDUs: whatever follows
+            # is dropped unread (Sta13 ignores it anyway), never buffered.
+            self._unaligned = True
             return self._protocol_error(exc, now)
         if framer.in_pdu:
             if self._pdu_began is None or frames:
