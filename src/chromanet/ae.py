@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from chromanet import _pdu, loopthread, uids
 from chromanet.association import AsyncAssociation
@@ -64,6 +64,12 @@ class AE:
         # Admission may reject the association or carry a grant that the
         # handlers read as ``event.assoc.admission.grant``.
         self.admission: AdmissionCheck | None = None
+        # chromanet extra: called with (association, request command) before
+        # a request is served (a C-STORE's as soon as its command arrives,
+        # ahead of its data set); a (status, comment) answer refuses the
+        # request with that status, and a refused store's data set is read
+        # and dropped as it comes, never kept.
+        self.request_gate: Callable[[Any, Any], tuple[int, str] | None] | None = None
         self.require_calling_aet: list[str] = []
         self.implementation_class_uid = uids.IMPLEMENTATION_CLASS_UID
         self.implementation_version_name: str | None = uids.IMPLEMENTATION_VERSION_NAME

@@ -19,7 +19,7 @@ from pydicom import Dataset
 
 from chromanet import _dimse, uids
 from chromanet._dimse import Command
-from chromanet.dimse_channel import DimseChannel
+from chromanet.dimse_channel import DatasetRefused, DimseChannel, DiscardSink
 from chromanet.evt import (
     EVT_ABORTED,
     EVT_ACCEPTED,
@@ -227,7 +227,7 @@ class AsyncAssociation:
     def _on_established(self, ul: AssociationControl) -> None:
         result = ul.negotiation
         assert result is not None
-        sink_factory = self._spool_factory if self._spool_directory is not None else None
+        sink_factory = self._spool_factory if self._spool_directory is not None or self.ae.request_gate else None
         channel = DimseChannel(
             ul,
             dimse_timeout=ul.timeouts.dimse,
@@ -241,6 +241,7 @@ class AsyncAssociation:
             ul.contexts,
             self._handlers,
             event_source=self,
+            request_gate=self.ae.request_gate,
             peer_ae_title=self.peer_ae_title,
             peer_host=self.remote_host,
             open_sub_association=self._open_sub_association,
@@ -251,6 +252,12 @@ class AsyncAssociation:
         notify(self._handlers, Event(self, EVT_ESTABLISHED))
 
     def _spool_factory(self, context_id: int, command: Command) -> DatasetSink | None:
+        gate = self.ae.request_gate
+        if gate is not None and command.command_field == _dimse.C_STORE_RQ:
+            refusal = gate(self, command)
+            if refusal is not None:
+                # Refused on its command: the data set is read and dropped as it comes.
+                return DiscardSink(DatasetRefused(*refusal))
         # Only C-STORE data sets go to disk; identifiers and responses are small.
         ctx = self._ul.contexts.get(context_id)
         if command.command_field == _dimse.C_STORE_RQ and ctx is not None and self._spool_directory is not None:

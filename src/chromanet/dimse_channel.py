@@ -95,6 +95,38 @@ class DatasetTooLarge:
         return f"<DatasetTooLarge {self.size} bytes, limit {self.limit}>"
 
 
+class DatasetRefused:
+    """Stands for a data set refused when its command arrived (read and
+    dropped as it came): the request is answered with ``status``."""
+
+    __slots__ = ("status", "comment")
+
+    def __init__(self, status: int, comment: str) -> None:
+        self.status = status
+        self.comment = comment
+
+    def __repr__(self) -> str:
+        return f"<DatasetRefused 0x{self.status:04X} {self.comment!r}>"
+
+
+class DiscardSink:
+    """DatasetSink that keeps nothing and finishes as its refusal."""
+
+    __slots__ = ("refusal",)
+
+    def __init__(self, refusal: DatasetRefused) -> None:
+        self.refusal = refusal
+
+    def write(self, data: Any) -> None:
+        pass
+
+    def finish(self) -> DatasetRefused:
+        return self.refusal
+
+    def discard(self) -> None:
+        pass
+
+
 class MemorySink:
     """DatasetSink that keeps the fragments and joins them once; past
     ``limit`` bytes (0: none) it keeps nothing more and finishes as

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from chromanet import evt
 from chromanet.apps import cli, latency
 from chromanet.apps import loadtool as bench
 from chromanet.apps.latency import Latencies
@@ -63,13 +64,40 @@ def assert_clean(done: subprocess.CompletedProcess[str], summary: dict[str, Any]
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Any:
     """``chromanet serve`` on a fresh archive (the 8 well-known palettes),
-    AE CHROMANET, with itself as move destination SELF."""
+    AE CHROMANET, open to every peer, with move destination SELF: a storage
+    SCP in this process (the node itself would refuse the well-known
+    palettes it already has)."""
+    from chromanet import AE, uids
+
+    destination = AE("SELF")
+    destination.add_supported_context(uids.ColorPaletteStorage)
+    destination_port = free_port()
+    server = destination.start_server(("127.0.0.1", destination_port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, lambda event: 0x0000)])
     port = free_port()
     data = tmp_path_factory.mktemp("node")
     args = [sys.executable, "-m", "chromanet.apps.cli", "serve", "--port", str(port), "--bind", "127.0.0.1",
-            "--data-dir", str(data), "--log-level", "WARNING", "--move-dest", f"SELF=127.0.0.1:{port}"]
-    with subprocess_server(args, port, cwd=REPO):
-        yield port
+            "--data-dir", str(data), "--log-level", "WARNING", "--move-dest", f"SELF=127.0.0.1:{destination_port}",
+            "--default-access", "all"]
+    try:
+        with subprocess_server(args, port, cwd=REPO):
+            yield port
+    finally:
+        server.shutdown()
+
+
+def _new_uid_palettes(directory: Path) -> Path:
+    from pydicom import dcmread
+    from pydicom.data import get_palette_files
+    from pydicom.uid import generate_uid
+
+    directory.mkdir()
+    for path in sorted(get_palette_files("*.dcm"))[:2]:
+        ds = dcmread(path)
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.ContentLabel = "BENCH_COPY"  # not matched by the other tests' HOT* queries
+        ds.save_as(directory / Path(path).name)
+    return directory
 
 
 @pytest.mark.parametrize(
@@ -80,11 +108,14 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Any:
         ("find", ["-k", "ContentLabel=HOT*"], 2),  # HOT_IRON, HOT_METAL_BLUE
         ("get", [], 8),  # default identifier: the 8 well-known UIDs
         ("get", ["-k", "SOPInstanceUID=1.2.840.10008.1.5.1"], 1),
-        ("store", [], 0),  # pydicom's palettes (kept as they are: well-known)
+        ("store", [], 0),  # copies of pydicom's palettes with new UIDs (see below)
         ("move", ["-aem", "SELF"], 8),
     ],
 )
 def test_against_chromanet_node(node: int, tmp_path: Path, op: str, extra: list[str], items_per_op: int) -> None:
+    if op == "store":
+        # The well-known palettes themselves are read-only on the node (0x0124).
+        extra = ["--file", str(_new_uid_palettes(tmp_path / "palettes"))]
     done, summary = run_bench("127.0.0.1", str(node), "-aec", "CHROMANET", "--op", op, "-c", "3", "-n", "4",
                               *extra, json_path=tmp_path / "s.json")
     assert_clean(done, summary, ops=12, assocs=3)
@@ -104,10 +135,10 @@ def test_processes(node: int, tmp_path: Path) -> None:
 
 def test_duration_bound(node: int, tmp_path: Path) -> None:
     done, summary = run_bench("127.0.0.1", str(node), "-aec", "CHROMANET", "--op", "find", "-c", "2", "-n", "5",
-                              "--duration", "0.5", json_path=tmp_path / "s.json")
+                              "-k", "ContentLabel=HOT*", "--duration", "0.5", json_path=tmp_path / "s.json")
     assert done.returncode == 0, detail(done)
     assert summary["errors"] == 0 and summary["ok"] > 0
-    assert summary["items"] == 8 * summary["ok"]
+    assert summary["items"] == 2 * summary["ok"]  # HOT_IRON, HOT_METAL_BLUE
     assert summary["associations"]["opened"] >= 2  # new associations of 5 finds until the time is up
     assert summary["duration_s"] == 0.5
 

@@ -84,7 +84,7 @@ class Node:
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[Node]:
     destination_port = free_port()
-    server = Node(tmp_path / "data", free_port(), ["--move-dest", f"DEST=127.0.0.1:{destination_port}"])
+    server = Node(tmp_path / "data", free_port(), ["--move-dest", f"DEST=127.0.0.1:{destination_port}", "--default-access", "all"])
     server.destination_port = destination_port  # type: ignore[attr-defined]
     server.start()
     try:

@@ -77,7 +77,7 @@ def running_node(tmp_path: Path, *extra: str) -> Iterator[Node]:
     log_path = tmp_path / "node.log"
     args = [
         sys.executable, "-m", "chromanet.apps.cli", "serve", "--port", str(port), "--bind", "127.0.0.1",
-        "--data-dir", str(data_dir), "--log-level", "INFO",
+        "--data-dir", str(data_dir), "--log-level", "INFO", "--default-access", "all",
         "--pdu-timeout", str(PDU_TIMEOUT), "--idle-timeout", str(IDLE_TIMEOUT),
         "--max-associations-per-host", str(PER_HOST), "--max-identifier-size", str(MAX_IDENTIFIER),
         *extra,

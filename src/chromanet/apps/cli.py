@@ -77,7 +77,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--pdu-timeout", type=float, help="abort when a PDU is not whole this long after it began")
     serve.add_argument("--idle-timeout", type=float, help="abort after this long without a DIMSE message")
     serve.add_argument("--max-identifier-size", type=int, help="bytes; larger identifiers are refused")
+    serve.add_argument(
+        "--default-access",
+        metavar="OPS",
+        help="what peers without a [[peers]] entry may do: a comma list of echo,find,get,move,store, "
+        "or 'all' or 'none' (default: echo,find,get)",
+    )
+    serve.add_argument(
+        "--require-called-aet",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="reject associations called for another AE title (default: on)",
+    )
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    hashing = commands.add_parser(
+        "hash-passcode", help="print the hash of a passcode for the [users] table (reads the passcode from stdin)"
+    )
+    hashing.add_argument("--passcode-stdin", action="store_true", help="read it from stdin without a prompt")
 
     echo = commands.add_parser("echo", help="C-ECHO")
     _add_scu_arguments(echo)
@@ -270,6 +287,8 @@ def load_node_config(args: argparse.Namespace) -> Any:
     if args.config is not None:
         with open(args.config, "rb") as handle:
             settings = tomllib.load(handle)
+    access_tables = {name: settings.pop(name, None) for name in ("access", "peers", "identity", "users")}
+    base = args.config.parent if args.config is not None else Path(".")
     for key, value in settings.items():
         if key == "move_destinations":
             config.move_destinations = {aet: (str(hp[0]), int(hp[1])) for aet, hp in value.items()}
@@ -293,11 +312,13 @@ def load_node_config(args: argparse.Namespace) -> Any:
         "pdu_timeout",
         "idle_timeout",
         "max_identifier_size",
+        "require_called_aet",
         "log_level",
     ):
         value = getattr(args, key, None)
         if value is not None:
             setattr(config, key, value)
+    config.access = _access_policy(access_tables, base, getattr(args, "default_access", None))
     for entry in args.move_dest:
         aet, sep, where = entry.partition("=")
         host, colon, port = where.rpartition(":")
@@ -305,6 +326,38 @@ def load_node_config(args: argparse.Namespace) -> Any:
             raise ValueError(f"bad --move-dest {entry!r}: use AET=HOST:PORT")
         config.move_destinations[aet] = (host, int(port))
     return config
+
+
+def _access_policy(tables: dict[str, Any], base: Path, default_access: str | None) -> Any:
+    """The node's AccessPolicy from the [access], [[peers]], [identity] and
+    [users] tables, with ``--default-access`` over the table's default."""
+    from chromanet.apps.access import policy_from_settings
+    from chromanet.apps.node import DEFAULT_OPERATIONS
+
+    access = dict(tables["access"] or {})
+    access.setdefault("default_operations", sorted(DEFAULT_OPERATIONS))
+    if default_access is not None:
+        chosen = [part.strip() for part in default_access.split(",") if part.strip()]
+        access["default_operations"] = [] if chosen == ["none"] else chosen
+    return policy_from_settings(access, tables["peers"], tables["identity"], tables["users"], base=base)
+
+
+def cmd_hash_passcode(args: argparse.Namespace) -> int:
+    """Print the stored form of a passcode (the config never holds one in clear)."""
+    import getpass
+
+    from chromanet.apps.access import hash_passcode
+
+    if args.passcode_stdin or not sys.stdin.isatty():
+        passcode = sys.stdin.readline().rstrip("\r\n")
+    else:
+        passcode = getpass.getpass("passcode: ")
+        if getpass.getpass("again: ") != passcode:
+            raise ValueError("the two passcodes differ")
+    if not passcode:
+        raise ValueError("empty passcode")
+    print(hash_passcode(passcode))
+    return EXIT_OK
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -343,6 +396,7 @@ COMMANDS = {
     "move": cmd_move,
     "store": cmd_store,
     "bench": cmd_bench,
+    "hash-passcode": cmd_hash_passcode,
 }
 
 
@@ -352,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     # Query values are not valid element values ("HOT*" in a CS): no warnings.
     config.settings.reading_validation_mode = config.IGNORE
     config.settings.writing_validation_mode = config.IGNORE
-    if args.command != "serve":
+    if args.command not in ("serve", "hash-passcode"):
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return COMMANDS[args.command](args)

@@ -11,6 +11,7 @@ the negotiated transfer syntax is the stored one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,9 @@ from typing import Any
 
 from pydicom import Dataset
 
-from chromanet import evt, uids
+from chromanet import _dimse, evt, uids
 from chromanet.ae import AE
+from chromanet.apps.access import OPEN_GRANT, AccessPolicy, Grant
 from chromanet.server import AsyncServer
 from chromanet.archive import ArchiveError, PaletteArchive
 from chromanet.services.spool import SPOOL_PREFIX
@@ -28,6 +30,21 @@ from chromanet.status import Status
 LOGGER = logging.getLogger("chromanet.node")
 
 STORE_OUT_OF_RESOURCES = int(Status.OUT_OF_RESOURCES)
+NOT_AUTHORISED = int(Status.NOT_AUTHORISED)
+
+#: What a peer that no [[peers]] entry names may do, unless the
+#: administrator says otherwise: read the archive, not write to it nor make
+#: the node send palettes elsewhere.
+DEFAULT_OPERATIONS = frozenset({"echo", "find", "get"})
+
+# Request Command Field -> the operation a grant names.
+_OPERATIONS = {
+    _dimse.C_ECHO_RQ: "echo",
+    _dimse.C_FIND_RQ: "find",
+    _dimse.C_GET_RQ: "get",
+    _dimse.C_MOVE_RQ: "move",
+    _dimse.C_STORE_RQ: "store",
+}
 
 
 @dataclass
@@ -56,8 +73,17 @@ class NodeConfig:
     # An identifier (any data set but a C-STORE's) larger than this many
     # bytes is refused without being held (C-FIND 0xA700, C-GET/MOVE 0xA701).
     max_identifier_size: int = 256 * 1024
-    require_called_aet: bool = False
+    # A-ASSOCIATE-RQ for another called AE title: rejected (1, 1, 7).
+    require_called_aet: bool = True
+    # Identity, the peers table and the default for unknown peers.
+    access: AccessPolicy = field(default_factory=lambda: AccessPolicy(default_operations=DEFAULT_OPERATIONS))
     log_level: str = "INFO"
+
+
+def _grant(event: evt.Event) -> Grant:
+    admission = event.assoc.admission if event.assoc is not None else None
+    grant = admission.grant if admission is not None else None
+    return grant if isinstance(grant, Grant) else OPEN_GRANT
 
 
 def _status_dataset(error: ArchiveError) -> Dataset:
@@ -101,6 +127,8 @@ class PaletteNode:
         ae.network_timeout = config.network_timeout
         ae.require_called_aet = config.require_called_aet
         ae.require_calling_aet = list(config.allowed_calling_aets)
+        ae.admission = config.access.admit
+        ae.request_gate = self._request_gate
         ae.async_ops_window = (8, 8)
         ae.store_spool_directory = self.spool_directory
         ae.add_supported_context(uids.Verification)
@@ -153,13 +181,42 @@ class PaletteNode:
         self.archive.close()
 
     # -------------------------------------------------------------- handlers
+    def _request_gate(self, assoc: Any, command: Any) -> tuple[int, str] | None:
+        """Every request passes here before it is served (a C-STORE as soon
+        as its command arrives, so a refused store's data set is dropped as
+        it comes, never spooled): an operation the peer's grant does not
+        allow, or a move to a destination it may not use, is refused with
+        0x0124 (Refused: Not Authorized)."""
+        admission = assoc.admission
+        grant = admission.grant if admission is not None else None
+        if not isinstance(grant, Grant):
+            return None
+        operation = _OPERATIONS.get(command.command_field)
+        if operation is None:
+            return None
+        what = operation
+        allowed = grant.allows(operation)
+        if allowed and operation == "move":
+            destination = (command.move_destination or "").strip()
+            if destination in self.config.move_destinations and not grant.allows_destination(destination):
+                allowed, what = False, f"move to {destination}"
+        if allowed:
+            return None
+        LOGGER.info("%s (user %s) may not %s: refused with 0x0124", grant.peer, grant.user or "-", what)
+        return NOT_AUTHORISED, f"not authorised to {what}"[:64]
+
     async def on_store(self, event: evt.Event) -> int | Dataset:
         """Ingest the spooled file: moved into the store, fsynced, indexed in
-        one transaction, off the event loop."""
+        one transaction, off the event loop. A peer may replace a palette
+        another peer stored only when its grant says so."""
+        grant = _grant(event)
         path = event.dataset_path
         loop = asyncio.get_running_loop()
+        ingest = functools.partial(
+            self.archive.ingest_file, Path(path), owner=grant.peer or None, may_replace_others=grant.may_replace_others
+        )
         try:
-            result = await loop.run_in_executor(None, self.archive.ingest_file, Path(path))
+            result = await loop.run_in_executor(None, ingest)
         except OSError as exc:
             LOGGER.error("storing %s failed: %s", event.request.AffectedSOPInstanceUID, exc)
             return STORE_OUT_OF_RESOURCES

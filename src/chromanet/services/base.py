@@ -71,6 +71,7 @@ class ServiceSession:
         peer_host: str = "",
         open_sub_association: SubAssociationOpener | None = None,
         store_directory: Any = None,
+        request_gate: Callable[[Any, Command], tuple[int, str] | None] | None = None,
     ) -> None:
         #: Sends and receives DIMSE messages (requests, responses, C-CANCEL).
         self.channel = channel
@@ -88,6 +89,9 @@ class ServiceSession:
         #: With no C-STORE handler bound, received instances are written
         #: here as <SOP Instance UID>.dcm (a chromanet extra; None: refused).
         self.store_directory = store_directory
+        #: Asked (with ``event_source`` and the command) before a request is
+        #: served: a (status, comment) answer refuses it (a chromanet extra).
+        self.request_gate = request_gate
         #: Our outstanding Q/R requests: Message ID -> context ID (for C-CANCEL).
         self.request_contexts: dict[int, int] = {}
 

@@ -11,7 +11,8 @@ came on (0x0122 otherwise). A Command Field no service serves gets 0x0211.
 A request whose data set was over the association's size limit (and was
 dropped as it came) is refused with its service's "out of resources"
 status: C-FIND 0xA700, C-GET and C-MOVE 0xA701; a C-ECHO, which takes no
-data set at all, 0x0212.
+data set at all, 0x0212. A request refused when its command arrived (the
+AE's ``request_gate``, asked for every request) gets the gate's status.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 from typing import Awaitable
 
 from chromanet import _dimse
-from chromanet.dimse_channel import DatasetTooLarge, DimseChannel, IncomingMessage
+from chromanet.dimse_channel import DatasetRefused, DatasetTooLarge, DimseChannel, IncomingMessage
 from chromanet.logutil import peer_log
 from chromanet.services import color_palette_qr, storage, verification
 from chromanet.services.base import ServeFunction, ServiceClass, ServiceSession
@@ -71,6 +72,14 @@ class ServiceDispatcher:
                 "request for SOP class %s on a context for another: 0x0122", message.command.affected_sop_class_uid,
             )
             return self._refuse(channel, message, _SOP_CLASS_NOT_SUPPORTED)
+        if type(message.dataset) is DatasetRefused:
+            refusal = message.dataset
+            return self._refuse(channel, message, refusal.status, refusal.comment)
+        gate = self.session.request_gate
+        if gate is not None and field != _dimse.C_CANCEL_RQ:
+            answer = gate(self.session.event_source, message.command)
+            if answer is not None:
+                return self._refuse(channel, message, answer[0], answer[1])
         if type(message.dataset) is DatasetTooLarge:
             too_large = message.dataset
             peer_log(
