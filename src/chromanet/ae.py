@@ -216,7 +216,13 @@ class AE:
             if ul.outcome == "pending":
                 ul.outcome = "aborted"
         except (AssociationAborted, AssociationClosed, asyncio.TimeoutError, OSError) as exc:
-            LOGGER.error("association request failed: %s", exc)
+            lost = ul.connection.lost_exception
+            if isinstance(lost, ssl.SSLError):
+                # TLS 1.3: a server that refuses our certificate says so
+                # after our side of the handshake is done, on the first read.
+                LOGGER.error("association request to %s:%d failed: TLS: %s", addr, port, handshake_failure_reason(lost))
+            else:
+                LOGGER.error("association request failed: %s", exc)
             if ul.outcome == "pending":
                 ul.outcome = "aborted"
         return assoc

@@ -65,6 +65,7 @@ def make_pki(directory: Path) -> Pki:
     """The CAs and certificates described in the module docstring."""
     if shutil.which("openssl") is None:
         missing_peer("the openssl command is not installed (it makes the test certificates)")
+    directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     ca = _ca(directory, "ca", "/O=Chromanet Tests/CN=Chromanet Test CA")
     server = _leaf(
