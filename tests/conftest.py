@@ -25,6 +25,7 @@ from helpers.dcmtk import require_dcmtk
 from helpers.peers import require_module
 from helpers.qr import configure_qr_scp_ae
 from helpers.servers import ScpHandle, async_scp, configure_scp_ae, start_scp
+from helpers.tls import Pki, make_pki
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -45,6 +46,13 @@ def pynetdicom() -> Any:
 
 
 # ---------------------------------------------------------------- data
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """Test CAs and certificates (``helpers.tls``), made once per run in a
+    temporary directory."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
 @pytest.fixture(scope="session")
 def palette_files() -> list[Path]:
     return palette_paths()

@@ -94,6 +94,12 @@ class AsyncServer:
         return (sockname[0], sockname[1])
 
     @property
+    def pending_handshakes(self) -> int:
+        """TLS listeners: connections whose handshake is still running (they
+        hold no association slot)."""
+        return self._tls.pending if self._tls is not None else 0
+
+    @property
     def active_associations(self) -> list[AsyncAssociation]:
         return [a for a in self.associations if a.is_established]
 

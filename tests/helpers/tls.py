@@ -1,4 +1,5 @@
-"""Throw-away X.509 certificates for the TLS tests, made with the openssl CLI.
+"""TLS set-up: throw-away X.509 certificates made with the openssl CLI, the
+contexts and the peers' TLS options built on them.
 
 ``make_pki(directory)`` writes, into a temporary directory, a CA, a server
 certificate for 127.0.0.1 and localhost (subjectAltName) signed by it, a
@@ -11,10 +12,12 @@ are never written outside the test's directory.
 from __future__ import annotations
 
 import shutil
+import ssl
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from chromanet.tls_context import client_context, server_context
 from helpers.peers import missing_peer
 
 
@@ -83,3 +86,34 @@ def make_pki(directory: Path) -> Pki:
         "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n",
     )
     return Pki(ca=ca.certificate, server=server, client=client, other_ca=other.certificate, stranger=stranger)
+
+
+# ---------------------------------------------------------------- contexts
+def server_ssl(pki: Pki, mutual: bool = False) -> ssl.SSLContext:
+    """The test server's context (BCP 195 profile); ``mutual``: client
+    certificates signed by ``pki.ca`` required."""
+    return server_context(pki.server.certificate, pki.server.key, pki.ca, require_client_certificate=mutual)
+
+
+def client_ssl(pki: Pki, identity: KeyPair | None = None, ca: Path | None = None) -> ssl.SSLContext:
+    """A client context trusting ``ca`` (default ``pki.ca``), presenting
+    ``identity`` when given."""
+    certificate, key = (identity.certificate, identity.key) if identity is not None else (None, None)
+    return client_context(ca or pki.ca, certificate, key)
+
+
+def client_tls_flags(pki: Pki, identity: KeyPair | None = None) -> list[str]:
+    """The chromanet SCU commands' flags for a TLS association."""
+    flags = ["--tls", "--tls-ca", str(pki.ca)]
+    if identity is not None:
+        flags += ["--tls-certificate", str(identity.certificate), "--tls-key", str(identity.key)]
+    return flags
+
+
+def dcmtk_tls_options(pki: Pki, identity: KeyPair | None) -> list[str]:
+    """DCMTK's TLS options (its default profile, BCP 195 Non-downgrading):
+    ``+tls key cert`` with ``identity``, anonymous (``+tla``) without;
+    the peer is verified against ``pki.ca``."""
+    if identity is None:
+        return ["+tla", "+cf", str(pki.ca)]
+    return ["+tls", str(identity.key), str(identity.certificate), "+cf", str(pki.ca)]
