@@ -77,7 +77,8 @@ def palettes(palette_files: list[Path]) -> dict[str, Any]:
 def make_scp() -> Iterator[Callable[..., ScpHandle]]:
     """Factory for blocking-API chromanet SCPs (on the background loop):
     ``make_scp(ae_title=..., transfer_syntaxes=..., handlers=[...],
-    store=True, **ae_settings)``. All are shut down after the test."""
+    store=True, ssl_context=None, **ae_settings)``. All are shut down after
+    the test."""
     started: list[Any] = []
 
     def make(
@@ -85,9 +86,11 @@ def make_scp() -> Iterator[Callable[..., ScpHandle]]:
         transfer_syntaxes: list[str] | None = None,
         handlers: list[Any] | None = None,
         store: bool = True,
+        ssl_context: Any = None,
         **settings: Any,
     ) -> ScpHandle:
-        return start_scp(started, configure_scp_ae(ae_title, transfer_syntaxes, **settings), handlers, store)
+        ae = configure_scp_ae(ae_title, transfer_syntaxes, **settings)
+        return start_scp(started, ae, handlers, store, ssl_context)
 
     try:
         yield make
