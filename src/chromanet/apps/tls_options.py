@@ -130,6 +130,8 @@ _PATH_KEYS = {"certificate", "private_key", "ca_bundle"}
 
 def node_tls_from_table(table: dict[str, Any], where: str) -> NodeTls:
     """The ``[tls]`` table of a node configuration file."""
+    if not isinstance(table, dict):
+        raise ValueError(f"tls in {where} must be a table ([tls])")
     settings = NodeTls()
     for key, value in table.items():
         if key in _PATH_KEYS:
