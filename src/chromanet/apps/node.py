@@ -182,9 +182,8 @@ class PaletteNode:
         )
 
     async def close(self) -> None:
-        for server in (self.server, self.tls_server):
-            if server is not None:
-                await server.close()
+        for server in dict.fromkeys(s for s in (self.server, self.tls_server) if s is not None):
+            await server.close()  # each once: a TLS-only node's server is both
         self.archive.close()
 
     def _move_target(self, destination: tuple[str, int] | MoveDestination) -> Any:
