@@ -43,6 +43,12 @@ Pairings (client -> SCP):
   is not installed.
 - with ``--cross``: chromanet async -> pynetdicom + TCP_NODELAY, and
   pynetdicom + TCP_NODELAY -> chromanet.
+- with ``--tls``: chromanet async -> chromanet over TLS (the node's TLS
+  listener for W2-W6; BCP 195 profile, server certificate only), and DCMTK
+  ``+tla`` -> storescp ``+tls -ic`` for W1, W7 and W8 (DCMTK 3.6.7's
+  getscu, movescu and dcmqrscp have no TLS). The certificates are made
+  with openssl at start (``tests/helpers/tls.py``); the ``x plain`` column
+  is the ratio to the same pairing over plain TCP in the same run.
 
 Output: a table on stdout (median, min-max over the repeats, ratio of
 medians to the pynetdicom and DCMTK baselines, SCP peak RSS), JSON in
@@ -259,6 +265,7 @@ def dcmtk_missing() -> str | None:
 class Side:
     impl: str  # chromanet | pynetdicom | dcmtk (SCP); client: chromanet-async | chromanet-blocking | pynetdicom | dcmtk
     nodelay: bool = False
+    tls: bool = False
 
 
 @dataclass
@@ -315,6 +322,12 @@ def pairings(args: argparse.Namespace) -> list[Pairing]:
                     Side("chromanet-async"), Side("pynetdicom", True)),
             Pairing("pyn>cn", "pynetdicom+NODELAY -> chromanet", Side("pynetdicom", True), Side("chromanet")),
         ]
+    if args.tls:
+        out.append(Pairing("cn-async-tls", "chromanet async -> chromanet, TLS",
+                           Side("chromanet-async", tls=True), Side("chromanet", tls=True)))
+        if not args.no_dcmtk and args.dcmtk_missing is None:
+            out.append(Pairing("dcmtk-tls", "DCMTK tools -> storescp, TLS (ND=1)",
+                               Side("dcmtk", True, tls=True), Side("dcmtk", True, tls=True), qr=False))
     if args.only:
         keys = set(args.only.split(","))
         out = [p for p in out if p.key in keys]
@@ -379,7 +392,11 @@ def scp_argv(side: Side, w: Workload, port: int, args: argparse.Namespace, log_d
     dests = ["--move-dest", f"{MOVE_AET}={store_port}"] if store_port else []
     if side.impl == "dcmtk":
         if w.dataset is None:  # W1, W7, W8: storescp, receiving without storing
-            return [f"{DCMTK_BIN}/storescp", "--ignore", "-xf", str(PALETTE_PROFILE), "Palettes", str(port)], False
+            tls = []
+            if side.tls:  # server certificate only, as chromanet's: -ic asks for none from the client
+                tls = ["+tls", str(args.tls_dir / "server.key"), str(args.tls_dir / "server.pem"), "-ic"]
+            return [f"{DCMTK_BIN}/storescp", *tls, "--ignore", "-xf", str(PALETTE_PROFILE), "Palettes",
+                    str(port)], False
         config = log_dir / f"dcmqrscp-{w.key}.cfg"
         config.write_text(DCMQRSCP_CONFIG.format(port=port, move_aet=MOVE_AET, store_port=store_port or 1,
                                                  area=args.data_root / "dcmtk" / w.dataset))
@@ -392,6 +409,8 @@ def scp_argv(side: Side, w: Workload, port: int, args: argparse.Namespace, log_d
     argv += ["--impl", impl]
     if side.nodelay and side.impl == "pynetdicom":
         argv.append("--nodelay")
+    if side.tls:
+        argv += ["--tls-dir", str(args.tls_dir)]
     return argv, True
 
 
@@ -449,6 +468,8 @@ def run_cell(cell: Cell, args: argparse.Namespace, registry: list[Peer], log_dir
                     argv += ["--dcmtk-keys", str(args.data_root / "dcmtk" / f"{w.dataset}.json")]
             if p.client.nodelay and p.client.impl == "pynetdicom":
                 argv.append("--nodelay")
+            if p.client.tls:
+                argv += ["--tls-dir", str(args.tls_dir)]
             clients.append(Peer(argv, log, registry))
         for c in clients:  # all set up (imports, warm-up) before any timing
             line = c.readline(args.timeout)
@@ -525,10 +546,12 @@ def fmt_ratio(x: float | None) -> str:
 
 
 BASELINES = ("pyn-nodelay", "pyn-default", "dcmtk")
+# A TLS pairing -> the same pairing over plain TCP (the "x plain" column).
+PLAIN_TWINS = {"cn-async-tls": "cn-async", "dcmtk-tls": "dcmtk"}
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """median(pairing) / median(baseline) per workload."""
+    """median(pairing) / median(baseline) per workload, and TLS / plain."""
     out: dict[str, dict[str, float]] = {}
     for w in dict.fromkeys(r["workload"] for r in rows):
         by = {r["pairing"]: r["median"] for r in rows if r["workload"] == w}
@@ -537,6 +560,9 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
                 for k, v in by.items():
                     if v and k != base:
                         out.setdefault(w, {})[f"{k}/{base}"] = v / by[base]
+        for tls, plain in PLAIN_TWINS.items():
+            if by.get(tls) and by.get(plain):
+                out.setdefault(w, {})[f"{tls}/{plain}"] = by[tls] / by[plain]
     return out
 
 
@@ -547,7 +573,7 @@ def ops_per_run(row: dict[str, Any]) -> int:
 
 def print_table(rows: list[dict[str, Any]], rat: dict[str, dict[str, float]]) -> None:
     head = (f"  {'pairing (client -> SCP)':42} {'n/run':>6} {'median':>9} {'min-max':>17} "
-            f"{'x pyn+ND':>9} {'x pyn':>6} {'x DCMTK':>8} {'SCP RSS':>8}")
+            f"{'x pyn+ND':>9} {'x pyn':>6} {'x DCMTK':>8} {'x plain':>8} {'SCP RSS':>8}")
     print(head)
     print("-" * len(head))
     last = None
@@ -565,12 +591,15 @@ def print_table(rows: list[dict[str, Any]], rat: dict[str, dict[str, float]]) ->
         x_nd = rr.get(f"{r['pairing']}/pyn-nodelay")
         x_def = rr.get(f"{r['pairing']}/pyn-default")
         x_dcm = rr.get(f"{r['pairing']}/dcmtk")
+        twin = PLAIN_TWINS.get(r["pairing"])
+        x_plain = rr.get(f"{r['pairing']}/{twin}") if twin else None
         rng = f"{fmt_rate(r['min'])}-{fmt_rate(r['max'])}"
         rss = f"{r['scp_peak_rss_kb'] / 1024:.0f} MB" if r["scp_peak_rss_kb"] else "-"
         err = f"  ({r['dimse_errors']} DIMSE errors)" if r["dimse_errors"] else ""
         err += f"  ({len(r['incidents'])} failed run(s) re-run, see JSON)" if r["incidents"] else ""
         print(f"  {r['pairing_label']:42} {n:>6} {fmt_rate(r['median']):>9} {rng:>17} "
-              f"{fmt_ratio(x_nd):>9} {fmt_ratio(x_def):>6} {fmt_ratio(x_dcm):>8} {rss:>8}{err}")
+              f"{fmt_ratio(x_nd):>9} {fmt_ratio(x_def):>6} {fmt_ratio(x_dcm):>8} {fmt_ratio(x_plain):>8} "
+              f"{rss:>8}{err}")
 
 
 def versions() -> dict[str, str]:
@@ -607,8 +636,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="size multiplier for the pynetdicom-default pairing (default 0.05)")
     p.add_argument("--no-default-baseline", action="store_true", help="skip the pynetdicom default pairing")
     p.add_argument("--cross", action="store_true", help="also run the cross pairings (adds 1.5 to 4 min: see README on pynetdicom's reply race)")
+    p.add_argument("--tls", action="store_true",
+                   help="also run chromanet and DCMTK over TLS (pairings cn-async-tls, dcmtk-tls)")
     p.add_argument("--only", help="comma-separated pairing keys: cn-async,cn-blocking,pyn-nodelay,pyn-default,"
-                                  "dcmtk,cn-async>pyn,pyn>cn")
+                                  "dcmtk,cn-async>pyn,pyn>cn,cn-async-tls,dcmtk-tls")
     p.add_argument("--workloads", help="comma-separated: w1-echo,w2-find,w3-find1,w4-get,w5-get-large,w6-move,"
                                        "w7-assoc,w7-assoc-par,w8-store")
     p.add_argument("--retries", type=int, default=2,
@@ -667,6 +698,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"e2e: no DCMTK pairing: {args.dcmtk_missing}", flush=True)
     chosen = workloads(args)
     cells = [Cell(w, p, cell_size(w, p)) for w in chosen for p in pairings(args) if p.qr or w.dataset is None]
+    tls_root = None
+    if args.tls:
+        import tempfile
+
+        sys.path.insert(0, str(REPO / "tests"))
+        from helpers.tls import make_pki
+
+        tls_root = tempfile.mkdtemp(prefix="chromanet-e2e-pki-")
+        args.tls_dir = make_pki(Path(tls_root)).ca.parent
     meta = {
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(),
@@ -733,10 +773,11 @@ def main(argv: list[str] | None = None) -> int:
         for peer in registry:
             if peer.proc.poll() is None:
                 peer.stop()
-        if temp_root is not None:
-            import shutil
+        for root in (temp_root, tls_root):
+            if root is not None:
+                import shutil
 
-            shutil.rmtree(temp_root, ignore_errors=True)
+                shutil.rmtree(root, ignore_errors=True)
     rows = [summary(c) for c in cells if c.rates or c.failure]
     rat = ratios(rows)
     meta["elapsed_s"] = round(time.monotonic() - t_start, 1)
@@ -750,7 +791,8 @@ def main(argv: list[str] | None = None) -> int:
           f"'x pyn' = / pynetdicom default, 'x DCMTK' = / DCMTK median;\nSCP RSS = peak RSS (VmHWM) of the SCP "
           f"process (DCMTK dcmqrscp: the largest of the parent and its per-association children).\n"
           f"DCMTK runs W2-W6 on the Patient Root model (dcmqrscp, Secondary Capture images of the same file "
-          f"size, series-level retrieve); its clients are timed as whole processes (start, association, release).")
+          f"size, series-level retrieve); its clients are timed as whole processes (start, association, release).\n"
+          f"'x plain' = a TLS pairing's median / the same pairing's over plain TCP.")
     print(f"{meta['elapsed_s']} s; JSON: {args.out}")
     print(chart_note(args, rows))
     failed = any(c.failure for c in cells) or any(c.errors for c in cells)

@@ -8,6 +8,7 @@ SCP::
     python benches/e2e_peers.py scp --impl chromanet|pynetdicom [--nodelay] --port P
     python benches/e2e_peers.py scp --impl chromanet-node|pynetdicom-qr --port P
         --data-dir DIR [--move-dest AET=PORT]
+    ... [--tls-dir DIR]    (chromanet, chromanet-node: TLS only, DIR/server.pem)
 
   ``chromanet``/``pynetdicom``: listens on 127.0.0.1:P with Verification and
   Color Palette Storage. Its C-STORE handler returns Success without decoding
@@ -34,6 +35,7 @@ Client::
 
     python benches/e2e_peers.py client --impl chromanet-async|chromanet-blocking|pynetdicom|dcmtk
         [--nodelay] --port P --workload WORKLOAD --n N [--warmup W] [--uids FILE]
+        [--tls-dir DIR]        (chromanet-async, dcmtk: over TLS, DIR/ca.pem)
 
   WORKLOAD: echo, assoc, store, find-many (one C-FIND, N matches expected),
   find-one (N C-FINDs of one SOP Instance UID each), get (one C-GET of the N
@@ -313,9 +315,23 @@ def pynetdicom_qr_handlers(palettes: dict[str, Any], destinations: dict[str, int
     return [(evt.EVT_C_FIND, on_find), (evt.EVT_C_GET, on_get), (evt.EVT_C_MOVE, on_move)]
 
 
+def _tls_files(tls_dir: Path) -> dict[str, str]:
+    """The PKI the harness wrote (tests/helpers/tls.py's make_pki)."""
+    return {name: str(tls_dir / f"{name}") for name in ("ca.pem", "server.pem", "server.key")}
+
+
 def run_scp(impl: str, port: int, nodelay: bool, data_dir: Path | None = None,
-            move_dests: dict[str, int] | None = None) -> None:
+            move_dests: dict[str, int] | None = None, tls_dir: Path | None = None) -> None:
+    """``tls_dir``: listen for TLS only, with the server certificate there."""
     move_dests = move_dests or {}
+    ssl_context = None
+    if tls_dir is not None and impl not in ("chromanet", "chromanet-node"):
+        raise SystemExit(f"--tls-dir: not implemented for the {impl} SCP")
+    if tls_dir is not None:
+        from chromanet.tls_context import server_context
+
+        files = _tls_files(tls_dir)
+        ssl_context = server_context(files["server.pem"], files["server.key"])
     if impl == "chromanet":
         from chromanet import evt, uids  # noqa: F401
         from chromanet.ae import AE
@@ -325,19 +341,25 @@ def run_scp(impl: str, port: int, nodelay: bool, data_dir: Path | None = None,
         ae.add_supported_context(VERIFICATION)
         ae.add_supported_context(COLOR_PALETTE_STORAGE)
         handlers = [(evt.EVT_C_STORE, lambda event: 0x0000)]
-        server = ae.start_server((HOST, port), block=False, evt_handlers=handlers)
+        server = ae.start_server((HOST, port), block=False, evt_handlers=handlers, ssl_context=ssl_context)
     elif impl == "chromanet-node":
         import asyncio
         import threading
 
         from chromanet.loopthread import new_event_loop
         from chromanet.apps.node import NodeConfig, PaletteNode
+        from chromanet.apps.tls_options import NodeTls
 
         if data_dir is None:
             raise SystemExit("chromanet-node needs --data-dir")
         config = NodeConfig(ae_title="BENCH-SCP", port=port, bind_address=HOST, data_dir=data_dir,
                             move_destinations={aet: (HOST, p) for aet, p in move_dests.items()},
                             log_level="WARNING")
+        if tls_dir is not None:  # the TLS listener alone, on the port
+            files = _tls_files(tls_dir)
+            config.listen_plain = False
+            config.tls = NodeTls(port=port, certificate=Path(files["server.pem"]),
+                                 private_key=Path(files["server.key"]))
         loop = new_event_loop()  # uvloop when installed
         asyncio.set_event_loop(loop)
         node = PaletteNode(config)
@@ -493,7 +515,8 @@ def _blocking_workload(workload: str, assoc_factory: Callable[[], Any], datasets
 
 
 def _async_workload(workload: str, ae: Any, port: int, datasets: list[Any], uids: list[str],
-                    received: list[int], move_aet: str) -> Callable[[int], Any]:
+                    received: list[int], move_aet: str, tls_args: Any = None) -> Callable[[int], Any]:
+    """``tls_args``: (ssl context, server name) for TLS, None for plain TCP."""
     from chromanet import evt
 
     def store_handler(event: Any) -> int:  # C-GET sub-operations: counted, not decoded
@@ -501,7 +524,7 @@ def _async_workload(workload: str, ae: Any, port: int, datasets: list[Any], uids
         return 0x0000
 
     async def echo(n: int) -> tuple[float, float, int, int]:
-        assoc = await ae.associate_async(HOST, port, ae_title="BENCH-SCP")
+        assoc = await ae.associate_async(HOST, port, ae_title="BENCH-SCP", tls_args=tls_args)
         if not assoc.is_established:
             raise RuntimeError("association not established")
         errors = 0
@@ -516,7 +539,7 @@ def _async_workload(workload: str, ae: Any, port: int, datasets: list[Any], uids
         errors = 0
         t0 = time.monotonic()
         for _ in range(n):
-            assoc = await ae.associate_async(HOST, port, ae_title="BENCH-SCP")
+            assoc = await ae.associate_async(HOST, port, ae_title="BENCH-SCP", tls_args=tls_args)
             if not assoc.is_established:
                 errors += 1
                 continue
@@ -526,7 +549,7 @@ def _async_workload(workload: str, ae: Any, port: int, datasets: list[Any], uids
         return t0, t1, n, errors
 
     async def store(n: int) -> tuple[float, float, int, int]:
-        assoc = await ae.associate_async(HOST, port, ae_title="BENCH-SCP")
+        assoc = await ae.associate_async(HOST, port, ae_title="BENCH-SCP", tls_args=tls_args)
         if not assoc.is_established:
             raise RuntimeError("association not established")
         errors = 0
@@ -539,7 +562,7 @@ def _async_workload(workload: str, ae: Any, port: int, datasets: list[Any], uids
         return t0, t1, n * len(datasets), errors
 
     async def find_many(n: int) -> tuple[float, float, int, int]:
-        assoc = await ae.associate_async(HOST, port, ae_title="BENCH-SCP")
+        assoc = await ae.associate_async(HOST, port, ae_title="BENCH-SCP", tls_args=tls_args)
         if not assoc.is_established:
             raise RuntimeError("association not established")
         t0 = time.monotonic()
@@ -549,7 +572,7 @@ def _async_workload(workload: str, ae: Any, port: int, datasets: list[Any], uids
         return t0, t1, matches, int(final != 0) + int(matches != n)
 
     async def find_one(n: int) -> tuple[float, float, int, int]:
-        assoc = await ae.associate_async(HOST, port, ae_title="BENCH-SCP")
+        assoc = await ae.associate_async(HOST, port, ae_title="BENCH-SCP", tls_args=tls_args)
         if not assoc.is_established:
             raise RuntimeError("association not established")
         errors = 0
@@ -564,7 +587,7 @@ def _async_workload(workload: str, ae: Any, port: int, datasets: list[Any], uids
     async def retrieve(n: int) -> tuple[float, float, int, int]:
         received[0] = 0
         handlers = [(evt.EVT_C_STORE, store_handler)] if workload == "get" else None
-        assoc = await ae.associate_async(HOST, port, ae_title="BENCH-SCP", evt_handlers=handlers)
+        assoc = await ae.associate_async(HOST, port, ae_title="BENCH-SCP", tls_args=tls_args, evt_handlers=handlers)
         if not assoc.is_established:
             raise RuntimeError("association not established")
         identifier = _retrieve_uids(uids[:n])
@@ -647,15 +670,22 @@ def _retrieve_errors(final: Any, n: int, received: int) -> int:
 
 
 def _dcmtk_workload(workload: str, port: int, keys: dict[str, Any], move_aet: str,
-                    out_dir: Path) -> Callable[[int], tuple[float, float, int, int]]:
+                    out_dir: Path, tls_dir: Path | None = None) -> Callable[[int], tuple[float, float, int, int]]:
     """DCMTK's command-line SCUs, one process per run (W7: per association);
-    the Q/R workloads on the Patient Root model of dcmqrscp."""
+    the Q/R workloads on the Patient Root model of dcmqrscp. ``tls_dir``:
+    over TLS (``+tla``: no client certificate; the server verified against
+    the CA there), for the tools that have TLS (not getscu and movescu in
+    DCMTK 3.6.7)."""
     import shutil
     import subprocess
     import tempfile
 
     tool = {name: f"{DCMTK_BIN}/{name}" for name in ("echoscu", "storescu", "findscu", "getscu", "movescu")}
     peer = ["-aec", "BENCH-SCP", "-aet", "BENCH-SCU", HOST, str(port)]
+    if tls_dir is not None:
+        if workload in ("get", "move"):
+            raise SystemExit("DCMTK's getscu and movescu have no TLS")
+        peer = ["+tla", "+cf", _tls_files(tls_dir)["ca.pem"], *peer]
     series = ["-k", f"PatientID={keys.get('PatientID', '')}", "-k", f"StudyInstanceUID={keys.get('StudyInstanceUID', '')}",
               "-k", f"SeriesInstanceUID={keys.get('SeriesInstanceUID', '')}"]
     palettes = [str(p) for p in sorted(_palette_files())]
@@ -817,10 +847,15 @@ def run_client(args: argparse.Namespace) -> None:
         ae = AE("BENCH-SCU")
         for c in contexts:
             ae.add_requested_context(c)
+        tls_args = None
+        if args.tls_dir is not None:
+            from chromanet.tls_context import client_context
+
+            tls_args = (client_context(_tls_files(args.tls_dir)["ca.pem"]), None)
         loop = new_event_loop()  # uvloop when installed
         asyncio.set_event_loop(loop)
-        coro_fn = _async_workload(workload, ae, port, datasets, uids, received, args.move_aet)
-        warm_fn = _async_workload("find-one", ae, port, datasets, uids, received, args.move_aet)
+        coro_fn = _async_workload(workload, ae, port, datasets, uids, received, args.move_aet, tls_args)
+        warm_fn = _async_workload("find-one", ae, port, datasets, uids, received, args.move_aet, tls_args)
 
         def run_once(count: int) -> tuple[float, float, int, int]:
             return loop.run_until_complete(coro_fn(count))
@@ -829,7 +864,7 @@ def run_client(args: argparse.Namespace) -> None:
             return loop.run_until_complete(warm_fn(count))
     elif impl == "dcmtk":
         keys = json.loads(args.dcmtk_keys.read_text()) if args.dcmtk_keys else {}
-        run_once = _dcmtk_workload(workload, port, keys, args.move_aet, args.scratch)
+        run_once = _dcmtk_workload(workload, port, keys, args.move_aet, args.scratch, args.tls_dir)
         warm = run_once
         if workload in ("find-many", "find-one"):  # DCMTK prints no counts: check them once, verbosely
             _dcmtk_check_find(port, keys, n if workload == "find-many" else 1,
@@ -839,6 +874,8 @@ def run_client(args: argparse.Namespace) -> None:
             warmup = 0  # series level: the warm-up would move the whole series
     else:
         raise SystemExit(f"unknown client impl {impl!r}")
+    if args.tls_dir is not None and impl not in ("chromanet-async", "dcmtk"):
+        raise SystemExit(f"--tls-dir: not implemented for the {impl} client")
 
     if warmup > 0:  # untimed: first-call imports, caches, allocator
         if workload == "find-many":
@@ -877,6 +914,7 @@ def main() -> None:
     s.add_argument("--nodelay", action="store_true")
     s.add_argument("--data-dir", type=Path, help="Q/R SCPs: an archive built by 'data'")
     s.add_argument("--move-dest", action="append", default=[], metavar="AET=PORT")
+    s.add_argument("--tls-dir", type=Path, help="TLS only, with DIR/server.pem and DIR/server.key (chromanet)")
     c = sub.add_parser("client")
     c.add_argument("--impl", required=True, choices=["chromanet-async", "chromanet-blocking", "pynetdicom", "dcmtk"])
     c.add_argument("--port", type=int, required=True)
@@ -889,6 +927,8 @@ def main() -> None:
     c.add_argument("--move-aet", default="BENCH-STORE")
     c.add_argument("--dcmtk-keys", type=Path, help="dcmtk Q/R: the set's Patient Root keys (JSON)")
     c.add_argument("--scratch", type=Path, default=Path("/tmp"), help="dcmtk get: where getscu writes")
+    c.add_argument("--tls-dir", type=Path, help="over TLS, verifying the SCP against DIR/ca.pem "
+                   "(chromanet-async, dcmtk)")
     d = sub.add_parser("data")
     d.add_argument("--root", type=Path, required=True)
     d.add_argument("--set", action="append", required=True, metavar="NAME:small|large:N")
@@ -903,7 +943,7 @@ def main() -> None:
         for entry in args.move_dest:
             aet, _, port = entry.partition("=")
             dests[aet] = int(port)
-        run_scp(args.impl, args.port, args.nodelay, args.data_dir, dests)
+        run_scp(args.impl, args.port, args.nodelay, args.data_dir, dests, args.tls_dir)
     elif args.role == "data":
         run_data(args.root, args.set, args.dcmtk)
     else:

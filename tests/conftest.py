@@ -25,6 +25,7 @@ from helpers.dcmtk import require_dcmtk
 from helpers.peers import require_module
 from helpers.qr import configure_qr_scp_ae
 from helpers.servers import ScpHandle, async_scp, configure_scp_ae, start_scp
+from helpers.tls import Pki, make_pki
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -45,6 +46,13 @@ def pynetdicom() -> Any:
 
 
 # ---------------------------------------------------------------- data
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """Test CAs and certificates (``helpers.tls``), made once per run in a
+    temporary directory."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
 @pytest.fixture(scope="session")
 def palette_files() -> list[Path]:
     return palette_paths()
@@ -69,7 +77,8 @@ def palettes(palette_files: list[Path]) -> dict[str, Any]:
 def make_scp() -> Iterator[Callable[..., ScpHandle]]:
     """Factory for blocking-API chromanet SCPs (on the background loop):
     ``make_scp(ae_title=..., transfer_syntaxes=..., handlers=[...],
-    store=True, **ae_settings)``. All are shut down after the test."""
+    store=True, ssl_context=None, **ae_settings)``. All are shut down after
+    the test."""
     started: list[Any] = []
 
     def make(
@@ -77,9 +86,11 @@ def make_scp() -> Iterator[Callable[..., ScpHandle]]:
         transfer_syntaxes: list[str] | None = None,
         handlers: list[Any] | None = None,
         store: bool = True,
+        ssl_context: Any = None,
         **settings: Any,
     ) -> ScpHandle:
-        return start_scp(started, configure_scp_ae(ae_title, transfer_syntaxes, **settings), handlers, store)
+        ae = configure_scp_ae(ae_title, transfer_syntaxes, **settings)
+        return start_scp(started, ae, handlers, store, ssl_context)
 
     try:
         yield make

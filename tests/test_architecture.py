@@ -28,6 +28,7 @@ LAYERS: dict[str, list[str]] = {
         "chromanet._pdu", "chromanet._framer", "chromanet._pdata", "chromanet._dimse",
         "chromanet.errors", "chromanet.uids", "chromanet.dsutil", "chromanet.sop_class",
         "chromanet.status", "chromanet.loopthread", "chromanet.utils", "chromanet.logutil",
+        "chromanet.tls_context",
     ],
     "archive": ["chromanet.archive.*"],
     "ul": ["chromanet.ul.*"],

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -23,6 +24,7 @@ from chromanet.presentation import DEFAULT_TRANSFER_SYNTAXES, PresentationContex
 from chromanet.server import AsyncServer
 from chromanet.ul.acse import AdmissionCheck, AssociationAborted, AssociationClosed, AssociationControl, Timeouts
 from chromanet.ul.negotiation import AssociationRejected, ContextSpec, build_associate_rq
+from chromanet.ul.tls_accept import handshake_failure_reason
 
 __all__ = ["AE", "Association", "AsyncServer", "ThreadedServer", "build_role"]
 
@@ -77,6 +79,10 @@ class AE:
         # chromanet extra: spool received C-STORE data sets to files here
         # (bounded memory; handlers read event.dataset_path).
         self.store_spool_directory: Path | None = None
+        # chromanet extra: seconds a TLS handshake may take, either side
+        # (a TLS listener drops a connection that has not completed its
+        # handshake by then; it never held an association slot).
+        self.tls_handshake_timeout: float = 30.0
         self._requested: list[PresentationContext] = []
         self._supported: list[PresentationContext] = []
         self._servers: list[Any] = []
@@ -169,10 +175,18 @@ class AE:
         max_pdu: int = 16382,
         ext_neg: list[Any] | None = None,
         evt_handlers: list[HandlerSpec] | None = None,
+        tls_args: tuple[ssl.SSLContext, str | None] | None = None,
     ) -> _AssociateCall:
         """Open an association. Await it for an AsyncAssociation (check
-        ``is_established``), or ``async with`` it to release on exit."""
-        return _AssociateCall(self._associate(addr, port, contexts, ae_title, max_pdu, ext_neg, evt_handlers))
+        ``is_established``), or ``async with`` it to release on exit.
+
+        ``tls_args`` is pynetdicom's ``(ssl_context, server_hostname)``: the
+        association runs over TLS (PS3.15 B.1), the handshake within
+        ``connection_timeout``; ``server_hostname`` None checks the
+        certificate against ``addr``."""
+        return _AssociateCall(
+            self._associate(addr, port, contexts, ae_title, max_pdu, ext_neg, evt_handlers, tls_args)
+        )
 
     async def _associate(
         self,
@@ -183,7 +197,9 @@ class AE:
         max_pdu: int,
         ext_neg: list[Any] | None,
         evt_handlers: list[HandlerSpec] | None,
+        tls_args: tuple[ssl.SSLContext, str | None] | None = None,
     ) -> AsyncAssociation:
+        tls = _tls_options(tls_args, self.tls_handshake_timeout)
         requested = contexts if contexts is not None else self._requested
         if not requested:
             raise RuntimeError("no requested presentation contexts: use add_requested_context() first")
@@ -202,11 +218,22 @@ class AE:
             self, ul, split_handlers(evt_handlers), spool_directory=self.store_spool_directory
         )
         try:
-            await ul.open(addr, port, rq)
+            await ul.open(addr, port, rq, **tls)
         except AssociationRejected as exc:
             LOGGER.info("association rejected: result %d source %d reason %d", exc.result, exc.source, exc.reason)
+        except ssl.SSLError as exc:
+            LOGGER.error("association request to %s:%d failed: TLS handshake: %s", addr, port,
+                         handshake_failure_reason(exc))
+            if ul.outcome == "pending":
+                ul.outcome = "aborted"
         except (AssociationAborted, AssociationClosed, asyncio.TimeoutError, OSError) as exc:
-            LOGGER.error("association request failed: %s", exc)
+            lost = ul.connection.lost_exception
+            if isinstance(lost, ssl.SSLError):
+                # TLS 1.3: a server that refuses our certificate says so
+                # after our side of the handshake is done, on the first read.
+                LOGGER.error("association request to %s:%d failed: TLS: %s", addr, port, handshake_failure_reason(lost))
+            else:
+                LOGGER.error("association request failed: %s", exc)
             if ul.outcome == "pending":
                 ul.outcome = "aborted"
         return assoc
@@ -223,12 +250,11 @@ class AE:
         tls_args: Any = None,
         evt_handlers: list[HandlerSpec] | None = None,
     ) -> Association:
-        """Blocking ``associate`` (pynetdicom's): returns an Association."""
-        if tls_args is not None:
-            raise NotImplementedError("chromanet does not implement TLS (tls_args) yet")
+        """Blocking ``associate`` (pynetdicom's): returns an Association.
+        ``tls_args``: ``(ssl_context, server_hostname)`` for TLS."""
         if bind_address != ("", 0):
             raise NotImplementedError("chromanet does not implement bind_address yet")
-        coro = self._associate(addr, port, contexts, ae_title, max_pdu, ext_neg, evt_handlers)
+        coro = self._associate(addr, port, contexts, ae_title, max_pdu, ext_neg, evt_handlers, tls_args)
         return Association(loopthread.run(coro))
 
     # ------------------------------------------------------------ acceptor
@@ -238,9 +264,11 @@ class AE:
         evt_handlers: list[HandlerSpec] | None = None,
         ae_title: str | None = None,
         contexts: list[PresentationContext] | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> AsyncServer:
-        """Listen on ``address``; returns a started AsyncServer."""
-        server = AsyncServer(self, address, split_handlers(evt_handlers), ae_title, contexts)
+        """Listen on ``address``; returns a started AsyncServer. With
+        ``ssl_context`` every connection runs over TLS (PS3.15 B.1)."""
+        server = AsyncServer(self, address, split_handlers(evt_handlers), ae_title, contexts, ssl_context)
         await server.start()
         self._servers.append(server)
         server.on_closed = self._forget_server
@@ -261,10 +289,9 @@ class AE:
     ) -> ThreadedServer | None:
         """pynetdicom's ``start_server``: with ``block=False`` returns a
         server running on the background loop (stop it with
-        ``shutdown()``); with ``block=True`` serves until interrupted."""
-        if ssl_context is not None:
-            raise NotImplementedError("chromanet does not implement TLS (ssl_context) yet")
-        coro = self.start_server_async(address, evt_handlers, ae_title, contexts)
+        ``shutdown()``); with ``block=True`` serves until interrupted.
+        With ``ssl_context`` every connection runs over TLS."""
+        coro = self.start_server_async(address, evt_handlers, ae_title, contexts, ssl_context)
         server = ThreadedServer(loopthread.run(coro))
         if not block:
             return server
@@ -315,6 +342,20 @@ class _AssociateCall:
                 await self._assoc.release()
             else:
                 self._assoc.abort()
+
+
+def _tls_options(tls_args: Any, handshake_timeout: float) -> dict[str, Any]:
+    """AssociationControl.open's TLS keywords from pynetdicom's ``tls_args``
+    (``(ssl_context, server_hostname)``, or None for plain TCP)."""
+    if tls_args is None:
+        return {}
+    if isinstance(tls_args, ssl.SSLContext):
+        context, server_hostname = tls_args, None
+    else:
+        context, server_hostname = tls_args
+    if not isinstance(context, ssl.SSLContext):
+        raise TypeError(f"tls_args must be (ssl.SSLContext, server_hostname), not {tls_args!r}")
+    return {"ssl_context": context, "server_hostname": server_hostname, "handshake_timeout": handshake_timeout}
 
 
 def _remove(

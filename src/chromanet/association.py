@@ -456,7 +456,8 @@ class AsyncAssociation:
         self, address: str, port: int, ae_title: str | None, kwargs: dict[str, Any]
     ) -> AsyncAssociation | None:
         """The sub-association of a C-MOVE (requested contexts: the AE's, or
-        Color Palette Storage when it requests none)."""
+        Color Palette Storage when it requests none; over TLS when the
+        handler's keywords carry ``tls_args``)."""
         contexts = kwargs.pop("contexts", None) or self.ae.requested_contexts or [
             build_context(uids.ColorPaletteStorage)
         ]
@@ -469,6 +470,7 @@ class AsyncAssociation:
                 kwargs.pop("max_pdu", 16382),
                 kwargs.pop("ext_neg", None),
                 kwargs.pop("evt_handlers", None),
+                tls_args=kwargs.pop("tls_args", None),
             )
         except (OSError, ValueError) as exc:
             LOGGER.warning("cannot open the move destination %s:%s: %s", address, port, exc)

@@ -12,7 +12,7 @@ import asyncio
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from pydicom import Dataset
 
@@ -46,6 +46,20 @@ class ThreadedServer:
     @property
     def ae(self) -> AE:
         return self._server.ae
+
+    @property
+    def on_handshake_failed(self) -> Callable[[tuple[str, int], str], None] | None:
+        """TLS: called (on the loop's thread) with the peer's address and
+        the reason when a handshake fails (``AsyncServer.on_handshake_failed``)."""
+        return self._server.on_handshake_failed
+
+    @on_handshake_failed.setter
+    def on_handshake_failed(self, handler: Callable[[tuple[str, int], str], None] | None) -> None:
+        self._server.on_handshake_failed = handler
+
+    @property
+    def pending_handshakes(self) -> int:
+        return self._server.pending_handshakes
 
     def bind(self, event: Any, handler: Any, args: list[Any] | None = None) -> None:
         """Bind a handler for this server's associations, open or future."""

@@ -6,12 +6,17 @@ connection gets an ``AssociationControl`` (Upper Layer) and an
 ``AsyncAssociation`` (API) sharing the server's handler table and
 ``AcceptorPolicy``. The AE starts servers (``AE.start_server_async``); the
 blocking ``ThreadedServer`` (``chromanet.blocking``) wraps one.
+
+With an ``ssl_context`` the server listens for DICOM over TLS (PS3.15
+B.1): a ``TlsListener`` accepts the connections and runs each handshake; the
+association (and its slot) is only made once the handshake is done.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import TYPE_CHECKING, Any, Callable
 
 from chromanet import _pdu, uids
@@ -20,6 +25,7 @@ from chromanet.logutil import peer_log
 from chromanet.evt import EVT_CONN_OPEN, EVT_REQUESTED, EVT_SOP_EXTENDED, EVT_USER_ID, Event, notify
 from chromanet.presentation import PresentationContext
 from chromanet.ul.acse import AcceptorPolicy, AssociationControl
+from chromanet.ul.tls_accept import TlsListener
 
 if TYPE_CHECKING:
     from chromanet.ae import AE
@@ -41,10 +47,16 @@ class AsyncServer:
         handlers: Handlers,
         ae_title: str | None,
         contexts: list[PresentationContext] | None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.ae = ae
         #: Called once with this server when it has closed (the AE forgets it).
         self.on_closed: Callable[[AsyncServer], None] | None = None
+        #: TLS listeners: called with the peer's (host, port) and the reason
+        #: when a connection's TLS handshake fails (no association was made).
+        self.on_handshake_failed: Callable[[tuple[str, int], str], None] | None = None
+        self.ssl_context = ssl_context
+        self._tls: TlsListener | None = None
         self.address = address
         self._handlers = handlers
         supported = contexts if contexts is not None else ae.supported_contexts
@@ -76,9 +88,17 @@ class AsyncServer:
 
     @property
     def server_address(self) -> tuple[str, int]:
+        if self._tls is not None:
+            return self._tls.address
         assert self._server is not None
         sockname = self._server.sockets[0].getsockname()
         return (sockname[0], sockname[1])
+
+    @property
+    def pending_handshakes(self) -> int:
+        """TLS listeners: connections whose handshake is still running (they
+        hold no association slot)."""
+        return self._tls.pending if self._tls is not None else 0
 
     @property
     def active_associations(self) -> list[AsyncAssociation]:
@@ -88,9 +108,19 @@ class AsyncServer:
         loop = asyncio.get_running_loop()
         self._closed = asyncio.Event()
         host, port = self.address
+        if self.ssl_context is not None:
+            self._tls = TlsListener(
+                self.ssl_context, self._new_connection, self.ae.tls_handshake_timeout, self._handshake_failed
+            )
+            await self._tls.start(host or None, port)
+            return
         self._server = await loop.create_server(
             self._new_connection, host or None, port, reuse_address=True, backlog=1024
         )
+
+    def _handshake_failed(self, peer: tuple[str, int], reason: str) -> None:
+        if self.on_handshake_failed is not None:
+            self.on_handshake_failed(peer, reason)
 
     def _identity_adapter(self) -> Any:
         """EVT_USER_ID handler (pynetdicom's protocol: the event carries
@@ -168,6 +198,8 @@ class AsyncServer:
         """Stop listening and abort the associations still open."""
         if self._server is not None:
             self._server.close()
+        if self._tls is not None:
+            await self._tls.close()
         for assoc in list(self.associations):
             assoc.abort()
         waits = [asyncio.ensure_future(a.wait_closed()) for a in list(self.associations)]

@@ -181,13 +181,16 @@ class ScpHandle:
         return self.recorder.stored
 
 
-def start_scp(started: list[Any], ae: AE, handlers: list[Any] | None, store: bool) -> ScpHandle:
+def start_scp(
+    started: list[Any], ae: AE, handlers: list[Any] | None, store: bool, ssl_context: Any = None
+) -> ScpHandle:
     """Start ``ae`` (blocking API, on the background loop) on a free port
-    with a Recorder's handlers (plus ``handlers``); ``started`` collects the
-    server for the fixture to shut down."""
+    with a Recorder's handlers (plus ``handlers``), over TLS with
+    ``ssl_context``; ``started`` collects the server for the fixture to shut
+    down."""
     recorder = Recorder()
     bound = recorder.handlers(store=store) + list(handlers or [])
-    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=bound)
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=bound, ssl_context=ssl_context)
     assert server is not None
     started.append(server)
     return ScpHandle(ae, server, recorder)
@@ -231,10 +234,13 @@ class PynetdicomScp:
             return self.cond.wait_for(lambda: name in self.events, timeout)
 
 
-def start_pynetdicom_scp(pynetdicom: Any, ae_title: str = "PYSCP", require_called_aet: bool = False) -> PynetdicomScp:
+def start_pynetdicom_scp(
+    pynetdicom: Any, ae_title: str = "PYSCP", require_called_aet: bool = False, ssl_context: Any = None
+) -> PynetdicomScp:
     """A pynetdicom SCP (Verification + Color Palette Storage) on a free
-    port, recording stored data sets (as pynetdicom's ``event.dataset``) and
-    notification events. The caller shuts ``handle.server`` down."""
+    port (over TLS with ``ssl_context``), recording stored data sets (as
+    pynetdicom's ``event.dataset``) and notification events. The caller
+    shuts ``handle.server`` down."""
     pevt = pynetdicom.evt
     ae = pynetdicom.AE(ae_title)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = NETWORK_TIMEOUT
@@ -265,7 +271,7 @@ def start_pynetdicom_scp(pynetdicom: Any, ae_title: str = "PYSCP", require_calle
     bound = [(pevt.EVT_C_STORE, on_store)] + [
         (getattr(pevt, name), on_event) for name in ("EVT_ABORTED", "EVT_RELEASED", "EVT_CONN_CLOSE", "EVT_REJECTED")
     ]
-    handle.server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=bound)
+    handle.server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=bound, ssl_context=ssl_context)
     return handle
 
 

@@ -18,8 +18,8 @@ def make_pynetdicom_scp(pynetdicom: Any) -> Iterator[Callable[..., PynetdicomScp
     (``helpers.servers.start_pynetdicom_scp``); shut down after the test."""
     started: list[Any] = []
 
-    def make(ae_title: str = "PYSCP", require_called_aet: bool = False) -> PynetdicomScp:
-        handle = start_pynetdicom_scp(pynetdicom, ae_title, require_called_aet)
+    def make(ae_title: str = "PYSCP", require_called_aet: bool = False, ssl_context: Any = None) -> PynetdicomScp:
+        handle = start_pynetdicom_scp(pynetdicom, ae_title, require_called_aet, ssl_context)
         started.append(handle.server)
         return handle
 

@@ -1,6 +1,6 @@
 """The ``chromanet`` command: a palette archive node and SCU tools.
 
-    chromanet serve [--config FILE] [--port N] [--data-dir DIR] ...
+    chromanet serve [--config FILE] [--port N] [--data-dir DIR] [--tls-certificate FILE ...] ...
     chromanet echo  HOST PORT [-aet AET] [-aec AEC]
     chromanet find  HOST PORT [-k Key=Value ...]
     chromanet get   HOST PORT [-k Key=Value ...] [-od DIR]
@@ -8,7 +8,10 @@
     chromanet store HOST PORT FILE_OR_DIR ...
     chromanet bench HOST PORT [--op echo|find|get|move|store] [-c N] [-n M] ...
 
-Flags follow DCMTK's where it has them (-aet, -aec, -aem, -k, -od). The exit
+Flags follow DCMTK's where it has them (-aet, -aec, -aem, -k, -od). The SCU
+commands and ``bench`` connect over TLS with ``--tls`` (``--tls-ca``,
+``--tls-certificate``...); ``serve`` adds a TLS listener with
+``--tls-certificate`` (see ``apps/tls_options.py``). The exit
 status is 0 when every operation succeeded, 1 on a failure status or an
 association that could not be made, 2 on bad usage.
 """
@@ -29,6 +32,15 @@ from tqdm import tqdm
 from chromanet import loopthread, uids
 from chromanet.ae import AE
 from chromanet.apps.identifiers import build_identifier
+from chromanet.apps.tls_options import (
+    add_client_tls_arguments,
+    add_serve_tls_arguments,
+    apply_serve_tls_arguments,
+    client_tls_from_args,
+    move_destination_from_flag,
+    move_destination_from_toml,
+    node_tls_from_table,
+)
 from chromanet.status import STATUS_PENDING, code_to_category
 
 LOGGER = logging.getLogger("chromanet.cli")
@@ -44,6 +56,7 @@ def _add_scu_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-aec", "--called-aet", default="CHROMANET", help="the peer's AE title")
     parser.add_argument("--timeout", type=float, default=30.0, help="ACSE/DIMSE timeout in seconds")
     parser.add_argument("-v", "--verbose", action="store_true")
+    add_client_tls_arguments(parser)
 
 
 def _add_query_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="reject associations called for another AE title (default: on)",
     )
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    add_serve_tls_arguments(serve)
 
     hashing = commands.add_parser(
         "hash-passcode", help="print the hash of a passcode for the [users] table (reads the passcode from stdin)"
@@ -133,6 +147,9 @@ def _scu(args: argparse.Namespace, *contexts: str) -> AE:
 
 
 def _associate(ae: AE, args: argparse.Namespace, **kwargs: Any) -> Any:
+    tls = client_tls_from_args(args)
+    if tls is not None:
+        kwargs["tls_args"] = tls.tls_args()
     assoc = ae.associate(args.host, args.port, ae_title=args.called_aet, **kwargs)
     if not assoc.is_established:
         reason = "rejected" if assoc.is_rejected else "failed"
@@ -291,7 +308,9 @@ def load_node_config(args: argparse.Namespace) -> Any:
     base = args.config.parent if args.config is not None else Path(".")
     for key, value in settings.items():
         if key == "move_destinations":
-            config.move_destinations = {aet: (str(hp[0]), int(hp[1])) for aet, hp in value.items()}
+            config.move_destinations = {aet: move_destination_from_toml(aet, hp) for aet, hp in value.items()}
+        elif key == "tls":
+            config.tls = node_tls_from_table(value, str(args.config))
         elif key == "data_dir":
             config.data_dir = Path(value)
         elif hasattr(config, key):
@@ -319,12 +338,13 @@ def load_node_config(args: argparse.Namespace) -> Any:
         if value is not None:
             setattr(config, key, value)
     config.access = _access_policy(access_tables, base, getattr(args, "default_access", None))
-    for entry in args.move_dest:
-        aet, sep, where = entry.partition("=")
-        host, colon, port = where.rpartition(":")
-        if not sep or not colon or not port.isdigit():
-            raise ValueError(f"bad --move-dest {entry!r}: use AET=HOST:PORT")
-        config.move_destinations[aet] = (host, int(port))
+    for flag, entries, tls in (("--move-dest", args.move_dest, False), ("--move-dest-tls", args.move_dest_tls, True)):
+        for entry in entries:
+            aet, destination = move_destination_from_flag(entry, tls, flag)
+            config.move_destinations[aet] = destination
+    apply_serve_tls_arguments(config.tls, args)
+    if args.no_plain:
+        config.listen_plain = False
     return config
 
 

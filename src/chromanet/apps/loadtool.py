@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from chromanet import uids
 from chromanet.apps.latency import Latencies
+from chromanet.apps.tls_options import ClientTls, add_client_tls_arguments, client_tls_from_args
 from chromanet.status import STATUS_WARNING, Status, code_to_category
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -98,6 +99,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="draw the latency histogram (needs matplotlib)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress line, no summary on stdout")
     parser.add_argument("-v", "--verbose", action="store_true", help="engine debug logging")
+    add_client_tls_arguments(parser)
 
 
 # --------------------------------------------------------------- the plan
@@ -121,6 +123,7 @@ class Plan:
     files: list[str] = field(default_factory=list)
     storage_classes: list[str] = field(default_factory=list)
     contexts: list[str] = field(default_factory=list)
+    tls: ClientTls | None = None  # each worker builds its own context from it
 
 
 def _resolve_model(name: str, op: str) -> str:
@@ -156,7 +159,9 @@ def build_plan(args: argparse.Namespace) -> Plan:
     if args.duration is not None and args.duration <= 0:
         raise ValueError("--duration must be positive")
     plan = Plan(args.host, args.port, args.calling_aet, args.called_aet, args.op, args.concurrency, args.count,
-                args.duration, args.timeout, args.max_pdu, keys=list(args.key))
+                args.duration, args.timeout, args.max_pdu, keys=list(args.key), tls=client_tls_from_args(args))
+    if plan.tls is not None:
+        plan.tls.tls_args()  # a file that cannot be loaded is a usage error, said now
     if args.op == "echo":
         plan.contexts = [uids.Verification]
     elif args.op == "store":
@@ -249,6 +254,7 @@ class Worker:
             self.handlers = [(evt.EVT_C_STORE, self._on_store)]
         self.ae = ae
         self.identifier = build_identifier_for(plan) if plan.model else None
+        self.tls_args = plan.tls.tls_args() if plan.tls is not None else None
         self.deadline: float | None = None
 
     @staticmethod
@@ -279,7 +285,7 @@ class Worker:
             try:
                 assoc = await self.ae.associate_async(
                     plan.host, plan.port, ae_title=plan.called_aet, max_pdu=plan.max_pdu,
-                    ext_neg=self.ext_neg, evt_handlers=self.handlers,
+                    ext_neg=self.ext_neg, evt_handlers=self.handlers, tls_args=self.tls_args,
                 )
             except Exception as exc:  # noqa: BLE001 - any failure to connect is a result
                 assoc, failure = None, f"association failed: {type(exc).__name__}"

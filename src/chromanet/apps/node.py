@@ -6,6 +6,10 @@ SQLite index and a file store under the data directory). Received instances
 are spooled to disk as they arrive (bounded memory) and ingested from there;
 retrieved instances are sent from their files without being decoded when
 the negotiated transfer syntax is the stored one.
+
+With a TLS certificate configured the node listens for DICOM over TLS
+(PS3.15 B.1, port 2762 by convention) next to, or instead of, plain TCP;
+C-MOVE destinations marked ``tls`` are reached over TLS.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from pydicom import Dataset
 from chromanet import _dimse, evt, uids
 from chromanet.ae import AE
 from chromanet.apps.access import OPEN_GRANT, AccessPolicy, Grant
+from chromanet.apps.tls_options import MoveDestination, NodeTls
 from chromanet.server import AsyncServer
 from chromanet.archive import ArchiveError, PaletteArchive
 from chromanet.services.spool import SPOOL_PREFIX
@@ -56,7 +61,8 @@ class NodeConfig:
     bind_address: str = "0.0.0.0"
     data_dir: Path = Path("data")
     allowed_calling_aets: list[str] = field(default_factory=list)
-    move_destinations: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # AE title -> (host, port) or MoveDestination(host, port, tls).
+    move_destinations: dict[str, tuple[str, int] | MoveDestination] = field(default_factory=dict)
     max_associations: int = 64
     # One host may hold at most this many connections (established or
     # still negotiating), so a few hosts cannot take every slot.
@@ -78,6 +84,10 @@ class NodeConfig:
     # Identity, the peers table and the default for unknown peers.
     access: AccessPolicy = field(default_factory=lambda: AccessPolicy(default_operations=DEFAULT_OPERATIONS))
     log_level: str = "INFO"
+    # The plain TCP listener on ``port``; off for a TLS-only node.
+    listen_plain: bool = True
+    # The TLS listener (when tls.certificate is set) and TLS move destinations.
+    tls: NodeTls = field(default_factory=NodeTls)
 
 
 def _grant(event: evt.Event) -> Grant:
@@ -111,7 +121,11 @@ class PaletteNode:
         for leftover in self.spool_directory.glob(f"{SPOOL_PREFIX}*"):
             leftover.unlink()
         self.ae = self._build_ae()
+        self.ae.tls_handshake_timeout = config.tls.handshake_timeout
+        #: The first listener (plain when there is one), and the TLS one.
         self.server: AsyncServer | None = None
+        self.tls_server: AsyncServer | None = None
+        self._move_tls_context: Any = None  # built when a destination needs it
 
     def _build_ae(self) -> AE:
         config = self.config
@@ -161,24 +175,52 @@ class PaletteNode:
         ]
 
     async def start(self) -> AsyncServer:
-        self.server = await self.ae.start_server_async(
-            (self.config.bind_address, self.config.port), evt_handlers=self.handlers()
-        )
-        host, port = self.server.server_address
+        config = self.config
+        if not config.listen_plain and not config.tls.listening:
+            raise ValueError("no listener: the plain one is off and no TLS certificate is configured")
+        ssl_context = config.tls.server_context() if config.tls.listening else None
+        if any(isinstance(d, MoveDestination) and d.tls for d in config.move_destinations.values()):
+            self._move_tls_context = config.tls.client_context()
+        if config.listen_plain:
+            self.server = await self.ae.start_server_async(
+                (config.bind_address, config.port), evt_handlers=self.handlers()
+            )
+            self._log_listening(self.server, "")
+        if ssl_context is not None:
+            self.tls_server = await self.ae.start_server_async(
+                (config.bind_address, config.tls.port), evt_handlers=self.handlers(), ssl_context=ssl_context
+            )
+            mutual = ", client certificates required" if config.tls.require_client_certificate else ""
+            self._log_listening(self.tls_server, f" for TLS{mutual}")
+            if self.server is None:
+                self.server = self.tls_server
+        assert self.server is not None
+        return self.server
+
+    def _log_listening(self, server: AsyncServer, what: str) -> None:
+        host, port = server.server_address
         LOGGER.info(
-            "%s listening on %s:%d, data in %s (%d palettes indexed)",
+            "%s listening%s on %s:%d, data in %s (%d palettes indexed)",
             self.config.ae_title,
+            what,
             host,
             port,
             self.config.data_dir,
             len(self.archive),
         )
-        return self.server
 
     async def close(self) -> None:
-        if self.server is not None:
-            await self.server.close()
+        for server in dict.fromkeys(s for s in (self.server, self.tls_server) if s is not None):
+            await server.close()  # each once: a TLS-only node's server is both
         self.archive.close()
+
+    def _move_target(self, destination: tuple[str, int] | MoveDestination) -> Any:
+        """What EVT_C_MOVE yields for a destination: (host, port), plus the
+        TLS arguments of the sub-association when it is marked tls."""
+        host, port = destination[0], destination[1]
+        if isinstance(destination, MoveDestination) and destination.tls:
+            return host, port, {"tls_args": (self._move_tls_context, None)}
+        return host, port
 
     # -------------------------------------------------------------- handlers
     def _request_gate(self, assoc: Any, command: Any) -> tuple[int, str] | None:
@@ -281,7 +323,7 @@ class PaletteNode:
         except ArchiveError as error:
             yield _status_dataset(error)
             return
-        yield destination
+        yield self._move_target(destination)
         yield len(items)
         for item in items:
             if event.is_cancelled:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol
 
@@ -207,16 +208,41 @@ class AssociationControl:
         return self.connection.tls
 
     # ------------------------------------------------------------- requestor
-    async def open(self, host: str, port: int, rq: _pdu.AssociateRQ) -> None:
+    async def open(
+        self,
+        host: str,
+        port: int,
+        rq: _pdu.AssociateRQ,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        handshake_timeout: float | None = None,
+    ) -> None:
         """Requestor: connect, send the RQ and wait for the answer.
 
+        With ``ssl_context`` the connection runs over TLS: the handshake is
+        part of connecting (``timeouts.connection`` covers both, and
+        ``handshake_timeout`` the handshake alone); the RQ goes out once it
+        is done. ``server_hostname`` None checks the certificate against
+        ``host``.
+
         Raises AssociationRejected / AssociationAborted / AssociationClosed /
-        TimeoutError (after aborting) when the association is not made.
+        TimeoutError (after aborting) when the association is not made, and
+        ssl.SSLError (an OSError) when the TLS handshake fails.
         """
         self.request = rq
         self.connection.request_association(rq)
         loop = asyncio.get_running_loop()
-        connect = loop.create_connection(lambda: self.connection, host, port)
+        if ssl_context is None:
+            connect = loop.create_connection(lambda: self.connection, host, port)
+        else:
+            connect = loop.create_connection(
+                lambda: self.connection,
+                host,
+                port,
+                ssl=ssl_context,
+                server_hostname=host if server_hostname is None else server_hostname,
+                ssl_handshake_timeout=handshake_timeout,
+            )
         try:
             await asyncio.wait_for(connect, self.timeouts.connection)
         except BaseException:

@@ -124,6 +124,8 @@ class ULConnection(asyncio.Protocol):
         self._deferred: list[list[Any]] = []  # messages sent meanwhile, in order
         self._addresses: tuple[tuple[str, int], tuple[str, int]] = (("", 0), ("", 0))
         self.tls: TlsInfo | None = None
+        #: Why the transport went away, when it said (a reset, a TLS alert).
+        self.lost_exception: Exception | None = None
         self._read_holds: set[str] = set()  # reasons reading is paused
 
     # ----------------------------------------------------------- properties
@@ -193,6 +195,7 @@ class ULConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        self.lost_exception = exc
         upper = self.upper_layer
         if exc is not None and upper.state is not State.STA1 and not upper.close_requested:
             # A reset is an ordinary failure of a peer: one line, no traceback.
