@@ -61,7 +61,7 @@ def test_plain_and_tls_listeners_side_by_side(tmp_path: Path, pki: Pki):
     args = ["--data-dir", str(tmp_path / "data"), "--bind", "127.0.0.1", "--port", str(plain),
             "--tls-port", str(tls), "--tls-certificate", str(pki.server.certificate),
             "--tls-key", str(pki.server.key), "--tls-ca", str(pki.ca),
-            "--move-dest-tls", f"SECURE=127.0.0.1:{destination}"]  # fmt: skip
+            "--move-dest-tls", f"SECURE=127.0.0.1:{destination}", "--default-access", "all"]  # fmt: skip
     trust = client_tls_flags(pki)
     with node(args, plain, tmp_path / "node.log") as log:
         wait_listening(tls)
@@ -112,6 +112,9 @@ def test_tls_only_node_with_mutual_tls_from_toml(tmp_path: Path, pki: Pki):
         "[move_destinations]\n"
         f'SECURE = {{host = "127.0.0.1", port = {destination}, tls = true}}\n'
         f'OLD_FORM = ["127.0.0.1", {free_port()}]\n'
+        # The client certificate's subject is what names this peer.
+        "[[peers]]\n"
+        'name = "modality-1"\ntls_subject = "CN=modality-1"\noperations = ["all"]\nmove_destinations = ["SECURE"]\n'
     )
     mutual = client_tls_flags(pki, pki.client)
     with node(["--config", str(config)], tls, tmp_path / "node.log") as log:
