@@ -66,6 +66,10 @@ class AE:
         # chromanet extra: spool received C-STORE data sets to files here
         # (bounded memory; handlers read event.dataset_path).
         self.store_spool_directory: Path | None = None
+        # chromanet extra: the servers this AE starts tell it of each
+        # association and its operations (an audit trail, metrics; see
+        # chromanet.server.AssociationObserver). None: off.
+        self.association_observer: Any = None
         self._requested: list[PresentationContext] = []
         self._supported: list[PresentationContext] = []
         self._servers: list[Any] = []
