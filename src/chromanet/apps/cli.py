@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--idle-timeout", type=float, help="abort after this long without a DIMSE message")
     serve.add_argument("--max-identifier-size", type=int, help="bytes; larger identifiers are refused")
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument("--audit-file", type=Path, help="append the audit trail (JSON lines) to this file")
+    serve.add_argument("--audit-syslog", metavar="ADDRESS",
+                       help="send the audit trail to syslog: a UNIX socket (/dev/log) or HOST:PORT (UDP)")
+    serve.add_argument("--audit-syslog-facility", metavar="NAME", help="syslog facility (default authpriv)")
 
     echo = commands.add_parser("echo", help="C-ECHO")
     _add_scu_arguments(echo)
@@ -275,6 +279,8 @@ def load_node_config(args: argparse.Namespace) -> Any:
             config.move_destinations = {aet: (str(hp[0]), int(hp[1])) for aet, hp in value.items()}
         elif key == "data_dir":
             config.data_dir = Path(value)
+        elif key == "audit" and isinstance(value, dict):
+            _audit_settings(config, value, args.config)
         elif hasattr(config, key):
             setattr(config, key, value)
         else:
@@ -294,6 +300,9 @@ def load_node_config(args: argparse.Namespace) -> Any:
         "idle_timeout",
         "max_identifier_size",
         "log_level",
+        "audit_file",
+        "audit_syslog",
+        "audit_syslog_facility",
     ):
         value = getattr(args, key, None)
         if value is not None:
@@ -305,6 +314,17 @@ def load_node_config(args: argparse.Namespace) -> Any:
             raise ValueError(f"bad --move-dest {entry!r}: use AET=HOST:PORT")
         config.move_destinations[aet] = (host, int(port))
     return config
+
+
+def _audit_settings(config: Any, table: dict[str, Any], source: Any) -> None:
+    """The TOML [audit] table: file, syslog, syslog_facility."""
+    for key, value in table.items():
+        if key == "file":
+            config.audit_file = Path(value)
+        elif key in ("syslog", "syslog_facility"):
+            setattr(config, f"audit_{key}", str(value))
+        else:
+            raise ValueError(f"unknown setting {key!r} in [audit] of {source}")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -20,6 +20,8 @@ from pydicom import Dataset
 
 from chromanet import evt, uids
 from chromanet.ae import AE
+from chromanet.apps.audit import AuditTrail
+from chromanet.apps.audit_writer import AuditWriter, FileSink, Sink, SyslogSink
 from chromanet.server import AsyncServer
 from chromanet.archive import ArchiveError, PaletteArchive
 from chromanet.services.spool import SPOOL_PREFIX
@@ -58,6 +60,12 @@ class NodeConfig:
     max_identifier_size: int = 256 * 1024
     require_called_aet: bool = False
     log_level: str = "INFO"
+    # The audit trail (README "Audit trail"): JSON lines appended to this
+    # file, and/or RFC 5424 messages to this syslog address ("/dev/log",
+    # "HOST:PORT" for UDP) with this facility. None and None: no trail.
+    audit_file: Path | None = None
+    audit_syslog: str | None = None
+    audit_syslog_facility: str = "authpriv"
 
 
 def _status_dataset(error: ArchiveError) -> Dataset:
@@ -84,8 +92,21 @@ class PaletteNode:
         self.spool_directory.mkdir(exist_ok=True)
         for leftover in self.spool_directory.glob(f"{SPOOL_PREFIX}*"):
             leftover.unlink()
+        self.audit = self._build_audit()
         self.ae = self._build_ae()
+        self.ae.association_observer = self.audit
         self.server: AsyncServer | None = None
+
+    def _build_audit(self) -> AuditTrail | None:
+        config = self.config
+        sinks: list[Sink] = []
+        if config.audit_file is not None:
+            sinks.append(FileSink(config.audit_file))
+        if config.audit_syslog:
+            sinks.append(SyslogSink(config.audit_syslog, config.audit_syslog_facility))
+        if not sinks:
+            return None
+        return AuditTrail(AuditWriter(sinks), config.ae_title)
 
     def _build_ae(self) -> AE:
         config = self.config
@@ -145,12 +166,18 @@ class PaletteNode:
             self.config.data_dir,
             len(self.archive),
         )
+        if self.audit is not None:
+            self.audit.application_record("start", (host, port))
         return self.server
 
     async def close(self) -> None:
         if self.server is not None:
             await self.server.close()
         self.archive.close()
+        if self.audit is not None:
+            self.audit.application_record("stop")
+            # The last records are written (off the loop) before we return.
+            await asyncio.get_running_loop().run_in_executor(None, self.audit.writer.close)
 
     # -------------------------------------------------------------- handlers
     async def on_store(self, event: evt.Event) -> int | Dataset:
@@ -236,6 +263,8 @@ class PaletteNode:
 async def serve(config: NodeConfig, ready: asyncio.Future[Any] | None = None) -> None:
     """Run a node until cancelled."""
     node = PaletteNode(config)
+    if node.audit is not None:
+        _reopen_on_sighup(node.audit.writer)
     server = await node.start()
     if ready is not None and not ready.done():
         ready.set_result(server.server_address)
@@ -243,6 +272,17 @@ async def serve(config: NodeConfig, ready: asyncio.Future[Any] | None = None) ->
         await server.serve_forever()
     finally:
         await node.close()
+
+
+def _reopen_on_sighup(writer: AuditWriter) -> None:
+    """SIGHUP reopens the audit file (after logrotate), where the loop can
+    take signals (the main thread, not Windows)."""
+    import signal
+
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, writer.reopen)
+    except (AttributeError, NotImplementedError, RuntimeError, ValueError):
+        LOGGER.debug("no SIGHUP handler: the audit file is reopened only when rotated away")
 
 
 __all__ = ["NodeConfig", "PaletteNode", "serve"]
