@@ -238,6 +238,8 @@ def test_a_full_session_leaves_one_record_per_operation_and_association(start_no
     assert get["bytes_out"] == sum(got.values()) and get["matches"] is None
 
     assert move["move_destination"] == "DEST" and move["status"] == "0xB000"
+    assert move["move_destination_address"] == f"127.0.0.1:{destination['port']}"
+    assert find["move_destination_address"] is None
     assert move["status_category"] == "Warning"
     assert (move["completed"], move["failed"], move["warning"]) == (1, 1, 0)
     assert move["instances_sent"] == ["1.2.840.10008.1.5.2"] and move["instances_failed"] == ["1.2.3.4"]

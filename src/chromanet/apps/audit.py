@@ -120,6 +120,7 @@ class AuditTrail:
             sop_class_uid=op.sop_class_uid,
             sop_instance_uid=op.sop_instance_uid,
             move_destination=op.move_destination,
+            move_destination_address=_host_port(op.move_destination_address),
             move_originator=op.move_originator,
             query=op.query,
             query_keys_omitted=op.query_keys_omitted,
@@ -208,6 +209,13 @@ class AuditTrail:
         record = self._base("tls-handshake-failure", "warning")
         record.update(peer_address=host, peer_port=port, reason=str(reason)[:200])
         self.writer.write(record)
+
+
+def _host_port(address: tuple[str, int] | None) -> str | None:
+    if address is None:
+        return None
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _tls(tls: Any) -> dict[str, Any] | None:

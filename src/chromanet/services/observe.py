@@ -74,7 +74,7 @@ class OperationRecord:
 
     __slots__ = (
         "operation", "command_field", "message_id", "sop_class_uid", "sop_instance_uid",
-        "move_destination", "move_originator", "query", "query_keys_omitted",
+        "move_destination", "move_destination_address", "move_originator", "query", "query_keys_omitted",
         "status", "error_comment", "outcome",
         "matches", "completed", "failed", "warning",
         "instances_sent", "instances_failed", "instances_omitted",
@@ -90,6 +90,8 @@ class OperationRecord:
         #: C-STORE: the Affected SOP Instance UID of the command.
         self.sop_instance_uid: str | None = command.affected_sop_instance_uid if field == _dimse.C_STORE_RQ else None
         self.move_destination: str | None = command.move_destination if field == _dimse.C_MOVE_RQ else None
+        #: C-MOVE: where the move destination was found, (host, port).
+        self.move_destination_address: tuple[str, int] | None = None
         #: C-STORE sub-operation of someone's C-MOVE: the AE that asked for it.
         self.move_originator: str | None = (
             command.move_originator_application_entity_title if field == _dimse.C_STORE_RQ else None

@@ -508,6 +508,8 @@ async def serve_move(session: ServiceSession, message: IncomingMessage) -> None:
             return
         if not await _check_total(sender, request, _dimse.C_MOVE_RSP, total):
             return
+        if message.trace is not None:
+            message.trace.move_destination_address = (address, port)
         opener = session.open_sub_association
         sub_assoc = await opener(address, port, request.move_destination, kwargs) if opener is not None else None
         if sub_assoc is None or not sub_assoc.is_established:
