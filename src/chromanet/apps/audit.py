@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from chromanet import __version__
@@ -83,7 +84,9 @@ class _AssociationEntry:
         failed = category not in ("Success", "Warning", "Cancel")
         if failed:
             self.failed += 1
-        self.trail.writer.write(self.trail.operation_record(self, record, failed))
+        # The record is final once delivered: its JSON object is built in
+        # the writer thread, off the event loop.
+        self.trail.writer.write(partial(self.trail.operation_record, self, record, failed, time.time()))
 
 
 class AuditTrail:
@@ -106,10 +109,14 @@ class AuditTrail:
     def _base(self, kind: str, severity: str = "info") -> dict[str, Any]:
         return {"time": time.time(), "record": kind, "severity": severity, "node": self.ae_title}
 
-    def operation_record(self, entry: _AssociationEntry, op: OperationRecord, failed: bool) -> dict[str, Any]:
+    def operation_record(
+        self, entry: _AssociationEntry, op: OperationRecord, failed: bool, when: float | None = None
+    ) -> dict[str, Any]:
         assoc = entry.assoc
         rq = assoc.acse_request
         record = self._base("operation", "warning" if failed else "info")
+        if when is not None:
+            record["time"] = when
         record.update(
             association=entry.id,
             calling_ae=rq.calling_ae_title if rq is not None else None,

@@ -2,11 +2,13 @@
 RFC 5424 messages to syslog.
 
 ``AuditWriter.write(record)`` is what the event loop calls: it puts the
-record (a dict) on a bounded queue and returns. A writer thread turns each
-record into one line of JSON and hands it to the sinks:
+record (a dict, or a function building it) on a bounded queue and returns;
+records written on a loop go to the thread in batches, every
+``batch_delay`` (50 ms). A writer thread turns each record into one line of
+JSON and hands it to the sinks:
 
-- ``FileSink``: appends to a file, flushed as soon as the lines waiting
-  were written (no record sits in a buffer while the writer is idle);
+- ``FileSink``: appends to a file, flushed after each batch (no record
+  sits in a buffer while the writer is idle);
   reopened on ``reopen()`` (the node calls it on SIGHUP) and when the path
   no longer names the open file (logrotate moved it away).
 - ``SyslogSink``: one RFC 5424 message per record over a UNIX datagram
@@ -23,6 +25,7 @@ sinks slower than the traffic for long) drops records the same way.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import logging.handlers
@@ -31,14 +34,13 @@ import queue
 import socket
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol, Union
 
 LOGGER = logging.getLogger("chromanet.audit")
 
 #: Records waiting for the writer thread at most; past it they are dropped.
-QUEUE_SIZE = 10000
+QUEUE_SIZE = 100_000
 #: A failed sink is tried again at most this often (seconds).
 RETRY_INTERVAL = 5.0
 #: Lines written per batch before a flush.
@@ -51,7 +53,11 @@ FACILITIES = dict(logging.handlers.SysLogHandler.facility_names)
 
 def iso_utc(seconds: float) -> str:
     """2025-01-31T12:34:56.789Z"""
-    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    whole = int(seconds)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + ".%03dZ" % int((seconds - whole) * 1000)
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
 
 
 def to_json(record: dict[str, Any]) -> str:
@@ -60,7 +66,7 @@ def to_json(record: dict[str, Any]) -> str:
         value = record.get(key)
         if isinstance(value, float):
             record[key] = iso_utc(value)
-    return json.dumps(record, separators=(",", ":"), default=str)
+    return _ENCODER.encode(record)
 
 
 class Sink(Protocol):
@@ -217,12 +223,27 @@ _STOP = object()
 _REOPEN = object()
 
 
-class AuditWriter:
-    """The queue and the writer thread in front of the sinks."""
+#: A record, or a function that builds it (called in the writer thread, so
+#: that the event loop only queues the facts).
+Record = Union[dict[str, Any], Callable[[], dict[str, Any]]]
 
-    def __init__(self, sinks: list[Sink], queue_size: int = QUEUE_SIZE) -> None:
+
+class AuditWriter:
+    """The queue and the writer thread in front of the sinks.
+
+    On an event loop, records are gathered for ``batch_delay`` seconds and
+    handed to the thread together (one wake-up of the thread per batch, not
+    per record: a busy node does not pay a thread switch per operation);
+    from a thread without a loop, each record is handed over at once."""
+
+    def __init__(self, sinks: list[Sink], queue_size: int = QUEUE_SIZE, batch_delay: float = 0.05) -> None:
         self._sinks = [_SinkState(sink) for sink in sinks]
-        self._queue: queue.Queue[Any] = queue.Queue(queue_size)
+        self.queue_size = queue_size
+        self.batch_delay = batch_delay
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._pending: list[Record] = []  # gathered on a loop, not yet handed over
+        self._in_flight = 0  # records handed over, not yet written
         self._dropped = 0
         self._dropping = False
         self._thread = threading.Thread(target=self._run, name="chromanet-audit", daemon=True)
@@ -233,44 +254,54 @@ class AuditWriter:
         return [state.sink for state in self._sinks]
 
     # ------------------------------------------------ on the event loop
-    def write(self, record: dict[str, Any]) -> None:
-        """Queue one record; never blocks (a full queue drops it)."""
+    def write(self, record: Record) -> None:
+        """Queue one record; never blocks (past ``queue_size`` records
+        waiting, it is dropped and counted)."""
         try:
-            self._queue.put_nowait(record)
-        except queue.Full:
-            self._dropped += 1
-            if not self._dropping:
-                self._dropping = True
-                LOGGER.warning("the audit trail cannot keep up: records are being dropped")
-        else:
-            if self._dropping:
-                self._dropping = False
+            loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        with self._lock:
+            if self._in_flight + len(self._pending) >= self.queue_size:
+                self._dropped += 1
+                if not self._dropping:
+                    self._dropping = True
+                    LOGGER.warning("the audit trail cannot keep up: records are being dropped")
+                return
+            self._dropping = False
+            self._pending.append(record)
+            first = len(self._pending) == 1
+        if loop is None:
+            self._hand_over()
+        elif first:
+            loop.call_later(self.batch_delay, self._hand_over)
+
+    def _hand_over(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+            self._in_flight += len(batch)
+        if batch:
+            self._queue.put(batch)
 
     def reopen(self) -> None:
         """Close and reopen the sinks (SIGHUP after a log rotation)."""
-        try:
-            self._queue.put_nowait(_REOPEN)
-        except queue.Full:
-            pass
+        self._hand_over()
+        self._queue.put(_REOPEN)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every record queued so far was handed to the sinks
-        (True) or ``timeout`` passed (False)."""
+        """Wait until every record written so far was handed to the sinks
+        (True) or ``timeout`` passed (False). Not on the loop: it blocks."""
+        self._hand_over()
         done = threading.Event()
-        try:
-            self._queue.put(done, timeout=timeout)
-        except queue.Full:
-            return False
+        self._queue.put(done)
         return done.wait(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
         """Write what is queued, then stop the thread and close the sinks."""
         if not self._thread.is_alive():
             return
-        try:
-            self._queue.put(_STOP, timeout=timeout)
-        except queue.Full:
-            return
+        self._hand_over()
+        self._queue.put(_STOP)
         self._thread.join(timeout)
 
     # ----------------------------------------------- in the writer thread
@@ -279,6 +310,7 @@ class AuditWriter:
         while not stop:
             batch: list[tuple[dict[str, Any], str]] = []
             markers: list[Any] = []
+            taken = 0
             item = self._queue.get()
             while True:
                 if item is _STOP:
@@ -289,10 +321,11 @@ class AuditWriter:
                     for state in self._sinks:
                         state.sink.reopen()
                         state.retry_at = 0.0
-                elif isinstance(item, threading.Event):
+                elif type(item) is threading.Event:
                     markers.append(item)
                 else:
-                    batch.append(self._encode(item))
+                    taken += len(item)
+                    batch.extend(self._encode(record) for record in item)
                 if stop or len(batch) >= _BATCH:
                     break
                 try:
@@ -300,21 +333,27 @@ class AuditWriter:
                 except queue.Empty:
                     break
             self._write(batch)
+            with self._lock:
+                self._in_flight -= taken
             for marker in markers:
                 marker.set()
         for state in self._sinks:
             state.sink.close()
 
-    def _encode(self, record: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    def _encode(self, record: Record) -> tuple[dict[str, Any], str]:
         try:
+            if callable(record):
+                record = record()
             return record, to_json(record)
         except Exception as exc:  # a value json cannot take: say so, keep going
             LOGGER.error("audit record not encodable: %s", exc)
-            return record, json.dumps({"record": "audit-error", "error": str(exc)[:200]})
+            failure = {"time": time.time(), "record": "audit-error", "severity": "warning", "error": str(exc)[:200]}
+            return failure, to_json(dict(failure))
 
     def _write(self, batch: list[tuple[dict[str, Any], str]]) -> None:
-        if self._dropped:
+        with self._lock:
             dropped, self._dropped = self._dropped, 0
+        if dropped:
             gap = {"time": time.time(), "record": "audit-gap", "reason": "queue full", "lost": dropped,
                    "severity": "warning"}
             batch.insert(0, (gap, to_json(gap)))

@@ -162,17 +162,15 @@ class OperationRecord:
         most MAX_QUERY_KEYS keys and MAX_VALUE_CHARS characters a value,
         so a hostile identifier cannot blow up the record."""
         keys: dict[str, str] = {}
-        omitted = 0
         try:
             for element in identifier:
                 if len(keys) >= MAX_QUERY_KEYS:
-                    omitted += 1
-                    continue
+                    break  # the rest are counted, not converted
                 keys[element.keyword or f"({element.tag.group:04X},{element.tag.element:04X})"] = _text(element)
         except Exception as exc:  # a value pydicom cannot convert: keep what we have
             LOGGER.debug("query keys not fully recorded: %s", exc)
         self.query = keys
-        self.query_keys_omitted = omitted
+        self.query_keys_omitted = max(len(identifier) - len(keys), 0)
 
     def note_suboperation(self, sop_instance_uid: str, done: bool) -> None:
         """One C-GET/C-MOVE sub-operation ended: done (Success or Warning)
