@@ -83,6 +83,10 @@ class AE:
         # (a TLS listener drops a connection that has not completed its
         # handshake by then; it never held an association slot).
         self.tls_handshake_timeout: float = 30.0
+        # chromanet extra: the servers this AE starts tell it of each
+        # association and its operations (an audit trail, metrics; see
+        # chromanet.server.AssociationObserver). None: off.
+        self.association_observer: Any = None
         self._requested: list[PresentationContext] = []
         self._supported: list[PresentationContext] = []
         self._servers: list[Any] = []

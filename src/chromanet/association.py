@@ -36,6 +36,7 @@ from chromanet.services import query_retrieve, storage, verification
 from chromanet.services.answers import response_to_dataset
 from chromanet.services.base import HandlerTable, ServiceSession
 from chromanet.services.dispatch import ServiceDispatcher
+from chromanet.services.observe import AuditContext, OperationObserver
 from chromanet.services.spool import FileSink
 from chromanet.ul.acse import Admission, AssociationControl
 from chromanet.ul.tls import TlsInfo
@@ -143,6 +144,10 @@ class AsyncAssociation:
         self._own_handlers = ul.is_requestor
         self.requestor = ServiceUser(self, "requestor")
         self.acceptor = ServiceUser(self, "acceptor")
+        #: chromanet extra: what the audit trail records of this association
+        #: beyond the protocol (e.g. whether its user identity was verified).
+        self.audit = AuditContext()
+        self._operation_observer: OperationObserver | None = None
         ul.on_established = self._on_established
         ul.ended.add_done_callback(self._on_ended)
 
@@ -215,6 +220,37 @@ class AsyncAssociation:
         return self._ul.tls
 
     @property
+    def outcome(self) -> str:
+        """chromanet extra: "pending" or "established" while it lasts, then
+        how it ended: "released", "rejected", "aborted", or "closed" (the
+        connection went away before an association was made)."""
+        return self._ul.outcome
+
+    @property
+    def abort_source_reason(self) -> tuple[int, int] | None:
+        """The (source, reason) of the A-ABORT or A-P-ABORT that ended the
+        association, None when it did not end so."""
+        return self._ul.abort_source_reason
+
+    @property
+    def aborted_by(self) -> str | None:
+        """Who aborted: "local" (this side), "peer" (the other side's user)
+        or "provider" (a protocol error, a timeout, the connection lost)."""
+        return self._ul.aborted_by
+
+    @property
+    def operation_observer(self) -> OperationObserver | None:
+        """chromanet extra: told of each operation served on this association
+        when it ends (``chromanet.services.observe``); None: off."""
+        return self._operation_observer
+
+    @operation_observer.setter
+    def operation_observer(self, observer: OperationObserver | None) -> None:
+        self._operation_observer = observer
+        if self._session is not None:
+            self._session.observer = observer
+
+    @property
     def service_session(self) -> ServiceSession | None:
         """What the services see of this association, once established."""
         return self._session
@@ -247,6 +283,7 @@ class AsyncAssociation:
             open_sub_association=self._open_sub_association,
             store_directory=self._store_directory,
         )
+        self._session.observer = self._operation_observer
         channel.request_handler = ServiceDispatcher(self._session)
         notify(self._handlers, Event(self, EVT_ACCEPTED))
         notify(self._handlers, Event(self, EVT_ESTABLISHED))

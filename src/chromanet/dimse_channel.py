@@ -71,15 +71,18 @@ class IncomingMessage:
 
     ``dataset`` is the encoded data set (bytes or memoryview), a path to a
     spooled file (streaming mode, when the sink returns one), or None.
+    ``trace`` is the service layer's: what it notes about the operation
+    while serving it (None unless someone observes the operations).
     """
 
-    __slots__ = ("context_id", "command", "dataset", "cancelled")
+    __slots__ = ("context_id", "command", "dataset", "cancelled", "trace")
 
     def __init__(self, context_id: int, command: Command, dataset: Any) -> None:
         self.context_id = context_id
         self.command = command
         self.dataset = dataset
         self.cancelled = False
+        self.trace: Any = None
 
 
 class DatasetTooLarge:

@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from chromanet import _pdu, uids
 from chromanet.association import AsyncAssociation, Handlers
 from chromanet.logutil import peer_log
 from chromanet.evt import EVT_CONN_OPEN, EVT_REQUESTED, EVT_SOP_EXTENDED, EVT_USER_ID, Event, notify
 from chromanet.presentation import PresentationContext
+from chromanet.services.observe import OperationObserver
 from chromanet.ul.acse import AcceptorPolicy, AssociationControl
 from chromanet.ul.tls_accept import TlsListener
 
@@ -35,6 +36,18 @@ LOGGER = logging.getLogger("chromanet.server")
 # Presentation provider rejection when too many associations are open
 # (A-ASSOCIATE-RJ result 2 transient, source 3, reason 2 local limit exceeded).
 _TOO_MANY_ASSOCIATIONS = (2, 3, 2)
+
+
+class AssociationObserver(Protocol):
+    """Told of every connection a server accepts (an audit trail, metrics):
+    ``association_opened`` when it is made, returning the observer of its
+    operations (or None); ``association_closed`` once it is gone, however
+    it ended (released, aborted, rejected, or closed without a request).
+    Neither may block or raise."""
+
+    def association_opened(self, assoc: AsyncAssociation) -> OperationObserver | None: ...
+
+    def association_closed(self, assoc: AsyncAssociation) -> None: ...
 
 
 class AsyncServer:
@@ -77,6 +90,8 @@ class AsyncServer:
             admission=ae.admission,
         )
         self.associations: set[AsyncAssociation] = set()
+        #: chromanet extra: told of each association (the AE's, by default).
+        self.observer: AssociationObserver | None = getattr(ae, "association_observer", None)
         self._server: asyncio.AbstractServer | None = None
         self._closed: asyncio.Event | None = None
 
@@ -190,9 +205,27 @@ class AsyncServer:
         assoc = AsyncAssociation(ae, ul, self._handlers, spool_directory=ae.store_spool_directory)
         self.associations.add(assoc)
         ul.ended.add_done_callback(lambda _f, a=assoc: self.associations.discard(a))
+        if self.observer is not None:
+            self._observe(assoc, ul.ended, self.observer)
         notify(self._handlers, Event(assoc, EVT_CONN_OPEN))
         ul.on_requested = lambda _ul, a=assoc: notify(self._handlers, Event(a, EVT_REQUESTED))
         return ul.connection
+
+    @staticmethod
+    def _observe(assoc: AsyncAssociation, ended: asyncio.Future[str], observer: AssociationObserver) -> None:
+        try:
+            assoc.operation_observer = observer.association_opened(assoc)
+        except Exception:
+            LOGGER.exception("the association observer raised")
+            return
+
+        def closed(_ended: Any) -> None:
+            try:
+                observer.association_closed(assoc)
+            except Exception:
+                LOGGER.exception("the association observer raised")
+
+        ended.add_done_callback(closed)
 
     async def close(self) -> None:
         """Stop listening and abort the associations still open."""

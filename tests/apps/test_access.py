@@ -497,3 +497,29 @@ def test_a_refused_large_store_is_never_spooled(tmp_path: Path) -> None:
         assert answers == [(0x0001, (0x0124, "not authorised to store"), []), (0x0030, None, [])]
         assert list(node.spool_directory.iterdir()) == []
         assert node.archive.get(big.SOPInstanceUID) is None
+
+
+def test_audit_records_say_who_was_verified(tmp_path: Path, alice_hash: str) -> None:
+    """The association records of the audit trail carry what the admission
+    found: the verified user and the peer rule, or why it refused."""
+    policy = policy_from_settings({"default_operations": []},
+                                  [{"name": "alice-rule", "user": "alice", "operations": ["echo"]}], None,
+                                  {"alice": {"passcode_hash": alice_hash}})
+    audit = tmp_path / "audit.jsonl"
+    with running_node(tmp_path, policy, audit_file=audit) as (_node, port):
+        ae = scu("ANY")
+        good = ae.associate("127.0.0.1", port, ae_title="CHROMANET", ext_neg=[_identity(2, b"alice", b"wonderland")])
+        assert good.send_c_echo().Status == 0x0000
+        good.release()
+        bad = ae.associate("127.0.0.1", port, ae_title="CHROMANET", ext_neg=[_identity(2, b"alice", b"guess")])
+        assert bad.is_rejected
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    associations = [r for r in records if r["record"] == "association"]
+    assert [r["result"] for r in associations] == ["released", "rejected"]
+    accepted, refused = associations
+    assert accepted["username"] == "alice" and accepted["user_verified"] is True
+    assert accepted["details"]["rule"] == "alice-rule" and accepted["details"]["peer"] == "peer:alice-rule"
+    assert refused["username"] == "alice" and refused["user_verified"] is False
+    assert (refused["reject_result"], refused["reject_source"], refused["reject_reason"]) == (1, 1, 1)
+    assert "refused" in refused["details"]["refused"]
+    assert "wonderland" not in audit.read_text() and "guess" not in audit.read_text()

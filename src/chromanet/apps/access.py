@@ -387,23 +387,27 @@ class AccessPolicy:
         response: bytes | None = None
         if item is not None and self.identity.configured:
             if self._locked_out(host):
-                return self._refuse(host, calling, REJECT_IDENTITY, "too many failed user identity checks")
+                return self._refuse(host, calling, REJECT_IDENTITY, "too many failed user identity checks",
+                                    user_verified=False)
             verified = await self.identity.verify(item.identity_type, bytes(item.primary_field),
                                                   bytes(item.secondary_field or b""))
             if verified is None:
                 self._count_failure(host)
                 return self._refuse(host, calling, REJECT_IDENTITY,
-                                    f"user identity (type {item.identity_type}) refused")
+                                    f"user identity (type {item.identity_type}) refused", user_verified=False)
             user, response = verified.name, verified.response
         if user is None and self.require_user_identity:
-            return self._refuse(host, calling, REJECT_IDENTITY, "no verified user identity")
+            return self._refuse(host, calling, REJECT_IDENTITY, "no verified user identity", user_verified=False)
         tls_subject = request.tls.peer_subject if request.tls is not None else None
         grant = self.grant_for(calling, host, tls_subject, user)
+        verified_flag = True if user is not None else None
         if not grant.operations:
             why = f"rule {grant.rule!r} grants nothing" if grant.rule else "unknown peer, and the default grants nothing"
-            return self._refuse(host, calling, REJECT_UNKNOWN_PEER, why)
+            return self._refuse(host, calling, REJECT_UNKNOWN_PEER, why, user_verified=verified_flag, user=user)
         LOGGER.debug("%s from %s admitted as %s: %s", calling, host, grant.peer, sorted(grant.operations))
-        return Admission(identity_response=response, grant=grant)
+        details = {"user_verified": verified_flag, "user": user, "peer": grant.peer, "rule": grant.rule,
+                   "operations": sorted(grant.operations)}
+        return Admission(identity_response=response, grant=grant, details=details)
 
     def grant_for(self, calling: str, host: str, tls_subject: str | None, user: str | None) -> Grant:
         for rule in self.rules:
@@ -425,9 +429,11 @@ class AccessPolicy:
         )
 
     @staticmethod
-    def _refuse(host: str, calling: str, rejection: tuple[int, int, int], why: str) -> Admission:
+    def _refuse(host: str, calling: str, rejection: tuple[int, int, int], why: str, *,
+                user_verified: bool | None = None, user: str | None = None) -> Admission:
         peer_log(LOGGER, logging.WARNING, host, "refusing %s from %s: %s", calling, host, why)
-        return Admission(rejection=rejection, reason=why)
+        details = {"user_verified": user_verified, "user": user, "refused": why}
+        return Admission(rejection=rejection, reason=why, details=details)
 
     def _locked_out(self, host: str) -> bool:
         failures = self._failures.get(host)

@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
         "hash-passcode", help="print the hash of a passcode for the [users] table (reads the passcode from stdin)"
     )
     hashing.add_argument("--passcode-stdin", action="store_true", help="read it from stdin without a prompt")
+    serve.add_argument("--audit-file", type=Path, help="append the audit trail (JSON lines) to this file")
+    serve.add_argument("--audit-syslog", metavar="ADDRESS",
+                       help="send the audit trail to syslog: a UNIX socket (/dev/log) or HOST:PORT (UDP)")
+    serve.add_argument("--audit-syslog-facility", metavar="NAME", help="syslog facility (default authpriv)")
 
     echo = commands.add_parser("echo", help="C-ECHO")
     _add_scu_arguments(echo)
@@ -313,6 +317,8 @@ def load_node_config(args: argparse.Namespace) -> Any:
             config.tls = node_tls_from_table(value, str(args.config))
         elif key == "data_dir":
             config.data_dir = Path(value)
+        elif key == "audit" and isinstance(value, dict):
+            _audit_settings(config, value, args.config)
         elif hasattr(config, key):
             setattr(config, key, value)
         else:
@@ -333,6 +339,9 @@ def load_node_config(args: argparse.Namespace) -> Any:
         "max_identifier_size",
         "require_called_aet",
         "log_level",
+        "audit_file",
+        "audit_syslog",
+        "audit_syslog_facility",
     ):
         value = getattr(args, key, None)
         if value is not None:
@@ -378,6 +387,15 @@ def cmd_hash_passcode(args: argparse.Namespace) -> int:
         raise ValueError("empty passcode")
     print(hash_passcode(passcode))
     return EXIT_OK
+def _audit_settings(config: Any, table: dict[str, Any], source: Any) -> None:
+    """The TOML [audit] table: file, syslog, syslog_facility."""
+    for key, value in table.items():
+        if key == "file":
+            config.audit_file = Path(value)
+        elif key in ("syslog", "syslog_facility"):
+            setattr(config, f"audit_{key}", str(value))
+        else:
+            raise ValueError(f"unknown setting {key!r} in [audit] of {source}")
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -27,6 +27,8 @@ from chromanet import _dimse, evt, uids
 from chromanet.ae import AE
 from chromanet.apps.access import OPEN_GRANT, AccessPolicy, Grant
 from chromanet.apps.tls_options import MoveDestination, NodeTls
+from chromanet.apps.audit import AuditTrail
+from chromanet.apps.audit_writer import AuditWriter, FileSink, Sink, SyslogSink
 from chromanet.server import AsyncServer
 from chromanet.archive import ArchiveError, PaletteArchive
 from chromanet.services.spool import SPOOL_PREFIX
@@ -88,6 +90,12 @@ class NodeConfig:
     listen_plain: bool = True
     # The TLS listener (when tls.certificate is set) and TLS move destinations.
     tls: NodeTls = field(default_factory=NodeTls)
+    # The audit trail (README "Audit trail"): JSON lines appended to this
+    # file, and/or RFC 5424 messages to this syslog address ("/dev/log",
+    # "HOST:PORT" for UDP) with this facility. None and None: no trail.
+    audit_file: Path | None = None
+    audit_syslog: str | None = None
+    audit_syslog_facility: str = "authpriv"
 
 
 def _grant(event: evt.Event) -> Grant:
@@ -120,12 +128,25 @@ class PaletteNode:
         self.spool_directory.mkdir(exist_ok=True)
         for leftover in self.spool_directory.glob(f"{SPOOL_PREFIX}*"):
             leftover.unlink()
+        self.audit = self._build_audit()
         self.ae = self._build_ae()
         self.ae.tls_handshake_timeout = config.tls.handshake_timeout
         #: The first listener (plain when there is one), and the TLS one.
+        self.ae.association_observer = self.audit
         self.server: AsyncServer | None = None
         self.tls_server: AsyncServer | None = None
         self._move_tls_context: Any = None  # built when a destination needs it
+
+    def _build_audit(self) -> AuditTrail | None:
+        config = self.config
+        sinks: list[Sink] = []
+        if config.audit_file is not None:
+            sinks.append(FileSink(config.audit_file))
+        if config.audit_syslog:
+            sinks.append(SyslogSink(config.audit_syslog, config.audit_syslog_facility))
+        if not sinks:
+            return None
+        return AuditTrail(AuditWriter(sinks), config.ae_title)
 
     def _build_ae(self) -> AE:
         config = self.config
@@ -192,9 +213,13 @@ class PaletteNode:
             )
             mutual = ", client certificates required" if config.tls.require_client_certificate else ""
             self._log_listening(self.tls_server, f" for TLS{mutual}")
+            if self.audit is not None:
+                self.tls_server.on_handshake_failed = self.audit.tls_handshake_failed
             if self.server is None:
                 self.server = self.tls_server
         assert self.server is not None
+        if self.audit is not None:
+            self.audit.application_record("start", self.server.server_address)
         return self.server
 
     def _log_listening(self, server: AsyncServer, what: str) -> None:
@@ -213,6 +238,10 @@ class PaletteNode:
         for server in dict.fromkeys(s for s in (self.server, self.tls_server) if s is not None):
             await server.close()  # each once: a TLS-only node's server is both
         self.archive.close()
+        if self.audit is not None:
+            self.audit.application_record("stop")
+            # The last records are written (off the loop) before we return.
+            await asyncio.get_running_loop().run_in_executor(None, self.audit.writer.close)
 
     def _move_target(self, destination: tuple[str, int] | MoveDestination) -> Any:
         """What EVT_C_MOVE yields for a destination: (host, port), plus the
@@ -335,6 +364,8 @@ class PaletteNode:
 async def serve(config: NodeConfig, ready: asyncio.Future[Any] | None = None) -> None:
     """Run a node until cancelled."""
     node = PaletteNode(config)
+    if node.audit is not None:
+        _reopen_on_sighup(node.audit.writer)
     server = await node.start()
     if ready is not None and not ready.done():
         ready.set_result(server.server_address)
@@ -342,6 +373,17 @@ async def serve(config: NodeConfig, ready: asyncio.Future[Any] | None = None) ->
         await server.serve_forever()
     finally:
         await node.close()
+
+
+def _reopen_on_sighup(writer: AuditWriter) -> None:
+    """SIGHUP reopens the audit file (after logrotate), where the loop can
+    take signals (the main thread, not Windows)."""
+    import signal
+
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, writer.reopen)
+    except (AttributeError, NotImplementedError, RuntimeError, ValueError):
+        LOGGER.debug("no SIGHUP handler: the audit file is reopened only when rotated away")
 
 
 __all__ = ["NodeConfig", "PaletteNode", "serve"]

@@ -30,6 +30,7 @@ from chromanet.evt import Event, EventType
 from chromanet.logutil import peer_log
 from chromanet.presentation import PresentationContext
 from chromanet.services.answers import apply_handler_status
+from chromanet.services.observe import OperationObserver
 from chromanet.ul.acse import AssociationAborted, AssociationClosed
 from chromanet.ul.negotiation import NegotiatedContext
 from chromanet.ul.upper_layer import NotEstablishedError
@@ -94,6 +95,9 @@ class ServiceSession:
         self.request_gate = request_gate
         #: Our outstanding Q/R requests: Message ID -> context ID (for C-CANCEL).
         self.request_contexts: dict[int, int] = {}
+        #: Told of every operation served on this association when it ends
+        #: (``services/observe.py``); None: nothing is recorded.
+        self.observer: OperationObserver | None = None
 
     # ----------------------------------------------------------- contexts
     def context(self, context_id: int) -> NegotiatedContext | None:
@@ -233,3 +237,5 @@ def _finish(
         after()
     if session.channel.end_error is None:
         session.channel.send(message.context_id, response)
+        if message.trace is not None:
+            message.trace.note_response(response)

@@ -13,6 +13,10 @@ dropped as it came) is refused with its service's "out of resources"
 status: C-FIND 0xA700, C-GET and C-MOVE 0xA701; a C-ECHO, which takes no
 data set at all, 0x0212. A request refused when its command arrived (the
 AE's ``request_gate``, asked for every request) gets the gate's status.
+
+When the session has an ``observer``, each request gets an
+``OperationRecord`` (``services/observe.py``) that the observer receives
+when the operation is over: answered, refused here, or cut off.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from chromanet.dimse_channel import DatasetRefused, DatasetTooLarge, DimseChanne
 from chromanet.logutil import peer_log
 from chromanet.services import color_palette_qr, storage, verification
 from chromanet.services.base import ServeFunction, ServiceClass, ServiceSession
+from chromanet.services.observe import OperationObserver, OperationRecord, dataset_size
 from chromanet.status import Status
 
 LOGGER = logging.getLogger("chromanet.services")
@@ -65,6 +70,30 @@ class ServiceDispatcher:
         self.session = session
 
     def __call__(self, channel: DimseChannel, message: IncomingMessage) -> Awaitable[None] | None:
+        observer = self.session.observer
+        if observer is not None:
+            return self._observed(channel, message, observer)
+        return self._dispatch(channel, message)
+
+    def _observed(
+        self, channel: DimseChannel, message: IncomingMessage, observer: OperationObserver
+    ) -> Awaitable[None] | None:
+        """Serve the request with an OperationRecord following it; the
+        observer gets the record when the operation is over, however it
+        ended."""
+        record = message.trace = OperationRecord(message.command, dataset_size(message.dataset))
+        record.observer = observer
+        try:
+            pending = self._dispatch(channel, message)
+        except BaseException:
+            record.deliver()
+            raise
+        if pending is None:
+            record.deliver()
+            return None
+        return _deliver_after(pending, record)
+
+    def _dispatch(self, channel: DimseChannel, message: IncomingMessage) -> Awaitable[None] | None:
         field = message.command.command_field
         if field != _dimse.C_ECHO_RQ and not self._sop_class_matches(message):
             peer_log(
@@ -115,4 +144,13 @@ class ServiceDispatcher:
             response.affected_sop_instance_uid = request.affected_sop_instance_uid
             storage.remove_spool(message)  # a refused store leaves no spool file behind
         channel.send(message.context_id, response)
+        if message.trace is not None:
+            message.trace.note_refused(response)
         return None
+
+
+async def _deliver_after(pending: Awaitable[None], record: OperationRecord) -> None:
+    try:
+        await pending
+    finally:
+        record.deliver()  # if the final response did not already

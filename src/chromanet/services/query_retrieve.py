@@ -50,6 +50,7 @@ from chromanet.logutil import peer_log
 from chromanet.services import storage
 from chromanet.services.answers import Exhausted, HandlerResults, apply_handler_status, response_to_dataset
 from chromanet.services.base import ServiceSession, response_to
+from chromanet.services.observe import OperationRecord
 from chromanet.status import (
     STATUS_CANCEL,
     STATUS_FAILURE,
@@ -113,12 +114,14 @@ async def _begin(
         # Structure first: pydicom reads garbage leniently (as an empty or
         # odd identifier, which a handler could take for "match all").
         dsutil.check_encoding(message.dataset, sender.transfer_syntax)
-        event.identifier
+        identifier = event.identifier
     except Exception as exc:
         peer_log(LOGGER, logging.WARNING, session.peer_host, "%s request identifier from %s failed to decode: %s",
                  event_type.name, session.peer_host, exc)
         await sender.send(_response(request, response_field, decode_failed))
         return None
+    if message.trace is not None:
+        message.trace.note_query(identifier)
     try:
         results = HandlerResults(handler(event, *args))
     except Exception:
@@ -137,6 +140,7 @@ class _Sender:
         self.context_id = message.context_id
         self.transfer_syntax = transfer_syntax
         self.sent = 0
+        self.trace: OperationRecord | None = message.trace
 
     async def send(self, response: Command, identifier: Any = None) -> None:
         if self.channel.end_error is not None:
@@ -144,6 +148,8 @@ class _Sender:
         if identifier is not None:
             response.command_data_set_type = _dimse.DATASET_PRESENT
         self.channel.send(self.context_id, response, identifier)
+        if self.trace is not None:
+            self.trace.note_response(response, identifier)
         self.sent += 1
         if self.sent % _YIELD_EVERY == 0:
             await asyncio.sleep(0)
@@ -214,6 +220,7 @@ class _Retrieve:
         self.failed = 0
         self.warning = 0
         self.failed_uids: list[str] = []
+        self.trace = sender.trace
 
     def _counted(self, status: int, *, remaining: bool) -> Command:
         response = _response(self.request, self.field, status)
@@ -239,6 +246,8 @@ class _Retrieve:
         else:
             self.failed += 1
             self.failed_uids.append(sop_instance_uid)
+        if self.trace is not None:
+            self.trace.note_suboperation(sop_instance_uid, category in (STATUS_SUCCESS, STATUS_WARNING))
 
     async def pending(self) -> None:
         await self.sender.send(self._counted(PENDING, remaining=True))
@@ -355,7 +364,10 @@ def _sop_instance_uid(dataset: Any) -> str:
 
 
 async def _store_over(
-    session: ServiceSession | None, dataset: Any, originator: tuple[str, int] | None
+    session: ServiceSession | None,
+    dataset: Any,
+    originator: tuple[str, int] | None,
+    trace: OperationRecord | None = None,
 ) -> tuple[str, int | None]:
     """One C-STORE sub-operation; (SOP Instance UID, response status or None)."""
     uid = _sop_instance_uid(dataset)
@@ -372,6 +384,7 @@ async def _store_over(
             0,
             originator[0] if originator else None,
             originator[1] if originator else None,
+            trace=trace,
         )
     except (ValueError, OSError, AttributeError, KeyError) as exc:
         # No context for its SOP class, an unreadable file, or a Dataset
@@ -401,8 +414,9 @@ async def serve_get(session: ServiceSession, message: IncomingMessage) -> None:
         if not await _check_total(sender, request, _dimse.C_GET_RSP, total):
             return
         retrieve = _Retrieve(request, _dimse.C_GET_RSP, sender, total)
+        trace = message.trace
         await _run_suboperations(
-            retrieve, results, message, lambda ds: _store_over(session, ds, None), GET_HANDLER_RAISED
+            retrieve, results, message, lambda ds: _store_over(session, ds, None, trace), GET_HANDLER_RAISED
         )
     finally:
         await results.close()
@@ -494,6 +508,8 @@ async def serve_move(session: ServiceSession, message: IncomingMessage) -> None:
             return
         if not await _check_total(sender, request, _dimse.C_MOVE_RSP, total):
             return
+        if message.trace is not None:
+            message.trace.move_destination_address = (address, port)
         opener = session.open_sub_association
         sub_assoc = await opener(address, port, request.move_destination, kwargs) if opener is not None else None
         if sub_assoc is None or not sub_assoc.is_established:
@@ -509,7 +525,7 @@ async def serve_move(session: ServiceSession, message: IncomingMessage) -> None:
             retrieve,
             results,
             message,
-            lambda ds: _store_over(destination_session, ds, originator),
+            lambda ds: _store_over(destination_session, ds, originator, message.trace),
             MOVE_HANDLER_RAISED,
         )
     finally:

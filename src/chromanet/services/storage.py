@@ -27,6 +27,7 @@ from chromanet._dimse import Command
 from chromanet.dimse_channel import IncomingMessage
 from chromanet.evt import EVT_C_STORE, Event
 from chromanet.services.base import ServiceClass, ServiceSession, answer_once
+from chromanet.services.observe import OperationRecord
 from chromanet.status import Status
 
 _NO_HANDLER = int(Status.SOP_CLASS_NOT_SUPPORTED)
@@ -72,8 +73,12 @@ async def store(
     priority: int = 2,
     originator_aet: str | None = None,
     originator_id: int | None = None,
+    *,
+    trace: OperationRecord | None = None,
 ) -> Command | None:
     """SCU: one C-STORE; the response command, or None if none came.
+    ``trace``: the C-GET/C-MOVE whose sub-operation this is, told the size
+    of the data set once it went out.
 
     ValueError when no accepted context fits the SOP class, OSError for an
     unreadable file."""
@@ -89,7 +94,10 @@ async def store(
         move_originator_message_id=originator_id,
     )
     try:
-        return await session.exchange(context_id, command, payload)
+        response = await session.exchange(context_id, command, payload)
+        if trace is not None and response is not None:
+            trace.note_sent(memoryview(payload).nbytes)
+        return response
     finally:
         del payload
         if part10 is not None and part10.path is not None:
@@ -114,6 +122,8 @@ def serve_store(session: ServiceSession, message: IncomingMessage) -> Awaitable[
         remove_spool(message)
         response.status = _NO_HANDLER
         session.channel.send(message.context_id, response)
+        if message.trace is not None:
+            message.trace.note_response(response)
         return None
     return answer_once(
         session,

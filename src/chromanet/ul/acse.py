@@ -115,6 +115,8 @@ class Admission:
     reason: str = ""
     identity_response: bytes | None = None
     grant: Any = None
+    #: What the check found, for the audit trail (user, rule, verified…).
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 #: An acceptor's asynchronous check of who may associate (identity, peer
@@ -195,6 +197,10 @@ class AssociationControl:
         self.contexts: dict[int, NegotiatedContext] = {}
         self.outcome = "pending"  # established / rejected / released / aborted / closed
         self.abort_source_reason: tuple[int, int] | None = None
+        # Who ended it with an abort: "local" (this side asked for the
+        # A-ABORT), "peer" (its service user sent one) or "provider" (an
+        # A-P-ABORT: a protocol error, a timeout, the connection lost).
+        self.aborted_by: str | None = None
         self.on_requested: Callable[[AssociationControl], None] | None = None
         self.on_established: Callable[[AssociationControl], None] | None = None
         self.on_release_requested: Callable[[AssociationControl], None] | None = None
@@ -276,6 +282,7 @@ class AssociationControl:
             LOGGER.warning("no presentation context was accepted: aborting the association")
             self.outcome = "aborted"
             self.abort_source_reason = (0, 0)
+            self.aborted_by = "local"
             self._fail_establishment(AssociationAborted(0, 0))
             self.connection.abort(source=0, reason=0)
             return
@@ -387,6 +394,7 @@ class AssociationControl:
     def _abort_invalid_request(self, reason: int = ABORT_REASON_INVALID_PDU_PARAMETER_VALUE) -> None:
         self.outcome = "aborted"
         self.abort_source_reason = (2, reason)
+        self.aborted_by = "local"
         self._fail_establishment(AssociationAborted(2, reason))
         self.connection.abort(source=2, reason=reason)
 
@@ -474,6 +482,7 @@ class AssociationControl:
         if self.outcome in ("established", "pending"):
             self.outcome = "aborted"
             self.abort_source_reason = (0, 0)
+            self.aborted_by = "local"
         self.connection.abort(source=0, reason=0)
         self._notify_end(AssociationAborted(0, 0))
 
@@ -494,6 +503,7 @@ class AssociationControl:
         if self.outcome in ("established", "pending"):
             self.outcome = "aborted"
             self.abort_source_reason = (source, reason)
+            self.aborted_by = "provider" if source == 2 else "peer"
         exc = AssociationAborted(source, reason)
         self._fail_establishment(exc)
         self._notify_end(exc)
@@ -502,6 +512,7 @@ class AssociationControl:
         if self.outcome in ("established", "pending"):
             self.outcome = "aborted" if self.outcome == "established" else "closed"
             self.abort_source_reason = self.abort_source_reason or (2, 0)
+            self.aborted_by = self.aborted_by or "provider"
         self._fail_establishment(AssociationClosed("connection closed"))
         self._notify_end(AssociationClosed("connection closed"))
         if not self.ended.done():
