@@ -523,3 +523,37 @@ def test_audit_records_say_who_was_verified(tmp_path: Path, alice_hash: str) -> 
     assert (refused["reject_result"], refused["reject_source"], refused["reject_reason"]) == (1, 1, 1)
     assert "refused" in refused["details"]["refused"]
     assert "wonderland" not in audit.read_text() and "guess" not in audit.read_text()
+
+
+def test_hash_passcode_command(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    from chromanet.apps import cli
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("wonderland\n"))
+    assert cli.main(["hash-passcode", "--passcode-stdin"]) == 0
+    stored = capsys.readouterr().out.strip()
+    assert verify_passcode(stored, b"wonderland") and "wonderland" not in stored
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n"))
+    assert cli.main(["hash-passcode", "--passcode-stdin"]) == 2  # an empty passcode is a usage error
+
+
+def test_serve_settings_from_toml(tmp_path: Path) -> None:
+    from chromanet.apps.cli import build_parser, load_node_config
+
+    config = tmp_path / "node.toml"
+    config.write_text(
+        "[access]\ndefault_operations = []\n"
+        '[[peers]]\nname = "ct"\nae_title = "CT1"\noperations = ["store", "find"]\n'
+        f'[users]\nalice = {{ passcode_hash = "{hash_passcode("x")}" }}\n'
+    )
+    loaded = load_node_config(build_parser().parse_args(["serve", "--config", str(config)]))
+    assert loaded.require_called_aet is True
+    assert loaded.access.default_operations == frozenset()
+    assert [(r.name, r.ae_title, r.operations) for r in loaded.access.rules] == [("ct", "CT1", {"store", "find"})]
+    assert set(loaded.access.identity.users) == {"alice"}
+    flags = load_node_config(build_parser().parse_args(
+        ["serve", "--config", str(config), "--default-access", "echo,store", "--no-require-called-aet"]))
+    assert flags.access.default_operations == {"echo", "store"} and flags.require_called_aet is False
+    default = load_node_config(build_parser().parse_args(["serve"]))
+    assert default.access.default_operations == {"echo", "find", "get"}

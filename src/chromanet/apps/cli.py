@@ -19,6 +19,7 @@ association that could not be made, 2 on bad usage.
 from __future__ import annotations
 
 import argparse
+import os
 import asyncio
 import logging
 import sys
@@ -57,6 +58,13 @@ def _add_scu_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=30.0, help="ACSE/DIMSE timeout in seconds")
     parser.add_argument("-v", "--verbose", action="store_true")
     add_client_tls_arguments(parser)
+    identity = parser.add_argument_group("user identity (PS3.7 D.3.3.7)")
+    identity.add_argument("--username", help="send this username (identity type 1, or 2 with a passcode)")
+    identity.add_argument("--passcode-env", metavar="VARIABLE",
+                          help="the passcode is in this environment variable (never on the command line)")
+    identity.add_argument("--jwt", type=Path, metavar="FILE", help="send the JSON Web Token in FILE (type 5)")
+    identity.add_argument("--identity-response", action="store_true",
+                          help="ask for a positive response to the user identity")
 
 
 def _add_query_arguments(parser: argparse.ArgumentParser) -> None:
@@ -154,12 +162,35 @@ def _associate(ae: AE, args: argparse.Namespace, **kwargs: Any) -> Any:
     tls = client_tls_from_args(args)
     if tls is not None:
         kwargs["tls_args"] = tls.tls_args()
+    identity = _user_identity(args)
+    if identity is not None:
+        kwargs["ext_neg"] = [identity]
     assoc = ae.associate(args.host, args.port, ae_title=args.called_aet, **kwargs)
     if not assoc.is_established:
         reason = "rejected" if assoc.is_rejected else "failed"
         print(f"association with {args.called_aet}@{args.host}:{args.port} {reason}", file=sys.stderr)
         return None
     return assoc
+
+
+def _user_identity(args: argparse.Namespace) -> Any:
+    """The user identity item the flags ask for, or None."""
+    from chromanet import _pdu
+
+    asked = bool(getattr(args, "identity_response", False))
+    if getattr(args, "jwt", None) is not None:
+        return _pdu.UserIdentityRQ(5, args.jwt.read_bytes().strip(), b"", asked)
+    username = getattr(args, "username", None)
+    if not username:
+        if getattr(args, "passcode_env", None):
+            raise ValueError("--passcode-env needs --username")
+        return None
+    if args.passcode_env:
+        passcode = os.environ.get(args.passcode_env)
+        if passcode is None:
+            raise ValueError(f"--passcode-env: {args.passcode_env} is not set")
+        return _pdu.UserIdentityRQ(2, username.encode("utf-8"), passcode.encode("utf-8"), asked)
+    return _pdu.UserIdentityRQ(1, username.encode("utf-8"), b"", asked)
 
 
 def _status_text(status: int) -> str:
