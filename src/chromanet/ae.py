@@ -83,6 +83,10 @@ class AE:
         # (a TLS listener drops a connection that has not completed its
         # handshake by then; it never held an association slot).
         self.tls_handshake_timeout: float = 30.0
+        # chromanet extra: TLS handshakes one host may have running at once
+        # on a TLS listener (more are closed at once; None: no limit), so a
+        # peer stalling handshakes cannot hold descriptors by the thousand.
+        self.maximum_tls_handshakes_per_host: int | None = 32
         # chromanet extra: the servers this AE starts tell it of each
         # association and its operations (an audit trail, metrics; see
         # chromanet.server.AssociationObserver). None: off.

@@ -125,7 +125,8 @@ class AsyncServer:
         host, port = self.address
         if self.ssl_context is not None:
             self._tls = TlsListener(
-                self.ssl_context, self._new_connection, self.ae.tls_handshake_timeout, self._handshake_failed
+                self.ssl_context, self._new_connection, self.ae.tls_handshake_timeout, self._handshake_failed,
+                max_pending_per_host=self.ae.maximum_tls_handshakes_per_host,
             )
             await self._tls.start(host or None, port)
             return

@@ -235,6 +235,41 @@ def test_stalled_and_plain_connections_hold_no_slot(pki: Pki):
     assert len(reported) == 4  # and the plain client
 
 
+def test_handshakes_per_host_are_capped(pki: Pki):
+    """One host may have at most maximum_tls_handshakes_per_host handshakes
+    running: further connections are closed at once, not held until the
+    handshake timeout; once the running ones end, the host is served again."""
+
+    async def body() -> None:
+        server = await tls_server(pki, maximum_tls_handshakes_per_host=2, tls_handshake_timeout=2.0)
+        loop = asyncio.get_running_loop()
+        stalled: list[socket.socket] = []
+        try:
+            port = server.server_address[1]
+            for _ in range(4):
+                sock = socket.socket()
+                sock.setblocking(False)
+                await loop.sock_connect(sock, ("127.0.0.1", port))
+                stalled.append(sock)
+            # The two over the cap are closed long before the 2 s timeout.
+            for sock in stalled[2:]:
+                assert await asyncio.wait_for(loop.sock_recv(sock, 1), 1.0) == b""
+            assert server.pending_handshakes == 2
+            for sock in stalled[:2]:
+                assert await asyncio.wait_for(loop.sock_recv(sock, 1), WAIT_TIMEOUT) == b""
+            await asyncio.wait_for(until(lambda: server.pending_handshakes == 0), WAIT_TIMEOUT)
+            async with scu_ae().associate_async(
+                "127.0.0.1", port, ae_title="TLSSCP", tls_args=(client_ssl(pki), None)
+            ) as assoc:
+                assert (await assoc.send_c_echo()).Status == 0
+        finally:
+            for sock in stalled:
+                sock.close()
+            await server.close()
+
+    run_on("uvloop", body())
+
+
 def test_close_drops_handshakes_in_progress(pki: Pki):
     async def body() -> None:
         server = await tls_server(pki)

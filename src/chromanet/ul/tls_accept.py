@@ -13,7 +13,10 @@ instead of letting ``create_server(ssl=...)`` do it out of sight, because:
   ``make_connection`` in the TLS transport's ``connection_made``, which the
   loop calls once the handshake is done, and the handshake is bounded by
   ``handshake_timeout``; a peer stalling handshakes cannot starve the slots,
-  and what fails is closed at once;
+  and what fails is closed at once; one host may have at most
+  ``max_pending_per_host`` handshakes running (further connections from it
+  are closed at once), so a peer cannot hold descriptors by the thousand
+  either;
 - the hand-over happens in ``connection_made``, before the TLS transport
   delivers any application data, so the A-ASSOCIATE-RQ that a TLS 1.3
   client sends straight behind its Finished reaches the ``ULConnection``
@@ -78,6 +81,7 @@ class TlsListener:
         make_connection: Callable[[], ULConnection | None],
         handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
         on_failed: Callable[[PeerAddress, str], None] | None = None,
+        max_pending_per_host: int | None = None,
     ) -> None:
         if not isinstance(context, ssl.SSLContext):
             raise TypeError(f"an ssl.SSLContext is needed, not {type(context).__name__}")
@@ -88,6 +92,8 @@ class TlsListener:
         self.sockets: list[socket.socket] = []
         self._accepting: list[asyncio.Task[None]] = []
         self._handshakes: set[asyncio.Task[None]] = set()
+        self.max_pending_per_host = max_pending_per_host
+        self._pending_by_host: dict[str, int] = {}
 
     @property
     def pending(self) -> int:
@@ -152,9 +158,25 @@ class TlsListener:
                     await asyncio.sleep(_ACCEPT_RETRY_DELAY)
                 continue
             address = (str(peer[0]), int(peer[1])) if isinstance(peer, tuple) else ("", 0)
+            host = address[0]
+            pending = self._pending_by_host.get(host, 0)
+            if self.max_pending_per_host and pending >= self.max_pending_per_host:
+                peer_log(LOGGER, logging.WARNING, host, "%s has %d TLS handshakes running (at most %d): closing %s:%d",
+                         host, pending, self.max_pending_per_host, host, address[1])
+                connection.close()
+                continue
+            self._pending_by_host[host] = pending + 1
             task = loop.create_task(self._handshake(connection, address))
             self._handshakes.add(task)
-            task.add_done_callback(self._handshakes.discard)
+            task.add_done_callback(lambda t, h=host: self._handshake_over(t, h))
+
+    def _handshake_over(self, task: asyncio.Task[None], host: str) -> None:
+        self._handshakes.discard(task)
+        left = self._pending_by_host.get(host, 1) - 1
+        if left > 0:
+            self._pending_by_host[host] = left
+        else:
+            self._pending_by_host.pop(host, None)
 
     async def _handshake(self, connection: socket.socket, peer: PeerAddress) -> None:
         """The server side of one handshake; the association is made by
