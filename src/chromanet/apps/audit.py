@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from chromanet import __version__
 from chromanet.services.observe import OperationRecord
+from chromanet.ul.negotiation import REJECT_REASONS
 
 if TYPE_CHECKING:
     from chromanet.apps.audit_writer import AuditWriter
@@ -40,17 +41,6 @@ USER_IDENTITY_TYPES = {1: "username", 2: "username+passcode", 3: "kerberos", 4: 
 #: A username longer than this is cut (a peer chooses it).
 MAX_USERNAME_CHARS = 128
 
-#: A-ASSOCIATE-RJ (source, reason) -> what it means (PS3.8 Table 9-21).
-REJECT_REASONS = {
-    (1, 1): "no reason given",
-    (1, 2): "application context name not supported",
-    (1, 3): "calling AE title not recognized",
-    (1, 7): "called AE title not recognized",
-    (2, 1): "no reason given",
-    (2, 2): "protocol version not supported",
-    (3, 1): "temporary congestion",
-    (3, 2): "local limit exceeded",
-}
 #: A-ABORT source 2 reason -> what it means (PS3.8 Table 9-26).
 PROVIDER_ABORT_REASONS = {
     0: "reason not specified",

@@ -54,6 +54,7 @@ __all__ = [
     "NegotiationResult",
     "AssociationRejected",
     "NegotiationError",
+    "REJECT_REASONS",
     "merge_context_specs",
     "build_associate_rq",
     "negotiate_as_requestor",
@@ -76,7 +77,8 @@ RJ_SOURCE_USER = 1
 RJ_SOURCE_ACSE = 2
 RJ_SOURCE_PRESENTATION = 3
 
-_RJ_REASONS: dict[tuple[int, int], str] = {
+#: A-ASSOCIATE-RJ (source, reason) -> what it means (PS3.8 Table 9-21).
+REJECT_REASONS: dict[tuple[int, int], str] = {
     (1, 1): "no reason given",
     (1, 2): "application context name not supported",
     (1, 3): "calling AE title not recognized",
@@ -201,7 +203,7 @@ class AssociationRejected(ChromanetError):
         text = (
             f"association {_RJ_RESULTS.get(result, f'rejected (result {result})')} by the "
             f"{_RJ_SOURCES.get(source, f'source {source}')}: "
-            f"{_RJ_REASONS.get((source, reason), f'reason {reason}')}"
+            f"{REJECT_REASONS.get((source, reason), f'reason {reason}')}"
         )
         super().__init__(f"{text} ({detail})" if detail else text)
 
