@@ -347,6 +347,7 @@ def run_scp(impl: str, port: int, nodelay: bool, data_dir: Path | None = None,
         import threading
 
         from chromanet.loopthread import new_event_loop
+        from chromanet.apps.access import AccessPolicy
         from chromanet.apps.node import NodeConfig, PaletteNode
         from chromanet.apps.tls_options import NodeTls
 
@@ -354,7 +355,10 @@ def run_scp(impl: str, port: int, nodelay: bool, data_dir: Path | None = None,
             raise SystemExit("chromanet-node needs --data-dir")
         config = NodeConfig(ae_title="BENCH-SCP", port=port, bind_address=HOST, data_dir=data_dir,
                             move_destinations={aet: (HOST, p) for aet, p in move_dests.items()},
-                            log_level="WARNING")
+                            log_level="WARNING",
+                            # Every operation for every peer (the bench clients move too); the
+                            # admission check still runs for each association, as in a real node.
+                            access=AccessPolicy())
         if tls_dir is not None:  # the TLS listener alone, on the port
             files = _tls_files(tls_dir)
             config.listen_plain = False
