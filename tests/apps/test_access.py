@@ -73,6 +73,8 @@ def test_config_errors_are_named() -> None:
         policy_from_settings(None, [{"address": "10.0.0.300/8", "operations": ["echo"]}], None, None)
     with pytest.raises(AccessConfigError, match="unknown keys"):
         policy_from_settings({"default": "allow"}, None, None, None)
+    with pytest.raises(AccessConfigError, match="require_user_identity needs"):
+        policy_from_settings({"require_user_identity": True}, None, None, None)
     with pytest.raises(AccessConfigError, match="key_file or key_env"):
         policy_from_settings(None, None, {"jwt": {"key": "in clear"}}, None)
 

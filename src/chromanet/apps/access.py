@@ -524,12 +524,15 @@ def policy_from_settings(
         else:
             stored = entry
         user_hashes[str(name)] = str(stored) if stored else None
+    verifier_set = IdentityVerifier(user_hashes, jwt, verifier)
+    if access.get("require_user_identity") and not verifier_set.configured:
+        raise AccessConfigError("[access] require_user_identity needs [users], [identity.jwt] or [identity] verifier")
     return AccessPolicy(
         rules=rules,
         default_operations=_operations(access.get("default_operations", OPERATIONS), "[access] default_operations"),
         default_move_destinations=_destinations(access.get("default_move_destinations")),
         default_may_replace_others=bool(access.get("default_may_replace_others", False)),
-        identity=IdentityVerifier(user_hashes, jwt, verifier),
+        identity=verifier_set,
         require_user_identity=bool(access.get("require_user_identity", False)),
     )
 

@@ -131,8 +131,8 @@ class PaletteNode:
         self.audit = self._build_audit()
         self.ae = self._build_ae()
         self.ae.tls_handshake_timeout = config.tls.handshake_timeout
-        #: The first listener (plain when there is one), and the TLS one.
         self.ae.association_observer = self.audit
+        #: The first listener (plain when there is one), and the TLS one.
         self.server: AsyncServer | None = None
         self.tls_server: AsyncServer | None = None
         self._move_tls_context: Any = None  # built when a destination needs it
@@ -218,6 +218,15 @@ class PaletteNode:
             if self.server is None:
                 self.server = self.tls_server
         assert self.server is not None
+        access = config.access
+        LOGGER.info(
+            "access: %d [[peers]] rule(s); peers without one may %s; called AE title %s; user identity %s",
+            len(access.rules),
+            ", ".join(sorted(access.default_operations)) or "nothing (rejected)",
+            "checked" if config.require_called_aet else "not checked",
+            ("required" if access.require_user_identity else "verified") if access.identity.configured
+            else "not checked",
+        )
         if self.audit is not None:
             self.audit.application_record("start", self.server.server_address)
         return self.server
