@@ -1113,7 +1113,9 @@ class Node:
         command = [str(self.exe), "serve", "--port", str(self.port), "--bind", HOST,
                    "--data-dir", str(self.work / "data"), "--log-level", "INFO",
                    "--network-timeout", t, "--pdu-timeout", t, "--idle-timeout", t, "--acse-timeout", t,
-                   "--dimse-timeout", t, "--max-associations", "1000", "--max-associations-per-host", "0"]
+                   "--dimse-timeout", t, "--max-associations", "1000", "--max-associations-per-host", "0",
+                   # Every operation open, so that mutated stores and moves reach the services.
+                   "--default-access", "all"]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          start_new_session=True)
