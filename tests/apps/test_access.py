@@ -559,3 +559,16 @@ def test_serve_settings_from_toml(tmp_path: Path) -> None:
     assert flags.access.default_operations == {"echo", "store"} and flags.require_called_aet is False
     default = load_node_config(build_parser().parse_args(["serve"]))
     assert default.access.default_operations == {"echo", "find", "get"}
+
+
+def test_failure_memory_is_bounded(alice_hash: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Failures are remembered per host, for a bounded number of hosts: a
+    guesser with many addresses cannot grow the node's memory."""
+    import chromanet.apps.access as access
+
+    monkeypatch.setattr(access, "_FAILING_HOSTS_KEPT", 8)
+    policy = policy_from_settings(None, None, None, {"scanner": {}})
+    for n in range(20):
+        assert _admit(policy, identity=_identity(1, b"nobody"), host=f"10.8.0.{n}").rejection == (1, 1, 1)
+    assert len(policy._failures) <= 8  # noqa: SLF001 (the bound itself is what is tested)
+    assert "10.8.0.19" in policy._failures  # noqa: SLF001 (the newest kept)

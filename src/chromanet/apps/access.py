@@ -71,6 +71,9 @@ _HASH_SCHEME = "scrypt"
 _FAILURES_PER_HOST = 5
 _FAILURE_WINDOW = 60.0
 _REMEMBERED_SUCCESSES = 256
+# Hosts whose recent failures are remembered at most (memory stays bounded
+# whatever number of addresses a guesser uses).
+_FAILING_HOSTS_KEPT = 10_000
 
 
 class AccessConfigError(ValueError):
@@ -447,7 +450,16 @@ class AccessPolicy:
         return len(failures) >= _FAILURES_PER_HOST
 
     def _count_failure(self, host: str) -> None:
-        self._failures.setdefault(host, deque(maxlen=_FAILURES_PER_HOST)).append(time.monotonic())
+        now = time.monotonic()
+        if host not in self._failures and len(self._failures) >= _FAILING_HOSTS_KEPT:
+            # Many hosts failing (addresses are cheap in IPv6): forget those
+            # whose failures are past the window, else the oldest.
+            horizon = now - _FAILURE_WINDOW
+            for stale in [h for h, times in self._failures.items() if times[-1] < horizon]:
+                del self._failures[stale]
+            if len(self._failures) >= _FAILING_HOSTS_KEPT:
+                del self._failures[min(self._failures, key=lambda h: self._failures[h][-1])]
+        self._failures.setdefault(host, deque(maxlen=_FAILURES_PER_HOST)).append(now)
 
 
 # ---------------------------------------------------------------- config
