@@ -13,7 +13,10 @@ only carries them out on the event loop:
 - one ``call_at`` timer stands for every deadline of the Upper Layer (ARTIM,
   network idle). It is re-armed lazily: a deadline that moved later (each
   received chunk moves the idle limit) is found when the timer fires, so the
-  receive path never touches the timer.
+  receive path never touches the timer;
+- on Linux, TCP_QUICKACK is re-armed after each receive (``tcp_quickack``),
+  so the peer's Nagle algorithm never waits on our delayed ACK (see
+  ``ULConnection``).
 
 Nothing here polls or sleeps.
 """
@@ -50,6 +53,9 @@ LOGGER = logging.getLogger("chromanet.ul")
 PACING_SLICE = 1 << 20
 
 _MESSAGE_KINDS = (DimseMessage, DatasetChunk, CommandArrived)
+
+# Linux only; elsewhere there is nothing to re-arm and quick ACKs are off.
+_TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 
 # The transport's write buffer high mark: above it, reading from the peer
 # pauses and paced writers wait (flow control both ways).
@@ -90,6 +96,19 @@ class ULConnection(asyncio.Protocol):
     reading too (``hold_reading``), e.g. while the peer has more operations
     outstanding than the negotiated window. Reading resumes when every hold
     is released.
+
+    Quick ACKs (``tcp_quickack``, on by default): a peer that runs Nagle's
+    algorithm (DCMTK without ``TCP_NODELAY=1``, pynetdicom) and writes a
+    PDU or a message in more than one ``send`` holds each later piece until
+    its first piece is acknowledged; Linux delays that ACK up to 40 ms when
+    we have nothing to send back, so every such message stalls, in both
+    roles (a store into us; the responses to our finds, stores and moves).
+    Linux's TCP_QUICKACK makes the kernel send the pending ACK now, but it
+    is not sticky: the kernel goes back to delaying ACKs on its own (e.g.
+    when we answer quickly, it takes the exchange for an interactive one),
+    so it is set again after every receive, one ``setsockopt`` per read.
+    A socket that refuses it (not TCP, or a platform without it) is left
+    alone from then on.
     """
 
     def __init__(
@@ -102,8 +121,10 @@ class ULConnection(asyncio.Protocol):
         network_timeout: float | None = None,
         pdu_timeout: float | None = None,
         idle_timeout: float | None = None,
+        tcp_quickack: bool = True,
     ) -> None:
         self.listener = listener
+        self.tcp_quickack = tcp_quickack
         self.is_requestor = requestor
         self.upper_layer = UpperLayer(
             requestor=requestor,
@@ -127,6 +148,8 @@ class ULConnection(asyncio.Protocol):
         #: Why the transport went away, when it said (a reset, a TLS alert).
         self.lost_exception: Exception | None = None
         self._read_holds: set[str] = set()  # reasons reading is paused
+        # The socket TCP_QUICKACK is re-armed on after each receive, or None.
+        self._quickack_socket: Any = None
 
     # ----------------------------------------------------------- properties
     @property
@@ -146,6 +169,12 @@ class ULConnection(asyncio.Protocol):
         """(local, peer) socket addresses, kept after the connection closed."""
         return self._addresses
 
+    @property
+    def acks_quickly(self) -> bool:
+        """True while TCP_QUICKACK is re-armed after each receive (asked
+        for, on Linux, on a socket that has not refused it)."""
+        return self._quickack_socket is not None
+
     def peername(self) -> tuple[str, int] | None:
         return self._addresses[1] if self._addresses[1][0] else None
 
@@ -163,6 +192,8 @@ class ULConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:  # not TCP (a UNIX socket in tests)
                 pass
+            if self.tcp_quickack and _TCP_QUICKACK is not None:
+                self._quickack_socket = sock
         #: The TLS parameters when the connection runs on TLS, else None.
         self.tls = tls_info_of(transport)
         local = transport.get_extra_info("sockname") or ("", 0)
@@ -183,6 +214,8 @@ class ULConnection(asyncio.Protocol):
                 self._carry_out()
             if indications:
                 self._deliver(indications)
+            if self._quickack_socket is not None:
+                self._rearm_quickack()
         except Exception:
             # A bug of ours, not the peer's doing: said once with its
             # traceback, and the association aborted, instead of the
@@ -330,6 +363,18 @@ class ULConnection(asyncio.Protocol):
         await waiter
 
     # -------------------------------------------------------------- inside
+    def _rearm_quickack(self) -> None:
+        """Acknowledge what was just read now, not in up to 40 ms.
+
+        Called after the receive was handled, so a response written
+        meanwhile has already carried the ACK (the kernel then has none
+        pending and only leaves its delayed-ACK mode)."""
+        try:
+            self._quickack_socket.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
+        except OSError as exc:  # not TCP, or the option is refused: stop trying here
+            self._quickack_socket = None
+            LOGGER.debug("TCP_QUICKACK not available on the connection from %s: %s", self.upper_layer.peer_label, exc)
+
     def _buffers(self, context_id: int, command: Command, dataset: Any) -> list[Any]:
         transport = self.transport
         if transport is None or transport.is_closing():
