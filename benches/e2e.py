@@ -44,7 +44,7 @@ Pairings (client -> SCP):
 - with ``--nagle``: peers as they are usually run, with Nagle's algorithm on
   (pynetdicom default; DCMTK without ``TCP_NODELAY=1``), against chromanet
   in both roles, each next to the same pairing with a TCP_NODELAY peer (the
-  ``x ND`` column: median / the NODELAY twin's median) and next to chromanet
+  ``x twin`` column: median / the NODELAY twin's median) and next to chromanet
   with ``tcp_quickack`` off (``noQA``: the stall the setting removes; run at
   ``--stall-scale`` sizes). Peer -> chromanet: pynetdicom for W8 store, W2/W3
   find and W6 move (the node moving to a pynetdicom store SCP of the same
@@ -53,7 +53,9 @@ Pairings (client -> SCP):
   DCMTK storescp for W8, and for W6 the node moving into a DCMTK storescp
   (the C-MOVE sub-association is chromanet's). DCMTK's findscu and movescu
   know only the Patient Root and Study Root models, so they do not query
-  the palette node.
+  the palette node. And chromanet async -> chromanet with ``tcp_quickack``
+  off at both ends (``cn-async:noQA``, W1, W3, W8): ``x twin`` of
+  ``cn-async`` is then what the re-arming costs where nothing stalls.
 - with ``--cross``: chromanet async -> pynetdicom + TCP_NODELAY, and
   pynetdicom + TCP_NODELAY -> chromanet.
 - with ``--tls``: chromanet async -> chromanet over TLS (the node's TLS
@@ -362,8 +364,9 @@ def pairings(args: argparse.Namespace) -> list[Pairing]:
 
 
 # --nagle: a pairing with a peer that runs Nagle's algorithm -> the same with
-# the peer on TCP_NODELAY (the "x ND" column).
-NODELAY_TWINS: dict[str, str] = {}
+# the peer on TCP_NODELAY; chromanet <-> chromanet -> the same with
+# tcp_quickack off (its cost). The "x twin" column.
+TWINS: dict[str, str] = {}
 
 
 def nagle_pairings(args: argparse.Namespace) -> list[Pairing]:
@@ -382,8 +385,13 @@ def nagle_pairings(args: argparse.Namespace) -> list[Pairing]:
         ):
             client, scp, dest = make(nodelay, quickack)
             out.append(Pairing(f"{key}:{suffix}", f"{label} ({note})", client, scp, scale=scale, dest=dest, only=ops))
-        NODELAY_TWINS[f"{key}:def"] = NODELAY_TWINS[f"{key}:def-noQA"] = f"{key}:nd"
+        TWINS[f"{key}:def"] = TWINS[f"{key}:def-noQA"] = f"{key}:nd"
 
+    # The price of the re-arming where nothing stalls: chromanet both ends.
+    out.append(Pairing("cn-async:noQA", "chromanet async -> chromanet, noQA",
+                       Side("chromanet-async", quickack=False), Side("chromanet", quickack=False),
+                       only=("w1-echo", "w3-find1", "w8-store")))
+    TWINS["cn-async"] = "cn-async:noQA"
     def chromanet(quickack: bool, impl: str = "chromanet") -> Side:
         return Side(impl, quickack=quickack)
 
@@ -515,8 +523,11 @@ def run_cell(cell: Cell, args: argparse.Namespace, registry: list[Peer], log_dir
         if w.peer_workload == "move":  # the third process: the move destination
             dest = p.dest or p.scp
             if dest.impl == "dcmtk":
+                # Palettes from the chromanet node: the profile that accepts them.
+                profile = [] if p.scp.impl == "dcmtk" else ["-xf", str(PALETTE_PROFILE), "Palettes"]
+
                 def store_argv(port: int) -> list[str]:
-                    return [f"{DCMTK_BIN}/storescp", "--ignore", "-aet", MOVE_AET, str(port)]
+                    return [f"{DCMTK_BIN}/storescp", "--ignore", *profile, "-aet", MOVE_AET, str(port)]
                 store_scp, store_port = start_scp(store_argv, log, registry, dcmtk_env(dest.nodelay), False)
             else:
                 def store_argv(port: int) -> list[str]:
@@ -641,7 +652,7 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         for tls, plain in PLAIN_TWINS.items():
             if by.get(tls) and by.get(plain):
                 out.setdefault(w, {})[f"{tls}/{plain}"] = by[tls] / by[plain]
-        for nagle, nodelay in NODELAY_TWINS.items():
+        for nagle, nodelay in TWINS.items():
             if by.get(nagle) and by.get(nodelay):
                 out.setdefault(w, {})[f"{nagle}/{nodelay}"] = by[nagle] / by[nodelay]
     return out
@@ -654,7 +665,7 @@ def ops_per_run(row: dict[str, Any]) -> int:
 
 def print_table(rows: list[dict[str, Any]], rat: dict[str, dict[str, float]]) -> None:
     head = (f"  {'pairing (client -> SCP)':42} {'n/run':>6} {'median':>9} {'min-max':>17} "
-            f"{'x pyn+ND':>9} {'x pyn':>6} {'x DCMTK':>8} {'x plain':>8} {'x ND':>6} {'SCP RSS':>8}")
+            f"{'x pyn+ND':>9} {'x pyn':>6} {'x DCMTK':>8} {'x plain':>8} {'x twin':>6} {'SCP RSS':>8}")
     print(head)
     print("-" * len(head))
     last = None
@@ -674,7 +685,7 @@ def print_table(rows: list[dict[str, Any]], rat: dict[str, dict[str, float]]) ->
         x_dcm = rr.get(f"{r['pairing']}/dcmtk")
         twin = PLAIN_TWINS.get(r["pairing"])
         x_plain = rr.get(f"{r['pairing']}/{twin}") if twin else None
-        nd_twin = NODELAY_TWINS.get(r["pairing"])
+        nd_twin = TWINS.get(r["pairing"])
         x_nd_twin = rr.get(f"{r['pairing']}/{nd_twin}") if nd_twin else None
         rng = f"{fmt_rate(r['min'])}-{fmt_rate(r['max'])}"
         rss = f"{r['scp_peak_rss_kb'] / 1024:.0f} MB" if r["scp_peak_rss_kb"] else "-"
@@ -882,8 +893,9 @@ def main(argv: list[str] | None = None) -> int:
           f"DCMTK runs W2-W6 on the Patient Root model (dcmqrscp, Secondary Capture images of the same file "
           f"size, series-level retrieve); its clients are timed as whole processes (start, association, release).\n"
           f"'x plain' = a TLS pairing's median / the same pairing's over plain TCP.\n"
-          f"'x ND' (--nagle) = a pairing with a Nagle peer: median / the same pairing's with the peer on "
-          f"TCP_NODELAY; noQA = chromanet with tcp_quickack off.")
+          f"'x twin' (--nagle) = a pairing with a Nagle peer: median / the same pairing's with the peer on "
+          f"TCP_NODELAY (peer ND);\ncn-async: median / cn-async:noQA's (the cost of quick ACKs); "
+          f"noQA = chromanet with tcp_quickack off.")
     print(f"{meta['elapsed_s']} s; JSON: {args.out}")
     print(chart_note(args, rows))
     failed = any(c.failure for c in cells) or any(c.errors for c in cells)

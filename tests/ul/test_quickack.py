@@ -15,10 +15,13 @@ from typing import Any
 import pytest
 import uvloop
 
+from chromanet._dimse import Command
+from chromanet._pdata import CommandArrived, DimseMessage
 from chromanet.ul import connection as connection_module
 from chromanet.ul.connection import ULConnection
 from helpers.servers import configure_scp_ae, scu_ae
 from helpers.tls import Pki, client_ssl, server_ssl
+from helpers.waits import WAIT_TIMEOUT, until
 
 QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 linux_only = pytest.mark.skipif(QUICKACK is None, reason="TCP_QUICKACK is Linux's")
@@ -122,37 +125,97 @@ def test_refused_once_then_left_alone_logged_once(caplog: pytest.LogCaptureFixtu
     assert len(said) == 1 and said[0].levelno == logging.DEBUG
 
 
+# ------------------------------------------- when it matters, and when not
+def drive_indications(indications: list[Any]) -> int:
+    """setsockopt(TCP_QUICKACK) calls after one receive that made these
+    indications, with nothing left partial in the Upper Layer."""
+
+    async def body() -> int:
+        sock = FakeSocket()
+        conn = ULConnection(NullListener(), requestor=False, max_receive_pdu_length=16382)
+        conn.connection_made(FakeTransport(sock))
+        conn.upper_layer.receive_data = lambda data, now: list(indications)  # type: ignore[method-assign]
+        conn.data_received(b"\x04")
+        conn.connection_lost(None)
+        return sock.quickacks()
+
+    return asyncio.run(body())
+
+
+ECHO_RQ = Command(0x0030, message_id=1, command_data_set_type=0x0101)
+FIND_RQ = Command(0x0020, message_id=2, command_data_set_type=0x0000)
+
+
+@linux_only
+@pytest.mark.parametrize(
+    "indications, rearmed",
+    [
+        pytest.param([DimseMessage(1, ECHO_RQ, None)], False, id="a whole request: our answer carries the ACK"),
+        pytest.param([DimseMessage(1, Command(0x8030, status=0x0000), None)], False,
+                     id="a final response: the peer waits for us"),
+        pytest.param([DimseMessage(1, Command(0x8020, status=0xFF00), b"")], True,
+                     id="a pending response: more follow"),
+        pytest.param([DimseMessage(1, Command(0x8020, status=0xFF01), b"")], True, id="pending, warning"),
+        pytest.param([DimseMessage(1, Command(0x8020, status=0xFF00), b""),
+                      DimseMessage(1, Command(0x8020, status=0x0000), None)], False, id="pending then final"),
+        pytest.param([CommandArrived(1, FIND_RQ)], True, id="a command whose data set follows"),
+        pytest.param([], True, id="nothing whole yet"),
+    ],
+)
+def test_rearmed_only_when_the_peer_may_wait(indications: list[Any], rearmed: bool) -> None:
+    assert drive_indications(indications) == int(rearmed)
+
+
 # -------------------------------------------------- real loopback associations
 def _connections(server: Any, assoc: Any) -> list[ULConnection]:
     (theirs,) = server.active_associations
     return [assoc._ul.connection, theirs._ul.connection]
 
 
-def _quickack_now(conn: ULConnection) -> int:
-    sock = conn.transport.get_extra_info("socket")  # type: ignore[union-attr]
-    return int(sock.getsockopt(socket.IPPROTO_TCP, QUICKACK))
+def _socket(conn: ULConnection) -> Any:
+    return conn.transport.get_extra_info("socket")  # type: ignore[union-attr]
+
+
+async def _piece_rearms(sender: ULConnection, receiver: ULConnection) -> int:
+    """Put the receiver's socket in delayed-ACK mode, send it the first
+    bytes of an A-RELEASE-RQ (a PDU in pieces, as a Nagle peer writes
+    them), and read TCP_QUICKACK back once they are in: 1 when re-armed.
+    The rest of the PDU follows, so the association ends released."""
+    _socket(receiver).setsockopt(socket.IPPROTO_TCP, QUICKACK, 0)
+    assert _socket(receiver).getsockopt(socket.IPPROTO_TCP, QUICKACK) == 0
+    sender.transport.write(RELEASE_RQ[:2])  # type: ignore[union-attr]
+    await asyncio.wait_for(until(lambda: receiver.upper_layer.in_pdu), WAIT_TIMEOUT)
+    got = int(_socket(receiver).getsockopt(socket.IPPROTO_TCP, QUICKACK))
+    sender.transport.write(RELEASE_RQ[2:])  # type: ignore[union-attr]
+    return got
+
+
+RELEASE_RQ = bytes([0x05, 0x00, 0, 0, 0, 4, 0, 0, 0, 0])
 
 
 @linux_only
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
 @pytest.mark.parametrize("loop_name", sorted(LOOPS))
-def test_both_ends_rearm_it_after_a_receive(loop_name: str) -> None:
+def test_rearmed_on_a_real_socket_after_a_piece(pki: Pki, loop_name: str, tls: bool) -> None:
     """The kernel reads TCP_QUICKACK back as 1 when it is out of its
-    delayed-ACK ("pingpong") mode. Each end is put into that mode by hand
-    before an exchange; after a receive it is out of it again."""
+    delayed-ACK ("pingpong") mode: after a piece of a PDU arrived, the
+    requestor's socket is out of it again. Under TLS the transport still
+    gives the TCP socket, and the association works as without."""
 
     async def body() -> None:
-        server = await configure_scp_ae("QA").start_server_async(("127.0.0.1", 0))
+        ssl_context = server_ssl(pki) if tls else None
+        server = await configure_scp_ae("QA").start_server_async(("127.0.0.1", 0), ssl_context=ssl_context)
         try:
-            ae = scu_ae()
-            async with ae.associate_async("127.0.0.1", server.server_address[1], ae_title="QA") as assoc:
-                ours, theirs = _connections(server, assoc)
-                assert ours.acks_quickly and theirs.acks_quickly
-                for _ in range(3):
-                    for conn in (ours, theirs):
-                        sock = conn.transport.get_extra_info("socket")  # type: ignore[union-attr]
-                        sock.setsockopt(socket.IPPROTO_TCP, QUICKACK, 0)
-                    assert (await assoc.send_c_echo()).Status == 0
-                    assert _quickack_now(ours) == 1  # re-armed after the C-ECHO-RSP arrived
+            tls_args = (client_ssl(pki), None) if tls else None
+            assoc = await scu_ae().associate_async("127.0.0.1", server.server_address[1], ae_title="QA",
+                                                   tls_args=tls_args)
+            assert assoc.is_established and (assoc.tls is not None) == tls
+            for _ in range(3):
+                assert (await assoc.send_c_echo()).Status == 0
+            ours, theirs = _connections(server, assoc)
+            assert ours.acks_quickly and theirs.acks_quickly
+            assert await _piece_rearms(theirs, ours) == 1
+            await asyncio.wait_for(until(lambda: assoc.is_released), WAIT_TIMEOUT)
         finally:
             await server.close()
 
@@ -173,31 +236,6 @@ def test_turned_off_on_the_ae_both_roles(loop_name: str) -> None:
                 ours, theirs = _connections(server, assoc)
                 assert not ours.tcp_quickack and not theirs.tcp_quickack
                 assert not ours.acks_quickly and not theirs.acks_quickly
-        finally:
-            await server.close()
-
-    LOOPS[loop_name](asyncio.wait_for(body(), 60))
-
-
-@linux_only
-@pytest.mark.parametrize("loop_name", sorted(LOOPS))
-def test_tls_connections_reach_the_tcp_socket(pki: Pki, loop_name: str) -> None:
-    """Under TLS the transport still gives the TCP socket: the option is set
-    on it, and the association works as it does without."""
-
-    async def body() -> None:
-        server = await configure_scp_ae("TLSQA").start_server_async(("127.0.0.1", 0), ssl_context=server_ssl(pki))
-        try:
-            tls_args = (client_ssl(pki), None)
-            ae = scu_ae()
-            port = server.server_address[1]
-            async with ae.associate_async("127.0.0.1", port, ae_title="TLSQA", tls_args=tls_args) as assoc:
-                for _ in range(5):
-                    assert (await assoc.send_c_echo()).Status == 0
-                ours, theirs = _connections(server, assoc)
-                assert assoc.tls is not None
-                assert ours.acks_quickly and theirs.acks_quickly
-                assert _quickack_now(ours) == 1
         finally:
             await server.close()
 
