@@ -768,7 +768,8 @@ def chart_note(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
 
 
 def cell_size(w: Workload, p: Pairing) -> int:
-    size = scaled(w.size, p.scale, w.clients)
+    # W2 expects every match of its data set: never scaled down.
+    size = w.size if w.peer_workload == "find-many" else scaled(w.size, p.scale, w.clients)
     if p.key == "dcmtk" and w.dataset is not None and w.peer_workload != "find-one":
         size = min(size, DCMTK_MAX_IMAGES)  # its data set holds at most this many
     return size

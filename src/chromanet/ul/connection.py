@@ -213,14 +213,14 @@ class ULConnection(asyncio.Protocol):
         upper = self.upper_layer
         try:
             indications = upper.receive_data(data, self._loop.time())
+            if self._quickack_socket is not None and self._peer_may_wait_for_ack(indications):
+                self._rearm_quickack()  # before delivering: the peer's next piece comes meanwhile
             # In Sta6 a receive only moves the idle deadline later (found when
             # the timer fires); elsewhere it may start or stop ARTIM.
             if upper.has_data_to_send or upper.close_requested or upper.state is not State.STA6:
                 self._carry_out()
             if indications:
                 self._deliver(indications)
-            if self._quickack_socket is not None and self._peer_may_wait_for_ack(indications):
-                self._rearm_quickack()
         except Exception:
             # A bug of ours, not the peer's doing: said once with its
             # traceback, and the association aborted, instead of the
@@ -382,6 +382,8 @@ class ULConnection(asyncio.Protocol):
         segment: re-arming after every receive cost chromanet <-> chromanet
         about 10 % of its C-ECHO rate (benches/e2e.py --nagle, cn-async)."""
         upper = self.upper_layer
+        if upper.close_requested:
+            return False  # nothing more will be read
         if upper.in_pdu or upper.in_message or not indications:
             return True
         last = indications[-1]
@@ -392,11 +394,9 @@ class ULConnection(asyncio.Protocol):
         return True
 
     def _rearm_quickack(self) -> None:
-        """Acknowledge what was just read now, not in up to 40 ms.
-
-        Called after the receive was handled, so a response written
-        meanwhile has already carried the ACK (the kernel then has none
-        pending and only leaves its delayed-ACK mode)."""
+        """Acknowledge what was just read now, not in up to 40 ms (the
+        kernel sends its pending ACK at once and leaves its delayed-ACK
+        mode until we next send)."""
         try:
             self._quickack_socket.setsockopt(socket.IPPROTO_TCP, _TCP_QUICKACK, 1)
         except OSError as exc:  # not TCP, or the option is refused: stop trying here
