@@ -41,6 +41,21 @@ Pairings (client -> SCP):
   the Patient Root model: DCMTK has no Color Palette Q/R SCP), all with
   ``TCP_NODELAY=1`` in their environment; skipped with a message when DCMTK
   is not installed.
+- with ``--nagle``: peers as they are usually run, with Nagle's algorithm on
+  (pynetdicom default; DCMTK without ``TCP_NODELAY=1``), against chromanet
+  in both roles, each next to the same pairing with a TCP_NODELAY peer (the
+  ``x twin`` column: median / the NODELAY twin's median) and next to chromanet
+  with ``tcp_quickack`` off (``noQA``: the stall the setting removes; run at
+  ``--stall-scale`` sizes). Peer -> chromanet: pynetdicom for W8 store, W2/W3
+  find and W6 move (the node moving to a pynetdicom store SCP of the same
+  kind), DCMTK storescu for W8. chromanet -> peer: pynetdicom SCPs for the
+  same four (the peer's C-MOVE sub-association into a chromanet store SCP),
+  DCMTK storescp for W8, and for W6 the node moving into a DCMTK storescp
+  (the C-MOVE sub-association is chromanet's). DCMTK's findscu and movescu
+  know only the Patient Root and Study Root models, so they do not query
+  the palette node. And chromanet async -> chromanet with ``tcp_quickack``
+  off at both ends (``cn-async:noQA``, W1, W3, W8): ``x twin`` of
+  ``cn-async`` is then what the re-arming costs where nothing stalls.
 - with ``--cross``: chromanet async -> pynetdicom + TCP_NODELAY, and
   pynetdicom + TCP_NODELAY -> chromanet.
 - with ``--tls``: chromanet async -> chromanet over TLS (the node's TLS
@@ -247,6 +262,15 @@ MOVE_AET = "BENCH-STORE"
 DCMTK_MAX_IMAGES = 4000  # dcmqrscp's index holds ~4100 images (see e2e_peers.py): W2 runs at most this on DCMTK
 
 
+def dcmtk_env(nodelay: bool) -> dict[str, str]:
+    """A DCMTK tool's environment: DCMTK sets TCP_NODELAY on its sockets
+    when ``TCP_NODELAY=1`` is in it; without it, Nagle's algorithm is on."""
+    env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+    if nodelay:
+        env["TCP_NODELAY"] = "1"
+    return env
+
+
 def dcmtk_missing() -> str | None:
     """None when DCMTK's tools are in /usr/bin, else what is missing."""
     missing = [t for t in DCMTK_TOOLS if not os.access(f"{DCMTK_BIN}/{t}", os.X_OK)]
@@ -266,6 +290,7 @@ class Side:
     impl: str  # chromanet | pynetdicom | dcmtk (SCP); client: chromanet-async | chromanet-blocking | pynetdicom | dcmtk
     nodelay: bool = False
     tls: bool = False
+    quickack: bool = True  # chromanet: AE.tcp_quickack
 
 
 @dataclass
@@ -276,6 +301,8 @@ class Pairing:
     scp: Side
     scale: float = 1.0  # size multiplier (for the stalling pynetdicom default)
     qr: bool = True  # runs the Q/R workloads W2-W6
+    dest: Side | None = None  # W6: the move destination (default: a store SCP of the SCP's kind)
+    only: tuple[str, ...] | None = None  # runs only these workloads
 
 
 @dataclass
@@ -328,9 +355,59 @@ def pairings(args: argparse.Namespace) -> list[Pairing]:
         if not args.no_dcmtk and args.dcmtk_missing is None:
             out.append(Pairing("dcmtk-tls", "DCMTK tools -> storescp, TLS (ND=1)",
                                Side("dcmtk", True, tls=True), Side("dcmtk", True, tls=True), qr=False))
+    if args.nagle:
+        out += nagle_pairings(args)
     if args.only:
         keys = set(args.only.split(","))
         out = [p for p in out if p.key in keys]
+    return out
+
+
+# --nagle: a pairing with a peer that runs Nagle's algorithm -> the same with
+# the peer on TCP_NODELAY; chromanet <-> chromanet -> the same with
+# tcp_quickack off (its cost). The "x twin" column.
+TWINS: dict[str, str] = {}
+
+
+def nagle_pairings(args: argparse.Namespace) -> list[Pairing]:
+    """Peers with and without TCP_NODELAY against chromanet, both roles, with
+    chromanet's tcp_quickack on and off (see the module docstring)."""
+    node_ops = ("w8-store", "w2-find", "w3-find1", "w6-move")
+    out: list[Pairing] = []
+
+    def trio(key: str, label: str, ops: tuple[str, ...], make: Any) -> None:
+        """The ND pairing, the default-peer pairing, and the latter with
+        quickack off; ``make(nodelay, quickack)`` -> (client, SCP, dest)."""
+        for suffix, note, nodelay, quickack, scale in (
+            ("nd", "peer ND", True, True, 1.0),
+            ("def", "peer default", False, True, 1.0),
+            ("def-noQA", "default, noQA", False, False, args.stall_scale),
+        ):
+            client, scp, dest = make(nodelay, quickack)
+            out.append(Pairing(f"{key}:{suffix}", f"{label} ({note})", client, scp, scale=scale, dest=dest, only=ops))
+        TWINS[f"{key}:def"] = TWINS[f"{key}:def-noQA"] = f"{key}:nd"
+
+    # The price of the re-arming where nothing stalls: chromanet both ends.
+    out.append(Pairing("cn-async:noQA", "chromanet async -> chromanet, noQA",
+                       Side("chromanet-async", quickack=False), Side("chromanet", quickack=False),
+                       only=("w1-echo", "w3-find1", "w8-store")))
+    TWINS["cn-async"] = "cn-async:noQA"
+    def chromanet(quickack: bool, impl: str = "chromanet") -> Side:
+        return Side(impl, quickack=quickack)
+
+    # peer -> chromanet (chromanet is the SCP; W6: the node's sub-association into the peer)
+    trio("pyn>cn", "pynetdicom -> chromanet", node_ops,
+         lambda nd, qa: (Side("pynetdicom", nd), chromanet(qa), Side("pynetdicom", nd)))
+    # chromanet -> peer (chromanet is the SCU; W6: the peer's sub-association into chromanet)
+    trio("cn>pyn", "chromanet -> pynetdicom", node_ops,
+         lambda nd, qa: (chromanet(qa, "chromanet-async"), Side("pynetdicom", nd), chromanet(qa)))
+    if not args.no_dcmtk and args.dcmtk_missing is None:
+        trio("dcmtk>cn", "storescu -> chromanet", ("w8-store",),
+             lambda nd, qa: (Side("dcmtk", nd), chromanet(qa), None))
+        trio("cn>dcmtk", "chromanet -> storescp", ("w8-store",),
+             lambda nd, qa: (chromanet(qa, "chromanet-async"), Side("dcmtk", nd), None))
+        trio("cn=>dcmtk", "chromanet -> node => storescp", ("w6-move",),
+             lambda nd, qa: (chromanet(qa, "chromanet-async"), chromanet(qa), Side("dcmtk", nd)))
     return out
 
 
@@ -409,6 +486,8 @@ def scp_argv(side: Side, w: Workload, port: int, args: argparse.Namespace, log_d
     argv += ["--impl", impl]
     if side.nodelay and side.impl == "pynetdicom":
         argv.append("--nodelay")
+    if not side.quickack:
+        argv.append("--no-quickack")
     if side.tls:
         argv += ["--tls-dir", str(args.tls_dir)]
     return argv, True
@@ -438,19 +517,23 @@ def run_cell(cell: Cell, args: argparse.Namespace, registry: list[Peer], log_dir
     scp = store_scp = None
     sampler = None
     clients: list[Peer] = []
-    dcmtk_env = dict(os.environ, TCP_NODELAY="1")  # DCMTK sets TCP_NODELAY when this is set
-    env = dcmtk_env if p.scp.impl == "dcmtk" else None
+    env = dcmtk_env(p.scp.nodelay) if p.scp.impl == "dcmtk" else None
     try:
         store_port = None
         if w.peer_workload == "move":  # the third process: the move destination
-            if p.scp.impl == "dcmtk":
+            dest = p.dest or p.scp
+            if dest.impl == "dcmtk":
+                # Palettes from the chromanet node: the profile that accepts them.
+                profile = [] if p.scp.impl == "dcmtk" else ["-xf", str(PALETTE_PROFILE), "Palettes"]
+
                 def store_argv(port: int) -> list[str]:
-                    return [f"{DCMTK_BIN}/storescp", "--ignore", "-aet", MOVE_AET, str(port)]
-                store_scp, store_port = start_scp(store_argv, log, registry, dcmtk_env, False)
+                    return [f"{DCMTK_BIN}/storescp", "--ignore", *profile, "-aet", MOVE_AET, str(port)]
+                store_scp, store_port = start_scp(store_argv, log, registry, dcmtk_env(dest.nodelay), False)
             else:
                 def store_argv(port: int) -> list[str]:
-                    argv = [py, str(PEERS), "scp", "--impl", p.scp.impl, "--port", str(port)]
-                    return argv + (["--nodelay"] if p.scp.nodelay else [])
+                    argv = [py, str(PEERS), "scp", "--impl", dest.impl, "--port", str(port)]
+                    argv += ["--nodelay"] if dest.nodelay and dest.impl == "pynetdicom" else []
+                    return argv + ([] if dest.quickack else ["--no-quickack"])
                 store_scp, store_port = start_scp(store_argv, log, registry, None, True)
         side = p.scp
         eof_exits = side.impl != "dcmtk"
@@ -466,8 +549,10 @@ def run_cell(cell: Cell, args: argparse.Namespace, registry: list[Peer], log_dir
                 argv += ["--uids", str(args.data_root / "uids" / f"{w.dataset}.txt")]
                 if p.client.impl == "dcmtk":
                     argv += ["--dcmtk-keys", str(args.data_root / "dcmtk" / f"{w.dataset}.json")]
-            if p.client.nodelay and p.client.impl == "pynetdicom":
+            if p.client.nodelay and p.client.impl in ("pynetdicom", "dcmtk"):
                 argv.append("--nodelay")
+            if not p.client.quickack:
+                argv.append("--no-quickack")
             if p.client.tls:
                 argv += ["--tls-dir", str(args.tls_dir)]
             clients.append(Peer(argv, log, registry))
@@ -537,6 +622,10 @@ def fmt_rate(x: float | None) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}"
 
 
+def fmt_pct(x: float | None) -> str:
+    return f"{100 * x:.0f}%" if x else ""
+
+
 def fmt_ratio(x: float | None) -> str:
     if not x:
         return ""
@@ -563,6 +652,9 @@ def ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         for tls, plain in PLAIN_TWINS.items():
             if by.get(tls) and by.get(plain):
                 out.setdefault(w, {})[f"{tls}/{plain}"] = by[tls] / by[plain]
+        for nagle, nodelay in TWINS.items():
+            if by.get(nagle) and by.get(nodelay):
+                out.setdefault(w, {})[f"{nagle}/{nodelay}"] = by[nagle] / by[nodelay]
     return out
 
 
@@ -573,7 +665,7 @@ def ops_per_run(row: dict[str, Any]) -> int:
 
 def print_table(rows: list[dict[str, Any]], rat: dict[str, dict[str, float]]) -> None:
     head = (f"  {'pairing (client -> SCP)':42} {'n/run':>6} {'median':>9} {'min-max':>17} "
-            f"{'x pyn+ND':>9} {'x pyn':>6} {'x DCMTK':>8} {'x plain':>8} {'SCP RSS':>8}")
+            f"{'x pyn+ND':>9} {'x pyn':>6} {'x DCMTK':>8} {'x plain':>8} {'x twin':>6} {'SCP RSS':>8}")
     print(head)
     print("-" * len(head))
     last = None
@@ -593,13 +685,15 @@ def print_table(rows: list[dict[str, Any]], rat: dict[str, dict[str, float]]) ->
         x_dcm = rr.get(f"{r['pairing']}/dcmtk")
         twin = PLAIN_TWINS.get(r["pairing"])
         x_plain = rr.get(f"{r['pairing']}/{twin}") if twin else None
+        nd_twin = TWINS.get(r["pairing"])
+        x_nd_twin = rr.get(f"{r['pairing']}/{nd_twin}") if nd_twin else None
         rng = f"{fmt_rate(r['min'])}-{fmt_rate(r['max'])}"
         rss = f"{r['scp_peak_rss_kb'] / 1024:.0f} MB" if r["scp_peak_rss_kb"] else "-"
         err = f"  ({r['dimse_errors']} DIMSE errors)" if r["dimse_errors"] else ""
         err += f"  ({len(r['incidents'])} failed run(s) re-run, see JSON)" if r["incidents"] else ""
         print(f"  {r['pairing_label']:42} {n:>6} {fmt_rate(r['median']):>9} {rng:>17} "
               f"{fmt_ratio(x_nd):>9} {fmt_ratio(x_def):>6} {fmt_ratio(x_dcm):>8} {fmt_ratio(x_plain):>8} "
-              f"{rss:>8}{err}")
+              f"{fmt_pct(x_nd_twin):>6} {rss:>8}{err}")
 
 
 def versions() -> dict[str, str]:
@@ -636,6 +730,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="size multiplier for the pynetdicom-default pairing (default 0.05)")
     p.add_argument("--no-default-baseline", action="store_true", help="skip the pynetdicom default pairing")
     p.add_argument("--cross", action="store_true", help="also run the cross pairings (adds 1.5 to 4 min: see README on pynetdicom's reply race)")
+    p.add_argument("--nagle", action="store_true",
+                   help="also run peers with Nagle's algorithm on (pynetdicom default, DCMTK without "
+                        "TCP_NODELAY=1) against chromanet, both roles, next to their TCP_NODELAY twins and "
+                        "to chromanet with tcp_quickack off (pairings pyn>cn:*, cn>pyn:*, dcmtk>cn:*, "
+                        "cn>dcmtk:*, cn=>dcmtk:*)")
     p.add_argument("--tls", action="store_true",
                    help="also run chromanet and DCMTK over TLS (pairings cn-async-tls, dcmtk-tls)")
     p.add_argument("--only", help="comma-separated pairing keys: cn-async,cn-blocking,pyn-nodelay,pyn-default,"
@@ -669,7 +768,8 @@ def chart_note(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
 
 
 def cell_size(w: Workload, p: Pairing) -> int:
-    size = scaled(w.size, p.scale, w.clients)
+    # W2 expects every match of its data set: never scaled down.
+    size = w.size if w.peer_workload == "find-many" else scaled(w.size, p.scale, w.clients)
     if p.key == "dcmtk" and w.dataset is not None and w.peer_workload != "find-one":
         size = min(size, DCMTK_MAX_IMAGES)  # its data set holds at most this many
     return size
@@ -697,7 +797,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dcmtk_missing:
         print(f"e2e: no DCMTK pairing: {args.dcmtk_missing}", flush=True)
     chosen = workloads(args)
-    cells = [Cell(w, p, cell_size(w, p)) for w in chosen for p in pairings(args) if p.qr or w.dataset is None]
+    cells = [Cell(w, p, cell_size(w, p)) for w in chosen for p in pairings(args)
+             if (p.qr or w.dataset is None) and (p.only is None or w.key in p.only)]
     tls_root = None
     if args.tls:
         import tempfile
@@ -792,7 +893,10 @@ def main(argv: list[str] | None = None) -> int:
           f"process (DCMTK dcmqrscp: the largest of the parent and its per-association children).\n"
           f"DCMTK runs W2-W6 on the Patient Root model (dcmqrscp, Secondary Capture images of the same file "
           f"size, series-level retrieve); its clients are timed as whole processes (start, association, release).\n"
-          f"'x plain' = a TLS pairing's median / the same pairing's over plain TCP.")
+          f"'x plain' = a TLS pairing's median / the same pairing's over plain TCP.\n"
+          f"'x twin' (--nagle) = a pairing with a Nagle peer: median / the same pairing's with the peer on "
+          f"TCP_NODELAY (peer ND);\ncn-async: median / cn-async:noQA's (the cost of quick ACKs); "
+          f"noQA = chromanet with tcp_quickack off.")
     print(f"{meta['elapsed_s']} s; JSON: {args.out}")
     print(chart_note(args, rows))
     failed = any(c.failure for c in cells) or any(c.errors for c in cells)

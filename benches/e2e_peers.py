@@ -5,7 +5,7 @@ session so that the harness can kill the whole process group.
 
 SCP::
 
-    python benches/e2e_peers.py scp --impl chromanet|pynetdicom [--nodelay] --port P
+    python benches/e2e_peers.py scp --impl chromanet|pynetdicom [--nodelay] --port P [--no-quickack]
     python benches/e2e_peers.py scp --impl chromanet-node|pynetdicom-qr --port P
         --data-dir DIR [--move-dest AET=PORT]
     ... [--tls-dir DIR]    (chromanet, chromanet-node: TLS only, DIR/server.pem)
@@ -17,7 +17,9 @@ SCP::
   archive built by ``data``; ``pynetdicom-qr`` is a pynetdicom Color Palette
   Q/R SCP answering from an in-memory list of the same data sets (read from
   the archive's files at start). Each exits when its stdin closes (so an SCP
-  never outlives a harness that died), or on SIGTERM.
+  never outlives a harness that died), or on SIGTERM. ``--no-quickack``: the
+  chromanet SCPs with ``AE.tcp_quickack`` off (the node: ``tcp_quickack =
+  false``), to compare with it on against peers that run Nagle's algorithm.
 
 Data::
 
@@ -41,7 +43,10 @@ Client::
   find-one (N C-FINDs of one SOP Instance UID each), get (one C-GET of the N
   UIDs in ``--uids``), move (one C-MOVE of them to ``--move-aet``). ``dcmtk``
   runs DCMTK's tools (``/usr/bin/echoscu`` ... ) once per ``go`` and times the
-  process, Patient Root on dcmqrscp for the Q/R workloads (``--dcmtk-keys``).
+  process, Patient Root on dcmqrscp for the Q/R workloads (``--dcmtk-keys``);
+  ``--nodelay`` puts ``TCP_NODELAY=1`` in the tools' environment (without it
+  they run as DCMTK-based nodes usually do: Nagle's algorithm on).
+  ``--no-quickack``: the chromanet clients with ``AE.tcp_quickack`` off.
 
   Sets up (imports, AE, data sets, an untimed warm-up run of size W), prints ``ready``, then per ``go`` line on
   stdin runs the workload once and prints one JSON line
@@ -321,7 +326,7 @@ def _tls_files(tls_dir: Path) -> dict[str, str]:
 
 
 def run_scp(impl: str, port: int, nodelay: bool, data_dir: Path | None = None,
-            move_dests: dict[str, int] | None = None, tls_dir: Path | None = None) -> None:
+            move_dests: dict[str, int] | None = None, tls_dir: Path | None = None, quickack: bool = True) -> None:
     """``tls_dir``: listen for TLS only, with the server certificate there."""
     move_dests = move_dests or {}
     ssl_context = None
@@ -337,6 +342,7 @@ def run_scp(impl: str, port: int, nodelay: bool, data_dir: Path | None = None,
         from chromanet.ae import AE
 
         ae = AE("BENCH-SCP")
+        ae.tcp_quickack = quickack
         ae.maximum_associations = 64
         ae.add_supported_context(VERIFICATION)
         ae.add_supported_context(COLOR_PALETTE_STORAGE)
@@ -355,7 +361,7 @@ def run_scp(impl: str, port: int, nodelay: bool, data_dir: Path | None = None,
             raise SystemExit("chromanet-node needs --data-dir")
         config = NodeConfig(ae_title="BENCH-SCP", port=port, bind_address=HOST, data_dir=data_dir,
                             move_destinations={aet: (HOST, p) for aet, p in move_dests.items()},
-                            log_level="WARNING",
+                            log_level="WARNING", tcp_quickack=quickack,
                             # Every operation for every peer (the bench clients move too); the
                             # admission check still runs for each association, as in a real node.
                             access=AccessPolicy())
@@ -674,7 +680,8 @@ def _retrieve_errors(final: Any, n: int, received: int) -> int:
 
 
 def _dcmtk_workload(workload: str, port: int, keys: dict[str, Any], move_aet: str,
-                    out_dir: Path, tls_dir: Path | None = None) -> Callable[[int], tuple[float, float, int, int]]:
+                    out_dir: Path, tls_dir: Path | None = None,
+                    nodelay: bool = True) -> Callable[[int], tuple[float, float, int, int]]:
     """DCMTK's command-line SCUs, one process per run (W7: per association);
     the Q/R workloads on the Patient Root model of dcmqrscp. ``tls_dir``:
     over TLS (``+tla``: no client certificate; the server verified against
@@ -696,7 +703,7 @@ def _dcmtk_workload(workload: str, port: int, keys: dict[str, Any], move_aet: st
     get_dir = Path(tempfile.mkdtemp(prefix="getscu-", dir=out_dir))
 
     # DCMTK sets TCP_NODELAY on its sockets when the environment says so.
-    env = dict(os.environ, TCP_NODELAY="1")
+    env = dcmtk_env(nodelay)
 
     def run(argv: list[str]) -> tuple[float, float, subprocess.CompletedProcess[bytes]]:
         t0 = time.monotonic()
@@ -757,6 +764,14 @@ def _dcmtk_workload(workload: str, port: int, keys: dict[str, Any], move_aet: st
 
     return {"echo": echo, "assoc": assoc_cycle, "store": store, "find-many": find_many, "find-one": find_one,
             "get": get, "move": move}[workload]
+
+
+def dcmtk_env(nodelay: bool) -> dict[str, str]:
+    """The environment of a DCMTK tool: ``TCP_NODELAY=1`` or none at all."""
+    env = {k: v for k, v in os.environ.items() if k != "TCP_NODELAY"}
+    if nodelay:
+        env["TCP_NODELAY"] = "1"
+    return env
 
 
 def _dcmtk_check_find(port: int, keys: dict[str, Any], n: int, uid: str = "") -> None:
@@ -828,6 +843,7 @@ def run_client(args: argparse.Namespace) -> None:
         from chromanet.ae import AE
 
         ae = AE("BENCH-SCU")
+        ae.tcp_quickack = args.quickack
         for c in contexts:
             ae.add_requested_context(c)
 
@@ -849,6 +865,7 @@ def run_client(args: argparse.Namespace) -> None:
         from chromanet.loopthread import new_event_loop
 
         ae = AE("BENCH-SCU")
+        ae.tcp_quickack = args.quickack
         for c in contexts:
             ae.add_requested_context(c)
         tls_args = None
@@ -868,7 +885,7 @@ def run_client(args: argparse.Namespace) -> None:
             return loop.run_until_complete(warm_fn(count))
     elif impl == "dcmtk":
         keys = json.loads(args.dcmtk_keys.read_text()) if args.dcmtk_keys else {}
-        run_once = _dcmtk_workload(workload, port, keys, args.move_aet, args.scratch, args.tls_dir)
+        run_once = _dcmtk_workload(workload, port, keys, args.move_aet, args.scratch, args.tls_dir, nodelay)
         warm = run_once
         if workload in ("find-many", "find-one"):  # DCMTK prints no counts: check them once, verbosely
             _dcmtk_check_find(port, keys, n if workload == "find-many" else 1,
@@ -916,13 +933,15 @@ def main() -> None:
     s.add_argument("--impl", required=True, choices=["chromanet", "pynetdicom", "chromanet-node", "pynetdicom-qr"])
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--nodelay", action="store_true")
+    s.add_argument("--no-quickack", dest="quickack", action="store_false", help="chromanet: tcp_quickack off")
     s.add_argument("--data-dir", type=Path, help="Q/R SCPs: an archive built by 'data'")
     s.add_argument("--move-dest", action="append", default=[], metavar="AET=PORT")
     s.add_argument("--tls-dir", type=Path, help="TLS only, with DIR/server.pem and DIR/server.key (chromanet)")
     c = sub.add_parser("client")
     c.add_argument("--impl", required=True, choices=["chromanet-async", "chromanet-blocking", "pynetdicom", "dcmtk"])
     c.add_argument("--port", type=int, required=True)
-    c.add_argument("--nodelay", action="store_true")
+    c.add_argument("--nodelay", action="store_true", help="pynetdicom, dcmtk: TCP_NODELAY on")
+    c.add_argument("--no-quickack", dest="quickack", action="store_false", help="chromanet: tcp_quickack off")
     c.add_argument("--workload", required=True, choices=WORKLOADS)
     c.add_argument("--n", type=int, required=True,
                    help="echoes, associations, palette rounds (x8 stores), matches, C-FINDs or instances")
@@ -947,7 +966,7 @@ def main() -> None:
         for entry in args.move_dest:
             aet, _, port = entry.partition("=")
             dests[aet] = int(port)
-        run_scp(args.impl, args.port, args.nodelay, args.data_dir, dests, args.tls_dir)
+        run_scp(args.impl, args.port, args.nodelay, args.data_dir, dests, args.tls_dir, args.quickack)
     elif args.role == "data":
         run_data(args.root, args.set, args.dcmtk)
     else:

@@ -83,6 +83,13 @@ class AE:
         # (a TLS listener drops a connection that has not completed its
         # handshake by then; it never held an association slot).
         self.tls_handshake_timeout: float = 30.0
+        # chromanet extra: on Linux, acknowledge each receive at once
+        # (TCP_QUICKACK, re-armed after every read) on every association
+        # this AE makes or accepts, so a peer running Nagle's algorithm
+        # (DCMTK without TCP_NODELAY=1, pynetdicom) does not wait ~40 ms on
+        # our delayed ACK for each message it writes in pieces. Read at each
+        # association; no effect where the option does not exist.
+        self.tcp_quickack: bool = True
         # chromanet extra: TLS handshakes one host may have running at once
         # on a TLS listener (more are closed at once; None: no limit), so a
         # peer stalling handshakes cannot hold descriptors by the thousand.
@@ -221,7 +228,8 @@ class AE:
             implementation_version_name=self.implementation_version_name,
             **extended,
         )
-        ul = AssociationControl(requestor=True, timeouts=self.association_timeouts(), max_receive_pdu_length=max_pdu)
+        ul = AssociationControl(requestor=True, timeouts=self.association_timeouts(), max_receive_pdu_length=max_pdu,
+                                tcp_quickack=self.tcp_quickack)
         assoc = AsyncAssociation(
             self, ul, split_handlers(evt_handlers), spool_directory=self.store_spool_directory
         )

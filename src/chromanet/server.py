@@ -202,6 +202,7 @@ class AsyncServer:
             timeouts=ae.association_timeouts(),
             max_receive_pdu_length=ae.maximum_pdu_size,
             acceptor_policy=self.policy,
+            tcp_quickack=ae.tcp_quickack,
         )
         assoc = AsyncAssociation(ae, ul, self._handlers, spool_directory=ae.store_spool_directory)
         self.associations.add(assoc)

@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="reject associations called for another AE title (default: on)",
     )
+    serve.add_argument(
+        "--tcp-quickack",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Linux: acknowledge each receive at once, so peers running Nagle's algorithm "
+        "(DCMTK without TCP_NODELAY=1, pynetdicom) do not stall on delayed ACKs (default: on)",
+    )
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     add_serve_tls_arguments(serve)
 
@@ -369,6 +376,7 @@ def load_node_config(args: argparse.Namespace) -> Any:
         "idle_timeout",
         "max_identifier_size",
         "require_called_aet",
+        "tcp_quickack",
         "log_level",
         "audit_file",
         "audit_syslog",

@@ -94,6 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "Color Palette Storage)")
     parser.add_argument("--timeout", type=float, default=30.0, help="ACSE/DIMSE/network timeout in seconds")
     parser.add_argument("--max-pdu", type=int, default=16382, help="our maximum PDU length (default 16382)")
+    parser.add_argument("--tcp-quickack", action=argparse.BooleanOptionalAction, default=True,
+                        help="Linux: acknowledge each receive at once, so a peer running Nagle's algorithm "
+                        "does not stall on our delayed ACKs (default: on; --no-tcp-quickack to compare)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the summary as JSON")
     parser.add_argument("--histogram", type=Path, metavar="FILE.png",
                         help="draw the latency histogram (needs matplotlib)")
@@ -124,6 +127,7 @@ class Plan:
     storage_classes: list[str] = field(default_factory=list)
     contexts: list[str] = field(default_factory=list)
     tls: ClientTls | None = None  # each worker builds its own context from it
+    tcp_quickack: bool = True
 
 
 def _resolve_model(name: str, op: str) -> str:
@@ -159,7 +163,8 @@ def build_plan(args: argparse.Namespace) -> Plan:
     if args.duration is not None and args.duration <= 0:
         raise ValueError("--duration must be positive")
     plan = Plan(args.host, args.port, args.calling_aet, args.called_aet, args.op, args.concurrency, args.count,
-                args.duration, args.timeout, args.max_pdu, keys=list(args.key), tls=client_tls_from_args(args))
+                args.duration, args.timeout, args.max_pdu, keys=list(args.key), tls=client_tls_from_args(args),
+                tcp_quickack=args.tcp_quickack)
     if plan.tls is not None:
         plan.tls.tls_args()  # a file that cannot be loaded is a usage error, said now
     if args.op == "echo":
@@ -242,6 +247,7 @@ class Worker:
         ae = AE(plan.calling_aet)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = plan.timeout
         ae.connection_timeout = plan.timeout
+        ae.tcp_quickack = plan.tcp_quickack
         for context in plan.contexts:
             ae.add_requested_context(context)
         self.ext_neg = None

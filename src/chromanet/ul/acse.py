@@ -173,6 +173,7 @@ class AssociationControl:
         timeouts: Timeouts,
         max_receive_pdu_length: int,
         acceptor_policy: AcceptorPolicy | None = None,
+        tcp_quickack: bool = True,
     ) -> None:
         self.is_requestor = requestor
         self.timeouts = timeouts
@@ -186,6 +187,7 @@ class AssociationControl:
             network_timeout=timeouts.network,
             pdu_timeout=timeouts.pdu,
             idle_timeout=timeouts.idle,
+            tcp_quickack=tcp_quickack,
         )
         loop = asyncio.get_running_loop()
         self.established: asyncio.Future[None] = loop.create_future()

@@ -265,6 +265,12 @@ class UpperLayer:
         """True while a PDU has begun to arrive and is not yet whole."""
         return self._framer.in_pdu
 
+    @property
+    def in_message(self) -> bool:
+        """True between the first P-DATA fragment of a DIMSE message and its
+        last: the peer has more of this message to send."""
+        return self._reassembler.in_message
+
     def data_to_send(self) -> list[Any]:
         """The encoded PDUs to write, in order (emptied by this call)."""
         out, self._outbox = self._outbox, []
