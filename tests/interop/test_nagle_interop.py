@@ -41,6 +41,14 @@ def _sources(palette_files: list[Path]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------- peer -> chromanet
+def _assert_received_as_sent(scp, palette_files) -> None:
+    """Every palette arrived ROUNDS times, each decoding to its source file."""
+    assert len(scp.stored) == 8 * ROUNDS
+    sources = _sources(palette_files)
+    for item in scp.stored:
+        assert pydicom_decode(item.encoded, item.transfer_syntax) == sources[item.sop_instance_uid]
+
+
 @QUICKACK
 def test_default_storescu_into_chromanet(dcmtk, make_scp, palette_files, quickack):
     scp = make_scp(tcp_quickack=quickack)
@@ -50,10 +58,7 @@ def test_default_storescu_into_chromanet(dcmtk, make_scp, palette_files, quickac
     assert result.returncode == 0, result.stdout + result.stderr
     assert scp.recorder.wait_event("EVT_CONN_CLOSE")
     assert "EVT_RELEASED" in scp.recorder.names() and "EVT_ABORTED" not in scp.recorder.names()
-    assert len(scp.stored) == 8 * ROUNDS
-    sources = _sources(palette_files)
-    for item in scp.stored:
-        assert pydicom_decode(item.encoded, item.transfer_syntax) == sources[item.sop_instance_uid]
+    _assert_received_as_sent(scp, palette_files)
 
 
 @QUICKACK
@@ -70,10 +75,7 @@ def test_default_pynetdicom_scu_into_chromanet(pynetdicom, make_scp, palette_fil
         assert assoc.send_c_store(path).Status == 0x0000, path
     assoc.release()
     assert assoc.is_released
-    assert len(scp.stored) == 8 * ROUNDS
-    sources = _sources(palette_files)
-    for item in scp.stored:
-        assert pydicom_decode(item.encoded, item.transfer_syntax) == sources[item.sop_instance_uid]
+    _assert_received_as_sent(scp, palette_files)
 
 
 # ------------------------------------------------------- chromanet -> peer
