@@ -572,3 +572,23 @@ def test_failure_memory_is_bounded(alice_hash: str, monkeypatch: pytest.MonkeyPa
         assert _admit(policy, identity=_identity(1, b"nobody"), host=f"10.8.0.{n}").rejection == (1, 1, 1)
     assert len(policy._failures) <= 8  # noqa: SLF001 (the bound itself is what is tested)
     assert "10.8.0.19" in policy._failures  # noqa: SLF001 (the newest kept)
+
+
+def test_passcodes_are_hashed_on_their_own_threads(alice_hash: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not on the event loop, and not in the default executor that ingests
+    C-STOREs: a login storm must not delay stores."""
+    import threading
+
+    import chromanet.apps.access as access
+
+    threads: list[str] = []
+    real = access.verify_passcode
+
+    def recording(stored: str, passcode: bytes) -> bool:
+        threads.append(threading.current_thread().name)
+        return real(stored, passcode)
+
+    monkeypatch.setattr(access, "verify_passcode", recording)
+    policy = policy_from_settings(None, None, None, {"alice": {"passcode_hash": alice_hash}})
+    assert _admit(policy, identity=_identity(2, b"alice", b"wonderland"), host="10.6.0.1").rejection is None
+    assert len(threads) == 1 and threads[0].startswith("chromanet-kdf")

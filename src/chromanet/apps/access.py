@@ -12,8 +12,9 @@ title) and before the A-ASSOCIATE-AC:
    A failed check rejects the association (1, 1, 1); the positive response
    is sent when the requestor asked for it. Without any identity
    configuration the item is ignored, as PS3.7 tells an acceptor that does
-   not support user identity to do. Password hashing runs off the event loop,
-   and a host that fails too often is refused without hashing for a while.
+   not support user identity to do. Password hashing runs off the event loop
+   on two threads of its own, and a host that fails too often is refused
+   without hashing for a while.
 2. **Peer rules**, in the order written: the first rule whose every given
    criterion matches (calling AE title, address or network, TLS certificate
    subject, verified user) decides what the peer may do (echo, find, get,
@@ -42,6 +43,7 @@ import os
 import secrets
 import time
 from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -186,6 +188,20 @@ def load_verifier(spec: str) -> Verifier:
     return verifier  # type: ignore[no-any-return]
 
 
+_KDF_THREADS = 2
+_kdf_executor: ThreadPoolExecutor | None = None
+
+
+def _kdf_pool() -> ThreadPoolExecutor:
+    """The threads passcode hashes run on: their own few, so that a storm
+    of logins neither waits behind nor delays the C-STORE ingest of the
+    default executor, and at most a few scrypt buffers (16 MiB each) exist."""
+    global _kdf_executor
+    if _kdf_executor is None:
+        _kdf_executor = ThreadPoolExecutor(max_workers=_KDF_THREADS, thread_name_prefix="chromanet-kdf")
+    return _kdf_executor
+
+
 @dataclass(frozen=True)
 class VerifiedUser:
     name: str
@@ -253,7 +269,7 @@ class IdentityVerifier:
             self._recent.move_to_end(remembered)
             return VerifiedUser(name)
         loop = asyncio.get_running_loop()
-        if not await loop.run_in_executor(None, verify_passcode, stored, secondary):
+        if not await loop.run_in_executor(_kdf_pool(), verify_passcode, stored, secondary):
             return None
         self._recent[remembered] = None
         while len(self._recent) > _REMEMBERED_SUCCESSES:
