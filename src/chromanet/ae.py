@@ -83,8 +83,9 @@ class AE:
         # (a TLS listener drops a connection that has not completed its
         # handshake by then; it never held an association slot).
         self.tls_handshake_timeout: float = 30.0
-        # chromanet extra: on Linux, acknowledge each receive at once
-        # (TCP_QUICKACK, re-armed after every read) on every association
+        # chromanet extra: on Linux, acknowledge at once what the peer sent
+        # (TCP_QUICKACK, re-armed after each read that may leave the peer
+        # waiting for our ACK) on every association
         # this AE makes or accepts, so a peer running Nagle's algorithm
         # (DCMTK without TCP_NODELAY=1, pynetdicom) does not wait ~40 ms on
         # our delayed ACK for each message it writes in pieces. Read at each

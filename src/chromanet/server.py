@@ -91,7 +91,7 @@ class AsyncServer:
         )
         self.associations: set[AsyncAssociation] = set()
         #: chromanet extra: told of each association (the AE's, by default).
-        self.observer: AssociationObserver | None = getattr(ae, "association_observer", None)
+        self.observer: AssociationObserver | None = ae.association_observer
         self._server: asyncio.AbstractServer | None = None
         self._closed: asyncio.Event | None = None
 

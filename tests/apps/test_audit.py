@@ -307,18 +307,23 @@ def test_a_connection_without_a_request_is_recorded_as_closed(start_node, tmp_pa
 
 
 # ------------------------------------------------------------------ syslog
+def _echo_once(node) -> None:
+    """One association to the node with one C-ECHO, released."""
+    assoc = scu().associate("127.0.0.1", node.port, ae_title=NODE_AE)
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_echo().Status == 0x0000
+    finally:
+        assoc.release()
+
+
 def test_syslog_over_udp_gets_rfc5424_messages(start_node):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
         receiver.bind(("127.0.0.1", 0))
         receiver.settimeout(WAIT_TIMEOUT)
         port = receiver.getsockname()[1]
         node = start_node(["--audit-syslog", f"127.0.0.1:{port}", "--audit-syslog-facility", "local4"])
-        assoc = scu().associate("127.0.0.1", node.port, ae_title=NODE_AE)
-        assert assoc.is_established
-        try:
-            assert assoc.send_c_echo().Status == 0x0000
-        finally:
-            assoc.release()
+        _echo_once(node)
         messages: dict[str, str] = {}
         record: dict[str, Any] = {}
         while record.get("calling_ae") != SCU_AE:  # (wait_listening's probe comes first)
@@ -398,12 +403,7 @@ def test_a_node_whose_audit_file_cannot_be_written_keeps_serving(start_node, tmp
     unwritable = tmp_path / "no-such-dir" / "audit.jsonl"
     node = start_node(["--audit-file", str(unwritable)])
     for _ in range(2):
-        assoc = scu().associate("127.0.0.1", node.port, ae_title=NODE_AE)
-        assert assoc.is_established
-        try:
-            assert assoc.send_c_echo().Status == 0x0000
-        finally:
-            assoc.release()
+        _echo_once(node)
     output = node.stop()
     assert node.process.returncode == 0, output
     assert output.count("audit trail: cannot write") == 1, output

@@ -64,6 +64,24 @@ def _no_traceback(node) -> None:
 
 
 # ------------------------------------------------------- memory and windows
+def _send_for_3_s(node, sock, batch: bytes) -> tuple[int, float]:
+    """Send ``batch`` over and over for 3 s as fast as the socket takes it
+    (waiting while the node does not read; stopping if it closes). Returns
+    the bytes the node took and how much its RSS grew, in MiB."""
+    start_rss = node.rss_kib()
+    sock.setblocking(False)
+    sent = 0
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        try:
+            sent += sock.send(batch)
+        except BlockingIOError:
+            time.sleep(0.01)  # the node stopped reading
+        except OSError:
+            break  # the node dropped us: also bounded
+    return sent, (node.rss_kib() - start_rss) / 1024
+
+
 @pytest.mark.parametrize("op", ["echo", "find"])
 def test_pipelining_without_reading_is_held_to_bounded_memory(node, op):
     """Requests sent as fast as the socket takes them, no response ever
@@ -77,18 +95,7 @@ def test_pipelining_without_reading_is_held_to_bounded_memory(node, op):
         message_bytes(1, echo_rq(i)) if op == "echo" else message_bytes(1, query_rq(_dimse.C_FIND_RQ, FIND, i), ident)
         for i in range(1, 65)
     )
-    start_rss = node.rss_kib()
-    sock.setblocking(False)
-    sent = 0
-    deadline = time.monotonic() + 3.0
-    while time.monotonic() < deadline:
-        try:
-            sent += sock.send(batch)
-        except BlockingIOError:
-            time.sleep(0.01)  # the node stopped reading: the point of the test
-        except OSError:
-            break  # the node dropped us (its idle limit): also bounded
-    growth_mib = (node.rss_kib() - start_rss) / 1024
+    sent, growth_mib = _send_for_3_s(node, sock, batch)
     reset(sock)
     assert growth_mib < 48, f"the node grew by {growth_mib:.0f} MiB"
     assert sent < 64 << 20, f"the node kept reading: {sent} bytes taken"
@@ -104,18 +111,7 @@ def test_a_peer_that_goes_on_sending_after_a_framing_error_is_not_kept(node):
     sock = associate(node, [(1, uids.Verification, [IMPLICIT])])
     sock.sendall(struct.pack(">BBI", 0x07, 0, 0x46000000) + b"\x00" * 64)
     batch = b"\x00\x01" * 32768
-    start_rss = node.rss_kib()
-    sock.setblocking(False)
-    sent = 0
-    deadline = time.monotonic() + 3.0
-    while time.monotonic() < deadline:
-        try:
-            sent += sock.send(batch)
-        except BlockingIOError:
-            time.sleep(0.01)
-        except OSError:
-            break  # the node closed the connection: also bounded
-    growth_mib = (node.rss_kib() - start_rss) / 1024
+    sent, growth_mib = _send_for_3_s(node, sock, batch)
     reset(sock)
     assert growth_mib < 48, f"the node grew by {growth_mib:.0f} MiB after taking {sent >> 20} MiB"
     assert still_serves(node)

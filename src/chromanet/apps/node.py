@@ -103,10 +103,15 @@ class NodeConfig:
     audit_syslog_facility: str = "authpriv"
 
 
-def _grant(event: evt.Event) -> Grant:
-    admission = event.assoc.admission if event.assoc is not None else None
+def _grant_of(assoc: Any) -> Grant | None:
+    """What the admission check granted the association's peer, if it ran."""
+    admission = assoc.admission if assoc is not None else None
     grant = admission.grant if admission is not None else None
-    return grant if isinstance(grant, Grant) else OPEN_GRANT
+    return grant if isinstance(grant, Grant) else None
+
+
+def _grant(event: evt.Event) -> Grant:
+    return _grant_of(event.assoc) or OPEN_GRANT
 
 
 def _status_dataset(error: ArchiveError) -> Dataset:
@@ -273,9 +278,8 @@ class PaletteNode:
         it comes, never spooled): an operation the peer's grant does not
         allow, or a move to a destination it may not use, is refused with
         0x0124 (Refused: Not Authorized)."""
-        admission = assoc.admission
-        grant = admission.grant if admission is not None else None
-        if not isinstance(grant, Grant):
+        grant = _grant_of(assoc)
+        if grant is None:
             return None
         operation = _OPERATIONS.get(command.command_field)
         if operation is None:

@@ -490,9 +490,9 @@ class PaletteArchive:
     def _store_new_file(
         self, write: Any, fields: dict[str, Any], transfer_syntax: str, warning: str, rights: _Rights
     ) -> IngestResult:
-        kept = self._keep_well_known(fields)
-        if kept is not None:
-            return kept
+        refused = self._refuse_stored_well_known(fields)
+        if refused is not None:
+            return refused
         temp = self._temp_path()
         try:
             write(temp)
@@ -504,15 +504,15 @@ class PaletteArchive:
     def _store_moved(
         self, source: Path, fields: dict[str, Any], transfer_syntax: str, warning: str, rights: _Rights
     ) -> IngestResult:
-        kept = self._keep_well_known(fields)
-        if kept is not None:
-            return kept
+        refused = self._refuse_stored_well_known(fields)
+        if refused is not None:
+            return refused
         if source.parent.resolve() != self.files_dir.resolve() and os.stat(source).st_dev != os.stat(self.files_dir).st_dev:
             copy_file = lambda temp: shutil.copyfile(source, temp)  # noqa: E731
             return self._store_new_file(copy_file, fields, transfer_syntax, warning, rights)
         return self._commit(source, False, fields, transfer_syntax, warning, rights)
 
-    def _keep_well_known(self, fields: dict[str, Any]) -> IngestResult | None:
+    def _refuse_stored_well_known(self, fields: dict[str, Any]) -> IngestResult | None:
         uid = fields["sop_instance_uid"]
         if uid in uids.WELL_KNOWN_PALETTE_UIDS:
             existing = self.get(uid)

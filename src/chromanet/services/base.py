@@ -100,6 +100,13 @@ class ServiceSession:
         self.observer: OperationObserver | None = None
 
     # ----------------------------------------------------------- contexts
+    def respond(self, message: IncomingMessage, response: Command, dataset: Any = None) -> None:
+        """Send a response to ``message``, and note it in the operation's
+        record when the operations are observed."""
+        self.channel.send(message.context_id, response, dataset)
+        if message.trace is not None:
+            message.trace.note_response(response, dataset)
+
     def context(self, context_id: int) -> NegotiatedContext | None:
         return self.contexts.get(context_id)
 
@@ -236,6 +243,4 @@ def _finish(
     if after is not None:
         after()
     if session.channel.end_error is None:
-        session.channel.send(message.context_id, response)
-        if message.trace is not None:
-            message.trace.note_response(response)
+        session.respond(message, response)

@@ -121,9 +121,7 @@ def serve_store(session: ServiceSession, message: IncomingMessage) -> Awaitable[
     if bound is None:
         remove_spool(message)
         response.status = _NO_HANDLER
-        session.channel.send(message.context_id, response)
-        if message.trace is not None:
-            message.trace.note_response(response)
+        session.respond(message, response)
         return None
     return answer_once(
         session,

@@ -43,9 +43,7 @@ def serve_echo(session: ServiceSession, message: IncomingMessage) -> Awaitable[N
     bound = session.handler(EVT_C_ECHO)
     if bound is None:
         response.status = _SUCCESS
-        session.channel.send(message.context_id, response)
-        if message.trace is not None:
-            message.trace.note_response(response)
+        session.respond(message, response)
         return None
     return answer_once(session, message, EVT_C_ECHO, bound, response, status_on_exception=_SUCCESS)
 
