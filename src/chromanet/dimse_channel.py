@@ -270,11 +270,13 @@ class DimseChannel:
                 return self._next_id
         raise ChromanetError("65535 requests outstanding: no Message ID left")
 
-    def send(self, context_id: int, command: Command, dataset: Any = None) -> None:
-        """Send one message now (responses, C-CANCEL, requests)."""
+    def send(self, context_id: int, command: Command, dataset: Any = None, *, hold: bool = False) -> None:
+        """Send one message now (responses, C-CANCEL, requests); with
+        ``hold``, together with the next one, within this pass of the loop
+        (for a message another follows at once, e.g. a pending response)."""
         if self.end_error is not None:
             raise _fresh(self.end_error)
-        self.ul.send_message(context_id, command, dataset)
+        self.ul.send_message(context_id, command, dataset, hold=hold)
 
     async def send_and_drain(self, context_id: int, command: Command, dataset: Any = None) -> None:
         """Send, then wait while the transport's buffer is full, so a

@@ -147,7 +147,9 @@ class _Sender:
             return
         if identifier is not None:
             response.command_data_set_type = _dimse.DATASET_PRESENT
-        self.channel.send(self.context_id, response, identifier)
+        # A pending response is followed at once by the next one, or by the
+        # next sub-operation's C-STORE-RQ: both go out in one write.
+        self.channel.send(self.context_id, response, identifier, hold=response.status in _PENDING)
         if self.trace is not None:
             self.trace.note_response(response, identifier)
         self.sent += 1

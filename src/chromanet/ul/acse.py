@@ -446,9 +446,10 @@ class AssociationControl:
         """Data sets larger than ``size`` bytes arrive in fragments."""
         self.connection.upper_layer.stream_threshold = size
 
-    def send_message(self, context_id: int, command: Any, dataset: Any = None) -> None:
-        """One DIMSE message, written now (P-DATA request)."""
-        self.connection.send_message(context_id, command, dataset)
+    def send_message(self, context_id: int, command: Any, dataset: Any = None, *, hold: bool = False) -> None:
+        """One DIMSE message (P-DATA request), written now, or with the next
+        one when ``hold`` (``ULConnection.send_message``)."""
+        self.connection.send_message(context_id, command, dataset, hold=hold)
 
     async def send_message_paced(self, context_id: int, command: Any, dataset: Any = None) -> None:
         """One DIMSE message, a large data set paced out with flow control."""

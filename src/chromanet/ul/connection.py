@@ -65,6 +65,12 @@ _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 # pauses and paced writers wait (flow control both ways).
 WRITE_BUFFER_HIGH = 256 * 1024
 
+# Held messages (``send_message(..., hold=True)``) go out together at the
+# latest when this many buffers are held (a few dozen pending responses),
+# and a message with a data set larger than HOLD_DATASET_LIMIT is never held.
+HOLD_BUFFERS = 96
+HOLD_DATASET_LIMIT = 16 * 1024
+
 
 class ConnectionListener(Protocol):
     """What the association above a connection must implement.
@@ -148,6 +154,12 @@ class ULConnection(asyncio.Protocol):
         self.closed: asyncio.Future[None] = self._loop.create_future()
         self._pacing: asyncio.Future[None] | None = None  # a large message is going out
         self._deferred: list[list[Any]] = []  # messages sent meanwhile, in order
+        # Messages held to go out with the next one in a single write, and
+        # the loop callback that writes them if nothing else does first.
+        self._held: list[Any] = []
+        self._flush_handle: asyncio.Handle | None = None
+        # Whether the message whose data set is streaming in is a request.
+        self._streaming_request = False
         self._addresses: tuple[tuple[str, int], tuple[str, int]] = (("", 0), ("", 0))
         self.tls: TlsInfo | None = None
         #: Why the transport went away, when it said (a reset, a TLS alert).
@@ -233,6 +245,10 @@ class ULConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._held = []
         self.lost_exception = exc
         upper = self.upper_layer
         if exc is not None and upper.state is not State.STA1 and not upper.close_requested:
@@ -319,8 +335,17 @@ class ULConnection(asyncio.Protocol):
         self.upper_layer.abort(source, reason)
         self._after([])
 
-    def send_message(self, context_id: int, command: Command, dataset: Any = None) -> None:
+    def send_message(self, context_id: int, command: Command, dataset: Any = None, *, hold: bool = False) -> None:
         """DT-1 for one whole DIMSE message, written in one go.
+
+        ``hold``: another message is likely to follow before the task that
+        sends this one yields (a pending C-FIND response and the next match
+        or the final one; a pending C-GET response and the next C-STORE-RQ),
+        so this one waits for it and both go out in one write: one syscall
+        and one segment instead of two. A held message never waits longer
+        than the current pass of the event loop: a callback scheduled with
+        it writes whatever is still held. Everything written after it (any
+        message, an A-RELEASE, an A-ABORT) goes out after it.
 
         While a large message is being paced out (``send_message_paced``),
         this one waits its turn in order: fragments of two messages never
@@ -329,7 +354,33 @@ class ULConnection(asyncio.Protocol):
         if self._pacing is not None:
             self._deferred.append(buffers)
             return
+        held = self._held
+        if hold and (dataset is None or len(dataset) <= HOLD_DATASET_LIMIT):
+            held += buffers
+            if len(held) >= HOLD_BUFFERS:
+                self._write_held()
+            elif self._flush_handle is None:
+                self._flush_handle = self._loop.call_soon(self._write_held)
+            return
+        if held:
+            held += buffers
+            buffers = held
+            self._held = []
         self.transport.writelines(buffers)  # type: ignore[union-attr]
+
+    def _write_held(self) -> None:
+        """Write the held messages now (from the scheduled callback, before
+        anything else is written, or when enough are held)."""
+        handle, self._flush_handle = self._flush_handle, None
+        if handle is not None:
+            handle.cancel()
+        held = self._held
+        if not held:
+            return
+        self._held = []
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.writelines(held)
 
     async def send_message_paced(self, context_id: int, command: Command, dataset: Any = None) -> None:
         """Like send_message, but a large data set goes out a slice at a
@@ -341,6 +392,7 @@ class ULConnection(asyncio.Protocol):
         while self._pacing is not None:
             await asyncio.shield(self._pacing)
         buffers = self._buffers(context_id, command, dataset)
+        self._write_held()
         self._pacing = self._loop.create_future()
         try:
             start = pending = 0
@@ -391,10 +443,20 @@ class ULConnection(asyncio.Protocol):
         if upper.in_pdu or upper.in_message or not indications:
             return True
         last = indications[-1]
-        if type(last) is DimseMessage:
+        kind = type(last)
+        if kind is DimseMessage:
             command = last.command
             return not command.is_request and command.status in _PENDING
-        # A streamed data set's last chunk, an association PDU: rare, cheap.
+        if kind is DatasetChunk:
+            # The end of a streamed data set (a node streams every one): as
+            # for a whole message, a request is answered, so no re-arm. Its
+            # command came in this receive or an earlier one.
+            for indication in indications:
+                if type(indication) is CommandArrived:
+                    command = indication.command
+                    self._streaming_request = command.is_request
+            return not self._streaming_request
+        # An association PDU: rare, cheap.
         return True
 
     def _rearm_quickack(self) -> None:
@@ -430,6 +492,8 @@ class ULConnection(asyncio.Protocol):
         transport = self.transport
         out = upper.data_to_send()
         if out and transport is not None and not transport.is_closing():
+            if self._held:
+                self._write_held()
             transport.writelines(out)
         if upper.close_requested:
             self._cancel_timer()
@@ -450,6 +514,7 @@ class ULConnection(asyncio.Protocol):
             elif kind is DatasetChunk:
                 listener.on_dataset_chunk(indication)
             elif kind is CommandArrived:
+                self._streaming_request = indication.command.is_request
                 listener.on_command_arrived(indication)
             elif kind is AssociateRequested:
                 listener.on_associate_rq(indication.rq)
