@@ -16,7 +16,7 @@ import pytest
 import uvloop
 
 from chromanet._dimse import Command
-from chromanet._pdata import CommandArrived, DimseMessage
+from chromanet._pdata import CommandArrived, DatasetChunk, DimseMessage
 from chromanet.ul import connection as connection_module
 from chromanet.ul.connection import ULConnection
 from helpers.servers import configure_scp_ae, scu_ae
@@ -159,11 +159,37 @@ FIND_RQ = Command(0x0020, message_id=2, command_data_set_type=0x0000)
         pytest.param([DimseMessage(1, Command(0x8020, status=0xFF00), b""),
                       DimseMessage(1, Command(0x8020, status=0x0000), None)], False, id="pending then final"),
         pytest.param([CommandArrived(1, FIND_RQ)], True, id="a command whose data set follows"),
+        pytest.param([CommandArrived(1, FIND_RQ), DatasetChunk(1, b"", True)], False,
+                     id="a streamed request, whole: our answer carries the ACK"),
+        pytest.param([CommandArrived(1, Command(0x8020, status=0xFF00)), DatasetChunk(1, b"", True)], True,
+                     id="a streamed pending response: more follow"),
         pytest.param([], True, id="nothing whole yet"),
     ],
 )
 def test_rearmed_only_when_the_peer_may_wait(indications: list[Any], rearmed: bool) -> None:
     assert drive_indications(indications) == int(rearmed)
+
+
+@linux_only
+@pytest.mark.parametrize("request_first", [True, False], ids=["request", "response"])
+def test_streamed_last_chunk_remembers_its_command(request_first: bool) -> None:
+    """The last chunk of a data set whose command came in an earlier receive
+    (a node streams every data set): re-armed after a response's only."""
+
+    async def body() -> int:
+        sock = FakeSocket()
+        conn = ULConnection(NullListener(), requestor=False, max_receive_pdu_length=16382)
+        conn.connection_made(FakeTransport(sock))
+        command = FIND_RQ if request_first else Command(0x8020, status=0xFF00)
+        receives = [[CommandArrived(1, command), DatasetChunk(1, b"x", False)], [DatasetChunk(1, b"y", True)]]
+        conn.upper_layer.receive_data = lambda data, now: list(receives.pop(0))  # type: ignore[method-assign]
+        conn.data_received(b"\x04")
+        first = sock.quickacks()
+        conn.data_received(b"\x04")
+        conn.connection_lost(None)
+        return sock.quickacks() - first
+
+    assert asyncio.run(body()) == (0 if request_first else 1)
 
 
 # -------------------------------------------------- real loopback associations

@@ -1,0 +1,111 @@
+"""The blocking API's hand-off to the background loop (``chromanet.loopthread``):
+results, exceptions, time limits, interruptions and early-closed iterators
+behave as a blocking caller expects, and nothing keeps running on the loop
+after the caller gave up."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, AsyncIterator
+
+import pytest
+
+from chromanet import loopthread
+
+
+async def _value(value: Any) -> Any:
+    await asyncio.sleep(0)
+    return value
+
+
+async def _raise() -> None:
+    await asyncio.sleep(0)
+    raise KeyError("inside")
+
+
+def test_result_and_exception_cross_threads() -> None:
+    assert loopthread.run(_value(42)) == 42
+    with pytest.raises(KeyError, match="inside"):
+        loopthread.run(_raise())
+    assert loopthread.call(lambda a, b: a + b, 2, 3) == 5
+
+
+def test_runs_on_the_loop_thread() -> None:
+    async def where() -> bool:
+        return loopthread.in_loop_thread()
+
+    assert loopthread.run(where()) is True
+    assert loopthread.in_loop_thread() is False
+
+
+def test_timeout_cancels_the_coroutine() -> None:
+    cancelled = threading.Event()
+
+    async def forever() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    with pytest.raises(TimeoutError):
+        loopthread.run(forever(), timeout=0.05)
+    assert cancelled.wait(5)
+
+
+def test_refused_from_the_loop_thread() -> None:
+    async def nested() -> str:
+        coro = _value(1)
+        try:
+            loopthread.run(coro)
+        except RuntimeError as exc:
+            return str(exc)
+        return "ran"
+
+    assert "inside the event loop" in loopthread.run(nested())
+
+
+def test_many_callers_from_threads() -> None:
+    """Hand-offs from several threads at once each get their own result."""
+    results: dict[int, list[int]] = {}
+
+    def worker(k: int) -> None:
+        results[k] = [loopthread.run(_value(k * 1000 + i)) for i in range(200)]
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert results == {k: [k * 1000 + i for i in range(200)] for k in range(6)}
+
+
+def test_iterate_items_error_and_early_close() -> None:
+    closed = threading.Event()
+
+    async def numbers(n: int, fail: bool = False) -> AsyncIterator[int]:
+        try:
+            for i in range(n):
+                await asyncio.sleep(0)
+                yield i
+            if fail:
+                raise ValueError("stream broke")
+        finally:
+            closed.set()
+
+    assert list(loopthread.iterate(numbers(50))) == list(range(50))
+    assert closed.is_set()
+
+    closed.clear()
+    got = []
+    with pytest.raises(ValueError, match="stream broke"):
+        for item in loopthread.iterate(numbers(3, fail=True)):
+            got.append(item)
+    assert got == [0, 1, 2]
+
+    closed.clear()
+    endless = loopthread.iterate(numbers(10**9))
+    assert [next(endless) for _ in range(3)] == [0, 1, 2]
+    endless.close()  # returns once the async iterator was closed on the loop
+    assert closed.is_set()
