@@ -200,7 +200,7 @@ cdef class _Reader:
         cdef Py_ssize_t value
         cdef object tag, value_bytes, items
         cdef object seq_encoding = encoding    # for undefined-length sequences (pydicom's reader)
-        cdef object item_encoding = encoding   # for defined-length ones (pydicom's lazy conversion)
+        cdef object item_encoding = _as_list(encoding)  # for defined-length ones (pydicom's lazy conversion)
         if depth > MAX_DEPTH:
             raise EncodingError(f"sequences nested deeper than {MAX_DEPTH}", pos)
         while pos < end:
@@ -247,7 +247,7 @@ cdef class _Reader:
             elif h.length > end - value:
                 raise EncodingError(
                     f"({h.tag >> 16:04X},{h.tag & 0xFFFF:04X}) length {h.length} runs past the data", pos)
-            elif h.vr == SQ:
+            elif h.vr == SQ and h.length:
                 items = [] if self.build else None
                 self.sequence_items(value, value + h.length, depth, implicit, little, items, base, value,
                                     value + h.length, item_encoding)
@@ -267,7 +267,7 @@ cdef class _Reader:
                                     value - base, implicit, little)
                     if h.tag == CHARSET:
                         seq_encoding = convert_encodings(convert_string(value_bytes or b"", little))
-                        item_encoding = _own_encoding(out[tag], encoding)
+                        item_encoding = _as_list(_own_encoding(out[tag], encoding) or encoding)
                 pos = value + h.length
         if until_item_end:
             raise EncodingError("item without its delimitation item", pos)
@@ -365,6 +365,13 @@ cdef object _sequence(list items, bint undefined):
     return seq
 
 
+cdef object _as_list(object encoding):
+    # pydicom's conversion of a value passes its encodings as a list.
+    if not encoding:
+        return [default_encoding]
+    return [encoding] if isinstance(encoding, str) else encoding
+
+
 cdef object _own_encoding(object raw, object parent):
     # What read_dataset records as a data set's character set.
     return convert_encodings(convert_raw_data_element(raw).value)
@@ -407,9 +414,16 @@ def decode(data, bint implicit, bint little):
         return None
     try:
         reader.dataset(0, reader.size, 0, False, implicit, little, out, 0, reader.size, default_encoding)
+    except EncodingError:
+        raise
     except _Fallback:
         check(data, implicit, little)
         return None
+    except Exception:
+        # pydicom's own error on a value (a character set it cannot take):
+        # a structural error further on comes first, as in check().
+        check(data, implicit, little)
+        raise
     return _dataset(out, default_encoding, implicit, little)
 
 

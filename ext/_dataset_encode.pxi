@@ -21,7 +21,7 @@
 from pydicom.filewriter import _LUT_DESCRIPTOR_TAGS
 
 cdef frozenset _PLAIN_CHARSETS = frozenset(
-    ["", "iso8859", "latin_1", "utf_8", "ISO_IR 6", "ISO 2022 IR 6", "ISO_IR 100", "ISO_IR 192"])
+    ["", "iso8859", "latin_1", "UTF8", "ISO_IR 6", "ISO 2022 IR 6", "ISO_IR 100", "ISO_IR 192"])
 cdef frozenset _LUT_TAGS = frozenset(_LUT_DESCRIPTOR_TAGS)
 cdef object _MISSING = object()
 
