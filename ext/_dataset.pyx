@@ -23,9 +23,9 @@ A violation raises ``chromanet.errors.EncodingError`` with the byte offset.
 bytes, in the same walk as the check: elements as pydicom ``RawDataElement``
 (pydicom converts them when they are used), sequences as ``DataElement`` of
 ``Sequence`` of item Datasets, with the same offsets, flags and original
-encoding. A defined-length sequence in explicit VR is parsed at once, where
-pydicom would parse it when first used; in implicit VR it stays raw, as in
-pydicom (its VR is only known from the dictionary). Where pydicom would read
+encoding. A defined-length sequence is parsed at once, where pydicom would
+parse it when first used (in implicit VR: a public tag whose dictionary VR is
+SQ; if its content does not parse it stays raw, as pydicom leaves it). Where pydicom would read
 the bytes some other way (implicit VR data that looks explicit, content that
 pydicom scans differently) it returns None once the check has passed, and the
 caller reads the data with pydicom.
@@ -44,7 +44,7 @@ from libc.string cimport memcpy
 from _bytes cimport load_be16, load_be32, load_le16, load_le32, store_be16, store_be32, store_le16, store_le32
 
 from pydicom import config as _config
-from pydicom.charset import convert_encodings, default_encoding
+from pydicom.charset import convert_encodings, default_encoding, python_encoding
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element, empty_value_for_VR
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -256,6 +256,9 @@ cdef class _Reader:
                     out[tag] = DataElement(tag, "SQ", _sequence(items, False), value - base, False,
                                            already_converted=True)
                 pos = value + h.length
+            elif self.build and h.vr < 0 and h.length and _dictionary_sq(h.tag) and self.implicit_items(
+                    &h, out, depth, implicit, little, base, item_encoding):
+                pos = value + h.length
             else:
                 if self.build:
                     tag = _tag(h.tag)
@@ -266,12 +269,28 @@ cdef class _Reader:
                     out[tag] = _raw(tag, None if h.vr < 0 else _VR_STR[h.vr], h.length, value_bytes,
                                     value - base, implicit, little)
                     if h.tag == CHARSET:
-                        seq_encoding = convert_encodings(convert_string(value_bytes or b"", little))
+                        seq_encoding = _charsets(out[tag])[0]
                         item_encoding = _as_list(_own_encoding(out[tag], encoding) or encoding)
                 pos = value + h.length
         if until_item_end:
             raise EncodingError("item without its delimitation item", pos)
         return pos
+
+    cdef bint implicit_items(self, Header* h, dict out, int depth, bint implicit, bint little, Py_ssize_t base,
+                             object encoding) except -1:
+        """A defined-length sequence in implicit VR (SQ by the dictionary):
+        pydicom keeps it raw and parses it when it is first used. Parse it now
+        if it parses; if not, keep it raw, for pydicom to fail on when used
+        (the check does not look inside it: its VR is not in the data)."""
+        cdef Py_ssize_t value = h.value, stop = h.value + h.length
+        cdef list items = []
+        try:
+            self.sequence_items(value, stop, depth, implicit, little, items, base, value, stop, encoding)
+        except Exception:
+            return False
+        tag = _tag(h.tag)
+        out[tag] = DataElement(tag, "SQ", _sequence(items, False), value - base, False, already_converted=True)
+        return True
 
     cdef int implicit_sequence(self, uint32_t tag, Py_ssize_t value, Py_ssize_t stream_end,
                                bint little) except -1:
@@ -336,9 +355,10 @@ cdef class _Reader:
             if out and item_implicit != implicit:
                 raise _Fallback
             ds = _dataset(out, encoding, item_implicit, little)
-            ds.is_undefined_length_sequence_item = undefined
-            ds.seq_item_tell = at - item_base
-            ds.file_tell = at - item_base
+            state = ds.__dict__  # what Dataset.__setattr__ does with these names
+            state["is_undefined_length_sequence_item"] = undefined
+            state["seq_item_tell"] = at - item_base
+            state["file_tell"] = at - item_base
             items.append(ds)
         return stop
 
@@ -359,6 +379,23 @@ cdef inline object _raw(object tag, object vr, uint32_t length, object value, Py
     return tuple.__new__(RawDataElement, (tag, vr, length, value, tell, implicit, little, True, False))
 
 
+# Public tags whose dictionary VR is SQ (pydicom's VR for them in implicit VR).
+cdef dict _IS_SQ = {}
+
+
+cdef bint _dictionary_sq(uint32_t tag) except -1:
+    found = _IS_SQ.get(tag)
+    if found is None:
+        try:
+            found = dictionary_VR(tag) == "SQ"
+        except KeyError:
+            found = False
+        if len(_IS_SQ) > 16384:
+            _IS_SQ.clear()
+        _IS_SQ[tag] = found
+    return found
+
+
 cdef object _sequence(list items, bint undefined):
     seq = Sequence(items)
     seq.is_undefined_length = undefined
@@ -374,14 +411,60 @@ cdef object _as_list(object encoding):
 
 cdef object _own_encoding(object raw, object parent):
     # What read_dataset records as a data set's character set.
-    return convert_encodings(convert_raw_data_element(raw).value)
+    return _charsets(raw)[1]
+
+
+# (0008,0005) value bytes -> what pydicom makes of them: the encodings its
+# reader passes down to undefined-length sequences, and those read_dataset
+# records. Only values made of standard terms are kept (pydicom converts the
+# others with a warning, every time).
+cdef dict _CHARSETS = {}
+
+
+cdef tuple _charsets(object raw):
+    key = (raw.value, raw.is_little_endian, raw.VR)
+    found = _CHARSETS.get(key)
+    if found is None:
+        found = (convert_encodings(convert_string(raw.value or b"", raw.is_little_endian)),
+                 convert_encodings(convert_raw_data_element(raw).value))
+        terms = (raw.value or b"").decode("latin-1").strip(" \0").split("\\")
+        if len(_CHARSETS) < 256 and all(term.strip(" \0") in python_encoding for term in terms):
+            _CHARSETS[key] = found
+    return (_copy(found[0]), _copy(found[1]))
+
+
+cdef inline object _copy(object encoding):
+    return list(encoding) if type(encoding) is list else encoding
+
+
+# What Dataset.__init__ sets on a new instance, taken from one at import:
+# a decoded data set starts from a copy of it (its dicts copied) instead of
+# running __init__, whose attribute assignments go through Dataset.__setattr__
+# one by one and cost most of a small data set's decode. Used only if the
+# class looks as expected; the tests compare the instances' attributes.
+cdef dict _FRESH = dict(vars(Dataset()))
+cdef bint _FAST_NEW = (Dataset.__new__ is object.__new__ and "_dict" in _FRESH and "_read_charset" in _FRESH
+                       and "_parent_encoding" in _FRESH and "_read_implicit" in _FRESH)
 
 
 cdef object _dataset(dict elements, object parent_encoding, bint implicit, bint little):
-    ds = Dataset(elements, parent_encoding=parent_encoding)
+    cdef dict state
     raw = elements.get(CHARSET)
     encoding = parent_encoding if raw is None else _own_encoding(raw, parent_encoding)
-    ds.set_original_encoding(implicit, little, encoding)
+    if not _FAST_NEW:
+        ds = Dataset(elements, parent_encoding=parent_encoding)
+        ds.set_original_encoding(implicit, little, encoding)
+        return ds
+    ds = Dataset.__new__(Dataset)
+    state = ds.__dict__
+    for name, value in _FRESH.items():
+        state[name] = dict(value) if type(value) is dict else value
+    state["_parent_encoding"] = parent_encoding
+    state["_dict"] = elements
+    state["_read_implicit"] = implicit
+    state["_read_little"] = little
+    if encoding is not None:
+        state["_read_charset"] = encoding
     return ds
 
 
