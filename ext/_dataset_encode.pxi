@@ -143,14 +143,14 @@ cdef class _Writer:
         # the data set is written in the encoding it was read in.
         convert = ds.original_encoding != self.encoding or ds.original_character_set != ds._character_set
         if CHARSET in elements:
-            encoding = ds.get("SpecificCharacterSet", parent_encoding)
+            encoding = ds[_tag(CHARSET)].value  # what ds.get("SpecificCharacterSet") gives
         else:
             encoding = parent_encoding
         if not _plain_charset(encoding):
             raise _Fallback
         if convert:
             self.converting += 1
-        for key in sorted(elements):
+        for key in sorted(elements, key=int):  # tag order, without BaseTag.__lt__
             tag = key
             if (tag & 0xFFFF) == 0 and (tag >> 16) > 6:
                 continue  # retired group length, never written
@@ -229,7 +229,7 @@ cdef class _Writer:
         self.header(tag, code, UNDEFINED if undefined else 0)
         start = self.size
         length_at = start - (2 if not self.implicit and not _LONG[code] else 4)
-        if not elem.is_empty:
+        if not _is_empty(elem, code):
             self.value(tag, code, elem, encoding)
         length = self.size - start
         if undefined:
@@ -443,6 +443,21 @@ cdef class _Writer:
                     raise _Fallback
                 self.patch32(length_at, <uint32_t>(self.size - length_at - 4))
         return 0
+
+
+cdef bint _is_empty(object elem, int code) except -1:
+    # DataElement.is_empty for the values the writer takes, without its
+    # property calls; anything else asks the element.
+    value = elem.value
+    if code == SQ:
+        return not value
+    if value is None:
+        return True
+    if isinstance(value, (str, bytes, PersonName)):
+        return not value
+    if isinstance(value, (list, tuple, MultiValue)):
+        return len(value) == 0
+    return elem.is_empty
 
 
 cdef object _number_string(object value):
