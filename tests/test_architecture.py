@@ -25,7 +25,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "chromanet"
 # Layer -> the modules in it (a trailing ".*" takes a whole subpackage).
 LAYERS: dict[str, list[str]] = {
     "foundation": [
-        "chromanet._pdu", "chromanet._framer", "chromanet._pdata", "chromanet._dimse",
+        "chromanet._pdu", "chromanet._framer", "chromanet._pdata", "chromanet._dimse", "chromanet._dataset",
         "chromanet.errors", "chromanet.uids", "chromanet.dsutil", "chromanet.sop_class",
         "chromanet.status", "chromanet.loopthread", "chromanet.utils", "chromanet.logutil",
         "chromanet.tls_context",

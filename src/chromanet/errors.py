@@ -22,6 +22,7 @@ __all__ = [
     "PDUTooLargeError",
     "PDataError",
     "CommandSetError",
+    "EncodingError",
 ]
 
 # A-ABORT reasons for source 2 (service provider), PS3.8 Table 9-26.
@@ -131,4 +132,16 @@ class CommandSetError(ChromanetError):
             where.append(f"offset {offset}")
         super().__init__(f"{message} ({', '.join(where)})" if where else message)
         self.tag = tag
+        self.offset = offset
+
+
+class EncodingError(ChromanetError, ValueError):
+    """A data set is not well formed in its transfer syntax (at ``offset``).
+
+    Raised by the data set codec (``chromanet._dataset``) and re-exported as
+    ``chromanet.dsutil.EncodingError``.
+    """
+
+    def __init__(self, message: str, offset: int) -> None:
+        super().__init__(f"{message} at byte {offset}")
         self.offset = offset

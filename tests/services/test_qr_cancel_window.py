@@ -202,7 +202,11 @@ def test_leaving_async_loop_early_cancels(make_qr_scp, closing):
 @pytest.mark.peer
 def test_pynetdicom_send_c_cancel_against_chromanet(pynetdicom, make_qr_scp):
     handler = EndlessFind()
-    scp = make_qr_scp([(evt.EVT_C_FIND, handler)])
+    # pynetdicom runs in this process: until its C-CANCEL gets through, the
+    # SCP (in a thread here, competing for the GIL) streams thousands of
+    # pending responses, which pynetdicom then takes longer to read than the
+    # SCP's usual network timeout lets a peer stay silent.
+    scp = make_qr_scp([(evt.EVT_C_FIND, handler)], network_timeout=6 * NETWORK_TIMEOUT)
     ae = pynetdicom.AE("PYQRSCU")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = NETWORK_TIMEOUT
     for model in QR_MODELS:

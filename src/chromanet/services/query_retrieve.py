@@ -111,9 +111,9 @@ async def _begin(
     handler, args = bound
     event = session.make_event(event_type, message)
     try:
-        # Structure first: pydicom reads garbage leniently (as an empty or
-        # odd identifier, which a handler could take for "match all").
-        dsutil.check_encoding(message.dataset, sender.transfer_syntax)
+        # Decoding checks the structure first (dsutil.decode_dataset):
+        # pydicom reads garbage leniently (as an empty or odd identifier,
+        # which a handler could take for "match all").
         identifier = event.identifier
     except Exception as exc:
         peer_log(LOGGER, logging.WARNING, session.peer_host, "%s request identifier from %s failed to decode: %s",

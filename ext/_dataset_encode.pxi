@@ -1,0 +1,476 @@
+# Encoding half of _dataset.pyx (included there): pydicom Datasets to bytes,
+# exactly as pydicom's write_dataset writes them, or None.
+#
+# What is written natively (everything else makes ``encode`` return None):
+#
+# * RawDataElements read in the encoding being written, when pydicom writes
+#   them raw: the data set's original encoding and character set are the
+#   ones being written (otherwise pydicom converts every element first);
+# * DataElements whose VR is one of the 34, with values of the types pydicom
+#   makes: str (ASCII only) for the text VRs, int for US SS UL SL SV UV AT,
+#   int or float for FL FD, bytes for OB OD OF OL OV OW UN, a Sequence of
+#   Datasets for SQ; single or multi-valued; PN through PersonName.encode;
+# * a character set that leaves ASCII as ASCII (none, ISO_IR 6, ISO_IR 100,
+#   ISO_IR 192).
+#
+# Not written natively: ambiguous VRs ("US or SS"...) and anything pydicom
+# would correct, groups 0000-0007 (file meta, command), values too long for a
+# 16-bit length (pydicom switches them to UN), non-ASCII text, buffered and
+# deferred values, LUT descriptors (pydicom writes their first value as US).
+
+from pydicom.filewriter import _LUT_DESCRIPTOR_TAGS
+
+cdef frozenset _PLAIN_CHARSETS = frozenset(
+    ["", "iso8859", "latin_1", "UTF8", "ISO_IR 6", "ISO 2022 IR 6", "ISO_IR 100", "ISO_IR 192"])
+cdef frozenset _LUT_TAGS = frozenset(_LUT_DESCRIPTOR_TAGS)
+cdef object _MISSING = object()
+
+
+cdef bint _plain_charset(object encoding):
+    if encoding is None or isinstance(encoding, str):
+        return encoding is None or encoding in _PLAIN_CHARSETS
+    if isinstance(encoding, (list, tuple, MultiValue)):
+        for name in encoding:
+            if not isinstance(name, str) or name not in _PLAIN_CHARSETS:
+                return False
+        return True
+    return False
+
+
+cdef inline bint _multi(object value):
+    return isinstance(value, (MultiValue, list, tuple))
+
+
+cdef bytes _ascii(object text):
+    if not isinstance(text, str) or not (<str>text).isascii():
+        raise _Fallback
+    return (<str>text).encode("ascii")
+
+
+cdef class _Writer:
+    """A growing buffer and the rules of pydicom's writer."""
+
+    cdef uint8_t* buf
+    cdef Py_ssize_t size
+    cdef Py_ssize_t cap
+    cdef bint implicit
+    cdef bint little
+    cdef tuple encoding
+    cdef int converting     # data sets being written that pydicom converts first
+
+    def __cinit__(self, bint implicit, bint little):
+        self.cap = 4096
+        self.buf = <uint8_t*>PyMem_Malloc(self.cap)
+        if self.buf == NULL:
+            raise MemoryError
+        self.size = 0
+        self.implicit = implicit
+        self.little = little
+        self.encoding = (implicit, little)
+
+    def __dealloc__(self):
+        PyMem_Free(self.buf)
+
+    cdef int reserve(self, Py_ssize_t n) except -1:
+        cdef Py_ssize_t cap = self.cap
+        cdef uint8_t* grown
+        if self.size + n <= cap:
+            return 0
+        while cap < self.size + n:
+            cap *= 2
+        grown = <uint8_t*>PyMem_Realloc(self.buf, cap)
+        if grown == NULL:
+            raise MemoryError
+        self.buf = grown
+        self.cap = cap
+        return 0
+
+    cdef int put(self, const uint8_t* data, Py_ssize_t n) except -1:
+        self.reserve(n)
+        if n:
+            memcpy(self.buf + self.size, data, n)
+        self.size += n
+        return 0
+
+    cdef int put_bytes(self, bytes data) except -1:
+        return self.put(<const uint8_t*><const char*>data, len(data))
+
+    cdef int put16(self, uint16_t v) except -1:
+        self.reserve(2)
+        if self.little:
+            store_le16(self.buf + self.size, v)
+        else:
+            store_be16(self.buf + self.size, v)
+        self.size += 2
+        return 0
+
+    cdef int put32(self, uint32_t v) except -1:
+        self.reserve(4)
+        self.patch32(self.size, v)
+        self.size += 4
+        return 0
+
+    cdef void patch32(self, Py_ssize_t at, uint32_t v) noexcept:
+        if self.little:
+            store_le32(self.buf + at, v)
+        else:
+            store_be32(self.buf + at, v)
+
+    cdef void patch16(self, Py_ssize_t at, uint16_t v) noexcept:
+        if self.little:
+            store_le16(self.buf + at, v)
+        else:
+            store_be16(self.buf + at, v)
+
+    cdef int put_tag(self, uint32_t tag) except -1:
+        self.put16(<uint16_t>(tag >> 16))
+        self.put16(<uint16_t>tag)
+        return 0
+
+    cdef bytes result(self):
+        return PyBytes_FromStringAndSize(<const char*>self.buf, self.size)
+
+    # ----------------------------------------------------------- data sets
+    cdef int dataset(self, object ds, object parent_encoding) except -1:
+        cdef dict elements
+        cdef uint32_t tag
+        if not isinstance(ds, Dataset) or isinstance(ds, FileMetaDataset):
+            raise _Fallback
+        elements = ds._dict
+        if type(elements) is not dict:
+            raise _Fallback
+        # pydicom converts every element (and corrects ambiguous VRs) unless
+        # the data set is written in the encoding it was read in.
+        convert = ds.original_encoding != self.encoding or ds.original_character_set != ds._character_set
+        if CHARSET in elements:
+            encoding = ds[_tag(CHARSET)].value  # what ds.get("SpecificCharacterSet") gives
+        else:
+            encoding = parent_encoding
+        if not _plain_charset(encoding):
+            raise _Fallback
+        if convert:
+            self.converting += 1
+        for key in sorted(elements, key=int):  # tag order, without BaseTag.__lt__
+            tag = key
+            if (tag & 0xFFFF) == 0 and (tag >> 16) > 6:
+                continue  # retired group length, never written
+            if (tag >> 16) < 8:
+                raise _Fallback
+            elem = elements[key]
+            if type(elem) is RawDataElement:
+                if convert:
+                    raise _Fallback
+                self.raw_element(tag, elem)
+            elif type(elem) is DataElement:
+                self.element(tag, elem, encoding)
+            else:
+                raise _Fallback
+        if convert:
+            self.converting -= 1
+        return 0
+
+    cdef int raw_element(self, uint32_t tag, object raw) except -1:
+        cdef object value = raw.value
+        cdef bint undefined = raw.length == UNDEFINED
+        cdef int code = -1
+        cdef Py_ssize_t n
+        if raw.is_implicit_VR != self.implicit or raw.is_little_endian != self.little or type(value) is not bytes:
+            raise _Fallback
+        n = len(<bytes>value)
+        if self.converting and raw.VR == "SQ":
+            raise _Fallback  # an enclosing data set's VR correction converts it
+        if undefined and tag == PIXEL_DATA and value[:4] != (b"\xFE\xFF\x00\xE0" if self.little else b"\xFF\xFE\xE0\x00"):
+            raise _Fallback  # pydicom refuses it
+        if not self.implicit:
+            code = self.vr_code(raw.VR)
+            if not _LONG[code] and (undefined or n > 0xFFFF):
+                raise _Fallback
+        self.header(tag, code, UNDEFINED if undefined else <uint32_t>n)
+        self.put_bytes(<bytes>value)
+        if undefined:
+            self.put_tag(SEQUENCE_END)
+            self.put32(0)
+        return 0
+
+    cdef int vr_code(self, object vr) except -1:
+        if not isinstance(vr, str) or len(<str>vr) != 2:
+            raise _Fallback
+        code = _vr_code(ord((<str>vr)[0]) & 0xFF, ord((<str>vr)[1]) & 0xFF)
+        if code < 0:
+            raise _Fallback
+        return code
+
+    cdef int header(self, uint32_t tag, int code, uint32_t length) except -1:
+        """Tag, VR and length; returns nothing (patch the length later with
+        ``patch_length`` when it is not known yet)."""
+        cdef uint8_t vr[2]
+        self.put_tag(tag)
+        if self.implicit:
+            self.put32(length)
+            return 0
+        name = _VR_STR[code]
+        vr[0] = ord(name[0])
+        vr[1] = ord(name[1])
+        self.put(vr, 2)
+        if _LONG[code]:
+            self.put16(0)
+            self.put32(length)
+        else:
+            self.put16(<uint16_t>length)
+        return 0
+
+    cdef int element(self, uint32_t tag, object elem, object encoding) except -1:
+        cdef int code = self.vr_code(elem.VR)
+        cdef bint undefined = elem.is_undefined_length
+        cdef Py_ssize_t length_at, start
+        cdef Py_ssize_t length
+        if undefined and code != SQ:
+            raise _Fallback
+        self.header(tag, code, UNDEFINED if undefined else 0)
+        start = self.size
+        length_at = start - (2 if not self.implicit and not _LONG[code] else 4)
+        if not _is_empty(elem, code):
+            self.value(tag, code, elem, encoding)
+        length = self.size - start
+        if undefined:
+            self.put_tag(SEQUENCE_END)
+            self.put32(0)
+        elif not self.implicit and not _LONG[code]:
+            if length > 0xFFFF:
+                raise _Fallback  # pydicom rewrites it as UN
+            self.patch16(length_at, <uint16_t>length)
+        else:
+            if length >= UNDEFINED:
+                raise _Fallback
+            self.patch32(length_at, <uint32_t>length)
+        return 0
+
+    cdef int value(self, uint32_t tag, int code, object elem, object encoding) except -1:
+        value = elem.value
+        if code == SQ:
+            return self.sequence(value, encoding)
+        if code in (AE, AS, CS, UR, UI, DA, DT, TM):
+            return self.text(value, b"\0" if code == UI else b" ")
+        if code == DS or code == IS:
+            return self.number_strings(value)
+        if code in (LO, LT, SH, ST, UC, UT):
+            return self.charset_text(value)
+        if code == PN:
+            return self.person_names(elem, encoding)
+        if code in (OB, OD, OF, OL, OV, OW, UN):
+            if type(value) is not bytes and type(value) is not bytearray:
+                raise _Fallback
+            self.put_bytes(bytes(value))
+            if code != UN and len(value) % 2:
+                self.put(<const uint8_t*>b"\0", 1)
+            return 0
+        if code == AT:
+            return self.tags(value)
+        if code == SS and tag in _LUT_TAGS:
+            raise _Fallback
+        return self.numbers(code, value)
+
+    cdef int text(self, object value, bytes padding) except -1:
+        # write_string: one str, or several joined by backslashes.
+        if _multi(value):
+            for part in value:
+                if not isinstance(part, str):
+                    raise _Fallback
+            value = "\\".join(value)
+        data = _ascii(value)
+        self.put_bytes(data)
+        if len(data) % 2:
+            self.put_bytes(padding)
+        return 0
+
+    cdef int number_strings(self, object value) except -1:
+        # write_number_string: each value's original string, else str().
+        if _multi(value):
+            text = "\\".join([_number_string(part) for part in value])
+        else:
+            text = _number_string(value)
+        data = _ascii(text)
+        self.put_bytes(data)
+        if len(data) % 2:
+            self.put(<const uint8_t*>b" ", 1)
+        return 0
+
+    cdef int charset_text(self, object value) except -1:
+        # write_text: str values encoded (ASCII here), bytes values as they are.
+        if _multi(value):
+            if not value:
+                raise _Fallback
+            if isinstance(value[0], str):
+                data = b"\\".join([_ascii(part) for part in value])
+            else:
+                for part in value:
+                    if type(part) is not bytes:
+                        raise _Fallback
+                data = b"\\".join(value)
+        elif isinstance(value, str):
+            data = _ascii(value)
+        elif type(value) is bytes:
+            data = value
+        else:
+            raise _Fallback
+        self.put_bytes(data)
+        if len(data) % 2:
+            self.put(<const uint8_t*>b" ", 1)
+        return 0
+
+    cdef int person_names(self, object elem, object encoding) except -1:
+        value = elem.value
+        if isinstance(value, PersonName):
+            names = [value]
+        elif _multi(value) and len(value) > 1:
+            names = value
+        else:
+            raise _Fallback
+        encodings = convert_encodings(encoding or [default_encoding])
+        parts = []
+        for name in names:
+            if not isinstance(name, PersonName):
+                raise _Fallback
+            part = name.encode(encodings)
+            if type(part) is not bytes or not (<bytes>part).isascii():
+                raise _Fallback
+            parts.append(part)
+        data = b"\\".join(parts)
+        self.put_bytes(data)
+        if len(data) % 2:
+            self.put(<const uint8_t*>b" ", 1)
+        return 0
+
+    cdef int tags(self, object value) except -1:
+        if isinstance(value, (MultiValue, list)):
+            for part in value:
+                self.one_tag(part)
+        else:
+            self.one_tag(value)
+        return 0
+
+    cdef int one_tag(self, object value) except -1:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value > 0xFFFFFFFF:
+            raise _Fallback
+        self.put_tag(<uint32_t>value)
+        return 0
+
+    cdef int numbers(self, int code, object value) except -1:
+        # write_numbers: a list-like (it has .append) is several values.
+        if hasattr(value, "append"):
+            for part in value:
+                self.number(code, part)
+        else:
+            self.number(code, value)
+        return 0
+
+    cdef int number(self, int code, object value) except -1:
+        cdef double d
+        cdef float f
+        cdef uint64_t u
+        cdef uint32_t bits
+        if code == FL or code == FD:
+            if type(value) is not float and not (isinstance(value, int) and not isinstance(value, bool)):
+                raise _Fallback
+            try:
+                d = value
+            except OverflowError:
+                raise _Fallback
+            if code == FD:
+                memcpy(&u, &d, 8)
+                return self.put64(u)
+            f = <float>d
+            if isinf(f) and not isinf(d):
+                raise _Fallback  # struct refuses it
+            memcpy(&bits, &f, 4)
+            return self.put32(bits)
+        if not isinstance(value, int):
+            raise _Fallback
+        if code == US:
+            if not 0 <= value <= 0xFFFF:
+                raise _Fallback
+            self.put16(<uint16_t>value)
+        elif code == SS:
+            if not -0x8000 <= value <= 0x7FFF:
+                raise _Fallback
+            self.put16(<uint16_t>(<int64_t>value))
+        elif code == UL:
+            if not 0 <= value <= 0xFFFFFFFF:
+                raise _Fallback
+            self.put32(<uint32_t>value)
+        elif code == SL:
+            if not -0x80000000 <= value <= 0x7FFFFFFF:
+                raise _Fallback
+            self.put32(<uint32_t>(<int64_t>value))
+        elif code == UV:
+            if not 0 <= value <= 0xFFFFFFFFFFFFFFFF:
+                raise _Fallback
+            self.put64(<uint64_t>value)
+        elif code == SV:
+            if not -0x8000000000000000 <= value <= 0x7FFFFFFFFFFFFFFF:
+                raise _Fallback
+            self.put64(<uint64_t>(<int64_t>value))
+        else:
+            raise _Fallback
+        return 0
+
+    cdef int put64(self, uint64_t v) except -1:
+        if self.little:
+            self.put32(<uint32_t>v)
+            self.put32(<uint32_t>(v >> 32))
+        else:
+            self.put32(<uint32_t>(v >> 32))
+            self.put32(<uint32_t>v)
+        return 0
+
+    cdef int sequence(self, object value, object encoding) except -1:
+        cdef Py_ssize_t length_at
+        if not isinstance(value, Sequence):
+            raise _Fallback
+        encodings = convert_encodings(encoding or [default_encoding])
+        for item in value:
+            if not isinstance(item, Dataset):
+                raise _Fallback
+            self.put_tag(ITEM)
+            length_at = self.size
+            self.put32(UNDEFINED)
+            self.dataset(item, encodings)
+            if getattr(item, "is_undefined_length_sequence_item", False):
+                self.put_tag(ITEM_END)
+                self.put32(0)
+            else:
+                if self.size - length_at - 4 >= UNDEFINED:
+                    raise _Fallback
+                self.patch32(length_at, <uint32_t>(self.size - length_at - 4))
+        return 0
+
+
+cdef bint _is_empty(object elem, int code) except -1:
+    # DataElement.is_empty for the values the writer takes, without its
+    # property calls; anything else asks the element.
+    value = elem.value
+    if code == SQ:
+        return not value
+    if value is None:
+        return True
+    if isinstance(value, (str, bytes, PersonName)):
+        return not value
+    if isinstance(value, (list, tuple, MultiValue)):
+        return len(value) == 0
+    return elem.is_empty
+
+
+cdef object _number_string(object value):
+    original = getattr(value, "original_string", _MISSING)
+    return str(value) if original is _MISSING else original
+
+
+def encode(dataset, bint implicit, bint little):
+    """``dataset`` encoded as pydicom's write_dataset would, or None when
+    pydicom's writer must do it."""
+    cdef _Writer writer = _Writer(implicit, little)
+    try:
+        writer.dataset(dataset, default_encoding)
+    except _Fallback:
+        return None
+    return writer.result()

@@ -1,0 +1,25 @@
+"""Data sets to pydicom Datasets and back, in C (see ext/_dataset.pyx)."""
+
+from typing import Any
+
+from pydicom import Dataset
+
+from chromanet.errors import EncodingError as EncodingError
+
+def check(data: Any, implicit: bool, little: bool) -> None:
+    """Raise EncodingError unless ``data`` (bytes-like) is a well-formed data
+    set in the encoding given: headers inside the data, explicit VRs of PS3.5,
+    lengths inside what contains them, sequences and items closed, at most 32
+    levels of sequences, undefined length only where PS3.5 allows it."""
+
+def decode(data: Any, implicit: bool, little: bool) -> Dataset | None:
+    """The Dataset pydicom's ``read_dataset`` makes of ``data`` (checked as by
+    ``check`` in the same walk), or None when pydicom must read it."""
+
+def encode(dataset: Dataset, implicit: bool, little: bool) -> bytes | None:
+    """The bytes pydicom's ``write_dataset`` writes for ``dataset``, or None
+    when pydicom's writer must write it."""
+
+def new_dataset(elements: dict[Any, Any]) -> Dataset:
+    """A Dataset around ``elements`` (tag -> DataElement or RawDataElement), as
+    ``Dataset(elements)`` makes it, without running ``Dataset.__init__``."""
