@@ -14,8 +14,13 @@ import warnings
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydicom import Dataset, dcmread
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement
 from pydicom.sequence import Sequence
+from pydicom.tag import Tag
 
 from chromanet import dsutil, uids
 from chromanet.archive import IdentifierError, PaletteArchive
@@ -362,3 +367,60 @@ def test_timing_10000_matches(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                 f"\n10,000-match C-FIND: query {1e3 * (t1 - t0):.1f} ms; Datasets {1e3 * (t2 - t1):.1f} ms; "
                 f"encoded fast path {1e3 * (t3 - t2):.1f} ms; pydicom encode of the Datasets {1e3 * (t4 - t3):.1f} ms"
             )
+
+
+# ------------------------------------- raw identifiers read without pydicom
+_KEY_TEXT = st.text(alphabet=st.sampled_from(list("ABC xyz*?.19-\\\x00")), max_size=24)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    syntax=st.sampled_from([uids.ImplicitVRLittleEndian, uids.ExplicitVRLittleEndian, uids.ExplicitVRBigEndian]),
+    values=st.fixed_dictionaries(
+        {},
+        optional={
+            "SOPInstanceUID": _KEY_TEXT,
+            "SOPClassUID": _KEY_TEXT,
+            "ContentLabel": _KEY_TEXT,
+            "ContentDescription": _KEY_TEXT,
+            "ContentCreatorName": st.text(alphabet="AB^", max_size=8),
+            "SpecificCharacterSet": st.sampled_from(["", "ISO_IR 100", "ISO_IR 192"]),
+            "PatientID": _KEY_TEXT,
+        },
+    ),
+)
+def test_plan_of_raw_identifier_is_the_plan_of_converted_one(syntax: str, values: dict[str, str]) -> None:
+    """plan_find reads simple raw text elements itself (``matching._plain``):
+    the plan, or the failure, is the same as from the elements pydicom
+    converts, for values with padding, NULs, backslashes (several values)
+    and wild cards, in the three encodings."""
+    from chromanet.archive import matching
+
+    source = Dataset()
+    for keyword, value in values.items():
+        raw = value.encode("ascii")
+        tag = Tag(keyword)
+        source[tag] = DataElement(tag, dictionary_VR(tag), raw)  # bytes: written as they are
+    encoded = dsutil.encode_dataset(source, syntax)
+    decoded = dsutil.decode_dataset(encoded, syntax)
+    converted = Dataset()
+    other = dsutil.decode_dataset(encoded, syntax)  # reading an element converts it in place
+    for tag in other.keys():
+        converted[tag] = other[tag]  # pydicom's conversion of the raw element
+
+    def outcome(identifier: Dataset) -> object:
+        try:
+            return matching.plan_find(identifier)
+        except IdentifierError as exc:
+            return (exc.status, str(exc), tuple(exc.offending_tags))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom's value checks of odd generated values
+        ours = list(matching._elements(decoded))
+        # read by plan_find itself (empty ones come from the decoder converted)
+        assert all(type(e) is matching._Plain for e in ours if e.VR in ("UI", "CS", "LO") and e.value)
+        assert outcome(decoded) == outcome(converted)
+        assert [int(e.tag) for e in ours] == [int(e.tag) for e in converted]
+        for mine, theirs in zip(ours, converted):
+            assert mine.VR == theirs.VR
+            assert [str(v) for v in matching._values(mine)] == [str(v) for v in matching._values(theirs)]

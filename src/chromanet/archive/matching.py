@@ -78,7 +78,7 @@ from typing import Any, Iterable
 
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.multival import MultiValue
 
 from chromanet import uids
@@ -257,6 +257,62 @@ def _check_key(elem: DataElement, tag: int) -> None:
             )
 
 
+# Raw elements plan_find reads itself (``_elements``): pydicom's conversion
+# of one of these costs ~25 us, more than the rest of a one-match plan. UI,
+# AE, AS and CS values are stripped of trailing spaces and NULs and then
+# split, as pydicom's converters do; the text VRs split first, then each
+# value is stripped.
+_STRIPPED_THEN_SPLIT = frozenset({"UI", "AE", "AS", "CS"})
+_SPLIT_THEN_STRIPPED = frozenset({"LO", "SH", "ST", "LT", "UT", "UC"})
+_ESCAPE = 0x1B  # ISO 2022 code extension: the bytes are not plain ASCII text
+
+
+class _Plain:
+    """An identifier element whose value was read from its raw ASCII bytes
+    (the ``tag``, ``VR`` and ``value`` of the DataElement pydicom would make)."""
+
+    __slots__ = ("tag", "VR", "value")
+
+    def __init__(self, tag: int, vr: str, value: str | list[str]) -> None:
+        self.tag = tag
+        self.VR = vr
+        self.value = value
+
+
+def _plain(raw: RawDataElement) -> _Plain | None:
+    """``raw`` as a _Plain when it is one of the simple text VRs in ASCII,
+    else None (pydicom converts it)."""
+    data = b"" if raw.value is None else raw.value  # None: zero length
+    if not isinstance(data, bytes) or not data.isascii() or _ESCAPE in data:
+        return None
+    tag = int(raw.tag)
+    vr = raw.VR
+    if vr is None:
+        if tag & 0x10000:  # private: no dictionary VR
+            return None
+        try:
+            vr = dictionary_VR(tag)
+        except KeyError:
+            return None
+    text = data.decode("ascii")
+    if vr in _STRIPPED_THEN_SPLIT:
+        values = text.rstrip(" \x00").split("\\")
+    elif vr in _SPLIT_THEN_STRIPPED:
+        values = [value.rstrip("\x00 ") for value in text.split("\\")]
+    else:
+        return None
+    return _Plain(tag, vr, values[0] if len(values) == 1 else values)
+
+
+def _elements(identifier: Dataset) -> Iterable[Any]:
+    """The identifier's elements in tag order, as iterating it gives them,
+    the simple raw ones read without pydicom's conversion (``_plain``)."""
+    for tag in sorted(identifier.keys()):
+        raw = identifier.get_item(tag)
+        plain = _plain(raw) if type(raw) is RawDataElement else None
+        yield plain if plain is not None else identifier[tag]
+
+
 def _uid(value: Any) -> str:
     return str(value).strip(" \x00")
 
@@ -349,7 +405,7 @@ def plan_find(identifier: Dataset) -> FindPlan:
     keys: list[ReturnKey] = []
     unsupported = False
     wants_sequence = False
-    for elem in identifier:
+    for elem in _elements(identifier):
         tag = int(elem.tag)
         _check_key(elem, tag)
         if tag in _NOT_KEYS or (tag & 0xFFFF) == 0:
