@@ -31,6 +31,12 @@ reads into memory, and dcmqrscp storage areas of same-size images.
 Pairings (client -> SCP):
 - chromanet async (``await ae.associate_async``, uvloop) -> chromanet
 - chromanet blocking (``ae.associate``, pynetdicom-style) -> chromanet
+- chromanet async / blocking -> chromanet library mode (``cn-lib``,
+  ``cn-blocking-lib``; W2-W6): the SCP is a chromanet AE running the same
+  pynetdicom-style handlers as the pynetdicom Q/R SCP (``e2e_peers.py``),
+  which yield pydicom Datasets, as a pynetdicom program does after swapping
+  the import; the ``cn-async`` rows are the node's archive, which sends
+  encoded bytes
 - pynetdicom + TCP_NODELAY -> pynetdicom + TCP_NODELAY: the baseline for
   the ratios (see ``e2e_peers.py`` for how TCP_NODELAY is set: an
   ``EVT_CONN_OPEN`` handler, no patching)
@@ -337,6 +343,14 @@ def pairings(args: argparse.Namespace) -> list[Pairing]:
         Pairing("pyn-nodelay", "pynetdicom+NODELAY -> pynetdicom+NODELAY",
                 Side("pynetdicom", True), Side("pynetdicom", True)),
     ]
+    # Library mode: a pynetdicom program's Q/R handlers (pydicom Datasets
+    # yielded) on chromanet, next to the node's archive fast path.
+    out.append(Pairing("cn-lib", "chromanet async -> chromanet library mode", Side("chromanet-async"),
+                       Side("chromanet-lib"), dest=Side("chromanet"),
+                       only=("w2-find", "w3-find1", "w4-get", "w5-get-large", "w6-move")))
+    out.append(Pairing("cn-blocking-lib", "chromanet blocking -> chromanet library mode", Side("chromanet-blocking"),
+                       Side("chromanet-lib"), dest=Side("chromanet"),
+                       only=("w2-find", "w3-find1", "w4-get", "w5-get-large", "w6-move")))
     if not args.no_default_baseline:
         # Its Q/R would stall ~40 ms a response: W1, W7 and W8 only.
         out.append(Pairing("pyn-default", "pynetdicom default -> pynetdicom default",
@@ -481,8 +495,10 @@ def scp_argv(side: Side, w: Workload, port: int, args: argparse.Namespace, log_d
     impl = side.impl
     argv = [py, str(PEERS), "scp", "--port", str(port)]
     if w.dataset is not None:
-        impl = {"chromanet": "chromanet-node", "pynetdicom": "pynetdicom-qr"}[impl]
+        impl = {"chromanet": "chromanet-node", "chromanet-lib": "chromanet-qr", "pynetdicom": "pynetdicom-qr"}[impl]
         argv += ["--data-dir", str(args.data_root / "cn" / w.dataset), *dests]
+    elif impl == "chromanet-lib":
+        impl = "chromanet"
     argv += ["--impl", impl]
     if side.nodelay and side.impl == "pynetdicom":
         argv.append("--nodelay")

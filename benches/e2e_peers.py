@@ -6,7 +6,7 @@ session so that the harness can kill the whole process group.
 SCP::
 
     python benches/e2e_peers.py scp --impl chromanet|pynetdicom [--nodelay] --port P [--no-quickack]
-    python benches/e2e_peers.py scp --impl chromanet-node|pynetdicom-qr --port P
+    python benches/e2e_peers.py scp --impl chromanet-node|chromanet-qr|pynetdicom-qr --port P
         --data-dir DIR [--move-dest AET=PORT]
     ... [--tls-dir DIR]    (chromanet, chromanet-node: TLS only, DIR/server.pem)
 
@@ -16,7 +16,9 @@ SCP::
   the real palette archive node (``chromanet.apps.node.PaletteNode``) on an
   archive built by ``data``; ``pynetdicom-qr`` is a pynetdicom Color Palette
   Q/R SCP answering from an in-memory list of the same data sets (read from
-  the archive's files at start). Each exits when its stdin closes (so an SCP
+  the archive's files at start); ``chromanet-qr`` is the same handlers on a
+  chromanet AE (library mode: what a pynetdicom program gets by swapping
+  the import). Each exits when its stdin closes (so an SCP
   never outlives a harness that died), or on SIGTERM. ``--no-quickack``: the
   chromanet SCPs with ``AE.tcp_quickack`` off (the node: ``tcp_quickack =
   false``), to compare with it on against peers that run Nagle's algorithm.
@@ -277,13 +279,18 @@ def _requested_uids(identifier: Any) -> list[str] | None:
     return [str(v) for v in value]
 
 
-def pynetdicom_qr_handlers(palettes: dict[str, Any], destinations: dict[str, int], nodelay: bool) -> list[Any]:
+def pynetdicom_qr_handlers(palettes: dict[str, Any], destinations: dict[str, int], nodelay: bool,
+                           evt: Any = None) -> list[Any]:
     """The pynetdicom way: FIND yields (0xFF00, identifier) per match; GET and
-    MOVE yield the number of sub-operations, then (0xFF00, dataset) each."""
+    MOVE yield the number of sub-operations, then (0xFF00, dataset) each.
+    ``evt``: the module whose events they are bound to (pynetdicom's, or
+    chromanet's for the same handlers on a chromanet AE: library mode)."""
     import fnmatch
 
     from pydicom import Dataset
-    from pynetdicom import evt
+
+    if evt is None:
+        from pynetdicom import evt
 
     def on_find(event: Any) -> Any:
         identifier = event.identifier
@@ -378,6 +385,24 @@ def run_scp(impl: str, port: int, nodelay: bool, data_dir: Path | None = None,
         threading.Thread(target=_serve_until_eof, daemon=True).start()
         loop.run_forever()
         return
+    elif impl == "chromanet-qr":
+        # Library mode: the pynetdicom program's handlers (pydicom Datasets
+        # in, pydicom Datasets yielded) on a chromanet AE.
+        from chromanet import evt
+        from chromanet.ae import AE
+
+        if data_dir is None:
+            raise SystemExit("chromanet-qr needs --data-dir")
+        ae = AE("BENCH-SCP")
+        ae.tcp_quickack = quickack
+        ae.maximum_associations = 64
+        ae.add_supported_context(VERIFICATION)
+        for model in (FIND_MODEL, GET_MODEL, MOVE_MODEL):
+            ae.add_supported_context(model)
+        ae.add_supported_context(COLOR_PALETTE_STORAGE, scu_role=True, scp_role=True)
+        ae.add_requested_context(COLOR_PALETTE_STORAGE)  # C-MOVE sub-associations
+        handlers = pynetdicom_qr_handlers(_load_palettes(data_dir), move_dests, False, evt)
+        server = ae.start_server((HOST, port), block=False, evt_handlers=handlers)
     elif impl in ("pynetdicom", "pynetdicom-qr"):
         import pynetdicom
         from pynetdicom import evt
@@ -930,7 +955,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="role", required=True)
     s = sub.add_parser("scp")
-    s.add_argument("--impl", required=True, choices=["chromanet", "pynetdicom", "chromanet-node", "pynetdicom-qr"])
+    s.add_argument("--impl", required=True, choices=["chromanet", "pynetdicom", "chromanet-node", "chromanet-qr",
+                                                         "pynetdicom-qr"])
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--nodelay", action="store_true")
     s.add_argument("--no-quickack", dest="quickack", action="store_false", help="chromanet: tcp_quickack off")

@@ -5,7 +5,10 @@
 #
 # * RawDataElements read in the encoding being written, when pydicom writes
 #   them raw: the data set's original encoding and character set are the
-#   ones being written (otherwise pydicom converts every element first);
+#   ones being written. Otherwise pydicom converts every element first, and
+#   so do we (in place, as it does), except binary ones whose bytes its
+#   conversion would keep (``reheaded``: a file's Explicit VR LE palette
+#   sent on an Implicit VR LE context changes only their headers);
 # * DataElements whose VR is one of the 34, with values of the types pydicom
 #   makes: str (ASCII only) for the text VRs, int for US SS UL SL SV UV AT,
 #   int or float for FL FD, bytes for OB OD OF OL OV OW UN, a Sequence of
@@ -24,6 +27,39 @@ cdef frozenset _PLAIN_CHARSETS = frozenset(
     ["", "iso8859", "latin_1", "UTF8", "ISO_IR 6", "ISO 2022 IR 6", "ISO_IR 100", "ISO_IR 192"])
 cdef frozenset _LUT_TAGS = frozenset(_LUT_DESCRIPTOR_TAGS)
 cdef object _MISSING = object()
+# Binary VRs whose little-endian bytes pydicom converts and writes back bit
+# for bit (value length a multiple of the size; OB even, as pydicom pads it).
+cdef dict _AS_IS_SIZES = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "SV": 8, "UV": 8, "AT": 4,
+                          "OB": 2, "OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+
+
+# Text VRs whose ASCII values pydicom's conversion and writer give back byte
+# for byte when they are padded as its writer pads them (``_canonical_text``):
+# those it strips before splitting (UI; AS CS; DA DT TM while pydicom leaves
+# dates as strings), those it strips value by value (LO SH UC), and the
+# single-valued ones (LT ST UT). Not AE and UR (stripped of all white space),
+# PN, DS, IS (converted to objects).
+cdef frozenset _STRIPPED_WHOLE = frozenset(["UI", "AS", "CS", "DA", "DT", "TM", "LT", "ST", "UT"])
+cdef frozenset _STRIPPED_EACH = frozenset(["LO", "SH", "UC"])
+cdef frozenset _TEXT_AS_IS = _STRIPPED_WHOLE | _STRIPPED_EACH
+
+
+cdef bint _canonical_text(bytes value, object vr) except -1:
+    cdef bytes pad = b"\0" if vr == "UI" else b" "
+    cdef bytes kept
+    if not value.isascii() or b"\x1b" in value:
+        return False  # decoded by the character set (ISO 2022 escapes...)
+    if vr in ("DA", "DT", "TM") and _config.datetime_conversion:
+        return False
+    if _config.settings.reading_validation_mode == _config.RAISE:
+        return False  # pydicom's conversion may refuse the value
+    if vr in _STRIPPED_EACH and b"\\" in value:
+        kept = b"\\".join([part.rstrip(b"\0 ") for part in value.split(b"\\")])
+    else:
+        kept = value.rstrip(b"\0 ")
+    if len(kept) % 2:
+        kept += pad
+    return kept == value
 
 
 cdef bint _plain_charset(object encoding):
@@ -158,9 +194,17 @@ cdef class _Writer:
                 raise _Fallback
             elem = elements[key]
             if type(elem) is RawDataElement:
-                if convert:
+                if not convert:
+                    self.raw_element(tag, elem)
+                    continue
+                if self.reheaded(tag, elem):
+                    continue
+                # What pydicom's writer does with it: convert it (in place,
+                # through Dataset.__getitem__), then write what it became.
+                elem = ds[key]
+                if type(elem) is not DataElement:
                     raise _Fallback
-                self.raw_element(tag, elem)
+                self.element(tag, elem, encoding)
             elif type(elem) is DataElement:
                 self.element(tag, elem, encoding)
             else:
@@ -191,6 +235,39 @@ cdef class _Writer:
             self.put_tag(SEQUENCE_END)
             self.put32(0)
         return 0
+
+    cdef bint reheaded(self, uint32_t tag, object raw) except -1:
+        """Write a raw element of a data set being converted with its bytes
+        as they are and a new header, when those bytes are what pydicom's
+        conversion and writer would make of them: read with its VR (explicit)
+        in the byte order being written, and either ASCII text padded as
+        pydicom pads it (``_canonical_text``) or, little endian, whole values
+        of a binary VR whose conversion keeps every bit (not FL/FD, whose
+        float32 NaNs Python may change; not UN, which pydicom may re-type;
+        not an SS LUT Descriptor, whose first value pydicom writes as US)."""
+        cdef object value = raw.value
+        cdef object vr = raw.VR
+        cdef Py_ssize_t n, size
+        cdef int code
+        if (raw.is_implicit_VR or type(value) is not bytes or raw.length == UNDEFINED
+                or raw.is_little_endian != self.little):
+            return False
+        n = len(<bytes>value)
+        if vr in _TEXT_AS_IS:
+            if not _canonical_text(<bytes>value, vr):
+                return False
+        else:
+            if not self.little:
+                return False
+            size = _AS_IS_SIZES.get(vr, 0)
+            if size == 0 or n % size or (vr == "SS" and tag in _LUT_TAGS):
+                return False
+        code = self.vr_code(vr)
+        if not self.implicit and not _LONG[code] and n > 0xFFFF:
+            return False
+        self.header(tag, code, <uint32_t>n)
+        self.put_bytes(<bytes>value)
+        return True
 
     cdef int vr_code(self, object vr) except -1:
         if not isinstance(vr, str) or len(<str>vr) != 2:
