@@ -171,3 +171,10 @@ def test_racing_owners_one_wins(backend: Any, tmp_path: Path) -> None:
     finally:
         if second is not backend:
             second.close()
+
+
+def test_nul_in_a_key_matches_nothing(backend: Any) -> None:
+    """PostgreSQL text cannot hold NUL: a key with one is answered (no
+    match, as in SQLite), not turned into a database error."""
+    assert find_uids(backend, ContentLabel="HOT\x00IRON") == set()
+    assert find_uids(backend, ContentLabel="HOT\x00*") == set()

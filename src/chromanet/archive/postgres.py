@@ -227,6 +227,10 @@ class PgArchive:
         columns = list(m.ROW_COLUMNS)
         if not plan.wants_sequence:
             columns[m.COL_ALTERNATE_DESCRIPTIONS] = "NULL"
+        if any("\x00" in str(c.value) for c in plan.conditions):
+            # PostgreSQL text cannot hold NUL, so no stored value has one: no
+            # match, as in SQLite (and no database error a peer could repeat).
+            return FindResult(plan, [])
         where, params = m.render_postgresql(plan.conditions)
         sql = f"SELECT {', '.join(columns)} FROM instance WHERE {where} ORDER BY content_label, sop_instance_uid"
         async with self._connection("query") as conn:
@@ -278,7 +282,10 @@ class PgArchive:
         removed once the store is committed; on failure it is left."""
         source = Path(path)
         loop = asyncio.get_running_loop()
-        checked, data = await loop.run_in_executor(None, _check_and_read, source)
+        try:
+            checked, data = await loop.run_in_executor(None, _check_and_read, source)
+        except OSError as exc:
+            return IngestResult(OUT_OF_RESOURCES, f"cannot read: {exc}"[:64])
         if isinstance(checked, IngestResult):
             return checked
         fields, transfer_syntax, warning = checked

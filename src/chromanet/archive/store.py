@@ -328,6 +328,9 @@ class PaletteArchive:
     except ``ingest_*`` (fsync); an asyncio server runs those in an executor.
     """
 
+    #: Methods are plain calls (``PgArchive``'s are awaited).
+    is_async = False
+
     def __init__(self, data_dir: str | os.PathLike[str]) -> None:
         self.data_dir = Path(data_dir)
         self.files_dir = self.data_dir / "files"
