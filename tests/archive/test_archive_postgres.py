@@ -19,7 +19,7 @@ from pydicom import Dataset
 
 from chromanet import loopthread
 from chromanet.archive import ArchiveError, ArchiveVersionError
-from chromanet.archive.postgres import SCHEMA_VERSION, PgArchive, is_postgresql_url
+from chromanet.archive.postgres import SCHEMA_VERSION, IndexUnavailableError, PgArchive, is_postgresql_url, redact_url
 
 from helpers.data import hot_iron_copy, palette_paths, write_part10
 from helpers.postgres import PgCluster, SyncPgArchive, require_postgresql
@@ -138,3 +138,16 @@ def _uid_ds(uid: str) -> Dataset:
     ds = Dataset()
     ds.SOPInstanceUID = uid
     return ds
+
+
+def test_passwords_never_shown() -> None:
+    assert redact_url("postgresql://u:s3cret@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert redact_url("postgresql://u@h/db?sslmode=require&password=s3cret") == "postgresql://u@h/db?sslmode=require&password=***"
+    assert redact_url("postgresql://u@h/db") == "postgresql://u@h/db"
+
+
+def test_unreachable_at_open(tmp_path: Path) -> None:
+    url = f"postgresql://u:s3cret@/db?host={tmp_path}&port=5"  # no server there
+    with pytest.raises(IndexUnavailableError, match="cannot open the index") as info:
+        loopthread.run(PgArchive.open(url), timeout=60)
+    assert "s3cret" not in str(info.value)

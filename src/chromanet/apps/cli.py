@@ -450,6 +450,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
 
     from chromanet.apps.node import serve
+    from chromanet.errors import ChromanetError
 
     config = load_node_config(args)
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -461,6 +462,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop.run_until_complete(task)
     except asyncio.CancelledError:
         LOGGER.info("stopped")
+    except ChromanetError as exc:  # the archive cannot be opened: busy, too new, unreachable
+        print(f"chromanet serve: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         loop.close()
     return EXIT_OK

@@ -284,8 +284,11 @@ class PaletteNode:
 
     def _log_listening(self, server: AsyncServer, what: str) -> None:
         host, port = server.server_address
-        where = self.archive.url if self.archive_is_async else self.config.data_dir
-        LOGGER.info("%s listening%s on %s:%d, data in %s", self.config.ae_title, what, host, port, where)
+        if self.archive_is_async:
+            where = f"index and palettes in {self.archive.display_url}"
+        else:
+            where = f"data in {self.config.data_dir} ({len(self.archive)} palettes indexed)"
+        LOGGER.info("%s listening%s on %s:%d, %s", self.config.ae_title, what, host, port, where)
 
     async def close(self) -> None:
         for server in dict.fromkeys(s for s in (self.server, self.tls_server) if s is not None):

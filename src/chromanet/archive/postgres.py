@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -52,6 +53,7 @@ from chromanet import dsutil, uids
 from chromanet.archive import matching as m
 from chromanet.archive.index import ArchiveVersionError
 from chromanet.archive.response import FindResult
+from chromanet.errors import ChromanetError
 from chromanet.archive.store import (
     NOT_AUTHORISED,
     OUT_OF_RESOURCES,
@@ -64,7 +66,7 @@ from chromanet.archive.store import (
     check_palette_file,
 )
 
-__all__ = ["PgArchive", "PgInstance", "SCHEMA_VERSION", "is_postgresql_url"]
+__all__ = ["PgArchive", "PgInstance", "IndexUnavailableError", "SCHEMA_VERSION", "is_postgresql_url", "redact_url"]
 
 LOGGER = logging.getLogger("chromanet.archive")
 
@@ -123,6 +125,10 @@ def is_postgresql_url(url: str | None) -> bool:
     return bool(url) and str(url).split("://", 1)[0] in ("postgresql", "postgres")
 
 
+class IndexUnavailableError(ChromanetError):
+    """The database could not be reached when the archive was opened."""
+
+
 @dataclass(frozen=True, slots=True)
 class PgInstance:
     """One stored instance without its bytes (``read`` fetches them)."""
@@ -166,13 +172,16 @@ class PgArchive:
         well-known palettes the database lacks (idempotent, race-free)."""
         import asyncpg
 
-        pool = await asyncpg.create_pool(
-            url, min_size=min_size, max_size=max_size, timeout=timeout, command_timeout=timeout
-        )
+        try:
+            pool = await asyncpg.create_pool(
+                url, min_size=min_size, max_size=max_size, timeout=timeout, command_timeout=timeout
+            )
+        except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise IndexUnavailableError(f"cannot open the index {redact_url(url)}: {exc or type(exc).__name__}") from exc
         archive = cls(pool, url)
         try:
             async with pool.acquire() as conn:
-                await _migrate(conn, _redacted(url))
+                await _migrate(conn, redact_url(url))
             if seed:
                 await archive.seed_well_known()
         except BaseException:
@@ -182,6 +191,11 @@ class PgArchive:
 
     async def close(self) -> None:
         await self._pool.close()
+
+    @property
+    def display_url(self) -> str:
+        """The URL without its password, for logs."""
+        return redact_url(self.url)
 
     async def __aenter__(self) -> "PgArchive":
         return self
@@ -206,14 +220,14 @@ class PgArchive:
                     self._outage = True
                     LOGGER.error(
                         "index %s unreachable (%s: %s); answering with failures until it is back",
-                        _redacted(self.url), what, exc or type(exc).__name__,
+                        self.display_url, what, exc or type(exc).__name__,
                     )  # fmt: skip
             else:
-                LOGGER.warning("index %s: %s failed: %s", _redacted(self.url), what, exc)
+                LOGGER.warning("index %s: %s failed: %s", self.display_url, what, exc)
             raise m.ArchiveError(UNABLE_TO_PROCESS, f"index {what} failed: {type(exc).__name__}") from exc
         if self._outage:
             self._outage = False
-            LOGGER.warning("index %s reachable again", _redacted(self.url))
+            LOGGER.warning("index %s reachable again", self.display_url)
 
     # -- reading ---------------------------------------------------------
 
@@ -367,13 +381,14 @@ def _check_and_read(path: Path) -> tuple[Any, bytes]:
     return checked, path.read_bytes()
 
 
-def _redacted(url: str) -> str:
-    """The URL without its password, for logs."""
+def redact_url(url: str) -> str:
+    """The URL without its password (in the user info or a ``password=``
+    parameter), for logs and errors."""
     scheme, sep, rest = url.partition("://")
     userinfo, at, host = rest.rpartition("@")
     if at and ":" in userinfo:
-        return f"{scheme}{sep}{userinfo.split(':', 1)[0]}:***@{host}"
-    return url
+        rest = f"{userinfo.split(':', 1)[0]}:***@{host}"
+    return scheme + sep + re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", rest)
 
 
 async def _migrate(conn: Any, name: str) -> None:
