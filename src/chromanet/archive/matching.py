@@ -76,7 +76,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR
@@ -201,14 +201,15 @@ class ReturnKey:
     template: Template = None
 
 
-@dataclass(frozen=True, slots=True)
-class Condition:
+class Condition(NamedTuple):
     """One matching key as the index must test it, in no SQL dialect.
 
     ``kind``: ``"equal"`` (``value`` a string), ``"any"`` (``value`` a tuple
     of strings: list of UID matching) or ``"wildcard"`` (``value`` the DICOM
     wild card text, ``*`` and ``?``). Each backend renders the conditions in
-    its own SQL (``render_sqlite``, ``render_postgresql``).
+    its own SQL (``render_sqlite``, ``render_postgresql``). A NamedTuple: one
+    is made per matching key of every C-FIND, and a frozen dataclass costs
+    several times as much to build.
     """
 
     column: str
