@@ -34,8 +34,8 @@ from chromanet.archive.postgres import PgArchive
 
 from helpers.data import hot_iron_copy
 from helpers.postgres import PgCluster, require_postgresql
-from helpers.qr import FIND, GET, qr_scu_ae
-from helpers.servers import free_port, wait_listening
+from helpers.qr import FIND, GET, MOVE, qr_scu_ae
+from helpers.servers import async_scp, free_port, wait_listening
 from helpers.waits import WAIT_TIMEOUT
 
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR")
@@ -64,7 +64,7 @@ class Received:
 
 
 def association(port: int, calling: str, received: Received | None = None) -> Any:
-    ae = qr_scu_ae(calling, (FIND, GET))
+    ae = qr_scu_ae(calling, (FIND, GET, MOVE))
     ae.add_requested_context(uids.ColorPaletteStorage)
     handlers = [(evt.EVT_C_STORE, received)] if received is not None else None
     both_roles = _pdu.RoleSelection(uids.ColorPaletteStorage, True, True)
@@ -156,6 +156,33 @@ def test_racing_stores_through_two_nodes_one_owner(pg_url: str, tmp_path: Path) 
             await archive.close()
             await a.close()
             await b.close()
+
+    run(body)
+
+
+def test_moved_through_b_after_a_store_through_a(pg_url: str, tmp_path: Path) -> None:
+    """C-MOVE (X.4.3) through node B of a palette stored through node A:
+    B's sub-association delivers the stored bytes to the destination."""
+
+    async def body() -> None:
+        async with async_scp("DEST") as dest:
+            b_config = config(tmp_path / "b", pg_url)
+            b_config.move_destinations = {"DEST": ("127.0.0.1", dest.port)}
+            a, b = PaletteNode(config(tmp_path / "a", pg_url)), PaletteNode(b_config)
+            await a.start()
+            await b.start()
+            try:
+                palette = new_palette("MOVED_LUT")
+                async with association(port_of(a), "ALICE") as assoc:
+                    assert (await assoc.send_c_store(palette)).Status == 0x0000
+                async with association(port_of(b), "BOB") as assoc:
+                    wanted = f"{palette.SOPInstanceUID}\\1.2.3.4"
+                    status, _ = await final(assoc.send_c_move(query(SOPInstanceUID=wanted), "DEST", MOVE))
+                    assert status == 0xB000  # one moved, one not stored
+                assert [s.sop_instance_uid for s in dest.stored] == [palette.SOPInstanceUID]
+            finally:
+                await a.close()
+                await b.close()
 
     run(body)
 
