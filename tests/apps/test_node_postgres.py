@@ -160,6 +160,33 @@ def test_racing_stores_through_two_nodes_one_owner(pg_url: str, tmp_path: Path) 
     run(body)
 
 
+def test_get_of_more_than_one_read_batch(pg_url: str, tmp_path: Path) -> None:
+    """A C-GET of 40 palettes (the node reads them from the database a few
+    per query) and one missing UID: all 40 arrive, in request order."""
+
+    async def body() -> None:
+        archive = await PgArchive.open(pg_url)
+        node = PaletteNode(config(tmp_path / "a", pg_url))
+        await node.start()
+        try:
+            stored = []
+            for n in range(40):
+                ds = new_palette(f"BATCH_{n:02d}")
+                assert (await archive.ingest_dataset(ds)).status == 0x0000
+                stored.append(str(ds.SOPInstanceUID))
+            received = Received()
+            async with association(port_of(node), "BOB", received) as assoc:
+                wanted = "\\".join(stored[:20] + ["1.2.3.4"] + stored[20:])
+                status, _ = await final(assoc.send_c_get(query(SOPInstanceUID=wanted), GET))
+            assert status == 0xB000
+            assert list(received.datasets) == stored
+        finally:
+            await archive.close()
+            await node.close()
+
+    run(body)
+
+
 def test_moved_through_b_after_a_store_through_a(pg_url: str, tmp_path: Path) -> None:
     """C-MOVE (X.4.3) through node B of a palette stored through node A:
     B's sub-association delivers the stored bytes to the destination."""

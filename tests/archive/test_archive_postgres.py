@@ -151,3 +151,10 @@ def test_unreachable_at_open(tmp_path: Path) -> None:
     with pytest.raises(IndexUnavailableError, match="cannot open the index") as info:
         loopthread.run(PgArchive.open(url), timeout=60)
     assert "s3cret" not in str(info.value)
+
+
+def test_read_many(pg_url: str) -> None:
+    with SyncPgArchive(pg_url) as archive:
+        got = archive.read_many(["1.2.840.10008.1.5.1", "1.2.3.4", "1.2.840.10008.1.5.2"])
+        assert set(got) == {"1.2.840.10008.1.5.1", "1.2.840.10008.1.5.2"}
+        assert got["1.2.840.10008.1.5.1"] == archive.read("1.2.840.10008.1.5.1")

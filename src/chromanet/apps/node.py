@@ -41,6 +41,9 @@ from chromanet.status import Status
 LOGGER = logging.getLogger("chromanet.node")
 
 STORE_OUT_OF_RESOURCES = int(Status.OUT_OF_RESOURCES)
+# Palettes read from PostgreSQL per query during a retrieve: fewer round
+# trips, and at most this many (each <= ~400 KB) held at once.
+_READ_BATCH = 16
 NOT_AUTHORISED = int(Status.NOT_AUTHORISED)
 
 #: What a peer that no [[peers]] entry names may do, unless the
@@ -437,9 +440,11 @@ class PaletteNode:
 
     async def _retrieve_async(self, event: evt.Event, target: Any = None) -> Any:
         """A C-GET's (or, with ``target``, a C-MOVE's) answers over an awaited
-        archive: the located instances' bytes are read one at a time, just
-        before each is sent; one that cannot be read (gone since, or the
-        database lost) fails its sub-operation and is listed as failed."""
+        archive: the located instances' bytes are read a few at a time
+        (``_READ_BATCH``, one query each), just before they are sent, so a
+        retrieve of many never holds them all; one that cannot be read (gone
+        since, or the database lost) fails its sub-operation and is listed
+        as failed."""
         try:
             located = await self.archive.locate(event.identifier)
         except ArchiveError as error:
@@ -448,18 +453,21 @@ class PaletteNode:
         if target is not None:
             yield target
         yield len(located) + len(located.missing)
-        for instance in located:
-            if event.is_cancelled:
-                yield Status.CANCEL, None
-                return
+        for start in range(0, len(located), _READ_BATCH):
+            batch = [instance.sop_instance_uid for instance in located[start : start + _READ_BATCH]]
             try:
-                data = await self.archive.read(instance.sop_instance_uid)
+                read = await self.archive.read_many(batch)
             except ArchiveError:
-                data = None
-            if data is None:
-                data = Dataset()
-                data.SOPInstanceUID = instance.sop_instance_uid
-            yield Status.PENDING, data
+                read = {}
+            for uid in batch:
+                if event.is_cancelled:
+                    yield Status.CANCEL, None
+                    return
+                data: Any = read.pop(uid, None)
+                if data is None:
+                    data = Dataset()
+                    data.SOPInstanceUID = uid
+                yield Status.PENDING, data
         for uid in located.missing:
             if event.is_cancelled:
                 yield Status.CANCEL, None

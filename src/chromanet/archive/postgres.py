@@ -12,8 +12,8 @@ a palette is 4.4 KB to ~400 KB, so one row holds it comfortably; the row and
 its bytes are then one transaction, which is the whole of the crash safety
 (no temporary files, renames, directory fsyncs or ``recover()`` across a
 network file system whose rename and fsync semantics vary), and there is
-one source of truth to back up. A C-GET reads the bytes of one instance at
-a time (``read``), so a retrieve of many palettes does not hold them all.
+one source of truth to back up. A C-GET reads the bytes of a few instances
+at a time (``read_many``), so a retrieve of many palettes does not hold them all.
 
 Semantics are those of the SQLite archive (``store.py``): the same columns,
 the same validation of what is stored (``check_palette_file``), the same
@@ -280,6 +280,15 @@ class PgArchive:
         async with self._connection("read") as conn:
             data = await conn.fetchval("SELECT data FROM instance WHERE sop_instance_uid = $1", sop_instance_uid)
         return bytes(data) if data is not None else None
+
+    async def read_many(self, sop_instance_uids: list[str]) -> dict[str, bytes]:
+        """The Part 10 bytes of several instances in one query (those stored)."""
+        async with self._connection("read") as conn:
+            rows = await conn.fetch(
+                "SELECT sop_instance_uid, data FROM instance WHERE sop_instance_uid = ANY($1::text[])",
+                sop_instance_uids,
+            )
+        return {uid: bytes(data) for uid, data in rows}
 
     # -- storing ---------------------------------------------------------
 
