@@ -19,7 +19,8 @@ socket, with the server's default durability (fsync on). The PostgreSQL
 database is loaded with the very files of the SQLite archive.
 
 Output: median and min-max over the repeats per cell, and the ratio
-PostgreSQL / SQLite. Both servers share the machine with the client: on 2
+PostgreSQL / SQLite. Both nodes run at once and their repeats alternate, so
+a drift in the machine's load weighs on both backends alike. Both servers share the machine with the client: on 2
 cores, PostgreSQL's backend process competes with the node and the client
 for CPU, which the SQLite node does not have to.
 """
@@ -61,35 +62,44 @@ def load_postgresql(url: str, files_dir: Path) -> int:
     return asyncio.run(load())
 
 
-def run_cell(workload: str, n: int, data_dir: Path, uids: Path, index: str | None, repeats: int,
-             log: Path, timeout: float) -> list[float]:
+def start_pair(workload: str, n: int, data_dir: Path, uids: Path, index: str | None, log: Path,
+               timeout: float, registry: list[Peer]) -> Peer:
+    """A node on one backend and a client of it, warmed up; the client."""
     py = sys.executable
-    registry: list[Peer] = []
     port = free_port()
     argv = [py, str(PEERS), "scp", "--impl", "chromanet-node", "--port", str(port), "--data-dir", str(data_dir)]
     if index:
         argv += ["--index", index]
     scp = Peer(argv, log, registry)
-    client = None
+    wait_listening(scp, port)
+    client = Peer([py, str(PEERS), "client", "--impl", "chromanet-async", "--port", str(port),
+                   "--workload", workload, "--n", str(n), "--warmup", "20", "--uids", str(uids)], log, registry)
+    line = client.readline(timeout)
+    if line != "ready":
+        raise RuntimeError(f"client said {line!r}")
+    return client
+
+
+def run_cells(workload: str, n: int, dirs: dict[str, Path], uids: Path, indexes: dict[str, str | None],
+              repeats: int, log: Path, timeout: float) -> dict[str, list[float]]:
+    """Both backends' nodes up at once, their runs alternated (SQLite,
+    PostgreSQL, SQLite, ...) so that the load of the machine, which drifts,
+    weighs on both alike."""
+    registry: list[Peer] = []
     try:
-        wait_listening(scp, port)
-        client = Peer([py, str(PEERS), "client", "--impl", "chromanet-async", "--port", str(port),
-                       "--workload", workload, "--n", str(n), "--warmup", "20", "--uids", str(uids)], log, registry)
-        line = client.readline(timeout)
-        if line != "ready":
-            raise RuntimeError(f"client said {line!r}")
-        rates = []
+        clients = {b: start_pair(workload, n, dirs[b], uids, indexes[b], log, timeout, registry) for b in indexes}
+        rates: dict[str, list[float]] = {b: [] for b in indexes}
         for _ in range(repeats):
-            client.send("go")
-            answer = json.loads(client.readline(timeout))
-            if "error" in answer or answer["errors"]:
-                raise RuntimeError(f"{workload} on {index or 'sqlite'}: {answer}")
-            rates.append(answer["n"] / (answer["t1"] - answer["t0"]))
+            for backend, client in clients.items():
+                client.send("go")
+                answer = json.loads(client.readline(timeout))
+                if "error" in answer or answer["errors"]:
+                    raise RuntimeError(f"{workload} on {backend}: {answer}")
+                rates[backend].append(answer["n"] / (answer["t1"] - answer["t0"]))
         return rates
     finally:
-        if client is not None:
-            client.stop()
-        scp.stop()
+        for peer in reversed(registry):
+            peer.stop()
 
 
 def main() -> None:
@@ -114,16 +124,16 @@ def main() -> None:
             print(f"data: {args.retrieve_n} palettes (+8 well-known) in SQLite and in PostgreSQL ({stored} rows)")
             log = root / "bench.log"
             rows = []
+            # The SQLite data directory is only read by the PostgreSQL node's
+            # neighbour; the PostgreSQL node spools into a directory of its own.
+            dirs = {"sqlite": data_dir, "postgresql": root / "pg-node"}
+            indexes = {"sqlite": None, "postgresql": url}
             for label, workload, n in (("W3 one-match C-FIND", "find-one", args.find1_n),
                                        ("W4 C-GET of N ~4.4 KB", "get", args.retrieve_n)):
-                medians = {}
-                for backend, index in (("sqlite", None), ("postgresql", url)):
-                    # The node's spool directory is separate per backend; the
-                    # SQLite data directory is only read by the PostgreSQL node.
-                    node_dir = data_dir if index is None else root / "pg-node"
-                    rates = run_cell(workload, n, node_dir, uids, index, args.repeats, log, args.timeout)
-                    medians[backend] = statistics.median(rates)
-                    rows.append((label, n, backend, medians[backend], min(rates), max(rates)))
+                rates = run_cells(workload, n, dirs, uids, indexes, args.repeats, log, args.timeout)
+                medians = {b: statistics.median(r) for b, r in rates.items()}
+                for backend, r in rates.items():
+                    rows.append((label, n, backend, medians[backend], min(r), max(r)))
                 rows.append((label, n, "pg/sqlite", medians["postgresql"] / medians["sqlite"], None, None))
         finally:
             cluster.destroy()

@@ -174,7 +174,8 @@ class PgArchive:
 
         try:
             pool = await asyncpg.create_pool(
-                url, min_size=min_size, max_size=max_size, timeout=timeout, command_timeout=timeout
+                url, min_size=min_size, max_size=max_size, timeout=timeout, command_timeout=timeout,
+                reset=_session_unchanged,
             )
         except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             raise IndexUnavailableError(f"cannot open the index {redact_url(url)}: {exc or type(exc).__name__}") from exc
@@ -381,6 +382,14 @@ class PgArchive:
                 LOGGER.error("seeding %s (%s) failed: 0x%04X %s", path.name, uid, result.status, result.comment)
             results.append(result)
         return results
+
+
+async def _session_unchanged(conn: Any) -> None:
+    """The pool's reset of a released connection. asyncpg's default sends
+    a reset query (unlock advisory locks, close cursors, unlisten, reset
+    settings): one more round trip per operation, for session state this
+    archive never creates (its only lock is transaction-scoped). An open
+    transaction is still rolled back by the pool before this is called."""
 
 
 def _check_and_read(path: Path) -> tuple[Any, bytes]:
