@@ -124,8 +124,8 @@ def main() -> None:
             print(f"data: {args.retrieve_n} palettes (+8 well-known) in SQLite and in PostgreSQL ({stored} rows)")
             log = root / "bench.log"
             rows = []
-            # The SQLite data directory is only read by the PostgreSQL node's
-            # neighbour; the PostgreSQL node spools into a directory of its own.
+            # The SQLite node serves the data set's archive; the PostgreSQL
+            # node's data directory holds only its spool.
             dirs = {"sqlite": data_dir, "postgresql": root / "pg-node"}
             indexes = {"sqlite": None, "postgresql": url}
             for label, workload, n in (("W3 one-match C-FIND", "find-one", args.find1_n),
