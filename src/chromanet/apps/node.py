@@ -5,8 +5,8 @@ Palette Query/Retrieve SCP (FIND, GET, MOVE) over a ``PaletteArchive`` (an
 SQLite index and a file store under the data directory), or, with ``index``
 a ``postgresql://`` URL, over a ``PgArchive`` that several nodes share (the
 handlers are then async generators that await the database; the SQLite
-path keeps its synchronous handlers, the faster for an embedded index). Received instances
-are spooled to disk as they arrive (bounded memory) and ingested from there;
+path keeps its synchronous handlers, the faster for an embedded index).
+Received instances are spooled to disk as they arrive (bounded memory) and ingested from there;
 retrieved instances are sent from their files without being decoded when
 the negotiated transfer syntax is the stored one.
 
@@ -41,10 +41,10 @@ from chromanet.status import Status
 LOGGER = logging.getLogger("chromanet.node")
 
 STORE_OUT_OF_RESOURCES = int(Status.OUT_OF_RESOURCES)
+NOT_AUTHORISED = int(Status.NOT_AUTHORISED)
 # Palettes read from PostgreSQL per query during a retrieve: fewer round
 # trips, and at most this many (each <= ~400 KB) held at once.
 _READ_BATCH = 16
-NOT_AUTHORISED = int(Status.NOT_AUTHORISED)
 
 #: What a peer that no [[peers]] entry names may do, unless the
 #: administrator says otherwise: read the archive, not write to it nor make
@@ -493,7 +493,12 @@ async def serve(config: NodeConfig, ready: asyncio.Future[Any] | None = None) ->
     node = PaletteNode(config)
     if node.audit is not None:
         _reopen_on_sighup(node.audit.writer)
-    server = await node.start()
+    try:
+        server = await node.start()
+    except BaseException:
+        if node.archive_is_async and node.archive is not None:
+            await node.archive.close()  # the pool start() opened
+        raise
     if ready is not None and not ready.done():
         ready.set_result(server.server_address)
     try:
