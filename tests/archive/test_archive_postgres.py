@@ -158,3 +158,15 @@ def test_read_many(pg_url: str) -> None:
         got = archive.read_many(["1.2.840.10008.1.5.1", "1.2.3.4", "1.2.840.10008.1.5.2"])
         assert set(got) == {"1.2.840.10008.1.5.1", "1.2.840.10008.1.5.2"}
         assert got["1.2.840.10008.1.5.1"] == archive.read("1.2.840.10008.1.5.1")
+
+
+def test_missing_postgresql_skips_locally_and_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    import helpers.postgres
+
+    monkeypatch.setattr(helpers.postgres, "find_bin_dir", lambda: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="initdb"):
+        require_postgresql()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run"):
+        require_postgresql()
