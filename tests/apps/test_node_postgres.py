@@ -8,8 +8,9 @@ UID racing through both from two peers leave exactly one owner (the other
 is refused 0x0124, PS3.7 C); losing the database answers C-FIND and C-GET
 with a failure (0xC000 "unable to process") and C-STORE with 0xA700 (PS3.4
 B.2.3 "out of resources"), and the node serves again once the database is
-back, without a restart. Also the command line: ``--index`` and the TOML
-``index`` key, and a ``chromanet serve`` subprocess on PostgreSQL.
+back, without a restart; a node killed in the middle of a store leaves
+nothing behind. Also the command line: ``--index`` and the TOML ``index``
+key, and a ``chromanet serve`` subprocess on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -26,17 +27,19 @@ import uvloop
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from chromanet import _pdu, evt, uids
+from chromanet import _pdu, dsutil, evt, uids
 from chromanet.apps.access import OPERATIONS, AccessPolicy
 from chromanet.apps.cli import build_parser, load_node_config
 from chromanet.apps.node import NodeConfig, PaletteNode
 from chromanet.archive.postgres import PgArchive
+from chromanet.services.spool import SPOOL_PREFIX
 
 from helpers.data import hot_iron_copy
 from helpers.postgres import PgCluster, require_postgresql
 from helpers.qr import FIND, GET, MOVE, qr_scu_ae
+from helpers.rawpeer import partial_store
 from helpers.servers import async_scp, free_port, wait_listening
-from helpers.waits import WAIT_TIMEOUT
+from helpers.waits import WAIT_TIMEOUT, wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR")
 
@@ -267,15 +270,56 @@ def test_index_flag_and_toml(tmp_path: Path) -> None:
         PaletteNode(NodeConfig(data_dir=tmp_path / "d", index="mysql://x/y"))
 
 
-def test_serve_subprocess_on_postgresql(pg_url: str, tmp_path: Path) -> None:
-    port = free_port()
+def serve(data_dir: Path, port: int, url: str) -> subprocess.Popen[str]:
+    """``chromanet serve --index URL`` in a subprocess, listening."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "chromanet.apps.cli", "serve", "--data-dir", str(tmp_path / "data"),
-         "--port", str(port), "--bind", "127.0.0.1", "--index", pg_url, "--default-access", "all"],
+        [sys.executable, "-m", "chromanet.apps.cli", "serve", "--data-dir", str(data_dir),
+         "--port", str(port), "--bind", "127.0.0.1", "--index", url, "--default-access", "all"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
         wait_listening(port, process, timeout=30)
+    except BaseException:
+        process.kill()
+        process.communicate(timeout=WAIT_TIMEOUT)
+        raise
+    return process
+
+
+def test_node_killed_mid_store_leaves_nothing(pg_url: str, tmp_path: Path) -> None:
+    """A node killed while a C-STORE's data set is arriving: the database
+    never saw it, and the restarted node removes the partial spool file."""
+    data_dir, port = tmp_path / "data", free_port()
+    palette = new_palette("KILLED")
+    process = serve(data_dir, port, pg_url)
+    try:
+        sock = partial_store(port, dsutil.encode_dataset(palette, uids.ExplicitVRLittleEndian),
+                             palette.SOPInstanceUID)  # fmt: skip
+        spooled = lambda: list((data_dir / "incoming").glob(f"{SPOOL_PREFIX}*"))  # noqa: E731
+        assert wait_until(lambda: bool(spooled())), "the partial data set was never spooled"
+        process.kill()
+        process.communicate(timeout=WAIT_TIMEOUT)
+        sock.close()
+        process = serve(data_dir, port, pg_url)
+        assert spooled() == []
+    finally:
+        process.terminate()
+        process.communicate(timeout=WAIT_TIMEOUT)
+
+    async def stored() -> Any:
+        archive = await PgArchive.open(pg_url, seed=False)
+        try:
+            return await archive.get(palette.SOPInstanceUID), await archive.count()
+        finally:
+            await archive.close()
+
+    assert uvloop.run(asyncio.wait_for(stored(), 60)) == (None, 8)
+
+
+def test_serve_subprocess_on_postgresql(pg_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    process = serve(tmp_path / "data", port, pg_url)
+    try:
         found = subprocess.run(
             [sys.executable, "-m", "chromanet.apps.cli", "find", "127.0.0.1", str(port), "-k", "ContentLabel=HOT*"],
             capture_output=True, text=True, timeout=60,
