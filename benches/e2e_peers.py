@@ -333,8 +333,11 @@ def _tls_files(tls_dir: Path) -> dict[str, str]:
 
 
 def run_scp(impl: str, port: int, nodelay: bool, data_dir: Path | None = None,
-            move_dests: dict[str, int] | None = None, tls_dir: Path | None = None, quickack: bool = True) -> None:
-    """``tls_dir``: listen for TLS only, with the server certificate there."""
+            move_dests: dict[str, int] | None = None, tls_dir: Path | None = None, quickack: bool = True,
+            index: str | None = None) -> None:
+    """``tls_dir``: listen for TLS only, with the server certificate there.
+    ``index``: the chromanet node's index URL (postgresql://...; None: SQLite
+    in ``data_dir``)."""
     move_dests = move_dests or {}
     ssl_context = None
     if tls_dir is not None and impl not in ("chromanet", "chromanet-node"):
@@ -368,7 +371,7 @@ def run_scp(impl: str, port: int, nodelay: bool, data_dir: Path | None = None,
             raise SystemExit("chromanet-node needs --data-dir")
         config = NodeConfig(ae_title="BENCH-SCP", port=port, bind_address=HOST, data_dir=data_dir,
                             move_destinations={aet: (HOST, p) for aet, p in move_dests.items()},
-                            log_level="WARNING", tcp_quickack=quickack,
+                            log_level="WARNING", tcp_quickack=quickack, index=index,
                             # Every operation for every peer (the bench clients move too); the
                             # admission check still runs for each association, as in a real node.
                             access=AccessPolicy())
@@ -963,6 +966,7 @@ def main() -> None:
     s.add_argument("--data-dir", type=Path, help="Q/R SCPs: an archive built by 'data'")
     s.add_argument("--move-dest", action="append", default=[], metavar="AET=PORT")
     s.add_argument("--tls-dir", type=Path, help="TLS only, with DIR/server.pem and DIR/server.key (chromanet)")
+    s.add_argument("--index", help="chromanet-node: index URL (postgresql://...); default SQLite in --data-dir")
     c = sub.add_parser("client")
     c.add_argument("--impl", required=True, choices=["chromanet-async", "chromanet-blocking", "pynetdicom", "dcmtk"])
     c.add_argument("--port", type=int, required=True)
@@ -992,7 +996,8 @@ def main() -> None:
         for entry in args.move_dest:
             aet, _, port = entry.partition("=")
             dests[aet] = int(port)
-        run_scp(args.impl, args.port, args.nodelay, args.data_dir, dests, args.tls_dir, args.quickack)
+        run_scp(args.impl, args.port, args.nodelay, args.data_dir, dests, args.tls_dir, args.quickack,
+                args.index)
     elif args.role == "data":
         run_data(args.root, args.set, args.dcmtk)
     else:

@@ -23,6 +23,7 @@ import pytest
 from helpers.data import palette_paths
 from helpers.dcmtk import require_dcmtk
 from helpers.peers import require_module
+from helpers.postgres import PgCluster, require_postgresql
 from helpers.qr import configure_qr_scp_ae
 from helpers.servers import ScpHandle, async_scp, configure_scp_ae, start_scp
 from helpers.tls import Pki, make_pki
@@ -43,6 +44,27 @@ def dcmtk() -> Callable[[str], str]:
 @pytest.fixture
 def pynetdicom() -> Any:
     return require_module("pynetdicom")
+
+
+# ---------------------------------------------------------------- PostgreSQL
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PgCluster]:
+    """A throwaway PostgreSQL cluster for the run (``helpers.postgres``):
+    initdb in a temporary directory, a free port, its socket in that
+    directory; stopped and removed at the end. Skipped (failed under CI)
+    without PostgreSQL's binaries."""
+    cluster = PgCluster.create(require_postgresql())
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+@pytest.fixture
+def pg_url(postgres: PgCluster) -> str:
+    """The URL of a new empty database in the run's cluster."""
+    return postgres.create_database()
 
 
 # ---------------------------------------------------------------- data

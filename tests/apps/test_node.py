@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -19,12 +18,11 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from chromanet import _dimse, _pdu, uids
-from chromanet.ul.negotiation import ContextSpec, build_associate_rq
+from chromanet import _pdu, uids
 
 from helpers.dcmtk import require_dcmtk, storescp_palette_options
 from helpers.peers import require_module
-from helpers.rawpeer import pdata, raw_associate
+from helpers.rawpeer import partial_store
 from helpers.servers import free_port, subprocess_server, wait_listening
 from helpers.waits import WAIT_TIMEOUT
 
@@ -280,28 +278,6 @@ def test_restart_keeps_index_and_files(node: Node, tmp_path: Path):
     assert found.stdout.split()[0] == palette.SOPInstanceUID
 
 
-def _partial_store(port: int, dataset_bytes: bytes, sop_instance_uid: str) -> socket.socket:
-    """Associate and send a C-STORE-RQ whose data set stops half-way."""
-    rq = build_associate_rq(
-        "CHROMANET", "RAW", [ContextSpec(uids.ColorPaletteStorage, [uids.ExplicitVRLittleEndian])], max_pdu_length=0
-    )
-    sock = raw_associate(("127.0.0.1", port), rq, timeout=WAIT_TIMEOUT)
-    command = _dimse.encode_command(
-        _dimse.Command(
-            _dimse.C_STORE_RQ,
-            affected_sop_class_uid=uids.ColorPaletteStorage,
-            affected_sop_instance_uid=sop_instance_uid,
-            message_id=1,
-            priority=0,
-            command_data_set_type=_dimse.DATASET_PRESENT,
-        )
-    )
-    half = dataset_bytes[: len(dataset_bytes) // 2]
-    for control, fragment in ((0x03, command), (0x00, half)):
-        sock.sendall(pdata(1, control, fragment))
-    return sock
-
-
 def _encoded(ds: pydicom.Dataset) -> bytes:
     from chromanet import dsutil
 
@@ -310,7 +286,7 @@ def _encoded(ds: pydicom.Dataset) -> bytes:
 
 def test_server_killed_mid_store_leaves_nothing_partial(node: Node):
     palette = new_palette("KILLED")
-    sock = _partial_store(node.port, _encoded(palette), palette.SOPInstanceUID)
+    sock = partial_store(node.port, _encoded(palette), palette.SOPInstanceUID)
     # Wait until the server has spooled part of it, then kill it hard.
     deadline = time.monotonic() + WAIT_TIMEOUT
     while not node.leftovers() and time.monotonic() < deadline:
@@ -326,7 +302,7 @@ def test_server_killed_mid_store_leaves_nothing_partial(node: Node):
 
 def test_client_abort_mid_store_leaves_nothing_partial(node: Node):
     palette = new_palette("ABORTED")
-    sock = _partial_store(node.port, _encoded(palette), palette.SOPInstanceUID)
+    sock = partial_store(node.port, _encoded(palette), palette.SOPInstanceUID)
     deadline = time.monotonic() + WAIT_TIMEOUT
     while not node.leftovers() and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -4,6 +4,11 @@ The archive holds the eight well-known palettes and copies of Hot Iron with
 labels chosen to catch the usual mistakes: SQL LIKE characters (``%``,
 ``_``) and GLOB's ``[`` that are literal in DICOM, lower case, non-ASCII
 return values in ISO_IR 100 and ISO_IR 192, a palette without return keys.
+
+One body, two backends: every test that takes the ``archive`` fixture runs
+against the embedded SQLite index and against PostgreSQL (a throwaway
+cluster, ``helpers.postgres``), whose SQL renders the same matching plan
+(GLOB there, LIKE with escapes here).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from chromanet import dsutil, uids
 from chromanet.archive import IdentifierError, PaletteArchive
 from chromanet.archive.index import IndexRow
 from chromanet.archive.seed import well_known_palette_files
+
+from helpers.postgres import SyncPgArchive
 
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR")
 
@@ -76,9 +83,12 @@ def _palette(uid: str, label: str, **changes: object) -> Dataset:
     return ds
 
 
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory: pytest.TempPathFactory) -> PaletteArchive:
-    arch = PaletteArchive.open(tmp_path_factory.mktemp("archive"))
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def archive(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> PaletteArchive:
+    if request.param == "postgresql":
+        arch = SyncPgArchive(request.getfixturevalue("postgres").create_database())
+    else:
+        arch = PaletteArchive.open(tmp_path_factory.mktemp("archive"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         extras = [

@@ -9,7 +9,8 @@ path (``pythonpath``), so a test module in any folder can write
 - ``peers``: skip (or fail under CI) when an external peer is missing.
 - ``dcmtk``: finding DCMTK's tools, the storescp profile in ``tests/data``,
   the dcmqrscp configuration.
-- ``data``: the palette files, pydicom's encode/decode as the reference.
+- ``data``: the palette files, pydicom's encode/decode as the reference,
+  copies of Hot Iron under new UIDs and labels, Part 10 files of them.
 - ``servers``: chromanet and pynetdicom SCPs that record what they saw,
   requestor AEs, subprocess servers on free ports.
 - ``qr``: Color Palette Query/Retrieve: the model UIDs, SCP and SCU AEs,
@@ -17,4 +18,8 @@ path (``pythonpath``), so a test module in any folder can write
 - ``rawpeer``: a peer that speaks PDUs over a plain socket.
 - ``tls``: test CAs and certificates (made with openssl at test time), TLS
   contexts, the TLS flags of the chromanet commands and of DCMTK's tools.
+- ``postgres``: a throwaway PostgreSQL cluster (initdb in a temporary
+  directory, as an unprivileged user when root), its databases, and
+  ``SyncPgArchive`` (the PostgreSQL archive behind synchronous methods, so
+  one test body runs against both backends).
 """

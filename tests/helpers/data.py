@@ -55,3 +55,30 @@ def pydicom_encode(dataset: Any, transfer_syntax: str) -> bytes:
     buffer.is_little_endian = True
     write_dataset(buffer, dataset)
     return buffer.getvalue()
+
+
+def hot_iron_copy(uid: str, label: str, **changes: Any) -> Any:
+    """A pydicom Dataset: Hot Iron under another SOP Instance UID and Content
+    Label, without file meta; ``changes`` set (None: delete) attributes."""
+    import pydicom
+    from pydicom.data import get_palette_files
+
+    ds = pydicom.dcmread(get_palette_files("hotiron.dcm")[0])
+    del ds.file_meta
+    ds.SOPInstanceUID = uid
+    ds.ContentLabel = label
+    for keyword, value in changes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    return ds
+
+
+def write_part10(ds: Any, path: Path, syntax: str = uids.ExplicitVRLittleEndian) -> Path:
+    """``ds`` as a Part 10 file at ``path``, encoded by chromanet."""
+    from chromanet import dsutil
+
+    meta = dsutil.build_file_meta(ds.SOPClassUID, ds.SOPInstanceUID, syntax)
+    path.write_bytes(dsutil.encode_file_header(meta) + dsutil.encode_dataset(ds, syntax))
+    return path

@@ -107,3 +107,30 @@ class FakeAcceptor:
         finally:
             conn.close()
             self.listener.close()
+
+
+def partial_store(port: int, dataset_bytes: bytes, sop_instance_uid: str, called: str = "CHROMANET") -> socket.socket:
+    """Associate with 127.0.0.1:``port`` and send a C-STORE-RQ (Color
+    Palette Storage, Explicit VR Little Endian) whose data set stops
+    half-way; the socket, still open."""
+    from chromanet import _dimse, uids
+    from chromanet.ul.negotiation import ContextSpec, build_associate_rq
+
+    rq = build_associate_rq(
+        called, "RAW", [ContextSpec(uids.ColorPaletteStorage, [uids.ExplicitVRLittleEndian])], max_pdu_length=0
+    )
+    sock = raw_associate(("127.0.0.1", port), rq, timeout=NETWORK_TIMEOUT)
+    command = _dimse.encode_command(
+        _dimse.Command(
+            _dimse.C_STORE_RQ,
+            affected_sop_class_uid=uids.ColorPaletteStorage,
+            affected_sop_instance_uid=sop_instance_uid,
+            message_id=1,
+            priority=0,
+            command_data_set_type=_dimse.DATASET_PRESENT,
+        )
+    )
+    half = dataset_bytes[: len(dataset_bytes) // 2]
+    for control, fragment in ((0x03, command), (0x00, half)):
+        sock.sendall(pdata(1, control, fragment))
+    return sock

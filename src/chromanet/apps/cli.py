@@ -1,6 +1,6 @@
 """The ``chromanet`` command: a palette archive node and SCU tools.
 
-    chromanet serve [--config FILE] [--port N] [--data-dir DIR] [--tls-certificate FILE ...] ...
+    chromanet serve [--config FILE] [--port N] [--data-dir DIR] [--index postgresql://...] [--tls-certificate FILE ...] ...
     chromanet echo  HOST PORT [-aet AET] [-aec AEC]
     chromanet find  HOST PORT [-k Key=Value ...]
     chromanet get   HOST PORT [-k Key=Value ...] [-od DIR]
@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int)
     serve.add_argument("--bind", dest="bind_address")
     serve.add_argument("--data-dir", type=Path)
+    serve.add_argument(
+        "--index",
+        metavar="URL",
+        help="postgresql://user@host:port/db: index and palettes in PostgreSQL, shared by several nodes "
+        "(default: SQLite in the data directory)",
+    )
     serve.add_argument("--allow", dest="allowed_calling_aets", action="append", metavar="AET")
     serve.add_argument("--move-dest", action="append", default=[], metavar="AET=HOST:PORT")
     serve.add_argument("--max-associations", type=int)
@@ -366,6 +372,7 @@ def load_node_config(args: argparse.Namespace) -> Any:
         "port",
         "bind_address",
         "data_dir",
+        "index",
         "allowed_calling_aets",
         "max_associations",
         "max_associations_per_host",
@@ -443,6 +450,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
 
     from chromanet.apps.node import serve
+    from chromanet.errors import ChromanetError
 
     config = load_node_config(args)
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -454,6 +462,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop.run_until_complete(task)
     except asyncio.CancelledError:
         LOGGER.info("stopped")
+    except ChromanetError as exc:  # the archive cannot be opened: busy, too new, unreachable
+        print(f"chromanet serve: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         loop.close()
     return EXIT_OK

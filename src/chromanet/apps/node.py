@@ -2,8 +2,11 @@
 
 One AE that is a Verification SCP, a Color Palette Storage SCP and a Color
 Palette Query/Retrieve SCP (FIND, GET, MOVE) over a ``PaletteArchive`` (an
-SQLite index and a file store under the data directory). Received instances
-are spooled to disk as they arrive (bounded memory) and ingested from there;
+SQLite index and a file store under the data directory), or, with ``index``
+a ``postgresql://`` URL, over a ``PgArchive`` that several nodes share (the
+handlers are then async generators that await the database; the SQLite
+path keeps its synchronous handlers, the faster for an embedded index).
+Received instances are spooled to disk as they arrive (bounded memory) and ingested from there;
 retrieved instances are sent from their files without being decoded when
 the negotiated transfer syntax is the stored one.
 
@@ -31,6 +34,7 @@ from chromanet.apps.audit import AuditTrail
 from chromanet.apps.audit_writer import AuditWriter, FileSink, Sink, SyslogSink
 from chromanet.server import AsyncServer
 from chromanet.archive import ArchiveError, PaletteArchive
+from chromanet.archive.postgres import PgArchive, is_postgresql_url
 from chromanet.services.spool import SPOOL_PREFIX
 from chromanet.status import Status
 
@@ -38,6 +42,9 @@ LOGGER = logging.getLogger("chromanet.node")
 
 STORE_OUT_OF_RESOURCES = int(Status.OUT_OF_RESOURCES)
 NOT_AUTHORISED = int(Status.NOT_AUTHORISED)
+# Palettes read from PostgreSQL per query during a retrieve: fewer round
+# trips, and at most this many (each <= ~400 KB) held at once.
+_READ_BATCH = 16
 
 #: What a peer that no [[peers]] entry names may do, unless the
 #: administrator says otherwise: read the archive, not write to it nor make
@@ -62,6 +69,10 @@ class NodeConfig:
     port: int = 11112
     bind_address: str = "0.0.0.0"
     data_dir: Path = Path("data")
+    # None: the embedded SQLite index in data_dir; "postgresql://user@host:port/db":
+    # index and palettes in PostgreSQL, shared by every node pointed at it
+    # (data_dir then holds only the spool of incoming C-STOREs).
+    index: str | None = None
     allowed_calling_aets: list[str] = field(default_factory=list)
     # AE title -> (host, port) or MoveDestination(host, port, tls).
     move_destinations: dict[str, tuple[str, int] | MoveDestination] = field(default_factory=dict)
@@ -114,6 +125,16 @@ def _grant(event: evt.Event) -> Grant:
     return _grant_of(event.assoc) or OPEN_GRANT
 
 
+def _store_status(result: Any) -> int | Dataset:
+    """A C-STORE's answer from the archive's IngestResult."""
+    if result.comment:
+        status = Dataset()
+        status.Status = result.status
+        status.ErrorComment = str(result.comment)[:64]
+        return status
+    return int(result.status)
+
+
 def _status_dataset(error: ArchiveError) -> Dataset:
     status = Dataset()
     status.Status = error.status
@@ -127,10 +148,16 @@ def _status_dataset(error: ArchiveError) -> Dataset:
 class PaletteNode:
     """A configured AE bound to an archive; ``await start()`` listens."""
 
-    def __init__(self, config: NodeConfig, archive: PaletteArchive | None = None) -> None:
+    def __init__(self, config: NodeConfig, archive: PaletteArchive | PgArchive | None = None) -> None:
         self.config = config
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.archive = archive or PaletteArchive.open(config.data_dir, seed=True)
+        if archive is None and is_postgresql_url(config.index):
+            archive_or_none: Any = None  # opened by start(): connecting is awaited
+        elif archive is None and config.index:
+            raise ValueError(f"index {config.index!r}: only postgresql:// URLs (or none, for SQLite)")
+        else:
+            archive_or_none = archive or PaletteArchive.open(config.data_dir, seed=True)
+        self.archive: Any = archive_or_none
         # Incoming C-STORE data sets are spooled here, on the archive's file
         # system, so that ingesting one is a rename. What a crash left here
         # was never acknowledged to any peer: it goes.
@@ -198,7 +225,20 @@ class PaletteNode:
         ae.add_requested_context(uids.ColorPaletteStorage, stored_first[1:])
         return ae
 
+    @property
+    def archive_is_async(self) -> bool:
+        return bool(getattr(self.archive, "is_async", False)) or (
+            self.archive is None and is_postgresql_url(self.config.index)
+        )
+
     def handlers(self) -> list[Any]:
+        if self.archive_is_async:
+            return [
+                (evt.EVT_C_STORE, self.on_store),
+                (evt.EVT_C_FIND, self.on_find_async),
+                (evt.EVT_C_GET, self.on_get_async),
+                (evt.EVT_C_MOVE, self.on_move_async),
+            ]
         return [
             (evt.EVT_C_STORE, self.on_store),
             (evt.EVT_C_FIND, self.on_find),
@@ -208,6 +248,9 @@ class PaletteNode:
 
     async def start(self) -> AsyncServer:
         config = self.config
+        if self.archive is None:
+            assert config.index is not None
+            self.archive = await PgArchive.open(config.index, seed=True)
         if not config.listen_plain and not config.tls.listening:
             raise ValueError("no listener: the plain one is off and no TLS certificate is configured")
         ssl_context = config.tls.server_context() if config.tls.listening else None
@@ -244,20 +287,20 @@ class PaletteNode:
 
     def _log_listening(self, server: AsyncServer, what: str) -> None:
         host, port = server.server_address
-        LOGGER.info(
-            "%s listening%s on %s:%d, data in %s (%d palettes indexed)",
-            self.config.ae_title,
-            what,
-            host,
-            port,
-            self.config.data_dir,
-            len(self.archive),
-        )
+        if self.archive_is_async:
+            where = f"index and palettes in {self.archive.display_url}"
+        else:
+            where = f"data in {self.config.data_dir} ({len(self.archive)} palettes indexed)"
+        LOGGER.info("%s listening%s on %s:%d, %s", self.config.ae_title, what, host, port, where)
 
     async def close(self) -> None:
         for server in dict.fromkeys(s for s in (self.server, self.tls_server) if s is not None):
             await server.close()  # each once: a TLS-only node's server is both
-        self.archive.close()
+        if self.archive_is_async:
+            if self.archive is not None:
+                await self.archive.close()
+        else:
+            self.archive.close()
         if self.audit is not None:
             self.audit.application_record("stop")
             # The last records are written (off the loop) before we return.
@@ -301,6 +344,11 @@ class PaletteNode:
         another peer stored only when its grant says so."""
         grant = _grant(event)
         path = event.dataset_path
+        if self.archive_is_async:
+            result = await self.archive.ingest_file(
+                Path(path), owner=grant.peer or None, may_replace_others=grant.may_replace_others
+            )
+            return _store_status(result)
         loop = asyncio.get_running_loop()
         ingest = functools.partial(
             self.archive.ingest_file, Path(path), owner=grant.peer or None, may_replace_others=grant.may_replace_others
@@ -310,12 +358,7 @@ class PaletteNode:
         except OSError as exc:
             LOGGER.error("storing %s failed: %s", event.request.AffectedSOPInstanceUID, exc)
             return STORE_OUT_OF_RESOURCES
-        if result.comment:
-            status = Dataset()
-            status.Status = result.status
-            status.ErrorComment = str(result.comment)[:64]
-            return status
-        return result.status
+        return _store_status(result)
 
     def on_find(self, event: evt.Event) -> Any:
         """Matching runs in the index; the identifiers go out pre-encoded in
@@ -379,13 +422,83 @@ class PaletteNode:
                 return
             yield Status.PENDING, item
 
+    # ------------------------------------------- handlers over PostgreSQL
+    async def on_find_async(self, event: evt.Event) -> Any:
+        """``on_find`` over an archive whose queries are awaited."""
+        try:
+            result = await self.archive.find(event.identifier)
+        except ArchiveError as error:
+            yield _status_dataset(error), None
+            return
+        pending = result.status_pending
+        syntax = event.context.transfer_syntax[0]
+        for encoded in result.encoded(syntax):
+            if event.is_cancelled:
+                yield Status.CANCEL, None
+                return
+            yield pending, encoded
+
+    async def _retrieve_async(self, event: evt.Event, target: Any = None) -> Any:
+        """A C-GET's (or, with ``target``, a C-MOVE's) answers over an awaited
+        archive: the located instances' bytes are read a few at a time
+        (``_READ_BATCH``, one query each), just before they are sent, so a
+        retrieve of many never holds them all; one that cannot be read (gone
+        since, or the database lost) fails its sub-operation and is listed
+        as failed."""
+        try:
+            located = await self.archive.locate(event.identifier)
+        except ArchiveError as error:
+            yield _status_dataset(error)
+            return
+        if target is not None:
+            yield target
+        yield len(located) + len(located.missing)
+        for start in range(0, len(located), _READ_BATCH):
+            batch = [instance.sop_instance_uid for instance in located[start : start + _READ_BATCH]]
+            try:
+                read = await self.archive.read_many(batch)
+            except ArchiveError:
+                read = {}
+            for uid in batch:
+                if event.is_cancelled:
+                    yield Status.CANCEL, None
+                    return
+                data: Any = read.pop(uid, None)
+                if data is None:
+                    data = Dataset()
+                    data.SOPInstanceUID = uid
+                yield Status.PENDING, data
+        for uid in located.missing:
+            if event.is_cancelled:
+                yield Status.CANCEL, None
+                return
+            missing = Dataset()
+            missing.SOPInstanceUID = uid
+            yield Status.PENDING, missing
+
+    def on_get_async(self, event: evt.Event) -> Any:
+        return self._retrieve_async(event)
+
+    async def on_move_async(self, event: evt.Event) -> Any:
+        destination = self.config.move_destinations.get((event.move_destination or "").strip())
+        if destination is None:
+            yield None, None
+            return
+        async for answer in self._retrieve_async(event, self._move_target(destination)):
+            yield answer
+
 
 async def serve(config: NodeConfig, ready: asyncio.Future[Any] | None = None) -> None:
     """Run a node until cancelled."""
     node = PaletteNode(config)
     if node.audit is not None:
         _reopen_on_sighup(node.audit.writer)
-    server = await node.start()
+    try:
+        server = await node.start()
+    except BaseException:
+        if node.archive_is_async and node.archive is not None:
+            await node.archive.close()  # the pool start() opened
+        raise
     if ready is not None and not ready.done():
         ready.set_result(server.server_address)
     try:

@@ -6,12 +6,15 @@ No networking here. The Q/R service layer calls ``find`` (C-FIND),
 
 Modules: ``store`` (files, crash safety, statuses of stores), ``index``
 (SQLite), ``matching`` (identifiers to SQL, PS3.4 X.6.1.2 and C.2.2.2),
-``response`` (response identifiers), ``seed`` (the well-known palettes).
+``response`` (response identifiers), ``seed`` (the well-known palettes),
+``postgres`` (``PgArchive``: index and palettes in PostgreSQL, awaited, for
+several nodes; asyncpg is imported only when one is opened).
 """
 
 from chromanet.archive.index import ArchiveVersionError
 from chromanet.archive.matching import ArchiveError, IdentifierError
 from chromanet.archive.response import FindResult
+from chromanet.archive.postgres import PgArchive
 from chromanet.archive.seed import WELL_KNOWN_PALETTE_UIDS
 from chromanet.archive.store import (
     ArchiveBusyError,
@@ -24,6 +27,7 @@ from chromanet.archive.store import (
 
 __all__ = [
     "PaletteArchive",
+    "PgArchive",
     "FindResult",
     "LocateResult",
     "StoredInstance",

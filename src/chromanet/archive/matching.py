@@ -29,11 +29,13 @@ Decisions, with the part of the standard behind each:
   (PS3.5 6.2), so both sides are compared without them.
 * Wild card matching (C.2.2.2.4) applies to Content Label: ``*`` is any run
   of characters, ``?`` exactly one, and the match is case sensitive (only PN
-  is exempt). It becomes an SQLite ``GLOB``, which is case sensitive and uses
-  the label index for a literal prefix. ``GLOB`` has one more special
+  is exempt). In SQLite it becomes a ``GLOB``, which is case sensitive and
+  uses the label index for a literal prefix. ``GLOB`` has one more special
   character than DICOM, ``[``, which is escaped as ``[[]``; the SQL ``LIKE``
   characters ``%`` and ``_`` are plain characters in ``GLOB``, so labels such
-  as ``HOT_IRON`` match themselves only. A value of only ``*`` is universal.
+  as ``HOT_IRON`` match themselves only. In PostgreSQL it becomes a ``LIKE``
+  (case sensitive there) with ``%``, ``_`` and the escape ``\\`` escaped
+  (``wildcard_to_like``). A value of only ``*`` is universal.
 * Universal matching (C.2.2.2.3): a zero-length key matches everything and
   asks for the value to be returned.
 * SOP Instance UID accepts a list of UIDs (C.2.2.2.2) in C-FIND too. Table
@@ -74,7 +76,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR
@@ -90,9 +92,13 @@ __all__ = [
     "IdentifierError",
     "ReturnKey",
     "FindPlan",
+    "Condition",
     "plan_find",
     "retrieve_uids",
+    "render_sqlite",
+    "render_postgresql",
     "wildcard_to_glob",
+    "wildcard_to_like",
 ]
 
 # C-FIND / C-GET / C-MOVE statuses used here (PS3.4 C.4.1.1.4, K.4.1.1.4, C.4.2.1.5).
@@ -195,9 +201,68 @@ class ReturnKey:
     template: Template = None
 
 
+class Condition(NamedTuple):
+    """One matching key as the index must test it, in no SQL dialect.
+
+    ``kind``: ``"equal"`` (``value`` a string), ``"any"`` (``value`` a tuple
+    of strings: list of UID matching) or ``"wildcard"`` (``value`` the DICOM
+    wild card text, ``*`` and ``?``). Each backend renders the conditions in
+    its own SQL (``render_sqlite``, ``render_postgresql``). A NamedTuple: one
+    is made per matching key of every C-FIND, and a frozen dataclass costs
+    several times as much to build.
+    """
+
+    column: str
+    kind: str
+    value: Any
+
+
+def render_sqlite(conditions: Iterable[Condition]) -> tuple[str, tuple[Any, ...]]:
+    """The conditions as an SQLite ``WHERE`` clause with ``?`` parameters."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    for c in conditions:
+        if c.kind == "equal":
+            clauses.append(f"{c.column} = ?")
+            params.append(c.value)
+        elif c.kind == "any":
+            clauses.append(f"{c.column} IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps(list(c.value)))
+        else:
+            clauses.append(f"{c.column} GLOB ?")
+            params.append(wildcard_to_glob(c.value))
+    return (" AND ".join(clauses) if clauses else "1"), tuple(params)
+
+
+def render_postgresql(conditions: Iterable[Condition]) -> tuple[str, tuple[Any, ...]]:
+    """The conditions as a PostgreSQL ``WHERE`` clause with ``$n`` parameters.
+
+    The text columns are ``COLLATE "C"`` (see ``archive.postgres``), so
+    ``=`` and ``LIKE`` are byte-exact and case sensitive, as in SQLite.
+    """
+    clauses: list[str] = []
+    params: list[Any] = []
+    for c in conditions:
+        n = len(params) + 1
+        if c.kind == "equal":
+            clauses.append(f"{c.column} = ${n}")
+            params.append(c.value)
+        elif c.kind == "any":
+            clauses.append(f"{c.column} = ANY(${n}::text[])")
+            params.append(list(c.value))
+        else:
+            clauses.append(f"{c.column} LIKE ${n}")
+            params.append(wildcard_to_like(c.value))
+    return (" AND ".join(clauses) if clauses else "TRUE"), tuple(params)
+
+
 @dataclass(frozen=True, slots=True)
 class FindPlan:
-    """What one C-FIND asks: the SQL condition and the response shape."""
+    """What one C-FIND asks: the matching conditions and the response shape.
+
+    ``where`` and ``params`` are the conditions rendered for SQLite once,
+    when planned (the embedded index's hot path).
+    """
 
     where: str
     params: tuple[Any, ...]
@@ -205,6 +270,17 @@ class FindPlan:
     status: int
     request_charset: tuple[str, ...] | None
     wants_sequence: bool
+    conditions: tuple[Condition, ...] = ()
+
+
+def wildcard_to_like(value: str) -> str:
+    """A DICOM wild card value as a PostgreSQL ``LIKE`` pattern (escape ``\\``).
+
+    ``%``, ``_`` and the backslash are literal in DICOM and special in LIKE:
+    each is escaped with a backslash; then ``*`` becomes ``%`` and ``?`` ``_``.
+    """
+    escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped.replace("*", "%").replace("?", "_")
 
 
 def wildcard_to_glob(value: str) -> str:
@@ -400,8 +476,7 @@ def plan_find(identifier: Dataset) -> FindPlan:
             "Query/Retrieve Level shall not be present (PS3.4 X.4.1)",
             [QUERY_RETRIEVE_LEVEL],
         )
-    clauses: list[str] = []
-    params: list[Any] = []
+    conditions: list[Condition] = []
     keys: list[ReturnKey] = []
     unsupported = False
     wants_sequence = False
@@ -419,26 +494,19 @@ def plan_find(identifier: Dataset) -> FindPlan:
         if tag == SOP_CLASS_UID:
             value = _single(elem, "SOP Class UID")
             if value is not None:
-                clauses.append("sop_class_uid = ?")
-                params.append(_uid(value))
+                conditions.append(Condition("sop_class_uid", "equal", _uid(value)))
         elif tag == SOP_INSTANCE_UID:
             wanted = [u for u in (_uid(v) for v in _values(elem)) if u]
             if len(wanted) == 1:
-                clauses.append("sop_instance_uid = ?")
-                params.append(wanted[0])
+                conditions.append(Condition("sop_instance_uid", "equal", wanted[0]))
             elif wanted:
-                clauses.append("sop_instance_uid IN (SELECT value FROM json_each(?))")
-                params.append(json.dumps(wanted))
+                conditions.append(Condition("sop_instance_uid", "any", tuple(wanted)))
         elif tag == CONTENT_LABEL:
             value = _single(elem, "Content Label")
             label = _text(value) if value is not None else ""
             if label and label.strip("*"):
-                if "*" in label or "?" in label:
-                    clauses.append("content_label GLOB ?")
-                    params.append(wildcard_to_glob(label))
-                else:
-                    clauses.append("content_label = ?")
-                    params.append(label)
+                kind = "wildcard" if "*" in label or "?" in label else "equal"
+                conditions.append(Condition("content_label", kind, label))
         elif tag == ALTERNATE_CONTENT_DESCRIPTION_SEQUENCE:
             template, bad = _alternate_template(elem)
             unsupported |= bad
@@ -449,13 +517,15 @@ def plan_find(identifier: Dataset) -> FindPlan:
             unsupported |= bool(_values(elem))
         keys.append(ReturnKey(tag, vr, column))
     keys.sort(key=lambda k: k.tag)
+    where, params = render_sqlite(conditions)
     return FindPlan(
-        where=" AND ".join(clauses) if clauses else "1",
-        params=tuple(params),
+        where=where,
+        params=params,
         keys=tuple(keys),
         status=PENDING_OPTIONAL_KEYS_NOT_SUPPORTED if unsupported else PENDING,
         request_charset=_request_charset(identifier),
         wants_sequence=wants_sequence,
+        conditions=tuple(conditions),
     )
 
 

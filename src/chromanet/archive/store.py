@@ -93,6 +93,8 @@ __all__ = [
     "IngestResult",
     "VerifyReport",
     "ArchiveBusyError",
+    "check_palette_file",
+    "check_palette_dataset",
 ]
 
 LOGGER = logging.getLogger("chromanet.archive")
@@ -281,6 +283,35 @@ def _check_whole_file(path: Path) -> None:
         part.close()
 
 
+def check_palette_file(path: Path) -> tuple[dict[str, Any], str, str] | IngestResult:
+    """Validate a Part 10 file as a store would (shared by every backend).
+
+    Returns the index columns (a dict), the transfer syntax and a warning
+    text (empty if none), or the IngestResult of the refusal.
+    """
+    try:
+        try:
+            ds = dcmread(path, defer_size="2 KB", specific_tags=_READ_TAGS)
+            meta = ds.file_meta
+            transfer_syntax = str(meta.TransferSyntaxUID).strip(" \x00")
+        except Exception as exc:
+            raise _Refused(CANNOT_UNDERSTAND, f"cannot read as Part 10: {exc}"[:64]) from exc
+        _check_whole_file(path)
+        fields, warning = _index_fields(ds, meta.get("MediaStorageSOPClassUID"), meta.get("MediaStorageSOPInstanceUID"))
+    except _Refused as refused:
+        return IngestResult(refused.status, refused.comment)
+    return fields, transfer_syntax, warning
+
+
+def check_palette_dataset(ds: Dataset) -> tuple[dict[str, Any], str] | IngestResult:
+    """Validate a decoded data set as a store would: the index columns and a
+    warning text, or the IngestResult of the refusal."""
+    try:
+        return _index_fields(ds, None, None)
+    except _Refused as refused:
+        return IngestResult(refused.status, refused.comment)
+
+
 def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -296,6 +327,9 @@ class PaletteArchive:
     serialised only for their commit. Every method is synchronous and short
     except ``ingest_*`` (fsync); an asyncio server runs those in an executor.
     """
+
+    #: Methods are plain calls (``PgArchive``'s are awaited).
+    is_async = False
 
     def __init__(self, data_dir: str | os.PathLike[str]) -> None:
         self.data_dir = Path(data_dir)
@@ -419,19 +453,10 @@ class PaletteArchive:
         """
         rights = _Rights(owner, may_replace_others)
         source = Path(path)
-        try:
-            try:
-                ds = dcmread(source, defer_size="2 KB", specific_tags=_READ_TAGS)
-                meta = ds.file_meta
-                transfer_syntax = str(meta.TransferSyntaxUID).strip(" \x00")
-            except Exception as exc:
-                raise _Refused(CANNOT_UNDERSTAND, f"cannot read as Part 10: {exc}"[:64]) from exc
-            _check_whole_file(source)
-            fields, warning = _index_fields(
-                ds, meta.get("MediaStorageSOPClassUID"), meta.get("MediaStorageSOPInstanceUID")
-            )
-        except _Refused as refused:
-            return IngestResult(refused.status, refused.comment)
+        checked = check_palette_file(source)
+        if isinstance(checked, IngestResult):
+            return checked
+        fields, transfer_syntax, warning = checked
         if not move:
             copy_file = lambda temp: shutil.copyfile(source, temp)  # noqa: E731
             return self._store_new_file(copy_file, fields, transfer_syntax, warning, rights)
@@ -447,10 +472,10 @@ class PaletteArchive:
     ) -> IngestResult:
         """Store a decoded data set, encoded in ``transfer_syntax``."""
         rights = _Rights(owner, may_replace_others)
-        try:
-            fields, warning = _index_fields(ds, None, None)
-        except _Refused as refused:
-            return IngestResult(refused.status, refused.comment)
+        checked = check_palette_dataset(ds)
+        if isinstance(checked, IngestResult):
+            return checked
+        fields, warning = checked
         meta = dsutil.build_file_meta(fields["sop_class_uid"], fields["sop_instance_uid"], transfer_syntax)
 
         def write(temp: Path) -> None:
