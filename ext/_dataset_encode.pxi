@@ -6,9 +6,10 @@
 # * RawDataElements read in the encoding being written, when pydicom writes
 #   them raw: the data set's original encoding and character set are the
 #   ones being written. Otherwise pydicom converts every element first, and
-#   so do we (in place, as it does), except binary ones whose bytes its
-#   conversion would keep (``reheaded``: a file's Explicit VR LE palette
-#   sent on an Implicit VR LE context changes only their headers);
+#   so do we (in place, as it does), except those whose bytes its conversion
+#   would keep (``reheaded``: binary, and text in ASCII, Latin-1 or UTF-8
+#   padded as pydicom pads it; a file's Explicit VR LE palette sent on an
+#   Implicit VR LE context changes only their headers);
 # * DataElements whose VR is one of the 34, with values of the types pydicom
 #   makes: str (ASCII only) for the text VRs, int for US SS UL SL SV UV AT,
 #   int or float for FL FD, bytes for OB OD OF OL OV OW UN, a Sequence of
@@ -44,11 +45,13 @@ cdef frozenset _STRIPPED_EACH = frozenset(["LO", "SH", "UC"])
 cdef frozenset _TEXT_AS_IS = _STRIPPED_WHOLE | _STRIPPED_EACH
 
 
-cdef bint _canonical_text(bytes value, object vr) except -1:
+cdef bint _canonical_text(bytes value, object vr, object encoding) except -1:
     cdef bytes pad = b"\0" if vr == "UI" else b" "
     cdef bytes kept
-    if not value.isascii() or b"\x1b" in value:
-        return False  # decoded by the character set (ISO 2022 escapes...)
+    if b"\x1b" in value:
+        return False  # ISO 2022 escapes: decoded by the character set
+    if not value.isascii() and not _bytes_kept_by(value, vr, encoding):
+        return False
     if vr in ("DA", "DT", "TM") and _config.datetime_conversion:
         return False
     if _config.settings.reading_validation_mode == _config.RAISE:
@@ -60,6 +63,28 @@ cdef bint _canonical_text(bytes value, object vr) except -1:
     if len(kept) % 2:
         kept += pad
     return kept == value
+
+
+cdef bint _bytes_kept_by(bytes value, object vr, object encoding) except -1:
+    """Whether pydicom decodes non-ASCII ``value`` and encodes it back to the
+    same bytes: text of a VR with a character set, in Latin-1 (ISO_IR 100,
+    or pydicom's default when none is given), where every byte is a
+    character, or valid UTF-8 (ISO_IR 192), where a space, a NUL or a
+    backslash is never part of another character."""
+    if vr not in _STRIPPED_EACH and vr not in ("LT", "ST", "UT"):
+        return False
+    names = convert_encodings(encoding or [default_encoding])
+    if len(names) != 1:
+        return False
+    if names[0] in ("latin_1", "iso8859"):
+        return True
+    if names[0] in ("UTF8", "utf_8"):
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        return True
+    return False
 
 
 cdef bint _plain_charset(object encoding):
@@ -197,7 +222,7 @@ cdef class _Writer:
                 if not convert:
                     self.raw_element(tag, elem)
                     continue
-                if self.reheaded(tag, elem):
+                if self.reheaded(tag, elem, encoding):
                     continue
                 # What pydicom's writer does with it: convert it (in place,
                 # through Dataset.__getitem__), then write what it became.
@@ -236,7 +261,7 @@ cdef class _Writer:
             self.put32(0)
         return 0
 
-    cdef bint reheaded(self, uint32_t tag, object raw) except -1:
+    cdef bint reheaded(self, uint32_t tag, object raw, object encoding) except -1:
         """Write a raw element of a data set being converted with its bytes
         as they are and a new header, when those bytes are what pydicom's
         conversion and writer would make of them: read with its VR (explicit)
@@ -254,7 +279,7 @@ cdef class _Writer:
             return False
         n = len(<bytes>value)
         if vr in _TEXT_AS_IS:
-            if not _canonical_text(<bytes>value, vr):
+            if not _canonical_text(<bytes>value, vr, encoding):
                 return False
         else:
             if not self.little:

@@ -546,6 +546,9 @@ _REENCODED_TAGS = {
     "AT": 0x00209165, "LUT-SS": 0x00281101,
 }
 _TEXTISH = st.binary(max_size=12).map(lambda b: bytes(c % 96 + 32 if c % 7 else (0, 32, 92)[c % 3] for c in b))
+# Text with bytes outside ASCII: Latin-1 letters, UTF-8 sequences (whole or cut)
+_NON_ASCII = st.lists(st.sampled_from([b"A", b" ", b"\\", b"\0", b"\xfc", b"\xc3\xbc", b"\xc3", b"\xe2\x82\xac"]),
+                      max_size=8).map(b"".join)
 
 
 _LONG_LENGTH_VRS = {"OB", "OW", "UT", "UN", "SQ", "UC", "UR", "OD", "OF", "OL", "OV", "SV", "UV"}
@@ -558,11 +561,17 @@ def raw_encoded(draw: Any) -> tuple[bytes, bool]:
     little = draw(st.booleans())
     order = "<" if little else ">"
     out = []
+    charset = draw(st.sampled_from([None, b"ISO_IR 100", b"ISO_IR 192"]))
+    if charset is not None:
+        out.append(struct.pack(order + "HH", 0x0008, 0x0005) + b"CS" + struct.pack(order + "H", len(charset)) + charset)
     for name in sorted(draw(st.lists(st.sampled_from(sorted(_REENCODED_TAGS)), unique=True, max_size=8)),
                        key=_REENCODED_TAGS.__getitem__):
         tag = _REENCODED_TAGS[name]
         vr = "SS" if name == "LUT-SS" else name
-        value = draw(st.binary(max_size=16)) if vr in ("US", "SS", "UL", "OW", "OB", "FD", "AT") else draw(_TEXTISH)
+        if vr in ("US", "SS", "UL", "OW", "OB", "FD", "AT"):
+            value = draw(st.binary(max_size=16))
+        else:
+            value = draw(st.one_of(_TEXTISH, _NON_ASCII))
         header = struct.pack(order + "HH", tag >> 16, tag & 0xFFFF) + vr.encode()
         if vr in _LONG_LENGTH_VRS:
             header += b"\0\0" + struct.pack(order + "I", len(value))
