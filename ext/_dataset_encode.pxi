@@ -56,6 +56,8 @@ cdef bint _canonical_text(bytes value, object vr, object encoding) except -1:
         return False
     if _config.settings.reading_validation_mode == _config.RAISE:
         return False  # pydicom's conversion may refuse the value
+    if vr == "UI" and value.rstrip(b"\0").translate(None, b"0123456789."):
+        return False  # pydicom's UID strips white space from both ends too
     if vr in _STRIPPED_EACH and b"\\" in value:
         kept = b"\\".join([part.rstrip(b"\0 ") for part in value.split(b"\\")])
     else:

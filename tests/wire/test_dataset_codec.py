@@ -611,3 +611,17 @@ def test_a_palette_file_is_reencoded_without_pydicom_writer() -> None:
             assert ours == theirs, path
     assert _dataset.encode(dcmread(palette_paths()[0]), True, True) is not None or any(
         _dataset.encode(dcmread(p), True, True) is not None for p in palette_paths())
+
+
+@pytest.mark.parametrize("implicit,little", SYNTAXES, ids=SYNTAX_IDS)
+@pytest.mark.parametrize("raw", [b"1.2.3\x00", b"1.2.34", b"1.2.3 ", b"", b"1.2\\1.3\x00", b"\xc3\xbc1", b" 1.2\x00", b"1.2 \x00\x00"])
+def test_uid_of_reads_raw_uids_as_pydicom_converts_them(implicit: bool, little: bool, raw: bytes) -> None:
+    ds = Dataset()
+    ds.add(DataElement(0x00080018, "UI", raw))
+    data = pydicom_write(ds, implicit, little)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = pydicom_read(data, implicit, little)[0x00080018].value
+        assert dsutil.uid_of(pydicom_read(data, implicit, little), 0x00080018) == ("" if expected is None else str(expected))
+    with pytest.raises(KeyError):
+        dsutil.uid_of(ds, 0x00080016)

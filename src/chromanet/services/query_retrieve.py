@@ -353,7 +353,10 @@ async def _run_suboperations(
 
 def _sop_instance_uid(dataset: Any) -> str:
     if isinstance(dataset, Dataset):
-        return str(getattr(dataset, "SOPInstanceUID", ""))
+        try:
+            return dsutil.uid_of(dataset, 0x00080018)
+        except KeyError:
+            return ""
     try:
         if isinstance(dataset, (bytes, bytearray, memoryview)):
             return dsutil.parse_part10(memoryview(dataset)).sop_instance_uid

@@ -34,6 +34,8 @@ _NO_HANDLER = int(Status.SOP_CLASS_NOT_SUPPORTED)
 _HANDLER_RAISED = int(Status.STORE_HANDLER_RAISED)
 _IDENTIFIER_INVALID = int(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS)
 _SUCCESS = int(Status.SUCCESS)
+_SOP_CLASS_UID = 0x00080016
+_SOP_INSTANCE_UID = 0x00080018
 
 
 # ------------------------------------------------------------------- SCU
@@ -41,8 +43,11 @@ def _prepare(session: ServiceSession, dataset: Any) -> tuple[int, str, str, Any,
     """(context id, SOP class, SOP instance, payload, open file) for a
     C-STORE of a Dataset, a Part 10 file path or a Part 10 image."""
     if isinstance(dataset, Dataset):
-        sop_class = str(dataset.SOPClassUID)
-        sop_instance = str(dataset.SOPInstanceUID)
+        try:
+            sop_class = dsutil.uid_of(dataset, _SOP_CLASS_UID)
+            sop_instance = dsutil.uid_of(dataset, _SOP_INSTANCE_UID)
+        except KeyError as exc:
+            raise AttributeError(f"the data set has no {exc.args[0]}") from None
         meta = getattr(dataset, "file_meta", None)
         source_syntax = str(meta.TransferSyntaxUID) if meta is not None and "TransferSyntaxUID" in meta else None
         ctx = session.scu_context(sop_class, source_syntax)
