@@ -23,7 +23,7 @@ import pytest
 from helpers.data import palette_paths
 from helpers.dcmtk import require_dcmtk
 from helpers.peers import require_module
-from helpers.postgres import PgCluster, require_postgresql
+from helpers.postgres import PgCluster, running_cluster
 from helpers.qr import configure_qr_scp_ae
 from helpers.servers import ScpHandle, async_scp, configure_scp_ae, start_scp
 from helpers.tls import Pki, make_pki
@@ -53,12 +53,15 @@ def postgres() -> Iterator[PgCluster]:
     initdb in a temporary directory, a free port, its socket in that
     directory; stopped and removed at the end. Skipped (failed under CI)
     without PostgreSQL's binaries."""
-    cluster = PgCluster.create(require_postgresql())
-    try:
-        cluster.start()
+    with running_cluster() as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
+
+
+@pytest.fixture
+def private_cluster() -> Iterator[PgCluster]:
+    """A cluster of the test's own, which it may stop and start."""
+    with running_cluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import asyncio
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator
 
 import pydicom
 import pytest
@@ -35,7 +35,7 @@ from chromanet.archive.postgres import PgArchive
 from chromanet.services.spool import SPOOL_PREFIX
 
 from helpers.data import hot_iron_copy
-from helpers.postgres import PgCluster, require_postgresql
+from helpers.postgres import PgCluster
 from helpers.qr import FIND, GET, MOVE, qr_scu_ae
 from helpers.rawpeer import partial_store
 from helpers.servers import async_scp, free_port, wait_listening
@@ -215,17 +215,6 @@ def test_moved_through_b_after_a_store_through_a(pg_url: str, tmp_path: Path) ->
                 await b.close()
 
     run(body)
-
-
-@pytest.fixture
-def private_cluster() -> Iterator[PgCluster]:
-    """A cluster of this test's own, which it may stop and start."""
-    cluster = PgCluster.create(require_postgresql())
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.destroy()
 
 
 def test_database_lost_under_a_running_node(private_cluster: PgCluster, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from pydicom import Dataset
 
 from chromanet.archive import IdentifierError, PaletteArchive
 
-from helpers.data import hot_iron_copy, write_part10
+from helpers.data import find_uids, locate_ds, hot_iron_copy, write_part10
 from helpers.postgres import SyncPgArchive
 
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR")
@@ -48,19 +48,6 @@ def owner_of(archive: Any, uid: str) -> str | None:
     if isinstance(archive, PaletteArchive):
         return archive.index.get(uid).owner
     return archive.get(uid).owner
-
-
-def find_uids(archive: Any, **keys: object) -> set[str]:
-    ds = Dataset()
-    for k, v in keys.items():
-        setattr(ds, k, v)
-    return set(archive.find(ds).sop_instance_uids)
-
-
-def locate_ds(value: object) -> Dataset:
-    ds = Dataset()
-    ds.SOPInstanceUID = value
-    return ds
 
 
 def test_seeded_once(backend: Any, request: pytest.FixtureRequest) -> None:

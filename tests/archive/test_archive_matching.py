@@ -13,7 +13,6 @@ cluster, ``helpers.postgres``), whose SQL renders the same matching plan
 
 from __future__ import annotations
 
-import copy
 import time
 import warnings
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement
 from pydicom.sequence import Sequence
@@ -30,8 +29,8 @@ from pydicom.tag import Tag
 from chromanet import dsutil, uids
 from chromanet.archive import IdentifierError, PaletteArchive
 from chromanet.archive.index import IndexRow
-from chromanet.archive.seed import well_known_palette_files
 
+from helpers.data import hot_iron_copy
 from helpers.postgres import SyncPgArchive
 
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR")
@@ -64,23 +63,8 @@ EXTRA = {COPY, PERCENT, PERCENT_X, BRACKET, LOWER, HOTX, UTF8, LATIN1, BARE}
 ALL = SEEDED | EXTRA
 
 
-def _hot_iron() -> Dataset:
-    path = next(p for p in well_known_palette_files() if p.name == "hotiron.dcm")
-    return dcmread(path)
-
-
 def _palette(uid: str, label: str, **changes: object) -> Dataset:
-    ds = copy.deepcopy(_hot_iron())
-    del ds.file_meta
-    ds.SOPInstanceUID = uid
-    ds.PaletteColorLookupTableUID = uid
-    ds.ContentLabel = label
-    for keyword, value in changes.items():
-        if value is None:
-            delattr(ds, keyword)
-        else:
-            setattr(ds, keyword, value)
-    return ds
+    return hot_iron_copy(uid, label, **{"PaletteColorLookupTableUID": uid, **changes})
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

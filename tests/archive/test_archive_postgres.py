@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from pydicom import Dataset
@@ -88,17 +87,6 @@ def test_bytes_round_trip(pg_url: str, tmp_path: Path) -> None:
         assert archive.read("1.2.3.4") is None
         hot_iron = next(p for p in palette_paths() if p.name == "hotiron.dcm")
         assert archive.read("1.2.840.10008.1.5.1") == hot_iron.read_bytes()
-
-
-@pytest.fixture
-def private_cluster() -> Iterator[PgCluster]:
-    """A cluster of this test's own, which it may stop and start."""
-    cluster = PgCluster.create(require_postgresql())
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.destroy()
 
 
 def test_outage_fails_then_recovers(private_cluster: PgCluster, caplog: pytest.LogCaptureFixture) -> None:

@@ -20,6 +20,7 @@ from chromanet.archive import (
     WELL_KNOWN_PALETTE_UIDS,
 )
 from chromanet.archive.seed import well_known_palette_files
+from helpers.data import find_uids, locate_ds, hot_iron_copy
 
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR")
 
@@ -28,30 +29,7 @@ HOT_IRON = "1.2.840.10008.1.5.1"
 
 
 def palette(uid: str = NEW_UID, label: str = "MY_PALETTE", **changes: object) -> Dataset:
-    path = next(p for p in well_known_palette_files() if p.name == "hotiron.dcm")
-    ds = dcmread(path)
-    del ds.file_meta
-    ds.SOPInstanceUID = uid
-    ds.ContentLabel = label
-    for keyword, value in changes.items():
-        if value is None:
-            delattr(ds, keyword)
-        else:
-            setattr(ds, keyword, value)
-    return ds
-
-
-def find_uids(archive: PaletteArchive, **keys: object) -> set[str]:
-    ds = Dataset()
-    for k, v in keys.items():
-        setattr(ds, k, v)
-    return set(archive.find(ds).sop_instance_uids)
-
-
-def locate_ds(value: object) -> Dataset:
-    ds = Dataset()
-    ds.SOPInstanceUID = value
-    return ds
+    return hot_iron_copy(uid, label, **changes)
 
 
 def listing(archive: PaletteArchive) -> list[str]:

@@ -82,3 +82,22 @@ def write_part10(ds: Any, path: Path, syntax: str = uids.ExplicitVRLittleEndian)
     meta = dsutil.build_file_meta(ds.SOPClassUID, ds.SOPInstanceUID, syntax)
     path.write_bytes(dsutil.encode_file_header(meta) + dsutil.encode_dataset(ds, syntax))
     return path
+
+
+def find_uids(archive: Any, **keys: object) -> set[str]:
+    """The SOP Instance UIDs an archive's C-FIND matches for these keys."""
+    from pydicom import Dataset
+
+    ds = Dataset()
+    for k, v in keys.items():
+        setattr(ds, k, v)
+    return set(archive.find(ds).sop_instance_uids)
+
+
+def locate_ds(value: object) -> Any:
+    """A C-GET/C-MOVE identifier holding only SOP Instance UID ``value``."""
+    from pydicom import Dataset
+
+    ds = Dataset()
+    ds.SOPInstanceUID = value
+    return ds

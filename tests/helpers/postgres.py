@@ -19,6 +19,8 @@ CI (``CI`` set), where ``scripts/bootstrap --peers`` installs Debian's
 
 from __future__ import annotations
 
+import contextlib
+
 import asyncio
 import glob
 import itertools
@@ -29,7 +31,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -184,3 +186,15 @@ class SyncPgArchive:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def running_cluster() -> Iterator[PgCluster]:
+    """A new cluster, started; stopped and removed on exit (skipped, or
+    failed under CI, without PostgreSQL's binaries)."""
+    cluster = PgCluster.create(require_postgresql())
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()

@@ -145,6 +145,17 @@ def _status_dataset(error: ArchiveError) -> Dataset:
     return status
 
 
+def _find_answers(result: Any, event: evt.Event) -> Any:
+    """A C-FIND's answers from the archive's result: each match's identifier
+    pre-encoded in the context's transfer syntax, until the end or a C-CANCEL."""
+    pending = result.status_pending
+    for encoded in result.encoded(event.context.transfer_syntax[0]):
+        if event.is_cancelled:
+            yield Status.CANCEL, None
+            return
+        yield pending, encoded
+
+
 class PaletteNode:
     """A configured AE bound to an archive; ``await start()`` listens."""
 
@@ -368,13 +379,7 @@ class PaletteNode:
         except ArchiveError as error:
             yield _status_dataset(error), None
             return
-        pending = result.status_pending
-        syntax = event.context.transfer_syntax[0]
-        for encoded in result.encoded(syntax):
-            if event.is_cancelled:
-                yield Status.CANCEL, None
-                return
-            yield pending, encoded
+        yield from _find_answers(result, event)
 
     def _instances(self, event: evt.Event) -> Any:
         """Sub-operations of a retrieve: the stored files (sent without
@@ -430,13 +435,8 @@ class PaletteNode:
         except ArchiveError as error:
             yield _status_dataset(error), None
             return
-        pending = result.status_pending
-        syntax = event.context.transfer_syntax[0]
-        for encoded in result.encoded(syntax):
-            if event.is_cancelled:
-                yield Status.CANCEL, None
-                return
-            yield pending, encoded
+        for answer in _find_answers(result, event):
+            yield answer
 
     async def _retrieve_async(self, event: evt.Event, target: Any = None) -> Any:
         """A C-GET's (or, with ``target``, a C-MOVE's) answers over an awaited

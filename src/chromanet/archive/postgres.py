@@ -365,15 +365,10 @@ class PgArchive:
 
     async def seed_well_known(self) -> list[IngestResult]:
         """Store every well-known palette the database lacks (PS3.6 Annex A)."""
-        from chromanet.archive.seed import well_known_palette_files
+        from chromanet.archive.seed import well_known_palettes
 
         results = []
-        for path in well_known_palette_files():
-            part = dsutil.open_part10(path)
-            try:
-                uid = part.sop_instance_uid
-            finally:
-                part.close()
+        for path, uid in well_known_palettes():
             if await self.get(uid) is not None:
                 continue
             result = await self.ingest_file(path, move=False)

@@ -18,7 +18,7 @@ from chromanet import uids
 if TYPE_CHECKING:
     from chromanet.archive.store import IngestResult, PaletteArchive
 
-__all__ = ["WELL_KNOWN_PALETTE_UIDS", "well_known_palette_files", "seed_well_known"]
+__all__ = ["WELL_KNOWN_PALETTE_UIDS", "well_known_palette_files", "well_known_palettes", "seed_well_known"]
 
 LOGGER = logging.getLogger("chromanet.archive")
 
@@ -33,17 +33,24 @@ def well_known_palette_files() -> list[Path]:
     return sorted(Path(p) for p in get_palette_files("*.dcm"))
 
 
-def seed_well_known(archive: "PaletteArchive") -> list["IngestResult"]:
-    """Store every well-known palette the archive lacks; the results of those stores."""
+def well_known_palettes() -> list[tuple[Path, str]]:
+    """(file, SOP Instance UID) of each well-known palette pydicom ships."""
     from chromanet import dsutil
 
-    results = []
+    found = []
     for path in well_known_palette_files():
         part = dsutil.open_part10(path)
         try:
-            uid = part.sop_instance_uid
+            found.append((path, part.sop_instance_uid))
         finally:
             part.close()
+    return found
+
+
+def seed_well_known(archive: "PaletteArchive") -> list["IngestResult"]:
+    """Store every well-known palette the archive lacks; the results of those stores."""
+    results = []
+    for path, uid in well_known_palettes():
         if archive.get(uid) is not None:
             continue
         result = archive.ingest_file(path, move=False)
