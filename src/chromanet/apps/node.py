@@ -10,6 +10,11 @@ the negotiated transfer syntax is the stored one.
 With a TLS certificate configured the node listens for DICOM over TLS
 (PS3.15 B.1, port 2762 by convention) next to, or instead of, plain TCP;
 C-MOVE destinations marked ``tls`` are reached over TLS.
+
+One node may be one of several worker processes of ``chromanet serve
+--workers N`` (``apps/workers.py``): it is then given a ``WorkerPlace``
+(the supervisor's listening sockets, the association count shared across
+workers, its own spool subdirectory) and opens the archive shared.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +37,8 @@ from chromanet.apps.access import OPEN_GRANT, AccessPolicy, Grant
 from chromanet.apps.tls_options import MoveDestination, NodeTls
 from chromanet.apps.audit import AuditTrail
 from chromanet.apps.audit_writer import AuditWriter, FileSink, Sink, SyslogSink
-from chromanet.server import AsyncServer
+from chromanet.apps.metrics import NodeMetrics, serve_metrics
+from chromanet.server import AssociationCounter, AsyncServer
 from chromanet.archive import ArchiveError, PaletteArchive
 from chromanet.services.spool import SPOOL_PREFIX
 from chromanet.status import Status
@@ -101,6 +110,34 @@ class NodeConfig:
     audit_file: Path | None = None
     audit_syslog: str | None = None
     audit_syslog_facility: str = "authpriv"
+    # Worker processes accepting on the same port(s) under a supervisor
+    # (apps/workers.py); None: one per core (os.cpu_count()); 1: this
+    # process alone, no supervisor.
+    workers: int | None = None
+    # SIGTERM/SIGINT: stop accepting, let associations end within this many
+    # seconds, then abort the rest.
+    drain_timeout: float = 30.0
+    # Prometheus metrics on http://metrics_bind:metrics_port/metrics (the
+    # supervisor's, with workers); None: no metrics. metrics_bind None: bind_address.
+    metrics_port: int | None = None
+    metrics_bind: str | None = None
+
+    @property
+    def worker_count(self) -> int:
+        return max(1, self.workers if self.workers is not None else (os.cpu_count() or 1))
+
+
+@dataclass
+class WorkerPlace:
+    """What a worker process gets from its supervisor (``apps/workers.py``)."""
+
+    #: 1..N; names the spool subdirectory and the worker's metrics label.
+    index: int
+    #: The listening sockets to accept on (plain, TLS), or None.
+    plain_socket: socket.socket | None
+    tls_socket: socket.socket | None
+    #: ``max_associations`` across the workers.
+    counter: AssociationCounter | None
 
 
 def _grant_of(assoc: Any) -> Grant | None:
@@ -127,21 +164,35 @@ def _status_dataset(error: ArchiveError) -> Dataset:
 class PaletteNode:
     """A configured AE bound to an archive; ``await start()`` listens."""
 
-    def __init__(self, config: NodeConfig, archive: PaletteArchive | None = None) -> None:
+    def __init__(
+        self, config: NodeConfig, archive: PaletteArchive | None = None, worker: WorkerPlace | None = None
+    ) -> None:
         self.config = config
+        self.worker = worker
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.archive = archive or PaletteArchive.open(config.data_dir, seed=True)
+        # A worker shares the archive its supervisor recovered and seeded.
+        self.archive = archive or PaletteArchive.open(config.data_dir, seed=True, shared=worker is not None)
         # Incoming C-STORE data sets are spooled here, on the archive's file
         # system, so that ingesting one is a rename. What a crash left here
-        # was never acknowledged to any peer: it goes.
-        self.spool_directory = config.data_dir / "incoming"
-        self.spool_directory.mkdir(exist_ok=True)
+        # was never acknowledged to any peer: it goes. A worker has its own
+        # subdirectory, so that one restarted cleans up only its own.
+        self.spool_root = config.data_dir / "incoming"
+        self.spool_directory = self.spool_root / f"w{worker.index}" if worker is not None else self.spool_root
+        self.spool_directory.mkdir(parents=True, exist_ok=True)
         for leftover in self.spool_directory.glob(f"{SPOOL_PREFIX}*"):
             leftover.unlink()
         self.audit = self._build_audit()
+        #: The Prometheus metrics, when config.metrics_port is set.
+        self.metrics: NodeMetrics | None = None
+        if config.metrics_port is not None:
+            self.metrics = NodeMetrics(worker=worker.index if worker is not None else None)
+        self._metrics_server: Any = None
         self.ae = self._build_ae()
         self.ae.tls_handshake_timeout = config.tls.handshake_timeout
-        self.ae.association_observer = self.audit
+        observers = [o for o in (self.audit, self.metrics) if o is not None]
+        self.ae.association_observer = observers[0] if len(observers) == 1 else (_Both(*observers) if observers else None)
+        if worker is not None:
+            self.ae.association_counter = worker.counter
         #: The first listener (plain when there is one), and the TLS one.
         self.server: AsyncServer | None = None
         self.tls_server: AsyncServer | None = None
@@ -213,15 +264,18 @@ class PaletteNode:
         ssl_context = config.tls.server_context() if config.tls.listening else None
         if any(isinstance(d, MoveDestination) and d.tls for d in config.move_destinations.values()):
             self._move_tls_context = config.tls.client_context()
+        worker = self.worker
         if config.listen_plain:
             self.server = await self.ae.start_server_async(
-                (config.bind_address, config.port), evt_handlers=self.handlers()
-            )
+                (config.bind_address, config.port), evt_handlers=self.handlers(),
+                sock=worker.plain_socket if worker is not None else None,
+            )  # fmt: skip
             self._log_listening(self.server, "")
         if ssl_context is not None:
             self.tls_server = await self.ae.start_server_async(
-                (config.bind_address, config.tls.port), evt_handlers=self.handlers(), ssl_context=ssl_context
-            )
+                (config.bind_address, config.tls.port), evt_handlers=self.handlers(), ssl_context=ssl_context,
+                sock=worker.tls_socket if worker is not None else None,
+            )  # fmt: skip
             mutual = ", client certificates required" if config.tls.require_client_certificate else ""
             self._log_listening(self.tls_server, f" for TLS{mutual}")
             if self.audit is not None:
@@ -240,7 +294,18 @@ class PaletteNode:
         )
         if self.audit is not None:
             self.audit.application_record("start", self.server.server_address)
+        if self.metrics is not None and worker is None:
+            # Workers' values are summed and served by their supervisor.
+            address = config.metrics_bind if config.metrics_bind is not None else config.bind_address
+            self._metrics_server = serve_metrics(self.metrics, config.metrics_port or 0, address, self.spool_root)
         return self.server
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """Where this process serves /metrics (None: it does not)."""
+        if self._metrics_server is None:
+            return None
+        return self._metrics_server.server_address[:2]
 
     def _log_listening(self, server: AsyncServer, what: str) -> None:
         host, port = server.server_address
@@ -254,9 +319,30 @@ class PaletteNode:
             len(self.archive),
         )
 
+    def _servers(self) -> list[AsyncServer]:
+        # each once: a TLS-only node's server is both
+        return list(dict.fromkeys(s for s in (self.server, self.tls_server) if s is not None))
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop accepting and wait up to ``timeout`` seconds for the
+        associations in progress to end; True when they all did (``close``
+        aborts what is left)."""
+        servers = self._servers()
+        for server in servers:
+            await server.stop_accepting()
+        remaining = sum(len(server.associations) for server in servers)
+        if remaining:
+            LOGGER.info("draining: %d association(s) in progress, waiting up to %g s", remaining, timeout)
+        ended = [server.wait_idle(timeout) for server in servers]
+        return all(await asyncio.gather(*ended))
+
     async def close(self) -> None:
-        for server in dict.fromkeys(s for s in (self.server, self.tls_server) if s is not None):
-            await server.close()  # each once: a TLS-only node's server is both
+        for server in self._servers():
+            await server.close()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
         self.archive.close()
         if self.audit is not None:
             self.audit.application_record("stop")
@@ -305,11 +391,14 @@ class PaletteNode:
         ingest = functools.partial(
             self.archive.ingest_file, Path(path), owner=grant.peer or None, may_replace_others=grant.may_replace_others
         )
+        started = time.perf_counter()
         try:
             result = await loop.run_in_executor(None, ingest)
         except OSError as exc:
             LOGGER.error("storing %s failed: %s", event.request.AffectedSOPInstanceUID, exc)
             return STORE_OUT_OF_RESOURCES
+        if self.metrics is not None:
+            self.metrics.index_query("store", time.perf_counter() - started)
         if result.comment:
             status = Dataset()
             status.Status = result.status
@@ -320,11 +409,15 @@ class PaletteNode:
     def on_find(self, event: evt.Event) -> Any:
         """Matching runs in the index; the identifiers go out pre-encoded in
         the context's transfer syntax (no pydicom Dataset per match)."""
+        metrics = self.metrics
+        started = time.perf_counter() if metrics is not None else 0.0
         try:
             result = self.archive.find(event.identifier)
         except ArchiveError as error:
             yield _status_dataset(error), None
             return
+        if metrics is not None:
+            metrics.index_query("find", time.perf_counter() - started)
         pending = result.status_pending
         syntax = event.context.transfer_syntax[0]
         for encoded in result.encoded(syntax):
@@ -338,7 +431,11 @@ class PaletteNode:
         decoding), then a UID-only Dataset for each requested UID that is not
         stored (its sub-operation fails and it is listed in the Failed SOP
         Instance UID List). Raises IdentifierError for a bad identifier."""
+        metrics = self.metrics
+        started = time.perf_counter() if metrics is not None else 0.0
         located = self.archive.locate(event.identifier)
+        if metrics is not None:
+            metrics.index_query("locate", time.perf_counter() - started)
         items: list[Any] = [str(instance.path) for instance in located]
         for uid in located.missing:
             missing = Dataset()
@@ -380,18 +477,62 @@ class PaletteNode:
             yield Status.PENDING, item
 
 
-async def serve(config: NodeConfig, ready: asyncio.Future[Any] | None = None) -> None:
-    """Run a node until cancelled."""
-    node = PaletteNode(config)
+class _Both:
+    """Two association observers (the audit trail and the metrics) as one."""
+
+    def __init__(self, first: Any, second: Any) -> None:
+        self.first, self.second = first, second
+
+    def association_opened(self, assoc: Any) -> Any:
+        one, two = self.first.association_opened(assoc), self.second.association_opened(assoc)
+        if one is None or two is None:
+            return one or two
+
+        def both(record: Any) -> None:
+            one(record)
+            two(record)
+
+        return both
+
+    def association_established(self, assoc: Any) -> None:
+        for observer in (self.first, self.second):
+            hook = getattr(observer, "association_established", None)
+            if hook is not None:
+                hook(assoc)
+
+    def association_closed(self, assoc: Any) -> None:
+        self.first.association_closed(assoc)
+        self.second.association_closed(assoc)
+
+
+async def serve(
+    config: NodeConfig,
+    ready: asyncio.Future[Any] | None = None,
+    stop: asyncio.Event | None = None,
+    worker: WorkerPlace | None = None,
+) -> bool:
+    """Run a node until cancelled, or until ``stop`` is set: then drain
+    (stop accepting, let associations end within ``config.drain_timeout``)
+    and close. Returns True when nothing had to be aborted."""
+    node = PaletteNode(config, worker=worker)
     if node.audit is not None:
         _reopen_on_sighup(node.audit.writer)
     server = await node.start()
     if ready is not None and not ready.done():
         ready.set_result(server.server_address)
+    drained = True
     try:
-        await server.serve_forever()
+        if stop is None:
+            await server.serve_forever()
+        else:
+            await stop.wait()
+            drained = await node.drain(config.drain_timeout)
+            if not drained:
+                left = sum(len(s.associations) for s in node._servers())
+                LOGGER.warning("drain timeout (%g s): aborting %d association(s)", config.drain_timeout, left)
     finally:
         await node.close()
+    return drained
 
 
 def _reopen_on_sighup(writer: AuditWriter) -> None:
@@ -405,4 +546,4 @@ def _reopen_on_sighup(writer: AuditWriter) -> None:
         LOGGER.debug("no SIGHUP handler: the audit file is reopened only when rotated away")
 
 
-__all__ = ["NodeConfig", "PaletteNode", "serve"]
+__all__ = ["NodeConfig", "PaletteNode", "WorkerPlace", "serve"]
