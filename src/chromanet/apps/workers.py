@@ -38,6 +38,7 @@ migration), then downgrades its lock to a shared one that the workers join
   stopping) is logged with a WARNING naming its pid and how it ended, and
   started again after a back-off that doubles (0.5 s up to 30 s) while
   workers keep dying within 10 s of their start.
+- **SIGHUP** is passed on to every worker (each reopens its audit file).
 - **The supervisor dies**: every worker holds the read end of a pipe whose
   only writer is the supervisor; end of file there means the supervisor
   is gone, and the worker closes (aborting its associations) rather than
@@ -129,6 +130,8 @@ def worker_main(config: NodeConfig, place: WorkerPlace, slots: Any, parent_alive
     (drain) or its supervisor's end (close at once)."""
     logging.basicConfig(level=config.log_level, format=LOG_FORMAT)
     place.counter = SharedAssociationCount(slots, place.index - 1)
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the audit trail's reopen replaces it, if any
     loop = loopthread.new_event_loop()
     asyncio.set_event_loop(loop)
     stop = asyncio.Event()
@@ -231,6 +234,8 @@ class Supervisor:
         signal.set_wakeup_fd(self._wake_write.fileno(), warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_signal)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, self._forward_sighup)
         try:
             for slot in self.slots:
                 self._start(slot)
@@ -245,6 +250,15 @@ class Supervisor:
             LOGGER.info("%s: stopping the workers (drain up to %g s)", signal.Signals(signum).name,
                         self.config.drain_timeout)
         self.stopping = True
+
+    def _forward_sighup(self, _signum: int, _frame: Any) -> None:
+        """SIGHUP (logrotate): every worker reopens its audit file."""
+        for slot in self.slots:
+            if slot.process is not None and slot.process.pid is not None:
+                try:
+                    os.kill(slot.process.pid, signal.SIGHUP)
+                except ProcessLookupError:
+                    pass
 
     def _watch(self) -> None:
         """Wait for a worker to end, a signal or the next restart; act on it."""
