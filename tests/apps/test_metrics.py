@@ -188,3 +188,39 @@ def test_an_interrupted_operation_is_counted_without_status():
     text = generate_latest(metrics.registry).decode()
     assert 'chromanet_operations_total{category="none",operation="C-FIND",status="none"} 1.0' in text
     assert 'chromanet_dataset_bytes_received_total{operation="C-FIND"} 10.0' in text
+
+
+def test_bench_prints_the_server_view(tmp_path: Path):
+    """``chromanet bench --server-metrics``: the server's count of the
+    run's operations, its latency quantiles and errors next to the tool's."""
+    import json
+    import subprocess
+    import sys
+
+    node = ServeProcess(tmp_path / "data", ["--workers", "2"], metrics=True)
+    with node:
+        node.wait_ready(workers=2)
+        url = f"http://127.0.0.1:{node.metrics_port}/metrics"
+        out = tmp_path / "bench.json"
+        bench = subprocess.run(
+            [sys.executable, "-m", "chromanet.apps.cli", "bench", "127.0.0.1", str(node.port), "-aec", "CHROMANET",
+             "--op", "find", "-c", "3", "-n", "20", "-k", "ContentLabel=HOT*", "--server-metrics", url,
+             "--json", str(out)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert bench.returncode == 0, bench.stdout + bench.stderr
+    assert "server (" in bench.stdout and "C-FIND   60 (Success 60), 0 error(s)" in bench.stdout
+    server = json.loads(out.read_text())["server"]
+    assert server["operations"]["C-FIND"]["count"] == 60
+    assert server["associations"]["accepted"] == 3
+    assert 0 < server["operations"]["C-FIND"]["latency_ms"]["p50"] <= server["operations"]["C-FIND"]["latency_ms"]["p99"]
+
+
+def test_histogram_quantile_interpolates_within_a_bucket():
+    from chromanet.apps.server_view import histogram_quantile
+
+    buckets = [(0.001, 0.0), (0.002, 50.0), (0.004, 100.0), (float("inf"), 100.0)]
+    assert histogram_quantile(0.5, buckets) == pytest.approx(0.002)
+    assert histogram_quantile(0.25, buckets) == pytest.approx(0.0015)
+    assert histogram_quantile(0.75, buckets) == pytest.approx(0.003)
+    assert histogram_quantile(0.5, [(float("inf"), 0.0)]) is None
