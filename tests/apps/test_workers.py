@@ -247,3 +247,32 @@ def test_the_audit_trail_of_several_workers_is_whole_lines(tmp_path: Path):
     assert {r["pid"] for r in starts} == pids
     assert {r["pid"] for r in associations} == pids
     assert sum(r["operations"].get("C-ECHO", 0) for r in associations) == len(associations)
+
+
+def test_tls_listener_with_workers(tmp_path: Path, pki):
+    """The TLS listener's sockets are the supervisor's too: both workers
+    serve DICOM over TLS (PS3.15 B.1) on one port."""
+    import subprocess
+    import sys
+
+    from helpers.servers import free_port, wait_listening
+    from helpers.tls import client_tls_flags
+
+    tls = free_port()
+    node = ServeProcess(tmp_path / "data", [
+        "--workers", "2", "--tls-port", str(tls), "--tls-certificate", str(pki.server.certificate),
+        "--tls-key", str(pki.server.key), "--tls-ca", str(pki.ca)], metrics=True)  # fmt: skip
+    with node:
+        node.wait_ready(workers=2)
+        wait_listening(tls)
+        trust = client_tls_flags(pki)
+
+        def both_served() -> bool:
+            echo = subprocess.run([sys.executable, "-m", "chromanet.apps.cli", "echo", "127.0.0.1", str(tls), *trust],
+                                  capture_output=True, text=True, timeout=60)  # fmt: skip
+            assert echo.returncode == 0, echo.stderr
+            counts = per_worker(node)
+            return all(counts.get(w, 0) > 0 for w in ("1", "2"))
+
+        assert wait_until(both_served, timeout=60)
+    assert node.process.returncode == 0
