@@ -90,9 +90,12 @@ def check(node: ServeProcess, done: dict[str, int]) -> None:
     assert node.metrics_port is not None
 
     def settled() -> bool:
+        # Operations reach /metrics within FLUSH_INTERVAL of their end.
         samples = scrape(node.metrics_port or 0)
-        return value(samples, "chromanet_associations_open") == 0 and total(
-            samples, "chromanet_associations_aborted_total") == 1  # fmt: skip
+        return (value(samples, "chromanet_associations_open") == 0
+                and total(samples, "chromanet_associations_aborted_total") == 1
+                and total(samples, "chromanet_operations_total") == 5
+                and total(samples, "chromanet_index_query_seconds_count") == 4)  # fmt: skip
 
     assert wait_until(settled)
     s = scrape(node.metrics_port)

@@ -630,7 +630,7 @@ def run(args: argparse.Namespace) -> int:
     summary = summarize(plan, args.processes, args.query_model, tally)
     if server_before is not None:
         try:
-            summary["server"] = server_view.compare(server_before, server_view.scrape(args.server_metrics))
+            summary["server"] = server_view.compare(server_before, server_view.scrape_settled(args.server_metrics))
         except (OSError, ValueError) as exc:
             print(f"chromanet bench: --server-metrics after the run: {exc}", file=sys.stderr)
     if not args.quiet:

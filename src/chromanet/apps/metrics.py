@@ -17,10 +17,15 @@ and the supervisor alone serves /metrics, summing them
 over live workers only. The spool gauge is computed when scraped, from the
 spool directory, by whichever process serves.
 
-What it costs an operation: one call with the finished record, a dict
-lookup for the children of its (operation, status), three counter
-increments and one histogram observation (a few microseconds; see
-README.md "Metrics" for the measured C-FIND rate).
+What it costs an operation: one call with the finished record that adds
+to plain Python numbers kept per (operation, status) (a dict lookup, a
+bisect for the latency bucket, a few additions: no lock, no mmap write);
+at most ``FLUSH_INTERVAL`` seconds later one loop callback adds what
+gathered to the prometheus_client metrics in one go, so a scrape shows
+operations at most that late. (prometheus_client's own ``inc`` and
+``observe`` take a lock each, and write a memory-mapped file in
+multi-process mode: about four times the cost, per operation.) Association
+metrics, a few per association, are updated at once.
 
 The names and labels (README.md "Metrics" lists them with their meaning):
 
@@ -38,6 +43,8 @@ The names and labels (README.md "Metrics" lists them with their meaning):
 
 from __future__ import annotations
 
+import asyncio
+import bisect
 import logging
 import os
 from pathlib import Path
@@ -65,6 +72,46 @@ OPERATION_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )  # fmt: skip
 INDEX_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0)
+#: Seconds at most between an operation's end and its appearance in /metrics.
+FLUSH_INTERVAL = 0.5
+
+
+class _Tally:
+    """What gathered for one histogram child (and the counters that go
+    with it) since the last flush."""
+
+    __slots__ = ("bounds", "count", "total", "buckets", "bytes_in", "bytes_out")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.count = 0
+        self.total = 0.0
+        self.buckets = [0] * (len(bounds) + 1)  # the last: above every bound (+Inf)
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def observe(self, seconds: float) -> None:
+        self.count += 1
+        self.total += seconds
+        self.buckets[bisect.bisect_left(self.bounds, seconds)] += 1
+
+
+def _add_to_histogram(child: Any, tally: _Tally) -> None:
+    """Add a tally's observations to a prometheus_client histogram child at
+    once (its per-bucket values: ``observe`` would take a lock per
+    observation)."""
+    buckets = getattr(child, "_buckets", None)
+    total = getattr(child, "_sum", None)
+    if buckets is None or total is None or len(buckets) != len(tally.buckets):  # pragma: no cover - another version
+        upper = list(tally.bounds) + [tally.bounds[-1] * 2]
+        for index, n in enumerate(tally.buckets):
+            for _ in range(n):
+                child.observe(upper[index])
+        return
+    for index, n in enumerate(tally.buckets):
+        if n:
+            buckets[index].inc(n)
+    total.inc(tally.total)
 
 
 class NodeMetrics:
@@ -120,7 +167,11 @@ class NodeMetrics:
         self._established: set[int] = set()
         # (operation, status) -> the children that a record of it updates.
         self._children: dict[tuple[str, int | None], tuple[Any, Any, Any, Any]] = {}
-        self._index_children: dict[str, Any] = {}
+        # Gathered since the last flush: (operation, status) -> tally, and
+        # index query -> tally.
+        self._tallies: dict[tuple[str, int | None], _Tally] = {}
+        self._index_tallies: dict[str, _Tally] = {}
+        self._flush_timer: asyncio.TimerHandle | None = None
 
     # -------------------------------------------- AssociationObserver
     def association_opened(self, assoc: AsyncAssociation) -> Any:
@@ -150,16 +201,12 @@ class NodeMetrics:
     def operation_ended(self, record: OperationRecord) -> None:
         """The operation observer: one finished operation."""
         key = (record.operation, record.status)
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = self._children_of(*key)
-        count, duration, received, sent = children
-        count.inc()
-        duration.observe(record.duration)
-        if record.bytes_in:
-            received.inc(record.bytes_in)
-        if record.bytes_out:
-            sent.inc(record.bytes_out)
+        tally = self._tallies.get(key)
+        if tally is None:
+            tally = self._tallies[key] = _Tally(OPERATION_BUCKETS)
+        tally.observe(record.duration)
+        tally.bytes_in += record.bytes_in
+        tally.bytes_out += record.bytes_out
         if record.completed is not None:
             subs = self.suboperations
             operation = record.operation
@@ -168,6 +215,38 @@ class NodeMetrics:
                 subs.labels(operation, "failed").inc(record.failed)
             if record.warning:
                 subs.labels(operation, "warning").inc(record.warning)
+        if self._flush_timer is None:
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not on a loop (a test, a tool): at once
+            self.flush()
+            return
+        self._flush_timer = loop.call_later(FLUSH_INTERVAL, self.flush)
+
+    def flush(self) -> None:
+        """Add what gathered to the prometheus_client metrics (the loop's
+        timer does; the node once more when it closes)."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        tallies, self._tallies = self._tallies, {}
+        for key, tally in tallies.items():
+            children = self._children.get(key)
+            if children is None:
+                children = self._children[key] = self._children_of(*key)
+            count, duration, received, sent = children
+            count.inc(tally.count)
+            _add_to_histogram(duration, tally)
+            if tally.bytes_in:
+                received.inc(tally.bytes_in)
+            if tally.bytes_out:
+                sent.inc(tally.bytes_out)
+        index_tallies, self._index_tallies = self._index_tallies, {}
+        for query, tally in index_tallies.items():
+            _add_to_histogram(self.index.labels(query), tally)
 
     def _children_of(self, operation: str, status: int | None) -> tuple[Any, Any, Any, Any]:
         if status is None:
@@ -183,10 +262,12 @@ class NodeMetrics:
 
     def index_query(self, query: str, seconds: float) -> None:
         """The node's archive call ``query`` ("find", "locate", "store") took ``seconds``."""
-        child = self._index_children.get(query)
-        if child is None:
-            child = self._index_children[query] = self.index.labels(query)
-        child.observe(seconds)
+        tally = self._index_tallies.get(query)
+        if tally is None:
+            tally = self._index_tallies[query] = _Tally(INDEX_BUCKETS)
+        tally.observe(seconds)
+        if self._flush_timer is None:
+            self._schedule_flush()
 
 
 class SpoolCollector(Collector):

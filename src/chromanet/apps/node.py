@@ -339,6 +339,8 @@ class PaletteNode:
     async def close(self) -> None:
         for server in self._servers():
             await server.close()
+        if self.metrics is not None:
+            self.metrics.flush()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

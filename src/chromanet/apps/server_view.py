@@ -39,6 +39,26 @@ def scrape(url: str, timeout: float = 10.0) -> Samples:
     return samples
 
 
+def scrape_settled(url: str, interval: float = 0.6, tries: int = 8) -> Samples:
+    """A scrape after the run: chromanet's node publishes an operation up
+    to half a second after its end (``metrics.FLUSH_INTERVAL``), so scrape
+    until two scrapes ``interval`` apart agree on the operations."""
+    import time
+
+    last = scrape(url)
+    for _ in range(tries):
+        time.sleep(interval)
+        now = scrape(url)
+        if _operations(now) == _operations(last):
+            return now
+        last = now
+    return last
+
+
+def _operations(samples: Samples) -> float:
+    return sum(v for (name, _), v in samples.items() if name == "chromanet_operations_total")
+
+
 def _delta(before: Samples, after: Samples, name: str) -> dict[frozenset[tuple[str, str]], float]:
     return {labels: v - before.get((n, labels), 0.0) for (n, labels), v in after.items() if n == name}
 
@@ -124,4 +144,4 @@ def format_view(view: dict[str, Any], url: str) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["compare", "format_view", "histogram_quantile", "scrape"]
+__all__ = ["compare", "format_view", "histogram_quantile", "scrape", "scrape_settled"]
