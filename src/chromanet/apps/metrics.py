@@ -114,6 +114,20 @@ def _add_to_histogram(child: Any, tally: _Tally) -> None:
     total.inc(tally.total)
 
 
+class _OperationObserver:
+    """The operation observer metrics give an association: no query keys
+    wanted (``OperationRecord.details``)."""
+
+    __slots__ = ("ended",)
+    wants_details = False
+
+    def __init__(self, ended: Any) -> None:
+        self.ended = ended
+
+    def __call__(self, record: OperationRecord) -> None:
+        self.ended(record)
+
+
 class NodeMetrics:
     """The metrics of one node process; an ``AssociationObserver``."""
 
@@ -172,11 +186,12 @@ class NodeMetrics:
         self._tallies: dict[tuple[str, int | None], _Tally] = {}
         self._index_tallies: dict[str, _Tally] = {}
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._observer = _OperationObserver(self.operation_ended)
 
     # -------------------------------------------- AssociationObserver
     def association_opened(self, assoc: AsyncAssociation) -> Any:
         self.connections.inc()
-        return self.operation_ended
+        return self._observer
 
     def association_established(self, assoc: AsyncAssociation) -> None:
         self._established.add(id(assoc))

@@ -494,7 +494,7 @@ class _Both:
             one(record)
             two(record)
 
-        return both
+        return both  # wants the query keys: the audit trail does
 
     def association_established(self, assoc: Any) -> None:
         for observer in (self.first, self.second):
