@@ -276,3 +276,17 @@ def test_tls_listener_with_workers(tmp_path: Path, pki):
 
         assert wait_until(both_served, timeout=60)
     assert node.process.returncode == 0
+
+
+def test_a_second_sigterm_aborts_at_once(tmp_path: Path):
+    node = ServeProcess(tmp_path / "data", ["--workers", "2", "--drain-timeout", "120"])
+    with node:
+        node.wait_ready(workers=2)
+        busy = scu().associate("127.0.0.1", node.port, ae_title="CHROMANET")
+        assert busy.is_established
+        node.process.send_signal(signal.SIGTERM)
+        node.wait_line(r"draining: 1 association\(s\) in progress")
+        node.process.send_signal(signal.SIGTERM)
+        assert node.process.wait(WAIT_TIMEOUT) == 0, node.output  # far within the 120 s drain
+        assert wait_until(lambda: busy.is_aborted)
+    assert "again: aborting" in node.output

@@ -474,8 +474,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     asyncio.set_event_loop(loop)
     stop = asyncio.Event()
     task = loop.create_task(serve(config, stop=stop))
+    def on_signal() -> None:
+        if stop.is_set():  # a second one: abort what is left now
+            task.cancel()
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
     try:
         loop.run_until_complete(task)
         LOGGER.info("stopped")

@@ -32,8 +32,9 @@ migration), then downgrades its lock to a shared one that the workers join
 - **Shutdown**: SIGTERM or SIGINT to the supervisor closes its copies of
   the listening sockets and sends SIGTERM to each worker, which stops
   accepting, lets its associations end within ``drain_timeout`` and aborts
-  the rest. Workers still running ``drain_timeout`` + 10 s later are
-  killed. Exit status 0 when every worker exited 0.
+  the rest. A second SIGTERM/SIGINT aborts them at once. Workers still
+  running ``drain_timeout`` + 10 s later are killed. Exit status 0 when
+  every worker exited 0.
 - **A crashed worker** (killed, or exit status other than 0 while not
   stopping) is logged with a WARNING naming its pid and how it ended, and
   started again after a back-off that doubles (0.5 s up to 30 s) while
@@ -136,8 +137,13 @@ def worker_main(config: NodeConfig, place: WorkerPlace, slots: Any, parent_alive
     asyncio.set_event_loop(loop)
     stop = asyncio.Event()
     task = loop.create_task(serve(config, stop=stop, worker=place))
+    def on_signal() -> None:
+        if stop.is_set():  # a second one: no more waiting
+            task.cancel()
+        stop.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
 
     def orphaned() -> None:
         loop.remove_reader(parent_alive.fileno())
@@ -151,6 +157,10 @@ def worker_main(config: NodeConfig, place: WorkerPlace, slots: Any, parent_alive
         pass
     finally:
         loop.close()
+        # Done: a late second signal (the supervisor's "abort now") must not
+        # turn a clean exit into "killed by SIGTERM".
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_IGN)
 
 
 # --------------------------------------------------------------- supervisor
@@ -249,7 +259,16 @@ class Supervisor:
         if not self.stopping:
             LOGGER.info("%s: stopping the workers (drain up to %g s)", signal.Signals(signum).name,
                         self.config.drain_timeout)
-        self.stopping = True
+            self.stopping = True
+            return
+        # A second signal while draining: the workers abort what is left now.
+        LOGGER.info("%s again: aborting the associations left", signal.Signals(signum).name)
+        for slot in self.slots:
+            if slot.process is not None and slot.process.pid is not None and slot.process.exitcode is None:
+                try:
+                    os.kill(slot.process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
 
     def _forward_sighup(self, _signum: int, _frame: Any) -> None:
         """SIGHUP (logrotate): every worker reopens its audit file."""
