@@ -99,6 +99,10 @@ class AE:
         # association and its operations (an audit trail, metrics; see
         # chromanet.server.AssociationObserver). None: off.
         self.association_observer: Any = None
+        # chromanet extra: when several processes serve one port, what
+        # counts against maximum_associations across them (see
+        # chromanet.server.AssociationCounter). None: this AE's servers alone.
+        self.association_counter: Any = None
         self._requested: list[PresentationContext] = []
         self._supported: list[PresentationContext] = []
         self._servers: list[Any] = []
@@ -282,10 +286,13 @@ class AE:
         ae_title: str | None = None,
         contexts: list[PresentationContext] | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        sock: Any = None,
     ) -> AsyncServer:
         """Listen on ``address``; returns a started AsyncServer. With
-        ``ssl_context`` every connection runs over TLS (PS3.15 B.1)."""
-        server = AsyncServer(self, address, split_handlers(evt_handlers), ae_title, contexts, ssl_context)
+        ``ssl_context`` every connection runs over TLS (PS3.15 B.1). With
+        ``sock`` (chromanet extra) it accepts on that listening socket
+        instead of binding ``address`` (worker processes sharing a port)."""
+        server = AsyncServer(self, address, split_handlers(evt_handlers), ae_title, contexts, ssl_context, sock)
         await server.start()
         self._servers.append(server)
         server.on_closed = self._forget_server

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
@@ -50,6 +51,20 @@ class AssociationObserver(Protocol):
     def association_closed(self, assoc: AsyncAssociation) -> None: ...
 
 
+class AssociationCounter(Protocol):
+    """chromanet extra: the associations that count against
+    ``AE.maximum_associations`` when the AE is one of several processes
+    serving one port (the workers of ``chromanet serve --workers``):
+    ``held()`` is every process's count, ``opened()`` and ``closed()`` move
+    this process's own. Called on the loop; none may block."""
+
+    def held(self) -> int: ...
+
+    def opened(self) -> None: ...
+
+    def closed(self) -> None: ...
+
+
 class AsyncServer:
     """A listening acceptor on the loop it was started on."""
 
@@ -61,8 +76,12 @@ class AsyncServer:
         ae_title: str | None,
         contexts: list[PresentationContext] | None,
         ssl_context: ssl.SSLContext | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
         self.ae = ae
+        #: A listening socket made elsewhere (a supervisor's, for its worker
+        #: processes) to serve on instead of binding ``address``.
+        self.sock = sock
         #: Called once with this server when it has closed (the AE forgets it).
         self.on_closed: Callable[[AsyncServer], None] | None = None
         #: TLS listeners: called with the peer's (host, port) and the reason
@@ -128,7 +147,10 @@ class AsyncServer:
                 self.ssl_context, self._new_connection, self.ae.tls_handshake_timeout, self._handshake_failed,
                 max_pending_per_host=self.ae.maximum_tls_handshakes_per_host,
             )
-            await self._tls.start(host or None, port)
+            await self._tls.start(host or None, port, sock=self.sock)
+            return
+        if self.sock is not None:
+            self._server = await loop.create_server(self._new_connection, sock=self.sock, backlog=1024)
             return
         self._server = await loop.create_server(
             self._new_connection, host or None, port, reuse_address=True, backlog=1024
@@ -180,8 +202,12 @@ class AsyncServer:
         slot is taken, or when ``peer_host`` already holds its share: its
         other connections, established or not yet, count against it."""
         ae = self.ae
-        established = sum(1 for a in self.associations if a.is_established)
-        refused = bool(ae.maximum_associations and established >= ae.maximum_associations)
+        counter: AssociationCounter | None = ae.association_counter
+        if counter is not None:
+            held = counter.held()
+        else:
+            held = sum(1 for a in self.associations if a.is_established)
+        refused = bool(ae.maximum_associations and held >= ae.maximum_associations)
         per_host = ae.maximum_associations_per_host
         if not refused and per_host:
             # This connection is among self.associations too: hence the >.
@@ -207,11 +233,38 @@ class AsyncServer:
         assoc = AsyncAssociation(ae, ul, self._handlers, spool_directory=ae.store_spool_directory)
         self.associations.add(assoc)
         ul.ended.add_done_callback(lambda _f, a=assoc: self.associations.discard(a))
+        counter = ae.association_counter
+        established_hook = getattr(self.observer, "association_established", None)
+        if counter is not None or established_hook is not None:
+            self._on_established(assoc, ul, counter, established_hook)
         if self.observer is not None:
             self._observe(assoc, ul.ended, self.observer)
         notify(self._handlers, Event(assoc, EVT_CONN_OPEN))
         ul.on_requested = lambda _ul, a=assoc: notify(self._handlers, Event(a, EVT_REQUESTED))
         return ul.connection
+
+    @staticmethod
+    def _on_established(
+        assoc: AsyncAssociation, ul: AssociationControl, counter: AssociationCounter | None, hook: Any
+    ) -> None:
+        """Once the association is established: count it (until it ends)
+        with the process-wide ``counter`` and tell the observer's optional
+        ``association_established``."""
+        inner = ul.on_established
+
+        def established(control: AssociationControl) -> None:
+            if inner is not None:
+                inner(control)
+            if counter is not None:
+                counter.opened()
+                ul.ended.add_done_callback(lambda _f: counter.closed())
+            if hook is not None:
+                try:
+                    hook(assoc)
+                except Exception:
+                    LOGGER.exception("the association observer raised")
+
+        ul.on_established = established
 
     @staticmethod
     def _observe(assoc: AsyncAssociation, ended: asyncio.Future[str], observer: AssociationObserver) -> None:
@@ -228,6 +281,24 @@ class AsyncServer:
                 LOGGER.exception("the association observer raised")
 
         ended.add_done_callback(closed)
+
+    async def stop_accepting(self) -> None:
+        """Stop listening; the associations in progress go on (``wait_idle``)."""
+        if self._server is not None:
+            self._server.close()
+        if self._tls is not None:
+            await self._tls.stop_accepting()
+
+    async def wait_idle(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` seconds until no association is left;
+        True when none is."""
+        waits = [asyncio.ensure_future(a.wait_closed()) for a in list(self.associations)]
+        if not waits:
+            return True
+        _done, pending = await asyncio.wait(waits, timeout=timeout)
+        for wait in pending:
+            wait.cancel()
+        return not pending and not self.associations
 
     async def close(self) -> None:
         """Stop listening and abort the associations still open."""

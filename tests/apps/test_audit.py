@@ -52,7 +52,7 @@ class AuditedNode:
         self.port = free_port()
         self.args = [
             sys.executable, "-m", "chromanet.apps.cli", "serve", "--data-dir", str(data_dir),
-            "--port", str(self.port), "--bind", "127.0.0.1", "--log-level", "INFO",
+            "--port", str(self.port), "--bind", "127.0.0.1", "--log-level", "INFO", "--workers", "1",
             "--allow", SCU_AE, "--default-access", "all", "--move-dest", f"DEST=127.0.0.1:{destination_port}", *audit_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -16,6 +16,9 @@ path (``pythonpath``), so a test module in any folder can write
 - ``qr``: Color Palette Query/Retrieve: the model UIDs, SCP and SCU AEs,
   associations from chromanet and pynetdicom, store logs.
 - ``rawpeer``: a peer that speaks PDUs over a plain socket.
+- ``nodeproc``: ``chromanet serve`` as a subprocess whose log is read as
+  it comes (wait for a line, the workers' pids), and /metrics scraped and
+  parsed.
 - ``tls``: test CAs and certificates (made with openssl at test time), TLS
   contexts, the TLS flags of the chromanet commands and of DCMTK's tools.
 - ``postgres``: a throwaway PostgreSQL cluster (initdb in a temporary

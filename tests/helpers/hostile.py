@@ -3,7 +3,8 @@ that builds its PDUs by hand, for the hostile-peer tests.
 
 The node runs as a user runs it (``python -m chromanet.apps.cli serve``), its
 log going to a file the tests read; its memory and open files are read from
-/proc. The peer sends exactly the bytes a test wants, including what no
+/proc. It is one process (``--workers 1``): the limits under test are a
+node's, and its memory and descriptors are that process's. The peer sends exactly the bytes a test wants, including what no
 well-behaved SCU would send.
 """
 
@@ -77,7 +78,7 @@ def running_node(tmp_path: Path, *extra: str) -> Iterator[Node]:
     log_path = tmp_path / "node.log"
     args = [
         sys.executable, "-m", "chromanet.apps.cli", "serve", "--port", str(port), "--bind", "127.0.0.1",
-        "--data-dir", str(data_dir), "--log-level", "INFO", "--default-access", "all",
+        "--data-dir", str(data_dir), "--log-level", "INFO", "--default-access", "all", "--workers", "1",
         "--pdu-timeout", str(PDU_TIMEOUT), "--idle-timeout", str(IDLE_TIMEOUT),
         "--max-associations-per-host", str(PER_HOST), "--max-identifier-size", str(MAX_IDENTIFIER),
         *extra,

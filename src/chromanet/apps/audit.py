@@ -85,14 +85,18 @@ class AuditTrail:
     def __init__(self, writer: AuditWriter, ae_title: str) -> None:
         self.writer = writer
         self.ae_title = ae_title
+        # id(association) -> its entry, while it lasts (its operation
+        # observer may be another's too: the node's metrics share it).
+        self._entries: dict[int, _AssociationEntry] = {}
 
     # -------------------------------------------- AssociationObserver
     def association_opened(self, assoc: AsyncAssociation) -> _AssociationEntry:
-        return _AssociationEntry(self, assoc)
+        entry = self._entries[id(assoc)] = _AssociationEntry(self, assoc)
+        return entry
 
     def association_closed(self, assoc: AsyncAssociation) -> None:
-        entry = assoc.operation_observer
-        if isinstance(entry, _AssociationEntry) and entry.trail is self:
+        entry = self._entries.pop(id(assoc), None)
+        if entry is not None and entry.assoc is assoc:
             self._take_admission(assoc)
             self.writer.write(self.association_record(entry))
 
@@ -196,6 +200,8 @@ class AuditTrail:
             operations=dict(entry.operations),
             operations_failed=entry.failed,
             details=dict(assoc.audit.details),
+            # the process that served it (one of several with --workers)
+            pid=os.getpid(),
         )
         return record
 

@@ -7,8 +7,12 @@ records written on a loop go to the thread in batches, every
 ``batch_delay`` (50 ms). A writer thread turns each record into one line of
 JSON and hands it to the sinks:
 
-- ``FileSink``: appends to a file, flushed after each batch (no record
-  sits in a buffer while the writer is idle);
+- ``FileSink``: appends to a file opened with ``O_APPEND``, each batch of
+  whole lines in one ``write(2)`` (no record sits in a buffer while the
+  writer is idle). Several processes (the workers of ``chromanet serve
+  --workers``) may append to one file: each write lands at the end as one
+  piece, so lines never interleave (Linux serialises writes to a file;
+  only a short write, on a full disk, is finished by a second one);
   reopened on ``reopen()`` (the node calls it on SIGHUP) and when the path
   no longer names the open file (logrotate moved it away).
 - ``SyslogSink``: one RFC 5424 message per record over a UNIX datagram
@@ -91,7 +95,7 @@ class FileSink:
         self._checked = 0.0
 
     def _open(self) -> None:
-        handle = open(self.path, "a", encoding="utf-8")
+        handle = open(self.path, "ab", buffering=0)  # O_APPEND, no buffer: one write a batch
         stat = os.fstat(handle.fileno())
         self._file, self._inode = handle, (stat.st_dev, stat.st_ino)
 
@@ -114,8 +118,10 @@ class FileSink:
         if self._file is None:
             self._open()
         try:
-            self._file.write("".join(line + "\n" for _, line in records))
-            self._file.flush()
+            data = memoryview("".join(line + "\n" for _, line in records).encode("utf-8"))
+            while data:
+                written = self._file.write(data)
+                data = data[written:]
         except OSError:
             self.close()
             raise

@@ -1,6 +1,7 @@
 """The ``chromanet`` command: a palette archive node and SCU tools.
 
-    chromanet serve [--config FILE] [--port N] [--data-dir DIR] [--index postgresql://...] [--tls-certificate FILE ...] ...
+    chromanet serve [--config FILE] [--port N] [--data-dir DIR] [--index postgresql://...] [--workers N]
+                    [--metrics-port PORT] [--tls-certificate FILE ...] ...
     chromanet echo  HOST PORT [-aet AET] [-aec AEC]
     chromanet find  HOST PORT [-k Key=Value ...]
     chromanet get   HOST PORT [-k Key=Value ...] [-od DIR]
@@ -124,6 +125,18 @@ def build_parser() -> argparse.ArgumentParser:
         "(DCMTK without TCP_NODELAY=1, pynetdicom) do not stall on delayed ACKs (default: on)",
     )
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument(
+        "--workers", type=int, metavar="N",
+        help="worker processes accepting on the same port(s) under a supervisor "
+        "(default: one per core; 1: this process alone)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--drain-timeout", type=float, metavar="SECONDS",
+        help="on SIGTERM/SIGINT, let associations end within this long, then abort them (default 30)",
+    )  # fmt: skip
+    serve.add_argument("--metrics-port", type=int, metavar="PORT",
+                       help="serve Prometheus metrics on http://HOST:PORT/metrics")
+    serve.add_argument("--metrics-bind", metavar="HOST", help="the metrics address (default: --bind)")
     add_serve_tls_arguments(serve)
 
     hashing = commands.add_parser(
@@ -388,6 +401,10 @@ def load_node_config(args: argparse.Namespace) -> Any:
         "audit_file",
         "audit_syslog",
         "audit_syslog_facility",
+        "workers",
+        "drain_timeout",
+        "metrics_port",
+        "metrics_bind",
     ):
         value = getattr(args, key, None)
         if value is not None:
@@ -445,21 +462,37 @@ def _audit_settings(config: Any, table: dict[str, Any], source: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve until SIGINT/SIGTERM, then close the listener, abort what is
-    still open and close the archive."""
+    """Serve until SIGINT/SIGTERM, then stop accepting, let the
+    associations in progress end within the drain timeout, abort the rest
+    and close the archive; with workers, through their supervisor."""
     import signal
 
     from chromanet.apps.node import serve
     from chromanet.errors import ChromanetError
 
     config = load_node_config(args)
+    if config.workers is not None and config.workers < 1:
+        raise ValueError("--workers must be 1 or more")
+    if config.worker_count > 1:
+        from chromanet.apps.workers import LOG_FORMAT, run_supervisor
+
+        logging.basicConfig(level=config.log_level, format=LOG_FORMAT)
+        return run_supervisor(config)
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     loop = loopthread.new_event_loop()
-    task = loop.create_task(serve(config))
+    asyncio.set_event_loop(loop)
+    stop = asyncio.Event()
+    task = loop.create_task(serve(config, stop=stop))
+    def on_signal() -> None:
+        if stop.is_set():  # a second one: abort what is left now
+            task.cancel()
+        stop.set()
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, task.cancel)
+        loop.add_signal_handler(signum, on_signal)
     try:
         loop.run_until_complete(task)
+        LOGGER.info("stopped")
     except asyncio.CancelledError:
         LOGGER.info("stopped")
     except ChromanetError as exc:  # the archive cannot be opened: busy, too new, unreachable

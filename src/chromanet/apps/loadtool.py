@@ -42,6 +42,7 @@ from typing import Any
 from tqdm import tqdm
 
 from chromanet import uids
+from chromanet.apps import server_view
 from chromanet.apps.latency import Latencies
 from chromanet.apps.tls_options import ClientTls, add_client_tls_arguments, client_tls_from_args
 from chromanet.status import STATUS_WARNING, Status, code_to_category
@@ -100,6 +101,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", type=Path, metavar="FILE", help="write the summary as JSON")
     parser.add_argument("--histogram", type=Path, metavar="FILE.png",
                         help="draw the latency histogram (needs matplotlib)")
+    parser.add_argument("--server-metrics", metavar="URL",
+                        help="scrape the server's Prometheus metrics (e.g. http://HOST:9100/metrics) before "
+                        "and after the run and print its view: operations, latency quantiles, errors")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress line, no summary on stdout")
     parser.add_argument("-v", "--verbose", action="store_true", help="engine debug logging")
     add_client_tls_arguments(parser)
@@ -597,6 +601,13 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"chromanet bench: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    server_before = None
+    if getattr(args, "server_metrics", None):
+        try:
+            server_before = server_view.scrape(args.server_metrics)
+        except (OSError, ValueError) as exc:
+            print(f"chromanet bench: --server-metrics: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     try:
         if args.processes == 1:
             from chromanet.loopthread import new_event_loop
@@ -617,8 +628,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"chromanet bench: {exc}", file=sys.stderr)
         return EXIT_FAILED
     summary = summarize(plan, args.processes, args.query_model, tally)
+    if server_before is not None:
+        try:
+            summary["server"] = server_view.compare(server_before, server_view.scrape_settled(args.server_metrics))
+        except (OSError, ValueError) as exc:
+            print(f"chromanet bench: --server-metrics after the run: {exc}", file=sys.stderr)
     if not args.quiet:
         print(format_summary(summary))
+        if "server" in summary:
+            print(server_view.format_view(summary["server"], args.server_metrics))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2) + "\n")

@@ -13,6 +13,11 @@ the negotiated transfer syntax is the stored one.
 With a TLS certificate configured the node listens for DICOM over TLS
 (PS3.15 B.1, port 2762 by convention) next to, or instead of, plain TCP;
 C-MOVE destinations marked ``tls`` are reached over TLS.
+
+One node may be one of several worker processes of ``chromanet serve
+--workers N`` (``apps/workers.py``): it is then given a ``WorkerPlace``
+(the supervisor's listening sockets, the association count shared across
+workers, its own spool subdirectory) and opens the archive shared.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +40,8 @@ from chromanet.apps.access import OPEN_GRANT, AccessPolicy, Grant
 from chromanet.apps.tls_options import MoveDestination, NodeTls
 from chromanet.apps.audit import AuditTrail
 from chromanet.apps.audit_writer import AuditWriter, FileSink, Sink, SyslogSink
-from chromanet.server import AsyncServer
+from chromanet.apps.metrics import NodeMetrics, serve_metrics
+from chromanet.server import AssociationCounter, AsyncServer
 from chromanet.archive import ArchiveError, PaletteArchive
 from chromanet.archive.postgres import PgArchive, is_postgresql_url
 from chromanet.services.spool import SPOOL_PREFIX
@@ -112,6 +121,34 @@ class NodeConfig:
     audit_file: Path | None = None
     audit_syslog: str | None = None
     audit_syslog_facility: str = "authpriv"
+    # Worker processes accepting on the same port(s) under a supervisor
+    # (apps/workers.py); None: one per core (os.cpu_count()); 1: this
+    # process alone, no supervisor.
+    workers: int | None = None
+    # SIGTERM/SIGINT: stop accepting, let associations end within this many
+    # seconds, then abort the rest.
+    drain_timeout: float = 30.0
+    # Prometheus metrics on http://metrics_bind:metrics_port/metrics (the
+    # supervisor's, with workers); None: no metrics. metrics_bind None: bind_address.
+    metrics_port: int | None = None
+    metrics_bind: str | None = None
+
+    @property
+    def worker_count(self) -> int:
+        return max(1, self.workers if self.workers is not None else (os.cpu_count() or 1))
+
+
+@dataclass
+class WorkerPlace:
+    """What a worker process gets from its supervisor (``apps/workers.py``)."""
+
+    #: 1..N; names the spool subdirectory and the worker's metrics label.
+    index: int
+    #: The listening sockets to accept on (plain, TLS), or None.
+    plain_socket: socket.socket | None
+    tls_socket: socket.socket | None
+    #: ``max_associations`` across the workers.
+    counter: AssociationCounter | None
 
 
 def _grant_of(assoc: Any) -> Grant | None:
@@ -159,27 +196,41 @@ def _find_answers(result: Any, event: evt.Event) -> Any:
 class PaletteNode:
     """A configured AE bound to an archive; ``await start()`` listens."""
 
-    def __init__(self, config: NodeConfig, archive: PaletteArchive | PgArchive | None = None) -> None:
+    def __init__(
+        self, config: NodeConfig, archive: PaletteArchive | PgArchive | None = None, worker: WorkerPlace | None = None
+    ) -> None:
         self.config = config
+        self.worker = worker
         config.data_dir.mkdir(parents=True, exist_ok=True)
         if archive is None and is_postgresql_url(config.index):
             archive_or_none: Any = None  # opened by start(): connecting is awaited
         elif archive is None and config.index:
             raise ValueError(f"index {config.index!r}: only postgresql:// URLs (or none, for SQLite)")
         else:
-            archive_or_none = archive or PaletteArchive.open(config.data_dir, seed=True)
+            # A worker shares the archive its supervisor recovered and seeded.
+            archive_or_none = archive or PaletteArchive.open(config.data_dir, seed=True, shared=worker is not None)
         self.archive: Any = archive_or_none
         # Incoming C-STORE data sets are spooled here, on the archive's file
         # system, so that ingesting one is a rename. What a crash left here
-        # was never acknowledged to any peer: it goes.
-        self.spool_directory = config.data_dir / "incoming"
-        self.spool_directory.mkdir(exist_ok=True)
+        # was never acknowledged to any peer: it goes. A worker has its own
+        # subdirectory, so that one restarted cleans up only its own.
+        self.spool_root = config.data_dir / "incoming"
+        self.spool_directory = self.spool_root / f"w{worker.index}" if worker is not None else self.spool_root
+        self.spool_directory.mkdir(parents=True, exist_ok=True)
         for leftover in self.spool_directory.glob(f"{SPOOL_PREFIX}*"):
             leftover.unlink()
         self.audit = self._build_audit()
+        #: The Prometheus metrics, when config.metrics_port is set.
+        self.metrics: NodeMetrics | None = None
+        if config.metrics_port is not None:
+            self.metrics = NodeMetrics(worker=worker.index if worker is not None else None)
+        self._metrics_server: Any = None
         self.ae = self._build_ae()
         self.ae.tls_handshake_timeout = config.tls.handshake_timeout
-        self.ae.association_observer = self.audit
+        observers = [o for o in (self.audit, self.metrics) if o is not None]
+        self.ae.association_observer = observers[0] if len(observers) == 1 else (_Both(*observers) if observers else None)
+        if worker is not None:
+            self.ae.association_counter = worker.counter
         #: The first listener (plain when there is one), and the TLS one.
         self.server: AsyncServer | None = None
         self.tls_server: AsyncServer | None = None
@@ -267,15 +318,18 @@ class PaletteNode:
         ssl_context = config.tls.server_context() if config.tls.listening else None
         if any(isinstance(d, MoveDestination) and d.tls for d in config.move_destinations.values()):
             self._move_tls_context = config.tls.client_context()
+        worker = self.worker
         if config.listen_plain:
             self.server = await self.ae.start_server_async(
-                (config.bind_address, config.port), evt_handlers=self.handlers()
-            )
+                (config.bind_address, config.port), evt_handlers=self.handlers(),
+                sock=worker.plain_socket if worker is not None else None,
+            )  # fmt: skip
             self._log_listening(self.server, "")
         if ssl_context is not None:
             self.tls_server = await self.ae.start_server_async(
-                (config.bind_address, config.tls.port), evt_handlers=self.handlers(), ssl_context=ssl_context
-            )
+                (config.bind_address, config.tls.port), evt_handlers=self.handlers(), ssl_context=ssl_context,
+                sock=worker.tls_socket if worker is not None else None,
+            )  # fmt: skip
             mutual = ", client certificates required" if config.tls.require_client_certificate else ""
             self._log_listening(self.tls_server, f" for TLS{mutual}")
             if self.audit is not None:
@@ -294,7 +348,18 @@ class PaletteNode:
         )
         if self.audit is not None:
             self.audit.application_record("start", self.server.server_address)
+        if self.metrics is not None and worker is None:
+            # Workers' values are summed and served by their supervisor.
+            address = config.metrics_bind if config.metrics_bind is not None else config.bind_address
+            self._metrics_server = serve_metrics(self.metrics, config.metrics_port or 0, address, self.spool_root)
         return self.server
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """Where this process serves /metrics (None: it does not)."""
+        if self._metrics_server is None:
+            return None
+        return self._metrics_server.server_address[:2]
 
     def _log_listening(self, server: AsyncServer, what: str) -> None:
         host, port = server.server_address
@@ -304,9 +369,32 @@ class PaletteNode:
             where = f"data in {self.config.data_dir} ({len(self.archive)} palettes indexed)"
         LOGGER.info("%s listening%s on %s:%d, %s", self.config.ae_title, what, host, port, where)
 
+    def _servers(self) -> list[AsyncServer]:
+        # each once: a TLS-only node's server is both
+        return list(dict.fromkeys(s for s in (self.server, self.tls_server) if s is not None))
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop accepting and wait up to ``timeout`` seconds for the
+        associations in progress to end; True when they all did (``close``
+        aborts what is left)."""
+        servers = self._servers()
+        for server in servers:
+            await server.stop_accepting()
+        remaining = sum(len(server.associations) for server in servers)
+        if remaining:
+            LOGGER.info("draining: %d association(s) in progress, waiting up to %g s", remaining, timeout)
+        ended = [server.wait_idle(timeout) for server in servers]
+        return all(await asyncio.gather(*ended))
+
     async def close(self) -> None:
-        for server in dict.fromkeys(s for s in (self.server, self.tls_server) if s is not None):
-            await server.close()  # each once: a TLS-only node's server is both
+        for server in self._servers():
+            await server.close()
+        if self.metrics is not None:
+            self.metrics.flush()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
         if self.archive_is_async:
             if self.archive is not None:
                 await self.archive.close()
@@ -355,10 +443,13 @@ class PaletteNode:
         another peer stored only when its grant says so."""
         grant = _grant(event)
         path = event.dataset_path
+        started = time.perf_counter()
         if self.archive_is_async:
             result = await self.archive.ingest_file(
                 Path(path), owner=grant.peer or None, may_replace_others=grant.may_replace_others
             )
+            if self.metrics is not None:
+                self.metrics.index_query("store", time.perf_counter() - started)
             return _store_status(result)
         loop = asyncio.get_running_loop()
         ingest = functools.partial(
@@ -369,16 +460,22 @@ class PaletteNode:
         except OSError as exc:
             LOGGER.error("storing %s failed: %s", event.request.AffectedSOPInstanceUID, exc)
             return STORE_OUT_OF_RESOURCES
+        if self.metrics is not None:
+            self.metrics.index_query("store", time.perf_counter() - started)
         return _store_status(result)
 
     def on_find(self, event: evt.Event) -> Any:
         """Matching runs in the index; the identifiers go out pre-encoded in
         the context's transfer syntax (no pydicom Dataset per match)."""
+        metrics = self.metrics
+        started = time.perf_counter() if metrics is not None else 0.0
         try:
             result = self.archive.find(event.identifier)
         except ArchiveError as error:
             yield _status_dataset(error), None
             return
+        if metrics is not None:
+            metrics.index_query("find", time.perf_counter() - started)
         yield from _find_answers(result, event)
 
     def _instances(self, event: evt.Event) -> Any:
@@ -386,7 +483,11 @@ class PaletteNode:
         decoding), then a UID-only Dataset for each requested UID that is not
         stored (its sub-operation fails and it is listed in the Failed SOP
         Instance UID List). Raises IdentifierError for a bad identifier."""
+        metrics = self.metrics
+        started = time.perf_counter() if metrics is not None else 0.0
         located = self.archive.locate(event.identifier)
+        if metrics is not None:
+            metrics.index_query("locate", time.perf_counter() - started)
         items: list[Any] = [str(instance.path) for instance in located]
         for uid in located.missing:
             missing = Dataset()
@@ -430,11 +531,14 @@ class PaletteNode:
     # ------------------------------------------- handlers over PostgreSQL
     async def on_find_async(self, event: evt.Event) -> Any:
         """``on_find`` over an archive whose queries are awaited."""
+        started = time.perf_counter()
         try:
             result = await self.archive.find(event.identifier)
         except ArchiveError as error:
             yield _status_dataset(error), None
             return
+        if self.metrics is not None:
+            self.metrics.index_query("find", time.perf_counter() - started)
         for answer in _find_answers(result, event):
             yield answer
 
@@ -488,9 +592,44 @@ class PaletteNode:
             yield answer
 
 
-async def serve(config: NodeConfig, ready: asyncio.Future[Any] | None = None) -> None:
-    """Run a node until cancelled."""
-    node = PaletteNode(config)
+class _Both:
+    """Two association observers (the audit trail and the metrics) as one."""
+
+    def __init__(self, first: Any, second: Any) -> None:
+        self.first, self.second = first, second
+
+    def association_opened(self, assoc: Any) -> Any:
+        one, two = self.first.association_opened(assoc), self.second.association_opened(assoc)
+        if one is None or two is None:
+            return one or two
+
+        def both(record: Any) -> None:
+            one(record)
+            two(record)
+
+        return both  # wants the query keys: the audit trail does
+
+    def association_established(self, assoc: Any) -> None:
+        for observer in (self.first, self.second):
+            hook = getattr(observer, "association_established", None)
+            if hook is not None:
+                hook(assoc)
+
+    def association_closed(self, assoc: Any) -> None:
+        self.first.association_closed(assoc)
+        self.second.association_closed(assoc)
+
+
+async def serve(
+    config: NodeConfig,
+    ready: asyncio.Future[Any] | None = None,
+    stop: asyncio.Event | None = None,
+    worker: WorkerPlace | None = None,
+) -> bool:
+    """Run a node until cancelled, or until ``stop`` is set: then drain
+    (stop accepting, let associations end within ``config.drain_timeout``)
+    and close. Returns True when nothing had to be aborted."""
+    node = PaletteNode(config, worker=worker)
     if node.audit is not None:
         _reopen_on_sighup(node.audit.writer)
     try:
@@ -501,10 +640,19 @@ async def serve(config: NodeConfig, ready: asyncio.Future[Any] | None = None) ->
         raise
     if ready is not None and not ready.done():
         ready.set_result(server.server_address)
+    drained = True
     try:
-        await server.serve_forever()
+        if stop is None:
+            await server.serve_forever()
+        else:
+            await stop.wait()
+            drained = await node.drain(config.drain_timeout)
+            if not drained:
+                left = sum(len(s.associations) for s in node._servers())
+                LOGGER.warning("drain timeout (%g s): aborting %d association(s)", config.drain_timeout, left)
     finally:
         await node.close()
+    return drained
 
 
 def _reopen_on_sighup(writer: AuditWriter) -> None:
@@ -518,4 +666,4 @@ def _reopen_on_sighup(writer: AuditWriter) -> None:
         LOGGER.debug("no SIGHUP handler: the audit file is reopened only when rotated away")
 
 
-__all__ = ["NodeConfig", "PaletteNode", "serve"]
+__all__ = ["NodeConfig", "PaletteNode", "WorkerPlace", "serve"]

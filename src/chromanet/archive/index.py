@@ -8,7 +8,10 @@ so a row never points at a file that is not complete.
 Connections: one writer, serialised by a lock, and one reader per thread, so
 that queries run in parallel with each other and with a store's commit (WAL
 mode: readers see the last committed snapshot and never wait for the
-writer). ``synchronous=FULL`` makes a commit durable before a C-STORE is
+writer). Every write is a ``BEGIN IMMEDIATE`` transaction: it takes
+SQLite's write lock up front, so writers in several processes (the workers
+of ``chromanet serve --workers``) queue on the busy handler
+(``BUSY_TIMEOUT``) instead of failing half-way on a lock upgrade. ``synchronous=FULL`` makes a commit durable before a C-STORE is
 answered with success.
 
 Schema versions are ``PRAGMA user_version``; ``SCHEMA_VERSION`` is the one
@@ -31,6 +34,11 @@ __all__ = ["Index", "IndexRow", "SCHEMA_VERSION", "ArchiveVersionError"]
 LOGGER = logging.getLogger("chromanet.archive")
 
 SCHEMA_VERSION = 2
+
+#: Seconds a connection waits for another process's (or thread's) write
+#: transaction before "database is locked" (SQLite's busy handler): worker
+#: processes of one node write the same index.
+BUSY_TIMEOUT = 30.0
 
 _SCHEMA_V1 = """
 CREATE TABLE instance (
@@ -124,7 +132,7 @@ class Index:
         self._migrate()
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30.0)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT)
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         return conn

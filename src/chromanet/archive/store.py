@@ -4,7 +4,10 @@ Layout of ``data_dir``::
 
     index.sqlite3   the index (see ``index.py``), WAL mode, schema versioned
     files/          one Part 10 file per instance, named from its SOP Instance UID
-    lock            held (flock) while an archive is open: one process per data_dir
+    lock            held (flock) while an archive is open: exclusively by one process,
+                    or shared by the worker processes of one node (``shared=True``)
+    commit.lock     byte-range locks (fcntl) that serialise the commit of one
+                    SOP Instance UID's stripe across processes
 
 Storing, and why it is crash safe. A store is committed when its index row
 is committed, and not before:
@@ -22,6 +25,19 @@ complete file that no row names (2-3, or 4 for the old version). ``open``
 removes both: a file without a row is a store that was never answered with
 success, or a version already replaced. A row never names a file that is not
 complete. ``verify()`` reports disagreement between index and files both ways.
+
+Several processes (``chromanet serve --workers N``). The supervisor opens
+the archive exclusively once (recovery, seeding, schema migration), then
+keeps a shared lock while its workers open it with ``shared=True``: they
+skip ``recover()`` (another worker's renamed-but-not-yet-indexed file would
+look like debris) and take the shared lock, so a second node or an offline
+tool that wants the data directory to itself is still refused. Steps 2-4 of
+a store run under the UID's stripe lock twice over: a ``threading.Lock``
+within the process and a byte-range ``fcntl.lockf`` on ``commit.lock``
+across processes (released by the kernel if the process dies). The index
+write is a ``BEGIN IMMEDIATE`` transaction, which SQLite serialises across
+processes; a writer that finds the database locked waits up to the busy
+timeout (``index.BUSY_TIMEOUT``) rather than failing.
 
 Duplicate SOP Instance UID: last write wins. PS3.4 leaves the behaviour to
 the SCP and its Conformance Statement (B.4.1; PS3.2's sample statements
@@ -331,35 +347,42 @@ class PaletteArchive:
     #: Methods are plain calls (``PgArchive``'s are awaited).
     is_async = False
 
-    def __init__(self, data_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, data_dir: str | os.PathLike[str], shared: bool = False) -> None:
         self.data_dir = Path(data_dir)
         self.files_dir = self.data_dir / "files"
         self.files_dir.mkdir(parents=True, exist_ok=True)
+        #: Opened by one of several processes of a node (see the module docstring).
+        self.shared = shared
         self._lock_file = open(self.data_dir / "lock", "a+b")
-        if fcntl is not None:
-            try:
-                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                self._lock_file.close()
-                raise ArchiveBusyError(f"{self.data_dir} is open in another process") from exc
+        self._commit_file: Any = None
         try:
+            if fcntl is not None:
+                try:
+                    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+                    fcntl.flock(self._lock_file.fileno(), mode | fcntl.LOCK_NB)
+                except OSError as exc:
+                    raise ArchiveBusyError(f"{self.data_dir} is open in another process") from exc
+                if shared:
+                    self._commit_file = open(self.data_dir / "commit.lock", "a+b")
             self.index = Index(self.data_dir / "index.sqlite3")
         except BaseException:
             self._lock_file.close()
+            if self._commit_file is not None:
+                self._commit_file.close()
             raise
         # Stores of one SOP Instance UID commit one at a time (the index
         # read, the rename, the index write and the removal of the replaced
         # file), or two concurrent ones would each keep their file and one
         # would be left behind unindexed. Striped: different UIDs rarely wait.
         self._commit_locks = [threading.Lock() for _ in range(_COMMIT_STRIPES)]
-        self.recovered = self.recover()
+        self.recovered = VerifyReport() if shared else self.recover()
 
     @classmethod
-    def open(cls, data_dir: str | os.PathLike[str], seed: bool = True) -> "PaletteArchive":
+    def open(cls, data_dir: str | os.PathLike[str], seed: bool = True, shared: bool = False) -> "PaletteArchive":
         """Open (creating if needed) and, with ``seed``, store the eight
         well-known palettes that are not there yet (idempotent)."""
-        archive = cls(data_dir)
-        if seed:
+        archive = cls(data_dir, shared=shared)
+        if seed and not shared:
             from chromanet.archive.seed import seed_well_known
 
             try:
@@ -369,10 +392,21 @@ class PaletteArchive:
                 raise
         return archive
 
+    def share(self) -> None:
+        """Let worker processes open this data directory (``shared=True``)
+        while this process keeps it from anyone who wants it exclusively:
+        the exclusive lock becomes a shared one. The supervisor of
+        ``chromanet serve --workers`` calls it after recovery and seeding."""
+        if fcntl is not None and not self.shared:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_SH)
+        self.shared = True
+
     def close(self) -> None:
         self.index.close()
         if not self._lock_file.closed:
             self._lock_file.close()
+        if self._commit_file is not None and not self._commit_file.closed:
+            self._commit_file.close()
 
     def __enter__(self) -> "PaletteArchive":
         return self
@@ -548,9 +582,19 @@ class PaletteArchive:
     def _commit(
         self, source: Path, ours: bool, fields: dict[str, Any], transfer_syntax: str, warning: str, rights: _Rights
     ) -> IngestResult:
-        lock = self._commit_locks[zlib.crc32(fields["sop_instance_uid"].encode()) % _COMMIT_STRIPES]
-        with lock:
-            return self._commit_locked(source, ours, fields, transfer_syntax, warning, rights)
+        stripe = zlib.crc32(fields["sop_instance_uid"].encode()) % _COMMIT_STRIPES
+        with self._commit_locks[stripe]:
+            if self._commit_file is None:
+                return self._commit_locked(source, ours, fields, transfer_syntax, warning, rights)
+            # Other processes: one byte of commit.lock per stripe. POSIX
+            # record locks belong to the process (hence the thread lock
+            # first) and go with it when it dies.
+            fd = self._commit_file.fileno()
+            fcntl.lockf(fd, fcntl.LOCK_EX, 1, stripe)
+            try:
+                return self._commit_locked(source, ours, fields, transfer_syntax, warning, rights)
+            finally:
+                fcntl.lockf(fd, fcntl.LOCK_UN, 1, stripe)
 
     def _commit_locked(
         self, source: Path, ours: bool, fields: dict[str, Any], transfer_syntax: str, warning: str, rights: _Rights

@@ -83,6 +83,7 @@ class ServiceDispatcher:
         ended."""
         record = message.trace = OperationRecord(message.command, dataset_size(message.dataset))
         record.observer = observer
+        record.details = getattr(observer, "wants_details", True)
         try:
             pending = self._dispatch(channel, message)
         except BaseException:

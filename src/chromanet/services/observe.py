@@ -24,7 +24,10 @@ hold the facts, so that it costs no decoding and no per-byte work:
   Instance UID and data set size (``note_suboperation``, ``note_sent``).
 
 With no observer the services create no record: ``IncomingMessage.trace``
-stays None and each place costs one ``is not None`` test.
+stays None and each place costs one ``is not None`` test. An observer that
+needs no query keys (metrics) says so with ``wants_details = False``: the
+record then leaves ``query`` None and costs no conversion of the
+identifier's values to text.
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ class OperationRecord:
         "status", "error_comment", "outcome",
         "matches", "completed", "failed", "warning",
         "instances_sent", "instances_failed", "instances_omitted",
-        "bytes_in", "bytes_out", "started", "duration", "observer", "_clock",
+        "bytes_in", "bytes_out", "started", "duration", "observer", "details", "_clock",
     )  # fmt: skip
 
     def __init__(self, command: _dimse.Command, bytes_in: int = 0) -> None:
@@ -121,6 +124,8 @@ class OperationRecord:
         #: Who gets the record: told once, at the final response (or when
         #: the operation ended without one); None once told.
         self.observer: OperationObserver | None = None
+        #: Whether the observer wants the query keys (``note_query``).
+        self.details = True
         self._clock = time.perf_counter()
 
     @property

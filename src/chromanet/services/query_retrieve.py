@@ -120,7 +120,7 @@ async def _begin(
                  event_type.name, session.peer_host, exc)
         await sender.send(_response(request, response_field, decode_failed))
         return None
-    if message.trace is not None:
+    if message.trace is not None and message.trace.details:
         message.trace.note_query(identifier)
     try:
         results = HandlerResults(handler(event, *args))

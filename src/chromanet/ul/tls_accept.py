@@ -105,10 +105,18 @@ class TlsListener:
         sockname = self.sockets[0].getsockname()
         return (sockname[0], sockname[1])
 
-    async def start(self, host: str | None, port: int, backlog: int = 1024) -> None:
+    async def start(
+        self, host: str | None, port: int, backlog: int = 1024, sock: socket.socket | None = None
+    ) -> None:
         """Listen on every address ``host`` resolves to (all interfaces for
-        None or ""), as ``loop.create_server`` would."""
+        None or ""), as ``loop.create_server`` would; or accept on ``sock``,
+        a listening socket made elsewhere (a supervisor's, for workers)."""
         loop = asyncio.get_running_loop()
+        if sock is not None:
+            sock.setblocking(False)
+            self.sockets.append(sock)
+            self._accepting = [loop.create_task(self._accept(sock))]
+            return
         infos = await loop.getaddrinfo(
             host or None, port, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
@@ -130,6 +138,15 @@ class TlsListener:
             self._close_sockets()
             raise
         self._accepting = [loop.create_task(self._accept(listener)) for listener in self.sockets]
+
+    async def stop_accepting(self) -> None:
+        """Stop accepting; the handshakes already running go on."""
+        tasks, self._accepting = self._accepting, []
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._close_sockets()
 
     async def close(self) -> None:
         """Stop accepting and drop every handshake still running."""
