@@ -100,7 +100,27 @@ def workers(tmp_path: Path):
         yield node
 
 
+@pytest.fixture
+def workers_on_postgresql(tmp_path: Path, pg_url: str):
+    """Two workers whose archive is a PostgreSQL database (each worker opens
+    it itself; the supervisor opens no SQLite index)."""
+    node = ServeProcess(tmp_path / "data", ["--workers", "2", "--default-access", "all", "--index", pg_url],
+                        metrics=True)
+    with node:
+        node.wait_ready(workers=2)
+        yield node
+
+
 def test_workers_share_the_port_and_the_archive(workers: ServeProcess, tmp_path: Path):
+    _store_on_one_find_and_get_on_the_other(workers, tmp_path)
+
+
+def test_workers_share_a_postgresql_archive(workers_on_postgresql: ServeProcess, tmp_path: Path):
+    _store_on_one_find_and_get_on_the_other(workers_on_postgresql, tmp_path)
+    assert not (tmp_path / "data" / "index.sqlite3").exists()
+
+
+def _store_on_one_find_and_get_on_the_other(workers: ServeProcess, tmp_path: Path) -> None:
     pids = workers.worker_pids()
     assert set(pids) == {1, 2} and pids[1] != pids[2] and os.getpid() not in pids.values()
     # Both worker processes said they listen, each under its own pid.
