@@ -260,9 +260,11 @@ def test_index_flag_and_toml(tmp_path: Path) -> None:
 
 
 def serve(data_dir: Path, port: int, url: str) -> subprocess.Popen[str]:
-    """``chromanet serve --index URL`` in a subprocess, listening."""
+    """``chromanet serve --index URL`` in a subprocess, listening: one
+    process (a node killed mid-store is one process killed; workers on
+    PostgreSQL are tests/apps/test_workers.py's)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "chromanet.apps.cli", "serve", "--data-dir", str(data_dir),
+        [sys.executable, "-m", "chromanet.apps.cli", "serve", "--data-dir", str(data_dir), "--workers", "1",
          "--port", str(port), "--bind", "127.0.0.1", "--index", url, "--default-access", "all"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
