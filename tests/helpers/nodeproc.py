@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -108,16 +107,11 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def scrape(port: int) -> Samples:
-    """Every sample of http://127.0.0.1:port/metrics: (name, labels) -> value."""
-    from prometheus_client.parser import text_string_to_metric_families
+    """Every sample of http://127.0.0.1:port/metrics: (name, labels) -> value
+    (read by ``chromanet bench --server-metrics``'s own scraper)."""
+    from chromanet.apps import server_view
 
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=WAIT_TIMEOUT) as response:
-        text = response.read().decode("utf-8")
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples
+    return server_view.scrape(f"http://127.0.0.1:{port}/metrics", timeout=WAIT_TIMEOUT)
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
