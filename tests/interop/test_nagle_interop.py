@@ -36,6 +36,18 @@ def nagle_peers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TCP_NODELAY", raising=False)
 
 
+def _store_all(assoc: Any, palette_files: list[Path], echo: bool = True) -> None:
+    """On an established association (chromanet's or pynetdicom's): a C-ECHO,
+    then every palette ROUNDS times, each answered Success; then released."""
+    assert assoc.is_established
+    if echo:
+        assert assoc.send_c_echo().Status == 0x0000
+    for path in palette_files * ROUNDS:
+        assert assoc.send_c_store(path).Status == 0x0000, path
+    assoc.release()
+    assert assoc.is_released
+
+
 def _sources(palette_files: list[Path]) -> dict[str, Any]:
     return {str(ds.SOPInstanceUID): ds for ds in (pydicom.dcmread(p) for p in palette_files)}
 
@@ -69,12 +81,7 @@ def test_default_pynetdicom_scu_into_chromanet(pynetdicom, make_scp, palette_fil
     ae.add_requested_context(uids.Verification)
     ae.add_requested_context(uids.ColorPaletteStorage)
     assoc = ae.associate("127.0.0.1", scp.port, ae_title="SRV")
-    assert assoc.is_established
-    assert assoc.send_c_echo().Status == 0x0000
-    for path in palette_files * ROUNDS:
-        assert assoc.send_c_store(path).Status == 0x0000, path
-    assoc.release()
-    assert assoc.is_released
+    _store_all(assoc, palette_files)
     _assert_received_as_sent(scp, palette_files)
 
 
@@ -89,12 +96,7 @@ def test_chromanet_into_default_storescp(dcmtk, tmp_path, palette_files, quickac
         ae = scu_ae()
         ae.tcp_quickack = quickack
         assoc = ae.associate("127.0.0.1", port, ae_title="STORESCP")
-        assert assoc.is_established
-        assert assoc.send_c_echo().Status == 0x0000
-        for path in palette_files * ROUNDS:
-            assert assoc.send_c_store(path).Status == 0x0000, path
-        assoc.release()
-        assert assoc.is_released
+        _store_all(assoc, palette_files)
     received = {str(ds.SOPInstanceUID): ds for ds in (pydicom.dcmread(f) for f in out.iterdir())}
     assert received == _sources(palette_files)
 
@@ -104,11 +106,7 @@ def test_chromanet_into_default_pynetdicom_scp(pynetdicom_scp, palette_files, qu
     ae = scu_ae()
     ae.tcp_quickack = quickack
     assoc = ae.associate("127.0.0.1", pynetdicom_scp.port, ae_title="PYSCP")
-    assert assoc.is_established
-    for path in palette_files * ROUNDS:
-        assert assoc.send_c_store(path).Status == 0x0000, path
-    assoc.release()
-    assert assoc.is_released
+    _store_all(assoc, palette_files, echo=False)
     assert len(pynetdicom_scp.stored) == 8 * ROUNDS
     sources = _sources(palette_files)
     for item in pynetdicom_scp.stored:

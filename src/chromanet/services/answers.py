@@ -100,19 +100,13 @@ def apply_handler_status(result: Any, response: Command, event_name: str) -> Non
     response.status = result
 
 
-# Command field -> (tag, VR) of the element it becomes in a status Dataset.
+# The VR of each optional status element (PS3.7 Annex C).
+_STATUS_VRS = {"ErrorComment": "LO", "ErrorID": "US", "OffendingElement": "AT", "AffectedSOPInstanceUID": "UI"}
+# Command field -> (tag, VR) of the element it becomes in a status Dataset;
+# the sub-operation counts are US.
 _RESPONSE_ELEMENTS = tuple(
-    (field, BaseTag(tag_for_keyword(keyword)), vr)  # type: ignore[arg-type]
-    for keyword, field, vr in (
-        ("ErrorComment", "error_comment", "LO"),
-        ("ErrorID", "error_id", "US"),
-        ("OffendingElement", "offending_element", "AT"),
-        ("AffectedSOPInstanceUID", "affected_sop_instance_uid", "UI"),
-        ("NumberOfRemainingSuboperations", "number_of_remaining_suboperations", "US"),
-        ("NumberOfCompletedSuboperations", "number_of_completed_suboperations", "US"),
-        ("NumberOfFailedSuboperations", "number_of_failed_suboperations", "US"),
-        ("NumberOfWarningSuboperations", "number_of_warning_suboperations", "US"),
-    )
+    (field, BaseTag(tag_for_keyword(keyword)), _STATUS_VRS.get(keyword, "US"))  # type: ignore[arg-type]
+    for keyword, field in _STATUS_ELEMENTS.items()
 )
 _STATUS_TAG = BaseTag(0x00000900)
 # The values come from a decoded command set, already checked: pydicom's
