@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from io import BytesIO
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from pydicom import Dataset
@@ -141,6 +142,26 @@ class Request:
         if field is None:
             raise AttributeError(name)
         return getattr(self.command, field)
+
+    def _encoded(self) -> BytesIO | None:
+        raw = self._message.dataset
+        if raw is None:
+            return None
+        if isinstance(raw, dsutil.Part10File):
+            return BytesIO(bytes(raw.dataset_bytes()))
+        return BytesIO(bytes(raw))
+
+    @property
+    def DataSet(self) -> BytesIO | None:  # noqa: N802 (pynetdicom's name)
+        """The C-STORE data set as received (encoded in the context's
+        transfer syntax, not decoded), in a new BytesIO, as pynetdicom's
+        primitive has it: programs save it without decoding."""
+        return self._encoded()
+
+    @property
+    def Identifier(self) -> BytesIO | None:  # noqa: N802 (pynetdicom's name)
+        """The C-FIND/C-GET/C-MOVE identifier as received, in a new BytesIO."""
+        return self._encoded()
 
 
 class Event:

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from pydicom.uid import UID
 
 from chromanet import _pdu, uids
 from chromanet.ul.negotiation import ContextSpec, NegotiatedContext
 
 DEFAULT_TRANSFER_SYNTAXES: list[str] = list(uids.DEFAULT_TRANSFER_SYNTAXES)
+
+
+class PresentationContextTuple(NamedTuple):
+    """An accepted context as handlers see it (``event.context``), as in
+    pynetdicom: the one transfer syntax agreed, as a UID (not a list)."""
+
+    context_id: int
+    abstract_syntax: UID
+    transfer_syntax: UID
 
 
 @dataclass

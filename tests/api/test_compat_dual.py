@@ -11,6 +11,7 @@ hidden here.
 from __future__ import annotations
 
 import importlib
+from io import BytesIO
 import threading
 import time
 from datetime import datetime
@@ -19,6 +20,8 @@ from typing import Any, Iterator
 
 import pytest
 from pydicom import Dataset, dcmread
+from pydicom.filereader import read_dataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from helpers.data import palette_paths
 
@@ -176,6 +179,25 @@ def test_echo_handler_raises(lib: SimpleNamespace, servers: list[Any]) -> None:
     assoc.release()
 
 
+def test_echo_handler_without_usable_status(lib: SimpleNamespace, servers: list[Any]) -> None:
+    """A C-ECHO handler returning None, a Dataset without Status or a value
+    of another type: both libraries answer Success."""
+    answers: list[Any] = [None, Dataset(), "not a status"]
+
+    def handle_echo(event: Any) -> Any:
+        return answers.pop(0)
+
+    scp = make_ae(lib, "ECHOSCP")
+    scp.add_supported_context(lib.sop_class.Verification)
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_ECHO, handle_echo)])
+    scu = make_ae(lib, "ECHOSCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+    assoc = scu.associate("127.0.0.1", port)
+    assert [assoc.send_c_echo().Status for _ in range(3)] == [0x0000, 0x0000, 0x0000]
+    assert answers == []
+    assoc.release()
+
+
 # ------------------------------------------------------------ association
 def test_rejected_association(lib: SimpleNamespace, servers: list[Any]) -> None:
     scp = make_ae(lib, "STRICT")
@@ -317,6 +339,52 @@ def test_store_handler_raises_and_failure_status(
     assoc.release()
 
 
+def test_store_without_handler(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
+    """No EVT_C_STORE handler bound: 0xC211 from both."""
+    scp = make_ae(lib, "STORESCP")
+    scp.add_supported_context(lib.sop_class.ColorPaletteStorage)
+    _server, port = serve(lib, servers, scp, [])
+    scu = make_ae(lib, "STORESCU")
+    scu.add_requested_context(lib.sop_class.ColorPaletteStorage)
+    assoc = scu.associate("127.0.0.1", port)
+    assert assoc.send_c_store(palettes[0]).Status == 0xC211
+    assoc.release()
+
+
+def test_store_event_context_and_encoded_dataset(
+    lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]
+) -> None:
+    """``event.context`` is (context_id, abstract_syntax, transfer_syntax)
+    with the one accepted transfer syntax as a str, and
+    ``event.request.DataSet`` a BytesIO of the data set as received."""
+    seen: dict[str, Any] = {}
+
+    def handle_store(event: Any) -> int:
+        context = event.context
+        seen["context"] = (context.context_id, context.abstract_syntax, context.transfer_syntax)
+        seen["tuple"] = tuple(context)
+        seen["encoded"] = event.request.DataSet.getvalue()
+        return 0x0000
+
+    scp = make_ae(lib, "STORESCP")
+    scp.add_supported_context(lib.sop_class.ColorPaletteStorage, [ExplicitVRLittleEndian])
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_STORE, handle_store)])
+    scu = make_ae(lib, "STORESCU")
+    scu.add_requested_context(lib.sop_class.ColorPaletteStorage, [ExplicitVRLittleEndian])
+    assoc = scu.associate("127.0.0.1", port)
+    assert assoc.send_c_store(palettes[0]).Status == 0x0000
+    assoc.release()
+
+    context_id, abstract_syntax, transfer_syntax = seen["context"]
+    assert seen["tuple"] == seen["context"]
+    assert context_id == 1
+    assert abstract_syntax == lib.sop_class.ColorPaletteStorage
+    assert isinstance(transfer_syntax, str) and transfer_syntax == ExplicitVRLittleEndian
+    received = read_dataset(BytesIO(seen["encoded"]), is_implicit_VR=False, is_little_endian=True)
+    assert received.SOPInstanceUID == palettes[0].SOPInstanceUID
+    assert received.ContentLabel == palettes[0].ContentLabel
+
+
 def test_store_without_accepted_context(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
     scp = make_ae(lib, "STORESCP")
     scp.add_supported_context(lib.sop_class.Verification)
@@ -375,6 +443,18 @@ def test_find(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset])
         ("", lib.sop_class.ColorPaletteInformationModelFind, 3),
         (palettes[2].ContentLabel, lib.sop_class.ColorPaletteInformationModelFind, 4),
     ]
+
+
+def test_find_handler_returns_none(lib: SimpleNamespace, servers: list[Any]) -> None:
+    """A C-FIND handler that returns None (no generator) found nothing: Success."""
+
+    def handle_find(event: Any) -> None:
+        return None
+
+    assoc = find_scu(lib, find_scp(lib, servers, handle_find))
+    results = list(assoc.send_c_find(query_all(), lib.sop_class.ColorPaletteInformationModelFind))
+    assert [(status.Status, identifier) for status, identifier in results] == [(0x0000, None)]
+    assoc.release()
 
 
 def test_find_handler_raises(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
@@ -492,12 +572,10 @@ def test_get(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) 
     ) == (8, 0, 0)
     pending = [status for status, _ in results[:-1]]
     assert {status.Status for status in pending} == {0xFF00}
-    # A pending response after each of the first 7 sub-operations, counting
-    # down. pynetdicom also sends one after the 8th (Remaining 0) before the
-    # final response; chromanet goes straight to the final one (see
-    # docs/compatibility.md, "C-GET/C-MOVE pending responses").
-    assert [status.NumberOfRemainingSuboperations for status in pending][:7] == list(range(7, 0, -1))
-    assert len(pending) in (7, 8)
+    # A pending response after every sub-operation, counting down, the last
+    # one (Remaining 0) included, then the final response.
+    assert [status.NumberOfRemainingSuboperations for status in pending] == list(range(7, -1, -1))
+    assert [status.NumberOfCompletedSuboperations for status in pending] == list(range(1, 9))
     assert stored == [str(ds.SOPInstanceUID) for ds in palettes]
     assoc.release()
 
@@ -561,6 +639,74 @@ def test_get_failure_status_from_handler(lib: SimpleNamespace, servers: list[Any
     assoc.release()
 
 
+def test_get_announced_but_not_yielded(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
+    """Sub-operations the handler announced but never yielded were not
+    attempted: not counted as failed, Success when the rest succeeded; a
+    failure among the ones done gives 0xB000 (0xA702 only when every
+    announced one failed)."""
+
+    def handle_get(event: Any) -> Iterator[Any]:
+        yield 3
+        yield 0xFF00, palettes[0]
+
+    assoc = get_scu(lib, get_scp(lib, servers, handle_get), lambda event: 0x0000)
+    results = list(assoc.send_c_get(query_all(), lib.sop_class.ColorPaletteInformationModelGet))
+    assert [status.Status for status, _ in results] == [0xFF00, 0x0000]
+    final, identifier = results[-1]
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (1, 0)
+    assert identifier is None
+    assoc.release()
+
+    assoc = get_scu(lib, get_scp(lib, servers, handle_get), lambda event: 0xA700)
+    results = list(assoc.send_c_get(query_all(), lib.sop_class.ColorPaletteInformationModelGet))
+    assert [status.Status for status, _ in results] == [0xFF00, 0xB000]
+    final, identifier = results[-1]
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (0, 1)
+    assert identifier.FailedSOPInstanceUIDList == palettes[0].SOPInstanceUID
+    assoc.release()
+
+
+@pytest.mark.parametrize("final_status", [0xFE00, 0xC000, 0xB000])
+def test_get_identifier_from_handler(
+    lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset], final_status: int
+) -> None:
+    """A Cancel, Failure or Warning status the handler yields with its own
+    Failed SOP Instance UID List: that identifier is sent, not replaced."""
+
+    def handle_get(event: Any) -> Iterator[Any]:
+        yield 2
+        yield 0xFF00, palettes[0]
+        identifier = Dataset()
+        identifier.FailedSOPInstanceUIDList = ["1.2.3.4", "1.2.3.5"]
+        yield final_status, identifier
+
+    assoc = get_scu(lib, get_scp(lib, servers, handle_get), lambda event: 0x0000)
+    results = list(assoc.send_c_get(query_all(), lib.sop_class.ColorPaletteInformationModelGet))
+    assert [status.Status for status, _ in results] == [0xFF00, final_status]
+    final, identifier = results[-1]
+    assert identifier.FailedSOPInstanceUIDList == ["1.2.3.4", "1.2.3.5"]
+    assert final.NumberOfCompletedSuboperations == 1
+    assoc.release()
+
+
+def test_get_final_failure_without_identifier(lib: SimpleNamespace, servers: list[Any]) -> None:
+    """A final Failure response that carries no identifier reaches the
+    C-GET caller as an empty Dataset (None only for Success)."""
+
+    def handle_get(event: Any) -> Iterator[Any]:
+        status = Dataset()
+        status.Status = 0xA900  # identifier does not match SOP class: a final status in place of the number
+        yield status
+
+    assoc = get_scu(lib, get_scp(lib, servers, handle_get), lambda event: 0x0000)
+    results = list(assoc.send_c_get(query_all(), lib.sop_class.ColorPaletteInformationModelGet))
+    assert len(results) == 1
+    final, identifier = results[0]
+    assert lib.status.code_to_category(final.Status) == "Failure"
+    assert isinstance(identifier, Dataset) and len(identifier) == 0
+    assoc.release()
+
+
 # ------------------------------------------------------------------ C-MOVE
 def test_move(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
     stored: list[tuple[str, str, int]] = []
@@ -607,6 +753,8 @@ def test_move(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset])
     # An unknown destination: the handler yields (None, None).
     results = list(assoc.send_c_move(query_all(), "NOWHERE", lib.sop_class.ColorPaletteInformationModelMove))
     assert [status.Status for status, _ in results] == [0xA801]
+    # A final Failure without an identifier: an empty Dataset, not None.
+    assert isinstance(results[0][1], Dataset) and len(results[0][1]) == 0
     assoc.release()
 
     assert requested_destinations == ["DEST", "NOWHERE"]
@@ -651,6 +799,28 @@ def test_move_handler_raises(lib: SimpleNamespace, servers: list[Any], palettes:
     assert final.Status == 0xC511
     assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (1, 2)
     assoc.release()
+
+
+def test_server_get_handlers(lib: SimpleNamespace, servers: list[Any]) -> None:
+    """``server.get_handlers``: the list of (handler, args) of a notification
+    event, the (handler, args) of an intervention event, [] when none."""
+
+    def on_open(event: Any) -> None:
+        pass
+
+    def on_echo(event: Any) -> int:
+        return 0x0000
+
+    scp = make_ae(lib, "ECHOSCP")
+    scp.add_supported_context(lib.sop_class.Verification)
+    server, _port = serve(lib, servers, scp, [(lib.evt.EVT_CONN_OPEN, on_open), (lib.evt.EVT_C_ECHO, on_echo, ["x"])])
+    assert server.get_handlers(lib.evt.EVT_CONN_OPEN) == [(on_open, None)]
+    assert server.get_handlers(lib.evt.EVT_C_ECHO) == (on_echo, ["x"])
+    assert server.get_handlers(lib.evt.EVT_CONN_CLOSE) == []
+    server.unbind(lib.evt.EVT_CONN_OPEN, on_open)
+    assert server.get_handlers(lib.evt.EVT_CONN_OPEN) == []
+    server.bind(lib.evt.EVT_CONN_CLOSE, on_open)
+    assert server.get_handlers(lib.evt.EVT_CONN_CLOSE) == [(on_open, None)]
 
 
 # --------------------------------------------------------------- the AE

@@ -9,8 +9,8 @@ function for their sub-operations.
 
 SCP: ``serve_store`` runs the EVT_C_STORE handler. With none bound, the
 association's ``store_directory`` (a chromanet extra) receives the instance
-as <SOP Instance UID>.dcm, and without that the request is refused with
-0x0122. A data set spooled to a file (``spool.FileSink``) is removed once the
+as <SOP Instance UID>.dcm, and without that the request fails with
+0xC211, the status pynetdicom gives when no handler is bound. A data set spooled to a file (``spool.FileSink``) is removed once the
 handler returned, unless the handler moved it away.
 """
 
@@ -30,7 +30,9 @@ from chromanet.services.base import ServiceClass, ServiceSession, answer_once
 from chromanet.services.observe import OperationRecord
 from chromanet.status import Status
 
-_NO_HANDLER = int(Status.SOP_CLASS_NOT_SUPPORTED)
+# pynetdicom answers a C-STORE with no EVT_C_STORE handler bound as if the
+# handler had raised.
+_NO_HANDLER = int(Status.STORE_HANDLER_RAISED)
 _HANDLER_RAISED = int(Status.STORE_HANDLER_RAISED)
 _IDENTIFIER_INVALID = int(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS)
 _SUCCESS = int(Status.SUCCESS)
