@@ -49,11 +49,20 @@ def get_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
-def in_loop_thread() -> bool:
-    return _thread is not None and threading.current_thread() is _thread
+def in_loop_thread(loop: asyncio.AbstractEventLoop | None = None) -> bool:
+    """True on the thread running ``loop`` (default: the shared background
+    loop)."""
+    if loop is None:
+        return _thread is not None and threading.current_thread() is _thread
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
-def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+def run(
+    coro: Coroutine[Any, Any, T], timeout: float | None = None, loop: asyncio.AbstractEventLoop | None = None
+) -> T:
     """Run ``coro`` on the background loop and wait for its result.
 
     The hand-off is one ``call_soon_threadsafe`` there and one lock release
@@ -62,14 +71,19 @@ def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     through a Python ``Condition``, and cost about twice as much per call
     (a no-op coroutine: ~65 against ~30 us on the 2-core machine), which a
     blocking C-ECHO pays on every call.
+
+    ``loop``: another running loop than the shared one (the loop of a
+    server started with ``start_server_async``, whose sync handlers call
+    the blocking API from their worker thread).
     """
-    if in_loop_thread():
+    if in_loop_thread(loop):
         coro.close()
         raise RuntimeError(
             "a blocking chromanet call was made from inside the event loop "
-            "(e.g. from a handler): use the async API there"
+            "(e.g. from a handler run inline on the loop): use the async API there"
         )
-    loop = get_loop()
+    if loop is None:
+        loop = get_loop()
     done = allocate_lock()
     done.acquire()
     tasks: list[asyncio.Task[T]] = []
@@ -98,13 +112,13 @@ def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
         task.cancel()
 
 
-def call(function: Callable[..., T], *args: Any) -> T:
+def call(function: Callable[..., T], *args: Any, loop: asyncio.AbstractEventLoop | None = None) -> T:
     """Run a plain function on the loop thread and return its result."""
 
     async def wrapper() -> T:
         return function(*args)
 
-    return run(wrapper())
+    return run(wrapper(), loop=loop)
 
 
 class _End:
@@ -117,7 +131,7 @@ class _End:
         self.error = error
 
 
-def iterate(source: AsyncIterator[T]) -> Iterator[T]:
+def iterate(source: AsyncIterator[T], loop: asyncio.AbstractEventLoop | None = None) -> Iterator[T]:
     """A blocking generator over an async iterator running on the loop.
 
     Items cross threads through one queue, so a long stream (10,000 C-FIND
@@ -126,7 +140,7 @@ def iterate(source: AsyncIterator[T]) -> Iterator[T]:
     closes the async iterator on the loop (a query's C-CANCEL is sent
     there) and waits up to 5 s for that.
     """
-    if in_loop_thread():
+    if in_loop_thread(loop):
         raise RuntimeError("a blocking chromanet call was made from inside the event loop: use the async API")
     items: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
@@ -147,7 +161,8 @@ def iterate(source: AsyncIterator[T]) -> Iterator[T]:
             finally:
                 items.put(_End(error))
 
-    loop = get_loop()
+    if loop is None:
+        loop = get_loop()
     tasks: list[asyncio.Task[None]] = []
     loop.call_soon_threadsafe(lambda: tasks.append(loop.create_task(pump())))
     ended = False
