@@ -121,6 +121,52 @@ def call(function: Callable[..., T], *args: Any, loop: asyncio.AbstractEventLoop
     return run(wrapper(), loop=loop)
 
 
+#: The pump of ``iterate`` lets the loop run other callbacks this often,
+_PUMP_YIELD_EVERY = 16
+#: and gets at most this many items ahead of the consumer.
+_PUMP_AHEAD = 32
+
+
+class _Flow:
+    """How far the pump of ``iterate`` is ahead of its consumer."""
+
+    __slots__ = ("_lock", "_ahead", "_waiter")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ahead = 0
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_one(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """On the loop: one more item queued; True when the pump must wait."""
+        with self._lock:
+            self._ahead += 1
+            if self._ahead < _PUMP_AHEAD:
+                return False
+            self._waiter = loop.create_future()
+            return True
+
+    async def resumed(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            await waiter
+
+    def took_one(self, loop: asyncio.AbstractEventLoop) -> None:
+        """In the consumer: one item taken; wakes the pump at half way."""
+        with self._lock:
+            self._ahead -= 1
+            waiter = self._waiter
+            if waiter is None or self._ahead > _PUMP_AHEAD // 2:
+                return
+            self._waiter = None
+        loop.call_soon_threadsafe(_wake, waiter)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class _End:
     """What the pump puts last: the async iterator ended (with ``error``
     when it raised)."""
@@ -143,12 +189,26 @@ def iterate(source: AsyncIterator[T], loop: asyncio.AbstractEventLoop | None = N
     if in_loop_thread(loop):
         raise RuntimeError("a blocking chromanet call was made from inside the event loop: use the async API")
     items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    # The pump runs at most AHEAD items ahead of the consumer (decoding
+    # responses nobody reads yet, and taking the GIL from the consumer,
+    # which would then reach its C-CANCEL late); past that it waits until
+    # the consumer has taken half of them.
+    flow = _Flow()
 
     async def pump() -> None:
         error: BaseException | None = None
+        count = 0
         try:
             async for item in source:
                 items.put(item)
+                count += 1
+                if flow.put_one(loop):
+                    await flow.resumed()
+                elif count % _PUMP_YIELD_EVERY == 0:
+                    # Items that were already there come without a pause:
+                    # let the loop run what waits meanwhile (the consumer's
+                    # C-CANCEL, other associations).
+                    await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # handed to the consumer
@@ -169,6 +229,7 @@ def iterate(source: AsyncIterator[T], loop: asyncio.AbstractEventLoop | None = N
     try:
         while True:
             item = items.get()
+            flow.took_one(loop)
             if type(item) is _End:
                 ended = True
                 if item.error is not None:

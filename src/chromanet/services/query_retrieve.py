@@ -91,6 +91,9 @@ _YIELD_EVERY = 32
 # results per hop: C-FIND identifiers are small and many; a retrieve's data
 # sets may be large, and each costs a sub-operation's round trip anyway.
 _FIND_BATCH = 64
+# Bytes of responses a long C-FIND may have waiting to be written when it
+# produces more (~200 bytes a pending response with a small identifier).
+_WRITE_AHEAD = 32 * 1024
 _RETRIEVE_BATCH = 8
 
 Results = HandlerResults | ThreadedResults
@@ -195,6 +198,9 @@ class _Sender:
         self.sent += 1
         if self.sent % _YIELD_EVERY == 0:
             await asyncio.sleep(0)
+            # Pending responses go no further ahead of what the peer has
+            # read than this: a C-CANCEL is answered after fewer matches.
+            await self.channel.drain_below(_WRITE_AHEAD)
         await self.channel.drain()
 
     def encode(self, dataset: Dataset) -> bytes:
