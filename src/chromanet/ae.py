@@ -207,10 +207,13 @@ class AE:
             self._handler_threads = HandlerThreads(self._max_handler_threads, f"chromanet-{self.ae_title}")
         return self._handler_threads
 
-    def blocking_association(self, assoc: AsyncAssociation) -> Association:
-        """The blocking ``Association`` over ``assoc``, for its handlers in
-        worker threads (made on the loop ``assoc`` runs on)."""
-        return Association(assoc, asyncio.get_running_loop())
+    def blocking_association(
+        self, assoc: AsyncAssociation, loop: asyncio.AbstractEventLoop | None = None
+    ) -> Association:
+        """The blocking ``Association`` over ``assoc``, which runs on
+        ``loop`` (None: the shared background loop): what ``associate``
+        returns and its sync handlers get as ``event.assoc``."""
+        return Association(assoc, loop)
 
     def association_timeouts(self) -> Timeouts:
         """The timeouts an association made now gets (read at each one, so
@@ -316,7 +319,8 @@ class AE:
         if bind_address != ("", 0):
             raise NotImplementedError("chromanet does not implement bind_address yet")
         coro = self._associate(addr, port, contexts, ae_title, max_pdu, ext_neg, evt_handlers, tls_args)
-        return Association(loopthread.run(coro))
+        # The object its sync handlers get as event.assoc, as in pynetdicom.
+        return loopthread.run(coro).sync_facade
 
     # ------------------------------------------------------------ acceptor
     async def start_server_async(
@@ -368,7 +372,7 @@ class AE:
     @property
     def active_associations(self) -> list[Association]:
         """The established associations of every server this AE runs."""
-        return [Association(a) for server in self._servers for a in server.active_associations]
+        return [a.sync_facade for server in self._servers for a in server.active_associations]
 
     def make_server(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError("chromanet does not implement AE.make_server: use start_server(..., block=False)")

@@ -264,7 +264,8 @@ class AsyncAssociation:
         the plain ``def`` handlers that run in a worker thread."""
         if self._sync_facade is None:
             make = getattr(self.ae, "blocking_association", None)
-            self._sync_facade = make(self) if make is not None else self
+            loop = self._lane.loop if self._lane is not None else None
+            self._sync_facade = make(self, loop) if make is not None else self
         return self._sync_facade
 
     def notify(self, event_type: EventType) -> None:

@@ -41,7 +41,7 @@ class ThreadedServer:
 
     @property
     def active_associations(self) -> list[Association]:
-        return [Association(a) for a in self._server.active_associations]
+        return [a.sync_facade for a in self._server.active_associations]
 
     @property
     def ae(self) -> AE:

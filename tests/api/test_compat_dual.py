@@ -736,6 +736,22 @@ def test_handler_stores_back_to_the_peer(lib: SimpleNamespace, servers: list[Any
     assoc.release()
 
 
+def test_event_assoc_is_the_requestors_association(
+    lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]
+) -> None:
+    seen: list[Any] = []
+
+    def handle_store(event: Any) -> int:
+        seen.append(event.assoc)
+        return 0x0000
+
+    assoc = get_scu(lib, get_scp(lib, servers, serve_palettes(palettes[:2])), handle_store)
+    results = list(assoc.send_c_get(query_all(), lib.sop_class.ColorPaletteInformationModelGet))
+    assert results[-1][0].Status == 0x0000
+    assert len(seen) == 2 and all(held is assoc for held in seen)
+    assoc.release()
+
+
 def test_blocked_handler_leaves_other_associations_served(lib: SimpleNamespace, servers: list[Any]) -> None:
     entered = threading.Event()
     unblock = threading.Event()
