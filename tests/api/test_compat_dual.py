@@ -332,6 +332,57 @@ def test_store_without_accepted_context(lib: SimpleNamespace, servers: list[Any]
     assoc.release()
 
 
+def test_store_compressed_data_set_needs_its_own_syntax(
+    lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset], tmp_path: Any
+) -> None:
+    """A data set in an encapsulated syntax (JPEG 2000 here) never goes out
+    on a context that accepted only a native one: relabelling it would make
+    the receiver store compressed fragments as native values. A native data
+    set is converted to the accepted native syntax."""
+    implicit, explicit, jpeg2000 = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.90"
+    received: list[str] = []
+
+    def handle_store(event: Any) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    compressed = palettes[2].copy()
+    compressed.file_meta = palettes[2].file_meta.copy()
+    compressed.file_meta.TransferSyntaxUID = jpeg2000
+    compressed_path = tmp_path / "jpeg2000.dcm"
+    compressed.save_as(compressed_path)
+
+    scp = make_ae(lib, "STORESCP")
+    scp.add_supported_context(lib.sop_class.ColorPaletteStorage, [implicit])
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_STORE, handle_store)])
+    scu = make_ae(lib, "STORESCU")
+    scu.add_requested_context(lib.sop_class.ColorPaletteStorage, [implicit, jpeg2000])
+    assoc = scu.associate("127.0.0.1", port)
+    assert assoc.is_established
+    assert [cx.transfer_syntax[0] for cx in assoc.accepted_contexts] == [implicit]
+    with pytest.raises(ValueError):
+        assoc.send_c_store(compressed)
+    with pytest.raises(ValueError):
+        assoc.send_c_store(str(compressed_path))
+    assert assoc.is_established
+    native = palettes[3]
+    assert str(native.file_meta.TransferSyntaxUID) == explicit
+    assert assoc.send_c_store(native).Status == 0x0000
+    assoc.release()
+    assert received == [str(native.SOPInstanceUID)]
+
+    # Where the peer accepts the data set's own syntax it goes out as it is.
+    scp2 = make_ae(lib, "STORESCP")
+    scp2.add_supported_context(lib.sop_class.ColorPaletteStorage, [jpeg2000])
+    _server2, port2 = serve(lib, servers, scp2, [(lib.evt.EVT_C_STORE, handle_store)])
+    scu2 = make_ae(lib, "STORESCU")
+    scu2.add_requested_context(lib.sop_class.ColorPaletteStorage, [implicit, jpeg2000])
+    assoc = scu2.associate("127.0.0.1", port2)
+    assert assoc.send_c_store(compressed).Status == 0x0000
+    assoc.release()
+    assert received[-1] == str(compressed.SOPInstanceUID)
+
+
 # ------------------------------------------------------------------ C-FIND
 def find_scp(lib: SimpleNamespace, servers: list[Any], handler: Any) -> int:
     scp = make_ae(lib, "FINDSCP")
