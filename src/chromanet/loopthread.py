@@ -126,11 +126,26 @@ def iterate(source: AsyncIterator[T]) -> Iterator[T]:
     closes the async iterator on the loop (a query's C-CANCEL is sent
     there) and waits up to 5 s for that.
     """
+    return iterate_call(lambda: source)
+
+
+def iterate_call(function: Callable[..., AsyncIterator[T]], *args: Any) -> Iterator[T]:
+    """Call ``function(*args)`` on the loop, wait until it returned (a
+    request it sends is then on its way: pynetdicom's C-FIND sends at the
+    call), and return a blocking generator over the async iterator it
+    returned, as ``iterate`` does. What the call raises is raised here.
+    One hand-off to the loop for both the call and the pump."""
     if in_loop_thread():
         raise RuntimeError("a blocking chromanet call was made from inside the event loop: use the async API")
     items: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
     async def pump() -> None:
+        try:
+            source = function(*args)
+        except BaseException as exc:  # handed to the caller
+            items.put(_End(exc))
+            return
+        items.put(_STARTED)
         error: BaseException | None = None
         try:
             async for item in source:
@@ -150,6 +165,18 @@ def iterate(source: AsyncIterator[T]) -> Iterator[T]:
     loop = get_loop()
     tasks: list[asyncio.Task[None]] = []
     loop.call_soon_threadsafe(lambda: tasks.append(loop.create_task(pump())))
+    first = items.get()
+    if type(first) is _End:
+        assert first.error is not None
+        raise first.error
+    return _consume(items, tasks, loop)
+
+
+#: What the pump of ``iterate_call`` puts first once the call returned.
+_STARTED = object()
+
+
+def _consume(items: queue.SimpleQueue[Any], tasks: list[asyncio.Task[None]], loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
     ended = False
     try:
         while True:

@@ -10,6 +10,7 @@ hidden here.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import threading
 import time
@@ -346,8 +347,7 @@ def test_store_compressed_data_set_needs_its_own_syntax(
         received.append(str(event.request.AffectedSOPInstanceUID))
         return 0x0000
 
-    compressed = palettes[2].copy()
-    compressed.file_meta = palettes[2].file_meta.copy()
+    compressed = copy.deepcopy(palettes[2])  # the module's palettes stay as read
     compressed.file_meta.TransferSyntaxUID = jpeg2000
     compressed_path = tmp_path / "jpeg2000.dcm"
     compressed.save_as(compressed_path)
@@ -486,6 +486,38 @@ def test_find_cancel(lib: SimpleNamespace, servers: list[Any], palettes: list[Da
     # and yield the Cancel status itself; chromanet stops asking it for
     # results once the C-CANCEL arrived (docs/compatibility.md).
     assert stopped.wait(TIMEOUT)
+    assert len(produced) < total
+    assert assoc.is_established
+    assoc.release()
+
+
+def test_find_sent_at_the_call_and_cancelled_before_reading(
+    lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]
+) -> None:
+    """``send_c_find`` sends the request when it is called, so a C-CANCEL
+    sent before the first response is read finds the request at the SCP."""
+    total = 200
+    produced: list[int] = []
+    arrived = threading.Event()
+
+    def handle_find(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        arrived.set()
+        for index in range(total):
+            if event.is_cancelled:
+                yield 0xFE00, None
+                return
+            time.sleep(0.005)
+            produced.append(index)
+            yield 0xFF00, palette_identifier(palettes[index % 8])
+
+    assoc = find_scu(lib, find_scp(lib, servers, handle_find))
+    model = lib.sop_class.ColorPaletteInformationModelFind
+    responses = assoc.send_c_find(query_all(), model, msg_id=5)
+    assert arrived.wait(TIMEOUT)  # nothing read yet, and the request is at the SCP
+    assoc.send_c_cancel(5, query_model=model)
+    statuses = [status.Status for status, _identifier in responses]
+    assert statuses[-1] == 0xFE00
+    assert len(statuses) < total
     assert len(produced) < total
     assert assoc.is_established
     assoc.release()

@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import weakref
 from typing import Any, AsyncIterator
 
 from pydicom import Dataset
@@ -540,7 +541,72 @@ async def serve_move(session: ServiceSession, message: IncomingMessage) -> None:
 
 
 # -------------------------------------------------------------------- SCU
-async def query(
+class _Request:
+    """One C-FIND/C-GET/C-MOVE request of ours: sent at once when the
+    operations window has room (as pynetdicom sends at the call, so that
+    "send, then C-CANCEL" works), else when its responses are first asked
+    for. ``end`` is idempotent: whoever ends the request first (the
+    response generator, or the finalizer of a generator never started)
+    gives back its slot and, when it ended early, cancels it."""
+
+    __slots__ = ("session", "ctx", "command", "encoded", "stream", "has_slot", "ended", "__weakref__")
+
+    def __init__(self, session: ServiceSession, ctx: Any, command: Command, encoded: bytes) -> None:
+        self.session = session
+        self.ctx = ctx
+        self.command = command
+        self.encoded = encoded
+        self.stream: Any = None
+        self.has_slot = False
+        self.ended = False
+
+    def send_now(self) -> None:
+        if self.session.channel.try_acquire_slot():
+            self.has_slot = True
+            self._open()
+
+    async def send(self) -> None:
+        await self.session.channel.acquire_slot()
+        self.has_slot = True
+        self._open()
+
+    def _open(self) -> None:
+        channel = self.session.channel
+        command = self.command
+        if command.message_id is not None and channel.is_outstanding(command.message_id):
+            command.message_id = None  # in use: take a free one
+        self.stream = channel.open_request(self.ctx.context_id, command, self.encoded)
+        self.session.request_contexts[self.stream.message_id] = self.ctx.context_id
+
+    def end(self, finished: bool) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        channel = self.session.channel
+        stream = self.stream
+        if stream is not None:
+            self.session.request_contexts.pop(stream.message_id, None)
+            if finished:
+                channel.close_request(stream)
+            else:
+                # Left early: ask the SCP to stop, and let the channel drop
+                # what still comes for this request.
+                channel.abandon_request(stream)
+                if channel.end_error is None:
+                    _send_cancel(channel, self.ctx.context_id, stream.message_id)
+        if self.has_slot:
+            self.has_slot = False
+            channel.release_slot()
+
+
+def _end_unread(request: _Request, loop: asyncio.AbstractEventLoop) -> None:
+    """The responses of ``request`` were never asked for and nobody can ask
+    any more (the generator was collected): end it on the loop's thread."""
+    if not request.ended and not loop.is_closed():
+        loop.call_soon_threadsafe(request.end, False)
+
+
+def query(
     session: ServiceSession,
     field: int,
     identifier: Dataset,
@@ -549,12 +615,12 @@ async def query(
     priority: int,
     move_destination: str | None = None,
 ) -> AsyncIterator[tuple[Dataset, Dataset | None]]:
-    """SCU: one C-FIND, C-GET or C-MOVE request (``field``); see the module
-    docstring for what it yields."""
-    channel = session.channel
+    """SCU: one C-FIND, C-GET or C-MOVE request (``field``), sent now when
+    the operations window has room; see the module docstring for what the
+    returned async generator yields. Called on the loop's thread.
+    ValueError now when no accepted context fits ``query_model``."""
     ctx = session.scu_context(str(query_model))
     assert ctx.transfer_syntax is not None
-    syntax = ctx.transfer_syntax
     command = Command(
         field,
         affected_sop_class_uid=ctx.abstract_syntax,
@@ -563,21 +629,27 @@ async def query(
         command_data_set_type=_dimse.DATASET_PRESENT,
         move_destination=move_destination,
     )
-    encoded = dsutil.encode_dataset(identifier, syntax)
-    await channel.acquire_slot()
+    request = _Request(session, ctx, command, dsutil.encode_dataset(identifier, ctx.transfer_syntax))
+    request.send_now()
+    responses = _responses(request)
+    weakref.finalize(responses, _end_unread, request, asyncio.get_running_loop())
+    return responses
+
+
+async def _responses(request: _Request) -> AsyncIterator[tuple[Dataset, Dataset | None]]:
+    session = request.session
+    syntax = request.ctx.transfer_syntax
     finished = False
-    stream = None
     try:
-        if msg_id is not None and channel.is_outstanding(msg_id):
-            command.message_id = None  # in use: take a free one
-        stream = channel.open_request(ctx.context_id, command, encoded)
-        session.request_contexts[stream.message_id] = ctx.context_id
+        if request.stream is None:
+            await request.send()
+        stream = request.stream
         while True:
             try:
                 response = await stream.next()
             except DimseTimeout:
                 LOGGER.error("DIMSE timeout: aborting the association")
-                channel.abort()
+                session.channel.abort()
                 finished = True
                 yield Dataset(), None
                 return
@@ -598,17 +670,7 @@ async def query(
             if done:
                 return
     finally:
-        if stream is not None:
-            session.request_contexts.pop(stream.message_id, None)
-            if finished:
-                channel.close_request(stream)
-            else:
-                # Left early: ask the SCP to stop, and let the channel drop
-                # what still comes for this request.
-                channel.abandon_request(stream)
-                if channel.end_error is None:
-                    _send_cancel(channel, ctx.context_id, stream.message_id)
-        channel.release_slot()
+        request.end(finished)
 
 
 def _send_cancel(channel: DimseChannel, context_id: int, message_id: int) -> None:
