@@ -24,9 +24,11 @@ from chromanet.evt import (
     EVT_ABORTED,
     EVT_ACCEPTED,
     EVT_CONN_CLOSE,
+    EVT_CONN_OPEN,
     EVT_ESTABLISHED,
     EVT_REJECTED,
     EVT_RELEASED,
+    EVT_REQUESTED,
     Event,
     EventType,
     notify,
@@ -150,6 +152,8 @@ class AsyncAssociation:
         self._operation_observer: OperationObserver | None = None
         ul.on_established = self._on_established
         ul.ended.add_done_callback(self._on_ended)
+        if ul.is_requestor:
+            ul.on_requested = self._on_request_sent
 
     # --------------------------------------------------------------- state
     @property
@@ -287,6 +291,12 @@ class AsyncAssociation:
         channel.request_handler = ServiceDispatcher(self._session)
         notify(self._handlers, Event(self, EVT_ACCEPTED))
         notify(self._handlers, Event(self, EVT_ESTABLISHED))
+
+    def _on_request_sent(self, ul: AssociationControl) -> None:
+        """Requestor: the connection is up and the A-ASSOCIATE-RQ written
+        (pynetdicom's requestor notifies EVT_REQUESTED, then EVT_CONN_OPEN)."""
+        notify(self._handlers, Event(self, EVT_REQUESTED))
+        notify(self._handlers, Event(self, EVT_CONN_OPEN))
 
     def _spool_factory(self, context_id: int, command: Command) -> DatasetSink | None:
         gate = self.ae.request_gate

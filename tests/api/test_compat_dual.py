@@ -233,6 +233,40 @@ def test_notification_events(lib: SimpleNamespace, servers: list[Any]) -> None:
     assert names == [event.name for event in events]
 
 
+def test_notification_events_of_the_requestor(lib: SimpleNamespace, servers: list[Any]) -> None:
+    """The requesting side gets its own notifications, EVT_REQUESTED (the
+    A-ASSOCIATE-RQ sent) among them, in order: the requestor's order differs
+    from the acceptor's (EVT_REQUESTED comes before EVT_CONN_OPEN)."""
+    names: list[str] = []
+    lock = threading.Lock()
+
+    def record(event: Any) -> None:
+        with lock:
+            names.append(event.event.name)
+
+    events = [
+        lib.evt.EVT_REQUESTED,
+        lib.evt.EVT_CONN_OPEN,
+        lib.evt.EVT_ACCEPTED,
+        lib.evt.EVT_ESTABLISHED,
+        lib.evt.EVT_RELEASED,
+        lib.evt.EVT_CONN_CLOSE,
+    ]
+    scp = make_ae(lib, "ECHOSCP")
+    scp.add_supported_context(lib.sop_class.Verification)
+    _server, port = serve(lib, servers, scp, [])
+    scu = make_ae(lib, "ECHOSCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+    assoc = scu.associate("127.0.0.1", port, evt_handlers=[(event, record) for event in events])
+    assert assoc.is_established
+    assoc.release()
+    assert wait_for(lambda: len(names) == len(events))
+    # pynetdicom's own requestor notifies the release and the closed
+    # connection from two threads, in either order.
+    assert names[:4] == [event.name for event in events[:4]]
+    assert sorted(names[4:]) == ["EVT_CONN_CLOSE", "EVT_RELEASED"]
+
+
 def test_aborted_by_peer_mid_find(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
     """When the association ends before the final response, the generator
     yields one (empty Dataset, None) and stops."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from chromanet import _pdu
 from chromanet._dimse import Command
@@ -167,6 +167,9 @@ class ULConnection(asyncio.Protocol):
         self._read_holds: set[str] = set()  # reasons reading is paused
         # The socket TCP_QUICKACK is re-armed on after each receive, or None.
         self._quickack_socket: Any = None
+        #: Called once the transport is up and, for a requestor, the
+        #: A-ASSOCIATE-RQ has been written.
+        self.on_connected: Callable[[], None] | None = None
 
     # ----------------------------------------------------------- properties
     @property
@@ -220,6 +223,8 @@ class ULConnection(asyncio.Protocol):
             self.upper_layer.peer_host = str(peer[0])
             self.upper_layer.peer_label = f"{peer[0]}:{peer[1]}"
         self._after(self.upper_layer.connection_made(self._loop.time()))
+        if self.on_connected is not None:
+            self.on_connected()
 
     def data_received(self, data: bytes) -> None:  # type: ignore[override]
         upper = self.upper_layer
