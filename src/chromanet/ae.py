@@ -424,6 +424,8 @@ def _extended_items(ext_neg: list[Any] | None) -> dict[str, Any]:
     identity = None
     extended: list[Any] = []
     common: list[Any] = []
+    # pynetdicom-style items (chromanet.pdu_primitives) become their PDU items.
+    ext_neg = [item.to_item() if hasattr(item, "to_item") else item for item in ext_neg]
     for item in ext_neg:
         if isinstance(item, _pdu.UserIdentityRQ):
             identity = item

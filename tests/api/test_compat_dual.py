@@ -43,6 +43,7 @@ def lib(request: pytest.FixtureRequest) -> SimpleNamespace:
         build_role=module.build_role,
         sop_class=importlib.import_module(name + ".sop_class"),
         status=importlib.import_module(name + ".status"),
+        pdu_primitives=importlib.import_module(name + ".pdu_primitives"),
         VerificationPresentationContexts=module.VerificationPresentationContexts,
         ColorPalettePresentationContexts=module.ColorPalettePresentationContexts,
         StoragePresentationContexts=module.StoragePresentationContexts,
@@ -189,6 +190,65 @@ def test_rejected_association(lib: SimpleNamespace, servers: list[Any]) -> None:
     assert assoc.is_rejected
     assert not assoc.is_established
     assert not assoc.is_aborted
+
+
+def test_extended_negotiation_items_from_pdu_primitives(lib: SimpleNamespace, servers: list[Any]) -> None:
+    """A requestor passes pynetdicom's ``pdu_primitives`` items in
+    ``ext_neg``: user identity (verified, or the association rejected),
+    SOP class extended negotiation, role selection, the operations window."""
+    identities: list[tuple[int, bytes, Any]] = []
+    app_infos: list[dict[Any, bytes]] = []
+
+    def handle_identity(event: Any) -> tuple[bool, bytes | None]:
+        identities.append((event.user_id_type, event.primary_field, event.secondary_field))
+        return event.primary_field == b"alice", b"welcome"
+
+    def handle_extended(event: Any) -> dict[Any, bytes]:
+        app_infos.append({str(uid): bytes(info) for uid, info in event.app_info.items()})
+        return {}
+
+    scp = make_ae(lib, "STRICT")
+    scp.add_supported_context(lib.sop_class.Verification)
+    scp.add_supported_context(lib.sop_class.ColorPaletteStorage, scu_role=True, scp_role=True)
+    _server, port = serve(
+        lib, servers, scp, [(lib.evt.EVT_USER_ID, handle_identity), (lib.evt.EVT_SOP_EXTENDED, handle_extended)]
+    )
+
+    def items(user: bytes) -> list[Any]:
+        identity = lib.pdu_primitives.UserIdentityNegotiation()
+        identity.user_identity_type = 2
+        identity.primary_field = user
+        identity.secondary_field = b"secret"
+        identity.positive_response_requested = True
+        extended = lib.pdu_primitives.SOPClassExtendedNegotiation()
+        extended.sop_class_uid = lib.sop_class.Verification
+        extended.service_class_application_information = b"\x01\x00"
+        role = lib.pdu_primitives.SCP_SCU_RoleSelectionNegotiation()
+        role.sop_class_uid = lib.sop_class.ColorPaletteStorage
+        role.scu_role = True
+        role.scp_role = True
+        window = lib.pdu_primitives.AsynchronousOperationsWindowNegotiation()
+        window.maximum_number_operations_invoked = 1
+        window.maximum_number_operations_performed = 1
+        return [identity, extended, role, window]
+
+    scu = make_ae(lib, "ECHOSCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+    scu.add_requested_context(lib.sop_class.ColorPaletteStorage)
+    assoc = scu.associate("127.0.0.1", port, ext_neg=items(b"alice"))
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    assoc = scu.associate("127.0.0.1", port, ext_neg=items(b"mallory"))
+    assert assoc.is_rejected
+    assert identities == [(2, b"alice", b"secret"), (2, b"mallory", b"secret")]
+    assert app_infos[0] == {lib.sop_class.Verification: b"\x01\x00"}
+
+    bad = lib.pdu_primitives.UserIdentityNegotiation()
+    with pytest.raises(ValueError):
+        bad.user_identity_type = 7
+    with pytest.raises(TypeError):
+        bad.primary_field = "not bytes"
 
 
 def test_calling_aet_not_allowed(lib: SimpleNamespace, servers: list[Any]) -> None:
