@@ -369,17 +369,34 @@ class AsyncAssociation:
     def mode(self) -> str:
         return "requestor" if self.is_requestor else "acceptor"
 
+    # The timeouts apply from the next wait on: set here, or on the AE (which
+    # sets them on every association it runs, as pynetdicom's AE does).
     @property
     def acse_timeout(self) -> float | None:
         return self._ul.timeouts.acse
+
+    @acse_timeout.setter
+    def acse_timeout(self, value: float | None) -> None:
+        self._ul.timeouts.acse = value
 
     @property
     def dimse_timeout(self) -> float | None:
         return self._ul.timeouts.dimse
 
+    @dimse_timeout.setter
+    def dimse_timeout(self, value: float | None) -> None:
+        self._ul.timeouts.dimse = value
+        if self._session is not None:
+            self._session.channel.dimse_timeout = value
+
     @property
     def network_timeout(self) -> float | None:
         return self._ul.timeouts.network
+
+    @network_timeout.setter
+    def network_timeout(self, value: float | None) -> None:
+        self._ul.timeouts.network = value
+        self._ul.connection.set_network_timeout(value)
 
     @property
     def local(self) -> dict[str, Any]:

@@ -192,6 +192,36 @@ def test_rejected_association(lib: SimpleNamespace, servers: list[Any]) -> None:
     assert not assoc.is_aborted
 
 
+def test_settings_changed_while_running_apply(lib: SimpleNamespace, servers: list[Any]) -> None:
+    """``require_calling_aet`` / ``require_called_aet`` changed while the
+    server runs apply to the next request; timeouts set on the AE apply to
+    its associations already established."""
+    scp = make_ae(lib, "STRICT")
+    scp.add_supported_context(lib.sop_class.Verification)
+    _server, port = serve(lib, servers, scp, [])
+    scu = make_ae(lib, "ECHOSCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+
+    assoc = scu.associate("127.0.0.1", port, ae_title="ANYONE")
+    assert assoc.is_established
+    assoc.release()
+    scp.require_calling_aet = ["SOMEONE"]
+    assert scu.associate("127.0.0.1", port, ae_title="ANYONE").is_rejected
+    scp.require_calling_aet = ["ECHOSCU"]
+    scp.require_called_aet = True
+    assert scu.associate("127.0.0.1", port, ae_title="ANYONE").is_rejected
+    assoc = scu.associate("127.0.0.1", port, ae_title="STRICT")
+    assert assoc.is_established
+
+    # The SCP sends nothing unasked: with the network timeout now short,
+    # the idle association is aborted by the requestor.
+    scu.acse_timeout = 7
+    scu.dimse_timeout = 8
+    scu.network_timeout = 0.5
+    assert (assoc.acse_timeout, assoc.dimse_timeout, assoc.network_timeout) == (7, 8, 0.5)
+    assert wait_for(lambda: assoc.is_aborted, timeout=5)
+
+
 def test_extended_negotiation_items_from_pdu_primitives(lib: SimpleNamespace, servers: list[Any]) -> None:
     """A requestor passes pynetdicom's ``pdu_primitives`` items in
     ``ext_neg``: user identity (verified, or the association rejected),

@@ -535,6 +535,16 @@ class ULConnection(asyncio.Protocol):
                 listener.on_abort(indication.source, indication.reason)
 
     # --------------------------------------------------------------- timer
+    def set_network_timeout(self, value: float | None) -> None:
+        """A new network timeout, from any thread: applied on the loop, where
+        the timer is re-armed (a shorter one may be due at once)."""
+        self._loop.call_soon_threadsafe(self._apply_network_timeout, value)
+
+    def _apply_network_timeout(self, value: float | None) -> None:
+        self.upper_layer.network_timeout = value
+        if self.transport is not None and not self.upper_layer.close_requested:
+            self._arm_timer()
+
     def _arm_timer(self) -> None:
         deadline = self.upper_layer.get_timer()
         if deadline is None:
