@@ -825,6 +825,44 @@ def test_move(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset])
     assert len({aet for _uid, aet, _msg_id in stored}) == 1
 
 
+def test_move_into_destination_refusing_the_sop_class(
+    lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]
+) -> None:
+    """The destination accepts the association but not Color Palette
+    Storage: every sub-operation fails (PS3.4 C.4.2.3.1), and the final
+    response carries the counts and the Failed SOP Instance UID List."""
+    destination = make_ae(lib, "DEST")
+    destination.add_supported_context(lib.sop_class.Verification)
+    _dest_server, dest_port = serve(lib, servers, destination, [])
+
+    def handle_move(event: Any) -> Iterator[Any]:
+        yield "127.0.0.1", dest_port
+        yield 3
+        for ds in palettes[:3]:
+            yield 0xFF00, ds
+
+    scp = make_ae(lib, "MOVESCP")
+    scp.add_supported_context(lib.sop_class.ColorPaletteInformationModelMove)
+    scp.add_requested_context(lib.sop_class.Verification)
+    scp.add_requested_context(lib.sop_class.ColorPaletteStorage)
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_MOVE, handle_move)])
+
+    scu = make_ae(lib, "MOVESCU")
+    scu.add_requested_context(lib.sop_class.ColorPaletteInformationModelMove)
+    assoc = scu.associate("127.0.0.1", port)
+    results = list(assoc.send_c_move(query_all(), "DEST", lib.sop_class.ColorPaletteInformationModelMove))
+    final, identifier = results[-1]
+    assert final.Status == 0xA702
+    assert (
+        final.NumberOfCompletedSuboperations,
+        final.NumberOfFailedSuboperations,
+        final.NumberOfWarningSuboperations,
+    ) == (0, 3, 0)
+    assert sorted(identifier.FailedSOPInstanceUIDList) == sorted(str(ds.SOPInstanceUID) for ds in palettes[:3])
+    assert assoc.is_established
+    assoc.release()
+
+
 def test_move_handler_raises(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
     destination = make_ae(lib, "DEST")
     destination.add_supported_context(lib.sop_class.ColorPaletteStorage)

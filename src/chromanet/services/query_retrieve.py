@@ -224,6 +224,8 @@ class _Retrieve:
         self.warning = 0
         self.failed_uids: list[str] = []
         self.trace = sender.trace
+        #: Error Comment of a final response with failures (LO: <= 64 characters).
+        self.comment: str | None = None
 
     def _counted(self, status: int, *, remaining: bool) -> Command:
         response = _response(self.request, self.field, status)
@@ -274,10 +276,12 @@ class _Retrieve:
         self.remaining = 0
         if not self.failed and not self.warning:
             await self.sender.send(self._counted(SUCCESS, remaining=False))
-        elif self.failed and not self.completed and not self.warning:
-            await self.sender.send(self._counted(SUBOPERATIONS_IMPOSSIBLE, remaining=False), self._failed_list())
         else:
-            await self.sender.send(self._counted(SUBOPERATIONS_WITH_FAILURES, remaining=False), self._failed_list())
+            all_failed = self.failed and not self.completed and not self.warning
+            response = self._counted(SUBOPERATIONS_IMPOSSIBLE if all_failed else SUBOPERATIONS_WITH_FAILURES, remaining=False)
+            if self.comment:
+                response.error_comment = self.comment[:64]
+            await self.sender.send(response, self._failed_list())
 
 
 class _EarlyStatus(Exception):
@@ -400,6 +404,11 @@ async def _store_over(
     return uid, response.status if response is not None else None
 
 
+async def _not_stored(dataset: Any) -> tuple[str, int | None]:
+    """The sub-operation of a C-MOVE whose destination cannot take it: failed."""
+    return _sop_instance_uid(dataset), None
+
+
 async def serve_get(session: ServiceSession, message: IncomingMessage) -> None:
     """SCP: serve one C-GET-RQ with the EVT_C_GET handler."""
     request = message.command
@@ -518,13 +527,23 @@ async def serve_move(session: ServiceSession, message: IncomingMessage) -> None:
             message.trace.move_destination_address = (address, port)
         opener = session.open_sub_association
         sub_assoc = await opener(address, port, request.move_destination, kwargs) if opener is not None else None
-        if sub_assoc is None or not sub_assoc.is_established:
-            response = _response(request, _dimse.C_MOVE_RSP, MOVE_DESTINATION_UNKNOWN)
-            # Error Comment is LO: at most 64 characters.
-            response.error_comment = "move destination unreachable or it refused the association"
-            await sender.send(response)
-            return
         retrieve = _Retrieve(request, _dimse.C_MOVE_RSP, sender, total)
+        if sub_assoc is None or not sub_assoc.is_established:
+            # A known destination that cannot take the instances (unreachable,
+            # the association refused, or accepted with no context for them):
+            # each sub-operation fails (PS3.4 C.4.2.3.1), and the final
+            # response carries the counts and the Failed SOP Instance UID List
+            # (0xA702 when all failed; DCMTK's dcmqrscp answers the same).
+            # 0xA801 stays for a destination the handler does not know.
+            answered = sub_assoc is not None and type(sub_assoc.acse_response).__name__ == "AssociateAC"
+            retrieve.comment = (
+                "move destination accepted no context for the instances" if answered
+                else "move destination unreachable or it refused the association"
+            )
+            peer_log(LOGGER, logging.WARNING, session.peer_host, "C-MOVE to %s:%d: %s: every sub-operation fails",
+                     address, port, retrieve.comment)
+            await _run_suboperations(retrieve, results, message, _not_stored, MOVE_HANDLER_RAISED)
+            return
         originator = (session.peer_ae_title, request.message_id)
         destination_session = sub_assoc.service_session
         await _run_suboperations(
