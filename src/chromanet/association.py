@@ -24,9 +24,11 @@ from chromanet.evt import (
     EVT_ABORTED,
     EVT_ACCEPTED,
     EVT_CONN_CLOSE,
+    EVT_CONN_OPEN,
     EVT_ESTABLISHED,
     EVT_REJECTED,
     EVT_RELEASED,
+    EVT_REQUESTED,
     Event,
     EventType,
     notify,
@@ -158,6 +160,8 @@ class AsyncAssociation:
         self._sync_facade: Any = None
         ul.on_established = self._on_established
         ul.ended.add_done_callback(self._on_ended)
+        if ul.is_requestor:
+            ul.on_requested = self._on_request_sent
 
     # --------------------------------------------------------------- state
     @property
@@ -313,6 +317,12 @@ class AsyncAssociation:
         self.notify(EVT_ACCEPTED)
         self.notify(EVT_ESTABLISHED)
 
+    def _on_request_sent(self, ul: AssociationControl) -> None:
+        """Requestor: the connection is up and the A-ASSOCIATE-RQ written
+        (pynetdicom's requestor notifies EVT_REQUESTED, then EVT_CONN_OPEN)."""
+        self.notify(EVT_REQUESTED)
+        self.notify(EVT_CONN_OPEN)
+
     def _spool_factory(self, context_id: int, command: Command) -> DatasetSink | None:
         gate = self.ae.request_gate
         if gate is not None and command.command_field == _dimse.C_STORE_RQ:
@@ -384,17 +394,34 @@ class AsyncAssociation:
     def mode(self) -> str:
         return "requestor" if self.is_requestor else "acceptor"
 
+    # The timeouts apply from the next wait on: set here, or on the AE (which
+    # sets them on every association it runs, as pynetdicom's AE does).
     @property
     def acse_timeout(self) -> float | None:
         return self._ul.timeouts.acse
+
+    @acse_timeout.setter
+    def acse_timeout(self, value: float | None) -> None:
+        self._ul.timeouts.acse = value
 
     @property
     def dimse_timeout(self) -> float | None:
         return self._ul.timeouts.dimse
 
+    @dimse_timeout.setter
+    def dimse_timeout(self, value: float | None) -> None:
+        self._ul.timeouts.dimse = value
+        if self._session is not None:
+            self._session.channel.dimse_timeout = value
+
     @property
     def network_timeout(self) -> float | None:
         return self._ul.timeouts.network
+
+    @network_timeout.setter
+    def network_timeout(self, value: float | None) -> None:
+        self._ul.timeouts.network = value
+        self._ul.connection.set_network_timeout(value)
 
     @property
     def local(self) -> dict[str, Any]:

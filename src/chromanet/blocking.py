@@ -145,18 +145,18 @@ class Association:
     def send_c_find(
         self, dataset: Dataset, query_model: str, msg_id: int = 1, priority: int = 2
     ) -> Iterator[tuple[Dataset, Dataset | None]]:
-        return loopthread.iterate(self._inner.send_c_find(dataset, query_model, msg_id, priority), self._loop)
+        return loopthread.iterate_call(self._inner.send_c_find, dataset, query_model, msg_id, priority, loop=self._loop)
 
     def send_c_get(
         self, dataset: Dataset, query_model: str, msg_id: int = 1, priority: int = 2
     ) -> Iterator[tuple[Dataset, Dataset | None]]:
-        return loopthread.iterate(self._inner.send_c_get(dataset, query_model, msg_id, priority), self._loop)
+        return loopthread.iterate_call(self._inner.send_c_get, dataset, query_model, msg_id, priority, loop=self._loop)
 
     def send_c_move(
         self, dataset: Dataset, move_aet: str, query_model: str, msg_id: int = 1, priority: int = 2
     ) -> Iterator[tuple[Dataset, Dataset | None]]:
-        return loopthread.iterate(
-            self._inner.send_c_move(dataset, move_aet, query_model, msg_id, priority), self._loop
+        return loopthread.iterate_call(
+            self._inner.send_c_move, dataset, move_aet, query_model, msg_id, priority, loop=self._loop
         )
 
     def send_c_cancel(self, msg_id: int, context_id: int | None = None, query_model: str | None = None) -> None:

@@ -186,23 +186,44 @@ def iterate(source: AsyncIterator[T], loop: asyncio.AbstractEventLoop | None = N
     closes the async iterator on the loop (a query's C-CANCEL is sent
     there) and waits up to 5 s for that.
     """
+    return iterate_call(lambda: source, loop=loop)
+
+
+def iterate_call(
+    function: Callable[..., AsyncIterator[T]], *args: Any, loop: asyncio.AbstractEventLoop | None = None
+) -> Iterator[T]:
+    """Call ``function(*args)`` on the loop, wait until it returned (a
+    request it sends is then on its way: pynetdicom's C-FIND sends at the
+    call), and return a blocking generator over the async iterator it
+    returned, as ``iterate`` does. What the call raises is raised here.
+    One hand-off to the loop for both the call and the pump.
+
+    The pump runs at most ``_PUMP_AHEAD`` items ahead of the consumer
+    (decoding responses nobody reads yet takes the GIL from the consumer,
+    which then reached its C-CANCEL late); past that it waits until the
+    consumer has taken half of them."""
     if in_loop_thread(loop):
         raise RuntimeError("a blocking chromanet call was made from inside the event loop: use the async API")
+    if loop is None:
+        loop = get_loop()
+    target = loop
     items: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    # The pump runs at most AHEAD items ahead of the consumer (decoding
-    # responses nobody reads yet, and taking the GIL from the consumer,
-    # which would then reach its C-CANCEL late); past that it waits until
-    # the consumer has taken half of them.
     flow = _Flow()
 
     async def pump() -> None:
+        try:
+            source = function(*args)
+        except BaseException as exc:  # handed to the caller
+            items.put(_End(exc))
+            return
+        items.put(_STARTED)
         error: BaseException | None = None
         count = 0
         try:
             async for item in source:
                 items.put(item)
                 count += 1
-                if flow.put_one(loop):
+                if flow.put_one(target):
                     await flow.resumed()
                 elif count % _PUMP_YIELD_EVERY == 0:
                     # Items that were already there come without a pause:
@@ -221,10 +242,22 @@ def iterate(source: AsyncIterator[T], loop: asyncio.AbstractEventLoop | None = N
             finally:
                 items.put(_End(error))
 
-    if loop is None:
-        loop = get_loop()
     tasks: list[asyncio.Task[None]] = []
-    loop.call_soon_threadsafe(lambda: tasks.append(loop.create_task(pump())))
+    target.call_soon_threadsafe(lambda: tasks.append(target.create_task(pump())))
+    first = items.get()
+    if type(first) is _End:
+        assert first.error is not None
+        raise first.error
+    return _consume(items, tasks, target, flow)
+
+
+#: What the pump of ``iterate_call`` puts first once the call returned.
+_STARTED = object()
+
+
+def _consume(
+    items: queue.SimpleQueue[Any], tasks: list[asyncio.Task[None]], loop: asyncio.AbstractEventLoop, flow: _Flow
+) -> Iterator[Any]:
     ended = False
     try:
         while True:

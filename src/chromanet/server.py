@@ -200,8 +200,15 @@ class AsyncServer:
     def _gatekeeper(self, rq: _pdu.AssociateRQ, peer_host: str) -> _pdu.AssociateRJ | None:
         """Refuse (transient, local limit exceeded) when every association
         slot is taken, or when ``peer_host`` already holds its share: its
-        other connections, established or not yet, count against it."""
+        other connections, established or not yet, count against it.
+
+        Called for each A-ASSOCIATE-RQ before negotiation, it also brings the
+        AE's ``require_called_aet`` / ``require_calling_aet`` into the
+        policy, so a change made while the server runs applies to the next
+        request (as in pynetdicom, which reads them from the AE)."""
         ae = self.ae
+        self.policy.require_called_aet = ae.require_called_aet
+        self.policy.require_calling_aet = list(ae.require_calling_aet)
         counter: AssociationCounter | None = ae.association_counter
         if counter is not None:
             held = counter.held()

@@ -39,6 +39,7 @@ import asyncio
 import inspect
 import ipaddress
 import logging
+import weakref
 from typing import Any, AsyncIterator
 
 from pydicom import Dataset
@@ -270,6 +271,8 @@ class _Retrieve:
         self.warning = 0
         self.failed_uids: list[str] = []
         self.trace = sender.trace
+        #: Error Comment of a final response with failures (LO: <= 64 characters).
+        self.comment: str | None = None
 
     def _counted(self, status: int, *, remaining: bool) -> Command:
         response = _response(self.request, self.field, status)
@@ -320,10 +323,12 @@ class _Retrieve:
         self.remaining = 0
         if not self.failed and not self.warning:
             await self.sender.send(self._counted(SUCCESS, remaining=False))
-        elif self.failed and not self.completed and not self.warning:
-            await self.sender.send(self._counted(SUBOPERATIONS_IMPOSSIBLE, remaining=False), self._failed_list())
         else:
-            await self.sender.send(self._counted(SUBOPERATIONS_WITH_FAILURES, remaining=False), self._failed_list())
+            all_failed = self.failed and not self.completed and not self.warning
+            response = self._counted(SUBOPERATIONS_IMPOSSIBLE if all_failed else SUBOPERATIONS_WITH_FAILURES, remaining=False)
+            if self.comment:
+                response.error_comment = self.comment[:64]
+            await self.sender.send(response, self._failed_list())
 
 
 class _EarlyStatus(Exception):
@@ -447,6 +452,11 @@ async def _store_over(
     return uid, response.status if response is not None else None
 
 
+async def _not_stored(dataset: Any) -> tuple[str, int | None]:
+    """The sub-operation of a C-MOVE whose destination cannot take it: failed."""
+    return _sop_instance_uid(dataset), None
+
+
 async def serve_get(session: ServiceSession, message: IncomingMessage) -> None:
     """SCP: serve one C-GET-RQ with the EVT_C_GET handler."""
     request = message.command
@@ -565,13 +575,23 @@ async def serve_move(session: ServiceSession, message: IncomingMessage) -> None:
             message.trace.move_destination_address = (address, port)
         opener = session.open_sub_association
         sub_assoc = await opener(address, port, request.move_destination, kwargs) if opener is not None else None
-        if sub_assoc is None or not sub_assoc.is_established:
-            response = _response(request, _dimse.C_MOVE_RSP, MOVE_DESTINATION_UNKNOWN)
-            # Error Comment is LO: at most 64 characters.
-            response.error_comment = "move destination unreachable or it refused the association"
-            await sender.send(response)
-            return
         retrieve = _Retrieve(request, _dimse.C_MOVE_RSP, sender, total)
+        if sub_assoc is None or not sub_assoc.is_established:
+            # A known destination that cannot take the instances (unreachable,
+            # the association refused, or accepted with no context for them):
+            # each sub-operation fails (PS3.4 C.4.2.3.1), and the final
+            # response carries the counts and the Failed SOP Instance UID List
+            # (0xA702 when all failed; DCMTK's dcmqrscp answers the same).
+            # 0xA801 stays for a destination the handler does not know.
+            answered = sub_assoc is not None and type(sub_assoc.acse_response).__name__ == "AssociateAC"
+            retrieve.comment = (
+                "move destination accepted no context for the instances" if answered
+                else "move destination unreachable or it refused the association"
+            )
+            peer_log(LOGGER, logging.WARNING, session.peer_host, "C-MOVE to %s:%d: %s: every sub-operation fails",
+                     address, port, retrieve.comment)
+            await _run_suboperations(retrieve, results, message, _not_stored, MOVE_HANDLER_RAISED)
+            return
         originator = (session.peer_ae_title, request.message_id)
         destination_session = sub_assoc.service_session
         await _run_suboperations(
@@ -588,7 +608,72 @@ async def serve_move(session: ServiceSession, message: IncomingMessage) -> None:
 
 
 # -------------------------------------------------------------------- SCU
-async def query(
+class _Request:
+    """One C-FIND/C-GET/C-MOVE request of ours: sent at once when the
+    operations window has room (as pynetdicom sends at the call, so that
+    "send, then C-CANCEL" works), else when its responses are first asked
+    for. ``end`` is idempotent: whoever ends the request first (the
+    response generator, or the finalizer of a generator never started)
+    gives back its slot and, when it ended early, cancels it."""
+
+    __slots__ = ("session", "ctx", "command", "encoded", "stream", "has_slot", "ended", "__weakref__")
+
+    def __init__(self, session: ServiceSession, ctx: Any, command: Command, encoded: bytes) -> None:
+        self.session = session
+        self.ctx = ctx
+        self.command = command
+        self.encoded = encoded
+        self.stream: Any = None
+        self.has_slot = False
+        self.ended = False
+
+    def send_now(self) -> None:
+        if self.session.channel.try_acquire_slot():
+            self.has_slot = True
+            self._open()
+
+    async def send(self) -> None:
+        await self.session.channel.acquire_slot()
+        self.has_slot = True
+        self._open()
+
+    def _open(self) -> None:
+        channel = self.session.channel
+        command = self.command
+        if command.message_id is not None and channel.is_outstanding(command.message_id):
+            command.message_id = None  # in use: take a free one
+        self.stream = channel.open_request(self.ctx.context_id, command, self.encoded)
+        self.session.request_contexts[self.stream.message_id] = self.ctx.context_id
+
+    def end(self, finished: bool) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        channel = self.session.channel
+        stream = self.stream
+        if stream is not None:
+            self.session.request_contexts.pop(stream.message_id, None)
+            if finished:
+                channel.close_request(stream)
+            else:
+                # Left early: ask the SCP to stop, and let the channel drop
+                # what still comes for this request.
+                channel.abandon_request(stream)
+                if channel.end_error is None:
+                    _send_cancel(channel, self.ctx.context_id, stream.message_id)
+        if self.has_slot:
+            self.has_slot = False
+            channel.release_slot()
+
+
+def _end_unread(request: _Request, loop: asyncio.AbstractEventLoop) -> None:
+    """The responses of ``request`` were never asked for and nobody can ask
+    any more (the generator was collected): end it on the loop's thread."""
+    if not request.ended and not loop.is_closed():
+        loop.call_soon_threadsafe(request.end, False)
+
+
+def query(
     session: ServiceSession,
     field: int,
     identifier: Dataset,
@@ -597,12 +682,12 @@ async def query(
     priority: int,
     move_destination: str | None = None,
 ) -> AsyncIterator[tuple[Dataset, Dataset | None]]:
-    """SCU: one C-FIND, C-GET or C-MOVE request (``field``); see the module
-    docstring for what it yields."""
-    channel = session.channel
+    """SCU: one C-FIND, C-GET or C-MOVE request (``field``), sent now when
+    the operations window has room; see the module docstring for what the
+    returned async generator yields. Called on the loop's thread.
+    ValueError now when no accepted context fits ``query_model``."""
     ctx = session.scu_context(str(query_model))
     assert ctx.transfer_syntax is not None
-    syntax = ctx.transfer_syntax
     command = Command(
         field,
         affected_sop_class_uid=ctx.abstract_syntax,
@@ -611,21 +696,27 @@ async def query(
         command_data_set_type=_dimse.DATASET_PRESENT,
         move_destination=move_destination,
     )
-    encoded = dsutil.encode_dataset(identifier, syntax)
-    await channel.acquire_slot()
+    request = _Request(session, ctx, command, dsutil.encode_dataset(identifier, ctx.transfer_syntax))
+    request.send_now()
+    responses = _responses(request)
+    weakref.finalize(responses, _end_unread, request, asyncio.get_running_loop())
+    return responses
+
+
+async def _responses(request: _Request) -> AsyncIterator[tuple[Dataset, Dataset | None]]:
+    session = request.session
+    syntax = request.ctx.transfer_syntax
     finished = False
-    stream = None
     try:
-        if msg_id is not None and channel.is_outstanding(msg_id):
-            command.message_id = None  # in use: take a free one
-        stream = channel.open_request(ctx.context_id, command, encoded)
-        session.request_contexts[stream.message_id] = ctx.context_id
+        if request.stream is None:
+            await request.send()
+        stream = request.stream
         while True:
             try:
                 response = await stream.next()
             except DimseTimeout:
                 LOGGER.error("DIMSE timeout: aborting the association")
-                channel.abort()
+                session.channel.abort()
                 finished = True
                 yield Dataset(), None
                 return
@@ -646,17 +737,7 @@ async def query(
             if done:
                 return
     finally:
-        if stream is not None:
-            session.request_contexts.pop(stream.message_id, None)
-            if finished:
-                channel.close_request(stream)
-            else:
-                # Left early: ask the SCP to stop, and let the channel drop
-                # what still comes for this request.
-                channel.abandon_request(stream)
-                if channel.end_error is None:
-                    _send_cancel(channel, ctx.context_id, stream.message_id)
-        channel.release_slot()
+        request.end(finished)
 
 
 def _send_cancel(channel: DimseChannel, context_id: int, message_id: int) -> None:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from chromanet import _pdu
 from chromanet._dimse import Command
@@ -172,6 +172,9 @@ class ULConnection(asyncio.Protocol):
         self._read_holds: set[str] = set()  # reasons reading is paused
         # The socket TCP_QUICKACK is re-armed on after each receive, or None.
         self._quickack_socket: Any = None
+        #: Called once the transport is up and, for a requestor, the
+        #: A-ASSOCIATE-RQ has been written.
+        self.on_connected: Callable[[], None] | None = None
 
     # ----------------------------------------------------------- properties
     @property
@@ -230,6 +233,8 @@ class ULConnection(asyncio.Protocol):
             self.upper_layer.peer_host = str(peer[0])
             self.upper_layer.peer_label = f"{peer[0]}:{peer[1]}"
         self._after(self.upper_layer.connection_made(self._loop.time()))
+        if self.on_connected is not None:
+            self.on_connected()
 
     def data_received(self, data: bytes) -> None:  # type: ignore[override]
         upper = self.upper_layer
@@ -556,6 +561,16 @@ class ULConnection(asyncio.Protocol):
                 listener.on_abort(indication.source, indication.reason)
 
     # --------------------------------------------------------------- timer
+    def set_network_timeout(self, value: float | None) -> None:
+        """A new network timeout, from any thread: applied on the loop, where
+        the timer is re-armed (a shorter one may be due at once)."""
+        self._loop.call_soon_threadsafe(self._apply_network_timeout, value)
+
+    def _apply_network_timeout(self, value: float | None) -> None:
+        self.upper_layer.network_timeout = value
+        if self.transport is not None and not self.upper_layer.close_requested:
+            self._arm_timer()
+
     def _arm_timer(self) -> None:
         deadline = self.upper_layer.get_timer()
         if deadline is None:
