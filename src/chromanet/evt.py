@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import inspect
 import logging
 from datetime import datetime
@@ -296,8 +297,18 @@ def inline(handler: Callable[..., Any]) -> Callable[..., Any]:
     lock, no blocking call on ``event.assoc``) and is fast saves it. Inline,
     ``event.assoc`` is the ``AsyncAssociation``, as for ``async def``
     handlers. ``AE.sync_handlers_inline = True`` does this for every
-    handler of the AE."""
-    setattr(handler, INLINE_ATTRIBUTE, True)
+    handler of the AE. A bound method cannot carry the mark: a marked
+    wrapper of it is returned (bind that one)."""
+    try:
+        setattr(handler, INLINE_ATTRIBUTE, True)
+    except AttributeError:
+
+        @functools.wraps(handler)
+        def marked(*args: Any, **kwargs: Any) -> Any:
+            return handler(*args, **kwargs)
+
+        setattr(marked, INLINE_ATTRIBUTE, True)
+        return marked
     return handler
 
 

@@ -109,6 +109,11 @@ def test_inline_opt_in(started):
     assert seen == [("chromanet-loop", AsyncAssociation)] * 2
     assert not evt.runs_in_thread(evt.inline(lambda event: 0))
     assert evt.runs_in_thread(lambda event: 0)
+    # A bound method cannot be marked: a marked wrapper is returned.
+    flag = threading.Event()
+    marked = evt.inline(flag.is_set)
+    assert not evt.runs_in_thread(marked) and marked() is False
+    assert evt.runs_in_thread(flag.is_set)
 
 
 def test_node_handlers_are_inline():

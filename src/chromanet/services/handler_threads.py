@@ -273,6 +273,8 @@ class ThreadedResults:
         """Close the generator in the lane, after the job still taking
         results, if any (its ``finally`` runs in the worker); not waited
         for: the lane runs the association's next handler only after it."""
+        with self._lock:
+            finished = self._ended and not self._running
         close = getattr(self._gen, "close", None)
-        if close is not None:
+        if close is not None and not finished:  # an exhausted generator has nothing to close
             self._lane.post(close)
