@@ -102,22 +102,16 @@ def test_rearmed_after_every_receive() -> None:
     assert (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1) in sock.calls
 
 
-# What connection_made sets on every TCP socket, quick ACKs aside.
-AT_CONNECT = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
-if connection_module._TCP_NOTSENT_LOWAT is not None:
-    AT_CONNECT.append((socket.IPPROTO_TCP, connection_module._TCP_NOTSENT_LOWAT, connection_module.NOTSENT_LOWAT))
-
-
 def test_off_sets_nothing_but_nodelay() -> None:
     sock, conn = drive(tcp_quickack=False)
-    assert sock.calls == AT_CONNECT
+    assert sock.calls == [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
     assert not conn.acks_quickly
 
 
 def test_platform_without_the_option_does_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(connection_module, "_TCP_QUICKACK", None)
     sock, conn = drive()
-    assert sock.calls == AT_CONNECT
+    assert sock.calls == [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
     assert not conn.acks_quickly
 
 
