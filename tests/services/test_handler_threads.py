@@ -11,6 +11,8 @@
 - A server on a program's own loop (``start_server_async``): a sync
   handler's blocking ``event.assoc`` works on that loop.
 - A generator's results cross from the worker in batches, not a hop each.
+- A handler blocked on its own association (a C-GET back to the peer)
+  lets the association's next handlers (the C-GET's C-STOREs) run.
 
 The behaviours both libraries share (a handler blocking, sleeping until
 ``is_cancelled``, aborting, storing back to the peer; order per
@@ -26,11 +28,11 @@ from typing import Any
 import pytest
 from pydicom import Dataset
 
-from chromanet import evt, loopthread
+from chromanet import build_role, evt, loopthread
 from chromanet.association import AsyncAssociation
 from chromanet.blocking import Association
 from chromanet.services import handler_threads
-from helpers.qr import FIND, qr_association
+from helpers.qr import FIND, GET, UIDS, qr_association
 from helpers.servers import configure_scp_ae, scu_ae
 from helpers.waits import WAIT_TIMEOUT, run_async, wait_until
 
@@ -192,6 +194,49 @@ def test_blocking_assoc_on_a_programs_own_loop():
 
     run_async(main())
     assert returned.wait(WAIT_TIMEOUT)
+
+
+def test_handler_waiting_on_its_association_lets_the_next_handlers_run(started, palettes):
+    """A handler of the acceptor (EVT_ESTABLISHED) sends a C-GET back to
+    the requestor and waits for it: the C-GET's C-STORE sub-operations come
+    to the acceptor's EVT_C_STORE handler, which is behind it in the
+    association's lane; the waiting handler lets go of the lane meanwhile
+    (pynetdicom runs them inside the call), so this ends, not at the DIMSE
+    timeout."""
+    log: list[Any] = []
+    done = threading.Event()
+
+    def on_established(event):
+        query = Dataset()
+        query.SOPInstanceUID = ""
+        statuses = [int(status.Status) for status, _ in event.assoc.send_c_get(query, GET)]
+        log.append(("C-GET", statuses[-1]))
+        done.set()
+
+    def on_store(event):
+        log.append(("stored", str(event.request.AffectedSOPInstanceUID)))
+        return 0x0000
+
+    def on_get(event):
+        yield 2
+        for uid in UIDS[:2]:
+            yield 0xFF00, palettes[uid].filename
+
+    ae = configure_scp_ae("SRV", dimse_timeout=WAIT_TIMEOUT)
+    ae.add_supported_context(GET, scu_role=True, scp_role=True)
+    server = ae.start_server(("127.0.0.1", 0), block=False,
+                             evt_handlers=[(evt.EVT_ESTABLISHED, on_established), (evt.EVT_C_STORE, on_store)])
+    started.append(server)
+    requestor = scu_ae()
+    requestor.add_requested_context(GET)
+    assoc = requestor.associate("127.0.0.1", server.server_address[1], ae_title="SRV",
+                                ext_neg=[build_role(GET, scu_role=True, scp_role=True)],
+                                evt_handlers=[(evt.EVT_C_GET, on_get)])
+    try:
+        assert done.wait(WAIT_TIMEOUT / 2)
+        assert log == [("stored", UIDS[0]), ("stored", UIDS[1]), ("C-GET", 0x0000)]
+    finally:
+        assoc.release()
 
 
 def test_generator_results_cross_in_batches(make_qr_scp, monkeypatch):

@@ -27,10 +27,11 @@ loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from chromanet.services.answers import Exhausted
 
@@ -96,15 +97,27 @@ class HandlerThreads:
                     self._ready.append(lane)
 
 
+#: In a worker: the lane whose job it runs (``lane``) and whether it still
+#: holds the lane (``holds``), see ``blocking_call``.
+_worker = threading.local()
+
+
 class HandlerLane:
-    """One association's sync handler calls, in order, on ``threads``."""
+    """One association's sync handler calls, in order, on ``threads``.
+
+    One worker at a time holds the lane and runs its jobs. A job that
+    blocks on its own association (``blocking_call``: a handler calling
+    ``event.assoc.send_c_get`` whose C-STORE sub-operations come back to
+    this association's EVT_C_STORE handler) lets go of the lane meanwhile,
+    so the jobs behind it run on another worker, as pynetdicom runs them
+    inside the call; it takes the lane back afterwards when it is free."""
 
     def __init__(self, threads: HandlerThreads, loop: asyncio.AbstractEventLoop) -> None:
         self.threads = threads
         self.loop = loop
         self._lock = threading.Lock()
         self._jobs: deque[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any] | None]] = deque()
-        self._scheduled = False
+        self._scheduled = False  # a worker holds the lane (or will: it is in the ready queue)
 
     def call(self, function: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Run ``function(*args)`` in turn (called on the loop); a future
@@ -127,9 +140,11 @@ class HandlerLane:
         self.threads.schedule(self)
 
     def run_one(self) -> bool:
-        """Run the next job (in a worker); True when more are waiting."""
+        """Run the next job (in a worker); True when more are waiting and
+        this worker still holds the lane."""
         with self._lock:
             function, args, future = self._jobs.popleft()
+        _worker.lane, _worker.holds = self, True
         try:
             result = function(*args)
         except BaseException as exc:  # handed to the loop, or logged
@@ -140,17 +155,56 @@ class HandlerLane:
         else:
             if future is not None:
                 self._settle(future, result, None)
+        finally:
+            holds, _worker.lane = _worker.holds, None
         with self._lock:
+            if not holds:
+                return False  # another worker holds the lane now
             if self._jobs:
                 return True
             self._scheduled = False
             return False
+
+    def let_go(self) -> None:
+        """In the worker running a job of this lane, before it blocks on
+        the association: the jobs behind it may run on another worker."""
+        _worker.holds = False
+        with self._lock:
+            if not self._jobs:
+                self._scheduled = False
+                return
+        self.threads.schedule(self)  # still "scheduled": now for another worker
+
+    def take_back(self) -> None:
+        """After the blocking call: hold the lane again if nobody does (if
+        someone does, this job goes on beside its jobs)."""
+        with self._lock:
+            if self._scheduled:
+                return
+            self._scheduled = True
+        _worker.holds = True
 
     def _settle(self, future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
         try:
             self.loop.call_soon_threadsafe(_set, future, result, error)
         except RuntimeError:
             pass  # the loop is closed: nobody is waiting any more
+
+
+@contextlib.contextmanager
+def blocking_call() -> Iterator[None]:
+    """Around a blocking call on an association (the blocking
+    ``Association``'s methods): in a handler's worker, the handler's lane
+    is let go meanwhile (``HandlerLane.let_go``); anywhere else, nothing."""
+    lane = getattr(_worker, "lane", None)
+    if lane is None or not _worker.holds:
+        yield
+        return
+    lane.let_go()
+    try:
+        yield
+    finally:
+        lane.take_back()
 
 
 def _set(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
