@@ -154,20 +154,19 @@ async def _begin(
     if message.trace is not None and message.trace.details:
         message.trace.note_query(identifier)
     try:
-        if not in_thread:
-            results: Results = HandlerResults(handler(event, *args))
+        if not in_thread or inspect.isgeneratorfunction(handler):
+            # Inline; or a generator function, which runs nothing when called.
+            produced = handler(event, *args)
         else:
+            # Anything else (a function returning a list…) runs in the lane.
             assert session.lane is not None
-            # A generator function runs nothing when called; anything else
-            # (a function returning a list…) runs its body in the lane.
-            if inspect.isgeneratorfunction(handler):
-                produced = handler(event, *args)
-            else:
-                produced = await session.lane.call(handler, event, *args)
-            if inspect.isgenerator(produced):
-                results = ThreadedResults(produced, session.lane, lambda: message.cancelled)
-            else:
-                results = HandlerResults(produced)
+            produced = await session.lane.call(handler, event, *args)
+        results: Results
+        if in_thread and inspect.isgenerator(produced):
+            assert session.lane is not None
+            results = ThreadedResults(produced, session.lane, lambda: message.cancelled)
+        else:
+            results = HandlerResults(produced)
     except Exception:
         LOGGER.exception("exception in the handler bound to %s", event_type.name)
         await sender.send(_response(request, response_field, handler_raised))
