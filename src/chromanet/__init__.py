@@ -23,7 +23,7 @@ from chromanet.presentation import (
     VerificationPresentationContexts,
     build_context,
 )
-from chromanet import sop_class, status  # noqa: E402  (pynetdicom's submodules)
+from chromanet import pdu_primitives, sop_class, status  # noqa: E402  (pynetdicom's submodules)
 from chromanet.sop_class import NotImplementedName
 from chromanet.utils import debug_logger
 
@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_TRANSFER_SYNTAXES",
     "StoragePresentationContexts",
     "debug_logger",
+    "pdu_primitives",
     "sop_class",
     "status",
     "Association",

@@ -21,6 +21,7 @@ from chromanet.association import AsyncAssociation
 from chromanet.blocking import Association, ThreadedServer
 from chromanet.evt import HandlerSpec, split_handlers
 from chromanet.presentation import DEFAULT_TRANSFER_SYNTAXES, PresentationContext, build_context, build_role
+from chromanet.services.handler_threads import HandlerThreads
 from chromanet.server import AsyncServer
 from chromanet.ul.acse import AdmissionCheck, AssociationAborted, AssociationClosed, AssociationControl, Timeouts
 from chromanet.ul.negotiation import AssociationRejected, ContextSpec, build_associate_rq
@@ -38,10 +39,13 @@ class AE:
         self.ae_title = ae_title
         self.maximum_pdu_size = 16382
         self.maximum_associations = 10
-        self.acse_timeout: float | None = 30
-        self.dimse_timeout: float | None = 30
-        self.network_timeout: float | None = 60
-        self.connection_timeout: float | None = None
+        self._servers: list[Any] = []
+        # Associations this AE requested, until they end.
+        self._requested_associations: set[AsyncAssociation] = set()
+        self.acse_timeout = 30
+        self.dimse_timeout = 30
+        self.network_timeout = 60
+        self.connection_timeout = None
         # chromanet extra: the ARTIM timer (waiting for the A-ASSOCIATE-RQ
         # after a connection, and for the peer to close after an abort,
         # reject or release).
@@ -103,9 +107,18 @@ class AE:
         # counts against maximum_associations across them (see
         # chromanet.server.AssociationCounter). None: this AE's servers alone.
         self.association_counter: Any = None
+        # Plain ``def`` handlers run in worker threads, in order per
+        # association, with ``event.assoc`` the blocking Association (as
+        # pynetdicom runs them in the association's thread). chromanet
+        # extra: True runs them inline on the event loop instead (no thread
+        # hand-off, ``event.assoc`` the AsyncAssociation), for handlers that
+        # never block; ``evt.inline`` marks one handler so. Read when an
+        # association starts.
+        self.sync_handlers_inline = False
+        self._max_handler_threads = 32
+        self._handler_threads: HandlerThreads | None = None
         self._requested: list[PresentationContext] = []
         self._supported: list[PresentationContext] = []
-        self._servers: list[Any] = []
 
     # -------------------------------------------------------------- config
     @property
@@ -171,6 +184,38 @@ class AE:
 
     def remove_supported_context(self, abstract_syntax: str, transfer_syntax: str | list[str] | None = None) -> None:
         self._supported = _remove(self._supported, abstract_syntax, transfer_syntax)
+
+    @property
+    def max_handler_threads(self) -> int:
+        """chromanet extra: at most this many plain ``def`` handlers run at
+        once, over every association of this AE (default 32); the others
+        wait for a free thread, their association's order kept. pynetdicom
+        runs one thread per association instead."""
+        return self._max_handler_threads
+
+    @max_handler_threads.setter
+    def max_handler_threads(self, value: int) -> None:
+        if value < 1:
+            raise ValueError("max_handler_threads must be at least 1")
+        self._max_handler_threads = value
+        if self._handler_threads is not None:
+            self._handler_threads.max_threads = value
+
+    @property
+    def handler_threads(self) -> HandlerThreads:
+        """The worker threads of this AE's sync handlers (made when first
+        needed; a thread starts when a handler needs one)."""
+        if self._handler_threads is None:
+            self._handler_threads = HandlerThreads(self._max_handler_threads, f"chromanet-{self.ae_title}")
+        return self._handler_threads
+
+    def blocking_association(
+        self, assoc: AsyncAssociation, loop: asyncio.AbstractEventLoop | None = None
+    ) -> Association:
+        """The blocking ``Association`` over ``assoc``, which runs on
+        ``loop`` (None: the shared background loop): what ``associate``
+        returns and its sync handlers get as ``event.assoc``."""
+        return Association(assoc, loop)
 
     def association_timeouts(self) -> Timeouts:
         """The timeouts an association made now gets (read at each one, so
@@ -238,6 +283,8 @@ class AE:
         assoc = AsyncAssociation(
             self, ul, split_handlers(evt_handlers), spool_directory=self.store_spool_directory
         )
+        self._requested_associations.add(assoc)
+        ul.ended.add_done_callback(lambda _f: self._requested_associations.discard(assoc))
         try:
             await ul.open(addr, port, rq, **tls)
         except AssociationRejected as exc:
@@ -276,7 +323,8 @@ class AE:
         if bind_address != ("", 0):
             raise NotImplementedError("chromanet does not implement bind_address yet")
         coro = self._associate(addr, port, contexts, ae_title, max_pdu, ext_neg, evt_handlers, tls_args)
-        return Association(loopthread.run(coro))
+        # The object its sync handlers get as event.assoc, as in pynetdicom.
+        return loopthread.run(coro).sync_facade
 
     # ------------------------------------------------------------ acceptor
     async def start_server_async(
@@ -327,8 +375,56 @@ class AE:
 
     @property
     def active_associations(self) -> list[Association]:
-        """The established associations of every server this AE runs."""
-        return [Association(a) for server in self._servers for a in server.active_associations]
+        """The established associations of this AE: those it requested and
+        those of every server it runs (pynetdicom's list holds both)."""
+        return [a.sync_facade for a in self._established()]
+
+    def _established(self) -> list[AsyncAssociation]:
+        accepted = [a for server in self._servers for a in server.active_associations]
+        return [a for a in list(self._requested_associations) if a.is_established] + accepted
+
+    # ------------------------------------------------------------ timeouts
+    # pynetdicom's rules: None or a number >= 0 (connection_timeout > 0);
+    # anything else is logged and replaced by the default. A change applies
+    # to the associations already running, from their next wait on.
+    @property
+    def acse_timeout(self) -> float | None:
+        return self._acse_timeout
+
+    @acse_timeout.setter
+    def acse_timeout(self, value: float | None) -> None:
+        self._acse_timeout = _timeout_value(value, 30, "acse_timeout")
+        for assoc in self._established():
+            assoc.acse_timeout = self._acse_timeout
+
+    @property
+    def dimse_timeout(self) -> float | None:
+        return self._dimse_timeout
+
+    @dimse_timeout.setter
+    def dimse_timeout(self, value: float | None) -> None:
+        self._dimse_timeout = _timeout_value(value, 30, "dimse_timeout")
+        for assoc in self._established():
+            assoc.dimse_timeout = self._dimse_timeout
+
+    @property
+    def network_timeout(self) -> float | None:
+        return self._network_timeout
+
+    @network_timeout.setter
+    def network_timeout(self, value: float | None) -> None:
+        self._network_timeout = _timeout_value(value, 60, "network_timeout")
+        for assoc in self._established():
+            assoc.network_timeout = self._network_timeout
+
+    @property
+    def connection_timeout(self) -> float | None:
+        return self._connection_timeout
+
+    @connection_timeout.setter
+    def connection_timeout(self, value: float | None) -> None:
+        # Only a connection being made waits on it; nothing to update.
+        self._connection_timeout = None if value == 0 else _timeout_value(value, None, "connection_timeout")
 
     def make_server(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError("chromanet does not implement AE.make_server: use start_server(..., block=False)")
@@ -415,6 +511,15 @@ def _context_specs(requested: list[PresentationContext], roles: dict[str, tuple[
     return specs
 
 
+def _timeout_value(value: Any, default: float | None, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        return value
+    LOGGER.warning("%s must be None or a number >= 0, not %r: set to %s", name, value, default)
+    return default
+
+
 def _extended_items(ext_neg: list[Any] | None) -> dict[str, Any]:
     """Split pynetdicom-style ``ext_neg`` items into build_associate_rq's
     keywords (plus "roles": {SOP class: (scu, scp)} from role items)."""
@@ -424,6 +529,8 @@ def _extended_items(ext_neg: list[Any] | None) -> dict[str, Any]:
     identity = None
     extended: list[Any] = []
     common: list[Any] = []
+    # pynetdicom-style items (chromanet.pdu_primitives) become their PDU items.
+    ext_neg = [item.to_item() if hasattr(item, "to_item") else item for item in ext_neg]
     for item in ext_neg:
         if isinstance(item, _pdu.UserIdentityRQ):
             identity = item

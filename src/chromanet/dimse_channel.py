@@ -230,6 +230,50 @@ class ResponseStream:
 RequestHandler = Callable[["DimseChannel", IncomingMessage], "Awaitable[None] | None"]
 
 
+class _InvokeWindow:
+    """The asynchronous operations window for our own requests: a counter
+    of free slots that can also be taken without waiting (unlike
+    ``asyncio.Semaphore``), first come first served. A released slot goes
+    straight to the longest waiter."""
+
+    __slots__ = ("free", "waiters")
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    def try_take(self) -> bool:
+        if self.free > 0 and not self.waiters:
+            self.free -= 1
+            return True
+        return False
+
+    async def take(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self.try_take():
+            return
+        waiter: asyncio.Future[None] = loop.create_future()
+        self.waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give_back()  # handed a slot just as we were cancelled
+            else:
+                try:
+                    self.waiters.remove(waiter)
+                except ValueError:
+                    pass
+            raise
+
+    def give_back(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
+
+
 class DimseChannel:
     """DIMSE messaging over one association (see the module docstring)."""
 
@@ -265,7 +309,7 @@ class DimseChannel:
         self._tasks: set[asyncio.Task[None]] = set()
         # The negotiated window for our own requests: callers beyond it wait
         # here for a slot (0 = unlimited).
-        self._invoke_slots = asyncio.Semaphore(max_operations_invoked) if max_operations_invoked else None
+        self._invoke_slots = _InvokeWindow(max_operations_invoked) if max_operations_invoked else None
         self.end_error: Exception | None = None
         ul.message_sink = self
 
@@ -295,6 +339,11 @@ class DimseChannel:
     async def drain(self) -> None:
         """Wait while the transport's write buffer is full (a slow reader)."""
         await self.ul.drain()
+
+    async def drain_below(self, limit: int) -> None:
+        """Wait until at most ``limit`` bytes wait to be written (a producer
+        of many small messages that should not run ahead of the peer)."""
+        await self.ul.drain_below(limit)
 
     def abort(self) -> None:
         """A-ABORT the association (e.g. after a DIMSE timeout)."""
@@ -338,11 +387,16 @@ class DimseChannel:
     async def acquire_slot(self) -> None:
         """Wait for room in the asynchronous operations window we may invoke."""
         if self._invoke_slots is not None:
-            await self._invoke_slots.acquire()
+            await self._invoke_slots.take(self._loop)
+
+    def try_acquire_slot(self) -> bool:
+        """Take room in the window now if there is some (a request sent at
+        the call, as pynetdicom's C-FIND/C-GET/C-MOVE are); False otherwise."""
+        return self._invoke_slots is None or self._invoke_slots.try_take()
 
     def release_slot(self) -> None:
         if self._invoke_slots is not None:
-            self._invoke_slots.release()
+            self._invoke_slots.give_back()
 
     async def request(self, context_id: int, command: Command, dataset: Any = None) -> IncomingMessage:
         """Send a request that has exactly one response, and return it.

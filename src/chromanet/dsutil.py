@@ -43,6 +43,34 @@ def _syntax(transfer_syntax: str) -> tuple[bool, bool, bool]:
     return _SYNTAXES.get(transfer_syntax, (False, True, False))
 
 
+def is_native_syntax(transfer_syntax: str | None) -> bool:
+    """True for the transfer syntaxes whose data sets (pixel data included)
+    are plain values: the implicit and explicit VR ones and Deflated. A data
+    set in one of them can be re-encoded in any other without loss; one in
+    an encapsulated (compressed) syntax can only go out as it is."""
+    return transfer_syntax in _SYNTAXES
+
+
+def may_send_in(source_syntax: str | None, target_syntax: str) -> bool:
+    """Whether a data set known to be in ``source_syntax`` (None: not known,
+    taken as native) may go out in ``target_syntax``: the same syntax, or
+    one native syntax into another."""
+    if source_syntax == target_syntax:
+        return True
+    return (source_syntax is None or source_syntax in _SYNTAXES) and target_syntax in _SYNTAXES
+
+
+_PIXEL_DATA = 0x7FE00010
+
+
+def has_encapsulated_pixel_data(dataset: Dataset) -> bool:
+    """Pixel Data of undefined length: fragments of a compressed syntax,
+    whichever syntax the Dataset claims (its raw element is not converted)."""
+    if _PIXEL_DATA not in dataset:
+        return False
+    return bool(getattr(dataset.get_item(_PIXEL_DATA), "is_undefined_length", False))
+
+
 # The data set codec: chromanet._dataset (native) unless CHROMANET_PYDICOM_CODEC=1
 # was set when this module was imported, or use_native_codec(False) was called.
 _native = os.environ.get("CHROMANET_PYDICOM_CODEC", "") not in ("1", "true", "yes")

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 from chromanet import _pdu, uids
 from chromanet.association import AsyncAssociation, Handlers
 from chromanet.logutil import peer_log
-from chromanet.evt import EVT_CONN_OPEN, EVT_REQUESTED, EVT_SOP_EXTENDED, EVT_USER_ID, Event, EventType, notify
+from chromanet.evt import EVT_CONN_OPEN, EVT_REQUESTED, EVT_SOP_EXTENDED, EVT_USER_ID, Event, EventType
 from chromanet.presentation import PresentationContext
 from chromanet.services.observe import OperationObserver
 from chromanet.ul.acse import AcceptorPolicy, AssociationControl
@@ -213,8 +213,15 @@ class AsyncServer:
     def _gatekeeper(self, rq: _pdu.AssociateRQ, peer_host: str) -> _pdu.AssociateRJ | None:
         """Refuse (transient, local limit exceeded) when every association
         slot is taken, or when ``peer_host`` already holds its share: its
-        other connections, established or not yet, count against it."""
+        other connections, established or not yet, count against it.
+
+        Called for each A-ASSOCIATE-RQ before negotiation, it also brings the
+        AE's ``require_called_aet`` / ``require_calling_aet`` into the
+        policy, so a change made while the server runs applies to the next
+        request (as in pynetdicom, which reads them from the AE)."""
         ae = self.ae
+        self.policy.require_called_aet = ae.require_called_aet
+        self.policy.require_calling_aet = list(ae.require_calling_aet)
         counter: AssociationCounter | None = ae.association_counter
         if counter is not None:
             held = counter.held()
@@ -252,8 +259,8 @@ class AsyncServer:
             self._on_established(assoc, ul, counter, established_hook)
         if self.observer is not None:
             self._observe(assoc, ul.ended, self.observer)
-        notify(self._handlers, Event(assoc, EVT_CONN_OPEN))
-        ul.on_requested = lambda _ul, a=assoc: notify(self._handlers, Event(a, EVT_REQUESTED))
+        assoc.notify(EVT_CONN_OPEN)
+        ul.on_requested = lambda _ul, a=assoc: a.notify(EVT_REQUESTED)
         return ul.connection
 
     @staticmethod

@@ -382,3 +382,50 @@ def test_not_implemented_features_raise() -> None:
             getattr(AsyncAssociation, method)(object.__new__(AsyncAssociation))
     with pytest.raises(NotImplementedError, match="serve_forever"):
         ThreadedServer.serve_forever(object.__new__(ThreadedServer))
+
+
+PDU_PRIMITIVES = [
+    "UserIdentityNegotiation",
+    "SOPClassExtendedNegotiation",
+    "SOPClassCommonExtendedNegotiation",
+    "SCP_SCU_RoleSelectionNegotiation",
+    "AsynchronousOperationsWindowNegotiation",
+]
+
+
+@pytest.mark.parametrize("name", PDU_PRIMITIVES)
+def test_pdu_primitives_same_attributes_and_defaults(name: str) -> None:
+    """The ext_neg items a requestor builds: the same attributes, with the
+    same values when nothing was set."""
+    import pynetdicom.pdu_primitives as pn_primitives
+
+    from chromanet import pdu_primitives
+
+    ours, theirs = getattr(pdu_primitives, name)(), getattr(pn_primitives, name)()
+    public = [attr for attr in vars(type(ours)) if not attr.startswith("_") and attr != "to_item"]
+    assert public
+    for attr in public:
+        assert getattr(ours, attr) == getattr(theirs, attr), attr
+
+
+def test_pdu_primitives_incomplete_item_refused_at_associate() -> None:
+    from chromanet import pdu_primitives
+
+    identity = pdu_primitives.UserIdentityNegotiation()
+    identity.user_identity_type = 2
+    identity.primary_field = b"user"
+    with pytest.raises(ValueError, match="secondary_field"):
+        identity.to_item()
+    role = pdu_primitives.SCP_SCU_RoleSelectionNegotiation()
+    role.sop_class_uid = "1.2.840.10008.5.1.4.39.1"
+    with pytest.raises(ValueError, match="scu_role or scp_role"):
+        role.to_item()
+    with pytest.raises(ValueError, match="not a valid UID"):
+        role.sop_class_uid = "1.2.x"
+    extended = pdu_primitives.SOPClassExtendedNegotiation()
+    with pytest.raises(ValueError, match="sop_class_uid"):
+        extended.to_item()
+    ae = AE("ME")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    with pytest.raises(ValueError):
+        ae.associate("127.0.0.1", 9, ext_neg=[extended])

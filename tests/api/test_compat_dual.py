@@ -10,6 +10,7 @@ hidden here.
 
 from __future__ import annotations
 
+import copy
 import importlib
 from io import BytesIO
 import threading
@@ -45,6 +46,7 @@ def lib(request: pytest.FixtureRequest) -> SimpleNamespace:
         build_role=module.build_role,
         sop_class=importlib.import_module(name + ".sop_class"),
         status=importlib.import_module(name + ".status"),
+        pdu_primitives=importlib.import_module(name + ".pdu_primitives"),
         VerificationPresentationContexts=module.VerificationPresentationContexts,
         ColorPalettePresentationContexts=module.ColorPalettePresentationContexts,
         StoragePresentationContexts=module.StoragePresentationContexts,
@@ -212,6 +214,95 @@ def test_rejected_association(lib: SimpleNamespace, servers: list[Any]) -> None:
     assert not assoc.is_aborted
 
 
+def test_settings_changed_while_running_apply(lib: SimpleNamespace, servers: list[Any]) -> None:
+    """``require_calling_aet`` / ``require_called_aet`` changed while the
+    server runs apply to the next request; timeouts set on the AE apply to
+    its associations already established."""
+    scp = make_ae(lib, "STRICT")
+    scp.add_supported_context(lib.sop_class.Verification)
+    _server, port = serve(lib, servers, scp, [])
+    scu = make_ae(lib, "ECHOSCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+
+    assoc = scu.associate("127.0.0.1", port, ae_title="ANYONE")
+    assert assoc.is_established
+    assoc.release()
+    scp.require_calling_aet = ["SOMEONE"]
+    assert scu.associate("127.0.0.1", port, ae_title="ANYONE").is_rejected
+    scp.require_calling_aet = ["ECHOSCU"]
+    scp.require_called_aet = True
+    assert scu.associate("127.0.0.1", port, ae_title="ANYONE").is_rejected
+    assoc = scu.associate("127.0.0.1", port, ae_title="STRICT")
+    assert assoc.is_established
+
+    # The SCP sends nothing unasked: with the network timeout now short,
+    # the idle association is aborted by the requestor.
+    scu.acse_timeout = 7
+    scu.dimse_timeout = 8
+    scu.network_timeout = 0.5
+    assert (assoc.acse_timeout, assoc.dimse_timeout, assoc.network_timeout) == (7, 8, 0.5)
+    assert wait_for(lambda: assoc.is_aborted, timeout=5)
+
+
+def test_extended_negotiation_items_from_pdu_primitives(lib: SimpleNamespace, servers: list[Any]) -> None:
+    """A requestor passes pynetdicom's ``pdu_primitives`` items in
+    ``ext_neg``: user identity (verified, or the association rejected),
+    SOP class extended negotiation, role selection, the operations window."""
+    identities: list[tuple[int, bytes, Any]] = []
+    app_infos: list[dict[Any, bytes]] = []
+
+    def handle_identity(event: Any) -> tuple[bool, bytes | None]:
+        identities.append((event.user_id_type, event.primary_field, event.secondary_field))
+        return event.primary_field == b"alice", b"welcome"
+
+    def handle_extended(event: Any) -> dict[Any, bytes]:
+        app_infos.append({str(uid): bytes(info) for uid, info in event.app_info.items()})
+        return {}
+
+    scp = make_ae(lib, "STRICT")
+    scp.add_supported_context(lib.sop_class.Verification)
+    scp.add_supported_context(lib.sop_class.ColorPaletteStorage, scu_role=True, scp_role=True)
+    _server, port = serve(
+        lib, servers, scp, [(lib.evt.EVT_USER_ID, handle_identity), (lib.evt.EVT_SOP_EXTENDED, handle_extended)]
+    )
+
+    def items(user: bytes) -> list[Any]:
+        identity = lib.pdu_primitives.UserIdentityNegotiation()
+        identity.user_identity_type = 2
+        identity.primary_field = user
+        identity.secondary_field = b"secret"
+        identity.positive_response_requested = True
+        extended = lib.pdu_primitives.SOPClassExtendedNegotiation()
+        extended.sop_class_uid = lib.sop_class.Verification
+        extended.service_class_application_information = b"\x01\x00"
+        role = lib.pdu_primitives.SCP_SCU_RoleSelectionNegotiation()
+        role.sop_class_uid = lib.sop_class.ColorPaletteStorage
+        role.scu_role = True
+        role.scp_role = True
+        window = lib.pdu_primitives.AsynchronousOperationsWindowNegotiation()
+        window.maximum_number_operations_invoked = 1
+        window.maximum_number_operations_performed = 1
+        return [identity, extended, role, window]
+
+    scu = make_ae(lib, "ECHOSCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+    scu.add_requested_context(lib.sop_class.ColorPaletteStorage)
+    assoc = scu.associate("127.0.0.1", port, ext_neg=items(b"alice"))
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    assoc = scu.associate("127.0.0.1", port, ext_neg=items(b"mallory"))
+    assert assoc.is_rejected
+    assert identities == [(2, b"alice", b"secret"), (2, b"mallory", b"secret")]
+    assert app_infos[0] == {lib.sop_class.Verification: b"\x01\x00"}
+
+    bad = lib.pdu_primitives.UserIdentityNegotiation()
+    with pytest.raises(ValueError):
+        bad.user_identity_type = 7
+    with pytest.raises(TypeError):
+        bad.primary_field = "not bytes"
+
+
 def test_calling_aet_not_allowed(lib: SimpleNamespace, servers: list[Any]) -> None:
     scp = make_ae(lib, "STRICT")
     scp.require_calling_aet = ["FRIEND"]
@@ -252,6 +343,40 @@ def test_notification_events(lib: SimpleNamespace, servers: list[Any]) -> None:
     assoc.release()
     assert wait_for(lambda: "EVT_CONN_CLOSE" in names)
     assert names == [event.name for event in events]
+
+
+def test_notification_events_of_the_requestor(lib: SimpleNamespace, servers: list[Any]) -> None:
+    """The requesting side gets its own notifications, EVT_REQUESTED (the
+    A-ASSOCIATE-RQ sent) among them, in order: the requestor's order differs
+    from the acceptor's (EVT_REQUESTED comes before EVT_CONN_OPEN)."""
+    names: list[str] = []
+    lock = threading.Lock()
+
+    def record(event: Any) -> None:
+        with lock:
+            names.append(event.event.name)
+
+    events = [
+        lib.evt.EVT_REQUESTED,
+        lib.evt.EVT_CONN_OPEN,
+        lib.evt.EVT_ACCEPTED,
+        lib.evt.EVT_ESTABLISHED,
+        lib.evt.EVT_RELEASED,
+        lib.evt.EVT_CONN_CLOSE,
+    ]
+    scp = make_ae(lib, "ECHOSCP")
+    scp.add_supported_context(lib.sop_class.Verification)
+    _server, port = serve(lib, servers, scp, [])
+    scu = make_ae(lib, "ECHOSCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+    assoc = scu.associate("127.0.0.1", port, evt_handlers=[(event, record) for event in events])
+    assert assoc.is_established
+    assoc.release()
+    assert wait_for(lambda: len(names) == len(events))
+    # pynetdicom's own requestor notifies the release and the closed
+    # connection from two threads, in either order.
+    assert names[:4] == [event.name for event in events[:4]]
+    assert sorted(names[4:]) == ["EVT_CONN_CLOSE", "EVT_RELEASED"]
 
 
 def test_aborted_by_peer_mid_find(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
@@ -400,6 +525,56 @@ def test_store_without_accepted_context(lib: SimpleNamespace, servers: list[Any]
     assoc.release()
 
 
+def test_store_compressed_data_set_needs_its_own_syntax(
+    lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset], tmp_path: Any
+) -> None:
+    """A data set in an encapsulated syntax (JPEG 2000 here) never goes out
+    on a context that accepted only a native one: relabelling it would make
+    the receiver store compressed fragments as native values. A native data
+    set is converted to the accepted native syntax."""
+    implicit, explicit, jpeg2000 = "1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.4.90"
+    received: list[str] = []
+
+    def handle_store(event: Any) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    compressed = copy.deepcopy(palettes[2])  # the module's palettes stay as read
+    compressed.file_meta.TransferSyntaxUID = jpeg2000
+    compressed_path = tmp_path / "jpeg2000.dcm"
+    compressed.save_as(compressed_path)
+
+    scp = make_ae(lib, "STORESCP")
+    scp.add_supported_context(lib.sop_class.ColorPaletteStorage, [implicit])
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_STORE, handle_store)])
+    scu = make_ae(lib, "STORESCU")
+    scu.add_requested_context(lib.sop_class.ColorPaletteStorage, [implicit, jpeg2000])
+    assoc = scu.associate("127.0.0.1", port)
+    assert assoc.is_established
+    assert [cx.transfer_syntax[0] for cx in assoc.accepted_contexts] == [implicit]
+    with pytest.raises(ValueError):
+        assoc.send_c_store(compressed)
+    with pytest.raises(ValueError):
+        assoc.send_c_store(str(compressed_path))
+    assert assoc.is_established
+    native = palettes[3]
+    assert str(native.file_meta.TransferSyntaxUID) == explicit
+    assert assoc.send_c_store(native).Status == 0x0000
+    assoc.release()
+    assert received == [str(native.SOPInstanceUID)]
+
+    # Where the peer accepts the data set's own syntax it goes out as it is.
+    scp2 = make_ae(lib, "STORESCP")
+    scp2.add_supported_context(lib.sop_class.ColorPaletteStorage, [jpeg2000])
+    _server2, port2 = serve(lib, servers, scp2, [(lib.evt.EVT_C_STORE, handle_store)])
+    scu2 = make_ae(lib, "STORESCU")
+    scu2.add_requested_context(lib.sop_class.ColorPaletteStorage, [implicit, jpeg2000])
+    assoc = scu2.associate("127.0.0.1", port2)
+    assert assoc.send_c_store(compressed).Status == 0x0000
+    assoc.release()
+    assert received[-1] == str(compressed.SOPInstanceUID)
+
+
 # ------------------------------------------------------------------ C-FIND
 def find_scp(lib: SimpleNamespace, servers: list[Any], handler: Any) -> int:
     scp = make_ae(lib, "FINDSCP")
@@ -515,6 +690,38 @@ def test_find_cancel(lib: SimpleNamespace, servers: list[Any], palettes: list[Da
     # and yield the Cancel status itself; chromanet stops asking it for
     # results once the C-CANCEL arrived (docs/compatibility.md).
     assert stopped.wait(TIMEOUT)
+    assert len(produced) < total
+    assert assoc.is_established
+    assoc.release()
+
+
+def test_find_sent_at_the_call_and_cancelled_before_reading(
+    lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]
+) -> None:
+    """``send_c_find`` sends the request when it is called, so a C-CANCEL
+    sent before the first response is read finds the request at the SCP."""
+    total = 200
+    produced: list[int] = []
+    arrived = threading.Event()
+
+    def handle_find(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        arrived.set()
+        for index in range(total):
+            if event.is_cancelled:
+                yield 0xFE00, None
+                return
+            time.sleep(0.005)
+            produced.append(index)
+            yield 0xFF00, palette_identifier(palettes[index % 8])
+
+    assoc = find_scu(lib, find_scp(lib, servers, handle_find))
+    model = lib.sop_class.ColorPaletteInformationModelFind
+    responses = assoc.send_c_find(query_all(), model, msg_id=5)
+    assert arrived.wait(TIMEOUT)  # nothing read yet, and the request is at the SCP
+    assoc.send_c_cancel(5, query_model=model)
+    statuses = [status.Status for status, _identifier in responses]
+    assert statuses[-1] == 0xFE00
+    assert len(statuses) < total
     assert len(produced) < total
     assert assoc.is_established
     assoc.release()
@@ -766,6 +973,44 @@ def test_move(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset])
     assert len({aet for _uid, aet, _msg_id in stored}) == 1
 
 
+def test_move_into_destination_refusing_the_sop_class(
+    lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]
+) -> None:
+    """The destination accepts the association but not Color Palette
+    Storage: every sub-operation fails (PS3.4 C.4.2.3.1), and the final
+    response carries the counts and the Failed SOP Instance UID List."""
+    destination = make_ae(lib, "DEST")
+    destination.add_supported_context(lib.sop_class.Verification)
+    _dest_server, dest_port = serve(lib, servers, destination, [])
+
+    def handle_move(event: Any) -> Iterator[Any]:
+        yield "127.0.0.1", dest_port
+        yield 3
+        for ds in palettes[:3]:
+            yield 0xFF00, ds
+
+    scp = make_ae(lib, "MOVESCP")
+    scp.add_supported_context(lib.sop_class.ColorPaletteInformationModelMove)
+    scp.add_requested_context(lib.sop_class.Verification)
+    scp.add_requested_context(lib.sop_class.ColorPaletteStorage)
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_MOVE, handle_move)])
+
+    scu = make_ae(lib, "MOVESCU")
+    scu.add_requested_context(lib.sop_class.ColorPaletteInformationModelMove)
+    assoc = scu.associate("127.0.0.1", port)
+    results = list(assoc.send_c_move(query_all(), "DEST", lib.sop_class.ColorPaletteInformationModelMove))
+    final, identifier = results[-1]
+    assert final.Status == 0xA702
+    assert (
+        final.NumberOfCompletedSuboperations,
+        final.NumberOfFailedSuboperations,
+        final.NumberOfWarningSuboperations,
+    ) == (0, 3, 0)
+    assert sorted(identifier.FailedSOPInstanceUIDList) == sorted(str(ds.SOPInstanceUID) for ds in palettes[:3])
+    assert assoc.is_established
+    assoc.release()
+
+
 def test_move_handler_raises(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
     destination = make_ae(lib, "DEST")
     destination.add_supported_context(lib.sop_class.ColorPaletteStorage)
@@ -799,6 +1044,177 @@ def test_move_handler_raises(lib: SimpleNamespace, servers: list[Any], palettes:
     assert final.Status == 0xC511
     assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (1, 2)
     assoc.release()
+
+
+# ----------------------------------------------- sync handlers that block
+# Plain ``def`` handlers may block (pynetdicom runs them in the association's
+# thread, chromanet in a worker thread of the association's lane): sleeping,
+# waiting, or calling the blocking ``event.assoc`` from the handler.
+def test_sleeping_sync_handler_sees_cancel(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
+    seen: list[bool] = []
+
+    def handle_find(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        yield 0xFF00, palette_identifier(palettes[0])
+        deadline = time.monotonic() + TIMEOUT
+        cancelled = False
+        while not cancelled and time.monotonic() < deadline:
+            time.sleep(0.01)
+            # pynetdicom answers True once (the read consumes the C-CANCEL).
+            cancelled = event.is_cancelled
+        seen.append(cancelled)
+        yield 0xFE00, None
+
+    assoc = find_scu(lib, find_scp(lib, servers, handle_find))
+    statuses = []
+    for status, _identifier in assoc.send_c_find(query_all(), lib.sop_class.ColorPaletteInformationModelFind, msg_id=11):
+        statuses.append(status.Status)
+        if len(statuses) == 1:
+            assoc.send_c_cancel(11, query_model=lib.sop_class.ColorPaletteInformationModelFind)
+    assert statuses == [0xFF00, 0xFE00]
+    assert seen == [True]
+    assert assoc.is_established
+    assoc.release()
+
+
+def test_handler_aborts_the_association(lib: SimpleNamespace, servers: list[Any]) -> None:
+    returned = threading.Event()
+
+    def handle_echo(event: Any) -> int:
+        event.assoc.abort()
+        returned.set()
+        return 0x0000
+
+    scp = make_ae(lib, "ECHOSCP")
+    scp.add_supported_context(lib.sop_class.Verification)
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_ECHO, handle_echo)])
+    scu = make_ae(lib, "ECHOSCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+    assoc = scu.associate("127.0.0.1", port)
+    status = assoc.send_c_echo()
+    assert "Status" not in status  # no response: the association ended first
+    assert returned.wait(TIMEOUT)  # abort() returned inside the handler
+    assert wait_for(lambda: assoc.is_aborted)
+    assert not assoc.is_established
+    # The server goes on serving.
+    again = scu.associate("127.0.0.1", port)
+    assert again.is_established
+    again.abort()
+
+
+def test_handler_stores_back_to_the_peer(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
+    """A C-GET handler sends one instance itself with
+    ``event.assoc.send_c_store`` (and waits for its response) before
+    yielding the other as a sub-operation."""
+    log: list[tuple[str, Any]] = []
+
+    def handle_get(event: Any) -> Iterator[Any]:
+        status = event.assoc.send_c_store(palettes[0])
+        log.append(("handler's store", status.Status))
+        yield 1
+        yield 0xFF00, palettes[1]
+
+    def handle_store(event: Any) -> int:
+        log.append(("received", str(event.request.AffectedSOPInstanceUID)))
+        return 0x0000
+
+    assoc = get_scu(lib, get_scp(lib, servers, handle_get), handle_store)
+    results = list(assoc.send_c_get(query_all(), lib.sop_class.ColorPaletteInformationModelGet))
+    assert results[-1][0].Status == 0x0000
+    assert results[-1][0].NumberOfCompletedSuboperations == 1
+    assert log == [
+        ("received", str(palettes[0].SOPInstanceUID)),
+        ("handler's store", 0x0000),
+        ("received", str(palettes[1].SOPInstanceUID)),
+    ]
+    assoc.release()
+
+
+def test_event_assoc_is_the_requestors_association(
+    lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]
+) -> None:
+    seen: list[Any] = []
+
+    def handle_store(event: Any) -> int:
+        seen.append(event.assoc)
+        return 0x0000
+
+    assoc = get_scu(lib, get_scp(lib, servers, serve_palettes(palettes[:2])), handle_store)
+    results = list(assoc.send_c_get(query_all(), lib.sop_class.ColorPaletteInformationModelGet))
+    assert results[-1][0].Status == 0x0000
+    assert len(seen) == 2 and all(held is assoc for held in seen)
+    assoc.release()
+
+
+def test_blocked_handler_leaves_other_associations_served(lib: SimpleNamespace, servers: list[Any]) -> None:
+    entered = threading.Event()
+    unblock = threading.Event()
+
+    def handle_echo(event: Any) -> int:
+        if event.assoc.requestor.ae_title == "SLOW":
+            entered.set()
+            unblock.wait(TIMEOUT)
+        return 0x0000
+
+    scp = make_ae(lib, "ECHOSCP")
+    scp.add_supported_context(lib.sop_class.Verification)
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_ECHO, handle_echo)])
+    slow, fast = make_ae(lib, "SLOW"), make_ae(lib, "FAST")
+    for ae in (slow, fast):
+        ae.add_requested_context(lib.sop_class.Verification)
+    slow_assoc = slow.associate("127.0.0.1", port)
+    answered: dict[str, int] = {}
+    waiting = threading.Thread(target=lambda: answered.update(slow=slow_assoc.send_c_echo().Status))
+    waiting.start()
+    try:
+        assert entered.wait(TIMEOUT)
+        fast_assoc = fast.associate("127.0.0.1", port)
+        assert fast_assoc.is_established
+        assert fast_assoc.send_c_echo().Status == 0x0000
+        fast_assoc.release()
+        assert answered == {}  # the slow one is still in its handler
+    finally:
+        unblock.set()
+        waiting.join(TIMEOUT)
+    assert answered == {"slow": 0x0000}
+    slow_assoc.release()
+
+
+def test_handlers_run_in_order_per_association(
+    lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]
+) -> None:
+    """A slow notification handler, then C-STOREs whose handlers take
+    different times: each association's handlers run one after another, in
+    the order of its events."""
+    log: list[str] = []
+
+    def slow_established(event: Any) -> None:
+        time.sleep(0.2)
+        log.append("EVT_ESTABLISHED")
+
+    def handle_store(event: Any) -> int:
+        time.sleep(0.01 * (len(log) % 3))
+        log.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    def released(event: Any) -> None:
+        log.append("EVT_RELEASED")
+
+    scp = make_ae(lib, "STORESCP")
+    scp.add_supported_context(lib.sop_class.ColorPaletteStorage)
+    handlers = [
+        (lib.evt.EVT_ESTABLISHED, slow_established),
+        (lib.evt.EVT_C_STORE, handle_store),
+        (lib.evt.EVT_RELEASED, released),
+    ]
+    _server, port = serve(lib, servers, scp, handlers)
+    scu = make_ae(lib, "STORESCU")
+    scu.add_requested_context(lib.sop_class.ColorPaletteStorage)
+    assoc = scu.associate("127.0.0.1", port)
+    for ds in palettes:
+        assert assoc.send_c_store(ds).Status == 0x0000
+    assoc.release()
+    assert wait_for(lambda: "EVT_RELEASED" in log)
+    assert log == ["EVT_ESTABLISHED"] + [str(ds.SOPInstanceUID) for ds in palettes] + ["EVT_RELEASED"]
 
 
 def test_server_get_handlers(lib: SimpleNamespace, servers: list[Any]) -> None:

@@ -788,21 +788,33 @@ def test_move_unknown_destination_a801(make_qr_scp, palettes):
     assert seen == ["NOWHERE"]
 
 
-@pytest.mark.parametrize("how", ["refuses", "not-listening"])
-def test_move_destination_unreachable_a801(make_qr_scp, make_scp, palettes, how):
+@pytest.mark.parametrize("how", ["refuses", "not-listening", "no-context"])
+def test_move_destination_that_cannot_take_the_instances_a702(make_qr_scp, make_scp, palettes, how):
+    """A known destination that refuses the association, does not listen,
+    or accepts the association but none of our contexts for the instances:
+    every sub-operation fails (PS3.4 C.4.2.3.1) and the final response is
+    0xA702 with the counts and the Failed SOP Instance UID List, as DCMTK's
+    dcmqrscp answers. 0xA801 is for a destination the handler does not know."""
+    dest = None
     if how == "refuses":
         dest = make_scp(ae_title="DEST", require_calling_aet=["SOMEONE"])
         port = dest.port
+    elif how == "no-context":
+        dest = make_scp(ae_title="DEST", transfer_syntaxes=["1.2.840.10008.1.2.4.90"])  # JPEG 2000 only
+        port = dest.port
     else:
-        dest = None
         port = free_port()  # nothing listens there
     scp = make_qr_scp([(evt.EVT_C_MOVE, move_all(palettes, ("127.0.0.1", port)))])
     with qr_association(scp.port) as assoc:
         responses = list(assoc.send_c_move(query(UIDS), "DEST", MOVE))
-    assert statuses(responses) == [0xA801]
-    assert "refused the association" in responses[0][0].ErrorComment
+        assert assoc.is_established  # the association carries on
+    final, identifier = responses[-1]
+    assert final.Status == 0xA702
+    assert counts(final) == (None, 0, len(UIDS), 0)
+    assert sorted(failed_list(identifier)) == sorted(UIDS)
+    assert "move destination" in final.ErrorComment
+    assert set(statuses(responses[:-1])) <= {0xFF00}
     if dest is not None:
-        assert dest.recorder.wait_event("EVT_REJECTED")
         assert dest.recorder.stored == []
         assert_no_association_left(dest.server)
 

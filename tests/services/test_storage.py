@@ -92,6 +92,50 @@ def test_store_converts_transfer_syntax(make_scp, palette_files, form):
         assert item.encoded == pydicom_encode(source, uids.ImplicitVRLittleEndian), path.name
 
 
+@pytest.mark.parametrize("form", ["dataset", "path", "bytes", "no-meta"])
+def test_store_never_relabels_compressed_data(make_scp, palette_files, form, tmp_path):
+    """A data set in an encapsulated syntax, as a Dataset, a file, a Part 10
+    image or a Dataset with encapsulated Pixel Data and no file meta, on an
+    association that accepted only native syntaxes: ValueError, nothing sent,
+    and the association still usable. The same data set where the peer
+    accepts its syntax goes out unchanged."""
+    jpeg2000 = "1.2.840.10008.1.2.4.90"
+    ds = pydicom.dcmread(palette_files[0])
+    ds.file_meta.TransferSyntaxUID = jpeg2000
+    if form == "no-meta":
+        ds.PixelData = b"\xfe\xff\x00\xe0\x00\x00\x00\x00"  # an empty Basic Offset Table item
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+        del ds.file_meta
+        subject: Any = ds
+    else:
+        path = tmp_path / "j2k.dcm"
+        ds.save_as(path)
+        subject = _as_form(path, form)
+    scp = make_scp(transfer_syntaxes=[uids.ImplicitVRLittleEndian, uids.ExplicitVRLittleEndian])
+    assoc = scu_ae().associate(*scp.address, ae_title="SRV")
+    with pytest.raises(ValueError, match="without conversion loss|encapsulated"):
+        assoc.send_c_store(subject)
+    assert assoc.send_c_echo().Status == 0
+    assoc.release()
+    assert scp.stored == []
+
+
+def test_transfer_syntax_conversion_rules():
+    from chromanet import dsutil
+
+    native = [uids.ImplicitVRLittleEndian, uids.ExplicitVRLittleEndian, uids.ExplicitVRBigEndian,
+              uids.DeflatedExplicitVRLittleEndian]
+    jpeg2000, jpeg_ls = "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.80"
+    for source in native + [None]:
+        for target in native:
+            assert dsutil.may_send_in(source, target)
+        assert not dsutil.may_send_in(source, jpeg2000)
+    assert dsutil.may_send_in(jpeg2000, jpeg2000)
+    for target in native + [jpeg_ls]:
+        assert not dsutil.may_send_in(jpeg2000, target)
+
+
 def test_store_async_api(palette_files):
     async def main() -> None:
         async with async_scp() as scp:

@@ -33,6 +33,8 @@ SERVER_LIFECYCLE = [
     "EVT_ACCEPTED",
     "EVT_ESTABLISHED",
 ]
+#: What a requestor is told before the answer: the RQ went out (pynetdicom's order).
+CLIENT_OPENING = ["EVT_REQUESTED", "EVT_CONN_OPEN"]
 
 
 def _rj(assoc: Any) -> tuple[int, int, int]:
@@ -74,7 +76,7 @@ def test_accept_echo_release(chromanet_scp):
     assoc.release()
     assert assoc.is_released and not assoc.is_aborted and not assoc.is_established
     assert client.wait_event("EVT_CONN_CLOSE")
-    assert client.names() == ["EVT_ACCEPTED", "EVT_ESTABLISHED", "EVT_RELEASED", "EVT_CONN_CLOSE"]
+    assert client.names() == CLIENT_OPENING + ["EVT_ACCEPTED", "EVT_ESTABLISHED", "EVT_RELEASED", "EVT_CONN_CLOSE"]
 
     rec = chromanet_scp.recorder
     assert rec.wait_event("EVT_CONN_CLOSE")
@@ -117,7 +119,7 @@ def test_reject_ae_titles(make_scp, settings, calling, called, expected):
     assert not assoc.is_established and not assoc.is_aborted and not assoc.is_released
     assert _rj(assoc) == expected
     assert client.wait_event("EVT_CONN_CLOSE")
-    assert client.names() == ["EVT_REJECTED", "EVT_CONN_CLOSE"]
+    assert client.names() == CLIENT_OPENING + ["EVT_REJECTED", "EVT_CONN_CLOSE"]
     assert scp.recorder.wait_event("EVT_CONN_CLOSE")
     assert scp.recorder.names() == ["EVT_CONN_OPEN", "EVT_REQUESTED", "EVT_REJECTED", "EVT_CONN_CLOSE"]
 
@@ -236,7 +238,9 @@ def test_abort_by_requestor():
             assoc.abort()
             assert await asyncio.wait_for(assoc.wait_closed(), WAIT_TIMEOUT) == "aborted"
             assert assoc.is_aborted and not assoc.is_released and not assoc.is_established
-            assert client.names() == ["EVT_ACCEPTED", "EVT_ESTABLISHED", "EVT_ABORTED", "EVT_CONN_CLOSE"]
+            # Its sync handlers run in a worker thread: wait for the last one.
+            assert await client.wait_event_async("EVT_CONN_CLOSE")
+            assert client.names() == CLIENT_OPENING + ["EVT_ACCEPTED", "EVT_ESTABLISHED", "EVT_ABORTED", "EVT_CONN_CLOSE"]
 
             assert await scp.recorder.wait_event_async("EVT_CONN_CLOSE")
             assert scp.recorder.names() == SERVER_LIFECYCLE + ["EVT_ABORTED", "EVT_CONN_CLOSE"]
@@ -259,7 +263,8 @@ def test_abort_by_acceptor():
             await asyncio.wait_for(assoc.wait_closed(), WAIT_TIMEOUT)
             assert assoc.is_aborted and not assoc.is_released
             assert assoc._ul.abort_source_reason == (0, 0)
-            assert client.names() == ["EVT_ACCEPTED", "EVT_ESTABLISHED", "EVT_ABORTED", "EVT_CONN_CLOSE"]
+            assert await client.wait_event_async("EVT_CONN_CLOSE")
+            assert client.names() == CLIENT_OPENING + ["EVT_ACCEPTED", "EVT_ESTABLISHED", "EVT_ABORTED", "EVT_CONN_CLOSE"]
             with pytest.raises(RuntimeError, match="not established"):
                 await assoc.send_c_echo()
             assert await scp.recorder.wait_event_async("EVT_CONN_CLOSE")

@@ -38,8 +38,10 @@ responses still coming.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
 import logging
+import weakref
 from typing import Any, AsyncIterator
 
 from pydicom import Dataset
@@ -52,6 +54,7 @@ from chromanet.logutil import peer_log
 from chromanet.services import storage
 from chromanet.services.answers import Exhausted, HandlerResults, apply_handler_status, response_to_dataset
 from chromanet.services.base import ServiceSession, response_to
+from chromanet.services.handler_threads import ThreadedResults
 from chromanet.services.observe import OperationRecord
 from chromanet.status import (
     STATUS_CANCEL,
@@ -87,6 +90,33 @@ MAX_SUBOPERATIONS = 0xFFFF
 # Yield to the loop every this many responses, so that a C-CANCEL (or any
 # other association's traffic) is read while a long C-FIND streams out.
 _YIELD_EVERY = 32
+# A sync generator handler in a worker thread hands over at most this many
+# results per hop: C-FIND identifiers are small and many; a retrieve's data
+# sets may be large, and each costs a sub-operation's round trip anyway.
+_FIND_BATCH = 64
+# Bytes of responses a long C-FIND may have waiting to be written when it
+# produces more (~200 bytes a pending response with a small identifier).
+_WRITE_AHEAD = 32 * 1024
+_RETRIEVE_BATCH = 8
+
+Results = HandlerResults | ThreadedResults
+
+
+def _ends_operation(item: Any) -> bool:
+    """True for a handler result whose status is not Pending (the last one
+    the engine asks for)."""
+    try:
+        status = item[0]
+    except (TypeError, IndexError, KeyError):
+        return True
+    if isinstance(status, Dataset):
+        status = status.get("Status")
+    return not isinstance(status, int) or status not in _PENDING
+
+
+def _batched(results: Results, limit: int) -> None:
+    if isinstance(results, ThreadedResults):
+        results.batch(limit, _ends_operation)
 
 
 _response = response_to
@@ -99,7 +129,7 @@ async def _begin(
     response_field: int,
     decode_failed: int,
     handler_raised: int,
-) -> tuple[_Sender, HandlerResults] | None:
+) -> tuple[_Sender, Results] | None:
     """The common start of C-FIND, C-GET and C-MOVE: decode the identifier
     and call the handler. None (with the failure response sent) when either
     fails or no handler is bound."""
@@ -111,7 +141,8 @@ async def _begin(
         await sender.send(_response(request, response_field, handler_raised))
         return None
     handler, args = bound
-    event = session.make_event(event_type, message)
+    in_thread = session.in_thread(handler)
+    event = session.make_event(event_type, message, in_thread=in_thread)
     try:
         # Decoding checks the structure first (dsutil.decode_dataset):
         # pydicom reads garbage leniently (as an empty or odd identifier,
@@ -125,13 +156,24 @@ async def _begin(
     if message.trace is not None and message.trace.details:
         message.trace.note_query(identifier)
     try:
-        produced = handler(event, *args)
+        if not in_thread or inspect.isgeneratorfunction(handler):
+            # Inline; or a generator function, which runs nothing when called.
+            produced = handler(event, *args)
+        else:
+            # Anything else (a function returning a list…) runs in the lane.
+            assert session.lane is not None
+            produced = await session.lane.call(handler, event, *args)
         if produced is None:
             # A handler that returns nothing yields nothing: C-FIND found no
             # match (Success); C-GET/C-MOVE lack the number or destination
             # (0xC413, 0xC514), as in pynetdicom.
             produced = ()
-        results = HandlerResults(produced)
+        results: Results
+        if in_thread and inspect.isgenerator(produced):
+            assert session.lane is not None
+            results = ThreadedResults(produced, session.lane, lambda: message.cancelled)
+        else:
+            results = HandlerResults(produced)
     except Exception:
         LOGGER.exception("exception in the handler bound to %s", event_type.name)
         await sender.send(_response(request, response_field, handler_raised))
@@ -163,6 +205,9 @@ class _Sender:
         self.sent += 1
         if self.sent % _YIELD_EVERY == 0:
             await asyncio.sleep(0)
+            # Pending responses go no further ahead of what the peer has
+            # read than this: a C-CANCEL is answered after fewer matches.
+            await self.channel.drain_below(_WRITE_AHEAD)
         await self.channel.drain()
 
     def encode(self, dataset: Dataset) -> bytes:
@@ -177,6 +222,7 @@ async def serve_find(session: ServiceSession, message: IncomingMessage) -> None:
     if begun is None:
         return
     sender, results = begun
+    _batched(results, _FIND_BATCH)
     try:
         while True:
             if message.cancelled:
@@ -233,6 +279,8 @@ class _Retrieve:
         self.failed_uids: list[str] = []
         self.attempts = 0
         self.trace = sender.trace
+        #: Error Comment of a final response with failures (LO: <= 64 characters).
+        self.comment: str | None = None
 
     def _counted(self, status: int, *, remaining: bool) -> Command:
         response = _response(self.request, self.field, status)
@@ -320,10 +368,13 @@ class _Retrieve:
         self.remaining = 0
         if not self.failed and not self.warning:
             await self.sender.send(self._counted(SUCCESS, remaining=False))
-        elif self.failed == self.total:
-            await self.sender.send(self._counted(SUBOPERATIONS_IMPOSSIBLE, remaining=False), self._failed_list())
         else:
-            await self.sender.send(self._counted(SUBOPERATIONS_WITH_FAILURES, remaining=False), self._failed_list())
+            # 0xA702 only when every announced sub-operation failed (pynetdicom).
+            all_failed = self.failed == self.total
+            response = self._counted(SUBOPERATIONS_IMPOSSIBLE if all_failed else SUBOPERATIONS_WITH_FAILURES, remaining=False)
+            if self.comment:
+                response.error_comment = self.comment[:64]
+            await self.sender.send(response, self._failed_list())
 
 
 class _EarlyStatus(Exception):
@@ -345,7 +396,7 @@ def _early_status(value: Any) -> None:
         raise _EarlyStatus(value)
 
 
-async def _count(results: HandlerResults) -> int:
+async def _count(results: Results) -> int:
     value = await results.next()
     _early_status(value)
     if isinstance(value, bool) or not isinstance(value, int):
@@ -355,7 +406,7 @@ async def _count(results: HandlerResults) -> int:
 
 async def _run_suboperations(
     retrieve: _Retrieve,
-    results: HandlerResults,
+    results: Results,
     message: IncomingMessage,
     store: Any,
     raised_status: int,
@@ -363,6 +414,7 @@ async def _run_suboperations(
     """Iterate the handler's (status, dataset) results, storing each pending
     dataset with ``store(dataset, message_id) -> (sop_instance_uid, status |
     None)``."""
+    _batched(results, _RETRIEVE_BATCH)
     while True:
         if message.cancelled:
             await retrieve.cancelled()
@@ -452,6 +504,11 @@ async def _store_over(
         LOGGER.warning("C-STORE sub-operation for %s not possible: %s", uid or "?", exc)
         return uid, None
     return uid, response.status if response is not None else None
+
+
+async def _not_stored(dataset: Any, msg_id: int | None = None) -> tuple[str, int | None]:
+    """The sub-operation of a C-MOVE whose destination cannot take it: failed."""
+    return _sop_instance_uid(dataset), None
 
 
 async def serve_get(session: ServiceSession, message: IncomingMessage) -> None:
@@ -578,13 +635,23 @@ async def serve_move(session: ServiceSession, message: IncomingMessage) -> None:
             message.trace.move_destination_address = (address, port)
         opener = session.open_sub_association
         sub_assoc = await opener(address, port, request.move_destination, kwargs) if opener is not None else None
-        if sub_assoc is None or not sub_assoc.is_established:
-            response = _response(request, _dimse.C_MOVE_RSP, MOVE_DESTINATION_UNKNOWN)
-            # Error Comment is LO: at most 64 characters.
-            response.error_comment = "move destination unreachable or it refused the association"
-            await sender.send(response)
-            return
         retrieve = _Retrieve(request, _dimse.C_MOVE_RSP, sender, total)
+        if sub_assoc is None or not sub_assoc.is_established:
+            # A known destination that cannot take the instances (unreachable,
+            # the association refused, or accepted with no context for them):
+            # each sub-operation fails (PS3.4 C.4.2.3.1), and the final
+            # response carries the counts and the Failed SOP Instance UID List
+            # (0xA702 when all failed; DCMTK's dcmqrscp answers the same).
+            # 0xA801 stays for a destination the handler does not know.
+            answered = sub_assoc is not None and type(sub_assoc.acse_response).__name__ == "AssociateAC"
+            retrieve.comment = (
+                "move destination accepted no context for the instances" if answered
+                else "move destination unreachable or it refused the association"
+            )
+            peer_log(LOGGER, logging.WARNING, session.peer_host, "C-MOVE to %s:%d: %s: every sub-operation fails",
+                     address, port, retrieve.comment)
+            await _run_suboperations(retrieve, results, message, _not_stored, MOVE_HANDLER_RAISED)
+            return
         originator = (session.peer_ae_title, request.message_id)
         destination_session = sub_assoc.service_session
         await _run_suboperations(
@@ -601,7 +668,72 @@ async def serve_move(session: ServiceSession, message: IncomingMessage) -> None:
 
 
 # -------------------------------------------------------------------- SCU
-async def query(
+class _Request:
+    """One C-FIND/C-GET/C-MOVE request of ours: sent at once when the
+    operations window has room (as pynetdicom sends at the call, so that
+    "send, then C-CANCEL" works), else when its responses are first asked
+    for. ``end`` is idempotent: whoever ends the request first (the
+    response generator, or the finalizer of a generator never started)
+    gives back its slot and, when it ended early, cancels it."""
+
+    __slots__ = ("session", "ctx", "command", "encoded", "stream", "has_slot", "ended", "__weakref__")
+
+    def __init__(self, session: ServiceSession, ctx: Any, command: Command, encoded: bytes) -> None:
+        self.session = session
+        self.ctx = ctx
+        self.command = command
+        self.encoded = encoded
+        self.stream: Any = None
+        self.has_slot = False
+        self.ended = False
+
+    def send_now(self) -> None:
+        if self.session.channel.try_acquire_slot():
+            self.has_slot = True
+            self._open()
+
+    async def send(self) -> None:
+        await self.session.channel.acquire_slot()
+        self.has_slot = True
+        self._open()
+
+    def _open(self) -> None:
+        channel = self.session.channel
+        command = self.command
+        if command.message_id is not None and channel.is_outstanding(command.message_id):
+            command.message_id = None  # in use: take a free one
+        self.stream = channel.open_request(self.ctx.context_id, command, self.encoded)
+        self.session.request_contexts[self.stream.message_id] = self.ctx.context_id
+
+    def end(self, finished: bool) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        channel = self.session.channel
+        stream = self.stream
+        if stream is not None:
+            self.session.request_contexts.pop(stream.message_id, None)
+            if finished:
+                channel.close_request(stream)
+            else:
+                # Left early: ask the SCP to stop, and let the channel drop
+                # what still comes for this request.
+                channel.abandon_request(stream)
+                if channel.end_error is None:
+                    _send_cancel(channel, self.ctx.context_id, stream.message_id)
+        if self.has_slot:
+            self.has_slot = False
+            channel.release_slot()
+
+
+def _end_unread(request: _Request, loop: asyncio.AbstractEventLoop) -> None:
+    """The responses of ``request`` were never asked for and nobody can ask
+    any more (the generator was collected): end it on the loop's thread."""
+    if not request.ended and not loop.is_closed():
+        loop.call_soon_threadsafe(request.end, False)
+
+
+def query(
     session: ServiceSession,
     field: int,
     identifier: Dataset,
@@ -610,12 +742,12 @@ async def query(
     priority: int,
     move_destination: str | None = None,
 ) -> AsyncIterator[tuple[Dataset, Dataset | None]]:
-    """SCU: one C-FIND, C-GET or C-MOVE request (``field``); see the module
-    docstring for what it yields."""
-    channel = session.channel
+    """SCU: one C-FIND, C-GET or C-MOVE request (``field``), sent now when
+    the operations window has room; see the module docstring for what the
+    returned async generator yields. Called on the loop's thread.
+    ValueError now when no accepted context fits ``query_model``."""
     ctx = session.scu_context(str(query_model))
     assert ctx.transfer_syntax is not None
-    syntax = ctx.transfer_syntax
     command = Command(
         field,
         affected_sop_class_uid=ctx.abstract_syntax,
@@ -624,21 +756,27 @@ async def query(
         command_data_set_type=_dimse.DATASET_PRESENT,
         move_destination=move_destination,
     )
-    encoded = dsutil.encode_dataset(identifier, syntax)
-    await channel.acquire_slot()
+    request = _Request(session, ctx, command, dsutil.encode_dataset(identifier, ctx.transfer_syntax))
+    request.send_now()
+    responses = _responses(request)
+    weakref.finalize(responses, _end_unread, request, asyncio.get_running_loop())
+    return responses
+
+
+async def _responses(request: _Request) -> AsyncIterator[tuple[Dataset, Dataset | None]]:
+    session = request.session
+    syntax = request.ctx.transfer_syntax
     finished = False
-    stream = None
     try:
-        if msg_id is not None and channel.is_outstanding(msg_id):
-            command.message_id = None  # in use: take a free one
-        stream = channel.open_request(ctx.context_id, command, encoded)
-        session.request_contexts[stream.message_id] = ctx.context_id
+        if request.stream is None:
+            await request.send()
+        stream = request.stream
         while True:
             try:
                 response = await stream.next()
             except DimseTimeout:
                 LOGGER.error("DIMSE timeout: aborting the association")
-                channel.abort()
+                session.channel.abort()
                 finished = True
                 yield Dataset(), None
                 return
@@ -654,7 +792,7 @@ async def query(
                 except Exception as exc:
                     LOGGER.error("response identifier failed to decode: %s", exc)
             done = response.command.status not in _PENDING
-            if decoded is None and done and field != _dimse.C_FIND_RQ and response.command.status != SUCCESS:
+            if decoded is None and done and request.command.command_field != _dimse.C_FIND_RQ and response.command.status != SUCCESS:
                 # pynetdicom gives a C-GET/C-MOVE final Cancel, Warning or
                 # Failure response that came without an identifier as an
                 # empty Dataset (None only for Success and for C-FIND).
@@ -665,17 +803,7 @@ async def query(
             if done:
                 return
     finally:
-        if stream is not None:
-            session.request_contexts.pop(stream.message_id, None)
-            if finished:
-                channel.close_request(stream)
-            else:
-                # Left early: ask the SCP to stop, and let the channel drop
-                # what still comes for this request.
-                channel.abandon_request(stream)
-                if channel.end_error is None:
-                    _send_cancel(channel, ctx.context_id, stream.message_id)
-        channel.release_slot()
+        request.end(finished)
 
 
 def _send_cancel(channel: DimseChannel, context_id: int, message_id: int) -> None:

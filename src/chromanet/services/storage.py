@@ -27,6 +27,7 @@ from chromanet._dimse import Command
 from chromanet.dimse_channel import IncomingMessage
 from chromanet.evt import EVT_C_STORE, Event
 from chromanet.services.base import ServiceClass, ServiceSession, answer_once
+from chromanet.ul.negotiation import NegotiatedContext
 from chromanet.services.observe import OperationRecord
 from chromanet.status import Status
 
@@ -52,7 +53,12 @@ def _prepare(session: ServiceSession, dataset: Any) -> tuple[int, str, str, Any,
             raise AttributeError(f"the data set has no {exc.args[0]}") from None
         meta = getattr(dataset, "file_meta", None)
         source_syntax = str(meta.TransferSyntaxUID) if meta is not None and "TransferSyntaxUID" in meta else None
-        ctx = session.scu_context(sop_class, source_syntax)
+        if source_syntax is None and dsutil.has_encapsulated_pixel_data(dataset):
+            raise ValueError(
+                "the data set has encapsulated (compressed) Pixel Data but no (0002,0010) Transfer Syntax UID "
+                "in its file_meta: the transfer syntax to send it in is not known"
+            )
+        ctx = _store_context(session, sop_class, source_syntax)
         assert ctx.transfer_syntax is not None
         return ctx.context_id, sop_class, sop_instance, dsutil.encode_dataset(dataset, ctx.transfer_syntax), None
     if isinstance(dataset, (bytes, bytearray, memoryview)):
@@ -60,7 +66,7 @@ def _prepare(session: ServiceSession, dataset: Any) -> tuple[int, str, str, Any,
     else:
         part10 = dsutil.open_part10(dataset)
     try:
-        ctx = session.scu_context(part10.sop_class_uid, part10.transfer_syntax)
+        ctx = _store_context(session, part10.sop_class_uid, part10.transfer_syntax)
         assert ctx.transfer_syntax is not None
         if ctx.transfer_syntax == part10.transfer_syntax:
             payload: Any = part10.dataset_bytes()
@@ -71,6 +77,33 @@ def _prepare(session: ServiceSession, dataset: Any) -> tuple[int, str, str, Any,
         part10.close()
         raise
     return ctx.context_id, part10.sop_class_uid, part10.sop_instance_uid, payload, part10
+
+
+def _store_context(session: ServiceSession, sop_class: str, source_syntax: str | None) -> NegotiatedContext:
+    """The accepted context to send a data set in ``source_syntax`` on: one
+    in that very syntax, else one whose syntax it converts to without loss
+    (``dsutil.may_send_in``: native to native). A compressed data set on an
+    association that accepted only native syntaxes for its class (or the
+    reverse) is a ValueError, never re-labelled: the receiver would store
+    encapsulated fragments as native pixels."""
+    candidates = [
+        ctx for ctx in session.contexts.values() if ctx.abstract_syntax == sop_class and ctx.as_scu
+    ]
+    if not candidates:
+        raise ValueError(f"no accepted presentation context for {sop_class} with the SCU role")
+    fallback = None
+    for ctx in candidates:
+        if ctx.transfer_syntax == source_syntax:
+            return ctx
+        if fallback is None and ctx.transfer_syntax is not None and dsutil.may_send_in(source_syntax, ctx.transfer_syntax):
+            fallback = ctx
+    if fallback is None:
+        accepted = ", ".join(sorted({str(ctx.transfer_syntax) for ctx in candidates}))
+        raise ValueError(
+            f"no accepted presentation context for {sop_class} can carry a data set in transfer syntax "
+            f"{source_syntax} without conversion loss (accepted: {accepted})"
+        )
+    return fallback
 
 
 async def store(

@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable
 
 from pydicom import Dataset
 
-from chromanet import _dimse, uids
+from chromanet import _dimse, evt, uids
 from chromanet._dimse import Command
 from chromanet.dimse_channel import IncomingMessage
 from chromanet.evt import EVT_C_ECHO
@@ -48,7 +48,8 @@ def _success_when_unusable(handler: Callable[..., Any]) -> Callable[..., Any]:
     def answer(event: Any, *args: Any) -> Any:
         return _usable(handler(event, *args))
 
-    return answer
+    # Where it runs (a worker thread, or inline on the loop) stays the handler's.
+    return answer if evt.runs_in_thread(handler) else evt.inline(answer)
 
 
 async def echo(session: ServiceSession, msg_id: int | None = None) -> Command | None:

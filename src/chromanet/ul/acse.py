@@ -203,6 +203,8 @@ class AssociationControl:
         # A-ABORT), "peer" (its service user sent one) or "provider" (an
         # A-P-ABORT: a protocol error, a timeout, the connection lost).
         self.aborted_by: str | None = None
+        #: Acceptor: called when the A-ASSOCIATE-RQ arrived; requestor: when
+        #: it was sent (pynetdicom's EVT_REQUESTED on both sides).
         self.on_requested: Callable[[AssociationControl], None] | None = None
         self.on_established: Callable[[AssociationControl], None] | None = None
         self.on_release_requested: Callable[[AssociationControl], None] | None = None
@@ -239,6 +241,9 @@ class AssociationControl:
         """
         self.request = rq
         self.connection.request_association(rq)
+        if self.on_requested is not None:
+            requested = self.on_requested
+            self.connection.on_connected = lambda: requested(self)  # once the RQ is written
         loop = asyncio.get_running_loop()
         if ssl_context is None:
             connect = loop.create_connection(lambda: self.connection, host, port)
@@ -458,6 +463,10 @@ class AssociationControl:
     async def drain(self) -> None:
         """Wait while the transport's write buffer is above its high mark."""
         await self.connection.drain()
+
+    async def drain_below(self, limit: int) -> None:
+        """Wait until at most ``limit`` bytes wait in the write buffer."""
+        await self.connection.drain_below(limit)
 
     def hold_reading(self, reason: str) -> None:
         """Read nothing more from the peer until ``release_reading(reason)``."""
