@@ -180,6 +180,7 @@ class Event:
         self,
         assoc: Any,
         event: EventType,
+        attrs: dict[str, Any] | None = None,
         *,
         message: IncomingMessage | None = None,
         context: Any = None,
@@ -194,6 +195,12 @@ class Event:
         self._transfer_syntax = transfer_syntax
         self._decoded: Dataset | None = None
         self._file_meta: FileMetaDataset | None = None
+        # ``attrs``: pynetdicom's third argument, extra attributes by name;
+        # one that would replace an attribute the Event has is an error.
+        for key, value in (attrs or {}).items():
+            if key in self.__dict__ or hasattr(type(self), key):
+                raise AttributeError(f"'Event' object already has an attribute '{key}'")
+            setattr(self, key, value)
         for key, value in extra.items():
             setattr(self, key, value)
 
@@ -213,6 +220,14 @@ class Event:
         if self._message is None:
             raise AttributeError(f"{self.event.name} has no request")
         return Request(self._message)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """EVT_CONN_OPEN / EVT_CONN_CLOSE: the peer's (IP address, port)."""
+        if self.event.name not in ("EVT_CONN_OPEN", "EVT_CONN_CLOSE"):
+            raise AttributeError(f"{self.event.name} has no address")
+        remote = self.assoc.remote
+        return (remote["address"], remote["port"])
 
     @property
     def message_id(self) -> int:

@@ -72,7 +72,8 @@ def build_context(abstract_syntax: str, transfer_syntax: str | list[str] | None 
         syntaxes = list(transfer_syntax)
     if not uids.validate_uid(str(abstract_syntax)):
         raise ValueError(f"invalid abstract syntax UID {abstract_syntax!r}")
-    return PresentationContext(str(abstract_syntax), [str(s) for s in syntaxes])
+    # A transfer syntax given twice is offered once (as pynetdicom does).
+    return PresentationContext(str(abstract_syntax), list(dict.fromkeys(str(s) for s in syntaxes)))
 
 
 VerificationPresentationContexts = [build_context(uids.Verification)]

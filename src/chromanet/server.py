@@ -120,6 +120,12 @@ class AsyncServer:
         every association until one binds or unbinds on its own)."""
         return self._handlers
 
+    @property
+    def ae_title(self) -> str:
+        """The AE title this server answers as (``start_server(ae_title=)``,
+        else the AE's when the server started)."""
+        return self.policy.ae_title
+
     def get_handlers(self, event: EventType) -> Any:
         """pynetdicom's ``AssociationServer.get_handlers``: for a
         notification event the list of ``(handler, args)``, for an

@@ -1283,6 +1283,35 @@ def test_ae_configuration_round_trip(lib: SimpleNamespace) -> None:
     ]
 
 
+def test_ae_validation(lib: SimpleNamespace) -> None:
+    """What AE setters and context calls accept, refuse or ignore."""
+    ae = lib.AE(ae_title="CONFIG")
+    ae.add_requested_context("1.2.3", ["1.2.840.10008.1.2", "1.2.840.10008.1.2"])
+    assert ae.requested_contexts[0].transfer_syntax == ["1.2.840.10008.1.2"]
+    for uid in ("1.2.3.5", "0.1.2.3", "1.2.3.4"):
+        ae.add_supported_context(uid)
+    assert [cx.abstract_syntax for cx in ae.supported_contexts] == ["0.1.2.3", "1.2.3.4", "1.2.3.5"]
+    with pytest.raises(ValueError):
+        ae.supported_contexts = ["1.2.3"]
+    with pytest.raises(ValueError):
+        ae.requested_contexts = ["1.2.3"]
+    with pytest.raises(TypeError):
+        ae.add_supported_context("1.2.3", scu_role="yes")
+    for bad in (["a"], "10", 0, -10):
+        ae.maximum_associations = 4
+        ae.maximum_associations = bad
+        assert ae.maximum_associations == 1
+    ae.maximum_pdu_size = 20000
+    ae.maximum_pdu_size = -10
+    assert ae.maximum_pdu_size == 20000
+    ae.maximum_pdu_size = 0
+    assert ae.maximum_pdu_size == 0
+    with pytest.raises(TypeError):
+        ae.associate(1112, 104)
+    with pytest.raises(TypeError):
+        ae.associate("127.0.0.1", "104")
+
+
 def test_ae_shutdown_stops_servers(lib: SimpleNamespace) -> None:
     scp = make_ae(lib, "ECHOSCP")
     scp.add_supported_context(lib.sop_class.Verification)
