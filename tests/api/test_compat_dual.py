@@ -510,6 +510,20 @@ def test_store_event_context_and_encoded_dataset(
     assert received.ContentLabel == palettes[0].ContentLabel
 
 
+def test_store_bad_priority(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
+    """A priority other than 0, 1 or 2 is a ValueError; nothing is sent."""
+    scp = make_ae(lib, "STORESCP")
+    scp.add_supported_context(lib.sop_class.ColorPaletteStorage)
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_STORE, lambda event: 0x0000)])
+    scu = make_ae(lib, "STORESCU")
+    scu.add_requested_context(lib.sop_class.ColorPaletteStorage)
+    assoc = scu.associate("127.0.0.1", port)
+    with pytest.raises(ValueError):
+        assoc.send_c_store(palettes[0], priority=3)
+    assert assoc.send_c_store(palettes[0], priority=1).Status == 0x0000
+    assoc.release()
+
+
 def test_store_without_accepted_context(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
     scp = make_ae(lib, "STORESCP")
     scp.add_supported_context(lib.sop_class.Verification)

@@ -745,7 +745,9 @@ def query(
     """SCU: one C-FIND, C-GET or C-MOVE request (``field``), sent now when
     the operations window has room; see the module docstring for what the
     returned async generator yields. Called on the loop's thread.
-    ValueError now when no accepted context fits ``query_model``."""
+    ValueError now when no accepted context fits ``query_model`` or the
+    priority is not 0, 1 or 2."""
+    storage.check_priority(priority)
     ctx = session.scu_context(str(query_model))
     assert ctx.transfer_syntax is not None
     command = Command(
