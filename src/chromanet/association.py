@@ -155,8 +155,12 @@ class AsyncAssociation:
         # (services/handler_threads.py), unless the AE runs them inline;
         # there they see ``sync_facade`` (the blocking Association) as
         # ``event.assoc``.
+        try:
+            self._home_loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # made outside a loop (tests)
+            self._home_loop = None
         pool = None if getattr(ae, "sync_handlers_inline", True) else ae.handler_threads
-        self._lane = HandlerLane(pool, asyncio.get_running_loop()) if pool is not None else None
+        self._lane = HandlerLane(pool, self._home_loop) if pool is not None and self._home_loop is not None else None
         self._sync_facade: Any = None
         ul.on_established = self._on_established
         ul.ended.add_done_callback(self._on_ended)
@@ -268,8 +272,7 @@ class AsyncAssociation:
         the plain ``def`` handlers that run in a worker thread."""
         if self._sync_facade is None:
             make = getattr(self.ae, "blocking_association", None)
-            loop = self._lane.loop if self._lane is not None else None
-            self._sync_facade = make(self, loop) if make is not None else self
+            self._sync_facade = make(self, self._home_loop) if make is not None else self
         return self._sync_facade
 
     def notify(self, event_type: EventType) -> None:

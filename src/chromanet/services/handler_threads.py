@@ -37,8 +37,9 @@ from chromanet.services.answers import Exhausted
 
 LOGGER = logging.getLogger("chromanet.services")
 
-#: A worker thread with nothing to do for this long ends.
-IDLE_SECONDS = 30.0
+#: A worker thread with nothing to do for this long ends (every AE has its
+#: own workers: a process with many short-lived AEs keeps few threads).
+IDLE_SECONDS = 5.0
 
 
 class HandlerThreads:
