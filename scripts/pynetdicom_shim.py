@@ -37,7 +37,6 @@ import json
 import os
 import re
 import sys
-import textwrap
 import threading
 import types
 import weakref
@@ -252,6 +251,31 @@ def _internal_fixtures(module: types.ModuleType, imported: set[str]) -> set[str]
     return found
 
 
+_MODULE_TREES: dict[str, ast.Module | None] = {}
+
+
+def _test_node(item: pytest.Item, module: types.ModuleType | None) -> ast.AST | None:
+    """The test function's definition in its module's source, decorators
+    included (a decorator such as ``hide_modules`` replaces the function
+    object, so its own source would be the decorator's)."""
+    if module is None:
+        return None
+    if module.__name__ not in _MODULE_TREES:
+        try:
+            _MODULE_TREES[module.__name__] = ast.parse(inspect.getsource(module))
+        except (OSError, TypeError, SyntaxError):
+            _MODULE_TREES[module.__name__] = None
+    tree = _MODULE_TREES[module.__name__]
+    if tree is None:
+        return None
+    name = getattr(item, "originalname", None) or item.name
+    scope: list[ast.stmt] = tree.body
+    cls = getattr(item, "cls", None)
+    if cls is not None:
+        scope = next((n.body for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls.__name__), [])
+    return next((n for n in scope if isinstance(n, ast.FunctionDef) and n.name == name), None)
+
+
 def internal_reason(item: pytest.Item) -> str | None:
     """Why a test is left out, or None when it is selected.
 
@@ -276,9 +300,8 @@ def internal_reason(item: pytest.Item) -> str | None:
         _MODULE_FIXTURES[module.__name__] = _internal_fixtures(module, _MODULE_NAMES[module.__name__])
     imported = _MODULE_NAMES.get(module.__name__, set()) if module is not None else set()
     internal_fixtures = _MODULE_FIXTURES.get(module.__name__, set()) if module is not None else set()
-    try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
-    except (OSError, TypeError, SyntaxError):
+    tree = _test_node(item, module)
+    if tree is None:
         return None
     fixtures = set(getattr(item, "fixturenames", ()))
     if "caplog" in fixtures:

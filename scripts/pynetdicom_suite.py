@@ -16,7 +16,7 @@ What it does, each run:
    ``--shards`` processes (3), all at once: with the real pynetdicom (installed in the venv as a test peer),
    and with ``scripts/pynetdicom_shim.py`` making ``import pynetdicom``
    resolve to chromanet (Patient Root / Study Root Q/R mapped to the Color
-   Palette Q/R SOP classes). A test has ``--timeout`` seconds (30), through
+   Palette Q/R SOP classes). A test has ``--timeout`` seconds (60), through
    pytest-timeout.
 3. Prints the pass counts for both, and with ``--failures`` every test that
    passes under pynetdicom and not under chromanet, grouped by its error.
@@ -214,7 +214,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lib", choices=("both",) + LIBRARIES, default="both")
     parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "pynetdicom-suite")
-    parser.add_argument("--timeout", type=int, default=30, help="seconds per test (pytest-timeout)")
+    parser.add_argument("--timeout", type=int, default=60, help="seconds per test (pytest-timeout)")
     parser.add_argument("--shards", type=int, default=3,
                         help="pytest processes per library (the tests mostly wait on sockets and sleeps)")
     parser.add_argument("-k", dest="keyword", help="pytest -k expression (a part of the selection)")

@@ -278,6 +278,10 @@ class Event:
 
     @property
     def file_meta(self) -> FileMetaDataset:
+        """The file meta of the C-STORE data set; AttributeError for an
+        event that carries none (as pynetdicom)."""
+        if self.event.name != "EVT_C_STORE" or self._message is None:
+            raise AttributeError(f"{self.event.name} carries no C-STORE data set: no file_meta")
         if self._file_meta is None:
             command = self.request.command
             syntax = self._transfer_syntax or dsutil.uids.ExplicitVRLittleEndian

@@ -185,8 +185,13 @@ def test_echo_handler_without_usable_status(lib: SimpleNamespace, servers: list[
     """A C-ECHO handler returning None, a Dataset without Status or a value
     of another type: both libraries answer Success."""
     answers: list[Any] = [None, Dataset(), "not a status"]
+    errors: list[type] = []
 
     def handle_echo(event: Any) -> Any:
+        try:
+            event.file_meta  # a C-ECHO carries no data set
+        except Exception as exc:
+            errors.append(type(exc))
         return answers.pop(0)
 
     scp = make_ae(lib, "ECHOSCP")
@@ -197,6 +202,7 @@ def test_echo_handler_without_usable_status(lib: SimpleNamespace, servers: list[
     assoc = scu.associate("127.0.0.1", port)
     assert [assoc.send_c_echo().Status for _ in range(3)] == [0x0000, 0x0000, 0x0000]
     assert answers == []
+    assert errors == [AttributeError] * 3
     assoc.release()
 
 
