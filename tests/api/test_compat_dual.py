@@ -1237,6 +1237,38 @@ def test_handlers_run_in_order_per_association(
     assert log == ["EVT_ESTABLISHED"] + [str(ds.SOPInstanceUID) for ds in palettes] + ["EVT_RELEASED"]
 
 
+def test_move_handler_without_destination_or_number(lib: SimpleNamespace, servers: list[Any]) -> None:
+    """No destination (the handler returns None, or its generator raises or
+    ends first): 0xC514; a destination and no number: 0xC513; unknown
+    associate() keywords for the destination: 0xC515."""
+
+    def returns_none(event: Any) -> None:
+        return None
+
+    def raises_first(event: Any) -> Iterator[Any]:
+        raise RuntimeError("deliberate")
+        yield "127.0.0.1", 104  # pragma: no cover - makes this a generator
+
+    def ends_after_destination(event: Any) -> Iterator[Any]:
+        yield "127.0.0.1", 104
+
+    def bad_keywords(event: Any) -> Iterator[Any]:
+        yield "127.0.0.1", 104, {"no_such_keyword": 1}
+        yield 1
+
+    scp = make_ae(lib, "MOVESCP")
+    scp.add_supported_context(lib.sop_class.ColorPaletteInformationModelMove)
+    scu = make_ae(lib, "MOVESCU")
+    scu.add_requested_context(lib.sop_class.ColorPaletteInformationModelMove)
+    cases = ((returns_none, 0xC514), (raises_first, 0xC514), (ends_after_destination, 0xC513), (bad_keywords, 0xC515))
+    for handler, expected in cases:
+        _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_MOVE, handler)])
+        assoc = scu.associate("127.0.0.1", port)
+        results = list(assoc.send_c_move(query_all(), "DEST", lib.sop_class.ColorPaletteInformationModelMove))
+        assert [status.Status for status, _ in results] == [expected], handler.__name__
+        assoc.release()
+
+
 def test_server_get_handlers(lib: SimpleNamespace, servers: list[Any]) -> None:
     """``server.get_handlers``: the list of (handler, args) of a notification
     event, the (handler, args) of an intervention event, [] when none."""
