@@ -294,7 +294,7 @@ def internal_reason(item: pytest.Item) -> str | None:
     function = getattr(item, "function", None)
     if function is None:
         return None
-    module = inspect.getmodule(function)
+    module = getattr(item, "module", None) or inspect.getmodule(function)
     if module is not None and module.__name__ not in _MODULE_NAMES:
         _MODULE_NAMES[module.__name__] = _internal_names(module)
         _MODULE_FIXTURES[module.__name__] = _internal_fixtures(module, _MODULE_NAMES[module.__name__])
