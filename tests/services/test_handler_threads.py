@@ -95,6 +95,19 @@ def test_sync_handler_in_a_worker_thread_async_on_the_loop(started):
     assert seen["store"] == ("chromanet-loop", AsyncAssociation)
 
 
+def test_async_notification_handler_is_awaited(started):
+    seen: list[tuple[str, type]] = []
+
+    async def on_released(event):
+        await asyncio.sleep(0)
+        seen.append(where(event))
+
+    port = serve(started, [(evt.EVT_RELEASED, on_released)])
+    assert echo_once(port) == 0x0000
+    assert wait_until(lambda: bool(seen))
+    assert seen == [("chromanet-loop", AsyncAssociation)]
+
+
 def test_inline_opt_in(started):
     """``AE.sync_handlers_inline``: every sync handler on the loop; without
     it, ``evt.inline`` puts one handler there."""
