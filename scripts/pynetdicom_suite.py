@@ -155,6 +155,7 @@ class Shard:
     def _read(self) -> None:
         self.outcomes.clear()
         self.running = None
+        self.finished = False  # of the last session in the file
         if not self.results.exists():
             return
         for line in self.results.read_text().splitlines():
@@ -163,6 +164,7 @@ class Shard:
                 self.left_out.update(record["left_out"])
             elif "start" in record:
                 self.running = record["start"]
+                self.finished = False
             elif "finished" in record:
                 self.finished = True
             elif "done" in record:
@@ -174,7 +176,12 @@ class Shard:
         """True once the shard has finished."""
         if self.process.poll() is not None:
             self._read()
-            return True
+            if self.process.returncode in (0, 1, 5) or self.restarts >= 5:
+                return True
+            # pytest stopped short (an INTERNALERROR while it rendered a
+            # failure, a crash): the test it was in failed, the rest go on.
+            self._restart_after(f"pytest ended with status {self.process.returncode}")
+            return False
         idle = time.time() - self.results.stat().st_mtime if self.results.exists() else 0.0
         if self.finished and idle > 10:
             # Done, but a thread a test left behind keeps it alive.
@@ -191,14 +198,18 @@ class Shard:
         # One test has outlived its timeout: record it, restart after it.
         self.process.kill()
         self.process.wait()
-        with open(self.results, "a") as handle:
-            handle.write(json.dumps({"done": self.running, "outcome": "failed",
-                                     "message": f"hung: killed after {stuck_after:.0f} s"}) + "\n")
+        self._restart_after(f"hung: killed after {stuck_after:.0f} s")
+        return False
+
+    def _restart_after(self, why: str) -> None:
+        if self.running is not None:
+            with open(self.results, "a") as handle:
+                handle.write(json.dumps({"done": self.running, "outcome": "failed", "message": why}) + "\n")
         self._read()
         self.skip.write_text("\n".join(self.outcomes))
         self.restarts += 1
+        self.finished = False
         self.process = self._start()
-        return False
 
 
 def _group(message: str) -> str:
