@@ -544,12 +544,15 @@ def _context_specs(requested: list[PresentationContext], roles: dict[str, tuple[
     items of ``ext_neg`` applied. Asking for Color Palette C-GET implies
     receiving Color Palette Storage instances on the same association: the
     storage context is added if missing, and the SCP role proposed for it
-    unless ``ext_neg`` said otherwise."""
+    unless ``ext_neg`` said otherwise; when the program requested the
+    storage context itself, the SCU role is proposed as well, so that it
+    can still send C-STOREs on it (as it could without the role item)."""
     specs = [ctx.to_spec() for ctx in requested]
     if any(spec.abstract_syntax == uids.ColorPaletteInformationModelGet for spec in specs):
-        if not any(spec.abstract_syntax == uids.ColorPaletteStorage for spec in specs):
+        asked = any(spec.abstract_syntax == uids.ColorPaletteStorage for spec in specs)
+        if not asked:
             specs.append(ContextSpec(uids.ColorPaletteStorage, list(DEFAULT_TRANSFER_SYNTAXES)))
-        roles.setdefault(uids.ColorPaletteStorage, (False, True))
+        roles.setdefault(uids.ColorPaletteStorage, (asked, True))
     for spec in specs:
         if spec.abstract_syntax in roles:
             spec.scu_role, spec.scp_role = roles[spec.abstract_syntax]

@@ -516,6 +516,23 @@ def test_store_event_context_and_encoded_dataset(
     assert received.ContentLabel == palettes[0].ContentLabel
 
 
+def test_store_on_an_association_that_also_requests_get(
+    lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]
+) -> None:
+    """Requesting the C-GET model and Color Palette Storage, without a role
+    item: the requestor can still send C-STOREs (it keeps the SCU role)."""
+    scp = make_ae(lib, "STORESCP")
+    scp.add_supported_context(lib.sop_class.ColorPaletteInformationModelGet)
+    scp.add_supported_context(lib.sop_class.ColorPaletteStorage, scu_role=True, scp_role=True)
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_STORE, lambda event: 0x0000)])
+    scu = make_ae(lib, "STORESCU")
+    scu.add_requested_context(lib.sop_class.ColorPaletteInformationModelGet)
+    scu.add_requested_context(lib.sop_class.ColorPaletteStorage)
+    assoc = scu.associate("127.0.0.1", port)
+    assert assoc.send_c_store(palettes[0]).Status == 0x0000
+    assoc.release()
+
+
 def test_store_bad_priority(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
     """A priority other than 0, 1 or 2 is a ValueError; nothing is sent."""
     scp = make_ae(lib, "STORESCP")
