@@ -480,6 +480,8 @@ class PaletteArchive:
         # file), or two concurrent ones would each keep their file and one
         # would be left behind unindexed. Striped: different UIDs rarely wait.
         self._commit_locks = [threading.Lock() for _ in range(_COMMIT_STRIPES)]
+        # A file on another file system is copied in, not renamed.
+        self._files_device = os.stat(self.files_dir).st_dev
         self.recovered = VerifyReport() if shared else self.recover()
 
     @classmethod
@@ -645,7 +647,7 @@ class PaletteArchive:
         refused = self._refuse_stored_well_known(fields)
         if refused is not None:
             return refused
-        if source.parent.resolve() != self.files_dir.resolve() and os.stat(source).st_dev != os.stat(self.files_dir).st_dev:
+        if os.stat(source).st_dev != self._files_device:
             return self._prepare_new_file(copy_file, fields, transfer_syntax, warning, rights)
         return PreparedStore(source, False, fields, transfer_syntax, warning, rights)
 
@@ -791,9 +793,10 @@ class PaletteArchive:
         """
         results: list[IngestResult | None] = [None] * len(stores)
         renamed: list[tuple[int, Path, IndexRow, IndexRow | None]] = []
+        stored = self.index.get_many([store.uid for store in stores]) if len(stores) > 1 else None
         for k, store in enumerate(stores):
             uid = store.uid
-            existing = self.index.get(uid)
+            existing = self.index.get(uid) if stored is None else stored.get(uid)
             if existing is not None and not store.rights.may_replace(existing.owner):
                 if store.ours:
                     store.source.unlink(missing_ok=True)
