@@ -140,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     serve.add_argument(
         "--store-batch-wait", type=float, metavar="SECONDS",
-        help="group commit: the longest a C-STORE waits for its batch to begin (default 0.01)",
+        help="group commit: the longest a C-STORE waits for its batch to begin while another commit runs "
+        "(default 0: a second commit starts beside it at once)",
     )  # fmt: skip
     serve.add_argument("--metrics-port", type=int, metavar="PORT",
                        help="serve Prometheus metrics on http://HOST:PORT/metrics")

@@ -27,26 +27,28 @@ its batch begins (its association aborted) is dropped from the queue; once
 its batch has begun it is committed like the others, and its result is
 not delivered.
 
-``IngestQueue`` puts a node's spooled C-STOREs through one: each file is
-validated off the loop on the executor (in parallel with the commit that
-runs), then joins a batch; the archive's ``commit_batch`` makes the whole
-batch durable (``PaletteArchive``: in a thread of the queue's own; a
-``PgArchive`` awaits its one transaction). What each archive does with a
-batch, and why it stays crash safe, is in its module.
+``IngestQueue`` puts a node's spooled C-STOREs through one. A store costs
+the loop no hand-off of its own: a batch's files are validated
+(``prepare_file``) and committed (``commit_batch``) together, off the loop
+(``PaletteArchive``: in one of the queue's threads, where the fsyncs wait;
+``PgArchive``: validated in the executor, then its one transaction
+awaited). With two batches in flight one validates while the other waits
+for the disk. What each archive does with a batch, and why it stays crash
+safe, is in its module.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import inspect
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Generic, TypeVar
 
-from chromanet.archive.store import IngestResult
+from chromanet.archive.store import OUT_OF_RESOURCES, IngestResult
 
 __all__ = ["GroupCommit", "IngestQueue", "DEFAULT_MAX_BATCH", "DEFAULT_MAX_WAIT", "DEFAULT_MAX_INFLIGHT"]
 
@@ -54,8 +56,9 @@ LOGGER = logging.getLogger("chromanet.archive")
 
 #: Stores committed together at most.
 DEFAULT_MAX_BATCH = 64
-#: Seconds a queued store waits at most for its batch to begin.
-DEFAULT_MAX_WAIT = 0.01
+#: Seconds a queued store waits at most for its batch to begin while a
+#: commit runs (0: a second commit starts beside it at once).
+DEFAULT_MAX_WAIT = 0.0
 #: Batches committing at the same time at most.
 DEFAULT_MAX_INFLIGHT = 2
 
@@ -244,44 +247,64 @@ class IngestQueue:
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
     ) -> None:
         self.archive = archive
-        # The SQLite archive's batches run in threads of their own (fsyncs
-        # wait there, never on the loop nor in the executor that validates).
+        # The SQLite archive's batches (validation, fsyncs, the index) run
+        # in threads of their own, never on the loop; a PgArchive's files
+        # are validated and read in the loop's executor, its transaction awaited.
         self._committers: ThreadPoolExecutor | None = None
         if not archive.is_async:
             self._committers = ThreadPoolExecutor(max_inflight, thread_name_prefix="chromanet-commit")
-        self.group: GroupCommit[Any, IngestResult] = GroupCommit(
+        self.group: GroupCommit[_Store, IngestResult] = GroupCommit(
             self._commit, max_batch=max_batch, max_wait=max_wait, max_inflight=max_inflight
         )
 
-    async def _commit(self, batch: list[Any]) -> list[IngestResult]:
-        """Commit the prepared stores of ``batch``; a refusal from
-        preparation (an IngestResult) is passed through in its place."""
-        stores = [item for item in batch if not isinstance(item, IngestResult)]
-        if not stores:
-            return batch
-        if self._committers is None:
-            committed = await self.archive.commit_batch(stores)
-        else:
-            loop = asyncio.get_running_loop()
-            committed = await loop.run_in_executor(self._committers, self.archive.commit_batch, stores)
-        results = iter(committed)
-        return [item if isinstance(item, IngestResult) else next(results) for item in batch]
+    async def _commit(self, batch: list[_Store]) -> list[IngestResult]:
+        """Validate and commit one batch of spooled files, off the loop: one
+        hand-off to a thread per batch, not per store."""
+        loop = asyncio.get_running_loop()
+        if self._committers is not None:
+            return await loop.run_in_executor(self._committers, self._ingest_batch, batch)
+        prepared = await loop.run_in_executor(None, self._prepare_all, batch)
+        stores = [item for item in prepared if not isinstance(item, IngestResult)]
+        committed = iter(await self.archive.commit_batch(stores) if stores else ())
+        return [item if isinstance(item, IngestResult) else next(committed) for item in prepared]
+
+    def _prepare_all(self, batch: list[_Store]) -> list[Any]:
+        """Each file validated (a PreparedStore), or the IngestResult of its refusal."""
+        out: list[Any] = []
+        for store in batch:
+            try:
+                out.append(self.archive.prepare_file(store.path, owner=store.owner,
+                                                     may_replace_others=store.may_replace_others))  # fmt: skip
+            except OSError as exc:
+                out.append(IngestResult(OUT_OF_RESOURCES, f"cannot read: {exc}"[:64]))
+        return out
+
+    def _ingest_batch(self, batch: list[_Store]) -> list[IngestResult]:
+        """The SQLite archive's batch, in a commit thread."""
+        prepared = self._prepare_all(batch)
+        stores = [item for item in prepared if not isinstance(item, IngestResult)]
+        committed = iter(self.archive.commit_batch(stores) if stores else ())
+        return [item if isinstance(item, IngestResult) else next(committed) for item in prepared]
 
     async def ingest_file(
         self, path: str | Path, *, owner: str | None = None, may_replace_others: bool = False
     ) -> IngestResult:
-        """Validate the spooled file off the loop, then commit it in the
-        next batch; the result once that batch is durable (or refused).
-        Its place in the queue is taken at once, so results come back in
-        the order the stores arrived."""
-        loop = asyncio.get_running_loop()
-        prepare = functools.partial(
-            self.archive.prepare_file, Path(path), owner=owner, may_replace_others=may_replace_others
-        )
-        return await self.group.submit(loop.run_in_executor(None, prepare))
+        """Store a spooled file in the next batch: validated and committed
+        off the loop; the result once that batch is durable (or refused).
+        Results come back in the order the stores arrived."""
+        return await self.group.submit(_Store(Path(path), owner, may_replace_others))
 
     async def close(self) -> None:
         """Let the batches in flight finish, then stop the commit threads."""
         await self.group.drain()
         if self._committers is not None:
             self._committers.shutdown(wait=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Store:
+    """One C-STORE's spooled file and who stores it."""
+
+    path: Path
+    owner: str | None
+    may_replace_others: bool

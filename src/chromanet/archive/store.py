@@ -321,14 +321,18 @@ def _index_fields(ds: Dataset, meta_class: str | None, meta_instance: str | None
     return fields, warning
 
 
-def _read_palette_file(path: Path) -> tuple[Dataset, dsutil.Part10File]:
+def _read_palette_file(path: Path) -> tuple[Dataset, dsutil.Part10File, os.stat_result]:
     """The data set of a Part 10 file, decoded in one pass by chromanet's
     codec, which also checks that it is well formed in the transfer syntax
     it declares (e.g. Implicit VR bytes sent on an Explicit VR context are
     refused): what we could not serve back, we do not store. The file is
-    mapped only while it is decoded."""
+    read whole (a palette is 4.4 KB to ~400 KB): one open and one read,
+    no mapping to undo in a process whose other threads serve peers."""
     try:
-        part = dsutil.open_part10(path)
+        with open(path, "rb") as handle:
+            stat = os.fstat(handle.fileno())
+            data = handle.read()
+        part = dsutil.parse_part10(memoryview(data), path)
     except (OSError, ValueError) as exc:
         raise _Refused(CANNOT_UNDERSTAND, f"cannot read as Part 10: {exc}"[:64]) from exc
     try:
@@ -338,9 +342,14 @@ def _read_palette_file(path: Path) -> tuple[Dataset, dsutil.Part10File]:
         raise _Refused(CANNOT_UNDERSTAND, f"data set not valid in its transfer syntax: {exc}"[:64]) from exc
     except Exception as exc:
         raise _Refused(CANNOT_UNDERSTAND, f"cannot read as Part 10: {exc}"[:64]) from exc
-    finally:
-        part.close()
-    return ds, part
+    return ds, part, stat
+
+
+def _checked(path: Path) -> tuple[dict[str, Any], str, str, os.stat_result]:
+    """``check_palette_file``'s work, and the file's stat; raises _Refused."""
+    ds, part, stat = _read_palette_file(path)
+    fields, warning = _index_fields(ds, part.sop_class_uid or None, part.sop_instance_uid or None)
+    return fields, part.transfer_syntax, warning, stat
 
 
 def check_palette_file(path: Path) -> tuple[dict[str, Any], str, str] | IngestResult:
@@ -350,11 +359,10 @@ def check_palette_file(path: Path) -> tuple[dict[str, Any], str, str] | IngestRe
     text (empty if none), or the IngestResult of the refusal.
     """
     try:
-        ds, part = _read_palette_file(path)
-        fields, warning = _index_fields(ds, part.sop_class_uid or None, part.sop_instance_uid or None)
+        fields, transfer_syntax, warning, _ = _checked(path)
     except _Refused as refused:
         return IngestResult(refused.status, refused.comment)
-    return fields, part.transfer_syntax, warning
+    return fields, transfer_syntax, warning
 
 
 def check_palette_dataset(ds: Dataset) -> tuple[dict[str, Any], str] | IngestResult:
@@ -378,11 +386,11 @@ _SYNC_FILE_RANGE_WRITE = 2
 _sync_file_range: Any = None
 
 
-def _start_writeback(paths: list[Path]) -> None:
+def _start_writeback(fds: list[int]) -> None:
     """Ask the kernel to start writing these files' dirty pages (Linux
     ``sync_file_range(SYNC_FILE_RANGE_WRITE)``; it does not wait, and it
     is no substitute for the fsyncs that follow). Best effort: nothing
-    where the call is missing or fails."""
+    where the call is missing."""
     global _sync_file_range
     if _sync_file_range is None:
         _sync_file_range = False
@@ -395,17 +403,9 @@ def _start_writeback(paths: list[Path]) -> None:
                 _sync_file_range = call
             except (OSError, AttributeError):
                 pass
-    if not _sync_file_range:
-        return
-    for path in paths:
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError:
-            continue  # its fsync will say why
-        try:
+    if _sync_file_range:
+        for fd in fds:
             _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
-        finally:
-            os.close(fd)
 
 
 def _stripe(uid: str) -> int:
@@ -435,6 +435,7 @@ class PreparedStore:
     transfer_syntax: str
     warning: str
     rights: _Rights
+    size: int  # bytes: the file is not written to once prepared
 
     @property
     def uid(self) -> str:
@@ -637,19 +638,19 @@ class PaletteArchive:
         refusal. Takes no lock: any number may run at once."""
         rights = _Rights(owner, may_replace_others)
         source = Path(path)
-        checked = check_palette_file(source)
-        if isinstance(checked, IngestResult):
-            return checked
-        fields, transfer_syntax, warning = checked
+        try:
+            fields, transfer_syntax, warning, stat = _checked(source)
+        except _Refused as refused:
+            return IngestResult(refused.status, refused.comment)
         copy_file = lambda temp: shutil.copyfile(source, temp)  # noqa: E731
         if not move:
             return self._prepare_new_file(copy_file, fields, transfer_syntax, warning, rights)
         refused = self._refuse_stored_well_known(fields)
         if refused is not None:
             return refused
-        if os.stat(source).st_dev != self._files_device:
+        if stat.st_dev != self._files_device:
             return self._prepare_new_file(copy_file, fields, transfer_syntax, warning, rights)
-        return PreparedStore(source, False, fields, transfer_syntax, warning, rights)
+        return PreparedStore(source, False, fields, transfer_syntax, warning, rights, stat.st_size)
 
     def commit_batch(self, batch: "list[PreparedStore]") -> list[IngestResult]:
         """Steps 2-4 of a store for every prepared store of ``batch`` at once
@@ -674,25 +675,38 @@ class PaletteArchive:
 
     # The steps of a store, as methods so that tests can fail each one.
 
-    def _step_fsync_file(self, path: Path) -> None:
-        _fsync_path(path)
+    def _step_fsync_file(self, path: Path, fd: int | None = None) -> None:
+        if fd is None:
+            _fsync_path(path)
+        else:
+            os.fsync(fd)
 
     def _step_fsync_files(self, paths: list[Path]) -> list[Exception | None]:
         """Each file's data durable; per file None or the error. Writeback of
         all of them is started first, so that their blocks are allocated in
         one journal transaction, which the first fsync commits and the next
         ones find done (one fsync after another would each wait for a
-        journal commit of its own)."""
-        if len(paths) > 1:
-            _start_writeback(paths)
-        errors: list[Exception | None] = []
-        for path in paths:
-            try:
-                self._step_fsync_file(path)
-            except Exception as exc:
-                errors.append(exc)
-            else:
-                errors.append(None)
+        journal commit of its own). Each file is opened once for both."""
+        errors: list[Exception | None] = [None] * len(paths)
+        fds: list[int | None] = [None] * len(paths)
+        try:
+            for k, path in enumerate(paths):
+                try:
+                    fds[k] = os.open(path, os.O_RDONLY)
+                except OSError as exc:
+                    errors[k] = exc
+            if len(paths) > 1:
+                _start_writeback([fd for fd in fds if fd is not None])
+            for k, path in enumerate(paths):
+                if fds[k] is not None:
+                    try:
+                        self._step_fsync_file(path, fds[k])
+                    except Exception as exc:
+                        errors[k] = exc
+        finally:
+            for fd in fds:
+                if fd is not None:
+                    os.close(fd)
         return errors
 
     def _step_rename(self, source: Path, target: Path) -> None:
@@ -715,9 +729,13 @@ class PaletteArchive:
         return self.files_dir / f"{_TEMP_PREFIX}tmp-{secrets.token_hex(8)}.dcm"
 
     def _final_name(self, uid: str, existing: IndexRow | None) -> str:
-        name = f"{uid}.dcm"
-        if existing is None and not (self.files_dir / name).exists():
-            return name
+        # Without a row, no one names "<uid>.dcm" (names come from UIDs, and
+        # the UID's stripe lock is held): a file there is debris of a store
+        # never committed, which recover() would remove; renaming over it
+        # is as good. A replacement gets a name of its own, so that readers
+        # of the old file keep it until the new row is committed.
+        if existing is None:
+            return f"{uid}.dcm"
         return f"{uid}_{secrets.token_hex(4)}.dcm"
 
     def _prepare_new_file(
@@ -729,10 +747,11 @@ class PaletteArchive:
         temp = self._temp_path()
         try:
             write(temp)
+            size = os.stat(temp).st_size
         except Exception as exc:
             temp.unlink(missing_ok=True)
             return IngestResult(OUT_OF_RESOURCES, f"cannot write: {exc}"[:64], fields["sop_instance_uid"])
-        return PreparedStore(temp, True, fields, transfer_syntax, warning, rights)
+        return PreparedStore(temp, True, fields, transfer_syntax, warning, rights, size)
 
     def _refuse_stored_well_known(self, fields: dict[str, Any]) -> IngestResult | None:
         uid = fields["sop_instance_uid"]
@@ -805,13 +824,12 @@ class PaletteArchive:
                 continue
             final = self.files_dir / self._final_name(uid, existing)
             try:
-                size = os.stat(store.source).st_size
                 self._step_rename(store.source, final)
             except Exception as exc:
                 results[k] = self._failed(store, None, exc)
                 continue
             row = IndexRow(
-                transfer_syntax=store.transfer_syntax, file_name=final.name, size=size, owner=store.rights.owner,
+                transfer_syntax=store.transfer_syntax, file_name=final.name, size=store.size, owner=store.rights.owner,
                 **store.fields,
             )  # fmt: skip
             renamed.append((k, final, row, existing))
