@@ -8,7 +8,8 @@ Modules: ``store`` (files, crash safety, statuses of stores), ``index``
 (SQLite), ``matching`` (identifiers to SQL, PS3.4 X.6.1.2 and C.2.2.2),
 ``response`` (response identifiers), ``seed`` (the well-known palettes),
 ``postgres`` (``PgArchive``: index and palettes in PostgreSQL, awaited, for
-several nodes; asyncpg is imported only when one is opened).
+several nodes; asyncpg is imported only when one is opened),
+``group_commit`` (C-STOREs made durable in batches, for the node).
 """
 
 from chromanet.archive.index import ArchiveVersionError
@@ -20,6 +21,7 @@ from chromanet.archive.store import (
     ArchiveBusyError,
     IngestResult,
     LocateResult,
+    PreparedStore,
     PaletteArchive,
     StoredInstance,
     VerifyReport,
@@ -32,6 +34,7 @@ __all__ = [
     "LocateResult",
     "StoredInstance",
     "IngestResult",
+    "PreparedStore",
     "VerifyReport",
     "ArchiveError",
     "IdentifierError",

@@ -24,6 +24,12 @@ WHERE`` statement: PostgreSQL locks the conflicting row, so two nodes racing
 on one SOP Instance UID cannot both win (the loser's ``WHERE`` sees the
 winner's owner and updates nothing).
 
+Group commit (``group_commit.py``): ``commit_batch`` runs the upserts of a
+batch of stores in one transaction, so one commit (one WAL flush on the
+server) makes them all durable; should a statement fail for another reason
+than a lost connection, the batch is retried one store per transaction so
+that only the store at fault fails.
+
 Schema versions are the row of ``schema_version``; ``SCHEMA_VERSION`` is
 the one this code writes, migrations run in one transaction under an
 advisory lock (two nodes starting at once do not both migrate), and a newer
