@@ -320,8 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", default="1", help="node worker processes, a comma list (default 1)")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds (default 1)")
     p.add_argument("--no-dcmtk", dest="dcmtk", action="store_false", help="skip the storescu and storescp rows")
-    p.add_argument("--work-dir", type=Path, help="data directories and logs here (default: a temporary one "
-                   "under the current directory, on the disk being measured; removed at the end)")
+    p.add_argument("--work-dir", type=Path, help="data directories and logs here, on the disk to measure "
+                   "(default: a new directory in the system's temporary directory, removed at the end)")
     p.add_argument("--json", type=Path, help="write every figure here")
     args = p.parse_args(argv)
     args.concurrency = [int(x) for x in args.concurrency.split(",")]
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     for side in SIDES:
         t = trees[side]
         say(f"{side:9} {t['tree']} @ {t['commit']}{' (dirty)' if t['dirty'] else ''}")
-    work = args.work_dir.resolve() if args.work_dir else Path(tempfile.mkdtemp(prefix=".bench-ingest-", dir=Path.cwd()))
+    work = args.work_dir.resolve() if args.work_dir else Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     work.mkdir(parents=True, exist_ok=True)
     load_start = os.getloadavg()
     try:

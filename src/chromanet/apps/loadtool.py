@@ -2,7 +2,7 @@
 
     chromanet bench HOST PORT [--op echo|find|get|move|store] [-c N] [-n M]
                     [--duration S] [--processes P] [--query-model MODEL] [-k KEY=VALUE ...]
-                    [--move-dest AET] [--file PATH ...] [--json FILE] [--histogram FILE.png]
+                    [--move-dest AET] [--file PATH ...] [--new-uids] [--json FILE] [--histogram FILE.png]
 
 N concurrent associations (asyncio, one event loop per process; with
 ``--processes P``, P processes of N each), each doing M operations; with
