@@ -171,8 +171,9 @@ class Part10File:
     """A DICOM file on disk, its header parsed, its data set left encoded.
 
     ``dataset_offset`` is where the data set starts (after the group 0002
-    elements); ``data`` maps the file read-only, so ``data[dataset_offset:]``
-    can be sent without reading the file into memory.
+    elements); ``data`` holds a small file's bytes, or maps a large one
+    read-only, so that ``data[dataset_offset:]`` can be sent without
+    reading a large file into memory.
     """
 
     path: Path | None
@@ -201,12 +202,22 @@ class NotPart10Error(ValueError):
     """The file has no DICM prefix or no usable group 0002."""
 
 
+# Files up to this size are read, larger ones mapped: for a small file one
+# read costs less than a mapping and its unmapping (which, in a process with
+# other threads, makes every core flush its TLB).
+_READ_WHOLE = 1 << 20
+
+
 def open_part10(path: str | os.PathLike[str]) -> Part10File:
-    """Map a Part 10 file read-only and read its file meta group."""
+    """Open a Part 10 file (read whole if small, else mapped read-only) and
+    read its file meta group."""
     path = Path(path)
     with open(path, "rb") as handle:
-        if os.fstat(handle.fileno()).st_size < 132:
+        size = os.fstat(handle.fileno()).st_size
+        if size < 132:
             raise NotPart10Error(f"{path}: too short for a DICOM file")
+        if size <= _READ_WHOLE:
+            return parse_part10(memoryview(handle.read()), path)
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     view = memoryview(mapped)
     try:
