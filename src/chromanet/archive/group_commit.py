@@ -10,12 +10,14 @@ How a batch forms (``GroupCommit``):
 
 * a store that finds no commit running starts one at once, alone: a single
   association never waits for company;
-* stores that arrive while a commit runs queue, and the queue becomes the
-  next batch when that commit ends, in arrival order, at most
+* stores that arrive while commits run queue, and the queue becomes the
+  next batch when a commit may start, in arrival order, at most
   ``max_batch`` of them (the rest wait for the batch after);
-* a queued store waits at most ``max_wait`` seconds for its batch to begin:
-  past that (a slow disk), or as soon as a full batch is queued, a second
-  commit starts beside the running one (``max_inflight`` at most);
+* up to ``max_inflight`` batches commit side by side (2: one validates
+  while the other waits for the disk); a queued store waits at most
+  ``max_wait`` seconds (default 0) before a commit beside a running one
+  starts for it, at once for a full batch; with ``max_inflight`` commits
+  running, the queue grows until one ends;
 * each store's result is handed back when the batch holding it has
   committed, so a peer hears success only for a store that is durable.
 
