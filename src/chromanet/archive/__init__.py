@@ -9,7 +9,8 @@ Modules: ``store`` (files, crash safety, statuses of stores), ``index``
 ``response`` (response identifiers), ``seed`` (the well-known palettes),
 ``postgres`` (``PgArchive``: index and palettes in PostgreSQL, awaited, for
 several nodes; asyncpg is imported only when one is opened),
-``group_commit`` (C-STOREs made durable in batches, for the node).
+``group_commit`` (C-STOREs made durable in batches, for the node),
+``validation`` (what a store must be, shared by both archives).
 """
 
 from chromanet.archive.index import ArchiveVersionError

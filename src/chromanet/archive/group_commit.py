@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Generic, TypeVar
 
-from chromanet.archive.store import OUT_OF_RESOURCES, IngestResult
+from chromanet.archive.validation import OUT_OF_RESOURCES, IngestResult
 
 __all__ = ["GroupCommit", "IngestQueue", "DEFAULT_MAX_BATCH", "DEFAULT_MAX_WAIT", "DEFAULT_MAX_INFLIGHT"]
 

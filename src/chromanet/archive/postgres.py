@@ -60,14 +60,14 @@ from chromanet.archive import matching as m
 from chromanet.archive.index import ArchiveVersionError
 from chromanet.archive.response import FindResult
 from chromanet.errors import ChromanetError
-from chromanet.archive.store import (
+from chromanet.archive.store import LocateResult
+from chromanet.archive.validation import (
     NOT_AUTHORISED,
     OUT_OF_RESOURCES,
     SUCCESS,
     UNABLE_TO_PROCESS,
     WARNING_DATASET_DOES_NOT_MATCH,
     IngestResult,
-    LocateResult,
     check_palette_dataset,
     check_palette_file,
 )

@@ -90,7 +90,6 @@ C-STORE statuses (PS3.4 B.2.3, Table B.2-1) in ``IngestResult.status``:
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import os
@@ -105,14 +104,24 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pydicom import Dataset
-from pydicom.sequence import Sequence as DicomSequence
 
 from chromanet import dsutil, uids
 from chromanet.archive import matching as m
 from chromanet.archive.index import Index, IndexRow
 from chromanet.archive.response import FindResult
+from chromanet.archive.validation import (
+    NOT_AUTHORISED,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+    UNABLE_TO_PROCESS,
+    WARNING_DATASET_DOES_NOT_MATCH,
+    IngestResult,
+    Refused,
+    check_palette_dataset,
+    check_palette_file,
+    checked_file,
+)
 from chromanet.errors import ChromanetError
-from chromanet.status import STATUS_SUCCESS, STATUS_WARNING, Status, code_to_category
 
 try:
     import fcntl
@@ -133,22 +142,8 @@ __all__ = [
 
 LOGGER = logging.getLogger("chromanet.archive")
 
-SUCCESS = int(Status.SUCCESS)
-WARNING_DATASET_DOES_NOT_MATCH = int(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS_WARNING)
-OUT_OF_RESOURCES = int(Status.OUT_OF_RESOURCES)
-DATASET_DOES_NOT_MATCH = int(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS)
-CANNOT_UNDERSTAND = UNABLE_TO_PROCESS = int(Status.CANNOT_UNDERSTAND)
-NOT_AUTHORISED = int(Status.NOT_AUTHORISED)
-
 _TEMP_PREFIX = "."
 _COMMIT_STRIPES = 64
-
-# Attributes a palette must have (PS3.3 C.7.9, C.7.6.3).
-_LUT_DESCRIPTORS = (0x00281101, 0x00281102, 0x00281103)
-_LUT_DATA = (0x00281201, 0x00281202, 0x00281203)
-_SEGMENTED_LUT_DATA = (0x00281221, 0x00281222, 0x00281223)
-_ICC_PROFILE = 0x00282000
-
 
 class ArchiveBusyError(ChromanetError):
     """Another process has this data directory open."""
@@ -175,21 +170,6 @@ class LocateResult(list[StoredInstance]):
     missing: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class IngestResult:
-    """Outcome of a store: a C-STORE status (PS3.4 B.2.3) and a comment."""
-
-    status: int
-    comment: str = ""
-    sop_instance_uid: str | None = None
-    path: Path | None = None
-
-    @property
-    def ok(self) -> bool:
-        """Stored (success or warning)."""
-        return code_to_category(self.status) in (STATUS_SUCCESS, STATUS_WARNING)
-
-
 @dataclass(slots=True)
 class VerifyReport:
     """Where the index and ``files/`` disagree."""
@@ -213,165 +193,6 @@ class _Rights:
 
     def may_replace(self, stored_by: str | None) -> bool:
         return self.owner is None or self.may_replace_others or stored_by is None or stored_by == self.owner
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, comment: str) -> None:
-        super().__init__(comment)
-        self.status = status
-        self.comment = comment
-
-
-def _text_or_none(ds: Dataset, tag: int) -> str | None:
-    elem = ds.get(tag)
-    if elem is None:
-        return None
-    value = elem.value
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value)
-    return str(value)
-
-
-def _alternate_json(ds: Dataset) -> str | None:
-    """Alternate Content Description Sequence as the index keeps it: a JSON
-    list of items (DICOM JSON, PS3.18 F), each with Content Description and
-    the Language Code Sequence's code keys only. Built from the elements'
-    own JSON, without copying them into new Datasets (the same text as
-    ``Dataset.to_json_dict`` of such copies, at a fraction of the cost)."""
-    elem = ds.get(m.ALTERNATE_CONTENT_DESCRIPTION_SEQUENCE)
-    if elem is None:
-        return None
-    items = []
-    for item in elem.value or ():
-        kept: dict[str, Any] = {}
-        if m.CONTENT_DESCRIPTION in item:
-            kept[f"{m.CONTENT_DESCRIPTION:08X}"] = item[m.CONTENT_DESCRIPTION].to_json_dict(None, 1024)
-        if m.LANGUAGE_CODE_SEQUENCE in item:
-            codes = [
-                {f"{tag:08X}": code[tag].to_json_dict(None, 1024) for tag in m.CODE_ITEM_KEYS if tag in code}
-                for code in item[m.LANGUAGE_CODE_SEQUENCE].value or ()
-            ]
-            kept[f"{m.LANGUAGE_CODE_SEQUENCE:08X}"] = {"vr": "SQ", "Value": codes}
-        items.append(kept)
-    return json.dumps(items, ensure_ascii=False)
-
-
-def _alternate_json_by_copy(ds: Dataset) -> str | None:
-    """The former, slower ``_alternate_json`` (copies into Datasets), kept as
-    the reference its tests compare with."""
-    elem = ds.get(m.ALTERNATE_CONTENT_DESCRIPTION_SEQUENCE)
-    if elem is None:
-        return None
-    items = []
-    for item in elem.value or ():
-        kept = Dataset()
-        if m.CONTENT_DESCRIPTION in item:
-            kept.add(copy.deepcopy(item[m.CONTENT_DESCRIPTION]))
-        if m.LANGUAGE_CODE_SEQUENCE in item:
-            codes = DicomSequence()
-            for code in item[m.LANGUAGE_CODE_SEQUENCE].value or ():
-                kept_code = Dataset()
-                for tag in m.CODE_ITEM_KEYS:
-                    if tag in code:
-                        kept_code.add(copy.deepcopy(code[tag]))
-                codes.append(kept_code)
-            kept.LanguageCodeSequence = codes
-        items.append(kept.to_json_dict())
-    return json.dumps(items, ensure_ascii=False)
-
-
-def _index_fields(ds: Dataset, meta_class: str | None, meta_instance: str | None) -> tuple[dict[str, Any], str]:
-    """Validate a Color Palette data set; the index columns and a warning text."""
-    sop_class = _text_or_none(ds, m.SOP_CLASS_UID)
-    sop_class = sop_class.strip(" \x00") if sop_class else ""
-    if sop_class != uids.ColorPaletteStorage:
-        raise _Refused(DATASET_DOES_NOT_MATCH, f"SOP Class {sop_class or '(none)'} is not Color Palette Storage")
-    uid = (_text_or_none(ds, m.SOP_INSTANCE_UID) or "").strip(" \x00")
-    if not uids.validate_uid(uid):
-        raise _Refused(DATASET_DOES_NOT_MATCH, f"invalid SOP Instance UID {uid[:40]!r}")
-    if meta_class and meta_class != sop_class:
-        raise _Refused(DATASET_DOES_NOT_MATCH, "file meta SOP Class UID differs from the data set's")
-    if meta_instance and meta_instance != uid:
-        raise _Refused(DATASET_DOES_NOT_MATCH, "file meta SOP Instance UID differs from the data set's")
-    label = (_text_or_none(ds, m.CONTENT_LABEL) or "").strip(" ")
-    if not label:
-        raise _Refused(DATASET_DOES_NOT_MATCH, "Content Label (0070,0080) missing or empty")
-    if not all(tag in ds for tag in _LUT_DESCRIPTORS):
-        raise _Refused(DATASET_DOES_NOT_MATCH, "Palette Color LUT Descriptors missing")
-    if not (all(tag in ds for tag in _LUT_DATA) or all(tag in ds for tag in _SEGMENTED_LUT_DATA)):
-        raise _Refused(DATASET_DOES_NOT_MATCH, "Palette Color LUT Data (normal or segmented) missing")
-    warning = "" if _ICC_PROFILE in ds else "ICC Profile (0028,2000) missing"
-    description = _text_or_none(ds, m.CONTENT_DESCRIPTION)
-    creator = _text_or_none(ds, m.CONTENT_CREATOR_NAME)
-    alternates = _alternate_json(ds)
-    charset = _text_or_none(ds, m.SPECIFIC_CHARACTER_SET)
-    ascii_only = all(t is None or t.isascii() for t in (label, description, creator, alternates))
-    fields = dict(
-        sop_instance_uid=uid,
-        sop_class_uid=sop_class,
-        content_label=label,
-        content_description=description,
-        content_creator_name=creator,
-        alternate_descriptions=alternates,
-        specific_character_set=charset or None,
-        ascii_only=ascii_only,
-    )
-    return fields, warning
-
-
-def _read_palette_file(path: Path) -> tuple[Dataset, dsutil.Part10File, os.stat_result]:
-    """The data set of a Part 10 file, decoded in one pass by chromanet's
-    codec, which also checks that it is well formed in the transfer syntax
-    it declares (e.g. Implicit VR bytes sent on an Explicit VR context are
-    refused): what we could not serve back, we do not store. The file is
-    read whole (a palette is 4.4 KB to ~400 KB): one open and one read,
-    no mapping to undo in a process whose other threads serve peers."""
-    try:
-        with open(path, "rb") as handle:
-            stat = os.fstat(handle.fileno())
-            data = handle.read()
-        part = dsutil.parse_part10(memoryview(data), path)
-    except (OSError, ValueError) as exc:
-        raise _Refused(CANNOT_UNDERSTAND, f"cannot read as Part 10: {exc}"[:64]) from exc
-    try:
-        ds = dsutil.decode_dataset(part.dataset_bytes(), part.transfer_syntax)
-    except dsutil.EncodingError as exc:
-        LOGGER.info("refusing %s: not well formed in %s: %s", path.name, part.transfer_syntax, exc)
-        raise _Refused(CANNOT_UNDERSTAND, f"data set not valid in its transfer syntax: {exc}"[:64]) from exc
-    except Exception as exc:
-        raise _Refused(CANNOT_UNDERSTAND, f"cannot read as Part 10: {exc}"[:64]) from exc
-    return ds, part, stat
-
-
-def _checked(path: Path) -> tuple[dict[str, Any], str, str, os.stat_result]:
-    """``check_palette_file``'s work, and the file's stat; raises _Refused."""
-    ds, part, stat = _read_palette_file(path)
-    fields, warning = _index_fields(ds, part.sop_class_uid or None, part.sop_instance_uid or None)
-    return fields, part.transfer_syntax, warning, stat
-
-
-def check_palette_file(path: Path) -> tuple[dict[str, Any], str, str] | IngestResult:
-    """Validate a Part 10 file as a store would (shared by every backend).
-
-    Returns the index columns (a dict), the transfer syntax and a warning
-    text (empty if none), or the IngestResult of the refusal.
-    """
-    try:
-        fields, transfer_syntax, warning, _ = _checked(path)
-    except _Refused as refused:
-        return IngestResult(refused.status, refused.comment)
-    return fields, transfer_syntax, warning
-
-
-def check_palette_dataset(ds: Dataset) -> tuple[dict[str, Any], str] | IngestResult:
-    """Validate a decoded data set as a store would: the index columns and a
-    warning text, or the IngestResult of the refusal."""
-    try:
-        return _index_fields(ds, None, None)
-    except _Refused as refused:
-        return IngestResult(refused.status, refused.comment)
 
 
 def _fsync_path(path: Path) -> None:
@@ -639,8 +460,8 @@ class PaletteArchive:
         rights = _Rights(owner, may_replace_others)
         source = Path(path)
         try:
-            fields, transfer_syntax, warning, stat = _checked(source)
-        except _Refused as refused:
+            fields, transfer_syntax, warning, stat = checked_file(source)
+        except Refused as refused:
             return IngestResult(refused.status, refused.comment)
         copy_file = lambda temp: shutil.copyfile(source, temp)  # noqa: E731
         if not move:
