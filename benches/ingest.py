@@ -224,7 +224,7 @@ def storescu(port: int, files: list[Path], timeout: float = 600) -> dict[str, An
     done = subprocess.run(argv, env=child_env(nodelay=True), timeout=timeout, capture_output=True, text=True)
     elapsed = time.perf_counter() - t0
     return {"stores": len(files), "exit": done.returncode, "rate": len(files) / elapsed, "elapsed_s": elapsed,
-            "errors": done.returncode != 0, "stderr": done.stderr[-500:]}  # fmt: skip
+            "errors": int(done.returncode != 0), "stderr": done.stderr[-500:]}  # fmt: skip
 
 
 def storescp_cell(candidate: dict[str, Any], concurrency: int, n: int, work: Path) -> dict[str, Any]:

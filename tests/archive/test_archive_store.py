@@ -426,7 +426,22 @@ def test_alternate_descriptions_json_as_by_dataset_copies() -> None:
     bare.LanguageCodeSequence = [first.LanguageCodeSequence[0]]
     multi = Dataset()
     multi.ContentDescription = ["ONE", "TWO"]
-    odd.AlternateContentDescriptionSequence = [first, empty, bare, multi, Dataset()]
+    spaced = Dataset()
+    spaced.ContentDescription = "PADDED   "
+    spaced.LanguageCodeSequence = [Dataset()]
+    spaced.LanguageCodeSequence[0].CodeValue = "en\\fr"
+    spaced.LanguageCodeSequence[0].CodeMeaning = "X\\Y "
+    odd.AlternateContentDescriptionSequence = [first, empty, bare, multi, spaced, Dataset()]
     assert validation._alternate_json(odd) == _alternate_json_by_copies(odd)
+    # The same, undecoded (the elements raw, as a received store's are), in
+    # the character sets where ASCII is ASCII and in one where it is not.
+    for charset in (None, "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 87", "GB18030"):
+        if charset is None:
+            odd.pop(0x00080005, None)
+        else:
+            odd.SpecificCharacterSet = charset
+        for syntax in (uids.ExplicitVRLittleEndian, uids.ImplicitVRLittleEndian):
+            raw = dsutil.decode_dataset(dsutil.encode_dataset(odd, syntax), syntax)
+            assert validation._alternate_json(raw) == _alternate_json_by_copies(raw), (charset, syntax)
     del odd.AlternateContentDescriptionSequence
     assert validation._alternate_json(odd) is None

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset
+from pydicom.dataelem import RawDataElement
 
 from chromanet import dsutil, uids
 from chromanet.archive import matching as m
@@ -89,25 +90,53 @@ def _text_or_none(ds: Dataset, tag: int) -> str | None:
     return str(value)
 
 
+# Character sets under which a value of ASCII bytes without ESC decodes to
+# the same text as ASCII (PS3.5 6.1.2; ISO 2022 code extensions use ESC).
+_ASCII_SAFE_CHARSETS = frozenset({None, "", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192"})
+_PLAIN_TEXT_VRS = frozenset({"SH", "LO"})
+
+
+def _element_json(item: Dataset, tag: int, plain: bool) -> dict[str, Any]:
+    """DICOM JSON of one element of ``item``, as ``DataElement.to_json_dict``
+    gives it. With ``plain`` (an ASCII-safe character set), an SH or LO
+    element still undecoded whose bytes are ASCII without ESC is turned
+    into JSON from its bytes, as pydicom would decode it (split at "\\",
+    trailing spaces and NULs stripped), without converting the element."""
+    if plain:
+        raw = item.get_item(tag)
+        if type(raw) is RawDataElement and raw.VR in _PLAIN_TEXT_VRS and isinstance(raw.value, bytes):
+            value = raw.value
+            if value.isascii() and b"\x1b" not in value:
+                parts = [part.rstrip("\x00 ") for part in value.decode("ascii").split("\\")]
+                if len(parts) == 1 and not parts[0]:
+                    return {"vr": raw.VR}
+                return {"vr": raw.VR, "Value": parts}
+    return item[tag].to_json_dict(None, 1024)
+
+
 def _alternate_json(ds: Dataset) -> str | None:
     """Alternate Content Description Sequence as the index keeps it: a JSON
     list of items (DICOM JSON, PS3.18 F), each with Content Description and
     the Language Code Sequence's code keys only. Built from the elements'
-    own JSON, without copying them into new Datasets (the same text as
-    ``Dataset.to_json_dict`` of such copies, at a fraction of the cost)."""
+    own JSON (or bytes, ``_element_json``), without copying them into new
+    Datasets (the same text as ``Dataset.to_json_dict`` of such copies, at
+    a fraction of the cost; ``tests/archive/test_archive_store.py``)."""
     elem = ds.get(m.ALTERNATE_CONTENT_DESCRIPTION_SEQUENCE)
     if elem is None:
         return None
+    plain = _text_or_none(ds, m.SPECIFIC_CHARACTER_SET) in _ASCII_SAFE_CHARSETS
     items = []
     for item in elem.value or ():
+        own_charset = m.SPECIFIC_CHARACTER_SET in item
         kept: dict[str, Any] = {}
         if m.CONTENT_DESCRIPTION in item:
-            kept[f"{m.CONTENT_DESCRIPTION:08X}"] = item[m.CONTENT_DESCRIPTION].to_json_dict(None, 1024)
+            kept[f"{m.CONTENT_DESCRIPTION:08X}"] = _element_json(item, m.CONTENT_DESCRIPTION, plain and not own_charset)
         if m.LANGUAGE_CODE_SEQUENCE in item:
             codes = [
-                {f"{tag:08X}": code[tag].to_json_dict(None, 1024) for tag in m.CODE_ITEM_KEYS if tag in code}
+                {f"{tag:08X}": _element_json(code, tag, plain and not own_charset and m.SPECIFIC_CHARACTER_SET not in code)
+                 for tag in m.CODE_ITEM_KEYS if tag in code}
                 for code in item[m.LANGUAGE_CODE_SEQUENCE].value or ()
-            ]
+            ]  # fmt: skip
             kept[f"{m.LANGUAGE_CODE_SEQUENCE:08X}"] = {"vr": "SQ", "Value": codes}
         items.append(kept)
     return json.dumps(items, ensure_ascii=False)
