@@ -231,3 +231,23 @@ def test_concurrent_associations_share_commits(tmp_path: Path) -> None:
             await node.close()
 
     uvloop.run(asyncio.wait_for(body(), 120))
+
+
+def test_batch_flags_and_toml(tmp_path: Path) -> None:
+    from chromanet.apps.cli import build_parser, load_node_config
+    from chromanet.archive.group_commit import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT
+
+    parse = lambda *argv: load_node_config(build_parser().parse_args(["serve", *argv]))  # noqa: E731
+    default = parse()
+    assert (default.store_batch_size, default.store_batch_wait) == (DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT)
+    flags = parse("--store-batch-size", "16", "--store-batch-wait", "0.005")
+    assert (flags.store_batch_size, flags.store_batch_wait) == (16, 0.005)
+    toml = tmp_path / "node.toml"
+    toml.write_text("store_batch_size = 8\nstore_batch_wait = 0.002\n")
+    from_file = parse("--config", str(toml))
+    assert (from_file.store_batch_size, from_file.store_batch_wait) == (8, 0.002)
+    with pytest.raises(ValueError, match="store_batch_size"):
+        PaletteNode(NodeConfig(data_dir=tmp_path / "d", store_batch_size=0))
+    # docs/serve.toml, the documented example, names both keys.
+    example = (Path(__file__).resolve().parents[2] / "docs" / "serve.toml").read_text()
+    assert "store_batch_size =" in example and "store_batch_wait =" in example

@@ -208,6 +208,8 @@ class PaletteNode:
     ) -> None:
         self.config = config
         self.worker = worker
+        if config.store_batch_size < 1 or config.store_batch_wait < 0:
+            raise ValueError("store_batch_size must be at least 1 and store_batch_wait not negative")
         config.data_dir.mkdir(parents=True, exist_ok=True)
         if archive is None and is_postgresql_url(config.index):
             archive_or_none: Any = None  # opened by start(): connecting is awaited
