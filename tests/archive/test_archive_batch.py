@@ -268,3 +268,76 @@ def test_batches_from_several_processes_stay_consistent(tmp_path: Path) -> None:
         assert len(list((data / "files").iterdir())) == len(supervisor)
     finally:
         supervisor.close()
+
+
+def _hold_b_then_take_a(data_dir: str, a: int, b: int, holding: Any, release: Any, result: Any) -> None:
+    """Process 2: one thread holds stripe b; another then asks for stripe a,
+    which process 1 holds while one of its threads waits for b."""
+    import threading
+
+    archive = PaletteArchive.open(data_dir, shared=True)
+    try:
+        def hold_b() -> None:
+            with archive._stripe_locks([b]):
+                holding.set()
+                release.wait(30)
+
+        holder = threading.Thread(target=hold_b)
+        holder.start()
+        holding.wait(30)
+        _START.wait(30)  # process 1's second thread is waiting for b now
+        try:
+            with archive._stripe_locks([a]):
+                result.put("locked")
+        except OSError as exc:
+            result.put(f"error {exc.errno}")
+        release.set()
+        holder.join(30)
+    finally:
+        archive.close()
+
+
+def test_the_kernels_false_deadlock_is_waited_out(tmp_path: Path) -> None:
+    """POSIX record locks belong to processes: process 1 (thread 1 holding
+    stripe a, thread 2 waiting for b) and process 2 (holding b, now asking
+    for a) look deadlocked to the kernel (EDEADLK), though thread 1 will
+    release a. The commit waits instead of failing the stores."""
+    import threading
+    import time
+
+    data = tmp_path / "data"
+    supervisor = PaletteArchive.open(data)
+    supervisor.share()
+    mine = PaletteArchive.open(data, shared=True)
+    a, b = 3, 40
+    context = multiprocessing.get_context("spawn")
+    holding, release, start = context.Event(), context.Event(), context.Event()
+    result = context.Queue()
+    child = context.Process(target=_hold_b_then_take_a_main, args=(str(data), a, b, holding, release, result, start))
+    try:
+        with mine._stripe_locks([a]):
+            child.start()
+            assert holding.wait(30)
+            def take_b() -> None:
+                with mine._stripe_locks([b]):
+                    pass
+
+            waiter = threading.Thread(target=take_b, daemon=True)
+            waiter.start()
+            time.sleep(0.3)  # thread 2 blocked on b
+            start.set()
+            time.sleep(0.5)  # process 2 asks for a: refused or waiting
+        # a released: process 2 gets it, then releases b for our thread 2
+        assert result.get(timeout=30) == "locked"
+        waiter.join(30)
+        assert not waiter.is_alive()
+    finally:
+        release.set()
+        child.join(30)
+        mine.close()
+        supervisor.close()
+
+
+def _hold_b_then_take_a_main(data_dir: str, a: int, b: int, holding: Any, release: Any, result: Any, start: Any) -> None:
+    _init(start)
+    _hold_b_then_take_a(data_dir, a, b, holding, release, result)

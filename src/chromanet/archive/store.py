@@ -90,6 +90,7 @@ C-STORE statuses (PS3.4 B.2.3, Table B.2-1) in ``IngestResult.status``:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -98,6 +99,7 @@ import shutil
 import sqlite3
 import sys
 import threading
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +109,7 @@ from pydicom import Dataset
 
 from chromanet import dsutil, uids
 from chromanet.archive import matching as m
-from chromanet.archive.index import Index, IndexRow
+from chromanet.archive.index import BUSY_TIMEOUT, Index, IndexRow
 from chromanet.archive.response import FindResult
 from chromanet.archive.validation import (
     NOT_AUTHORISED,
@@ -227,6 +229,27 @@ def _start_writeback(fds: list[int]) -> None:
     if _sync_file_range:
         for fd in fds:
             _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+
+
+def _lock_range(fd: int, start: int, length: int) -> None:
+    """``lockf`` a range of commit.lock, waiting for it. The kernel refuses
+    a wait it takes for a deadlock (EDEADLK), judging by processes: with a
+    commit thread of process A waiting for B while one of B's waits for
+    another of A's threads, it sees A and B wait for each other, although
+    every thread takes its locks in ascending order and the one it waits
+    for will end its commit. So EDEADLK is retried, after a short pause
+    that grows, for as long as SQLite's busy timeout lets a writer wait."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    pause = 0.0005
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX, length, start)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EDEADLK or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)  # a commit thread, not the event loop
+        pause = min(pause * 2, 0.02)
 
 
 def _stripe(uid: str) -> int:
@@ -613,7 +636,7 @@ class PaletteArchive:
             if self._commit_file is not None:
                 fd = self._commit_file.fileno()
                 for start, length in _runs(stripes):
-                    fcntl.lockf(fd, fcntl.LOCK_EX, length, start)
+                    _lock_range(fd, start, length)
                     ranges.append((start, length))
             yield
         finally:
