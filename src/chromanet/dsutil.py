@@ -123,18 +123,69 @@ def encode_dataset(dataset: Dataset, transfer_syntax: str) -> bytes:
 
 
 def build_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> FileMetaDataset:
+    # By tag (add_new), not by keyword: no keyword lookups, once per C-STORE received.
     meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
-    meta.TransferSyntaxUID = transfer_syntax
-    meta.ImplementationClassUID = uids.IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = uids.IMPLEMENTATION_VERSION_NAME
+    meta.add_new(0x00020001, "OB", b"\x00\x01")  # File Meta Information Version
+    meta.add_new(0x00020002, "UI", sop_class_uid)  # Media Storage SOP Class UID
+    meta.add_new(0x00020003, "UI", sop_instance_uid)  # Media Storage SOP Instance UID
+    meta.add_new(0x00020010, "UI", transfer_syntax)  # Transfer Syntax UID
+    meta.add_new(0x00020012, "UI", uids.IMPLEMENTATION_CLASS_UID)  # Implementation Class UID
+    meta.add_new(0x00020013, "SH", uids.IMPLEMENTATION_VERSION_NAME)  # Implementation Version Name
     return meta
+
+
+# The file meta elements build_file_meta sets (PS3.10 7.1), their VRs and
+# the byte a value of odd length is padded with (PS3.5 6.2).
+_META_ELEMENTS = {
+    0x00020001: (b"OB", b"\x00"),  # File Meta Information Version
+    0x00020002: (b"UI", b"\x00"),  # Media Storage SOP Class UID
+    0x00020003: (b"UI", b"\x00"),  # Media Storage SOP Instance UID
+    0x00020010: (b"UI", b"\x00"),  # Transfer Syntax UID
+    0x00020012: (b"UI", b"\x00"),  # Implementation Class UID
+    0x00020013: (b"SH", b" "),  # Implementation Version Name
+}
+_META_REQUIRED = (0x00020001, 0x00020002, 0x00020003, 0x00020010, 0x00020012)
+
+
+def _plain_file_header(meta: FileMetaDataset) -> bytes | None:
+    """``encode_file_header`` without pydicom's writer, for a file meta group
+    of the elements above with plain values (what ``build_file_meta`` makes,
+    once per received C-STORE): the same bytes as pydicom writes (group
+    length first, tags ascending, explicit VR little endian, odd values
+    padded). None for anything else (pydicom then writes it)."""
+    tags = sorted(meta.keys())
+    if not all(tag in _META_ELEMENTS for tag in tags) or not all(tag in meta for tag in _META_REQUIRED):
+        return None
+    body = bytearray()
+    for tag in tags:
+        value = meta[tag].value
+        vr, pad = _META_ELEMENTS[tag]
+        if vr == b"OB":
+            if not isinstance(value, bytes):
+                return None
+            raw = value
+        elif isinstance(value, str) and value.isascii() and "\\" not in value:
+            raw = value.encode("ascii")
+        else:
+            return None
+        if len(raw) % 2:
+            raw += pad
+        if vr == b"OB":
+            body += struct.pack("<HH2sHI", 0x0002, tag & 0xFFFF, vr, 0, len(raw))
+        elif len(raw) > 0xFFFF:
+            return None
+        else:
+            body += struct.pack("<HH2sH", 0x0002, tag & 0xFFFF, vr, len(raw))
+        body += raw
+    group_length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body))
+    return b"\x00" * 128 + b"DICM" + group_length + bytes(body)
 
 
 def encode_file_header(meta: FileMetaDataset) -> bytes:
     """The 128-byte preamble, "DICM" and the group 0002 elements."""
+    plain = _plain_file_header(meta)
+    if plain is not None:
+        return plain
     buffer = DicomBytesIO()
     buffer.is_implicit_VR = False
     buffer.is_little_endian = True
@@ -148,8 +199,9 @@ class Part10File:
     """A DICOM file on disk, its header parsed, its data set left encoded.
 
     ``dataset_offset`` is where the data set starts (after the group 0002
-    elements); ``data`` maps the file read-only, so ``data[dataset_offset:]``
-    can be sent without reading the file into memory.
+    elements); ``data`` holds a small file's bytes, or maps a large one
+    read-only, so that ``data[dataset_offset:]`` can be sent without
+    reading a large file into memory.
     """
 
     path: Path | None
@@ -178,12 +230,22 @@ class NotPart10Error(ValueError):
     """The file has no DICM prefix or no usable group 0002."""
 
 
+# Files up to this size are read, larger ones mapped: for a small file one
+# read costs less than a mapping and its unmapping (which, in a process with
+# other threads, makes every core flush its TLB).
+_READ_WHOLE = 1 << 20
+
+
 def open_part10(path: str | os.PathLike[str]) -> Part10File:
-    """Map a Part 10 file read-only and read its file meta group."""
+    """Open a Part 10 file (read whole if small, else mapped read-only) and
+    read its file meta group."""
     path = Path(path)
     with open(path, "rb") as handle:
-        if os.fstat(handle.fileno()).st_size < 132:
+        size = os.fstat(handle.fileno()).st_size
+        if size < 132:
             raise NotPart10Error(f"{path}: too short for a DICOM file")
+        if size <= _READ_WHOLE:
+            return parse_part10(memoryview(handle.read()), path)
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     view = memoryview(mapped)
     try:

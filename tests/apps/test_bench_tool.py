@@ -126,6 +126,20 @@ def test_against_chromanet_node(node: int, tmp_path: Path, op: str, extra: list[
         assert summary["items"] == 12 * items_per_op
 
 
+def test_store_with_new_uids(node: int, tmp_path: Path) -> None:
+    """``--new-uids``: each store a new instance under a new UID of the
+    placeholder's length (the same files again and again would be
+    replacements, and the well-known palettes are refused, 0x0124): every
+    store succeeds. (Files labelled BENCH_COPY: the other tests' HOT*
+    queries on this node do not match them.)"""
+    palettes = _new_uid_palettes(tmp_path / "palettes")
+    done, summary = run_bench("127.0.0.1", str(node), "-aec", "CHROMANET", "--op", "store", "--new-uids",
+                              "--file", str(palettes), "-c", "2", "-n", "5", json_path=tmp_path / "s.json")  # fmt: skip
+    assert_clean(done, summary, ops=10, assocs=2)
+    uid = bench._fresh_uid().decode()
+    assert len(uid) == len(bench._UID_PLACEHOLDER) and uid.startswith("2.25.") and uid != bench._fresh_uid().decode()
+
+
 def test_processes(node: int, tmp_path: Path) -> None:
     done, summary = run_bench("127.0.0.1", str(node), "-aec", "CHROMANET", "--op", "echo", "-c", "2", "-n", "25",
                               "--processes", "2", json_path=tmp_path / "s.json")

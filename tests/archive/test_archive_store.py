@@ -368,3 +368,80 @@ def test_queries_from_threads(archive: PaletteArchive) -> None:
     with ThreadPoolExecutor(4) as pool:
         counts = list(pool.map(lambda _: archive.find(ds).count, range(16)))
     assert counts == [8] * 16
+
+
+def _alternate_json_by_copies(ds: Dataset) -> str | None:
+    """The index's Alternate Content Description JSON as it was first built:
+    the kept attributes copied into new Datasets, then Dataset.to_json_dict."""
+    import copy
+    import json
+
+    from pydicom.sequence import Sequence
+
+    from chromanet.archive import matching as m
+
+    elem = ds.get(m.ALTERNATE_CONTENT_DESCRIPTION_SEQUENCE)
+    if elem is None:
+        return None
+    items = []
+    for item in elem.value or ():
+        kept = Dataset()
+        if m.CONTENT_DESCRIPTION in item:
+            kept.add(copy.deepcopy(item[m.CONTENT_DESCRIPTION]))
+        if m.LANGUAGE_CODE_SEQUENCE in item:
+            codes = Sequence()
+            for code in item[m.LANGUAGE_CODE_SEQUENCE].value or ():
+                kept_code = Dataset()
+                for tag in m.CODE_ITEM_KEYS:
+                    if tag in code:
+                        kept_code.add(copy.deepcopy(code[tag]))
+                codes.append(kept_code)
+            kept.LanguageCodeSequence = codes
+        items.append(kept.to_json_dict())
+    return json.dumps(items, ensure_ascii=False)
+
+
+def test_alternate_descriptions_json_as_by_dataset_copies() -> None:
+    """The index keeps the same text as when it was built from copies (the
+    faster way builds it from the elements' own JSON), for every palette
+    pydicom ships, decoded by pydicom and by chromanet's codec, and for
+    items with empty, multi-valued and absent values."""
+    from pydicom.data import get_palette_files
+
+    from chromanet import dsutil
+    from chromanet.archive import validation
+
+    for path in get_palette_files("*.dcm"):
+        ds = dcmread(path)
+        assert validation._alternate_json(ds) == _alternate_json_by_copies(ds), path
+        part = dsutil.open_part10(path)
+        native = dsutil.decode_dataset(part.dataset_bytes(), part.transfer_syntax)
+        part.close()
+        assert validation._alternate_json(native) == _alternate_json_by_copies(native), path
+    odd = palette()
+    first = odd.AlternateContentDescriptionSequence[0]
+    empty, bare = Dataset(), Dataset()
+    empty.ContentDescription = ""
+    empty.LanguageCodeSequence = [Dataset()]
+    bare.LanguageCodeSequence = [first.LanguageCodeSequence[0]]
+    multi = Dataset()
+    multi.ContentDescription = ["ONE", "TWO"]
+    spaced = Dataset()
+    spaced.ContentDescription = "PADDED   "
+    spaced.LanguageCodeSequence = [Dataset()]
+    spaced.LanguageCodeSequence[0].CodeValue = "en\\fr"
+    spaced.LanguageCodeSequence[0].CodeMeaning = "X\\Y "
+    odd.AlternateContentDescriptionSequence = [first, empty, bare, multi, spaced, Dataset()]
+    assert validation._alternate_json(odd) == _alternate_json_by_copies(odd)
+    # The same, undecoded (the elements raw, as a received store's are), in
+    # the character sets where ASCII is ASCII and in one where it is not.
+    for charset in (None, "ISO_IR 100", "ISO_IR 192", "ISO 2022 IR 87", "GB18030"):
+        if charset is None:
+            odd.pop(0x00080005, None)
+        else:
+            odd.SpecificCharacterSet = charset
+        for syntax in (uids.ExplicitVRLittleEndian, uids.ImplicitVRLittleEndian):
+            raw = dsutil.decode_dataset(dsutil.encode_dataset(odd, syntax), syntax)
+            assert validation._alternate_json(raw) == _alternate_json_by_copies(raw), (charset, syntax)
+    del odd.AlternateContentDescriptionSequence
+    assert validation._alternate_json(odd) is None

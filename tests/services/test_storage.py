@@ -9,6 +9,7 @@ The association life cycle around it is in tests/ul/test_association.py."""
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -244,6 +245,36 @@ def test_spool_handler_keeps_files(make_scp, palette_files, tmp_path):
         assert meta.MediaStorageSOPInstanceUID == source.SOPInstanceUID
         assert received == source
         assert dataset_bytes(kept) == dataset_bytes(path)
+
+
+@pytest.mark.parametrize("extra", [0, 200_000, 900_000], ids=["small", "200k", "900k"])
+def test_spool_file_and_event_agree_at_any_size(make_scp, palette_files, tmp_path, extra):
+    """A spooled data set of any size: the file on disk (dataset_path),
+    event.dataset and event.encoded_dataset() all hold the bytes sent."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    ds = pydicom.dcmread(palette_files[0])
+    if extra:
+        ds.add_new(0x00091010, "OB", bytes(range(256)) * (extra // 256))
+        ds.add_new(0x00090010, "LO", "CHROMANET TEST")
+    seen: list[tuple[bytes, bytes, str]] = []
+
+    def on_store(event: Any) -> int:
+        on_disk = Path(event.dataset_path).read_bytes()
+        seen.append((on_disk, event.encoded_dataset(include_meta=True), str(event.dataset.SOPInstanceUID)))
+        return 0
+
+    scp = make_scp(store=False, handlers=[(evt.EVT_C_STORE, on_store)], store_spool_directory=spool)
+    assoc = scu_ae(palette_syntaxes=[uids.ExplicitVRLittleEndian]).associate(*scp.address, ae_title="SRV")
+    assert assoc.send_c_store(ds).Status == 0
+    assoc.release()
+    (on_disk, from_event, uid), = seen
+    assert on_disk == from_event
+    assert uid == str(ds.SOPInstanceUID)
+    sent = pydicom_encode(ds, uids.ExplicitVRLittleEndian)
+    assert on_disk.endswith(sent)
+    assert pydicom.dcmread(io.BytesIO(on_disk)) == ds
+    assert os.listdir(spool) == []
 
 
 def test_spool_file_removed_when_not_moved(make_scp, palette_files, tmp_path):

@@ -134,6 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--drain-timeout", type=float, metavar="SECONDS",
         help="on SIGTERM/SIGINT, let associations end within this long, then abort them (default 30)",
     )  # fmt: skip
+    serve.add_argument(
+        "--store-batch-size", type=int, metavar="N",
+        help="group commit: C-STOREs made durable together at most (default 64)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--store-batch-wait", type=float, metavar="SECONDS",
+        help="group commit: the longest a C-STORE waits for its batch to begin while another commit runs "
+        "(default 0: a second commit starts beside it at once)",
+    )  # fmt: skip
     serve.add_argument("--metrics-port", type=int, metavar="PORT",
                        help="serve Prometheus metrics on http://HOST:PORT/metrics")
     serve.add_argument("--metrics-bind", metavar="HOST", help="the metrics address (default: --bind)")
@@ -403,6 +412,8 @@ def load_node_config(args: argparse.Namespace) -> Any:
         "audit_syslog_facility",
         "workers",
         "drain_timeout",
+        "store_batch_size",
+        "store_batch_wait",
         "metrics_port",
         "metrics_bind",
     ):

@@ -2,7 +2,7 @@
 
     chromanet bench HOST PORT [--op echo|find|get|move|store] [-c N] [-n M]
                     [--duration S] [--processes P] [--query-model MODEL] [-k KEY=VALUE ...]
-                    [--move-dest AET] [--file PATH ...] [--json FILE] [--histogram FILE.png]
+                    [--move-dest AET] [--file PATH ...] [--new-uids] [--json FILE] [--histogram FILE.png]
 
 N concurrent associations (asyncio, one event loop per process; with
 ``--processes P``, P processes of N each), each doing M operations; with
@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import secrets
 import sys
 import time
 from dataclasses import dataclass, field
@@ -90,6 +91,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-aem", "--move-dest", metavar="AET", help="move destination AE title (--op move)")
     parser.add_argument("--file", action="append", default=[], type=Path, metavar="PATH",
                         help="file or directory to C-STORE (repeatable; default: pydicom's 8 palettes)")
+    parser.add_argument("--new-uids", action="store_true",
+                        help="--op store: give every store a new SOP Instance UID (a new instance each time, "
+                        "not a replacement; the well-known palettes are otherwise refused by a node that has them)")
     parser.add_argument("--storage-class", action="append", default=[], metavar="UID",
                         help="C-GET: storage SOP class to accept with the SCP role (palette model: "
                              "Color Palette Storage)")
@@ -132,6 +136,7 @@ class Plan:
     contexts: list[str] = field(default_factory=list)
     tls: ClientTls | None = None  # each worker builds its own context from it
     tcp_quickack: bool = True
+    new_uids: bool = False  # --op store: a fresh SOP Instance UID per store
 
 
 def _resolve_model(name: str, op: str) -> str:
@@ -161,6 +166,36 @@ def _store_files(paths: list[Path]) -> list[str]:
     return files
 
 
+# --new-uids: each file is re-encoded once with this SOP Instance UID (meta
+# and data set), and every store replaces it by a fresh UID of the same
+# length ("2.25." and 38 digits), so no length in the file changes.
+_UID_DIGITS = 38
+_UID_PLACEHOLDER = "2.25." + "1" + "0" * (_UID_DIGITS - 1)
+
+
+def _uid_template(path: str) -> bytes:
+    """The Part 10 bytes of ``path`` with its SOP Instance UID set to the placeholder."""
+    import io
+
+    from pydicom import dcmread
+
+    ds = dcmread(path)
+    ds.SOPInstanceUID = _UID_PLACEHOLDER
+    ds.file_meta.MediaStorageSOPInstanceUID = _UID_PLACEHOLDER
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    data = out.getvalue()
+    if data.count(_UID_PLACEHOLDER.encode()) != 2:
+        raise ValueError(f"{path}: cannot place a new SOP Instance UID")
+    return data
+
+
+def _fresh_uid() -> bytes:
+    """A new UID (PS3.5 B.2: 2.25 and a random integer) of the placeholder's length."""
+    first = 10 ** (_UID_DIGITS - 1)
+    return f"2.25.{first + secrets.randbelow(9 * first)}".encode()
+
+
 def build_plan(args: argparse.Namespace) -> Plan:
     if args.concurrency < 1 or args.count < 1 or args.processes < 1:
         raise ValueError("--concurrency, --count and --processes must be at least 1")
@@ -168,7 +203,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
         raise ValueError("--duration must be positive")
     plan = Plan(args.host, args.port, args.calling_aet, args.called_aet, args.op, args.concurrency, args.count,
                 args.duration, args.timeout, args.max_pdu, keys=list(args.key), tls=client_tls_from_args(args),
-                tcp_quickack=args.tcp_quickack)
+                tcp_quickack=args.tcp_quickack, new_uids=getattr(args, "new_uids", False))
     if plan.tls is not None:
         plan.tls.tls_args()  # a file that cannot be loaded is a usage error, said now
     if args.op == "echo":
@@ -267,6 +302,7 @@ class Worker:
         self.identifier = build_identifier_for(plan) if plan.model else None
         self.tls_args = plan.tls.tls_args() if plan.tls is not None else None
         self.deadline: float | None = None
+        self.templates = [_uid_template(f) for f in plan.files] if plan.new_uids and plan.op == "store" else None
 
     @staticmethod
     def _on_store(event: Any) -> int:
@@ -344,7 +380,11 @@ class Worker:
                 rsp = await assoc.send_c_echo()
                 status = int(rsp.Status) if "Status" in rsp else None
             elif plan.op == "store":
-                rsp = await assoc.send_c_store(plan.files[file_index % len(plan.files)])
+                if self.templates is not None:
+                    template = self.templates[file_index % len(self.templates)]
+                    rsp = await assoc.send_c_store(template.replace(_UID_PLACEHOLDER.encode(), _fresh_uid()))
+                else:
+                    rsp = await assoc.send_c_store(plan.files[file_index % len(plan.files)])
                 file_index += 1
                 status = int(rsp.Status) if "Status" in rsp else None
             else:

@@ -23,7 +23,6 @@ workers, its own spool subdirectory) and opens the archive shared.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import socket
@@ -43,6 +42,7 @@ from chromanet.apps.audit_writer import AuditWriter, FileSink, Sink, SyslogSink
 from chromanet.apps.metrics import NodeMetrics, serve_metrics
 from chromanet.server import AssociationCounter, AsyncServer
 from chromanet.archive import ArchiveError, PaletteArchive
+from chromanet.archive.group_commit import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT, IngestQueue
 from chromanet.archive.postgres import PgArchive, is_postgresql_url
 from chromanet.services.spool import SPOOL_PREFIX
 from chromanet.status import Status
@@ -132,6 +132,13 @@ class NodeConfig:
     # supervisor's, with workers); None: no metrics. metrics_bind None: bind_address.
     metrics_port: int | None = None
     metrics_bind: str | None = None
+    # Group commit of C-STOREs (archive/group_commit.py): stores that arrive
+    # while a commit runs are made durable together, at most this many at
+    # once; a store waits at most store_batch_wait seconds for its batch to
+    # begin (then a second commit starts beside the first). A store that
+    # finds no commit running is committed at once, alone.
+    store_batch_size: int = DEFAULT_MAX_BATCH
+    store_batch_wait: float = DEFAULT_MAX_WAIT
 
     @property
     def worker_count(self) -> int:
@@ -201,6 +208,8 @@ class PaletteNode:
     ) -> None:
         self.config = config
         self.worker = worker
+        if config.store_batch_size < 1 or config.store_batch_wait < 0:
+            raise ValueError("store_batch_size must be at least 1 and store_batch_wait not negative")
         config.data_dir.mkdir(parents=True, exist_ok=True)
         if archive is None and is_postgresql_url(config.index):
             archive_or_none: Any = None  # opened by start(): connecting is awaited
@@ -235,6 +244,7 @@ class PaletteNode:
         self.server: AsyncServer | None = None
         self.tls_server: AsyncServer | None = None
         self._move_tls_context: Any = None  # built when a destination needs it
+        self._ingest: IngestQueue | None = None  # made on the loop, by the first store
 
     def _build_audit(self) -> AuditTrail | None:
         config = self.config
@@ -395,6 +405,8 @@ class PaletteNode:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()
             self._metrics_server = None
+        if self._ingest is not None:
+            await self._ingest.close()  # the batches in flight commit first
         if self.archive_is_async:
             if self.archive is not None:
                 await self.archive.close()
@@ -442,27 +454,29 @@ class PaletteNode:
         LOGGER.info("%s (user %s) may not %s: refused with 0x0124", grant.peer, grant.user or "-", what)
         return NOT_AUTHORISED, f"not authorised to {what}"[:64]
 
-    async def on_store(self, event: evt.Event) -> int | Dataset:
-        """Ingest the spooled file: moved into the store, fsynced, indexed in
-        one transaction, off the event loop. A peer may replace a palette
-        another peer stored only when its grant says so."""
-        grant = _grant(event)
-        path = event.dataset_path
-        started = time.perf_counter()
-        if self.archive_is_async:
-            result = await self.archive.ingest_file(
-                Path(path), owner=grant.peer or None, may_replace_others=grant.may_replace_others
+    @property
+    def ingest_queue(self) -> IngestQueue:
+        """The group commit every C-STORE of this node goes through."""
+        if self._ingest is None:
+            config = self.config
+            self._ingest = IngestQueue(
+                self.archive, max_batch=config.store_batch_size, max_wait=config.store_batch_wait
             )
-            if self.metrics is not None:
-                self.metrics.index_query("store", time.perf_counter() - started)
-            return _store_status(result)
-        loop = asyncio.get_running_loop()
-        ingest = functools.partial(
-            self.archive.ingest_file, Path(path), owner=grant.peer or None, may_replace_others=grant.may_replace_others
-        )
+        return self._ingest
+
+    async def on_store(self, event: evt.Event) -> int | Dataset:
+        """Ingest the spooled file: validated off the event loop, then made
+        durable (fsynced, moved into the store, indexed) together with the
+        stores of other associations that arrived meanwhile (group commit);
+        answered only once its batch has committed. A peer may replace a
+        palette another peer stored only when its grant says so."""
+        grant = _grant(event)
+        started = time.perf_counter()
         try:
-            result = await loop.run_in_executor(None, ingest)
-        except OSError as exc:
+            result = await self.ingest_queue.ingest_file(
+                Path(event.dataset_path), owner=grant.peer or None, may_replace_others=grant.may_replace_others
+            )
+        except Exception as exc:  # the archive could not be written at all
             LOGGER.error("storing %s failed: %s", event.request.AffectedSOPInstanceUID, exc)
             return STORE_OUT_OF_RESOURCES
         if self.metrics is not None:

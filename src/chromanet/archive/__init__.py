@@ -8,7 +8,9 @@ Modules: ``store`` (files, crash safety, statuses of stores), ``index``
 (SQLite), ``matching`` (identifiers to SQL, PS3.4 X.6.1.2 and C.2.2.2),
 ``response`` (response identifiers), ``seed`` (the well-known palettes),
 ``postgres`` (``PgArchive``: index and palettes in PostgreSQL, awaited, for
-several nodes; asyncpg is imported only when one is opened).
+several nodes; asyncpg is imported only when one is opened),
+``group_commit`` (C-STOREs made durable in batches, for the node),
+``validation`` (what a store must be, shared by both archives).
 """
 
 from chromanet.archive.index import ArchiveVersionError
@@ -20,6 +22,7 @@ from chromanet.archive.store import (
     ArchiveBusyError,
     IngestResult,
     LocateResult,
+    PreparedStore,
     PaletteArchive,
     StoredInstance,
     VerifyReport,
@@ -32,6 +35,7 @@ __all__ = [
     "LocateResult",
     "StoredInstance",
     "IngestResult",
+    "PreparedStore",
     "VerifyReport",
     "ArchiveError",
     "IdentifierError",

@@ -20,6 +20,7 @@ this code writes. A newer database is refused rather than misread.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -194,6 +195,20 @@ class Index:
         values = list(row)
         values[_ASCII_ONLY_COLUMN] = bool(values[_ASCII_ONLY_COLUMN])
         return IndexRow(*values)
+
+    def get_many(self, sop_instance_uids: Iterable[str]) -> dict[str, IndexRow]:
+        """The rows of those UIDs that are stored, in one query."""
+        rows = self.reader().execute(
+            f"SELECT {', '.join(IndexRow.__slots__)} FROM instance"
+            " WHERE sop_instance_uid IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(sop_instance_uids)),),
+        ).fetchall()
+        found = {}
+        for row in rows:
+            values = list(row)
+            values[_ASCII_ONLY_COLUMN] = bool(values[_ASCII_ONLY_COLUMN])
+            found[values[0]] = IndexRow(*values)
+        return found
 
     def file_names(self) -> dict[str, tuple[str, int]]:
         """file name -> (SOP Instance UID, size) for every row."""

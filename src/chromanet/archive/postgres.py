@@ -24,6 +24,12 @@ WHERE`` statement: PostgreSQL locks the conflicting row, so two nodes racing
 on one SOP Instance UID cannot both win (the loser's ``WHERE`` sees the
 winner's owner and updates nothing).
 
+Group commit (``group_commit.py``): ``commit_batch`` runs the upserts of a
+batch of stores in one transaction, so one commit (one WAL flush on the
+server) makes them all durable; should a statement fail for another reason
+than a lost connection, the batch is retried one store per transaction so
+that only the store at fault fails.
+
 Schema versions are the row of ``schema_version``; ``SCHEMA_VERSION`` is
 the one this code writes, migrations run in one transaction under an
 advisory lock (two nodes starting at once do not both migrate), and a newer
@@ -54,19 +60,19 @@ from chromanet.archive import matching as m
 from chromanet.archive.index import ArchiveVersionError
 from chromanet.archive.response import FindResult
 from chromanet.errors import ChromanetError
-from chromanet.archive.store import (
+from chromanet.archive.store import LocateResult
+from chromanet.archive.validation import (
     NOT_AUTHORISED,
     OUT_OF_RESOURCES,
     SUCCESS,
     UNABLE_TO_PROCESS,
     WARNING_DATASET_DOES_NOT_MATCH,
     IngestResult,
-    LocateResult,
     check_palette_dataset,
     check_palette_file,
 )
 
-__all__ = ["PgArchive", "PgInstance", "IndexUnavailableError", "SCHEMA_VERSION", "is_postgresql_url", "redact_url"]
+__all__ = ["PgArchive", "PgInstance", "PgPreparedStore", "IndexUnavailableError", "SCHEMA_VERSION", "is_postgresql_url", "redact_url"]
 
 LOGGER = logging.getLogger("chromanet.archive")
 
@@ -304,19 +310,63 @@ class PgArchive:
         """Store a Part 10 file (a spooled C-STORE): validated and read off
         the loop, then committed in one statement. With ``move`` the file is
         removed once the store is committed; on failure it is left."""
-        source = Path(path)
         loop = asyncio.get_running_loop()
+        prepared = await loop.run_in_executor(
+            None, lambda: self.prepare_file(path, move=move, owner=owner, may_replace_others=may_replace_others)
+        )
+        if isinstance(prepared, IngestResult):
+            return prepared
+        return (await self.commit_batch([prepared]))[0]
+
+    def prepare_file(
+        self,
+        path: str | Path,
+        *,
+        move: bool = True,
+        owner: str | None = None,
+        may_replace_others: bool = False,
+    ) -> "PgPreparedStore | IngestResult":
+        """The blocking half of ``ingest_file`` (run it in a thread): the
+        file validated and read, for ``commit_batch``; or the IngestResult
+        of a refusal."""
+        source = Path(path)
         try:
-            checked, data = await loop.run_in_executor(None, _check_and_read, source)
+            checked, data = _check_and_read(source)
         except OSError as exc:
             return IngestResult(OUT_OF_RESOURCES, f"cannot read: {exc}"[:64])
         if isinstance(checked, IngestResult):
             return checked
         fields, transfer_syntax, warning = checked
-        result = await self._commit(fields, transfer_syntax, data, warning, owner, may_replace_others)
-        if move and result.ok:
-            source.unlink(missing_ok=True)
-        return result
+        return PgPreparedStore(fields, transfer_syntax, data, warning, owner, may_replace_others, source if move else None)
+
+    async def commit_batch(self, batch: "list[PgPreparedStore]") -> list[IngestResult]:
+        """Commit prepared stores in ONE transaction (group commit: one
+        commit, one WAL flush on the server for the batch), one upsert
+        each, in order, so two of one UID behave as one after the other.
+        Results only once the transaction has committed; the spooled files
+        of the stored ones are then removed. A statement that fails for
+        another reason than a lost connection aborts the transaction: the
+        batch is then committed one store per transaction, so that the
+        store at fault fails alone."""
+        if len(batch) == 1:
+            results = [await self._commit(*batch[0].commit_args())]
+        else:
+            results = await self._commit_together(batch)
+        for store, result in zip(batch, results):
+            if store.move_from is not None and result.ok:
+                store.move_from.unlink(missing_ok=True)
+        return results
+
+    async def _commit_together(self, batch: "list[PgPreparedStore]") -> list[IngestResult]:
+        try:
+            async with self._connection("store") as conn:
+                async with conn.transaction():
+                    rows = [await conn.fetchrow(_UPSERT, *store.upsert_args()) for store in batch]
+        except m.ArchiveError as exc:
+            if exc.__cause__ is not None and _connection_lost(exc.__cause__):
+                return [IngestResult(OUT_OF_RESOURCES, f"cannot store: {exc.comment}"[:64], s.uid) for s in batch]
+            return [await self._commit(*store.commit_args()) for store in batch]
+        return [_upsert_result(store.uid, row, store.warning, store.owner) for store, row in zip(batch, rows)]
 
     async def ingest_dataset(
         self,
@@ -345,23 +395,13 @@ class PgArchive:
         may_replace_others: bool,
     ) -> IngestResult:
         uid = fields["sop_instance_uid"]
-        well_known = uid in uids.WELL_KNOWN_PALETTE_UIDS
-        values = dict(fields, transfer_syntax=transfer_syntax, size=len(data), owner=owner, data=data)
+        args = _upsert_args(fields, transfer_syntax, data, owner, may_replace_others)
         try:
             async with self._connection("store") as conn:
-                row = await conn.fetchrow(
-                    _UPSERT, *(values[c] for c in _COLUMNS), well_known, bool(may_replace_others)
-                )
+                row = await conn.fetchrow(_UPSERT, *args)
         except m.ArchiveError as exc:
             return IngestResult(OUT_OF_RESOURCES, f"cannot store: {exc.comment}"[:64], uid)
-        if row is None:
-            if well_known:
-                return IngestResult(NOT_AUTHORISED, "well-known palette is read-only: not stored", uid)
-            LOGGER.info("store of %s by %s refused: stored by another peer", uid, owner)
-            return IngestResult(NOT_AUTHORISED, "stored by another peer: not replaced", uid)
-        if warning:
-            return IngestResult(WARNING_DATASET_DOES_NOT_MATCH, warning, uid)
-        return IngestResult(SUCCESS, "replaced" if row["replaced"] else "", uid)
+        return _upsert_result(uid, row, warning, owner)
 
     async def seed_well_known(self) -> list[IngestResult]:
         """Store every well-known palette the database lacks (PS3.6 Annex A)."""
@@ -377,6 +417,51 @@ class PgArchive:
                 LOGGER.error("seeding %s (%s) failed: 0x%04X %s", path.name, uid, result.status, result.comment)
             results.append(result)
         return results
+
+
+@dataclass(frozen=True, slots=True)
+class PgPreparedStore:
+    """A validated store, its bytes read, waiting for ``PgArchive.commit_batch``
+    (``move_from``: the spooled file to remove once stored)."""
+
+    fields: dict[str, Any]
+    transfer_syntax: str
+    data: bytes
+    warning: str
+    owner: str | None
+    may_replace_others: bool
+    move_from: Path | None = None
+
+    @property
+    def uid(self) -> str:
+        return str(self.fields["sop_instance_uid"])
+
+    def commit_args(self) -> tuple[Any, ...]:
+        return self.fields, self.transfer_syntax, self.data, self.warning, self.owner, self.may_replace_others
+
+    def upsert_args(self) -> tuple[Any, ...]:
+        return _upsert_args(self.fields, self.transfer_syntax, self.data, self.owner, self.may_replace_others)
+
+
+def _upsert_args(
+    fields: dict[str, Any], transfer_syntax: str, data: bytes, owner: str | None, may_replace_others: bool
+) -> tuple[Any, ...]:
+    """The parameters of ``_UPSERT`` for one store."""
+    well_known = fields["sop_instance_uid"] in uids.WELL_KNOWN_PALETTE_UIDS
+    values = dict(fields, transfer_syntax=transfer_syntax, size=len(data), owner=owner, data=data)
+    return (*(values[c] for c in _COLUMNS), well_known, bool(may_replace_others))
+
+
+def _upsert_result(uid: str, row: Any, warning: str, owner: str | None) -> IngestResult:
+    """The IngestResult of one ``_UPSERT`` (no row returned: refused)."""
+    if row is None:
+        if uid in uids.WELL_KNOWN_PALETTE_UIDS:
+            return IngestResult(NOT_AUTHORISED, "well-known palette is read-only: not stored", uid)
+        LOGGER.info("store of %s by %s refused: stored by another peer", uid, owner)
+        return IngestResult(NOT_AUTHORISED, "stored by another peer: not replaced", uid)
+    if warning:
+        return IngestResult(WARNING_DATASET_DOES_NOT_MATCH, warning, uid)
+    return IngestResult(SUCCESS, "replaced" if row["replaced"] else "", uid)
 
 
 async def _session_unchanged(conn: Any) -> None:

@@ -26,18 +26,33 @@ removes both: a file without a row is a store that was never answered with
 success, or a version already replaced. A row never names a file that is not
 complete. ``verify()`` reports disagreement between index and files both ways.
 
+Group commit (``prepare_file`` + ``commit_batch``; ``group_commit.py``
+forms the batches). Steps 2-4 run for a whole batch of stores at once and
+in the same order: every file fsynced (their writeback started together, so
+the journal commits once for all of them), every file renamed, *one*
+directory fsync, every row in *one* transaction, then the replaced files
+removed. Each store's success is returned only after that transaction has
+committed. The invariants above hold store by store, so a kill anywhere
+in a batch leaves what it leaves for one store, times the batch, and
+``recover()`` cleans it the same way. A store that fails in a batch
+(refused replacement, a rename or its row) is undone and fails alone:
+should the batch's transaction fail, the rows are written one per
+transaction to find the one at fault. ``ingest_file`` and
+``ingest_dataset`` are a batch of one.
+
 Several processes (``chromanet serve --workers N``). The supervisor opens
 the archive exclusively once (recovery, seeding, schema migration), then
 keeps a shared lock while its workers open it with ``shared=True``: they
 skip ``recover()`` (another worker's renamed-but-not-yet-indexed file would
 look like debris) and take the shared lock, so a second node or an offline
-tool that wants the data directory to itself is still refused. Steps 2-4 of
-a store run under the UID's stripe lock twice over: a ``threading.Lock``
-within the process and a byte-range ``fcntl.lockf`` on ``commit.lock``
-across processes (released by the kernel if the process dies). The index
-write is a ``BEGIN IMMEDIATE`` transaction, which SQLite serialises across
-processes; a writer that finds the database locked waits up to the busy
-timeout (``index.BUSY_TIMEOUT``) rather than failing.
+tool that wants the data directory to itself is still refused. Steps 2
+(rename) to 4 of a batch run under the stripe locks of all its UIDs, taken
+in ascending order, twice over: a ``threading.Lock`` per stripe within the
+process and a byte-range ``fcntl.lockf`` on ``commit.lock`` across processes
+(released by the kernel if the process dies); each worker forms its own
+batches. The index write is a ``BEGIN IMMEDIATE`` transaction, which SQLite
+serialises across processes; a writer that finds the database locked waits
+up to the busy timeout (``index.BUSY_TIMEOUT``) rather than failing.
 
 Duplicate SOP Instance UID: last write wins. PS3.4 leaves the behaviour to
 the SCP and its Conformance Statement (B.4.1; PS3.2's sample statements
@@ -74,28 +89,41 @@ C-STORE statuses (PS3.4 B.2.3, Table B.2-1) in ``IngestResult.status``:
 
 from __future__ import annotations
 
-import copy
+import contextlib
+import errno
 import json
 import logging
 import os
 import secrets
 import shutil
 import sqlite3
+import sys
 import threading
+import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from pydicom import Dataset, dcmread
-from pydicom.sequence import Sequence as DicomSequence
+from pydicom import Dataset
 
 from chromanet import dsutil, uids
 from chromanet.archive import matching as m
-from chromanet.archive.index import Index, IndexRow
+from chromanet.archive.index import BUSY_TIMEOUT, Index, IndexRow
 from chromanet.archive.response import FindResult
+from chromanet.archive.validation import (
+    NOT_AUTHORISED,
+    OUT_OF_RESOURCES,
+    SUCCESS,
+    UNABLE_TO_PROCESS,
+    WARNING_DATASET_DOES_NOT_MATCH,
+    IngestResult,
+    Refused,
+    check_palette_dataset,
+    check_palette_file,
+    checked_file,
+)
 from chromanet.errors import ChromanetError
-from chromanet.status import STATUS_SUCCESS, STATUS_WARNING, Status, code_to_category
 
 try:
     import fcntl
@@ -107,6 +135,7 @@ __all__ = [
     "StoredInstance",
     "LocateResult",
     "IngestResult",
+    "PreparedStore",
     "VerifyReport",
     "ArchiveBusyError",
     "check_palette_file",
@@ -115,27 +144,8 @@ __all__ = [
 
 LOGGER = logging.getLogger("chromanet.archive")
 
-SUCCESS = int(Status.SUCCESS)
-WARNING_DATASET_DOES_NOT_MATCH = int(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS_WARNING)
-OUT_OF_RESOURCES = int(Status.OUT_OF_RESOURCES)
-DATASET_DOES_NOT_MATCH = int(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS)
-CANNOT_UNDERSTAND = UNABLE_TO_PROCESS = int(Status.CANNOT_UNDERSTAND)
-NOT_AUTHORISED = int(Status.NOT_AUTHORISED)
-
 _TEMP_PREFIX = "."
 _COMMIT_STRIPES = 64
-
-# Attributes read from a file to validate and index it (LUT data deferred).
-_LUT_DESCRIPTORS = (0x00281101, 0x00281102, 0x00281103)
-_LUT_DATA = (0x00281201, 0x00281202, 0x00281203)
-_SEGMENTED_LUT_DATA = (0x00281221, 0x00281222, 0x00281223)
-_ICC_PROFILE = 0x00282000
-_READ_TAGS = [
-    m.SPECIFIC_CHARACTER_SET, m.SOP_CLASS_UID, m.SOP_INSTANCE_UID, m.CONTENT_LABEL, m.CONTENT_DESCRIPTION,
-    m.CONTENT_CREATOR_NAME, m.ALTERNATE_CONTENT_DESCRIPTION_SEQUENCE, *_LUT_DESCRIPTORS, *_LUT_DATA,
-    *_SEGMENTED_LUT_DATA, _ICC_PROFILE,
-]  # fmt: skip
-
 
 class ArchiveBusyError(ChromanetError):
     """Another process has this data directory open."""
@@ -160,21 +170,6 @@ class LocateResult(list[StoredInstance]):
     """
 
     missing: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class IngestResult:
-    """Outcome of a store: a C-STORE status (PS3.4 B.2.3) and a comment."""
-
-    status: int
-    comment: str = ""
-    sop_instance_uid: str | None = None
-    path: Path | None = None
-
-    @property
-    def ok(self) -> bool:
-        """Stored (success or warning)."""
-        return code_to_category(self.status) in (STATUS_SUCCESS, STATUS_WARNING)
 
 
 @dataclass(slots=True)
@@ -202,138 +197,93 @@ class _Rights:
         return self.owner is None or self.may_replace_others or stored_by is None or stored_by == self.owner
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, comment: str) -> None:
-        super().__init__(comment)
-        self.status = status
-        self.comment = comment
-
-
-def _text_or_none(ds: Dataset, tag: int) -> str | None:
-    elem = ds.get(tag)
-    if elem is None:
-        return None
-    value = elem.value
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value)
-    return str(value)
-
-
-def _alternate_json(ds: Dataset) -> str | None:
-    elem = ds.get(m.ALTERNATE_CONTENT_DESCRIPTION_SEQUENCE)
-    if elem is None:
-        return None
-    items = []
-    for item in elem.value or ():
-        kept = Dataset()
-        if m.CONTENT_DESCRIPTION in item:
-            kept.add(copy.deepcopy(item[m.CONTENT_DESCRIPTION]))
-        if m.LANGUAGE_CODE_SEQUENCE in item:
-            codes = DicomSequence()
-            for code in item[m.LANGUAGE_CODE_SEQUENCE].value or ():
-                kept_code = Dataset()
-                for tag in m.CODE_ITEM_KEYS:
-                    if tag in code:
-                        kept_code.add(copy.deepcopy(code[tag]))
-                codes.append(kept_code)
-            kept.LanguageCodeSequence = codes
-        items.append(kept.to_json_dict())
-    return json.dumps(items, ensure_ascii=False)
-
-
-def _index_fields(ds: Dataset, meta_class: str | None, meta_instance: str | None) -> tuple[dict[str, Any], str]:
-    """Validate a Color Palette data set; the index columns and a warning text."""
-    sop_class = _text_or_none(ds, m.SOP_CLASS_UID)
-    sop_class = sop_class.strip(" \x00") if sop_class else ""
-    if sop_class != uids.ColorPaletteStorage:
-        raise _Refused(DATASET_DOES_NOT_MATCH, f"SOP Class {sop_class or '(none)'} is not Color Palette Storage")
-    uid = (_text_or_none(ds, m.SOP_INSTANCE_UID) or "").strip(" \x00")
-    if not uids.validate_uid(uid):
-        raise _Refused(DATASET_DOES_NOT_MATCH, f"invalid SOP Instance UID {uid[:40]!r}")
-    if meta_class and meta_class != sop_class:
-        raise _Refused(DATASET_DOES_NOT_MATCH, "file meta SOP Class UID differs from the data set's")
-    if meta_instance and meta_instance != uid:
-        raise _Refused(DATASET_DOES_NOT_MATCH, "file meta SOP Instance UID differs from the data set's")
-    label = (_text_or_none(ds, m.CONTENT_LABEL) or "").strip(" ")
-    if not label:
-        raise _Refused(DATASET_DOES_NOT_MATCH, "Content Label (0070,0080) missing or empty")
-    if not all(tag in ds for tag in _LUT_DESCRIPTORS):
-        raise _Refused(DATASET_DOES_NOT_MATCH, "Palette Color LUT Descriptors missing")
-    if not (all(tag in ds for tag in _LUT_DATA) or all(tag in ds for tag in _SEGMENTED_LUT_DATA)):
-        raise _Refused(DATASET_DOES_NOT_MATCH, "Palette Color LUT Data (normal or segmented) missing")
-    warning = "" if _ICC_PROFILE in ds else "ICC Profile (0028,2000) missing"
-    description = _text_or_none(ds, m.CONTENT_DESCRIPTION)
-    creator = _text_or_none(ds, m.CONTENT_CREATOR_NAME)
-    alternates = _alternate_json(ds)
-    charset = _text_or_none(ds, m.SPECIFIC_CHARACTER_SET)
-    ascii_only = all(t is None or t.isascii() for t in (label, description, creator, alternates))
-    fields = dict(
-        sop_instance_uid=uid,
-        sop_class_uid=sop_class,
-        content_label=label,
-        content_description=description,
-        content_creator_name=creator,
-        alternate_descriptions=alternates,
-        specific_character_set=charset or None,
-        ascii_only=ascii_only,
-    )
-    return fields, warning
-
-
-def _check_whole_file(path: Path) -> None:
-    """Refuse a file whose data set is not well formed in the transfer
-    syntax it declares (e.g. Implicit VR bytes sent on an Explicit VR
-    context): what we could not serve back, we do not store."""
-    try:
-        part = dsutil.open_part10(path)
-    except (OSError, ValueError) as exc:
-        raise _Refused(CANNOT_UNDERSTAND, f"cannot read as Part 10: {exc}"[:64]) from exc
-    try:
-        dsutil.check_encoding(part.dataset_bytes(), part.transfer_syntax)
-    except dsutil.EncodingError as exc:
-        LOGGER.info("refusing %s: not well formed in %s: %s", path.name, part.transfer_syntax, exc)
-        raise _Refused(CANNOT_UNDERSTAND, f"data set not valid in its transfer syntax: {exc}"[:64]) from exc
-    finally:
-        part.close()
-
-
-def check_palette_file(path: Path) -> tuple[dict[str, Any], str, str] | IngestResult:
-    """Validate a Part 10 file as a store would (shared by every backend).
-
-    Returns the index columns (a dict), the transfer syntax and a warning
-    text (empty if none), or the IngestResult of the refusal.
-    """
-    try:
-        try:
-            ds = dcmread(path, defer_size="2 KB", specific_tags=_READ_TAGS)
-            meta = ds.file_meta
-            transfer_syntax = str(meta.TransferSyntaxUID).strip(" \x00")
-        except Exception as exc:
-            raise _Refused(CANNOT_UNDERSTAND, f"cannot read as Part 10: {exc}"[:64]) from exc
-        _check_whole_file(path)
-        fields, warning = _index_fields(ds, meta.get("MediaStorageSOPClassUID"), meta.get("MediaStorageSOPInstanceUID"))
-    except _Refused as refused:
-        return IngestResult(refused.status, refused.comment)
-    return fields, transfer_syntax, warning
-
-
-def check_palette_dataset(ds: Dataset) -> tuple[dict[str, Any], str] | IngestResult:
-    """Validate a decoded data set as a store would: the index columns and a
-    warning text, or the IngestResult of the refusal."""
-    try:
-        return _index_fields(ds, None, None)
-    except _Refused as refused:
-        return IngestResult(refused.status, refused.comment)
-
-
 def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+_sync_file_range: Any = None
+
+
+def _start_writeback(fds: list[int]) -> None:
+    """Ask the kernel to start writing these files' dirty pages (Linux
+    ``sync_file_range(SYNC_FILE_RANGE_WRITE)``; it does not wait, and it
+    is no substitute for the fsyncs that follow). Best effort: nothing
+    where the call is missing."""
+    global _sync_file_range
+    if _sync_file_range is None:
+        _sync_file_range = False
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                call = ctypes.CDLL(None, use_errno=True).sync_file_range
+                call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+                _sync_file_range = call
+            except (OSError, AttributeError):
+                pass
+    if _sync_file_range:
+        for fd in fds:
+            _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+
+
+def _lock_range(fd: int, start: int, length: int) -> None:
+    """``lockf`` a range of commit.lock, waiting for it. The kernel refuses
+    a wait it takes for a deadlock (EDEADLK), judging by processes: with a
+    commit thread of process A waiting for B while one of B's waits for
+    another of A's threads, it sees A and B wait for each other, although
+    every thread takes its locks in ascending order and the one it waits
+    for will end its commit. So EDEADLK is retried, after a short pause
+    that grows, for as long as SQLite's busy timeout lets a writer wait."""
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    pause = 0.0005
+    while True:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX, length, start)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EDEADLK or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)  # a commit thread, not the event loop
+        pause = min(pause * 2, 0.02)
+
+
+def _stripe(uid: str) -> int:
+    return zlib.crc32(uid.encode()) % _COMMIT_STRIPES
+
+
+def _runs(stripes: list[int]) -> list[tuple[int, int]]:
+    """Ascending stripes as (start, length) runs of neighbours."""
+    runs: list[tuple[int, int]] = []
+    for stripe in stripes:
+        if runs and runs[-1][0] + runs[-1][1] == stripe:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((stripe, 1))
+    return runs
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedStore:
+    """A validated store waiting for ``PaletteArchive.commit_batch``:
+    ``source`` is the file (``ours``: a temporary of ours in ``files/``,
+    removed on failure; else the caller's, given back on failure)."""
+
+    source: Path
+    ours: bool
+    fields: dict[str, Any]
+    transfer_syntax: str
+    warning: str
+    rights: _Rights
+    size: int  # bytes: the file is not written to once prepared
+
+    @property
+    def uid(self) -> str:
+        return str(self.fields["sop_instance_uid"])
 
 
 class PaletteArchive:
@@ -375,6 +325,8 @@ class PaletteArchive:
         # file), or two concurrent ones would each keep their file and one
         # would be left behind unindexed. Striped: different UIDs rarely wait.
         self._commit_locks = [threading.Lock() for _ in range(_COMMIT_STRIPES)]
+        # A file on another file system is copied in, not renamed.
+        self._files_device = os.stat(self.files_dir).st_dev
         self.recovered = VerifyReport() if shared else self.recover()
 
     @classmethod
@@ -485,16 +437,10 @@ class PaletteArchive:
         failure it is left where it was. Without ``move`` it is copied.
         ``owner`` and ``may_replace_others``: see the module docstring.
         """
-        rights = _Rights(owner, may_replace_others)
-        source = Path(path)
-        checked = check_palette_file(source)
-        if isinstance(checked, IngestResult):
-            return checked
-        fields, transfer_syntax, warning = checked
-        if not move:
-            copy_file = lambda temp: shutil.copyfile(source, temp)  # noqa: E731
-            return self._store_new_file(copy_file, fields, transfer_syntax, warning, rights)
-        return self._store_moved(source, fields, transfer_syntax, warning, rights)
+        prepared = self.prepare_file(path, move=move, owner=owner, may_replace_others=may_replace_others)
+        if isinstance(prepared, IngestResult):
+            return prepared
+        return self.commit_batch([prepared])[0]
 
     def ingest_dataset(
         self,
@@ -517,12 +463,95 @@ class PaletteArchive:
                 handle.write(dsutil.encode_file_header(meta))
                 handle.write(dsutil.encode_dataset(ds, transfer_syntax))
 
-        return self._store_new_file(write, fields, transfer_syntax, warning, rights)
+        prepared = self._prepare_new_file(write, fields, transfer_syntax, warning, rights)
+        if isinstance(prepared, IngestResult):
+            return prepared
+        return self.commit_batch([prepared])[0]
+
+    def prepare_file(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        move: bool = True,
+        owner: str | None = None,
+        may_replace_others: bool = False,
+    ) -> "PreparedStore | IngestResult":
+        """Step 1 of ``ingest_file``: validate the file (and copy it into a
+        temporary when it is not to be moved, or is on another file system).
+        A ``PreparedStore`` for ``commit_batch``, or the IngestResult of a
+        refusal. Takes no lock: any number may run at once."""
+        rights = _Rights(owner, may_replace_others)
+        source = Path(path)
+        try:
+            fields, transfer_syntax, warning, stat = checked_file(source)
+        except Refused as refused:
+            return IngestResult(refused.status, refused.comment)
+        copy_file = lambda temp: shutil.copyfile(source, temp)  # noqa: E731
+        if not move:
+            return self._prepare_new_file(copy_file, fields, transfer_syntax, warning, rights)
+        refused = self._refuse_stored_well_known(fields)
+        if refused is not None:
+            return refused
+        if stat.st_dev != self._files_device:
+            return self._prepare_new_file(copy_file, fields, transfer_syntax, warning, rights)
+        return PreparedStore(source, False, fields, transfer_syntax, warning, rights, stat.st_size)
+
+    def commit_batch(self, batch: "list[PreparedStore]") -> list[IngestResult]:
+        """Steps 2-4 of a store for every prepared store of ``batch`` at once
+        (group commit): the files fsynced together, renamed, one directory
+        fsync, the rows in one transaction, under the stripe locks of all
+        their UIDs. One result per store, in order; a store that fails
+        (refused replacement, a failed rename or row) fails alone. Two
+        stores of one UID in a batch commit one after the other, in order."""
+        results: list[IngestResult | None] = [None] * len(batch)
+        todo = list(range(len(batch)))
+        while todo:
+            seen: set[str] = set()
+            now, later = [], []
+            for i in todo:
+                uid = batch[i].fields["sop_instance_uid"]
+                (later if uid in seen else now).append(i)
+                seen.add(uid)
+            for i, result in zip(now, self._commit_round([batch[i] for i in now])):
+                results[i] = result
+            todo = later
+        return results  # type: ignore[return-value]
 
     # The steps of a store, as methods so that tests can fail each one.
 
-    def _step_fsync_file(self, path: Path) -> None:
-        _fsync_path(path)
+    def _step_fsync_file(self, path: Path, fd: int | None = None) -> None:
+        if fd is None:
+            _fsync_path(path)
+        else:
+            os.fsync(fd)
+
+    def _step_fsync_files(self, paths: list[Path]) -> list[Exception | None]:
+        """Each file's data durable; per file None or the error. Writeback of
+        all of them is started first, so that their blocks are allocated in
+        one journal transaction, which the first fsync commits and the next
+        ones find done (one fsync after another would each wait for a
+        journal commit of its own). Each file is opened once for both."""
+        errors: list[Exception | None] = [None] * len(paths)
+        fds: list[int | None] = [None] * len(paths)
+        try:
+            for k, path in enumerate(paths):
+                try:
+                    fds[k] = os.open(path, os.O_RDONLY)
+                except OSError as exc:
+                    errors[k] = exc
+            if len(paths) > 1:
+                _start_writeback([fd for fd in fds if fd is not None])
+            for k, path in enumerate(paths):
+                if fds[k] is not None:
+                    try:
+                        self._step_fsync_file(path, fds[k])
+                    except Exception as exc:
+                        errors[k] = exc
+        finally:
+            for fd in fds:
+                if fd is not None:
+                    os.close(fd)
+        return errors
 
     def _step_rename(self, source: Path, target: Path) -> None:
         os.replace(source, target)
@@ -534,6 +563,9 @@ class PaletteArchive:
     def _step_index(self, row: IndexRow) -> None:
         self.index.upsert(row)
 
+    def _step_index_many(self, rows: list[IndexRow]) -> None:
+        self.index.upsert_many(rows)
+
     def _step_remove_old(self, path: Path) -> None:
         path.unlink(missing_ok=True)
 
@@ -541,35 +573,29 @@ class PaletteArchive:
         return self.files_dir / f"{_TEMP_PREFIX}tmp-{secrets.token_hex(8)}.dcm"
 
     def _final_name(self, uid: str, existing: IndexRow | None) -> str:
-        name = f"{uid}.dcm"
-        if existing is None and not (self.files_dir / name).exists():
-            return name
+        # Without a row, no one names "<uid>.dcm" (names come from UIDs, and
+        # the UID's stripe lock is held): a file there is debris of a store
+        # never committed, which recover() would remove; renaming over it
+        # is as good. A replacement gets a name of its own, so that readers
+        # of the old file keep it until the new row is committed.
+        if existing is None:
+            return f"{uid}.dcm"
         return f"{uid}_{secrets.token_hex(4)}.dcm"
 
-    def _store_new_file(
+    def _prepare_new_file(
         self, write: Any, fields: dict[str, Any], transfer_syntax: str, warning: str, rights: _Rights
-    ) -> IngestResult:
+    ) -> "PreparedStore | IngestResult":
         refused = self._refuse_stored_well_known(fields)
         if refused is not None:
             return refused
         temp = self._temp_path()
         try:
             write(temp)
+            size = os.stat(temp).st_size
         except Exception as exc:
             temp.unlink(missing_ok=True)
             return IngestResult(OUT_OF_RESOURCES, f"cannot write: {exc}"[:64], fields["sop_instance_uid"])
-        return self._commit(temp, True, fields, transfer_syntax, warning, rights)
-
-    def _store_moved(
-        self, source: Path, fields: dict[str, Any], transfer_syntax: str, warning: str, rights: _Rights
-    ) -> IngestResult:
-        refused = self._refuse_stored_well_known(fields)
-        if refused is not None:
-            return refused
-        if source.parent.resolve() != self.files_dir.resolve() and os.stat(source).st_dev != os.stat(self.files_dir).st_dev:
-            copy_file = lambda temp: shutil.copyfile(source, temp)  # noqa: E731
-            return self._store_new_file(copy_file, fields, transfer_syntax, warning, rights)
-        return self._commit(source, False, fields, transfer_syntax, warning, rights)
+        return PreparedStore(temp, True, fields, transfer_syntax, warning, rights, size)
 
     def _refuse_stored_well_known(self, fields: dict[str, Any]) -> IngestResult | None:
         uid = fields["sop_instance_uid"]
@@ -579,71 +605,141 @@ class PaletteArchive:
                 return IngestResult(NOT_AUTHORISED, "well-known palette is read-only: not stored", uid)
         return None
 
-    def _commit(
-        self, source: Path, ours: bool, fields: dict[str, Any], transfer_syntax: str, warning: str, rights: _Rights
-    ) -> IngestResult:
-        stripe = zlib.crc32(fields["sop_instance_uid"].encode()) % _COMMIT_STRIPES
-        with self._commit_locks[stripe]:
-            if self._commit_file is None:
-                return self._commit_locked(source, ours, fields, transfer_syntax, warning, rights)
-            # Other processes: one byte of commit.lock per stripe. POSIX
-            # record locks belong to the process (hence the thread lock
-            # first) and go with it when it dies.
-            fd = self._commit_file.fileno()
-            fcntl.lockf(fd, fcntl.LOCK_EX, 1, stripe)
-            try:
-                return self._commit_locked(source, ours, fields, transfer_syntax, warning, rights)
-            finally:
-                fcntl.lockf(fd, fcntl.LOCK_UN, 1, stripe)
+    def _commit_round(self, stores: "list[PreparedStore]") -> list[IngestResult]:
+        """``commit_batch`` for stores of distinct UIDs."""
+        results: list[IngestResult | None] = [None] * len(stores)
+        # The data first, outside the locks: no one else names these files.
+        for k, error in enumerate(self._step_fsync_files([s.source for s in stores])):
+            if error is not None:
+                results[k] = self._failed(stores[k], None, error)
+        live = [k for k in range(len(stores)) if results[k] is None]
+        stripes = sorted({_stripe(stores[k].uid) for k in live})
+        with self._stripe_locks(stripes):
+            for k, result in zip(live, self._commit_locked([stores[k] for k in live])):
+                results[k] = result
+        return results  # type: ignore[return-value]
 
-    def _commit_locked(
-        self, source: Path, ours: bool, fields: dict[str, Any], transfer_syntax: str, warning: str, rights: _Rights
-    ) -> IngestResult:
-        """Steps 2-4 of a store (see the module docstring) for ``source``.
-
-        ``ours``: ``source`` is our temporary, removed on failure. Cleanup is
-        done for ``Exception`` only: anything else is treated as the process
-        dying, and left to ``recover()`` at the next open.
-        """
-        uid = fields["sop_instance_uid"]
-        existing = self.index.get(uid)
-        if existing is not None and not rights.may_replace(existing.owner):
-            if ours:
-                source.unlink(missing_ok=True)
-            LOGGER.info("store of %s by %s refused: stored by %s", uid, rights.owner, existing.owner)
-            return IngestResult(NOT_AUTHORISED, "stored by another peer: not replaced", uid)
-        final = self.files_dir / self._final_name(uid, existing)
-        renamed = False
+    @contextlib.contextmanager
+    def _stripe_locks(self, stripes: list[int]) -> Iterator[None]:
+        """The commit locks of ``stripes`` (ascending: two batches never
+        wait for each other crosswise), in this process and, shared, across
+        processes (one byte of commit.lock per stripe, a run of neighbours
+        in one call). POSIX record locks belong to the process (hence the
+        thread locks first) and go with it when it dies."""
+        held: list[threading.Lock] = []
+        ranges: list[tuple[int, int]] = []
         try:
-            self._step_fsync_file(source)
-            size = os.stat(source).st_size
-            self._step_rename(source, final)
-            renamed = True
-            self._step_fsync_dir()
-            self._step_index(
-                IndexRow(transfer_syntax=transfer_syntax, file_name=final.name, size=size, owner=rights.owner, **fields)
-            )
-        except Exception as exc:
-            if renamed and not ours:
-                try:
-                    os.replace(final, source)  # give the caller its file back
-                except OSError:
-                    final.unlink(missing_ok=True)
-            elif renamed:
-                final.unlink(missing_ok=True)
-            elif ours:
-                source.unlink(missing_ok=True)
-            LOGGER.warning("store of %s failed: %s", uid, exc)
-            return IngestResult(OUT_OF_RESOURCES, f"cannot store: {exc}"[:64], uid)
-        if existing is not None and existing.file_name != final.name:
+            for stripe in stripes:
+                lock = self._commit_locks[stripe]
+                lock.acquire()
+                held.append(lock)
+            if self._commit_file is not None:
+                fd = self._commit_file.fileno()
+                for start, length in _runs(stripes):
+                    _lock_range(fd, start, length)
+                    ranges.append((start, length))
+            yield
+        finally:
+            if ranges:
+                fd = self._commit_file.fileno()
+                for start, length in reversed(ranges):
+                    fcntl.lockf(fd, fcntl.LOCK_UN, length, start)
+            for lock in reversed(held):
+                lock.release()
+
+    def _commit_locked(self, stores: "list[PreparedStore]") -> list[IngestResult]:
+        """Steps 2-4 (see the module docstring) for stores whose data is
+        durable, under their stripe locks.
+
+        Cleanup is done for ``Exception`` only: anything else is treated as
+        the process dying, and left to ``recover()`` at the next open.
+        """
+        results: list[IngestResult | None] = [None] * len(stores)
+        renamed: list[tuple[int, Path, IndexRow, IndexRow | None]] = []
+        stored = self.index.get_many([store.uid for store in stores]) if len(stores) > 1 else None
+        for k, store in enumerate(stores):
+            uid = store.uid
+            existing = self.index.get(uid) if stored is None else stored.get(uid)
+            if existing is not None and not store.rights.may_replace(existing.owner):
+                if store.ours:
+                    store.source.unlink(missing_ok=True)
+                LOGGER.info("store of %s by %s refused: stored by %s", uid, store.rights.owner, existing.owner)
+                results[k] = IngestResult(NOT_AUTHORISED, "stored by another peer: not replaced", uid)
+                continue
+            final = self.files_dir / self._final_name(uid, existing)
             try:
-                self._step_remove_old(self.files_dir / existing.file_name)
-                LOGGER.info("%s replaced: its previous file %s removed", uid, existing.file_name)
-            except Exception as exc:  # left for recover()
-                LOGGER.warning("cannot remove replaced file %s: %s", existing.file_name, exc)
-        if warning:
-            return IngestResult(WARNING_DATASET_DOES_NOT_MATCH, warning, uid, final)
-        return IngestResult(SUCCESS, "replaced" if existing is not None else "", uid, final)
+                self._step_rename(store.source, final)
+            except Exception as exc:
+                results[k] = self._failed(store, None, exc)
+                continue
+            row = IndexRow(
+                transfer_syntax=store.transfer_syntax, file_name=final.name, size=store.size, owner=store.rights.owner,
+                **store.fields,
+            )  # fmt: skip
+            renamed.append((k, final, row, existing))
+        if not renamed:
+            return results  # type: ignore[return-value]
+        try:
+            self._step_fsync_dir()
+        except Exception as exc:
+            for k, final, _, _ in renamed:
+                results[k] = self._failed(stores[k], final, exc)
+            return results  # type: ignore[return-value]
+        committed = self._index_rows(stores, renamed, results)
+        for k, final, _, existing in committed:
+            store = stores[k]
+            if existing is not None and existing.file_name != final.name:
+                try:
+                    self._step_remove_old(self.files_dir / existing.file_name)
+                    LOGGER.info("%s replaced: its previous file %s removed", store.uid, existing.file_name)
+                except Exception as exc:  # left for recover()
+                    LOGGER.warning("cannot remove replaced file %s: %s", existing.file_name, exc)
+            if store.warning:
+                results[k] = IngestResult(WARNING_DATASET_DOES_NOT_MATCH, store.warning, store.uid, final)
+            else:
+                results[k] = IngestResult(SUCCESS, "replaced" if existing is not None else "", store.uid, final)
+        return results  # type: ignore[return-value]
+
+    def _index_rows(
+        self,
+        stores: "list[PreparedStore]",
+        renamed: list[tuple[int, Path, IndexRow, IndexRow | None]],
+        results: list[IngestResult | None],
+    ) -> list[tuple[int, Path, IndexRow, IndexRow | None]]:
+        """The rows of ``renamed`` in one transaction; if that fails, each in
+        its own, so that a row that cannot be written fails its store alone.
+        The entries committed; the others' results set and files undone."""
+        if len(renamed) > 1:
+            try:
+                self._step_index_many([row for _, _, row, _ in renamed])
+                return renamed
+            except Exception as exc:
+                LOGGER.warning("index write of a batch of %d failed (%s): one row at a time", len(renamed), exc)
+        committed = []
+        for entry in renamed:
+            k, final, row, _ = entry
+            try:
+                self._step_index(row)
+            except Exception as exc:
+                results[k] = self._failed(stores[k], final, exc)
+            else:
+                committed.append(entry)
+        return committed
+
+    def _failed(self, store: "PreparedStore", renamed_to: Path | None, exc: Exception) -> IngestResult:
+        """Undo what a failed store did (its file back to the caller, or our
+        temporary removed) and say why."""
+        if renamed_to is not None and not store.ours:
+            try:
+                os.replace(renamed_to, store.source)  # give the caller its file back
+            except OSError:
+                renamed_to.unlink(missing_ok=True)
+        elif renamed_to is not None:
+            renamed_to.unlink(missing_ok=True)
+        elif store.ours:
+            store.source.unlink(missing_ok=True)
+        LOGGER.warning("store of %s failed: %s", store.uid, exc)
+        return IngestResult(OUT_OF_RESOURCES, f"cannot store: {exc}"[:64], store.uid)
 
     # -- consistency -----------------------------------------------------
 

@@ -1,0 +1,312 @@
+"""Group commit: C-STOREs that arrive while a commit runs share the next one.
+
+Making one store durable costs a few fsyncs (the file, the directory, the
+index transaction), each a wait for the disk, not for the CPU. Paid once
+per store and one store after another, they cap a node at a few hundred
+stores a second however many associations send. Paid once per *batch*,
+the cost is shared by every store that was waiting meanwhile.
+
+How a batch forms (``GroupCommit``):
+
+* a store that finds no commit running starts one at once, alone: a single
+  association never waits for company;
+* stores that arrive while commits run queue, and the queue becomes the
+  next batch when a commit may start, in arrival order, at most
+  ``max_batch`` of them (the rest wait for the batch after);
+* up to ``max_inflight`` batches commit side by side (2: one validates
+  while the other waits for the disk); a queued store waits at most
+  ``max_wait`` seconds (default 0) before a commit beside a running one
+  starts for it, at once for a full batch; with ``max_inflight`` commits
+  running, the queue grows until one ends;
+* each store's result is handed back when the batch holding it has
+  committed, so a peer hears success only for a store that is durable.
+
+Results are handed back in the order the stores arrived (so one
+association's responses keep the order of its requests), whether they
+were refused while validated, committed in the same batch or in two
+batches that ran side by side. A store whose waiter is cancelled before
+its batch begins (its association aborted) is dropped from the queue; once
+its batch has begun it is committed like the others, and its result is
+not delivered.
+
+``IngestQueue`` puts a node's spooled C-STOREs through one. A store costs
+the loop no hand-off of its own: a batch's files are validated
+(``prepare_file``) and committed (``commit_batch``) together, off the loop
+(``PaletteArchive``: in one of the queue's threads, where the fsyncs wait;
+``PgArchive``: validated in the executor, then its one transaction
+awaited). With two batches in flight one validates while the other waits
+for the disk. What each archive does with a batch, and why it stays crash
+safe, is in its module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Generic, TypeVar
+
+from chromanet.archive.validation import OUT_OF_RESOURCES, IngestResult
+
+__all__ = ["GroupCommit", "IngestQueue", "DEFAULT_MAX_BATCH", "DEFAULT_MAX_WAIT", "DEFAULT_MAX_INFLIGHT"]
+
+LOGGER = logging.getLogger("chromanet.archive")
+
+#: Stores committed together at most.
+DEFAULT_MAX_BATCH = 64
+#: Seconds a queued store waits at most for its batch to begin while a
+#: commit runs (0: a second commit starts beside it at once).
+DEFAULT_MAX_WAIT = 0.0
+#: Batches committing at the same time at most.
+DEFAULT_MAX_INFLIGHT = 2
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class _Entry(Generic[T, R]):
+    """One submitted item: ready once its preparation is done."""
+
+    __slots__ = ("prepared", "result", "arrived")
+
+    def __init__(self, prepared: asyncio.Future[T], result: asyncio.Future[R], arrived: float) -> None:
+        self.prepared = prepared
+        self.result = result
+        self.arrived = arrived
+
+
+class GroupCommit(Generic[T, R]):
+    """Batches of items for ``commit``, an awaitable that takes a list of
+    items and returns one result per item, in order (see the module
+    docstring for how a batch forms). Used on one event loop.
+
+    Order: items are batched in the order they were submitted, and results
+    are delivered in that order too (a batch's after the batch before it,
+    even when two commit at once), so the responses of one association
+    leave in the order of its requests. An item may be submitted before it
+    is ready (``submit(awaitable)``, e.g. while it is validated in a
+    thread): it keeps its place, and a batch takes only the ready items at
+    the head of the queue.
+    """
+
+    def __init__(
+        self,
+        commit: Callable[[list[T]], Awaitable[list[R]]],
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_wait: float = DEFAULT_MAX_WAIT,
+        max_inflight: int = DEFAULT_MAX_INFLIGHT,
+    ) -> None:
+        if max_batch < 1 or max_inflight < 1 or max_wait < 0:
+            raise ValueError("max_batch and max_inflight must be >= 1, max_wait >= 0")
+        self._commit = commit
+        self.max_batch = max_batch
+        self.max_wait = max_wait
+        self.max_inflight = max_inflight
+        self._queue: collections.deque[_Entry[T, R]] = collections.deque()
+        self._inflight = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Batches are numbered as they start and delivered in that order.
+        self._started = 0
+        self._delivered = 0
+        self._finished: dict[int, tuple[list[_Entry[T, R]], list[R] | None, BaseException | None]] = {}
+        #: Batches committed so far and the items in them (for tests and logs).
+        self.batches = 0
+        self.items = 0
+
+    @property
+    def inflight(self) -> int:
+        """Batches committing now."""
+        return self._inflight
+
+    @property
+    def queued(self) -> int:
+        """Items waiting for a batch."""
+        return len(self._queue)
+
+    async def submit(self, item: T | Awaitable[T]) -> R:
+        """Commit ``item`` (or what the awaitable gives) with whatever else
+        is waiting; its result, once its batch and every earlier one ended."""
+        loop = asyncio.get_running_loop()
+        if inspect.isawaitable(item):
+            prepared: asyncio.Future[T] = asyncio.ensure_future(item)
+        else:
+            prepared = loop.create_future()
+            prepared.set_result(item)
+        entry: _Entry[T, R] = _Entry(prepared, loop.create_future(), loop.time())
+        self._queue.append(entry)
+        if prepared.done():
+            self._start_batches()
+        else:
+            prepared.add_done_callback(lambda _: self._start_batches())
+        try:
+            return await entry.result
+        except asyncio.CancelledError:
+            if not prepared.done():
+                prepared.cancel()
+            raise
+
+    def _start_batches(self) -> None:
+        loop = asyncio.get_running_loop()  # called on the loop only: submit, callbacks, timer
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._inflight < self.max_inflight:
+            while self._queue and self._queue[0].result.done():
+                self._queue.popleft()  # its waiter was cancelled before its batch began
+            ready = 0
+            for entry in self._queue:
+                if not entry.prepared.done() or ready == self.max_batch:
+                    break
+                ready += 1
+            if not ready:
+                return
+            if self._inflight and ready < self.max_batch:
+                # A commit runs: the queue waits for it, up to max_wait.
+                due = self._queue[0].arrived + self.max_wait
+                if loop.time() < due:
+                    self._timer = loop.call_at(due, self._start_batches)
+                    return
+            batch = [self._queue.popleft() for _ in range(ready)]
+            self._inflight += 1
+            number = self._started
+            self._started += 1
+            task = loop.create_task(self._run(number, batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, number: int, batch: list[_Entry[T, R]]) -> None:
+        """Commit one batch; entries whose preparation failed, or was
+        cancelled, get that outcome and are not committed."""
+        live = [e for e in batch if not e.prepared.cancelled() and e.prepared.exception() is None]
+        results: list[R] | None = None
+        error: BaseException | None = None
+        try:
+            if live:
+                results = await self._commit([e.prepared.result() for e in live])
+                if len(results) != len(live):
+                    raise RuntimeError(f"commit returned {len(results)} results for {len(live)} items")
+        except Exception as exc:
+            error = exc
+        except BaseException as exc:
+            error = RuntimeError(f"commit ended: {exc!r}")
+            raise
+        finally:
+            self._inflight -= 1
+            self.batches += 1
+            self.items += len(live)
+            by_entry = dict(zip(map(id, live), results or ()))
+            outcomes = [by_entry.get(id(e)) for e in batch]
+            self._finished[number] = (batch, outcomes, error)  # type: ignore[assignment]
+            self._deliver()
+            self._start_batches()
+
+    def _deliver(self) -> None:
+        """Hand out the results of finished batches, in the order they started."""
+        while self._delivered in self._finished:
+            batch, outcomes, error = self._finished.pop(self._delivered)
+            self._delivered += 1
+            for entry, outcome in zip(batch, outcomes or [None] * len(batch)):
+                if entry.result.done():
+                    continue
+                if entry.prepared.cancelled():
+                    entry.result.cancel()
+                elif entry.prepared.exception() is not None:
+                    entry.result.set_exception(entry.prepared.exception())  # type: ignore[arg-type]
+                elif error is not None:
+                    entry.result.set_exception(error)
+                else:
+                    entry.result.set_result(outcome)  # type: ignore[arg-type]
+
+    async def drain(self) -> None:
+        """Until nothing is queued or committing."""
+        while self._tasks or self._queue:
+            if self._tasks:
+                await asyncio.wait(list(self._tasks))
+            else:
+                waiting = [e.prepared for e in self._queue if not e.prepared.done()]
+                if waiting:
+                    await asyncio.wait(waiting)
+                else:
+                    await asyncio.sleep(0)
+
+
+class IngestQueue:
+    """A node's C-STOREs into ``archive`` (``PaletteArchive`` or ``PgArchive``)
+    through a ``GroupCommit``; ``await ingest_file(...)`` as the archive's own."""
+
+    def __init__(
+        self,
+        archive: Any,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        max_wait: float = DEFAULT_MAX_WAIT,
+        max_inflight: int = DEFAULT_MAX_INFLIGHT,
+    ) -> None:
+        self.archive = archive
+        # The SQLite archive's batches (validation, fsyncs, the index) run
+        # in threads of their own, never on the loop; a PgArchive's files
+        # are validated and read in the loop's executor, its transaction awaited.
+        self._committers: ThreadPoolExecutor | None = None
+        if not archive.is_async:
+            self._committers = ThreadPoolExecutor(max_inflight, thread_name_prefix="chromanet-commit")
+        self.group: GroupCommit[_Store, IngestResult] = GroupCommit(
+            self._commit, max_batch=max_batch, max_wait=max_wait, max_inflight=max_inflight
+        )
+
+    async def _commit(self, batch: list[_Store]) -> list[IngestResult]:
+        """Validate and commit one batch of spooled files, off the loop: one
+        hand-off to a thread per batch, not per store."""
+        loop = asyncio.get_running_loop()
+        if self._committers is not None:
+            return await loop.run_in_executor(self._committers, self._ingest_batch, batch)
+        prepared = await loop.run_in_executor(None, self._prepare_all, batch)
+        stores = [item for item in prepared if not isinstance(item, IngestResult)]
+        committed = iter(await self.archive.commit_batch(stores) if stores else ())
+        return [item if isinstance(item, IngestResult) else next(committed) for item in prepared]
+
+    def _prepare_all(self, batch: list[_Store]) -> list[Any]:
+        """Each file validated (a PreparedStore), or the IngestResult of its refusal."""
+        out: list[Any] = []
+        for store in batch:
+            try:
+                out.append(self.archive.prepare_file(store.path, owner=store.owner,
+                                                     may_replace_others=store.may_replace_others))  # fmt: skip
+            except OSError as exc:
+                out.append(IngestResult(OUT_OF_RESOURCES, f"cannot read: {exc}"[:64]))
+        return out
+
+    def _ingest_batch(self, batch: list[_Store]) -> list[IngestResult]:
+        """The SQLite archive's batch, in a commit thread."""
+        prepared = self._prepare_all(batch)
+        stores = [item for item in prepared if not isinstance(item, IngestResult)]
+        committed = iter(self.archive.commit_batch(stores) if stores else ())
+        return [item if isinstance(item, IngestResult) else next(committed) for item in prepared]
+
+    async def ingest_file(
+        self, path: str | Path, *, owner: str | None = None, may_replace_others: bool = False
+    ) -> IngestResult:
+        """Store a spooled file in the next batch: validated and committed
+        off the loop; the result once that batch is durable (or refused).
+        Results come back in the order the stores arrived."""
+        return await self.group.submit(_Store(Path(path), owner, may_replace_others))
+
+    async def close(self) -> None:
+        """Let the batches in flight finish, then stop the commit threads."""
+        await self.group.drain()
+        if self._committers is not None:
+            self._committers.shutdown(wait=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Store:
+    """One C-STORE's spooled file and who stores it."""
+
+    path: Path
+    owner: str | None
+    may_replace_others: bool

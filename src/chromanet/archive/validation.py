@@ -1,0 +1,235 @@
+"""What a store must be: the validation shared by both archives.
+
+A store is a Color Palette Storage instance (PS3.3 A.58) with what the
+archive needs to index and serve it: SOP Class and Instance UIDs (the file
+meta's agreeing with the data set's), a Content Label, the three Palette
+Color LUT Descriptors and their data (normal or segmented), and a data set
+well formed in the transfer syntax it declares. What is refused, and with
+which C-STORE status (PS3.4 B.2.3), is listed in ``store.py``'s docstring;
+``IngestResult`` carries the outcome of any store, refused or not.
+
+``check_palette_file`` reads a Part 10 file once and decodes it with
+chromanet's codec (``dsutil.decode_dataset``, which checks the structure on
+the way); the index columns come from that data set (``index_fields``),
+Alternate Content Description Sequence as DICOM JSON built from the
+elements' own JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import Dataset
+from pydicom.dataelem import RawDataElement
+
+from chromanet import dsutil, uids
+from chromanet.archive import matching as m
+from chromanet.status import STATUS_SUCCESS, STATUS_WARNING, Status, code_to_category
+
+__all__ = [
+    "IngestResult", "Refused", "check_palette_file", "check_palette_dataset", "checked_file", "SUCCESS",
+    "WARNING_DATASET_DOES_NOT_MATCH", "OUT_OF_RESOURCES", "DATASET_DOES_NOT_MATCH", "CANNOT_UNDERSTAND",
+    "UNABLE_TO_PROCESS", "NOT_AUTHORISED",
+]  # fmt: skip
+
+LOGGER = logging.getLogger("chromanet.archive")
+
+SUCCESS = int(Status.SUCCESS)
+WARNING_DATASET_DOES_NOT_MATCH = int(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS_WARNING)
+OUT_OF_RESOURCES = int(Status.OUT_OF_RESOURCES)
+DATASET_DOES_NOT_MATCH = int(Status.DATASET_DOES_NOT_MATCH_SOP_CLASS)
+CANNOT_UNDERSTAND = UNABLE_TO_PROCESS = int(Status.CANNOT_UNDERSTAND)
+NOT_AUTHORISED = int(Status.NOT_AUTHORISED)
+
+
+# Attributes a palette must have (PS3.3 C.7.9, C.7.6.3).
+_LUT_DESCRIPTORS = (0x00281101, 0x00281102, 0x00281103)
+_LUT_DATA = (0x00281201, 0x00281202, 0x00281203)
+_SEGMENTED_LUT_DATA = (0x00281221, 0x00281222, 0x00281223)
+_ICC_PROFILE = 0x00282000
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """Outcome of a store: a C-STORE status (PS3.4 B.2.3) and a comment."""
+
+    status: int
+    comment: str = ""
+    sop_instance_uid: str | None = None
+    path: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Stored (success or warning)."""
+        return code_to_category(self.status) in (STATUS_SUCCESS, STATUS_WARNING)
+
+
+class Refused(Exception):
+    """A store refused while validated: its C-STORE status and comment."""
+
+    def __init__(self, status: int, comment: str) -> None:
+        super().__init__(comment)
+        self.status = status
+        self.comment = comment
+
+
+def _text_or_none(ds: Dataset, tag: int) -> str | None:
+    elem = ds.get(tag)
+    if elem is None:
+        return None
+    value = elem.value
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+# Character sets under which a value of ASCII bytes without ESC decodes to
+# the same text as ASCII (PS3.5 6.1.2; ISO 2022 code extensions use ESC).
+_ASCII_SAFE_CHARSETS = frozenset({None, "", "ISO_IR 6", "ISO_IR 100", "ISO_IR 192"})
+_PLAIN_TEXT_VRS = frozenset({"SH", "LO"})
+
+
+def _element_json(item: Dataset, tag: int, plain: bool) -> dict[str, Any]:
+    """DICOM JSON of one element of ``item``, as ``DataElement.to_json_dict``
+    gives it. With ``plain`` (an ASCII-safe character set), an SH or LO
+    element still undecoded whose bytes are ASCII without ESC is turned
+    into JSON from its bytes, as pydicom would decode it (split at "\\",
+    trailing spaces and NULs stripped), without converting the element."""
+    if plain:
+        raw = item.get_item(tag)
+        if type(raw) is RawDataElement and raw.VR in _PLAIN_TEXT_VRS and isinstance(raw.value, bytes):
+            value = raw.value
+            if value.isascii() and b"\x1b" not in value:
+                parts = [part.rstrip("\x00 ") for part in value.decode("ascii").split("\\")]
+                if len(parts) == 1 and not parts[0]:
+                    return {"vr": raw.VR}
+                return {"vr": raw.VR, "Value": parts}
+    return item[tag].to_json_dict(None, 1024)
+
+
+def _alternate_json(ds: Dataset) -> str | None:
+    """Alternate Content Description Sequence as the index keeps it: a JSON
+    list of items (DICOM JSON, PS3.18 F), each with Content Description and
+    the Language Code Sequence's code keys only. Built from the elements'
+    own JSON (or bytes, ``_element_json``), without copying them into new
+    Datasets (the same text as ``Dataset.to_json_dict`` of such copies, at
+    a fraction of the cost; ``tests/archive/test_archive_store.py``)."""
+    elem = ds.get(m.ALTERNATE_CONTENT_DESCRIPTION_SEQUENCE)
+    if elem is None:
+        return None
+    plain = _text_or_none(ds, m.SPECIFIC_CHARACTER_SET) in _ASCII_SAFE_CHARSETS
+    items = []
+    for item in elem.value or ():
+        own_charset = m.SPECIFIC_CHARACTER_SET in item
+        kept: dict[str, Any] = {}
+        if m.CONTENT_DESCRIPTION in item:
+            kept[f"{m.CONTENT_DESCRIPTION:08X}"] = _element_json(item, m.CONTENT_DESCRIPTION, plain and not own_charset)
+        if m.LANGUAGE_CODE_SEQUENCE in item:
+            codes = [
+                {f"{tag:08X}": _element_json(code, tag, plain and not own_charset and m.SPECIFIC_CHARACTER_SET not in code)
+                 for tag in m.CODE_ITEM_KEYS if tag in code}
+                for code in item[m.LANGUAGE_CODE_SEQUENCE].value or ()
+            ]  # fmt: skip
+            kept[f"{m.LANGUAGE_CODE_SEQUENCE:08X}"] = {"vr": "SQ", "Value": codes}
+        items.append(kept)
+    return json.dumps(items, ensure_ascii=False)
+
+
+def _index_fields(ds: Dataset, meta_class: str | None, meta_instance: str | None) -> tuple[dict[str, Any], str]:
+    """Validate a Color Palette data set; the index columns and a warning text."""
+    sop_class = _text_or_none(ds, m.SOP_CLASS_UID)
+    sop_class = sop_class.strip(" \x00") if sop_class else ""
+    if sop_class != uids.ColorPaletteStorage:
+        raise Refused(DATASET_DOES_NOT_MATCH, f"SOP Class {sop_class or '(none)'} is not Color Palette Storage")
+    uid = (_text_or_none(ds, m.SOP_INSTANCE_UID) or "").strip(" \x00")
+    if not uids.validate_uid(uid):
+        raise Refused(DATASET_DOES_NOT_MATCH, f"invalid SOP Instance UID {uid[:40]!r}")
+    if meta_class and meta_class != sop_class:
+        raise Refused(DATASET_DOES_NOT_MATCH, "file meta SOP Class UID differs from the data set's")
+    if meta_instance and meta_instance != uid:
+        raise Refused(DATASET_DOES_NOT_MATCH, "file meta SOP Instance UID differs from the data set's")
+    label = (_text_or_none(ds, m.CONTENT_LABEL) or "").strip(" ")
+    if not label:
+        raise Refused(DATASET_DOES_NOT_MATCH, "Content Label (0070,0080) missing or empty")
+    if not all(tag in ds for tag in _LUT_DESCRIPTORS):
+        raise Refused(DATASET_DOES_NOT_MATCH, "Palette Color LUT Descriptors missing")
+    if not (all(tag in ds for tag in _LUT_DATA) or all(tag in ds for tag in _SEGMENTED_LUT_DATA)):
+        raise Refused(DATASET_DOES_NOT_MATCH, "Palette Color LUT Data (normal or segmented) missing")
+    warning = "" if _ICC_PROFILE in ds else "ICC Profile (0028,2000) missing"
+    description = _text_or_none(ds, m.CONTENT_DESCRIPTION)
+    creator = _text_or_none(ds, m.CONTENT_CREATOR_NAME)
+    alternates = _alternate_json(ds)
+    charset = _text_or_none(ds, m.SPECIFIC_CHARACTER_SET)
+    ascii_only = all(t is None or t.isascii() for t in (label, description, creator, alternates))
+    fields = dict(
+        sop_instance_uid=uid,
+        sop_class_uid=sop_class,
+        content_label=label,
+        content_description=description,
+        content_creator_name=creator,
+        alternate_descriptions=alternates,
+        specific_character_set=charset or None,
+        ascii_only=ascii_only,
+    )
+    return fields, warning
+
+
+def _read_palette_file(path: Path) -> tuple[Dataset, dsutil.Part10File, os.stat_result]:
+    """The data set of a Part 10 file, decoded in one pass by chromanet's
+    codec, which also checks that it is well formed in the transfer syntax
+    it declares (e.g. Implicit VR bytes sent on an Explicit VR context are
+    refused): what we could not serve back, we do not store. The file is
+    read whole (a palette is 4.4 KB to ~400 KB): one open and one read,
+    no mapping to undo in a process whose other threads serve peers."""
+    try:
+        with open(path, "rb") as handle:
+            stat = os.fstat(handle.fileno())
+            data = handle.read()
+        part = dsutil.parse_part10(memoryview(data), path)
+    except (OSError, ValueError) as exc:
+        raise Refused(CANNOT_UNDERSTAND, f"cannot read as Part 10: {exc}"[:64]) from exc
+    try:
+        ds = dsutil.decode_dataset(part.dataset_bytes(), part.transfer_syntax)
+    except dsutil.EncodingError as exc:
+        LOGGER.info("refusing %s: not well formed in %s: %s", path.name, part.transfer_syntax, exc)
+        raise Refused(CANNOT_UNDERSTAND, f"data set not valid in its transfer syntax: {exc}"[:64]) from exc
+    except Exception as exc:
+        raise Refused(CANNOT_UNDERSTAND, f"cannot read as Part 10: {exc}"[:64]) from exc
+    return ds, part, stat
+
+
+def checked_file(path: Path) -> tuple[dict[str, Any], str, str, os.stat_result]:
+    """``check_palette_file``'s work, and the file's stat (the archive
+    renames the file it validated: its size is known); raises Refused."""
+    ds, part, stat = _read_palette_file(path)
+    fields, warning = _index_fields(ds, part.sop_class_uid or None, part.sop_instance_uid or None)
+    return fields, part.transfer_syntax, warning, stat
+
+
+def check_palette_file(path: Path) -> tuple[dict[str, Any], str, str] | IngestResult:
+    """Validate a Part 10 file as a store would (shared by every backend).
+
+    Returns the index columns (a dict), the transfer syntax and a warning
+    text (empty if none), or the IngestResult of the refusal.
+    """
+    try:
+        fields, transfer_syntax, warning, _ = checked_file(path)
+    except Refused as refused:
+        return IngestResult(refused.status, refused.comment)
+    return fields, transfer_syntax, warning
+
+
+def check_palette_dataset(ds: Dataset) -> tuple[dict[str, Any], str] | IngestResult:
+    """Validate a decoded data set as a store would: the index columns and a
+    warning text, or the IngestResult of the refusal."""
+    try:
+        return _index_fields(ds, None, None)
+    except Refused as refused:
+        return IngestResult(refused.status, refused.comment)
