@@ -32,7 +32,9 @@ Pairings (client -> SCP):
 - chromanet async (``await ae.associate_async``, uvloop) -> chromanet
 - chromanet blocking (``ae.associate``, pynetdicom-style) -> chromanet
 - chromanet async / blocking -> chromanet library mode (``cn-lib``,
-  ``cn-blocking-lib``; W2-W6): the SCP is a chromanet AE running the same
+  ``cn-blocking-lib``, and ``cn-lib-inline`` with the SCP's sync handlers
+  run inline on its loop, ``AE.sync_handlers_inline``, instead of in its
+  worker threads; W2-W6): the SCP is a chromanet AE running the same
   pynetdicom-style handlers as the pynetdicom Q/R SCP (``e2e_peers.py``),
   which yield pydicom Datasets, as a pynetdicom program does after swapping
   the import; the ``cn-async`` rows are the node's archive, which sends
@@ -297,6 +299,7 @@ class Side:
     nodelay: bool = False
     tls: bool = False
     quickack: bool = True  # chromanet: AE.tcp_quickack
+    inline: bool = False  # chromanet SCP: AE.sync_handlers_inline (sync handlers on the loop)
 
 
 @dataclass
@@ -350,6 +353,11 @@ def pairings(args: argparse.Namespace) -> list[Pairing]:
                        only=("w2-find", "w3-find1", "w4-get", "w5-get-large", "w6-move")))
     out.append(Pairing("cn-blocking-lib", "chromanet blocking -> chromanet library mode", Side("chromanet-blocking"),
                        Side("chromanet-lib"), dest=Side("chromanet"),
+                       only=("w2-find", "w3-find1", "w4-get", "w5-get-large", "w6-move")))
+    # The same handlers run inline on the SCP's loop (AE.sync_handlers_inline)
+    # instead of in its worker threads: what the thread hand-off costs.
+    out.append(Pairing("cn-lib-inline", "chromanet async -> chromanet library mode, handlers inline",
+                       Side("chromanet-async"), Side("chromanet-lib", inline=True), dest=Side("chromanet"),
                        only=("w2-find", "w3-find1", "w4-get", "w5-get-large", "w6-move")))
     if not args.no_default_baseline:
         # Its Q/R would stall ~40 ms a response: W1, W7 and W8 only.
@@ -504,6 +512,8 @@ def scp_argv(side: Side, w: Workload, port: int, args: argparse.Namespace, log_d
         argv.append("--nodelay")
     if not side.quickack:
         argv.append("--no-quickack")
+    if side.inline:
+        argv.append("--inline-handlers")
     if side.tls:
         argv += ["--tls-dir", str(args.tls_dir)]
     return argv, True
@@ -753,7 +763,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "cn>dcmtk:*, cn=>dcmtk:*)")
     p.add_argument("--tls", action="store_true",
                    help="also run chromanet and DCMTK over TLS (pairings cn-async-tls, dcmtk-tls)")
-    p.add_argument("--only", help="comma-separated pairing keys: cn-async,cn-blocking,pyn-nodelay,pyn-default,"
+    p.add_argument("--only", help="comma-separated pairing keys: cn-async,cn-blocking,cn-lib,cn-blocking-lib,"
+                                  "cn-lib-inline,pyn-nodelay,pyn-default,"
                                   "dcmtk,cn-async>pyn,pyn>cn,cn-async-tls,dcmtk-tls")
     p.add_argument("--workloads", help="comma-separated: w1-echo,w2-find,w3-find1,w4-get,w5-get-large,w6-move,"
                                        "w7-assoc,w7-assoc-par,w8-store")

@@ -334,10 +334,11 @@ def _tls_files(tls_dir: Path) -> dict[str, str]:
 
 def run_scp(impl: str, port: int, nodelay: bool, data_dir: Path | None = None,
             move_dests: dict[str, int] | None = None, tls_dir: Path | None = None, quickack: bool = True,
-            index: str | None = None) -> None:
+            index: str | None = None, inline: bool = False) -> None:
     """``tls_dir``: listen for TLS only, with the server certificate there.
     ``index``: the chromanet node's index URL (postgresql://...; None: SQLite
-    in ``data_dir``)."""
+    in ``data_dir``). ``inline``: the chromanet and chromanet-qr SCPs run
+    their sync handlers on the loop (``AE.sync_handlers_inline``)."""
     move_dests = move_dests or {}
     ssl_context = None
     if tls_dir is not None and impl not in ("chromanet", "chromanet-node"):
@@ -353,6 +354,7 @@ def run_scp(impl: str, port: int, nodelay: bool, data_dir: Path | None = None,
 
         ae = AE("BENCH-SCP")
         ae.tcp_quickack = quickack
+        ae.sync_handlers_inline = inline
         ae.maximum_associations = 64
         ae.add_supported_context(VERIFICATION)
         ae.add_supported_context(COLOR_PALETTE_STORAGE)
@@ -398,6 +400,7 @@ def run_scp(impl: str, port: int, nodelay: bool, data_dir: Path | None = None,
             raise SystemExit("chromanet-qr needs --data-dir")
         ae = AE("BENCH-SCP")
         ae.tcp_quickack = quickack
+        ae.sync_handlers_inline = inline
         ae.maximum_associations = 64
         ae.add_supported_context(VERIFICATION)
         for model in (FIND_MODEL, GET_MODEL, MOVE_MODEL):
@@ -557,6 +560,7 @@ def _async_workload(workload: str, ae: Any, port: int, datasets: list[Any], uids
     """``tls_args``: (ssl context, server name) for TLS, None for plain TCP."""
     from chromanet import evt
 
+    @evt.inline  # an asyncio program's counter: on its loop, no thread hand-off
     def store_handler(event: Any) -> int:  # C-GET sub-operations: counted, not decoded
         received[0] += 1
         return 0x0000
@@ -967,6 +971,8 @@ def main() -> None:
     s.add_argument("--move-dest", action="append", default=[], metavar="AET=PORT")
     s.add_argument("--tls-dir", type=Path, help="TLS only, with DIR/server.pem and DIR/server.key (chromanet)")
     s.add_argument("--index", help="chromanet-node: index URL (postgresql://...); default SQLite in --data-dir")
+    s.add_argument("--inline-handlers", dest="inline", action="store_true",
+                   help="chromanet, chromanet-qr: sync handlers inline on the loop (AE.sync_handlers_inline)")
     c = sub.add_parser("client")
     c.add_argument("--impl", required=True, choices=["chromanet-async", "chromanet-blocking", "pynetdicom", "dcmtk"])
     c.add_argument("--port", type=int, required=True)
@@ -997,7 +1003,7 @@ def main() -> None:
             aet, _, port = entry.partition("=")
             dests[aet] = int(port)
         run_scp(args.impl, args.port, args.nodelay, args.data_dir, dests, args.tls_dir, args.quickack,
-                args.index)
+                args.index, args.inline)
     elif args.role == "data":
         run_data(args.root, args.set, args.dcmtk)
     else:

@@ -21,6 +21,7 @@ from chromanet.association import AsyncAssociation
 from chromanet.blocking import Association, ThreadedServer
 from chromanet.evt import HandlerSpec, split_handlers
 from chromanet.presentation import DEFAULT_TRANSFER_SYNTAXES, PresentationContext, build_context, build_role
+from chromanet.services.handler_threads import HandlerThreads
 from chromanet.server import AsyncServer
 from chromanet.ul.acse import AdmissionCheck, AssociationAborted, AssociationClosed, AssociationControl, Timeouts
 from chromanet.ul.negotiation import AssociationRejected, ContextSpec, build_associate_rq
@@ -106,6 +107,16 @@ class AE:
         # counts against maximum_associations across them (see
         # chromanet.server.AssociationCounter). None: this AE's servers alone.
         self.association_counter: Any = None
+        # Plain ``def`` handlers run in worker threads, in order per
+        # association, with ``event.assoc`` the blocking Association (as
+        # pynetdicom runs them in the association's thread). chromanet
+        # extra: True runs them inline on the event loop instead (no thread
+        # hand-off, ``event.assoc`` the AsyncAssociation), for handlers that
+        # never block; ``evt.inline`` marks one handler so. Read when an
+        # association starts.
+        self.sync_handlers_inline = False
+        self._max_handler_threads = 32
+        self._handler_threads: HandlerThreads | None = None
         self._requested: list[PresentationContext] = []
         self._supported: list[PresentationContext] = []
 
@@ -173,6 +184,38 @@ class AE:
 
     def remove_supported_context(self, abstract_syntax: str, transfer_syntax: str | list[str] | None = None) -> None:
         self._supported = _remove(self._supported, abstract_syntax, transfer_syntax)
+
+    @property
+    def max_handler_threads(self) -> int:
+        """chromanet extra: at most this many plain ``def`` handlers run at
+        once, over every association of this AE (default 32); the others
+        wait for a free thread, their association's order kept. pynetdicom
+        runs one thread per association instead."""
+        return self._max_handler_threads
+
+    @max_handler_threads.setter
+    def max_handler_threads(self, value: int) -> None:
+        if value < 1:
+            raise ValueError("max_handler_threads must be at least 1")
+        self._max_handler_threads = value
+        if self._handler_threads is not None:
+            self._handler_threads.max_threads = value
+
+    @property
+    def handler_threads(self) -> HandlerThreads:
+        """The worker threads of this AE's sync handlers (made when first
+        needed; a thread starts when a handler needs one)."""
+        if self._handler_threads is None:
+            self._handler_threads = HandlerThreads(self._max_handler_threads, f"chromanet-{self.ae_title}")
+        return self._handler_threads
+
+    def blocking_association(
+        self, assoc: AsyncAssociation, loop: asyncio.AbstractEventLoop | None = None
+    ) -> Association:
+        """The blocking ``Association`` over ``assoc``, which runs on
+        ``loop`` (None: the shared background loop): what ``associate``
+        returns and its sync handlers get as ``event.assoc``."""
+        return Association(assoc, loop)
 
     def association_timeouts(self) -> Timeouts:
         """The timeouts an association made now gets (read at each one, so
@@ -280,7 +323,8 @@ class AE:
         if bind_address != ("", 0):
             raise NotImplementedError("chromanet does not implement bind_address yet")
         coro = self._associate(addr, port, contexts, ae_title, max_pdu, ext_neg, evt_handlers, tls_args)
-        return Association(loopthread.run(coro))
+        # The object its sync handlers get as event.assoc, as in pynetdicom.
+        return loopthread.run(coro).sync_facade
 
     # ------------------------------------------------------------ acceptor
     async def start_server_async(
@@ -333,7 +377,7 @@ class AE:
     def active_associations(self) -> list[Association]:
         """The established associations of this AE: those it requested and
         those of every server it runs (pynetdicom's list holds both)."""
-        return [Association(a) for a in self._established()]
+        return [a.sync_facade for a in self._established()]
 
     def _established(self) -> list[AsyncAssociation]:
         accepted = [a for server in self._servers for a in server.active_associations]

@@ -38,6 +38,7 @@ from chromanet.services import query_retrieve, storage, verification
 from chromanet.services.answers import response_to_dataset
 from chromanet.services.base import HandlerTable, ServiceSession
 from chromanet.services.dispatch import ServiceDispatcher
+from chromanet.services.handler_threads import HandlerLane
 from chromanet.services.observe import AuditContext, OperationObserver
 from chromanet.services.spool import FileSink
 from chromanet.ul.acse import Admission, AssociationControl
@@ -150,6 +151,17 @@ class AsyncAssociation:
         #: beyond the protocol (e.g. whether its user identity was verified).
         self.audit = AuditContext()
         self._operation_observer: OperationObserver | None = None
+        # Plain ``def`` handlers run in this lane, in order, off the loop
+        # (services/handler_threads.py), unless the AE runs them inline;
+        # there they see ``sync_facade`` (the blocking Association) as
+        # ``event.assoc``.
+        try:
+            self._home_loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:  # made outside a loop (tests)
+            self._home_loop = None
+        pool = None if getattr(ae, "sync_handlers_inline", True) else ae.handler_threads
+        self._lane = HandlerLane(pool, self._home_loop) if pool is not None and self._home_loop is not None else None
+        self._sync_facade: Any = None
         ul.on_established = self._on_established
         ul.ended.add_done_callback(self._on_ended)
         if ul.is_requestor:
@@ -255,6 +267,20 @@ class AsyncAssociation:
             self._session.observer = observer
 
     @property
+    def sync_facade(self) -> Any:
+        """The blocking ``Association`` over this one: ``event.assoc`` for
+        the plain ``def`` handlers that run in a worker thread."""
+        if self._sync_facade is None:
+            make = getattr(self.ae, "blocking_association", None)
+            self._sync_facade = make(self, self._home_loop) if make is not None else self
+        return self._sync_facade
+
+    def notify(self, event_type: EventType) -> None:
+        """Run the handlers of a notification event, in turn with this
+        association's other handlers."""
+        notify(self._handlers, Event(self, event_type), self._lane, self.sync_facade if self._lane else None)
+
+    @property
     def service_session(self) -> ServiceSession | None:
         """What the services see of this association, once established."""
         return self._session
@@ -286,17 +312,19 @@ class AsyncAssociation:
             peer_host=self.remote_host,
             open_sub_association=self._open_sub_association,
             store_directory=self._store_directory,
+            lane=self._lane,
+            sync_event_source=self.sync_facade if self._lane is not None else None,
         )
         self._session.observer = self._operation_observer
         channel.request_handler = ServiceDispatcher(self._session)
-        notify(self._handlers, Event(self, EVT_ACCEPTED))
-        notify(self._handlers, Event(self, EVT_ESTABLISHED))
+        self.notify(EVT_ACCEPTED)
+        self.notify(EVT_ESTABLISHED)
 
     def _on_request_sent(self, ul: AssociationControl) -> None:
         """Requestor: the connection is up and the A-ASSOCIATE-RQ written
         (pynetdicom's requestor notifies EVT_REQUESTED, then EVT_CONN_OPEN)."""
-        notify(self._handlers, Event(self, EVT_REQUESTED))
-        notify(self._handlers, Event(self, EVT_CONN_OPEN))
+        self.notify(EVT_REQUESTED)
+        self.notify(EVT_CONN_OPEN)
 
     def _spool_factory(self, context_id: int, command: Command) -> DatasetSink | None:
         gate = self.ae.request_gate
@@ -314,12 +342,12 @@ class AsyncAssociation:
     def _on_ended(self, future: asyncio.Future[str]) -> None:
         outcome = self._ul.outcome
         if outcome == "rejected":
-            notify(self._handlers, Event(self, EVT_REJECTED))
+            self.notify(EVT_REJECTED)
         elif outcome == "released":
-            notify(self._handlers, Event(self, EVT_RELEASED))
+            self.notify(EVT_RELEASED)
         elif outcome in ("aborted", "closed") and self._ul.negotiation is not None:
-            notify(self._handlers, Event(self, EVT_ABORTED))
-        notify(self._handlers, Event(self, EVT_CONN_CLOSE))
+            self.notify(EVT_ABORTED)
+        self.notify(EVT_CONN_CLOSE)
 
     # ------------------------------------------------ handlers (pynetdicom)
     def bind(self, event: EventType, handler: Any, args: list[Any] | None = None) -> None:

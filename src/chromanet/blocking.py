@@ -20,6 +20,7 @@ from chromanet import loopthread
 from chromanet.association import AsyncAssociation
 from chromanet.evt import check_implemented
 from chromanet.server import AsyncServer
+from chromanet.services.handler_threads import blocking_call
 
 if TYPE_CHECKING:
     from chromanet.ae import AE
@@ -41,7 +42,7 @@ class ThreadedServer:
 
     @property
     def active_associations(self) -> list[Association]:
-        return [Association(a) for a in self._server.active_associations]
+        return [a.sync_facade for a in self._server.active_associations]
 
     @property
     def ae(self) -> AE:
@@ -100,10 +101,18 @@ class ThreadedServer:
 
 
 class Association:
-    """Blocking wrapper of AsyncAssociation (pynetdicom's ``Association``)."""
+    """Blocking wrapper of AsyncAssociation (pynetdicom's ``Association``).
 
-    def __init__(self, inner: AsyncAssociation) -> None:
+    Also what a plain ``def`` handler running in its worker thread gets as
+    ``event.assoc``: then ``loop`` is the loop the association runs on (not
+    necessarily the shared background one), and every method works from
+    the handler (``abort``, ``release``, ``send_c_store`` back to the peer
+    while the handler runs…): the loop is not waiting for the handler's
+    thread, only for a future the thread completes."""
+
+    def __init__(self, inner: AsyncAssociation, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._inner = inner
+        self._loop = loop
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -120,7 +129,8 @@ class Association:
         return self._inner.is_established
 
     def send_c_echo(self, msg_id: int = 1) -> Dataset:
-        return loopthread.run(self._inner.send_c_echo(msg_id))
+        with blocking_call():
+            return loopthread.run(self._inner.send_c_echo(msg_id), loop=self._loop)
 
     def send_c_store(
         self,
@@ -130,33 +140,45 @@ class Association:
         originator_aet: str | None = None,
         originator_id: int | None = None,
     ) -> Dataset:
-        return loopthread.run(self._inner.send_c_store(dataset, msg_id, priority, originator_aet, originator_id))
+        with blocking_call():
+            return loopthread.run(
+                self._inner.send_c_store(dataset, msg_id, priority, originator_aet, originator_id), loop=self._loop
+            )
 
     def send_c_find(
         self, dataset: Dataset, query_model: str, msg_id: int = 1, priority: int = 2
     ) -> Iterator[tuple[Dataset, Dataset | None]]:
-        return loopthread.iterate_call(self._inner.send_c_find, dataset, query_model, msg_id, priority)
+        return self._iterate(self._inner.send_c_find, dataset, query_model, msg_id, priority)
 
     def send_c_get(
         self, dataset: Dataset, query_model: str, msg_id: int = 1, priority: int = 2
     ) -> Iterator[tuple[Dataset, Dataset | None]]:
-        return loopthread.iterate_call(self._inner.send_c_get, dataset, query_model, msg_id, priority)
+        return self._iterate(self._inner.send_c_get, dataset, query_model, msg_id, priority)
 
     def send_c_move(
         self, dataset: Dataset, move_aet: str, query_model: str, msg_id: int = 1, priority: int = 2
     ) -> Iterator[tuple[Dataset, Dataset | None]]:
-        return loopthread.iterate_call(self._inner.send_c_move, dataset, move_aet, query_model, msg_id, priority)
+        return self._iterate(self._inner.send_c_move, dataset, move_aet, query_model, msg_id, priority)
 
     def send_c_cancel(self, msg_id: int, context_id: int | None = None, query_model: str | None = None) -> None:
-        loopthread.call(self._inner.send_c_cancel, msg_id, context_id, query_model)
+        loopthread.call(self._inner.send_c_cancel, msg_id, context_id, query_model, loop=self._loop)
+
+    def _iterate(self, function: Any, *args: Any) -> Iterator[tuple[Dataset, Dataset | None]]:
+        """``loopthread.iterate_call`` on this association's loop, each wait
+        for a response inside ``blocking_call`` (from a handler, the C-STOREs
+        of a C-GET come back to this association's handlers meanwhile)."""
+        with blocking_call():
+            responses = loopthread.iterate_call(function, *args, loop=self._loop)
+        return _each_in_blocking_call(responses)
 
     def release(self) -> None:
-        loopthread.run(self._inner.release())
+        with blocking_call():
+            loopthread.run(self._inner.release(), loop=self._loop)
 
     def abort(self) -> None:
         """A-ABORT; returns once the connection is closed (as pynetdicom's
         does), or at once when called from a handler on the loop thread."""
-        if loopthread.in_loop_thread():
+        if loopthread.in_loop_thread(self._loop):
             self._inner.abort()
             return
 
@@ -167,4 +189,19 @@ class Association:
             except asyncio.TimeoutError:
                 LOGGER.warning("the connection did not close within 5 s of the abort")
 
-        loopthread.run(abort_and_wait())
+        with blocking_call():
+            loopthread.run(abort_and_wait(), loop=self._loop)
+
+
+def _each_in_blocking_call(responses: Iterator[Any]) -> Iterator[Any]:
+    try:
+        while True:
+            with blocking_call():
+                try:
+                    item = next(responses)
+                except StopIteration:
+                    return
+            yield item
+    finally:
+        with blocking_call():
+            responses.close()  # left early: waits for the C-CANCEL to go out

@@ -340,6 +340,11 @@ class DimseChannel:
         """Wait while the transport's write buffer is full (a slow reader)."""
         await self.ul.drain()
 
+    async def drain_below(self, limit: int) -> None:
+        """Wait until at most ``limit`` bytes wait to be written (a producer
+        of many small messages that should not run ahead of the peer)."""
+        await self.ul.drain_below(limit)
+
     def abort(self) -> None:
         """A-ABORT the association (e.g. after a DIMSE timeout)."""
         self.ul.abort()

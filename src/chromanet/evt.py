@@ -8,6 +8,10 @@ value as the answer; notification events (``EVT_ACCEPTED``…) ignore it.
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import functools
+import inspect
 import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
@@ -175,6 +179,13 @@ class Event:
     def __repr__(self) -> str:
         return f"<Event {self.event.name}>"
 
+    def with_assoc(self, assoc: Any) -> Event:
+        """This event as seen with another ``assoc`` (the blocking
+        ``Association`` for a handler in a worker thread)."""
+        twin = copy.copy(self)
+        twin.assoc = assoc
+        return twin
+
     # --------------------------------------------------------- the request
     @property
     def request(self) -> Request:
@@ -274,10 +285,75 @@ def split_handlers(handlers: list[HandlerSpec] | None) -> dict[EventType, list[t
     return bound
 
 
-def notify(handlers: dict[EventType, list[tuple[Callable[..., Any], list[Any]]]], event: Event) -> None:
-    """Run the notification handlers; their exceptions are logged, never raised."""
+#: The attribute ``inline`` sets on a handler.
+INLINE_ATTRIBUTE = "chromanet_inline"
+
+
+def inline(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a plain ``def`` handler to run on the event loop thread, inline
+    (a chromanet extra). Sync handlers otherwise run in a worker thread,
+    in order per association (``services/handler_threads.py``), which costs
+    a thread hand-off per call; a handler that never blocks (no I/O, no
+    lock, no blocking call on ``event.assoc``) and is fast saves it. Inline,
+    ``event.assoc`` is the ``AsyncAssociation``, as for ``async def``
+    handlers. ``AE.sync_handlers_inline = True`` does this for every
+    handler of the AE. A bound method cannot carry the mark: a marked
+    wrapper of it is returned (bind that one)."""
+    try:
+        setattr(handler, INLINE_ATTRIBUTE, True)
+    except AttributeError:
+
+        @functools.wraps(handler)
+        def marked(*args: Any, **kwargs: Any) -> Any:
+            return handler(*args, **kwargs)
+
+        setattr(marked, INLINE_ATTRIBUTE, True)
+        return marked
+    return handler
+
+
+def runs_in_thread(handler: Callable[..., Any]) -> bool:
+    """True for a handler that runs in a worker thread when the association
+    has a lane: a plain function or method not marked ``inline`` (an
+    ``async def`` or async generator function runs on the loop)."""
+    if getattr(handler, INLINE_ATTRIBUTE, False):
+        return False
+    return not (inspect.iscoroutinefunction(handler) or inspect.isasyncgenfunction(handler))
+
+
+def notify(
+    handlers: dict[EventType, list[tuple[Callable[..., Any], list[Any]]]],
+    event: Event,
+    lane: Any = None,
+    sync_assoc: Any = None,
+) -> None:
+    """Run the notification handlers; their exceptions are logged, never
+    raised. With ``lane`` (the association's ``HandlerLane``), plain
+    functions run there, in turn with the association's other handlers, and
+    see ``sync_assoc`` (the blocking ``Association``) as ``event.assoc``;
+    ``async def`` handlers run as tasks on the loop."""
     for handler, args in handlers.get(event.event, ()):
+        if lane is not None and runs_in_thread(handler):
+            lane.post(_notify_one, handler, event.with_assoc(sync_assoc), args)
+        else:
+            _notify_one(handler, event, args)
+
+
+def _notify_one(handler: Callable[..., Any], event: Event, args: list[Any]) -> None:
+    try:
+        result = handler(event, *args)
+    except Exception:
+        LOGGER.exception("handler for %s raised", event.event.name)
+        return
+    if inspect.iscoroutine(result):
         try:
-            handler(event, *args)
-        except Exception:
-            LOGGER.exception("handler for %s raised", event.event.name)
+            asyncio.get_running_loop().create_task(_awaited(result, event.event.name))
+        except RuntimeError:  # not on a loop: nothing can run it
+            result.close()
+
+
+async def _awaited(result: Any, name: str) -> None:
+    try:
+        await result
+    except Exception:
+        LOGGER.exception("handler for %s raised", name)

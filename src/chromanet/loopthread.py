@@ -49,11 +49,20 @@ def get_loop() -> asyncio.AbstractEventLoop:
         return _loop
 
 
-def in_loop_thread() -> bool:
-    return _thread is not None and threading.current_thread() is _thread
+def in_loop_thread(loop: asyncio.AbstractEventLoop | None = None) -> bool:
+    """True on the thread running ``loop`` (default: the shared background
+    loop)."""
+    if loop is None:
+        return _thread is not None and threading.current_thread() is _thread
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
-def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+def run(
+    coro: Coroutine[Any, Any, T], timeout: float | None = None, loop: asyncio.AbstractEventLoop | None = None
+) -> T:
     """Run ``coro`` on the background loop and wait for its result.
 
     The hand-off is one ``call_soon_threadsafe`` there and one lock release
@@ -62,14 +71,19 @@ def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     through a Python ``Condition``, and cost about twice as much per call
     (a no-op coroutine: ~65 against ~30 us on the 2-core machine), which a
     blocking C-ECHO pays on every call.
+
+    ``loop``: another running loop than the shared one (the loop of a
+    server started with ``start_server_async``, whose sync handlers call
+    the blocking API from their worker thread).
     """
-    if in_loop_thread():
+    if in_loop_thread(loop):
         coro.close()
         raise RuntimeError(
             "a blocking chromanet call was made from inside the event loop "
-            "(e.g. from a handler): use the async API there"
+            "(e.g. from a handler run inline on the loop): use the async API there"
         )
-    loop = get_loop()
+    if loop is None:
+        loop = get_loop()
     done = allocate_lock()
     done.acquire()
     tasks: list[asyncio.Task[T]] = []
@@ -98,13 +112,59 @@ def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
         task.cancel()
 
 
-def call(function: Callable[..., T], *args: Any) -> T:
+def call(function: Callable[..., T], *args: Any, loop: asyncio.AbstractEventLoop | None = None) -> T:
     """Run a plain function on the loop thread and return its result."""
 
     async def wrapper() -> T:
         return function(*args)
 
-    return run(wrapper())
+    return run(wrapper(), loop=loop)
+
+
+#: The pump of ``iterate`` lets the loop run other callbacks this often,
+_PUMP_YIELD_EVERY = 16
+#: and gets at most this many items ahead of the consumer.
+_PUMP_AHEAD = 32
+
+
+class _Flow:
+    """How far the pump of ``iterate`` is ahead of its consumer."""
+
+    __slots__ = ("_lock", "_ahead", "_waiter")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ahead = 0
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_one(self, loop: asyncio.AbstractEventLoop) -> bool:
+        """On the loop: one more item queued; True when the pump must wait."""
+        with self._lock:
+            self._ahead += 1
+            if self._ahead < _PUMP_AHEAD:
+                return False
+            self._waiter = loop.create_future()
+            return True
+
+    async def resumed(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            await waiter
+
+    def took_one(self, loop: asyncio.AbstractEventLoop) -> None:
+        """In the consumer: one item taken; wakes the pump at half way."""
+        with self._lock:
+            self._ahead -= 1
+            waiter = self._waiter
+            if waiter is None or self._ahead > _PUMP_AHEAD // 2:
+                return
+            self._waiter = None
+        loop.call_soon_threadsafe(_wake, waiter)
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class _End:
@@ -117,7 +177,7 @@ class _End:
         self.error = error
 
 
-def iterate(source: AsyncIterator[T]) -> Iterator[T]:
+def iterate(source: AsyncIterator[T], loop: asyncio.AbstractEventLoop | None = None) -> Iterator[T]:
     """A blocking generator over an async iterator running on the loop.
 
     Items cross threads through one queue, so a long stream (10,000 C-FIND
@@ -126,18 +186,29 @@ def iterate(source: AsyncIterator[T]) -> Iterator[T]:
     closes the async iterator on the loop (a query's C-CANCEL is sent
     there) and waits up to 5 s for that.
     """
-    return iterate_call(lambda: source)
+    return iterate_call(lambda: source, loop=loop)
 
 
-def iterate_call(function: Callable[..., AsyncIterator[T]], *args: Any) -> Iterator[T]:
+def iterate_call(
+    function: Callable[..., AsyncIterator[T]], *args: Any, loop: asyncio.AbstractEventLoop | None = None
+) -> Iterator[T]:
     """Call ``function(*args)`` on the loop, wait until it returned (a
     request it sends is then on its way: pynetdicom's C-FIND sends at the
     call), and return a blocking generator over the async iterator it
     returned, as ``iterate`` does. What the call raises is raised here.
-    One hand-off to the loop for both the call and the pump."""
-    if in_loop_thread():
+    One hand-off to the loop for both the call and the pump.
+
+    The pump runs at most ``_PUMP_AHEAD`` items ahead of the consumer
+    (decoding responses nobody reads yet takes the GIL from the consumer,
+    which then reached its C-CANCEL late); past that it waits until the
+    consumer has taken half of them."""
+    if in_loop_thread(loop):
         raise RuntimeError("a blocking chromanet call was made from inside the event loop: use the async API")
+    if loop is None:
+        loop = get_loop()
+    target = loop
     items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    flow = _Flow()
 
     async def pump() -> None:
         try:
@@ -147,9 +218,18 @@ def iterate_call(function: Callable[..., AsyncIterator[T]], *args: Any) -> Itera
             return
         items.put(_STARTED)
         error: BaseException | None = None
+        count = 0
         try:
             async for item in source:
                 items.put(item)
+                count += 1
+                if flow.put_one(target):
+                    await flow.resumed()
+                elif count % _PUMP_YIELD_EVERY == 0:
+                    # Items that were already there come without a pause:
+                    # let the loop run what waits meanwhile (the consumer's
+                    # C-CANCEL, other associations).
+                    await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # handed to the consumer
@@ -162,25 +242,27 @@ def iterate_call(function: Callable[..., AsyncIterator[T]], *args: Any) -> Itera
             finally:
                 items.put(_End(error))
 
-    loop = get_loop()
     tasks: list[asyncio.Task[None]] = []
-    loop.call_soon_threadsafe(lambda: tasks.append(loop.create_task(pump())))
+    target.call_soon_threadsafe(lambda: tasks.append(target.create_task(pump())))
     first = items.get()
     if type(first) is _End:
         assert first.error is not None
         raise first.error
-    return _consume(items, tasks, loop)
+    return _consume(items, tasks, target, flow)
 
 
 #: What the pump of ``iterate_call`` puts first once the call returned.
 _STARTED = object()
 
 
-def _consume(items: queue.SimpleQueue[Any], tasks: list[asyncio.Task[None]], loop: asyncio.AbstractEventLoop) -> Iterator[Any]:
+def _consume(
+    items: queue.SimpleQueue[Any], tasks: list[asyncio.Task[None]], loop: asyncio.AbstractEventLoop, flow: _Flow
+) -> Iterator[Any]:
     ended = False
     try:
         while True:
             item = items.get()
+            flow.took_one(loop)
             if type(item) is _End:
                 ended = True
                 if item.error is not None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 from chromanet import _pdu, uids
 from chromanet.association import AsyncAssociation, Handlers
 from chromanet.logutil import peer_log
-from chromanet.evt import EVT_CONN_OPEN, EVT_REQUESTED, EVT_SOP_EXTENDED, EVT_USER_ID, Event, notify
+from chromanet.evt import EVT_CONN_OPEN, EVT_REQUESTED, EVT_SOP_EXTENDED, EVT_USER_ID, Event
 from chromanet.presentation import PresentationContext
 from chromanet.services.observe import OperationObserver
 from chromanet.ul.acse import AcceptorPolicy, AssociationControl
@@ -246,8 +246,8 @@ class AsyncServer:
             self._on_established(assoc, ul, counter, established_hook)
         if self.observer is not None:
             self._observe(assoc, ul.ended, self.observer)
-        notify(self._handlers, Event(assoc, EVT_CONN_OPEN))
-        ul.on_requested = lambda _ul, a=assoc: notify(self._handlers, Event(a, EVT_REQUESTED))
+        assoc.notify(EVT_CONN_OPEN)
+        ul.on_requested = lambda _ul, a=assoc: a.notify(EVT_REQUESTED)
         return ul.connection
 
     @staticmethod

@@ -898,6 +898,177 @@ def test_move_handler_raises(lib: SimpleNamespace, servers: list[Any], palettes:
     assoc.release()
 
 
+# ----------------------------------------------- sync handlers that block
+# Plain ``def`` handlers may block (pynetdicom runs them in the association's
+# thread, chromanet in a worker thread of the association's lane): sleeping,
+# waiting, or calling the blocking ``event.assoc`` from the handler.
+def test_sleeping_sync_handler_sees_cancel(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
+    seen: list[bool] = []
+
+    def handle_find(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        yield 0xFF00, palette_identifier(palettes[0])
+        deadline = time.monotonic() + TIMEOUT
+        cancelled = False
+        while not cancelled and time.monotonic() < deadline:
+            time.sleep(0.01)
+            # pynetdicom answers True once (the read consumes the C-CANCEL).
+            cancelled = event.is_cancelled
+        seen.append(cancelled)
+        yield 0xFE00, None
+
+    assoc = find_scu(lib, find_scp(lib, servers, handle_find))
+    statuses = []
+    for status, _identifier in assoc.send_c_find(query_all(), lib.sop_class.ColorPaletteInformationModelFind, msg_id=11):
+        statuses.append(status.Status)
+        if len(statuses) == 1:
+            assoc.send_c_cancel(11, query_model=lib.sop_class.ColorPaletteInformationModelFind)
+    assert statuses == [0xFF00, 0xFE00]
+    assert seen == [True]
+    assert assoc.is_established
+    assoc.release()
+
+
+def test_handler_aborts_the_association(lib: SimpleNamespace, servers: list[Any]) -> None:
+    returned = threading.Event()
+
+    def handle_echo(event: Any) -> int:
+        event.assoc.abort()
+        returned.set()
+        return 0x0000
+
+    scp = make_ae(lib, "ECHOSCP")
+    scp.add_supported_context(lib.sop_class.Verification)
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_ECHO, handle_echo)])
+    scu = make_ae(lib, "ECHOSCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+    assoc = scu.associate("127.0.0.1", port)
+    status = assoc.send_c_echo()
+    assert "Status" not in status  # no response: the association ended first
+    assert returned.wait(TIMEOUT)  # abort() returned inside the handler
+    assert wait_for(lambda: assoc.is_aborted)
+    assert not assoc.is_established
+    # The server goes on serving.
+    again = scu.associate("127.0.0.1", port)
+    assert again.is_established
+    again.abort()
+
+
+def test_handler_stores_back_to_the_peer(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
+    """A C-GET handler sends one instance itself with
+    ``event.assoc.send_c_store`` (and waits for its response) before
+    yielding the other as a sub-operation."""
+    log: list[tuple[str, Any]] = []
+
+    def handle_get(event: Any) -> Iterator[Any]:
+        status = event.assoc.send_c_store(palettes[0])
+        log.append(("handler's store", status.Status))
+        yield 1
+        yield 0xFF00, palettes[1]
+
+    def handle_store(event: Any) -> int:
+        log.append(("received", str(event.request.AffectedSOPInstanceUID)))
+        return 0x0000
+
+    assoc = get_scu(lib, get_scp(lib, servers, handle_get), handle_store)
+    results = list(assoc.send_c_get(query_all(), lib.sop_class.ColorPaletteInformationModelGet))
+    assert results[-1][0].Status == 0x0000
+    assert results[-1][0].NumberOfCompletedSuboperations == 1
+    assert log == [
+        ("received", str(palettes[0].SOPInstanceUID)),
+        ("handler's store", 0x0000),
+        ("received", str(palettes[1].SOPInstanceUID)),
+    ]
+    assoc.release()
+
+
+def test_event_assoc_is_the_requestors_association(
+    lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]
+) -> None:
+    seen: list[Any] = []
+
+    def handle_store(event: Any) -> int:
+        seen.append(event.assoc)
+        return 0x0000
+
+    assoc = get_scu(lib, get_scp(lib, servers, serve_palettes(palettes[:2])), handle_store)
+    results = list(assoc.send_c_get(query_all(), lib.sop_class.ColorPaletteInformationModelGet))
+    assert results[-1][0].Status == 0x0000
+    assert len(seen) == 2 and all(held is assoc for held in seen)
+    assoc.release()
+
+
+def test_blocked_handler_leaves_other_associations_served(lib: SimpleNamespace, servers: list[Any]) -> None:
+    entered = threading.Event()
+    unblock = threading.Event()
+
+    def handle_echo(event: Any) -> int:
+        if event.assoc.requestor.ae_title == "SLOW":
+            entered.set()
+            unblock.wait(TIMEOUT)
+        return 0x0000
+
+    scp = make_ae(lib, "ECHOSCP")
+    scp.add_supported_context(lib.sop_class.Verification)
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_ECHO, handle_echo)])
+    slow, fast = make_ae(lib, "SLOW"), make_ae(lib, "FAST")
+    for ae in (slow, fast):
+        ae.add_requested_context(lib.sop_class.Verification)
+    slow_assoc = slow.associate("127.0.0.1", port)
+    answered: dict[str, int] = {}
+    waiting = threading.Thread(target=lambda: answered.update(slow=slow_assoc.send_c_echo().Status))
+    waiting.start()
+    try:
+        assert entered.wait(TIMEOUT)
+        fast_assoc = fast.associate("127.0.0.1", port)
+        assert fast_assoc.is_established
+        assert fast_assoc.send_c_echo().Status == 0x0000
+        fast_assoc.release()
+        assert answered == {}  # the slow one is still in its handler
+    finally:
+        unblock.set()
+        waiting.join(TIMEOUT)
+    assert answered == {"slow": 0x0000}
+    slow_assoc.release()
+
+
+def test_handlers_run_in_order_per_association(
+    lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]
+) -> None:
+    """A slow notification handler, then C-STOREs whose handlers take
+    different times: each association's handlers run one after another, in
+    the order of its events."""
+    log: list[str] = []
+
+    def slow_established(event: Any) -> None:
+        time.sleep(0.2)
+        log.append("EVT_ESTABLISHED")
+
+    def handle_store(event: Any) -> int:
+        time.sleep(0.01 * (len(log) % 3))
+        log.append(str(event.request.AffectedSOPInstanceUID))
+        return 0x0000
+
+    def released(event: Any) -> None:
+        log.append("EVT_RELEASED")
+
+    scp = make_ae(lib, "STORESCP")
+    scp.add_supported_context(lib.sop_class.ColorPaletteStorage)
+    handlers = [
+        (lib.evt.EVT_ESTABLISHED, slow_established),
+        (lib.evt.EVT_C_STORE, handle_store),
+        (lib.evt.EVT_RELEASED, released),
+    ]
+    _server, port = serve(lib, servers, scp, handlers)
+    scu = make_ae(lib, "STORESCU")
+    scu.add_requested_context(lib.sop_class.ColorPaletteStorage)
+    assoc = scu.associate("127.0.0.1", port)
+    for ds in palettes:
+        assert assoc.send_c_store(ds).Status == 0x0000
+    assoc.release()
+    assert wait_for(lambda: "EVT_RELEASED" in log)
+    assert log == ["EVT_ESTABLISHED"] + [str(ds.SOPInstanceUID) for ds in palettes] + ["EVT_RELEASED"]
+
+
 # --------------------------------------------------------------- the AE
 def test_ae_configuration_round_trip(lib: SimpleNamespace) -> None:
     ae = lib.AE(ae_title="CONFIG")

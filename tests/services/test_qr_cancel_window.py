@@ -4,8 +4,10 @@ C-CANCEL: an SCU cancels a C-FIND that would never end by itself (the SCP
 answers 0xFE00 and the SCU gets control back), a handler that watches
 ``event.is_cancelled`` sees it become True, a C-GET cancelled half way ends
 with 0xFE00 and its counts, leaving an SCU loop early cancels the request
-and leaves the association usable, and pynetdicom's ``send_c_cancel`` works
-against a chromanet SCP.
+and leaves the association usable, pynetdicom's ``send_c_cancel`` works
+against a chromanet SCP, and a long C-FIND cancelled by a peer that reads
+slowly stops after about what that peer's receive buffer holds (the SCP
+does not write far ahead of the peer).
 
 Window: with (4, 4) negotiated, four C-FINDs are outstanding on one
 association at once (the SCP runs their handlers together) and each
@@ -18,14 +20,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import socket
+import struct
 import threading
+import time
 import warnings
 from typing import Any
 
 import pytest
 from pydicom import Dataset
 
-from chromanet import _pdu, evt
+from chromanet import _dimse, _pdu, dsutil, evt, uids
+from helpers.rawpeer import pdata, recv_raw_pdu
 from helpers.qr import FIND, GET, QR_MODELS, UIDS, StoreLog, configure_qr_scp_ae, qr_association, qr_scu_ae, statuses
 from helpers.waits import NETWORK_TIMEOUT, WAIT_TIMEOUT, run_async, until
 
@@ -202,11 +208,7 @@ def test_leaving_async_loop_early_cancels(make_qr_scp, closing):
 @pytest.mark.peer
 def test_pynetdicom_send_c_cancel_against_chromanet(pynetdicom, make_qr_scp):
     handler = EndlessFind()
-    # pynetdicom runs in this process: until its C-CANCEL gets through, the
-    # SCP (in a thread here, competing for the GIL) streams thousands of
-    # pending responses, which pynetdicom then takes longer to read than the
-    # SCP's usual network timeout lets a peer stay silent.
-    scp = make_qr_scp([(evt.EVT_C_FIND, handler)], network_timeout=6 * NETWORK_TIMEOUT)
+    scp = make_qr_scp([(evt.EVT_C_FIND, handler)])
     ae = pynetdicom.AE("PYQRSCU")
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = NETWORK_TIMEOUT
     for model in QR_MODELS:
@@ -226,6 +228,86 @@ def test_pynetdicom_send_c_cancel_against_chromanet(pynetdicom, make_qr_scp):
         assert statuses(again) == [0xFF00] * 3 + [0x0000]
     finally:
         assoc.release()
+
+
+class SlowReader:
+    """A requestor over a plain socket with a small receive buffer, that
+    sends a C-FIND and reads nothing for a while (a peer busy elsewhere),
+    then sends a C-CANCEL and reads the responses to the end."""
+
+    RECEIVE_BUFFER = 32 * 1024
+
+    def __init__(self, port: int) -> None:
+        from chromanet.ul.negotiation import ContextSpec, build_associate_rq
+
+        rq = build_associate_rq(
+            "QRSCP", "SLOWREADER", [ContextSpec(FIND, [uids.ImplicitVRLittleEndian])], max_pdu_length=16384
+        )
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.RECEIVE_BUFFER)
+        self.sock.settimeout(NETWORK_TIMEOUT)
+        self.sock.connect(("127.0.0.1", port))
+        self.sock.sendall(_pdu.encode_pdu(rq))
+        pdu_type, _ = recv_raw_pdu(self.sock)
+        assert pdu_type == 0x02
+
+    def send(self, command: Any, dataset: bytes | None = None) -> None:
+        self.sock.sendall(pdata(1, 0x03, _dimse.encode_command(command)))
+        if dataset is not None:
+            self.sock.sendall(pdata(1, 0x02, dataset))
+
+    def statuses(self) -> list[int]:
+        """The Status of every response, to the final one."""
+        found: list[int] = []
+        while True:
+            pdu_type, body = recv_raw_pdu(self.sock)
+            assert pdu_type == 0x04, f"PDU type {pdu_type}"
+            offset = 0
+            while offset < len(body):
+                (length,) = struct.unpack(">I", body[offset : offset + 4])
+                control = body[offset + 5]
+                if control == 0x03:  # a whole command in one PDV
+                    found.append(_dimse.decode_command(body[offset + 6 : offset + 4 + length]).status)
+                    if found[-1] not in (0xFF00, 0xFF01):
+                        return found
+                offset += 4 + length
+
+
+def test_cancel_of_a_long_find_stops_near_what_the_peer_read(make_qr_scp):
+    """An endless C-FIND to a peer that reads nothing for half a second and
+    then cancels: the SCP has written only a bounded amount ahead of the
+    peer (its write buffer kept under 32 KiB while pending responses
+    stream, the kernel holding at most 16 KiB unsent: TCP_NOTSENT_LOWAT),
+    so the matches that arrive after the C-CANCEL are about what the
+    peer's own receive buffer holds. A pending response here is ~180
+    bytes; unbounded, the kernel's send buffer (which grows to megabytes)
+    and the transport's 256 KiB buffer held thousands."""
+    handler = EndlessFind()
+    scp = make_qr_scp([(evt.EVT_C_FIND, handler)])
+    peer = SlowReader(scp.port)
+    try:
+        request = _dimse.Command(
+            _dimse.C_FIND_RQ,
+            affected_sop_class_uid=FIND,
+            message_id=1,
+            priority=0,
+            command_data_set_type=_dimse.DATASET_PRESENT,
+        )
+        peer.send(request, dsutil.encode_dataset(query(ENDLESS), uids.ImplicitVRLittleEndian))
+        time.sleep(0.5)
+        produced_at_cancel = handler.produced
+        peer.send(_dimse.Command(_dimse.C_CANCEL_RQ, message_id_being_responded_to=1,
+                                 command_data_set_type=_dimse.NO_DATASET))
+        found = peer.statuses()
+    finally:
+        peer.sock.close()
+    assert found[-1] == 0xFE00
+    after_cancel = len(found) - 1
+    assert after_cancel <= produced_at_cancel
+    # Measured on Linux loopback: ~750 (the peer's 64 KiB receive buffer,
+    # 16 KiB unsent in the kernel, at most 32 KiB in the transport); 4,100 to
+    # 4,800 before the bound.
+    assert after_cancel < 2000, after_cancel
 
 
 # ===================================================== operations window

@@ -238,6 +238,8 @@ def test_abort_by_requestor():
             assoc.abort()
             assert await asyncio.wait_for(assoc.wait_closed(), WAIT_TIMEOUT) == "aborted"
             assert assoc.is_aborted and not assoc.is_released and not assoc.is_established
+            # Its sync handlers run in a worker thread: wait for the last one.
+            assert await client.wait_event_async("EVT_CONN_CLOSE")
             assert client.names() == CLIENT_OPENING + ["EVT_ACCEPTED", "EVT_ESTABLISHED", "EVT_ABORTED", "EVT_CONN_CLOSE"]
 
             assert await scp.recorder.wait_event_async("EVT_CONN_CLOSE")
@@ -261,6 +263,7 @@ def test_abort_by_acceptor():
             await asyncio.wait_for(assoc.wait_closed(), WAIT_TIMEOUT)
             assert assoc.is_aborted and not assoc.is_released
             assert assoc._ul.abort_source_reason == (0, 0)
+            assert await client.wait_event_async("EVT_CONN_CLOSE")
             assert client.names() == CLIENT_OPENING + ["EVT_ACCEPTED", "EVT_ESTABLISHED", "EVT_ABORTED", "EVT_CONN_CLOSE"]
             with pytest.raises(RuntimeError, match="not established"):
                 await assoc.send_c_echo()

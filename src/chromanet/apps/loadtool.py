@@ -296,7 +296,8 @@ class Worker:
                 if storage not in plan.contexts:
                     ae.add_requested_context(storage)
             self.ext_neg = [build_role(s, scp_role=True) for s in plan.storage_classes]
-            self.handlers = [(evt.EVT_C_STORE, self._on_store)]
+            # Quick and never blocking: run on the loop (no thread hand-off).
+            self.handlers = [(evt.EVT_C_STORE, evt.inline(self._on_store))]
         self.ae = ae
         self.identifier = build_identifier_for(plan) if plan.model else None
         self.tls_args = plan.tls.tls_args() if plan.tls is not None else None

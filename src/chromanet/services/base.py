@@ -26,10 +26,11 @@ from typing import Any, Protocol
 
 from chromanet._dimse import NO_DATASET, Command
 from chromanet.dimse_channel import DimseChannel, DimseTimeout, IncomingMessage
-from chromanet.evt import Event, EventType
+from chromanet.evt import Event, EventType, runs_in_thread
 from chromanet.logutil import peer_log
 from chromanet.presentation import PresentationContext
 from chromanet.services.answers import apply_handler_status
+from chromanet.services.handler_threads import HandlerLane
 from chromanet.services.observe import OperationObserver
 from chromanet.ul.acse import AssociationAborted, AssociationClosed
 from chromanet.ul.negotiation import NegotiatedContext
@@ -73,6 +74,8 @@ class ServiceSession:
         open_sub_association: SubAssociationOpener | None = None,
         store_directory: Any = None,
         request_gate: Callable[[Any, Command], tuple[int, str] | None] | None = None,
+        lane: HandlerLane | None = None,
+        sync_event_source: object = None,
     ) -> None:
         #: Sends and receives DIMSE messages (requests, responses, C-CANCEL).
         self.channel = channel
@@ -98,6 +101,12 @@ class ServiceSession:
         #: Told of every operation served on this association when it ends
         #: (``services/observe.py``); None: nothing is recorded.
         self.observer: OperationObserver | None = None
+        #: Where plain ``def`` handlers run, in order (a worker thread);
+        #: None: inline on the loop (``AE.sync_handlers_inline``).
+        self.lane = lane
+        #: What handlers in the lane receive as ``event.assoc`` (the
+        #: blocking ``Association``).
+        self.sync_event_source = sync_event_source if sync_event_source is not None else event_source
 
     # ----------------------------------------------------------- contexts
     def respond(self, message: IncomingMessage, response: Command, dataset: Any = None) -> None:
@@ -134,11 +143,16 @@ class ServiceSession:
         bound = self.handlers.get(event_type)
         return bound[0] if bound else None
 
-    def make_event(self, event_type: EventType, message: IncomingMessage) -> Event:
-        """The Event a handler receives for an incoming request."""
+    def in_thread(self, handler: Callable[..., Any]) -> bool:
+        """True when ``handler`` runs in the lane (off the loop)."""
+        return self.lane is not None and runs_in_thread(handler)
+
+    def make_event(self, event_type: EventType, message: IncomingMessage, *, in_thread: bool = False) -> Event:
+        """The Event a handler receives for an incoming request (``in_thread``:
+        for a handler in the lane, whose ``event.assoc`` is the blocking one)."""
         context = self.contexts.get(message.context_id)
         return Event(
-            self.event_source,
+            self.sync_event_source if in_thread else self.event_source,
             event_type,
             message=message,
             context=PresentationContext.from_negotiated(context) if context is not None else None,
@@ -197,10 +211,14 @@ def answer_once(
     after: Callable[[], None] | None = None,
 ) -> Awaitable[None] | None:
     """Serve a request that has one response (C-ECHO, C-STORE): call the
-    bound handler (inline when it is a plain function, as a task when it is
-    ``async def``), put its status answer into ``response``, run ``after``
-    and send the response while the association lasts."""
+    bound handler (a plain function in the association's lane, or inline
+    when there is none or it is marked so; ``async def`` as a task), put its
+    status answer into ``response``, run ``after`` and send the response
+    while the association lasts."""
     handler, args = bound
+    if session.in_thread(handler):
+        event = session.make_event(event_type, message, in_thread=True)
+        return _answer_async(session, message, event, bound, response, status_on_exception, after, in_thread=True)
     event = session.make_event(event_type, message)
     if inspect.iscoroutinefunction(handler):
         return _answer_async(session, message, event, bound, response, status_on_exception, after)
@@ -223,10 +241,16 @@ async def _answer_async(
     response: Command,
     status_on_exception: int,
     after: Callable[[], None] | None,
+    *,
+    in_thread: bool = False,
 ) -> None:
     handler, args = bound
     try:
-        result = await handler(event, *args)
+        if in_thread:
+            assert session.lane is not None
+            result = await session.lane.call(handler, event, *args)
+        else:
+            result = await handler(event, *args)
     except asyncio.CancelledError:
         raise
     except Exception:

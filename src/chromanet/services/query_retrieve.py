@@ -36,6 +36,7 @@ responses still coming.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
 import logging
 import weakref
@@ -51,6 +52,7 @@ from chromanet.logutil import peer_log
 from chromanet.services import storage
 from chromanet.services.answers import Exhausted, HandlerResults, apply_handler_status, response_to_dataset
 from chromanet.services.base import ServiceSession, response_to
+from chromanet.services.handler_threads import ThreadedResults
 from chromanet.services.observe import OperationRecord
 from chromanet.status import (
     STATUS_CANCEL,
@@ -86,6 +88,33 @@ MAX_SUBOPERATIONS = 0xFFFF
 # Yield to the loop every this many responses, so that a C-CANCEL (or any
 # other association's traffic) is read while a long C-FIND streams out.
 _YIELD_EVERY = 32
+# A sync generator handler in a worker thread hands over at most this many
+# results per hop: C-FIND identifiers are small and many; a retrieve's data
+# sets may be large, and each costs a sub-operation's round trip anyway.
+_FIND_BATCH = 64
+# Bytes of responses a long C-FIND may have waiting to be written when it
+# produces more (~200 bytes a pending response with a small identifier).
+_WRITE_AHEAD = 32 * 1024
+_RETRIEVE_BATCH = 8
+
+Results = HandlerResults | ThreadedResults
+
+
+def _ends_operation(item: Any) -> bool:
+    """True for a handler result whose status is not Pending (the last one
+    the engine asks for)."""
+    try:
+        status = item[0]
+    except (TypeError, IndexError, KeyError):
+        return True
+    if isinstance(status, Dataset):
+        status = status.get("Status")
+    return not isinstance(status, int) or status not in _PENDING
+
+
+def _batched(results: Results, limit: int) -> None:
+    if isinstance(results, ThreadedResults):
+        results.batch(limit, _ends_operation)
 
 
 _response = response_to
@@ -98,7 +127,7 @@ async def _begin(
     response_field: int,
     decode_failed: int,
     handler_raised: int,
-) -> tuple[_Sender, HandlerResults] | None:
+) -> tuple[_Sender, Results] | None:
     """The common start of C-FIND, C-GET and C-MOVE: decode the identifier
     and call the handler. None (with the failure response sent) when either
     fails or no handler is bound."""
@@ -110,7 +139,8 @@ async def _begin(
         await sender.send(_response(request, response_field, handler_raised))
         return None
     handler, args = bound
-    event = session.make_event(event_type, message)
+    in_thread = session.in_thread(handler)
+    event = session.make_event(event_type, message, in_thread=in_thread)
     try:
         # Decoding checks the structure first (dsutil.decode_dataset):
         # pydicom reads garbage leniently (as an empty or odd identifier,
@@ -124,7 +154,19 @@ async def _begin(
     if message.trace is not None and message.trace.details:
         message.trace.note_query(identifier)
     try:
-        results = HandlerResults(handler(event, *args))
+        if not in_thread or inspect.isgeneratorfunction(handler):
+            # Inline; or a generator function, which runs nothing when called.
+            produced = handler(event, *args)
+        else:
+            # Anything else (a function returning a list…) runs in the lane.
+            assert session.lane is not None
+            produced = await session.lane.call(handler, event, *args)
+        results: Results
+        if in_thread and inspect.isgenerator(produced):
+            assert session.lane is not None
+            results = ThreadedResults(produced, session.lane, lambda: message.cancelled)
+        else:
+            results = HandlerResults(produced)
     except Exception:
         LOGGER.exception("exception in the handler bound to %s", event_type.name)
         await sender.send(_response(request, response_field, handler_raised))
@@ -156,6 +198,9 @@ class _Sender:
         self.sent += 1
         if self.sent % _YIELD_EVERY == 0:
             await asyncio.sleep(0)
+            # Pending responses go no further ahead of what the peer has
+            # read than this: a C-CANCEL is answered after fewer matches.
+            await self.channel.drain_below(_WRITE_AHEAD)
         await self.channel.drain()
 
     def encode(self, dataset: Dataset) -> bytes:
@@ -170,6 +215,7 @@ async def serve_find(session: ServiceSession, message: IncomingMessage) -> None:
     if begun is None:
         return
     sender, results = begun
+    _batched(results, _FIND_BATCH)
     try:
         while True:
             if message.cancelled:
@@ -303,7 +349,7 @@ def _early_status(value: Any) -> None:
         raise _EarlyStatus(value)
 
 
-async def _count(results: HandlerResults) -> int:
+async def _count(results: Results) -> int:
     value = await results.next()
     _early_status(value)
     if isinstance(value, bool) or not isinstance(value, int):
@@ -313,13 +359,14 @@ async def _count(results: HandlerResults) -> int:
 
 async def _run_suboperations(
     retrieve: _Retrieve,
-    results: HandlerResults,
+    results: Results,
     message: IncomingMessage,
     store: Any,
     raised_status: int,
 ) -> None:
     """Iterate the handler's (status, dataset) results, storing each pending
     dataset with ``store(dataset) -> (sop_instance_uid, status | None)``."""
+    _batched(results, _RETRIEVE_BATCH)
     while True:
         if message.cancelled:
             await retrieve.cancelled()

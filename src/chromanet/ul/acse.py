@@ -464,6 +464,10 @@ class AssociationControl:
         """Wait while the transport's write buffer is above its high mark."""
         await self.connection.drain()
 
+    async def drain_below(self, limit: int) -> None:
+        """Wait until at most ``limit`` bytes wait in the write buffer."""
+        await self.connection.drain_below(limit)
+
     def hold_reading(self, reason: str) -> None:
         """Read nothing more from the peer until ``release_reading(reason)``."""
         self.connection.hold_reading(reason)

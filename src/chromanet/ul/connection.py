@@ -65,6 +65,12 @@ _TCP_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)
 # pauses and paced writers wait (flow control both ways).
 WRITE_BUFFER_HIGH = 256 * 1024
 
+# Linux: once a connection streams many small responses (drain_below), the
+# kernel takes at most this many bytes beyond what it has sent
+# (TCP_NOTSENT_LOWAT); the rest waits in the transport's buffer.
+_TCP_NOTSENT_LOWAT: int | None = getattr(socket, "TCP_NOTSENT_LOWAT", None)
+NOTSENT_LOWAT = 16 * 1024
+
 # Held messages (``send_message(..., hold=True)``) go out together at the
 # latest when this many buffers are held (a few dozen pending responses),
 # and a message with a data set larger than HOLD_DATASET_LIMIT is never held.
@@ -167,6 +173,9 @@ class ULConnection(asyncio.Protocol):
         self._read_holds: set[str] = set()  # reasons reading is paused
         # The socket TCP_QUICKACK is re-armed on after each receive, or None.
         self._quickack_socket: Any = None
+        # The TCP socket, and whether drain_below limited its unsent bytes.
+        self._tcp_socket: Any = None
+        self._notsent_limited = False
         #: Called once the transport is up and, for a requestor, the
         #: A-ASSOCIATE-RQ has been written.
         self.on_connected: Callable[[], None] | None = None
@@ -210,6 +219,7 @@ class ULConnection(asyncio.Protocol):
                 # Without it, a request/response exchange of small PDUs stalls
                 # on delayed ACKs (~40 ms per message on Linux).
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._tcp_socket = sock
             except OSError:  # not TCP (a UNIX socket in tests)
                 pass
             if self.tcp_quickack and _TCP_QUICKACK is not None:
@@ -423,6 +433,33 @@ class ULConnection(asyncio.Protocol):
         waiter = self._loop.create_future()
         self._drain_waiters.append(waiter)
         await waiter
+
+    async def drain_below(self, limit: int) -> None:
+        """Wait until at most ``limit`` bytes are unsent in the transport's
+        write buffer (pending responses that should not run far ahead of
+        what the peer reads): the buffer's marks are lowered to ``limit``
+        while waiting, so ``resume_writing`` says when (reading from the
+        peer pauses meanwhile, as for any full buffer)."""
+        self._write_held()
+        if not self._notsent_limited:
+            # From the first on: what the peer has not taken yet stays in
+            # the transport's buffer, where this sees it, not in a kernel
+            # send buffer that grows to megabytes. Left alone on
+            # connections that never stream responses (bulk sends).
+            self._notsent_limited = True
+            if self._tcp_socket is not None and _TCP_NOTSENT_LOWAT is not None:
+                try:
+                    self._tcp_socket.setsockopt(socket.IPPROTO_TCP, _TCP_NOTSENT_LOWAT, NOTSENT_LOWAT)
+                except OSError:
+                    pass
+        transport = self.transport
+        if transport is None or transport.is_closing() or transport.get_write_buffer_size() <= limit:
+            return
+        transport.set_write_buffer_limits(high=limit, low=limit // 2)  # type: ignore[attr-defined]
+        try:
+            await self.drain()
+        finally:
+            transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)  # type: ignore[attr-defined]
 
     # -------------------------------------------------------------- inside
     def _peer_may_wait_for_ack(self, indications: list[Any]) -> bool:
