@@ -34,7 +34,10 @@ LAYERS: dict[str, list[str]] = {
     "ul": ["chromanet.ul.*"],
     "dimse": ["chromanet.dimse_channel"],
     "services": ["chromanet.evt", "chromanet.presentation", "chromanet.services.*"],
-    "api": ["chromanet.association", "chromanet.server", "chromanet.blocking", "chromanet.ae", "chromanet"],
+    "api": [
+        "chromanet.association", "chromanet.server", "chromanet.blocking", "chromanet.ae", "chromanet.pdu_primitives",
+        "chromanet",
+    ],
     "apps": ["chromanet.apps.*"],
 }
 

@@ -168,7 +168,7 @@ def test_chromanet_scu_echo_release(pynetdicom_scp):
     assoc.release()
     assert assoc.is_released and not assoc.is_aborted
     assert client.wait_event("EVT_CONN_CLOSE")
-    assert client.names() == ["EVT_ACCEPTED", "EVT_ESTABLISHED", "EVT_RELEASED", "EVT_CONN_CLOSE"]
+    assert client.names() == ["EVT_REQUESTED", "EVT_CONN_OPEN", "EVT_ACCEPTED", "EVT_ESTABLISHED", "EVT_RELEASED", "EVT_CONN_CLOSE"]
     assert pynetdicom_scp.wait_event("EVT_RELEASED")
     assert "EVT_ABORTED" not in pynetdicom_scp.events
 
@@ -206,7 +206,7 @@ def test_pynetdicom_scp_aborts_chromanet_scu(pynetdicom_scp):
     (server_side,) = pynetdicom_scp.server.active_associations
     server_side.abort()
     assert client.wait_event("EVT_CONN_CLOSE")
-    assert client.names() == ["EVT_ACCEPTED", "EVT_ESTABLISHED", "EVT_ABORTED", "EVT_CONN_CLOSE"]
+    assert client.names() == ["EVT_REQUESTED", "EVT_CONN_OPEN", "EVT_ACCEPTED", "EVT_ESTABLISHED", "EVT_ABORTED", "EVT_CONN_CLOSE"]
     # (no check of the A-ABORT source: pynetdicom may close the socket
     # before its A-ABORT PDU is written, which is a provider abort to us)
     assert assoc.is_aborted and not assoc.is_established
