@@ -132,21 +132,50 @@ class AE:
         self._ae_title = uids.validate_ae_title(value)
 
     @property
+    def maximum_associations(self) -> int:
+        return self._maximum_associations
+
+    @maximum_associations.setter
+    def maximum_associations(self, value: int) -> None:
+        # As pynetdicom: anything but an int of 1 or more means 1.
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            LOGGER.warning("maximum_associations must be an int of 1 or more, not %r: 1", value)
+            value = 1
+        self._maximum_associations = value
+
+    @property
+    def maximum_pdu_size(self) -> int:
+        return self._maximum_pdu_size
+
+    @maximum_pdu_size.setter
+    def maximum_pdu_size(self, value: int) -> None:
+        # As pynetdicom: 0 is "no limit"; a negative or non-int value is ignored.
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            LOGGER.warning("maximum_pdu_size must be an int, 0 or more, not %r: unchanged", value)
+            return
+        self._maximum_pdu_size = value
+
+    @property
     def requested_contexts(self) -> list[PresentationContext]:
         return list(self._requested)
 
     @requested_contexts.setter
     def requested_contexts(self, contexts: Iterable[PresentationContext]) -> None:
+        contexts = list(contexts)
+        _check_contexts(contexts)
         self._requested = []
         for ctx in contexts:
             self.add_requested_context(ctx.abstract_syntax, ctx.transfer_syntax)
 
     @property
     def supported_contexts(self) -> list[PresentationContext]:
-        return list(self._supported)
+        """The supported contexts, by abstract syntax (as pynetdicom lists them)."""
+        return sorted(self._supported, key=lambda ctx: ctx.abstract_syntax)
 
     @supported_contexts.setter
     def supported_contexts(self, contexts: Iterable[PresentationContext]) -> None:
+        contexts = list(contexts)
+        _check_contexts(contexts)
         self._supported = []
         for ctx in contexts:
             self.add_supported_context(ctx.abstract_syntax, ctx.transfer_syntax, ctx.scu_role, ctx.scp_role)
@@ -168,7 +197,11 @@ class AE:
         scp_role: bool | None = None,
     ) -> None:
         """Support a context; a second call for the same abstract syntax adds
-        transfer syntaxes and replaces the roles."""
+        transfer syntaxes and replaces the roles. A role that is neither
+        None nor a bool is a TypeError."""
+        for name, role in (("scu_role", scu_role), ("scp_role", scp_role)):
+            if role is not None and not isinstance(role, bool):
+                raise TypeError(f"{name} is None, True or False, not {role!r}")
         new = build_context(abstract_syntax, transfer_syntax)
         for ctx in self._supported:
             if ctx.abstract_syntax == new.abstract_syntax:
@@ -264,6 +297,11 @@ class AE:
         evt_handlers: list[HandlerSpec] | None,
         tls_args: tuple[ssl.SSLContext, str | None] | None = None,
     ) -> AsyncAssociation:
+        # A non-str address or non-int port is a TypeError, as in pynetdicom.
+        if not isinstance(addr, str):
+            raise TypeError(f"addr is a str (a host name or IP address), not {type(addr).__name__}")
+        if isinstance(port, bool) or not isinstance(port, int):
+            raise TypeError(f"port is an int, not {type(port).__name__}")
         tls = _tls_options(tls_args, self.tls_handshake_timeout)
         requested = contexts if contexts is not None else self._requested
         if not requested:
@@ -478,6 +516,13 @@ def _tls_options(tls_args: Any, handshake_timeout: float) -> dict[str, Any]:
     return {"ssl_context": context, "server_hostname": server_hostname, "handshake_timeout": handshake_timeout}
 
 
+def _check_contexts(contexts: list[Any]) -> None:
+    """ValueError unless every item is a PresentationContext."""
+    for ctx in contexts:
+        if not isinstance(ctx, PresentationContext):
+            raise ValueError(f"presentation contexts are PresentationContext objects (build_context()), not {ctx!r}")
+
+
 def _remove(
     contexts: list[PresentationContext], abstract_syntax: str, transfer_syntax: str | list[str] | None
 ) -> list[PresentationContext]:
@@ -499,12 +544,15 @@ def _context_specs(requested: list[PresentationContext], roles: dict[str, tuple[
     items of ``ext_neg`` applied. Asking for Color Palette C-GET implies
     receiving Color Palette Storage instances on the same association: the
     storage context is added if missing, and the SCP role proposed for it
-    unless ``ext_neg`` said otherwise."""
+    unless ``ext_neg`` said otherwise; when the program requested the
+    storage context itself, the SCU role is proposed as well, so that it
+    can still send C-STOREs on it (as it could without the role item)."""
     specs = [ctx.to_spec() for ctx in requested]
     if any(spec.abstract_syntax == uids.ColorPaletteInformationModelGet for spec in specs):
-        if not any(spec.abstract_syntax == uids.ColorPaletteStorage for spec in specs):
+        asked = any(spec.abstract_syntax == uids.ColorPaletteStorage for spec in specs)
+        if not asked:
             specs.append(ContextSpec(uids.ColorPaletteStorage, list(DEFAULT_TRANSFER_SYNTAXES)))
-        roles.setdefault(uids.ColorPaletteStorage, (False, True))
+        roles.setdefault(uids.ColorPaletteStorage, (asked, True))
     for spec in specs:
         if spec.abstract_syntax in roles:
             spec.scu_role, spec.scp_role = roles[spec.abstract_syntax]

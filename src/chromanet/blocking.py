@@ -83,6 +83,13 @@ class ThreadedServer:
     def get_events(self) -> list[Any]:
         return sorted(self._server.handlers, key=lambda event: event.name)
 
+    def get_handlers(self, event: Any) -> Any:
+        return self._server.get_handlers(event)
+
+    @property
+    def ae_title(self) -> str:
+        return self._server.ae_title
+
     def serve_forever(self, *args: Any, **kwargs: Any) -> None:
         raise NotImplementedError(
             "chromanet does not implement serve_forever: the server already serves; use start_server(block=True) to block"

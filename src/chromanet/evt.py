@@ -14,6 +14,7 @@ import functools
 import inspect
 import logging
 from datetime import datetime
+from io import BytesIO
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from pydicom import Dataset
@@ -146,6 +147,26 @@ class Request:
             raise AttributeError(name)
         return getattr(self.command, field)
 
+    def _encoded(self) -> BytesIO | None:
+        raw = self._message.dataset
+        if raw is None:
+            return None
+        if isinstance(raw, dsutil.Part10File):
+            return BytesIO(bytes(raw.dataset_bytes()))
+        return BytesIO(bytes(raw))
+
+    @property
+    def DataSet(self) -> BytesIO | None:  # noqa: N802 (pynetdicom's name)
+        """The C-STORE data set as received (encoded in the context's
+        transfer syntax, not decoded), in a new BytesIO, as pynetdicom's
+        primitive has it: programs save it without decoding."""
+        return self._encoded()
+
+    @property
+    def Identifier(self) -> BytesIO | None:  # noqa: N802 (pynetdicom's name)
+        """The C-FIND/C-GET/C-MOVE identifier as received, in a new BytesIO."""
+        return self._encoded()
+
 
 class Event:
     """What a handler receives (pynetdicom's ``Event`` attributes).
@@ -159,6 +180,7 @@ class Event:
         self,
         assoc: Any,
         event: EventType,
+        attrs: dict[str, Any] | None = None,
         *,
         message: IncomingMessage | None = None,
         context: Any = None,
@@ -173,6 +195,12 @@ class Event:
         self._transfer_syntax = transfer_syntax
         self._decoded: Dataset | None = None
         self._file_meta: FileMetaDataset | None = None
+        # ``attrs``: pynetdicom's third argument, extra attributes by name;
+        # one that would replace an attribute the Event has is an error.
+        for key, value in (attrs or {}).items():
+            if key in self.__dict__ or hasattr(type(self), key):
+                raise AttributeError(f"'Event' object already has an attribute '{key}'")
+            setattr(self, key, value)
         for key, value in extra.items():
             setattr(self, key, value)
 
@@ -192,6 +220,14 @@ class Event:
         if self._message is None:
             raise AttributeError(f"{self.event.name} has no request")
         return Request(self._message)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """EVT_CONN_OPEN / EVT_CONN_CLOSE: the peer's (IP address, port)."""
+        if self.event.name not in ("EVT_CONN_OPEN", "EVT_CONN_CLOSE"):
+            raise AttributeError(f"{self.event.name} has no address")
+        remote = self.assoc.remote
+        return (remote["address"], remote["port"])
 
     @property
     def message_id(self) -> int:
@@ -242,6 +278,10 @@ class Event:
 
     @property
     def file_meta(self) -> FileMetaDataset:
+        """The file meta of the C-STORE data set; AttributeError for an
+        event that carries none (as pynetdicom)."""
+        if self.event.name != "EVT_C_STORE" or self._message is None:
+            raise AttributeError(f"{self.event.name} carries no C-STORE data set: no file_meta")
         if self._file_meta is None:
             command = self.request.command
             syntax = self._transfer_syntax or dsutil.uids.ExplicitVRLittleEndian

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from pydicom.uid import UID
 
 from chromanet import _pdu, uids
 from chromanet.ul.negotiation import ContextSpec, NegotiatedContext
 
 DEFAULT_TRANSFER_SYNTAXES: list[str] = list(uids.DEFAULT_TRANSFER_SYNTAXES)
+
+
+class PresentationContextTuple(NamedTuple):
+    """An accepted context as handlers see it (``event.context``), as in
+    pynetdicom: the one transfer syntax agreed, as a UID (not a list)."""
+
+    context_id: int
+    abstract_syntax: UID
+    transfer_syntax: UID
 
 
 @dataclass
@@ -60,7 +72,8 @@ def build_context(abstract_syntax: str, transfer_syntax: str | list[str] | None 
         syntaxes = list(transfer_syntax)
     if not uids.validate_uid(str(abstract_syntax)):
         raise ValueError(f"invalid abstract syntax UID {abstract_syntax!r}")
-    return PresentationContext(str(abstract_syntax), [str(s) for s in syntaxes])
+    # A transfer syntax given twice is offered once (as pynetdicom does).
+    return PresentationContext(str(abstract_syntax), list(dict.fromkeys(str(s) for s in syntaxes)))
 
 
 VerificationPresentationContexts = [build_context(uids.Verification)]

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 from chromanet import _pdu, uids
 from chromanet.association import AsyncAssociation, Handlers
 from chromanet.logutil import peer_log
-from chromanet.evt import EVT_CONN_OPEN, EVT_REQUESTED, EVT_SOP_EXTENDED, EVT_USER_ID, Event
+from chromanet.evt import EVT_CONN_OPEN, EVT_REQUESTED, EVT_SOP_EXTENDED, EVT_USER_ID, Event, EventType
 from chromanet.presentation import PresentationContext
 from chromanet.services.observe import OperationObserver
 from chromanet.ul.acse import AcceptorPolicy, AssociationControl
@@ -119,6 +119,25 @@ class AsyncServer:
         """The handlers bound for this server's associations (shared by
         every association until one binds or unbinds on its own)."""
         return self._handlers
+
+    @property
+    def ae_title(self) -> str:
+        """The AE title this server answers as (``start_server(ae_title=)``,
+        else the AE's when the server started)."""
+        return self.policy.ae_title
+
+    def get_handlers(self, event: EventType) -> Any:
+        """pynetdicom's ``AssociationServer.get_handlers``: for a
+        notification event the list of ``(handler, args)``, for an
+        intervention event the one ``(handler, args)``; ``args`` is None
+        when none were given, and nothing bound gives ``[]``."""
+        bound = self._handlers.get(event)
+        if not bound:
+            return []
+        if event.is_intervention:
+            handler, args = bound[0]
+            return (handler, args or None)
+        return [(handler, args or None) for handler, args in bound]
 
     @property
     def server_address(self) -> tuple[str, int]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+from io import BytesIO
 import threading
 import time
 from datetime import datetime
@@ -20,6 +21,8 @@ from typing import Any, Iterator
 
 import pytest
 from pydicom import Dataset, dcmread
+from pydicom.filereader import read_dataset
+from pydicom.uid import ExplicitVRLittleEndian
 
 from helpers.data import palette_paths
 
@@ -175,6 +178,31 @@ def test_echo_handler_raises(lib: SimpleNamespace, servers: list[Any]) -> None:
     assoc = scu.associate("127.0.0.1", port)
     # Both libraries answer a C-ECHO whose handler raised with Success.
     assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+
+
+def test_echo_handler_without_usable_status(lib: SimpleNamespace, servers: list[Any]) -> None:
+    """A C-ECHO handler returning None, a Dataset without Status or a value
+    of another type: both libraries answer Success."""
+    answers: list[Any] = [None, Dataset(), "not a status"]
+    errors: list[type] = []
+
+    def handle_echo(event: Any) -> Any:
+        try:
+            event.file_meta  # a C-ECHO carries no data set
+        except Exception as exc:
+            errors.append(type(exc))
+        return answers.pop(0)
+
+    scp = make_ae(lib, "ECHOSCP")
+    scp.add_supported_context(lib.sop_class.Verification)
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_ECHO, handle_echo)])
+    scu = make_ae(lib, "ECHOSCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+    assoc = scu.associate("127.0.0.1", port)
+    assert [assoc.send_c_echo().Status for _ in range(3)] == [0x0000, 0x0000, 0x0000]
+    assert answers == []
+    assert errors == [AttributeError] * 3
     assoc.release()
 
 
@@ -442,6 +470,83 @@ def test_store_handler_raises_and_failure_status(
     assoc.release()
 
 
+def test_store_without_handler(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
+    """No EVT_C_STORE handler bound: 0xC211 from both."""
+    scp = make_ae(lib, "STORESCP")
+    scp.add_supported_context(lib.sop_class.ColorPaletteStorage)
+    _server, port = serve(lib, servers, scp, [])
+    scu = make_ae(lib, "STORESCU")
+    scu.add_requested_context(lib.sop_class.ColorPaletteStorage)
+    assoc = scu.associate("127.0.0.1", port)
+    assert assoc.send_c_store(palettes[0]).Status == 0xC211
+    assoc.release()
+
+
+def test_store_event_context_and_encoded_dataset(
+    lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]
+) -> None:
+    """``event.context`` is (context_id, abstract_syntax, transfer_syntax)
+    with the one accepted transfer syntax as a str, and
+    ``event.request.DataSet`` a BytesIO of the data set as received."""
+    seen: dict[str, Any] = {}
+
+    def handle_store(event: Any) -> int:
+        context = event.context
+        seen["context"] = (context.context_id, context.abstract_syntax, context.transfer_syntax)
+        seen["tuple"] = tuple(context)
+        seen["encoded"] = event.request.DataSet.getvalue()
+        return 0x0000
+
+    scp = make_ae(lib, "STORESCP")
+    scp.add_supported_context(lib.sop_class.ColorPaletteStorage, [ExplicitVRLittleEndian])
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_STORE, handle_store)])
+    scu = make_ae(lib, "STORESCU")
+    scu.add_requested_context(lib.sop_class.ColorPaletteStorage, [ExplicitVRLittleEndian])
+    assoc = scu.associate("127.0.0.1", port)
+    assert assoc.send_c_store(palettes[0]).Status == 0x0000
+    assoc.release()
+
+    context_id, abstract_syntax, transfer_syntax = seen["context"]
+    assert seen["tuple"] == seen["context"]
+    assert context_id == 1
+    assert abstract_syntax == lib.sop_class.ColorPaletteStorage
+    assert isinstance(transfer_syntax, str) and transfer_syntax == ExplicitVRLittleEndian
+    received = read_dataset(BytesIO(seen["encoded"]), is_implicit_VR=False, is_little_endian=True)
+    assert received.SOPInstanceUID == palettes[0].SOPInstanceUID
+    assert received.ContentLabel == palettes[0].ContentLabel
+
+
+def test_store_on_an_association_that_also_requests_get(
+    lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]
+) -> None:
+    """Requesting the C-GET model and Color Palette Storage, without a role
+    item: the requestor can still send C-STOREs (it keeps the SCU role)."""
+    scp = make_ae(lib, "STORESCP")
+    scp.add_supported_context(lib.sop_class.ColorPaletteInformationModelGet)
+    scp.add_supported_context(lib.sop_class.ColorPaletteStorage, scu_role=True, scp_role=True)
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_STORE, lambda event: 0x0000)])
+    scu = make_ae(lib, "STORESCU")
+    scu.add_requested_context(lib.sop_class.ColorPaletteInformationModelGet)
+    scu.add_requested_context(lib.sop_class.ColorPaletteStorage)
+    assoc = scu.associate("127.0.0.1", port)
+    assert assoc.send_c_store(palettes[0]).Status == 0x0000
+    assoc.release()
+
+
+def test_store_bad_priority(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
+    """A priority other than 0, 1 or 2 is a ValueError; nothing is sent."""
+    scp = make_ae(lib, "STORESCP")
+    scp.add_supported_context(lib.sop_class.ColorPaletteStorage)
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_STORE, lambda event: 0x0000)])
+    scu = make_ae(lib, "STORESCU")
+    scu.add_requested_context(lib.sop_class.ColorPaletteStorage)
+    assoc = scu.associate("127.0.0.1", port)
+    with pytest.raises(ValueError):
+        assoc.send_c_store(palettes[0], priority=3)
+    assert assoc.send_c_store(palettes[0], priority=1).Status == 0x0000
+    assoc.release()
+
+
 def test_store_without_accepted_context(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
     scp = make_ae(lib, "STORESCP")
     scp.add_supported_context(lib.sop_class.Verification)
@@ -550,6 +655,18 @@ def test_find(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset])
         ("", lib.sop_class.ColorPaletteInformationModelFind, 3),
         (palettes[2].ContentLabel, lib.sop_class.ColorPaletteInformationModelFind, 4),
     ]
+
+
+def test_find_handler_returns_none(lib: SimpleNamespace, servers: list[Any]) -> None:
+    """A C-FIND handler that returns None (no generator) found nothing: Success."""
+
+    def handle_find(event: Any) -> None:
+        return None
+
+    assoc = find_scu(lib, find_scp(lib, servers, handle_find))
+    results = list(assoc.send_c_find(query_all(), lib.sop_class.ColorPaletteInformationModelFind))
+    assert [(status.Status, identifier) for status, identifier in results] == [(0x0000, None)]
+    assoc.release()
 
 
 def test_find_handler_raises(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
@@ -699,12 +816,10 @@ def test_get(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) 
     ) == (8, 0, 0)
     pending = [status for status, _ in results[:-1]]
     assert {status.Status for status in pending} == {0xFF00}
-    # A pending response after each of the first 7 sub-operations, counting
-    # down. pynetdicom also sends one after the 8th (Remaining 0) before the
-    # final response; chromanet goes straight to the final one (see
-    # docs/compatibility.md, "C-GET/C-MOVE pending responses").
-    assert [status.NumberOfRemainingSuboperations for status in pending][:7] == list(range(7, 0, -1))
-    assert len(pending) in (7, 8)
+    # A pending response after every sub-operation, counting down, the last
+    # one (Remaining 0) included, then the final response.
+    assert [status.NumberOfRemainingSuboperations for status in pending] == list(range(7, -1, -1))
+    assert [status.NumberOfCompletedSuboperations for status in pending] == list(range(1, 9))
     assert stored == [str(ds.SOPInstanceUID) for ds in palettes]
     assoc.release()
 
@@ -768,6 +883,74 @@ def test_get_failure_status_from_handler(lib: SimpleNamespace, servers: list[Any
     assoc.release()
 
 
+def test_get_announced_but_not_yielded(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
+    """Sub-operations the handler announced but never yielded were not
+    attempted: not counted as failed, Success when the rest succeeded; a
+    failure among the ones done gives 0xB000 (0xA702 only when every
+    announced one failed)."""
+
+    def handle_get(event: Any) -> Iterator[Any]:
+        yield 3
+        yield 0xFF00, palettes[0]
+
+    assoc = get_scu(lib, get_scp(lib, servers, handle_get), lambda event: 0x0000)
+    results = list(assoc.send_c_get(query_all(), lib.sop_class.ColorPaletteInformationModelGet))
+    assert [status.Status for status, _ in results] == [0xFF00, 0x0000]
+    final, identifier = results[-1]
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (1, 0)
+    assert identifier is None
+    assoc.release()
+
+    assoc = get_scu(lib, get_scp(lib, servers, handle_get), lambda event: 0xA700)
+    results = list(assoc.send_c_get(query_all(), lib.sop_class.ColorPaletteInformationModelGet))
+    assert [status.Status for status, _ in results] == [0xFF00, 0xB000]
+    final, identifier = results[-1]
+    assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (0, 1)
+    assert identifier.FailedSOPInstanceUIDList == palettes[0].SOPInstanceUID
+    assoc.release()
+
+
+@pytest.mark.parametrize("final_status", [0xFE00, 0xC000, 0xB000])
+def test_get_identifier_from_handler(
+    lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset], final_status: int
+) -> None:
+    """A Cancel, Failure or Warning status the handler yields with its own
+    Failed SOP Instance UID List: that identifier is sent, not replaced."""
+
+    def handle_get(event: Any) -> Iterator[Any]:
+        yield 2
+        yield 0xFF00, palettes[0]
+        identifier = Dataset()
+        identifier.FailedSOPInstanceUIDList = ["1.2.3.4", "1.2.3.5"]
+        yield final_status, identifier
+
+    assoc = get_scu(lib, get_scp(lib, servers, handle_get), lambda event: 0x0000)
+    results = list(assoc.send_c_get(query_all(), lib.sop_class.ColorPaletteInformationModelGet))
+    assert [status.Status for status, _ in results] == [0xFF00, final_status]
+    final, identifier = results[-1]
+    assert identifier.FailedSOPInstanceUIDList == ["1.2.3.4", "1.2.3.5"]
+    assert final.NumberOfCompletedSuboperations == 1
+    assoc.release()
+
+
+def test_get_final_failure_without_identifier(lib: SimpleNamespace, servers: list[Any]) -> None:
+    """A final Failure response that carries no identifier reaches the
+    C-GET caller as an empty Dataset (None only for Success)."""
+
+    def handle_get(event: Any) -> Iterator[Any]:
+        status = Dataset()
+        status.Status = 0xA900  # identifier does not match SOP class: a final status in place of the number
+        yield status
+
+    assoc = get_scu(lib, get_scp(lib, servers, handle_get), lambda event: 0x0000)
+    results = list(assoc.send_c_get(query_all(), lib.sop_class.ColorPaletteInformationModelGet))
+    assert len(results) == 1
+    final, identifier = results[0]
+    assert lib.status.code_to_category(final.Status) == "Failure"
+    assert isinstance(identifier, Dataset) and len(identifier) == 0
+    assoc.release()
+
+
 # ------------------------------------------------------------------ C-MOVE
 def test_move(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
     stored: list[tuple[str, str, int]] = []
@@ -814,6 +997,8 @@ def test_move(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset])
     # An unknown destination: the handler yields (None, None).
     results = list(assoc.send_c_move(query_all(), "NOWHERE", lib.sop_class.ColorPaletteInformationModelMove))
     assert [status.Status for status, _ in results] == [0xA801]
+    # A final Failure without an identifier: an empty Dataset, not None.
+    assert isinstance(results[0][1], Dataset) and len(results[0][1]) == 0
     assoc.release()
 
     assert requested_destinations == ["DEST", "NOWHERE"]
@@ -1069,6 +1254,60 @@ def test_handlers_run_in_order_per_association(
     assert log == ["EVT_ESTABLISHED"] + [str(ds.SOPInstanceUID) for ds in palettes] + ["EVT_RELEASED"]
 
 
+def test_move_handler_without_destination_or_number(lib: SimpleNamespace, servers: list[Any]) -> None:
+    """No destination (the handler returns None, or its generator raises or
+    ends first): 0xC514; a destination and no number: 0xC513; unknown
+    associate() keywords for the destination: 0xC515."""
+
+    def returns_none(event: Any) -> None:
+        return None
+
+    def raises_first(event: Any) -> Iterator[Any]:
+        raise RuntimeError("deliberate")
+        yield "127.0.0.1", 104  # pragma: no cover - makes this a generator
+
+    def ends_after_destination(event: Any) -> Iterator[Any]:
+        yield "127.0.0.1", 104
+
+    def bad_keywords(event: Any) -> Iterator[Any]:
+        yield "127.0.0.1", 104, {"no_such_keyword": 1}
+        yield 1
+
+    scp = make_ae(lib, "MOVESCP")
+    scp.add_supported_context(lib.sop_class.ColorPaletteInformationModelMove)
+    scu = make_ae(lib, "MOVESCU")
+    scu.add_requested_context(lib.sop_class.ColorPaletteInformationModelMove)
+    cases = ((returns_none, 0xC514), (raises_first, 0xC514), (ends_after_destination, 0xC513), (bad_keywords, 0xC515))
+    for handler, expected in cases:
+        _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_MOVE, handler)])
+        assoc = scu.associate("127.0.0.1", port)
+        results = list(assoc.send_c_move(query_all(), "DEST", lib.sop_class.ColorPaletteInformationModelMove))
+        assert [status.Status for status, _ in results] == [expected], handler.__name__
+        assoc.release()
+
+
+def test_server_get_handlers(lib: SimpleNamespace, servers: list[Any]) -> None:
+    """``server.get_handlers``: the list of (handler, args) of a notification
+    event, the (handler, args) of an intervention event, [] when none."""
+
+    def on_open(event: Any) -> None:
+        pass
+
+    def on_echo(event: Any) -> int:
+        return 0x0000
+
+    scp = make_ae(lib, "ECHOSCP")
+    scp.add_supported_context(lib.sop_class.Verification)
+    server, _port = serve(lib, servers, scp, [(lib.evt.EVT_CONN_OPEN, on_open), (lib.evt.EVT_C_ECHO, on_echo, ["x"])])
+    assert server.get_handlers(lib.evt.EVT_CONN_OPEN) == [(on_open, None)]
+    assert server.get_handlers(lib.evt.EVT_C_ECHO) == (on_echo, ["x"])
+    assert server.get_handlers(lib.evt.EVT_CONN_CLOSE) == []
+    server.unbind(lib.evt.EVT_CONN_OPEN, on_open)
+    assert server.get_handlers(lib.evt.EVT_CONN_OPEN) == []
+    server.bind(lib.evt.EVT_CONN_CLOSE, on_open)
+    assert server.get_handlers(lib.evt.EVT_CONN_CLOSE) == [(on_open, None)]
+
+
 # --------------------------------------------------------------- the AE
 def test_ae_configuration_round_trip(lib: SimpleNamespace) -> None:
     ae = lib.AE(ae_title="CONFIG")
@@ -1111,6 +1350,35 @@ def test_ae_configuration_round_trip(lib: SimpleNamespace) -> None:
         "1.2.840.10008.1.2.1.99",
         "1.2.840.10008.1.2.2",
     ]
+
+
+def test_ae_validation(lib: SimpleNamespace) -> None:
+    """What AE setters and context calls accept, refuse or ignore."""
+    ae = lib.AE(ae_title="CONFIG")
+    ae.add_requested_context("1.2.3", ["1.2.840.10008.1.2", "1.2.840.10008.1.2"])
+    assert ae.requested_contexts[0].transfer_syntax == ["1.2.840.10008.1.2"]
+    for uid in ("1.2.3.5", "0.1.2.3", "1.2.3.4"):
+        ae.add_supported_context(uid)
+    assert [cx.abstract_syntax for cx in ae.supported_contexts] == ["0.1.2.3", "1.2.3.4", "1.2.3.5"]
+    with pytest.raises(ValueError):
+        ae.supported_contexts = ["1.2.3"]
+    with pytest.raises(ValueError):
+        ae.requested_contexts = ["1.2.3"]
+    with pytest.raises(TypeError):
+        ae.add_supported_context("1.2.3", scu_role="yes")
+    for bad in (["a"], "10", 0, -10):
+        ae.maximum_associations = 4
+        ae.maximum_associations = bad
+        assert ae.maximum_associations == 1
+    ae.maximum_pdu_size = 20000
+    ae.maximum_pdu_size = -10
+    assert ae.maximum_pdu_size == 20000
+    ae.maximum_pdu_size = 0
+    assert ae.maximum_pdu_size == 0
+    with pytest.raises(TypeError):
+        ae.associate(1112, 104)
+    with pytest.raises(TypeError):
+        ae.associate("127.0.0.1", "104")
 
 
 def test_ae_shutdown_stops_servers(lib: SimpleNamespace) -> None:

@@ -75,7 +75,7 @@ class Recorder:
         item = Stored(
             str(command.affected_sop_class_uid),
             str(command.affected_sop_instance_uid),
-            str(event.context.transfer_syntax[0]),
+            str(event.context.transfer_syntax),
             event.encoded_dataset(include_meta=False),
             event.assoc,
         )

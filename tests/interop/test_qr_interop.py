@@ -206,9 +206,9 @@ def test_pynetdicom_get_from_chromanet(pynetdicom, chromanet_qr_scp, palettes):
     with pynetdicom_qr_association(pynetdicom, chromanet_qr_scp.port, store=log) as assoc:
         responses = list(assoc.send_c_get(query("", UIDS), GET))
         some = list(assoc.send_c_get(query("", [UIDS[0], UIDS[7]]), GET))
-    assert statuses(responses) == [0xFF00] * 7 + [0x0000]
+    assert statuses(responses) == [0xFF00] * 8 + [0x0000]
     assert responses[-1][0].NumberOfCompletedSuboperations == 8
-    assert statuses(some) == [0xFF00, 0x0000]
+    assert statuses(some) == [0xFF00, 0xFF00, 0x0000]
     assert_same_palettes(log.datasets, palettes)
 
 
@@ -219,7 +219,7 @@ def test_pynetdicom_move_from_chromanet_to_third_ae(pynetdicom, chromanet_qr_scp
     with pynetdicom_qr_association(pynetdicom, chromanet_qr_scp.port) as assoc:
         responses = list(assoc.send_c_move(query("", UIDS), "THIRD", MOVE, msg_id=11))
         unknown = list(assoc.send_c_move(query("", UIDS), "NOBODY", MOVE))
-    assert statuses(responses) == [0xFF00] * 7 + [0x0000]
+    assert statuses(responses) == [0xFF00] * 8 + [0x0000]
     assert statuses(unknown) == [0xA801]
     assert log.received == [(uid, "PYQRSCU", 11) for uid in UIDS]
     assert_same_palettes(datasets.datasets, palettes)
@@ -300,7 +300,7 @@ def test_move_into_dcmtk_storescp(dcmtk, tmp_path, chromanet_qr_scp, palettes):
         chromanet_qr_scp.destinations["STORESCP"] = ("127.0.0.1", port)
         with qr_association(chromanet_qr_scp.port) as assoc:
             responses = list(assoc.send_c_move(query("", UIDS), "STORESCP", MOVE))
-        assert statuses(responses) == [0xFF00] * 7 + [0x0000]
+        assert statuses(responses) == [0xFF00] * 8 + [0x0000]
         assert responses[-1][0].NumberOfCompletedSuboperations == 8
         # storescp writes each file before it answers the C-STORE
         files = sorted(Path(out).iterdir())
@@ -323,7 +323,7 @@ def test_blocking_api_returns_lazy_generators(chromanet_qr_scp, palettes):
         assert statuses(rest) == [0xFF00] * 7 + [0x0000]
         got = assoc.send_c_get(query("", UIDS[5]), GET)
         assert inspect.isgenerator(got)
-        assert statuses(list(got)) == [0x0000]
+        assert statuses(list(got)) == [0xFF00, 0x0000]
     assert_same_palettes(log.datasets, palettes, [UIDS[5]])
 
 
@@ -356,10 +356,10 @@ def test_async_api_async_for(palettes, pynetdicom):
                 assert sorted(labels) == sorted(palettes[u].ContentLabel for u in UIDS)
 
                 finals = [s async for s, _ in assoc.send_c_get(query("", UIDS), GET)]
-                assert [s.Status for s in finals] == [0xFF00] * 7 + [0x0000]
+                assert [s.Status for s in finals] == [0xFF00] * 8 + [0x0000]
 
                 moves = [s async for s, _ in assoc.send_c_move(query("", UIDS[:2]), "PYDEST", MOVE, msg_id=5)]
-                assert [s.Status for s in moves] == [0xFF00, 0x0000]
+                assert [s.Status for s in moves] == [0xFF00, 0xFF00, 0x0000]
             await asyncio.wait_for(until(lambda: not server.associations), WAIT_TIMEOUT)
         finally:
             await server.close()

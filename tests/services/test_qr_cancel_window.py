@@ -156,7 +156,7 @@ def test_cancel_get_mid_way_reports_counts(make_qr_scp, palettes):
     assert (final.NumberOfCompletedSuboperations, final.NumberOfFailedSuboperations) == (3, 0)
     assert final.NumberOfWarningSuboperations == 0
     assert identifier is not None and not identifier.FailedSOPInstanceUIDList
-    assert statuses(again) == [0xFF00] * 7 + [0x0000]
+    assert statuses(again) == [0xFF00] * 8 + [0x0000]
     assert log.uids == UIDS[:3] + UIDS
 
 

@@ -175,7 +175,7 @@ def _status_ds(**kw: Any) -> Dataset:
         pytest.param(lambda e: None, 0xC002, None, id="wrong-type-none"),
         pytest.param(lambda e: True, 0xC002, None, id="wrong-type-bool"),
         pytest.param(_raise, 0xC211, None, id="handler-raises"),
-        pytest.param(None, 0x0122, None, id="no-handler"),
+        pytest.param(None, 0xC211, None, id="no-handler"),  # as pynetdicom
     ],
 )
 def test_store_handler_status(make_scp, palette_files, handler, status, comment):

@@ -167,7 +167,7 @@ def test_held_response_goes_out_when_nothing_follows() -> None:
 
 def test_get_pending_response_travels_with_the_next_store() -> None:
     """C-GET: each pending C-GET-RSP goes out in the same write as the next
-    sub-operation's C-STORE-RQ (plus the last pending and the final one)."""
+    sub-operation's C-STORE-RQ; the last pending goes with the final one."""
     palettes = [match(i) for i in range(10)]
     for ds in palettes:
         ds.SOPClassUID = uids.ColorPaletteStorage
@@ -203,9 +203,10 @@ def test_get_pending_response_travels_with_the_next_store() -> None:
 
     statuses, writes, stored = uvloop.run(body())
     assert stored == 10
-    assert statuses == [0xFF00] * 9 + [0x0000]
-    # 10 C-STORE-RQs, 9 pending responses, 1 final: 20 messages; held
-    # pendings ride with the next C-STORE-RQ, the final goes alone.
+    assert statuses == [0xFF00] * 10 + [0x0000]
+    # 10 C-STORE-RQs, 10 pending responses (the last one too), 1 final: 21
+    # messages; held pendings ride with the next C-STORE-RQ, the last one
+    # with the final response.
     assert writes == 11, writes
 
 

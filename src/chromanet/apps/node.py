@@ -193,7 +193,7 @@ def _find_answers(result: Any, event: evt.Event) -> Any:
     """A C-FIND's answers from the archive's result: each match's identifier
     pre-encoded in the context's transfer syntax, until the end or a C-CANCEL."""
     pending = result.status_pending
-    for encoded in result.encoded(event.context.transfer_syntax[0]):
+    for encoded in result.encoded(event.context.transfer_syntax):
         if event.is_cancelled:
             yield Status.CANCEL, None
             return

@@ -24,11 +24,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pydicom.uid import UID
+
 from chromanet._dimse import NO_DATASET, Command
 from chromanet.dimse_channel import DimseChannel, DimseTimeout, IncomingMessage
 from chromanet.evt import Event, EventType, runs_in_thread
 from chromanet.logutil import peer_log
-from chromanet.presentation import PresentationContext
+from chromanet.presentation import PresentationContextTuple
 from chromanet.services.answers import apply_handler_status
 from chromanet.services.handler_threads import HandlerLane
 from chromanet.services.observe import OperationObserver
@@ -155,7 +157,9 @@ class ServiceSession:
             self.sync_event_source if in_thread else self.event_source,
             event_type,
             message=message,
-            context=PresentationContext.from_negotiated(context) if context is not None else None,
+            context=PresentationContextTuple(
+                context.context_id, UID(context.abstract_syntax), UID(context.transfer_syntax)
+            ) if context is not None else None,
             transfer_syntax=context.transfer_syntax if context is not None else None,
         )
 

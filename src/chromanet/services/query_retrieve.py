@@ -27,7 +27,9 @@ an Error Comment saying why.
 SCU: ``query`` is an async generator of ``(status, identifier)`` pairs, one
 per response as it arrives (pynetdicom's shape): ``status`` is the response
 as a Dataset with Status and the sub-operation counts, ``identifier`` the
-decoded identifier or None. If the association ends before the final
+decoded identifier or None (an empty Dataset for a C-GET/C-MOVE final
+Cancel, Warning or Failure response that came without one, as pynetdicom
+gives it). If the association ends before the final
 response, one ``(Dataset(), None)`` pair is yielded, as pynetdicom does.
 Leaving the loop before the final response sends a C-CANCEL and drops the
 responses still coming.
@@ -161,6 +163,11 @@ async def _begin(
             # Anything else (a function returning a list…) runs in the lane.
             assert session.lane is not None
             produced = await session.lane.call(handler, event, *args)
+        if produced is None:
+            # A handler that returns nothing yields nothing: C-FIND found no
+            # match (Success); C-GET/C-MOVE lack the number or destination
+            # (0xC413, 0xC514), as in pynetdicom.
+            produced = ()
         results: Results
         if in_thread and inspect.isgenerator(produced):
             assert session.lane is not None
@@ -264,11 +271,13 @@ class _Retrieve:
         self.request = request
         self.field = field
         self.sender = sender
+        self.total = total
         self.remaining = total
         self.completed = 0
         self.failed = 0
         self.warning = 0
         self.failed_uids: list[str] = []
+        self.attempts = 0
         self.trace = sender.trace
         #: Error Comment of a final response with failures (LO: <= 64 characters).
         self.comment: str | None = None
@@ -282,7 +291,16 @@ class _Retrieve:
         response.number_of_warning_suboperations = self.warning
         return response
 
-    def _failed_list(self) -> bytes:
+    def _failed_list(self, given: Any = None) -> bytes:
+        """The identifier of a final (or Cancel) response: the handler's own
+        Dataset when it holds a Failed SOP Instance UID List, else the list
+        of the sub-operations that failed (PS3.4 C.4.2.1.7), as pynetdicom
+        does."""
+        if isinstance(given, Dataset) and "FailedSOPInstanceUIDList" in given:
+            try:
+                return self.sender.encode(given)
+            except Exception as exc:
+                LOGGER.warning("the retrieve handler's Failed SOP Instance UID List failed to encode: %s", exc)
         ds = Dataset()
         ds.FailedSOPInstanceUIDList = list(self.failed_uids)
         return self.sender.encode(ds)
@@ -300,30 +318,59 @@ class _Retrieve:
         if self.trace is not None:
             self.trace.note_suboperation(sop_instance_uid, category in (STATUS_SUCCESS, STATUS_WARNING))
 
-    async def pending(self) -> None:
-        await self.sender.send(self._counted(PENDING, remaining=True))
+    async def pending(self, given: Command | None = None) -> None:
+        """A Pending response with the counts; ``given`` (the handler's
+        status for this sub-operation, applied to a response) lends it its
+        Error Comment, Error ID and Offending Element, as in pynetdicom."""
+        response = self._counted(PENDING, remaining=True)
+        if given is not None:
+            response.error_comment = given.error_comment
+            response.error_id = given.error_id
+            response.offending_element = given.offending_element
+        await self.sender.send(response)
 
-    async def cancelled(self) -> None:
-        await self.sender.send(self._counted(CANCEL, remaining=True), self._failed_list())
+    async def unknown(self, status: int) -> None:
+        """The handler yielded a status no category knows: it ends the
+        operation as it is, without an identifier (pynetdicom does this)."""
+        self.failed += 1
+        await self.sender.send(self._counted(status, remaining=True))
 
-    async def stopped(self, status: int, given: Any) -> None:
-        """The handler yielded a final Failure or Warning status: what was not
-        done counts as failed."""
+    def message_id(self) -> int | None:
+        """The Message ID of the next C-STORE sub-operation: the C-GET or
+        C-MOVE request's plus the sub-operation's number, past 65535 from 1
+        again, as pynetdicom numbers them."""
+        self.attempts += 1
+        if self.request.message_id is None:
+            return None
+        value = self.request.message_id + self.attempts
+        return value - 65535 if value > 65535 else value
+
+    async def cancelled(self, given: Any = None) -> None:
+        await self.sender.send(self._counted(CANCEL, remaining=True), self._failed_list(given))
+
+    async def stopped(self, status: int, given: Any, identifier: Any = None) -> None:
+        """The handler yielded a final Failure or Warning status (``given``,
+        with ``identifier`` next to it): what was not done counts as
+        failed."""
         self.failed += self.remaining
         self.remaining = 0
         response = self._counted(status, remaining=False)
         apply_handler_status(given, response, "retrieve handler")
         response.status = status
-        await self.sender.send(response, self._failed_list())
+        await self.sender.send(response, self._failed_list(identifier))
 
     async def finished(self) -> None:
-        # Sub-operations the handler promised but never yielded did not happen.
-        self.failed += self.remaining
+        """The final response once the handler has nothing more to yield (or
+        yielded Success). Sub-operations it announced but never yielded are
+        not counted: they were not attempted (pynetdicom does the same);
+        0xA702 when every announced one failed, 0xB000 when some failed or
+        had a warning."""
         self.remaining = 0
         if not self.failed and not self.warning:
             await self.sender.send(self._counted(SUCCESS, remaining=False))
         else:
-            all_failed = self.failed and not self.completed and not self.warning
+            # 0xA702 only when every announced sub-operation failed (pynetdicom).
+            all_failed = self.failed == self.total
             response = self._counted(SUBOPERATIONS_IMPOSSIBLE if all_failed else SUBOPERATIONS_WITH_FAILURES, remaining=False)
             if self.comment:
                 response.error_comment = self.comment[:64]
@@ -365,7 +412,8 @@ async def _run_suboperations(
     raised_status: int,
 ) -> None:
     """Iterate the handler's (status, dataset) results, storing each pending
-    dataset with ``store(dataset) -> (sop_instance_uid, status | None)``."""
+    dataset with ``store(dataset, message_id) -> (sop_instance_uid, status |
+    None)``."""
     _batched(results, _RETRIEVE_BATCH)
     while True:
         if message.cancelled:
@@ -386,17 +434,21 @@ async def _run_suboperations(
         apply_handler_status(status, probe, "retrieve handler")
         category = code_to_category(probe.status)
         if category == STATUS_CANCEL:
-            await retrieve.cancelled()
+            await retrieve.cancelled(dataset)
             return
-        if category in (STATUS_FAILURE, STATUS_WARNING, STATUS_UNKNOWN):
-            await retrieve.stopped(probe.status, status)
+        if category == STATUS_UNKNOWN:
+            await retrieve.unknown(probe.status)
+            return
+        if category in (STATUS_FAILURE, STATUS_WARNING):
+            await retrieve.stopped(probe.status, status, dataset)
             return
         if category == STATUS_SUCCESS:
             break
-        uid, store_status = await store(dataset)
+        uid, store_status = await store(dataset, retrieve.message_id())
         retrieve.record(uid, store_status)
-        if retrieve.remaining > 0:
-            await retrieve.pending()
+        # A Pending response after every sub-operation, the last one
+        # (Remaining 0) included, as pynetdicom sends them.
+        await retrieve.pending(probe)
     if message.cancelled and retrieve.remaining > 0:
         await retrieve.cancelled()
         return
@@ -425,6 +477,7 @@ async def _store_over(
     dataset: Any,
     originator: tuple[str, int] | None,
     trace: OperationRecord | None = None,
+    msg_id: int | None = None,
 ) -> tuple[str, int | None]:
     """One C-STORE sub-operation; (SOP Instance UID, response status or None)."""
     uid = _sop_instance_uid(dataset)
@@ -433,11 +486,13 @@ async def _store_over(
         # destination aborted): this sub-operation fails, the others are
         # still counted, and the final response still goes out.
         return uid, None
+    if msg_id is not None and session.channel.is_outstanding(msg_id):
+        msg_id = None  # in use by another request of ours: take a free one
     try:
         response = await storage.store(
             session,
             dataset,
-            None,
+            msg_id,
             0,
             originator[0] if originator else None,
             originator[1] if originator else None,
@@ -451,7 +506,7 @@ async def _store_over(
     return uid, response.status if response is not None else None
 
 
-async def _not_stored(dataset: Any) -> tuple[str, int | None]:
+async def _not_stored(dataset: Any, msg_id: int | None = None) -> tuple[str, int | None]:
     """The sub-operation of a C-MOVE whose destination cannot take it: failed."""
     return _sop_instance_uid(dataset), None
 
@@ -478,7 +533,7 @@ async def serve_get(session: ServiceSession, message: IncomingMessage) -> None:
         retrieve = _Retrieve(request, _dimse.C_GET_RSP, sender, total)
         trace = message.trace
         await _run_suboperations(
-            retrieve, results, message, lambda ds: _store_over(session, ds, None, trace), GET_HANDLER_RAISED
+            retrieve, results, message, lambda ds, msg_id: _store_over(session, ds, None, trace, msg_id), GET_HANDLER_RAISED
         )
     finally:
         await results.close()
@@ -504,6 +559,11 @@ async def _check_total(sender: _Sender, request: Command, field: int, total: int
     return True
 
 
+#: What a C-MOVE handler may give for the association to the destination
+#: (``AE.associate`` keywords); anything else is an invalid destination.
+_DESTINATION_KEYWORDS = frozenset({"contexts", "ae_title", "max_pdu", "ext_neg", "bind_address", "tls_args", "evt_handlers"})
+
+
 def _valid_destination(value: Any) -> tuple[str | None, int | None, dict[str, Any]] | None:
     """(address, port, associate kwargs) from the handler's first yield, or
     None when it is not a valid destination."""
@@ -514,6 +574,8 @@ def _valid_destination(value: Any) -> tuple[str | None, int | None, dict[str, An
     if address is None:
         return None, None, {}
     if not isinstance(kwargs, dict) or isinstance(port, bool) or not isinstance(port, int):
+        return None
+    if not set(kwargs) <= _DESTINATION_KEYWORDS:
         return None
     if not 0 < port < 65536 or not isinstance(address, str) or not address:
         return None
@@ -545,8 +607,9 @@ async def serve_move(session: ServiceSession, message: IncomingMessage) -> None:
             await sender.send(_response(request, _dimse.C_MOVE_RSP, MOVE_NOT_YIELDED))
             return
         except Exception:
-            LOGGER.exception("exception in the handler bound to EVT_C_MOVE")
-            await sender.send(_response(request, _dimse.C_MOVE_RSP, MOVE_HANDLER_RAISED))
+            # pynetdicom: no destination, whatever the reason, is 0xC514.
+            LOGGER.exception("exception in the handler bound to EVT_C_MOVE where the destination was due")
+            await sender.send(_response(request, _dimse.C_MOVE_RSP, MOVE_NOT_YIELDED))
             return
         if destination is None:
             await sender.send(_response(request, _dimse.C_MOVE_RSP, MOVE_BAD_DESTINATION))
@@ -561,10 +624,8 @@ async def serve_move(session: ServiceSession, message: IncomingMessage) -> None:
         except _EarlyStatus as early:
             await early.answer(sender, request, _dimse.C_MOVE_RSP)
             return
-        except Exhausted:
-            await sender.send(_response(request, _dimse.C_MOVE_RSP, MOVE_NOT_YIELDED))
-            return
         except Exception as exc:
+            # Exhausted included: no number is 0xC513, as in pynetdicom.
             LOGGER.error("the C-MOVE handler did not yield a valid number of sub-operations: %s", exc)
             await sender.send(_response(request, _dimse.C_MOVE_RSP, MOVE_BAD_COUNT))
             return
@@ -597,7 +658,7 @@ async def serve_move(session: ServiceSession, message: IncomingMessage) -> None:
             retrieve,
             results,
             message,
-            lambda ds: _store_over(destination_session, ds, originator, message.trace),
+            lambda ds, msg_id: _store_over(destination_session, ds, originator, message.trace, msg_id),
             MOVE_HANDLER_RAISED,
         )
     finally:
@@ -684,7 +745,9 @@ def query(
     """SCU: one C-FIND, C-GET or C-MOVE request (``field``), sent now when
     the operations window has room; see the module docstring for what the
     returned async generator yields. Called on the loop's thread.
-    ValueError now when no accepted context fits ``query_model``."""
+    ValueError now when no accepted context fits ``query_model`` or the
+    priority is not 0, 1 or 2."""
+    storage.check_priority(priority)
     ctx = session.scu_context(str(query_model))
     assert ctx.transfer_syntax is not None
     command = Command(
@@ -731,6 +794,12 @@ async def _responses(request: _Request) -> AsyncIterator[tuple[Dataset, Dataset 
                 except Exception as exc:
                     LOGGER.error("response identifier failed to decode: %s", exc)
             done = response.command.status not in _PENDING
+            if decoded is None and done and request.command.command_field != _dimse.C_FIND_RQ and response.command.status != SUCCESS:
+                # pynetdicom gives a C-GET/C-MOVE final Cancel, Warning or
+                # Failure response that came without an identifier as an
+                # empty Dataset (None only for Success and for C-FIND).
+                if code_to_category(response.command.status) in (STATUS_CANCEL, STATUS_WARNING, STATUS_FAILURE):
+                    decoded = Dataset()
             finished = done
             yield status, decoded
             if done:

@@ -9,8 +9,8 @@ function for their sub-operations.
 
 SCP: ``serve_store`` runs the EVT_C_STORE handler. With none bound, the
 association's ``store_directory`` (a chromanet extra) receives the instance
-as <SOP Instance UID>.dcm, and without that the request is refused with
-0x0122. A data set spooled to a file (``spool.FileSink``) is removed once the
+as <SOP Instance UID>.dcm, and without that the request fails with
+0xC211, the status pynetdicom gives when no handler is bound. A data set spooled to a file (``spool.FileSink``) is removed once the
 handler returned, unless the handler moved it away.
 """
 
@@ -31,7 +31,9 @@ from chromanet.ul.negotiation import NegotiatedContext
 from chromanet.services.observe import OperationRecord
 from chromanet.status import Status
 
-_NO_HANDLER = int(Status.SOP_CLASS_NOT_SUPPORTED)
+# pynetdicom answers a C-STORE with no EVT_C_STORE handler bound as if the
+# handler had raised.
+_NO_HANDLER = int(Status.STORE_HANDLER_RAISED)
 _HANDLER_RAISED = int(Status.STORE_HANDLER_RAISED)
 _IDENTIFIER_INVALID = int(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS)
 _SUCCESS = int(Status.SUCCESS)
@@ -40,6 +42,13 @@ _SOP_INSTANCE_UID = 0x00080018
 
 
 # ------------------------------------------------------------------- SCU
+def check_priority(priority: Any) -> None:
+    """ValueError unless ``priority`` is a PS3.7 Priority: 0x0000 medium,
+    0x0001 high or 0x0002 low (pynetdicom checks it as well)."""
+    if isinstance(priority, bool) or priority not in (0, 1, 2):
+        raise ValueError(f"priority is 0 (medium), 1 (high) or 2 (low), not {priority!r}")
+
+
 def _prepare(session: ServiceSession, dataset: Any) -> tuple[int, str, str, Any, dsutil.Part10File | None]:
     """(context id, SOP class, SOP instance, payload, open file) for a
     C-STORE of a Dataset, a Part 10 file path or a Part 10 image."""
@@ -118,8 +127,10 @@ async def store(
     ``trace``: the C-GET/C-MOVE whose sub-operation this is, told the size
     of the data set once it went out.
 
-    ValueError when no accepted context fits the SOP class, OSError for an
+    ValueError when no accepted context fits the SOP class or for a
+    priority other than 0 (medium), 1 (high) or 2 (low); OSError for an
     unreadable file."""
+    check_priority(priority)
     context_id, sop_class, sop_instance, payload, part10 = _prepare(session, dataset)
     command = Command(
         _dimse.C_STORE_RQ,

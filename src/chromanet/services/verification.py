@@ -2,14 +2,19 @@
 
 Every node answers C-ECHO: with no EVT_C_ECHO handler bound the answer is
 Success; a bound handler's status answer is sent instead (a handler that
-raises still gives Success, as in pynetdicom).
+raises, or answers with no usable status (None, a Dataset without Status,
+a value of another type), still gives Success, as in pynetdicom.
 """
 
 from __future__ import annotations
 
-from typing import Awaitable
+import inspect
+import logging
+from typing import Any, Awaitable, Callable
 
-from chromanet import _dimse, uids
+from pydicom import Dataset
+
+from chromanet import _dimse, evt, uids
 from chromanet._dimse import Command
 from chromanet.dimse_channel import IncomingMessage
 from chromanet.evt import EVT_C_ECHO
@@ -17,6 +22,34 @@ from chromanet.services.base import ServiceClass, ServiceSession, answer_once
 from chromanet.status import Status
 
 _SUCCESS = int(Status.SUCCESS)
+LOGGER = logging.getLogger("chromanet.services")
+
+
+def _usable(result: Any) -> Any:
+    """The handler's answer, or Success when it is not a status."""
+    if isinstance(result, Dataset) and "Status" in result:
+        return result
+    if isinstance(result, int) and not isinstance(result, bool):
+        return result
+    LOGGER.error("the EVT_C_ECHO handler answered %r, not a status: responding with Success", type(result).__name__)
+    return _SUCCESS
+
+
+def _success_when_unusable(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """``handler`` with its unusable answers made Success (kept sync or
+    ``async def`` as it was, for the caller to run it the same way)."""
+    if inspect.iscoroutinefunction(handler):
+
+        async def answer_async(event: Any, *args: Any) -> Any:
+            return _usable(await handler(event, *args))
+
+        return answer_async
+
+    def answer(event: Any, *args: Any) -> Any:
+        return _usable(handler(event, *args))
+
+    # Where it runs (a worker thread, or inline on the loop) stays the handler's.
+    return answer if evt.runs_in_thread(handler) else evt.inline(answer)
 
 
 async def echo(session: ServiceSession, msg_id: int | None = None) -> Command | None:
@@ -45,7 +78,10 @@ def serve_echo(session: ServiceSession, message: IncomingMessage) -> Awaitable[N
         response.status = _SUCCESS
         session.respond(message, response)
         return None
-    return answer_once(session, message, EVT_C_ECHO, bound, response, status_on_exception=_SUCCESS)
+    handler, args = bound
+    return answer_once(
+        session, message, EVT_C_ECHO, (_success_when_unusable(handler), args), response, status_on_exception=_SUCCESS
+    )
 
 
 SERVICE_CLASS = ServiceClass(
