@@ -151,7 +151,7 @@ def build_palette_set(root: Path, name: str, kind: str, n: int) -> list[str]:
     archive = PaletteArchive.open(root / "cn" / name)
     # A fixture, not a benchmark: no fsync per file, no synchronous SQLite
     # commits while building (the data is rebuilt if the machine crashes).
-    archive._step_fsync_file = lambda path: None  # type: ignore[method-assign]
+    archive._step_fsync_file = lambda path, fd=None: None  # type: ignore[method-assign]
     archive._step_fsync_dir = lambda: None  # type: ignore[method-assign]
     archive.index._writer.execute("PRAGMA synchronous=OFF")
     uids: list[str] = []
