@@ -179,11 +179,11 @@ class Association:
         return _each_in_blocking_call(responses)
 
     async def _after_yielded(self, results: Any) -> None:
-        """From a generator handler between two yields (``results``: what
-        its worker takes, ``taking_results()`` in the calling thread): wait
-        until the results it yielded so far were sent, as they are in
-        pynetdicom before its generator runs on; or until the association
-        ended."""
+        """From a generator handler of this association, between two yields
+        (``results``: what its worker takes, ``taking_results`` in the
+        calling thread): wait until the results it yielded so far were
+        sent, as they are in pynetdicom before its generator runs on; or
+        until the association ended."""
         if results is None:
             return
         caught_up = asyncio.ensure_future(results.caught_up())
@@ -195,7 +195,7 @@ class Association:
             closed.cancel()
 
     def release(self) -> None:
-        results = taking_results()
+        results = taking_results(getattr(self._inner, "_lane", None))
 
         async def release_after_yielded() -> None:
             await self._after_yielded(results)
@@ -212,7 +212,7 @@ class Association:
         if loopthread.in_loop_thread(self._loop):
             self._inner.abort()
             return
-        results = taking_results()
+        results = taking_results(getattr(self._inner, "_lane", None))
 
         async def abort_and_wait() -> None:
             await self._after_yielded(results)

@@ -215,10 +215,14 @@ def blocking_call() -> Iterator[None]:
         lane.take_back()
 
 
-def taking_results() -> ThreadedResults | None:
-    """In a worker taking a generator handler's results (the handler's code
-    runs between two yields): those results; else None."""
-    return getattr(_worker, "results", None)
+def taking_results(lane: HandlerLane | None) -> ThreadedResults | None:
+    """In a worker taking the results of a generator handler of ``lane``'s
+    association (the handler's code runs between two yields): those
+    results; else None."""
+    results: ThreadedResults | None = getattr(_worker, "results", None)
+    if results is None or lane is None or results._lane is not lane:
+        return None
+    return results
 
 
 def _set(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -268,7 +272,7 @@ class ThreadedResults:
         #: (``caught_up``); the loop's side only.
         self._catching_up: list[asyncio.Future[None]] = []
         self._closed = False  # the loop reads no more results
-        self._stop = False  # the handler aborted/released: the job takes no more
+        self._stop = False  # the handler aborted/released: no more results are taken
 
     def batch(self, limit: int, is_final: Callable[[Any], bool]) -> None:
         """From now on take up to ``limit`` results per job, stopping after
@@ -295,6 +299,10 @@ class ThreadedResults:
                 # Every result taken before was sent: the loop asks for
                 # one more.
                 self._caught_up()
+                if self._stop and not self._running:
+                    # The handler aborted or released its association: the
+                    # loop gets nothing more (the generator is closed).
+                    raise Exhausted
                 if self._ended and not self._running:
                     error, self._error = self._error, None
                     if error is not None:
@@ -318,9 +326,10 @@ class ThreadedResults:
 
     async def caught_up(self) -> None:
         """On the loop: return once every result buffered so far was sent
-        (the loop asks for the next one, or reads no more), the job
-        taking no more results after this. ``Association.abort``/``release``
-        called by the handler between two yields await it first."""
+        (the loop asks for the next one, or reads no more); no more
+        results are taken after the one the handler is yielding.
+        ``Association.abort``/``release`` called by the handler between two
+        yields await it first."""
         self._stop = True
         with self._lock:
             if self._closed or (not self._items and self._waiter is not None):
@@ -336,7 +345,6 @@ class ThreadedResults:
         ended = False
         error: BaseException | None = None
         _worker.results = self
-        self._stop = False  # a stop asked for in a job before ends with it
         try:
             while taken < self._limit and not self._stop:
                 item = next(self._gen)
