@@ -183,13 +183,16 @@ class Association:
         (``results``: what its worker takes, ``taking_results`` in the
         calling thread): wait until the results it yielded so far were
         sent, as they are in pynetdicom before its generator runs on; or
-        until the association ended."""
+        until the association ended. A peer that reads none of them is not
+        waited for longer than the DIMSE timeout."""
         if results is None:
             return
         caught_up = asyncio.ensure_future(results.caught_up())
         closed = asyncio.ensure_future(self._inner.wait_closed())
         try:
-            await asyncio.wait((caught_up, closed), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                (caught_up, closed), timeout=self._inner.dimse_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             caught_up.cancel()
             closed.cancel()
