@@ -20,7 +20,7 @@ from chromanet import loopthread
 from chromanet.association import AsyncAssociation
 from chromanet.evt import check_implemented
 from chromanet.server import AsyncServer
-from chromanet.services.handler_threads import blocking_call
+from chromanet.services.handler_threads import blocking_call, taking_results
 
 if TYPE_CHECKING:
     from chromanet.ae import AE
@@ -178,18 +178,47 @@ class Association:
             responses = loopthread.iterate_call(function, *args, loop=self._loop)
         return _each_in_blocking_call(responses)
 
+    async def _after_yielded(self, results: Any) -> None:
+        """From a generator handler of this association, between two yields
+        (``results``: what its worker takes, ``taking_results`` in the
+        calling thread): wait until the results it yielded so far were
+        sent, as they are in pynetdicom before its generator runs on; or
+        until the association ended. A peer that reads none of them is not
+        waited for longer than the DIMSE timeout."""
+        if results is None:
+            return
+        caught_up = asyncio.ensure_future(results.caught_up())
+        closed = asyncio.ensure_future(self._inner.wait_closed())
+        try:
+            await asyncio.wait(
+                (caught_up, closed), timeout=self._inner.dimse_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            caught_up.cancel()
+            closed.cancel()
+
     def release(self) -> None:
+        results = taking_results(getattr(self._inner, "_lane", None))
+
+        async def release_after_yielded() -> None:
+            await self._after_yielded(results)
+            await self._inner.release()
+
         with blocking_call():
-            loopthread.run(self._inner.release(), loop=self._loop)
+            loopthread.run(release_after_yielded(), loop=self._loop)
 
     def abort(self) -> None:
         """A-ABORT; returns once the connection is closed (as pynetdicom's
-        does), or at once when called from a handler on the loop thread."""
+        does), or at once when called from a handler on the loop thread.
+        From a generator handler between two yields, after the results it
+        yielded before were sent (``_after_yielded``)."""
         if loopthread.in_loop_thread(self._loop):
             self._inner.abort()
             return
+        results = taking_results(getattr(self._inner, "_lane", None))
 
         async def abort_and_wait() -> None:
+            await self._after_yielded(results)
             self._inner.abort()
             try:
                 await asyncio.wait_for(self._inner.wait_closed(), 5)

@@ -1138,6 +1138,57 @@ def test_handler_aborts_the_association(lib: SimpleNamespace, servers: list[Any]
     again.abort()
 
 
+def test_find_handler_aborts_after_yielding(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
+    """A C-FIND generator yields 5 matches, then aborts its association:
+    the SCU reads the 5 pending responses, then the association is aborted
+    (the abort comes after the matches yielded before it were sent)."""
+    returned = threading.Event()
+
+    def handle_find(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        for ds in palettes[:5]:
+            yield 0xFF00, palette_identifier(ds)
+        event.assoc.abort()
+        returned.set()
+
+    assoc = find_scu(lib, find_scp(lib, servers, handle_find))
+    results = list(assoc.send_c_find(query_all(), lib.sop_class.ColorPaletteInformationModelFind))
+    pending = [(status, ident) for status, ident in results if status.get("Status") == 0xFF00]
+    assert [ident.SOPInstanceUID for _, ident in pending] == [ds.SOPInstanceUID for ds in palettes[:5]]
+    assert len(results) == 6  # the pending ones, then an empty status: aborted
+    assert "Status" not in results[-1][0]
+    assert returned.wait(TIMEOUT)
+    assert wait_for(lambda: assoc.is_aborted)
+
+
+def test_get_handler_aborts_after_yielding(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
+    """A C-GET generator announces 8 and yields 3, then aborts: the SCU
+    receives the 3 C-STOREs and their 3 pending responses, then the
+    association is aborted."""
+    stored: list[str] = []
+    returned = threading.Event()
+
+    def handle_get(event: Any) -> Iterator[Any]:
+        yield len(palettes)
+        for ds in palettes[:3]:
+            yield 0xFF00, ds
+        event.assoc.abort()
+        returned.set()
+
+    def handle_store(event: Any) -> int:
+        stored.append(str(event.dataset.SOPInstanceUID))
+        return 0x0000
+
+    assoc = get_scu(lib, get_scp(lib, servers, handle_get), handle_store)
+    results = list(assoc.send_c_get(query_all(), lib.sop_class.ColorPaletteInformationModelGet))
+    pending = [status for status, _ in results if status.get("Status") == 0xFF00]
+    assert [status.NumberOfCompletedSuboperations for status in pending] == [1, 2, 3]
+    assert stored == [str(ds.SOPInstanceUID) for ds in palettes[:3]]
+    assert len(results) == 4
+    assert "Status" not in results[-1][0]
+    assert returned.wait(TIMEOUT)
+    assert wait_for(lambda: assoc.is_aborted)
+
+
 def test_handler_stores_back_to_the_peer(lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]) -> None:
     """A C-GET handler sends one instance itself with
     ``event.assoc.send_c_store`` (and waits for its response) before

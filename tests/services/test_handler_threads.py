@@ -317,3 +317,54 @@ def test_handler_threads_end_when_idle(monkeypatch):
     assert threads.peak_threads == 1  # one lane: its jobs run one after another
     # used again after its threads ended
     assert run_async(main()) == list(range(20))
+
+
+def test_abort_between_yields_comes_after_the_results_yielded_before(make_qr_scp):
+    """A generator yields 100 matches (the second batch is being taken) and
+    aborts its association: the SCU receives the 100, then the A-ABORT; the
+    batch stops at the abort (the generator runs at most one yield on)."""
+    after_abort: list[int] = []
+
+    def on_find(event):
+        for n in range(300):
+            if n == 100:
+                event.assoc.abort()
+            if n >= 100:
+                after_abort.append(n)
+            ds = Dataset()
+            ds.SOPInstanceUID = f"1.2.3.{n}"
+            yield 0xFF00, ds
+
+    scp = make_qr_scp([(evt.EVT_C_FIND, on_find)])
+    query = Dataset()
+    query.SOPInstanceUID = ""
+    with qr_association(scp.port) as assoc:
+        responses = list(assoc.send_c_find(query, FIND))
+        assert [str(identifier.SOPInstanceUID) for _status, identifier in responses[:-1]] == [
+            f"1.2.3.{n}" for n in range(100)
+        ]
+        assert "Status" not in responses[-1][0]
+        assert wait_until(lambda: assoc.is_aborted)
+    assert len(after_abort) <= 1
+
+
+def test_release_between_yields_comes_after_the_results_yielded_before(make_qr_scp):
+    """The same with ``event.assoc.release()``: the matches, then the
+    A-RELEASE."""
+
+    def on_find(event):
+        for n in range(3):
+            ds = Dataset()
+            ds.SOPInstanceUID = f"1.2.3.{n}"
+            yield 0xFF00, ds
+        event.assoc.release()
+
+    scp = make_qr_scp([(evt.EVT_C_FIND, on_find)])
+    query = Dataset()
+    query.SOPInstanceUID = ""
+    with qr_association(scp.port) as assoc:
+        responses = list(assoc.send_c_find(query, FIND))
+        assert [str(identifier.SOPInstanceUID) for _status, identifier in responses[:3]] == [
+            f"1.2.3.{n}" for n in range(3)
+        ]
+        assert wait_until(lambda: not assoc.is_established)

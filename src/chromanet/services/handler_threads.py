@@ -22,6 +22,13 @@ batch at a time (``ThreadedResults``): the loop takes the results from a
 shared buffer without a hop per yield, the generator runs at most about a
 batch ahead of what was sent, and a thread is never held waiting for the
 loop.
+
+A handler that aborts or releases its own association between two yields
+(``event.assoc.abort()`` in a generator) does so after the results it
+yielded before were sent, as in pynetdicom, whose generator runs in step
+with the sending: the blocking ``Association`` first awaits
+``ThreadedResults.caught_up`` of the results its worker is taking
+(``taking_results``), and the job stops taking results after it.
 """
 
 from __future__ import annotations
@@ -208,6 +215,16 @@ def blocking_call() -> Iterator[None]:
         lane.take_back()
 
 
+def taking_results(lane: HandlerLane | None) -> ThreadedResults | None:
+    """In a worker taking the results of a generator handler of ``lane``'s
+    association (the handler's code runs between two yields): those
+    results; else None."""
+    results: ThreadedResults | None = getattr(_worker, "results", None)
+    if results is None or lane is None or results._lane is not lane:
+        return None
+    return results
+
+
 def _set(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     if future.done():
         return  # the waiter was cancelled (the association ended)
@@ -251,6 +268,11 @@ class ThreadedResults:
         self._error: BaseException | None = None
         self._limit = 1
         self._is_final: Callable[[Any], bool] | None = None
+        #: Loop futures set once the loop has sent every buffered result
+        #: (``caught_up``); the loop's side only.
+        self._catching_up: list[asyncio.Future[None]] = []
+        self._closed = False  # the loop reads no more results
+        self._stop = False  # the handler aborted/released: no more results are taken
 
     def batch(self, limit: int, is_final: Callable[[Any], bool]) -> None:
         """From now on take up to ``limit`` results per job, stopping after
@@ -274,6 +296,13 @@ class ThreadedResults:
                     if refill:
                         self._running = True
                     break
+                # Every result taken before was sent: the loop asks for
+                # one more.
+                self._caught_up()
+                if self._stop and not self._running:
+                    # The handler aborted or released its association: the
+                    # loop gets nothing more (the generator is closed).
+                    raise Exhausted
                 if self._ended and not self._running:
                     error, self._error = self._error, None
                     if error is not None:
@@ -289,14 +318,35 @@ class ThreadedResults:
             self._lane.post(self._take)
         return item
 
+    def _caught_up(self) -> None:
+        waiting, self._catching_up = self._catching_up, []
+        for future in waiting:
+            if not future.done():
+                future.set_result(None)
+
+    async def caught_up(self) -> None:
+        """On the loop: return once every result buffered so far was sent
+        (the loop asks for the next one, or reads no more); no more
+        results are taken after the one the handler is yielding.
+        ``Association.abort``/``release`` called by the handler between two
+        yields await it first."""
+        self._stop = True
+        with self._lock:
+            if self._closed or (not self._items and self._waiter is not None):
+                return
+            future = self._loop.create_future()
+            self._catching_up.append(future)
+        await future
+
     def _take(self) -> None:
         """One job (in a worker): up to ``limit`` results into the buffer."""
         final = self._is_final
         taken = 0
         ended = False
         error: BaseException | None = None
+        _worker.results = self
         try:
-            while taken < self._limit:
+            while taken < self._limit and not self._stop:
                 item = next(self._gen)
                 taken += 1
                 with self._lock:
@@ -310,6 +360,8 @@ class ThreadedResults:
             ended = True
         except Exception as exc:
             ended, error = True, exc
+        finally:
+            _worker.results = None
         with self._lock:
             self._running = False
             if ended:
@@ -330,6 +382,8 @@ class ThreadedResults:
         for: the lane runs the association's next handler only after it."""
         with self._lock:
             finished = self._ended and not self._running
+            self._closed = True
+        self._caught_up()
         close = getattr(self._gen, "close", None)
         if close is not None and not finished:  # an exhausted generator has nothing to close
             self._lane.post(close)
