@@ -21,6 +21,13 @@ from chromanet import _dimse, uids
 from chromanet._dimse import Command
 from chromanet.dimse_channel import DatasetRefused, DimseChannel, DiscardSink
 from chromanet.evt import (
+    DIMSE_EVENTS,
+    EVT_DATA_RECV,
+    EVT_DATA_SENT,
+    EVT_DIMSE_RECV,
+    EVT_DIMSE_SENT,
+    WIRE_EVENTS,
+    DimseMessage,
     EVT_ABORTED,
     EVT_ACCEPTED,
     EVT_CONN_CLOSE,
@@ -42,6 +49,7 @@ from chromanet.services.handler_threads import HandlerLane
 from chromanet.services.observe import AuditContext, OperationObserver
 from chromanet.services.spool import FileSink
 from chromanet.ul.acse import Admission, AssociationControl
+from chromanet.ul.connection import WireHook
 from chromanet.ul.tls import TlsInfo
 
 if TYPE_CHECKING:
@@ -123,6 +131,10 @@ class ServiceUser:
         return f"<ServiceUser {self.mode} {self.ae_title!r} {self.address}:{self.port}>"
 
 
+def _nothing() -> None:
+    return None
+
+
 class AsyncAssociation:
     """One association, requestor or acceptor side, driven on the loop."""
 
@@ -166,6 +178,7 @@ class AsyncAssociation:
         ul.ended.add_done_callback(self._on_ended)
         if ul.is_requestor:
             ul.on_requested = self._on_request_sent
+        self.refresh_watchers()
 
     # --------------------------------------------------------------- state
     @property
@@ -275,6 +288,52 @@ class AsyncAssociation:
             self._sync_facade = make(self, self._home_loop) if make is not None else self
         return self._sync_facade
 
+    # ------------------------------------------------------ wire watching
+    def refresh_watchers(self) -> None:
+        """Hook the connection and the DIMSE channel while EVT_DATA_* /
+        EVT_DIMSE_* handlers are bound, unhook them when none is (unhooked,
+        they cost one attribute check per receive / message). Call after
+        the handlers changed; from another thread it runs on the loop."""
+        loop = self._home_loop
+        if loop is not None and not loop.is_closed():
+            try:
+                here = asyncio.get_running_loop() is loop
+            except RuntimeError:
+                here = False
+            if not here:
+                loop.call_soon_threadsafe(self.refresh_watchers)
+                return
+        bound = self._handlers
+        connection = getattr(self._ul, "connection", None)
+        if connection is not None:
+            watched = any(event in bound for event in WIRE_EVENTS)
+            if not watched:
+                connection.set_wire_hook(None)
+            elif connection.wire_hook is None:
+                connection.set_wire_hook(WireHook(self._on_wire))
+        channel = self._session.channel if self._session is not None else None
+        if channel is not None:
+            channel.dimse_hook = self._on_dimse if any(event in bound for event in DIMSE_EVENTS) else None
+
+    def _on_wire(self, sent: bool, pdu: bytes) -> None:
+        event_type = EVT_DATA_SENT if sent else EVT_DATA_RECV
+        if event_type in self._handlers:
+            notify(self._handlers, Event(self, event_type, data=pdu), self._lane,
+                   self.sync_facade if self._lane else None)
+
+    def _on_dimse(self, sent: bool, context_id: int, command: Command, dataset: Any) -> Any:
+        event_type = EVT_DIMSE_SENT if sent else EVT_DIMSE_RECV
+        if event_type not in self._handlers:
+            return None
+        message = DimseMessage(context_id, command, dataset)
+        lane = self._lane
+        notify(self._handlers, Event(self, event_type, {"message": message}), lane,
+               self.sync_facade if lane else None)
+        if sent or lane is None:
+            return None
+        # A received message is acted on once its handlers in the lane ran.
+        return lane.call(_nothing)
+
     def notify(self, event_type: EventType) -> None:
         """Run the handlers of a notification event, in turn with this
         association's other handlers."""
@@ -317,6 +376,7 @@ class AsyncAssociation:
         )
         self._session.observer = self._operation_observer
         channel.request_handler = ServiceDispatcher(self._session)
+        self.refresh_watchers()
         self.notify(EVT_ACCEPTED)
         self.notify(EVT_ESTABLISHED)
 
@@ -362,6 +422,7 @@ class AsyncAssociation:
             handlers[event] = [entry]
         elif all(bound is not handler for bound, _ in handlers.get(event, [])):
             handlers.setdefault(event, []).append(entry)
+        self.refresh_watchers()
 
     def unbind(self, event: EventType, handler: Any) -> None:
         """Unbind ``handler`` from ``event`` on this association."""
@@ -371,6 +432,7 @@ class AsyncAssociation:
             handlers[event] = kept
         else:
             handlers.pop(event, None)
+        self.refresh_watchers()
 
     def get_events(self) -> list[EventType]:
         """The events that have a handler bound, by name."""
