@@ -124,6 +124,57 @@ class ServiceUser:
         return self._user_info("implementation_version_name")
 
     @property
+    def requested_contexts(self) -> list[PresentationContext]:
+        """The requestor's presentation contexts as proposed in the
+        A-ASSOCIATE-RQ (ValueError for the acceptor, as in pynetdicom)."""
+        if not self.is_requestor:
+            raise ValueError("only the requestor has requested_contexts")
+        rq = self._assoc._ul.request
+        if rq is None:
+            return []
+        return [
+            PresentationContext(abstract_syntax=item.abstract_syntax, transfer_syntax=list(item.transfer_syntaxes),
+                                context_id=item.context_id)
+            for item in rq.presentation_contexts
+        ]
+
+    @property
+    def sop_class_extended(self) -> dict[str, bytes]:
+        """SOP Class Extended Negotiation items of this side's PDU:
+        {SOP Class UID: service class application information}."""
+        items = self._user_info("sop_class_extended") or []
+        return {item.sop_class_uid: bytes(item.application_information) for item in items}
+
+    @property
+    def sop_class_common_extended(self) -> dict[str, Any]:
+        """SOP Class Common Extended Negotiation items (the requestor's):
+        {SOP Class UID: item}."""
+        if not self.is_requestor:
+            raise ValueError("only the requestor sends SOP Class Common Extended Negotiation")
+        items = self._user_info("sop_class_common_extended") or []
+        return {item.sop_class_uid: item for item in items}
+
+    @property
+    def role_selection(self) -> dict[str, Any]:
+        """SCP/SCU Role Selection items of this side's PDU: {SOP Class UID: item}."""
+        items = self._user_info("role_selections") or []
+        return {item.sop_class_uid: item for item in items}
+
+    @property
+    def asynchronous_operations(self) -> tuple[int, int]:
+        """(maximum invoked, maximum performed) of this side's PDU;
+        (1, 1), the default, when it has no such item."""
+        window = self._user_info("async_ops_window")
+        if window is None:
+            return (1, 1)
+        return (window.max_operations_invoked, window.max_operations_performed)
+
+    @property
+    def user_identity(self) -> Any:
+        """The User Identity item of this side's PDU, or None."""
+        return self._user_info("user_identity_rq" if self.is_requestor else "user_identity_ac")
+
+    @property
     def info(self) -> dict[str, Any]:
         return {"ae_title": self.ae_title, "address": self.address, "port": self.port, "mode": self.mode}
 
@@ -478,6 +529,14 @@ class AsyncAssociation:
         self._ul.timeouts.dimse = value
         if self._session is not None:
             self._session.channel.dimse_timeout = value
+
+    @property
+    def connection_timeout(self) -> float | None:
+        return self._ul.timeouts.connection
+
+    @connection_timeout.setter
+    def connection_timeout(self, value: float | None) -> None:
+        self._ul.timeouts.connection = value
 
     @property
     def network_timeout(self) -> float | None:
