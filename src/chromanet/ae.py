@@ -506,7 +506,7 @@ class AE:
         ]
         for assoc in self._established():
             peer = assoc.acceptor if assoc.is_requestor else assoc.requestor
-            lines.append(f"    {assoc.mode} with {peer.ae_title!r} at {peer.address}:{peer.port}")
+            lines.append(f"    Peer {peer.ae_title!r} at {peer.address}:{peer.port} (we are the {assoc.mode})")
         return "\n".join(lines)
 
     def make_server(self, *args: Any, **kwargs: Any) -> Any:

@@ -229,6 +229,11 @@ class AsyncAssociation:
         ul.ended.add_done_callback(self._on_ended)
         if ul.is_requestor:
             ul.on_requested = self._on_request_sent
+        # Wire/DIMSE notifications still waiting in the lane; an acceptor
+        # stays in its server's active_associations until they ran (as a
+        # pynetdicom association thread lives until its handlers returned).
+        self._watch_pending = 0
+        self.on_watch_idle: Any = None
         self.refresh_watchers()
 
     # --------------------------------------------------------------- state
@@ -369,8 +374,30 @@ class AsyncAssociation:
     def _on_wire(self, sent: bool, pdu: bytes) -> None:
         event_type = EVT_DATA_SENT if sent else EVT_DATA_RECV
         if event_type in self._handlers:
-            notify(self._handlers, Event(self, event_type, data=pdu), self._lane,
-                   self.sync_facade if self._lane else None)
+            self._watch_notify(Event(self, event_type, data=pdu))
+
+    def _watch_notify(self, event: Event) -> None:
+        lane = self._lane
+        notify(self._handlers, event, lane, self.sync_facade if lane else None)
+        if lane is not None:
+            self._watch_pending += 1
+            lane.post(self._watch_ran)
+
+    def _watch_ran(self) -> None:  # in the lane, after the handlers
+        loop = self._home_loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._watch_settled)
+
+    def _watch_settled(self) -> None:
+        self._watch_pending -= 1
+        if self._watch_pending == 0 and self.on_watch_idle is not None:
+            idle, self.on_watch_idle = self.on_watch_idle, None
+            idle()
+
+    @property
+    def watch_busy(self) -> bool:
+        """True while wire/DIMSE notifications wait in the handler lane."""
+        return self._watch_pending > 0
 
     def _on_dimse(self, sent: bool, context_id: int, command: Command, dataset: Any) -> Any:
         event_type = EVT_DIMSE_SENT if sent else EVT_DIMSE_RECV
@@ -378,8 +405,7 @@ class AsyncAssociation:
             return None
         message = DimseMessage(context_id, command, dataset)
         lane = self._lane
-        notify(self._handlers, Event(self, event_type, {"message": message}), lane,
-               self.sync_facade if lane else None)
+        self._watch_notify(Event(self, event_type, {"message": message}))
         if sent or lane is None:
             return None
         # A received message is acted on once its handlers in the lane ran.
@@ -582,8 +608,28 @@ class AsyncAssociation:
         self._n_service("send_n_set")
 
     async def release(self) -> None:
-        """A-RELEASE; returns once released (or aborted after the ACSE timeout)."""
+        """A-RELEASE; returns once released (or aborted after the ACSE timeout),
+        and the wire/DIMSE notifications of the release ran (their handlers
+        saw the A-RELEASE PDUs, as pynetdicom's have by then)."""
         await self._ul.release()
+        if self._watch_pending:
+            await self._watch_idle()
+
+    async def _watch_idle(self, limit: float = 5.0) -> None:
+        settled = asyncio.get_running_loop().create_future()
+        earlier = self.on_watch_idle
+
+        def idle() -> None:
+            if earlier is not None:
+                earlier()
+            if not settled.done():
+                settled.set_result(None)
+
+        self.on_watch_idle = idle
+        try:
+            await asyncio.wait_for(settled, limit)
+        except asyncio.TimeoutError:
+            LOGGER.warning("wire event handlers still running %s s after the release", limit)
 
     def abort(self) -> None:
         """A-ABORT (service user); the connection closes."""

@@ -155,7 +155,7 @@ class AsyncServer:
 
     @property
     def active_associations(self) -> list[AsyncAssociation]:
-        return [a for a in self.associations if a.is_established]
+        return [a for a in list(self.associations) if a.is_established or a.watch_busy]
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -258,7 +258,7 @@ class AsyncServer:
         )
         assoc = AsyncAssociation(ae, ul, self._handlers, spool_directory=ae.store_spool_directory)
         self.associations.add(assoc)
-        ul.ended.add_done_callback(lambda _f, a=assoc: self.associations.discard(a))
+        ul.ended.add_done_callback(lambda _f, a=assoc: self._forget(a))
         counter = ae.association_counter
         established_hook = getattr(self.observer, "association_established", None)
         if counter is not None or established_hook is not None:
@@ -268,6 +268,14 @@ class AsyncServer:
         assoc.notify(EVT_CONN_OPEN)
         ul.on_requested = lambda _ul, a=assoc: a.notify(EVT_REQUESTED)
         return ul.connection
+
+    def _forget(self, assoc: AsyncAssociation) -> None:
+        """An association ended: drop it, once its wire/DIMSE notifications
+        (if any wait in its handler lane) ran."""
+        if assoc.watch_busy:
+            assoc.on_watch_idle = lambda: self.associations.discard(assoc)
+        else:
+            self.associations.discard(assoc)
 
     @staticmethod
     def _on_established(

@@ -1520,3 +1520,17 @@ def test_ae_str(lib: SimpleNamespace) -> None:
     text = str(ae)
     for part in ("SUMMARY", "Verification", "Explicit VR", "0/10", "SOMEONE", "Require called AE title: True"):
         assert part in text
+
+
+def test_ae_str_lists_peers(lib: SimpleNamespace, servers: list[Any]) -> None:
+    """``str(ae)`` with an association open names its peer."""
+    scp = make_ae(lib, "ECHOSCP")
+    scp.add_supported_context(lib.sop_class.Verification)
+    _server, port = serve(lib, servers, scp, [])
+    scu = make_ae(lib, "ECHOSCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+    assoc = scu.associate("127.0.0.1", port, ae_title="ECHOSCP")
+    assert assoc.is_established
+    text = str(scu)
+    assoc.release()
+    assert "Peer" in text and "ECHOSCP" in text
