@@ -99,7 +99,6 @@ NOT_IMPLEMENTED_EVENTS = frozenset(
         EVT_PDU_RECV,
         EVT_PDU_SENT,
         EVT_ASYNC_OPS,
-        EVT_SOP_COMMON,
         EVT_N_ACTION,
         EVT_N_CREATE,
         EVT_N_DELETE,

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 from chromanet import _pdu, uids
 from chromanet.association import AsyncAssociation, Handlers
 from chromanet.logutil import peer_log
-from chromanet.evt import EVT_CONN_OPEN, EVT_REQUESTED, EVT_SOP_EXTENDED, EVT_USER_ID, Event, EventType
+from chromanet.evt import EVT_CONN_OPEN, EVT_REQUESTED, EVT_SOP_COMMON, EVT_SOP_EXTENDED, EVT_USER_ID, Event, EventType
 from chromanet.presentation import PresentationContext
 from chromanet.services.observe import OperationObserver
 from chromanet.ul.acse import AcceptorPolicy, AssociationControl
@@ -266,8 +266,25 @@ class AsyncServer:
         if self.observer is not None:
             self._observe(assoc, ul.ended, self.observer)
         assoc.notify(EVT_CONN_OPEN)
-        ul.on_requested = lambda _ul, a=assoc: a.notify(EVT_REQUESTED)
+        ul.on_requested = lambda _ul, a=assoc: self._on_requested(a, _ul)
         return ul.connection
+
+    def _on_requested(self, assoc: AsyncAssociation, ul: AssociationControl) -> None:
+        assoc.notify(EVT_REQUESTED)
+        bound = self._handlers.get(EVT_SOP_COMMON)
+        rq = ul.request
+        if not bound or rq is None:
+            return
+        items = {item.sop_class_uid: item for item in rq.user_information.sop_class_common_extended}
+        if not items:
+            return
+        # PS3.7 D.3.3.6: the acceptor sends no reply item; the handler
+        # learns what the requestor proposed (its answer has no wire effect).
+        handler, args = bound[0]
+        try:
+            handler(Event(assoc, EVT_SOP_COMMON, items=items), *args)
+        except Exception:
+            LOGGER.exception("the EVT_SOP_COMMON handler raised")
 
     def _forget(self, assoc: AsyncAssociation) -> None:
         """An association ended: drop it, once its wire/DIMSE notifications

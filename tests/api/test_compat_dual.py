@@ -1534,3 +1534,28 @@ def test_ae_str_lists_peers(lib: SimpleNamespace, servers: list[Any]) -> None:
     text = str(scu)
     assoc.release()
     assert "Peer" in text and "ECHOSCP" in text
+
+
+def test_sop_common_handler_sees_the_proposed_items(lib: SimpleNamespace, servers: list[Any]) -> None:
+    """EVT_SOP_COMMON: the acceptor's handler gets ``event.items``, the
+    requestor's SOP Class Common Extended Negotiation items by SOP class."""
+    seen: dict[str, Any] = {}
+
+    def on_common(event: Any) -> Any:
+        seen.update(event.items)
+        return event.items
+
+    scp = make_ae(lib, "ECHOSCP")
+    scp.add_supported_context(lib.sop_class.Verification)
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_SOP_COMMON, on_common)])
+    scu = make_ae(lib, "ECHOSCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+    item = lib.pdu_primitives.SOPClassCommonExtendedNegotiation()
+    item.sop_class_uid = "1.2.3"
+    item.service_class_uid = "1.2.840.10008.4.2"
+    item.related_general_sop_class_identification = ["1.1.1"]
+    assoc = scu.associate("127.0.0.1", port, ae_title="ECHOSCP", ext_neg=[item])
+    assert assoc.is_established
+    assoc.release()
+    assert list(seen) == ["1.2.3"]
+    assert seen["1.2.3"].service_class_uid == "1.2.840.10008.4.2"
