@@ -16,6 +16,8 @@ import ssl
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from pydicom.uid import UID
+
 from chromanet import _pdu, loopthread, uids
 from chromanet.association import AsyncAssociation
 from chromanet.blocking import Association, ThreadedServer
@@ -274,6 +276,7 @@ class AE:
         ext_neg: list[Any] | None = None,
         evt_handlers: list[HandlerSpec] | None = None,
         tls_args: tuple[ssl.SSLContext, str | None] | None = None,
+        bind_address: tuple[Any, ...] = ("", 0),
     ) -> _AssociateCall:
         """Open an association. Await it for an AsyncAssociation (check
         ``is_established``), or ``async with`` it to release on exit.
@@ -281,9 +284,11 @@ class AE:
         ``tls_args`` is pynetdicom's ``(ssl_context, server_hostname)``: the
         association runs over TLS (PS3.15 B.1), the handshake within
         ``connection_timeout``; ``server_hostname`` None checks the
-        certificate against ``addr``."""
+        certificate against ``addr``. ``bind_address``: the local (host,
+        port) to connect from."""
+        _local_address(bind_address)
         return _AssociateCall(
-            self._associate(addr, port, contexts, ae_title, max_pdu, ext_neg, evt_handlers, tls_args)
+            self._associate(addr, port, contexts, ae_title, max_pdu, ext_neg, evt_handlers, tls_args, bind_address)
         )
 
     async def _associate(
@@ -296,6 +301,7 @@ class AE:
         ext_neg: list[Any] | None,
         evt_handlers: list[HandlerSpec] | None,
         tls_args: tuple[ssl.SSLContext, str | None] | None = None,
+        bind_address: tuple[Any, ...] = ("", 0),
     ) -> AsyncAssociation:
         # A non-str address or non-int port is a TypeError, as in pynetdicom.
         if not isinstance(addr, str):
@@ -324,7 +330,7 @@ class AE:
         self._requested_associations.add(assoc)
         ul.ended.add_done_callback(lambda _f: self._requested_associations.discard(assoc))
         try:
-            await ul.open(addr, port, rq, **tls)
+            await ul.open(addr, port, rq, local_addr=_local_address(bind_address), **tls)
         except AssociationRejected as exc:
             LOGGER.info("association rejected: result %d source %d reason %d", exc.result, exc.source, exc.reason)
         except ssl.SSLError as exc:
@@ -358,9 +364,8 @@ class AE:
     ) -> Association:
         """Blocking ``associate`` (pynetdicom's): returns an Association.
         ``tls_args``: ``(ssl_context, server_hostname)`` for TLS."""
-        if bind_address != ("", 0):
-            raise NotImplementedError("chromanet does not implement bind_address yet")
-        coro = self._associate(addr, port, contexts, ae_title, max_pdu, ext_neg, evt_handlers, tls_args)
+        _local_address(bind_address)  # a bad one is a TypeError before anything starts
+        coro = self._associate(addr, port, contexts, ae_title, max_pdu, ext_neg, evt_handlers, tls_args, bind_address)
         # The object its sync handlers get as event.assoc, as in pynetdicom.
         return loopthread.run(coro).sync_facade
 
@@ -461,8 +466,48 @@ class AE:
 
     @connection_timeout.setter
     def connection_timeout(self, value: float | None) -> None:
-        # Only a connection being made waits on it; nothing to update.
+        # Only a connection being made waits on it; the open associations
+        # show the new value (as in pynetdicom).
         self._connection_timeout = None if value == 0 else _timeout_value(value, None, "connection_timeout")
+        for assoc in self._established():
+            assoc.connection_timeout = self._connection_timeout
+
+    def __str__(self) -> str:
+        """A readable summary of the AE's configuration and state."""
+
+        def name(uid: str) -> str:
+            return UID(uid).name if uid else ""
+
+        def contexts(title: str, items: list[PresentationContext]) -> list[str]:
+            out = [f"  {title}:"]
+            if not items:
+                out.append("    None")
+            for ctx in items:
+                out.append(f"    {name(ctx.abstract_syntax)}")
+                out.extend(f"      {name(syntax)}" for syntax in ctx.transfer_syntax)
+            return out
+
+        def timeout(value: float | None) -> str:
+            return "None" if value is None else f"{value:g} s"
+
+        calling = ", ".join(self.require_calling_aet) if self.require_calling_aet else "None"
+        lines = [
+            f"Application Entity '{self.ae_title}'",
+            f"  Implementation class UID: {self.implementation_class_uid}",
+            f"  Implementation version name: {self.implementation_version_name}",
+            f"  Maximum PDU size: {self.maximum_pdu_size}",
+            f"  Timeouts: ACSE {timeout(self.acse_timeout)}, DIMSE {timeout(self.dimse_timeout)}, "
+            f"network {timeout(self.network_timeout)}, connection {timeout(self.connection_timeout)}",
+            f"  Require called AE title: {self.require_called_aet}",
+            f"  Require calling AE title: {calling}",
+            *contexts("Requested presentation contexts", self.requested_contexts),
+            *contexts("Supported presentation contexts", self.supported_contexts),
+            f"  Associations (active/maximum): {len(self._established())}/{self.maximum_associations}",
+        ]
+        for assoc in self._established():
+            peer = assoc.acceptor if assoc.is_requestor else assoc.requestor
+            lines.append(f"    Peer {peer.ae_title!r} at {peer.address}:{peer.port} (we are the {assoc.mode})")
+        return "\n".join(lines)
 
     def make_server(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError("chromanet does not implement AE.make_server: use start_server(..., block=False)")
@@ -475,6 +520,22 @@ class AE:
             else:
                 loopthread.run(server.close())
         self._servers.clear()
+
+
+def _local_address(bind_address: Any) -> tuple[Any, ...] | None:
+    """``bind_address`` -> ``local_addr`` of the connection: None for
+    ("", 0), the default (any interface, any port)."""
+    ok = (
+        isinstance(bind_address, tuple)
+        and len(bind_address) in (2, 4)
+        and isinstance(bind_address[0], str)
+        and all(isinstance(part, int) and not isinstance(part, bool) for part in bind_address[1:])
+    )
+    if not ok:
+        raise TypeError(f"bind_address is a (host: str, port: int) tuple, not {bind_address!r}")
+    if bind_address[0] == "" and bind_address[1] == 0 and len(bind_address) == 2:
+        return None
+    return bind_address
 
 
 class _AssociateCall:

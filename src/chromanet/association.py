@@ -21,6 +21,13 @@ from chromanet import _dimse, uids
 from chromanet._dimse import Command
 from chromanet.dimse_channel import DatasetRefused, DimseChannel, DiscardSink
 from chromanet.evt import (
+    DIMSE_EVENTS,
+    EVT_DATA_RECV,
+    EVT_DATA_SENT,
+    EVT_DIMSE_RECV,
+    EVT_DIMSE_SENT,
+    WIRE_EVENTS,
+    DimseMessage,
     EVT_ABORTED,
     EVT_ACCEPTED,
     EVT_CONN_CLOSE,
@@ -42,6 +49,7 @@ from chromanet.services.handler_threads import HandlerLane
 from chromanet.services.observe import AuditContext, OperationObserver
 from chromanet.services.spool import FileSink
 from chromanet.ul.acse import Admission, AssociationControl
+from chromanet.ul.connection import WireHook
 from chromanet.ul.tls import TlsInfo
 
 if TYPE_CHECKING:
@@ -116,11 +124,66 @@ class ServiceUser:
         return self._user_info("implementation_version_name")
 
     @property
+    def requested_contexts(self) -> list[PresentationContext]:
+        """The requestor's presentation contexts as proposed in the
+        A-ASSOCIATE-RQ (ValueError for the acceptor, as in pynetdicom)."""
+        if not self.is_requestor:
+            raise ValueError("only the requestor has requested_contexts")
+        rq = self._assoc._ul.request
+        if rq is None:
+            return []
+        return [
+            PresentationContext(abstract_syntax=item.abstract_syntax, transfer_syntax=list(item.transfer_syntaxes),
+                                context_id=item.context_id)
+            for item in rq.presentation_contexts
+        ]
+
+    @property
+    def sop_class_extended(self) -> dict[str, bytes]:
+        """SOP Class Extended Negotiation items of this side's PDU:
+        {SOP Class UID: service class application information}."""
+        items = self._user_info("sop_class_extended") or []
+        return {item.sop_class_uid: bytes(item.application_information) for item in items}
+
+    @property
+    def sop_class_common_extended(self) -> dict[str, Any]:
+        """SOP Class Common Extended Negotiation items (the requestor's):
+        {SOP Class UID: item}."""
+        if not self.is_requestor:
+            raise ValueError("only the requestor sends SOP Class Common Extended Negotiation")
+        items = self._user_info("sop_class_common_extended") or []
+        return {item.sop_class_uid: item for item in items}
+
+    @property
+    def role_selection(self) -> dict[str, Any]:
+        """SCP/SCU Role Selection items of this side's PDU: {SOP Class UID: item}."""
+        items = self._user_info("role_selections") or []
+        return {item.sop_class_uid: item for item in items}
+
+    @property
+    def asynchronous_operations(self) -> tuple[int, int]:
+        """(maximum invoked, maximum performed) of this side's PDU;
+        (1, 1), the default, when it has no such item."""
+        window = self._user_info("async_ops_window")
+        if window is None:
+            return (1, 1)
+        return (window.max_operations_invoked, window.max_operations_performed)
+
+    @property
+    def user_identity(self) -> Any:
+        """The User Identity item of this side's PDU, or None."""
+        return self._user_info("user_identity_rq" if self.is_requestor else "user_identity_ac")
+
+    @property
     def info(self) -> dict[str, Any]:
         return {"ae_title": self.ae_title, "address": self.address, "port": self.port, "mode": self.mode}
 
     def __repr__(self) -> str:
         return f"<ServiceUser {self.mode} {self.ae_title!r} {self.address}:{self.port}>"
+
+
+def _nothing() -> None:
+    return None
 
 
 class AsyncAssociation:
@@ -166,6 +229,12 @@ class AsyncAssociation:
         ul.ended.add_done_callback(self._on_ended)
         if ul.is_requestor:
             ul.on_requested = self._on_request_sent
+        # Wire/DIMSE notifications still waiting in the lane; an acceptor
+        # stays in its server's active_associations until they ran (as a
+        # pynetdicom association thread lives until its handlers returned).
+        self._watch_pending = 0
+        self.on_watch_idle: Any = None
+        self.refresh_watchers()
 
     # --------------------------------------------------------------- state
     @property
@@ -275,6 +344,73 @@ class AsyncAssociation:
             self._sync_facade = make(self, self._home_loop) if make is not None else self
         return self._sync_facade
 
+    # ------------------------------------------------------ wire watching
+    def refresh_watchers(self) -> None:
+        """Hook the connection and the DIMSE channel while EVT_DATA_* /
+        EVT_DIMSE_* handlers are bound, unhook them when none is (unhooked,
+        they cost one attribute check per receive / message). Call after
+        the handlers changed; from another thread it runs on the loop."""
+        loop = self._home_loop
+        if loop is not None and not loop.is_closed():
+            try:
+                here = asyncio.get_running_loop() is loop
+            except RuntimeError:
+                here = False
+            if not here:
+                loop.call_soon_threadsafe(self.refresh_watchers)
+                return
+        bound = self._handlers
+        connection = getattr(self._ul, "connection", None)
+        if connection is not None:
+            watched = any(event in bound for event in WIRE_EVENTS)
+            if not watched:
+                connection.set_wire_hook(None)
+            elif connection.wire_hook is None:
+                connection.set_wire_hook(WireHook(self._on_wire))
+        channel = self._session.channel if self._session is not None else None
+        if channel is not None:
+            channel.dimse_hook = self._on_dimse if any(event in bound for event in DIMSE_EVENTS) else None
+
+    def _on_wire(self, sent: bool, pdu: bytes) -> None:
+        event_type = EVT_DATA_SENT if sent else EVT_DATA_RECV
+        if event_type in self._handlers:
+            self._watch_notify(Event(self, event_type, data=pdu))
+
+    def _watch_notify(self, event: Event) -> None:
+        lane = self._lane
+        notify(self._handlers, event, lane, self.sync_facade if lane else None)
+        if lane is not None:
+            self._watch_pending += 1
+            lane.post(self._watch_ran)
+
+    def _watch_ran(self) -> None:  # in the lane, after the handlers
+        loop = self._home_loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._watch_settled)
+
+    def _watch_settled(self) -> None:
+        self._watch_pending -= 1
+        if self._watch_pending == 0 and self.on_watch_idle is not None:
+            idle, self.on_watch_idle = self.on_watch_idle, None
+            idle()
+
+    @property
+    def watch_busy(self) -> bool:
+        """True while wire/DIMSE notifications wait in the handler lane."""
+        return self._watch_pending > 0
+
+    def _on_dimse(self, sent: bool, context_id: int, command: Command, dataset: Any) -> Any:
+        event_type = EVT_DIMSE_SENT if sent else EVT_DIMSE_RECV
+        if event_type not in self._handlers:
+            return None
+        message = DimseMessage(context_id, command, dataset)
+        lane = self._lane
+        self._watch_notify(Event(self, event_type, {"message": message}))
+        if sent or lane is None:
+            return None
+        # A received message is acted on once its handlers in the lane ran.
+        return lane.call(_nothing)
+
     def notify(self, event_type: EventType) -> None:
         """Run the handlers of a notification event, in turn with this
         association's other handlers."""
@@ -317,6 +453,7 @@ class AsyncAssociation:
         )
         self._session.observer = self._operation_observer
         channel.request_handler = ServiceDispatcher(self._session)
+        self.refresh_watchers()
         self.notify(EVT_ACCEPTED)
         self.notify(EVT_ESTABLISHED)
 
@@ -362,6 +499,7 @@ class AsyncAssociation:
             handlers[event] = [entry]
         elif all(bound is not handler for bound, _ in handlers.get(event, [])):
             handlers.setdefault(event, []).append(entry)
+        self.refresh_watchers()
 
     def unbind(self, event: EventType, handler: Any) -> None:
         """Unbind ``handler`` from ``event`` on this association."""
@@ -371,6 +509,7 @@ class AsyncAssociation:
             handlers[event] = kept
         else:
             handlers.pop(event, None)
+        self.refresh_watchers()
 
     def get_events(self) -> list[EventType]:
         """The events that have a handler bound, by name."""
@@ -418,6 +557,14 @@ class AsyncAssociation:
             self._session.channel.dimse_timeout = value
 
     @property
+    def connection_timeout(self) -> float | None:
+        return self._ul.timeouts.connection
+
+    @connection_timeout.setter
+    def connection_timeout(self, value: float | None) -> None:
+        self._ul.timeouts.connection = value
+
+    @property
     def network_timeout(self) -> float | None:
         return self._ul.timeouts.network
 
@@ -461,8 +608,28 @@ class AsyncAssociation:
         self._n_service("send_n_set")
 
     async def release(self) -> None:
-        """A-RELEASE; returns once released (or aborted after the ACSE timeout)."""
+        """A-RELEASE; returns once released (or aborted after the ACSE timeout),
+        and the wire/DIMSE notifications of the release ran (their handlers
+        saw the A-RELEASE PDUs, as pynetdicom's have by then)."""
         await self._ul.release()
+        if self._watch_pending:
+            await self._watch_idle()
+
+    async def _watch_idle(self, limit: float = 5.0) -> None:
+        settled = asyncio.get_running_loop().create_future()
+        earlier = self.on_watch_idle
+
+        def idle() -> None:
+            if earlier is not None:
+                earlier()
+            if not settled.done():
+                settled.set_result(None)
+
+        self.on_watch_idle = idle
+        try:
+            await asyncio.wait_for(settled, limit)
+        except asyncio.TimeoutError:
+            LOGGER.warning("wire event handlers still running %s s after the release", limit)
 
     def abort(self) -> None:
         """A-ABORT (service user); the connection closes."""

@@ -71,6 +71,7 @@ class ThreadedServer:
             handlers[event] = [entry]
         elif all(bound is not handler for bound, _ in handlers.get(event, [])):
             handlers.setdefault(event, []).append(entry)
+        self._refresh_watchers()
 
     def unbind(self, event: Any, handler: Any) -> None:
         handlers = self._server.handlers
@@ -79,6 +80,13 @@ class ThreadedServer:
             handlers[event] = kept
         else:
             handlers.pop(event, None)
+        self._refresh_watchers()
+
+    def _refresh_watchers(self) -> None:
+        # Open associations that share the server's handlers start or stop
+        # watching the wire (EVT_DATA_* / EVT_DIMSE_*) as these changed.
+        for assoc in self._server.active_associations:
+            assoc.refresh_watchers()
 
     def get_events(self) -> list[Any]:
         return sorted(self._server.handlers, key=lambda event: event.name)

@@ -294,6 +294,9 @@ class DimseChannel:
         self.max_operations_performed = max_operations_performed or 1 << 30
         self.dataset_sink_factory = dataset_sink_factory
         self.max_identifier_size = max_identifier_size
+        #: ``hook(sent, context_id, command, dataset)`` while EVT_DIMSE_SENT /
+        #: EVT_DIMSE_RECV is bound (the association sets it), else None.
+        self.dimse_hook: Callable[[bool, int, Command, Any], Any] | None = None
         if dataset_sink_factory is not None:
             ul.stream_datasets()
         if max_identifier_size:
@@ -329,6 +332,8 @@ class DimseChannel:
         if self.end_error is not None:
             raise _fresh(self.end_error)
         self.ul.send_message(context_id, command, dataset, hold=hold)
+        if self.dimse_hook is not None:  # EVT_DIMSE_SENT bound
+            self.dimse_hook(True, context_id, command, dataset)
 
     async def send_and_drain(self, context_id: int, command: Command, dataset: Any = None) -> None:
         """Send, then wait while the transport's buffer is full, so a
@@ -408,6 +413,8 @@ class DimseChannel:
                 if self.end_error is not None:
                     raise _fresh(self.end_error)
                 await self.ul.send_message_paced(context_id, command, dataset)
+                if self.dimse_hook is not None:  # EVT_DIMSE_SENT bound
+                    self.dimse_hook(True, context_id, command, dataset)
                 await self.ul.drain()
                 return await stream.next()
             finally:
@@ -436,6 +443,17 @@ class DimseChannel:
             self._dispatch(IncomingMessage(context_id, command, sink.finish()))
 
     def _dispatch(self, message: IncomingMessage) -> None:
+        if self.dimse_hook is not None:  # EVT_DIMSE_RECV bound
+            # Its handlers see the message before anything acts on it (as
+            # in pynetdicom); the hook returns a future when they run in
+            # the association's handler lane, and routing waits for it.
+            after = self.dimse_hook(False, message.context_id, message.command, message.dataset)
+            if after is not None:
+                after.add_done_callback(lambda _done: self._route(message))
+                return
+        self._route(message)
+
+    def _route(self, message: IncomingMessage) -> None:
         command = message.command
         field = command.command_field
         if field & 0x8000:

@@ -65,15 +65,20 @@ EVT_C_GET = InterventionEvent("EVT_C_GET", "C-GET request received")
 EVT_C_MOVE = InterventionEvent("EVT_C_MOVE", "C-MOVE request received")
 EVT_C_STORE = InterventionEvent("EVT_C_STORE", "C-STORE request received")
 
+# The wire events: off unless a handler is bound (then the connection and
+# the DIMSE channel of the association call back; see AsyncAssociation).
+EVT_DATA_RECV = NotificationEvent("EVT_DATA_RECV", "Data received from the peer")
+EVT_DATA_SENT = NotificationEvent("EVT_DATA_SENT", "Data sent to the peer")
+EVT_DIMSE_RECV = NotificationEvent("EVT_DIMSE_RECV", "Complete DIMSE message received and decoded")
+EVT_DIMSE_SENT = NotificationEvent("EVT_DIMSE_SENT", "DIMSE message encoded and sent")
+WIRE_EVENTS = frozenset({EVT_DATA_RECV, EVT_DATA_SENT})
+DIMSE_EVENTS = frozenset({EVT_DIMSE_RECV, EVT_DIMSE_SENT})
+
 # pynetdicom events chromanet never triggers. The names exist so that code
 # naming them imports; binding a handler to one raises NotImplementedError
 # (a handler that would silently never run is worse than an error).
 EVT_ACSE_RECV = NotificationEvent("EVT_ACSE_RECV", "ACSE primitive received from the DUL")
 EVT_ACSE_SENT = NotificationEvent("EVT_ACSE_SENT", "ACSE primitive sent to the DUL")
-EVT_DATA_RECV = NotificationEvent("EVT_DATA_RECV", "Data received from the peer")
-EVT_DATA_SENT = NotificationEvent("EVT_DATA_SENT", "Data sent to the peer")
-EVT_DIMSE_RECV = NotificationEvent("EVT_DIMSE_RECV", "Complete DIMSE message received and decoded")
-EVT_DIMSE_SENT = NotificationEvent("EVT_DIMSE_SENT", "DIMSE message encoded and sent")
 EVT_FSM_TRANSITION = NotificationEvent("EVT_FSM_TRANSITION", "State machine about to transition")
 EVT_PDU_RECV = NotificationEvent("EVT_PDU_RECV", "PDU received and decoded")
 EVT_PDU_SENT = NotificationEvent("EVT_PDU_SENT", "PDU encoded and sent")
@@ -90,15 +95,10 @@ NOT_IMPLEMENTED_EVENTS = frozenset(
     {
         EVT_ACSE_RECV,
         EVT_ACSE_SENT,
-        EVT_DATA_RECV,
-        EVT_DATA_SENT,
-        EVT_DIMSE_RECV,
-        EVT_DIMSE_SENT,
         EVT_FSM_TRANSITION,
         EVT_PDU_RECV,
         EVT_PDU_SENT,
         EVT_ASYNC_OPS,
-        EVT_SOP_COMMON,
         EVT_N_ACTION,
         EVT_N_CREATE,
         EVT_N_DELETE,
@@ -166,6 +166,45 @@ class Request:
     def Identifier(self) -> BytesIO | None:  # noqa: N802 (pynetdicom's name)
         """The C-FIND/C-GET/C-MOVE identifier as received, in a new BytesIO."""
         return self._encoded()
+
+
+class DimseMessage:
+    """``event.message`` of EVT_DIMSE_SENT / EVT_DIMSE_RECV: one DIMSE
+    message. ``command`` is chromanet's Command; ``command_set`` the same
+    as a pydicom Dataset and ``data_set`` the data set as encoded (bytes,
+    or None), as pynetdicom's message classes name them; both are built
+    on first access."""
+
+    def __init__(self, context_id: int, command: Any, dataset: Any) -> None:
+        self.context_id = context_id
+        self.command = command
+        self._dataset = dataset
+        self._command_set: Dataset | None = None
+
+    @property
+    def command_set(self) -> Dataset:
+        if self._command_set is None:
+            from chromanet import _dimse
+
+            self._command_set = dsutil.decode_dataset(
+                _dimse.encode_command(self.command), dsutil.uids.ImplicitVRLittleEndian
+            )
+        return self._command_set
+
+    @property
+    def data_set(self) -> Any:
+        data = self._dataset
+        if data is None or isinstance(data, (bytes, Dataset)):
+            return data
+        if isinstance(data, dsutil.Part10File):
+            return bytes(data.dataset_bytes())
+        try:
+            return bytes(data)
+        except TypeError:
+            return data
+
+    def __repr__(self) -> str:
+        return f"<DimseMessage 0x{self.command.command_field:04X} context {self.context_id}>"
 
 
 class Event:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 from chromanet import _pdu, uids
 from chromanet.association import AsyncAssociation, Handlers
 from chromanet.logutil import peer_log
-from chromanet.evt import EVT_CONN_OPEN, EVT_REQUESTED, EVT_SOP_EXTENDED, EVT_USER_ID, Event, EventType
+from chromanet.evt import EVT_CONN_OPEN, EVT_REQUESTED, EVT_SOP_COMMON, EVT_SOP_EXTENDED, EVT_USER_ID, Event, EventType
 from chromanet.presentation import PresentationContext
 from chromanet.services.observe import OperationObserver
 from chromanet.ul.acse import AcceptorPolicy, AssociationControl
@@ -155,7 +155,7 @@ class AsyncServer:
 
     @property
     def active_associations(self) -> list[AsyncAssociation]:
-        return [a for a in self.associations if a.is_established]
+        return [a for a in list(self.associations) if a.is_established or a.watch_busy]
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -258,7 +258,7 @@ class AsyncServer:
         )
         assoc = AsyncAssociation(ae, ul, self._handlers, spool_directory=ae.store_spool_directory)
         self.associations.add(assoc)
-        ul.ended.add_done_callback(lambda _f, a=assoc: self.associations.discard(a))
+        ul.ended.add_done_callback(lambda _f, a=assoc: self._forget(a))
         counter = ae.association_counter
         established_hook = getattr(self.observer, "association_established", None)
         if counter is not None or established_hook is not None:
@@ -266,8 +266,33 @@ class AsyncServer:
         if self.observer is not None:
             self._observe(assoc, ul.ended, self.observer)
         assoc.notify(EVT_CONN_OPEN)
-        ul.on_requested = lambda _ul, a=assoc: a.notify(EVT_REQUESTED)
+        ul.on_requested = lambda _ul, a=assoc: self._on_requested(a, _ul)
         return ul.connection
+
+    def _on_requested(self, assoc: AsyncAssociation, ul: AssociationControl) -> None:
+        assoc.notify(EVT_REQUESTED)
+        bound = self._handlers.get(EVT_SOP_COMMON)
+        rq = ul.request
+        if not bound or rq is None:
+            return
+        items = {item.sop_class_uid: item for item in rq.user_information.sop_class_common_extended}
+        if not items:
+            return
+        # PS3.7 D.3.3.6: the acceptor sends no reply item; the handler
+        # learns what the requestor proposed (its answer has no wire effect).
+        handler, args = bound[0]
+        try:
+            handler(Event(assoc, EVT_SOP_COMMON, items=items), *args)
+        except Exception:
+            LOGGER.exception("the EVT_SOP_COMMON handler raised")
+
+    def _forget(self, assoc: AsyncAssociation) -> None:
+        """An association ended: drop it, once its wire/DIMSE notifications
+        (if any wait in its handler lane) ran."""
+        if assoc.watch_busy:
+            assoc.on_watch_idle = lambda: self.associations.discard(assoc)
+        else:
+            self.associations.discard(assoc)
 
     @staticmethod
     def _on_established(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from typing import Any
 
 import pytest
 from pydicom import Dataset
@@ -119,15 +120,10 @@ EVENTS = [
 NOT_TRIGGERED_EVENTS = [
     "EVT_ACSE_RECV",
     "EVT_ACSE_SENT",
-    "EVT_DATA_RECV",
-    "EVT_DATA_SENT",
-    "EVT_DIMSE_RECV",
-    "EVT_DIMSE_SENT",
     "EVT_FSM_TRANSITION",
     "EVT_PDU_RECV",
     "EVT_PDU_SENT",
     "EVT_ASYNC_OPS",
-    "EVT_SOP_COMMON",
     "EVT_N_ACTION",
     "EVT_N_CREATE",
     "EVT_N_DELETE",
@@ -373,8 +369,6 @@ def test_tls_arguments_must_be_ssl_contexts() -> None:
 def test_not_implemented_features_raise() -> None:
     ae = AE()
     ae.add_requested_context(sop_class.Verification)
-    with pytest.raises(NotImplementedError, match="bind_address"):
-        ae.associate("127.0.0.1", 11112, bind_address=("127.0.0.1", 0))
     with pytest.raises(NotImplementedError, match="make_server"):
         ae.make_server(("127.0.0.1", 0))
     for method in ("send_n_action", "send_n_create", "send_n_delete", "send_n_event_report", "send_n_get", "send_n_set"):
@@ -429,3 +423,50 @@ def test_pdu_primitives_incomplete_item_refused_at_associate() -> None:
     ae.add_requested_context("1.2.840.10008.1.1")
     with pytest.raises(ValueError):
         ae.associate("127.0.0.1", 9, ext_neg=[extended])
+
+
+# ------------------------------------------------- bind_address is checked
+@pytest.mark.parametrize("bad", [12, (12,), (12, 13), ("127.0.0.1",), ("127.0.0.1", "104"), ("a", 1, 2)])
+def test_bind_address_must_be_host_and_port(bad: Any) -> None:
+    ae = AE()
+    ae.add_requested_context(sop_class.Verification)
+    with pytest.raises(TypeError, match="bind_address"):
+        ae.associate("127.0.0.1", 11112, bind_address=bad)
+
+
+# ------------------------------------------------- wire hooks cost nothing unbound
+def test_wire_hooks_only_while_bound() -> None:
+    """Nothing bound: the connection and the DIMSE channel carry no hook
+    (the hot path pays one attribute check); binding and unbinding
+    EVT_DATA_* / EVT_DIMSE_* puts them on and takes them off."""
+    from chromanet import evt
+    from chromanet.ul.connection import _WatchedTransport
+
+    ae = AE()
+    ae.add_supported_context(sop_class.Verification)
+    ae.add_requested_context(sop_class.Verification)
+    server = ae.start_server(("127.0.0.1", 0), block=False)
+    try:
+        assoc = ae.associate("127.0.0.1", server.server_address[1])
+        inner = assoc._inner if hasattr(assoc, "_inner") else assoc
+        connection = inner._ul.connection
+        channel = inner.service_session.channel
+        assert connection.wire_hook is None and channel.dimse_hook is None
+        assert not isinstance(connection.transport, _WatchedTransport)
+
+        def handler(event: Any) -> None:
+            pass
+
+        assoc.bind(evt.EVT_DATA_SENT, handler)
+        assoc.bind(evt.EVT_DIMSE_RECV, handler)
+        assert assoc.send_c_echo().Status == 0
+        assert connection.wire_hook is not None and channel.dimse_hook is not None
+        assert isinstance(connection.transport, _WatchedTransport)
+        assoc.unbind(evt.EVT_DATA_SENT, handler)
+        assoc.unbind(evt.EVT_DIMSE_RECV, handler)
+        assert assoc.send_c_echo().Status == 0
+        assert connection.wire_hook is None and channel.dimse_hook is None
+        assert not isinstance(connection.transport, _WatchedTransport)
+        assoc.release()
+    finally:
+        server.shutdown()

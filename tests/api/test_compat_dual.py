@@ -1445,3 +1445,168 @@ def test_ae_shutdown_stops_servers(lib: SimpleNamespace) -> None:
     scp.shutdown()
     assoc = scu.associate("127.0.0.1", port)
     assert not assoc.is_established
+
+
+# ------------------------------------------------------------ wire events
+def test_wire_events_on_the_requestor(lib: SimpleNamespace, servers: list[Any]) -> None:
+    """EVT_DATA_SENT / EVT_DATA_RECV carry the raw PDUs (the first one sent
+    is the A-ASSOCIATE-RQ, type 0x01; the first received the -AC, 0x02);
+    EVT_DIMSE_SENT / EVT_DIMSE_RECV the C-ECHO request and its response."""
+    seen: list[tuple[str, Any]] = []
+
+    def on_data(event: Any) -> None:
+        assert isinstance(event.data, bytes)
+        seen.append((event.event.name, event.data[:1]))
+
+    def on_dimse(event: Any) -> None:
+        seen.append((event.event.name, int(event.message.command_set.CommandField)))
+
+    scp = make_ae(lib, "ECHOSCP")
+    scp.add_supported_context(lib.sop_class.Verification)
+    _server, port = serve(lib, servers, scp, [])
+    scu = make_ae(lib, "ECHOSCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+    handlers = [
+        (lib.evt.EVT_DATA_SENT, on_data),
+        (lib.evt.EVT_DATA_RECV, on_data),
+        (lib.evt.EVT_DIMSE_SENT, on_dimse),
+        (lib.evt.EVT_DIMSE_RECV, on_dimse),
+    ]
+    assoc = scu.associate("127.0.0.1", port, ae_title="ECHOSCP", evt_handlers=handlers)
+    assert assoc.is_established
+    assert assoc.get_handlers(lib.evt.EVT_DATA_SENT) == [(on_data, None)]
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    assert wait_for(lambda: ("EVT_DATA_RECV", b"\x06") in seen)
+    sent = [data for name, data in seen if name == "EVT_DATA_SENT"]
+    received = [data for name, data in seen if name == "EVT_DATA_RECV"]
+    assert sent == [b"\x01", b"\x04", b"\x05"]  # RQ, P-DATA (C-ECHO-RQ), A-RELEASE-RQ
+    assert received == [b"\x02", b"\x04", b"\x06"]  # AC, P-DATA (C-ECHO-RSP), A-RELEASE-RP
+    assert ("EVT_DIMSE_SENT", 0x0030) in seen
+    assert ("EVT_DIMSE_RECV", 0x8030) in seen
+
+
+def test_data_events_bound_on_the_acceptor(lib: SimpleNamespace, servers: list[Any]) -> None:
+    """Bound on the server after the association opened: the acceptor sees
+    the A-RELEASE-RQ arrive and its A-RELEASE-RP go out."""
+    seen: list[tuple[str, bytes]] = []
+
+    def on_data(event: Any) -> None:
+        seen.append((event.event.name, event.data[:1]))
+
+    scp = make_ae(lib, "ECHOSCP")
+    scp.add_supported_context(lib.sop_class.Verification)
+    server, port = serve(lib, servers, scp, [])
+    scu = make_ae(lib, "ECHOSCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+    assoc = scu.associate("127.0.0.1", port, ae_title="ECHOSCP")
+    assert assoc.is_established
+    server.bind(lib.evt.EVT_DATA_RECV, on_data)
+    server.bind(lib.evt.EVT_DATA_SENT, on_data)
+    assoc.release()
+    assert wait_for(lambda: len(seen) >= 2)
+    assert seen[:2] == [("EVT_DATA_RECV", b"\x05"), ("EVT_DATA_SENT", b"\x06")]
+
+
+# ------------------------------------------------------------ small API items
+def test_association_negotiation_attributes(lib: SimpleNamespace, servers: list[Any]) -> None:
+    """``connection_timeout`` follows the AE; ``requestor.requested_contexts``
+    lists what the A-ASSOCIATE-RQ proposed; ``acceptor.sop_class_extended``
+    what the acceptor's EVT_SOP_EXTENDED handler answered."""
+
+    def on_sop_extended(event: Any) -> Any:
+        return event.app_info
+
+    def on_echo(event: Any) -> int:
+        seen["assoc"] = event.assoc
+        return 0x0000
+
+    seen: dict[str, Any] = {}
+    scp = make_ae(lib, "ECHOSCP")
+    scp.add_supported_context(lib.sop_class.Verification)
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_SOP_EXTENDED, on_sop_extended), (lib.evt.EVT_C_ECHO, on_echo)])
+    scu = make_ae(lib, "ECHOSCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+    item = lib.pdu_primitives.SOPClassExtendedNegotiation()
+    item.sop_class_uid = "1.2.3"
+    item.service_class_application_information = b"\x00\x01"
+    assoc = scu.associate("127.0.0.1", port, ae_title="ECHOSCP", ext_neg=[item])
+    assert assoc.is_established
+    assert assoc.connection_timeout is None
+    scu.connection_timeout = 5
+    assert assoc.connection_timeout == 5
+    requested = assoc.requestor.requested_contexts
+    assert [(ctx.context_id, ctx.abstract_syntax) for ctx in requested] == [(1, lib.sop_class.Verification)]
+    assert assoc.requestor.sop_class_extended == {"1.2.3": b"\x00\x01"}
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    assert seen["assoc"].acceptor.sop_class_extended == {"1.2.3": b"\x00\x01"}
+
+
+def test_associate_bind_address(lib: SimpleNamespace, servers: list[Any]) -> None:
+    """``bind_address``: the requestor connects from that local address."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        local_port = probe.getsockname()[1]
+    scp = make_ae(lib, "ECHOSCP")
+    scp.add_supported_context(lib.sop_class.Verification)
+    server, port = serve(lib, servers, scp, [])
+    scu = make_ae(lib, "ECHOSCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+    assoc = scu.associate("127.0.0.1", port, ae_title="ECHOSCP", bind_address=("127.0.0.1", local_port))
+    assert assoc.is_established
+    assert wait_for(lambda: len(server.active_associations) == 1)
+    assert server.active_associations[0].requestor.port == local_port
+    assoc.release()
+
+
+def test_ae_str(lib: SimpleNamespace) -> None:
+    """``str(ae)``: a summary naming the contexts and settings."""
+    ae = make_ae(lib, "SUMMARY")
+    ae.add_requested_context(lib.sop_class.Verification)
+    ae.require_calling_aet = ["SOMEONE"]
+    ae.require_called_aet = True
+    text = str(ae)
+    for part in ("SUMMARY", "Verification", "Explicit VR", "0/10", "SOMEONE", "Require called AE title: True"):
+        assert part in text
+
+
+def test_ae_str_lists_peers(lib: SimpleNamespace, servers: list[Any]) -> None:
+    """``str(ae)`` with an association open names its peer."""
+    scp = make_ae(lib, "ECHOSCP")
+    scp.add_supported_context(lib.sop_class.Verification)
+    _server, port = serve(lib, servers, scp, [])
+    scu = make_ae(lib, "ECHOSCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+    assoc = scu.associate("127.0.0.1", port, ae_title="ECHOSCP")
+    assert assoc.is_established
+    text = str(scu)
+    assoc.release()
+    assert "Peer" in text and "ECHOSCP" in text
+
+
+def test_sop_common_handler_sees_the_proposed_items(lib: SimpleNamespace, servers: list[Any]) -> None:
+    """EVT_SOP_COMMON: the acceptor's handler gets ``event.items``, the
+    requestor's SOP Class Common Extended Negotiation items by SOP class."""
+    seen: dict[str, Any] = {}
+
+    def on_common(event: Any) -> Any:
+        seen.update(event.items)
+        return event.items
+
+    scp = make_ae(lib, "ECHOSCP")
+    scp.add_supported_context(lib.sop_class.Verification)
+    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_SOP_COMMON, on_common)])
+    scu = make_ae(lib, "ECHOSCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+    item = lib.pdu_primitives.SOPClassCommonExtendedNegotiation()
+    item.sop_class_uid = "1.2.3"
+    item.service_class_uid = "1.2.840.10008.4.2"
+    item.related_general_sop_class_identification = ["1.1.1"]
+    assoc = scu.associate("127.0.0.1", port, ae_title="ECHOSCP", ext_neg=[item])
+    assert assoc.is_established
+    assoc.release()
+    assert list(seen) == ["1.2.3"]
+    assert seen["1.2.3"].service_class_uid == "1.2.840.10008.4.2"

@@ -226,8 +226,10 @@ class AssociationControl:
         ssl_context: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
         handshake_timeout: float | None = None,
+        local_addr: tuple[Any, ...] | None = None,
     ) -> None:
         """Requestor: connect, send the RQ and wait for the answer.
+        ``local_addr``: the local (host, port) to connect from (None: any).
 
         With ``ssl_context`` the connection runs over TLS: the handshake is
         part of connecting (``timeouts.connection`` covers both, and
@@ -246,7 +248,7 @@ class AssociationControl:
             self.connection.on_connected = lambda: requested(self)  # once the RQ is written
         loop = asyncio.get_running_loop()
         if ssl_context is None:
-            connect = loop.create_connection(lambda: self.connection, host, port)
+            connect = loop.create_connection(lambda: self.connection, host, port, local_addr=local_addr)
         else:
             connect = loop.create_connection(
                 lambda: self.connection,
@@ -255,6 +257,7 @@ class AssociationControl:
                 ssl=ssl_context,
                 server_hostname=host if server_hostname is None else server_hostname,
                 ssl_handshake_timeout=handshake_timeout,
+                local_addr=local_addr,
             )
         try:
             await asyncio.wait_for(connect, self.timeouts.connection)

@@ -97,6 +97,59 @@ class ConnectionListener(Protocol):
     def on_closed(self) -> None: ...
 
 
+class WireHook:
+    """Cuts the bytes of one connection into whole PDUs, each way, and
+    hands each PDU to ``on_pdu(sent, data)``. Used only while a handler
+    watches the wire; a connection nobody watches has none."""
+
+    __slots__ = ("on_pdu", "_in", "_out")
+
+    def __init__(self, on_pdu: Callable[[bool, bytes], None]) -> None:
+        self.on_pdu = on_pdu
+        self._in = bytearray()
+        self._out = bytearray()
+
+    def received(self, data: Any) -> None:
+        self._cut(self._in, data, False)
+
+    def sent(self, data: Any) -> None:
+        self._cut(self._out, data, True)
+
+    def _cut(self, pending: bytearray, data: Any, sent: bool) -> None:
+        pending += data
+        while len(pending) >= 6:
+            end = 6 + int.from_bytes(pending[2:6], "big")
+            if len(pending) < end:
+                return
+            pdu = bytes(pending[:end])
+            del pending[:end]
+            try:
+                self.on_pdu(sent, pdu)
+            except Exception:
+                LOGGER.exception("wire watcher failed")
+
+
+class _WatchedTransport:
+    """A transport that shows every write to a ``WireHook`` first."""
+
+    def __init__(self, inner: Any, hook: WireHook) -> None:
+        self.inner = inner
+        self._hook = hook
+
+    def write(self, data: Any) -> None:
+        self._hook.sent(data)
+        self.inner.write(data)
+
+    def writelines(self, buffers: Any) -> None:
+        buffers = list(buffers)
+        for buffer in buffers:
+            self._hook.sent(buffer)
+        self.inner.writelines(buffers)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
 class ULConnection(asyncio.Protocol):
     """Drives one ``UpperLayer`` over one TCP connection.
 
@@ -152,6 +205,8 @@ class ULConnection(asyncio.Protocol):
             idle_timeout=idle_timeout,
         )
         self.transport: asyncio.Transport | None = None
+        #: A ``WireHook`` while EVT_DATA_RECV / EVT_DATA_SENT is bound, else None.
+        self.wire_hook: WireHook | None = None
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -207,9 +262,26 @@ class ULConnection(asyncio.Protocol):
     def peername(self) -> tuple[str, int] | None:
         return self._addresses[1] if self._addresses[1][0] else None
 
+    # ------------------------------------------------------- wire watching
+    def set_wire_hook(self, hook: WireHook | None) -> None:
+        """Watch the raw bytes both ways (EVT_DATA_RECV / EVT_DATA_SENT).
+
+        None (the default) costs one attribute check per receive and nothing
+        per write: only a watched connection writes through a
+        ``_WatchedTransport``."""
+        self.wire_hook = hook
+        transport = self.transport
+        if transport is None:
+            return  # applied in connection_made
+        if isinstance(transport, _WatchedTransport):
+            transport = transport.inner
+        self.transport = transport if hook is None else _WatchedTransport(transport, hook)  # type: ignore[assignment]
+
     # ------------------------------------------------------ asyncio protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        if self.wire_hook is not None:
+            self.transport = _WatchedTransport(transport, self.wire_hook)  # type: ignore[assignment]
         # Responses beyond this many unsent bytes pause reading from the
         # peer (see the class docstring); writes below it never wait.
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)  # type: ignore[attr-defined]
@@ -237,6 +309,8 @@ class ULConnection(asyncio.Protocol):
             self.on_connected()
 
     def data_received(self, data: bytes) -> None:  # type: ignore[override]
+        if self.wire_hook is not None:  # EVT_DATA_RECV bound: the only cost here
+            self.wire_hook.received(data)
         upper = self.upper_layer
         try:
             indications = upper.receive_data(data, self._loop.time())
