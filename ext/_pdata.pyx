@@ -203,6 +203,10 @@ cdef enum:
     _IN_DATASET = 2
 
 
+cdef enum:
+    _C_CANCEL_RQ = 0x0FFF
+
+
 cdef inline object _perror(str message, Py_ssize_t body_offset):
     # offsets in PDUError count from the PDU type byte: the body starts at 6
     return PDataError(message, offset=body_offset + 6, pdu_type=_PDU_TYPE)
@@ -228,6 +232,7 @@ cdef class Reassembler:
     cdef int _context_id
     cdef bint _streaming            # mode of the message in progress
     cdef bint _after_no_dataset     # last message ended with a no-data-set command
+    cdef bint _foreign              # message in progress is on a context not accepted
     cdef list _command_fragments
     cdef object _command
     cdef list _dataset_fragments
@@ -252,6 +257,7 @@ cdef class Reassembler:
 
     cdef inline void _reset(self):
         self._state = _IDLE
+        self._foreign = False
         self._command = None
         if self._command_fragments:
             self._command_fragments = []
@@ -300,8 +306,15 @@ cdef class Reassembler:
                 frag_start = pos + 6
                 frag_len = item_len - 2
                 if accepted is not None and ctx not in accepted:
-                    raise _perror(f"PDV for presentation context {ctx}, which is not accepted",
-                                  pos + 4)
+                    # Only a C-CANCEL-RQ may arrive on such a context: a
+                    # cancel names its operation by Message ID, and peers
+                    # (pynetdicom among them) send one on any context. Its
+                    # command is read to find out; anything else aborts.
+                    if not (mch & 1) or (self._state != _IDLE and not self._foreign):
+                        raise _perror(f"PDV for presentation context {ctx}, which is not accepted",
+                                      pos + 4)
+                    if self._state == _IDLE:
+                        self._foreign = True
                 if mch & 0xFC:
                     raise _perror(f"reserved bits set in message control header 0x{mch:02X}",
                                   pos + 5)
@@ -341,6 +354,9 @@ cdef class Reassembler:
             else:
                 command = decode_command(b"".join(self._command_fragments))
             self._command_fragments = []
+            if self._foreign and (command.command_field != _C_CANCEL_RQ or command.has_dataset):
+                raise _perror(f"PDV for presentation context {ctx}, which is not accepted",
+                              item_pos + 4)
             if not command.has_dataset:
                 events.append(DimseMessage(ctx, command, None))
                 self._reset()

@@ -50,7 +50,9 @@ class Reassembler:
 
     Checks the PS3.8 rules and raises ``chromanet.errors.PDataError`` (or
     MalformedPDUError / CommandSetError) on: a PDV for a context ID not in
-    ``accepted_context_ids`` (when that is not None), reserved bits set in the
+    ``accepted_context_ids`` (when that is not None; the one exception is a
+    C-CANCEL-RQ command, which names its operation by Message ID and is
+    returned whatever its context), reserved bits set in the
     message control header, a data set fragment with no command before it or
     after a command that says no data set follows, a command fragment while a
     data set is expected, a context ID that changes within a message, PDV items

@@ -21,6 +21,7 @@ from chromanet import _dimse, uids
 from chromanet._dimse import Command
 from chromanet.dimse_channel import DatasetRefused, DimseChannel, DiscardSink
 from chromanet.evt import (
+    ANSWERED_BY_DEFAULT,
     DIMSE_EVENTS,
     EVT_DATA_RECV,
     EVT_DATA_SENT,
@@ -512,8 +513,9 @@ class AsyncAssociation:
         self.refresh_watchers()
 
     def get_events(self) -> list[EventType]:
-        """The events that have a handler bound, by name."""
-        return sorted(self._handlers, key=lambda event: event.name)
+        """The events that have a handler, by name: those bound, and the
+        intervention events answered by default when nothing is bound."""
+        return sorted(set(self._handlers).union(ANSWERED_BY_DEFAULT), key=lambda event: event.name)
 
     def get_handlers(self, event: EventType) -> Any:
         """Notification events: [(handler, args)…]; intervention events:

@@ -110,6 +110,21 @@ NOT_IMPLEMENTED_EVENTS = frozenset(
 
 EventType = NotificationEvent | InterventionEvent
 
+# The intervention events chromanet answers itself when no handler is bound
+# (C-ECHO Success, C-STORE 0xC211, user identity refused...): each always
+# has a handler, the bound one or that built-in answer, so each is listed by
+# ``get_events()`` as pynetdicom lists its default handlers.
+ANSWERED_BY_DEFAULT = (
+    EVT_C_ECHO,
+    EVT_C_FIND,
+    EVT_C_GET,
+    EVT_C_MOVE,
+    EVT_C_STORE,
+    EVT_SOP_COMMON,
+    EVT_SOP_EXTENDED,
+    EVT_USER_ID,
+)
+
 
 def check_implemented(event: Any) -> None:
     """NotImplementedError for a pynetdicom event chromanet never triggers."""

@@ -764,6 +764,39 @@ def test_find_sent_at_the_call_and_cancelled_before_reading(
     assoc.release()
 
 
+def test_cancel_on_a_context_that_was_not_accepted(
+    lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]
+) -> None:
+    """A C-CANCEL names its operation by Message ID: one sent on a context ID
+    the association never accepted does not abort it, and the right one
+    still cancels."""
+    total = 200
+    arrived = threading.Event()
+
+    def handle_find(event: Any) -> Iterator[tuple[int, Dataset | None]]:
+        arrived.set()
+        for index in range(total):
+            if event.is_cancelled:
+                yield 0xFE00, None
+                return
+            time.sleep(0.005)
+            yield 0xFF00, palette_identifier(palettes[index % 8])
+
+    assoc = find_scu(lib, find_scp(lib, servers, handle_find))
+    model = lib.sop_class.ColorPaletteInformationModelFind
+    responses = assoc.send_c_find(query_all(), model, msg_id=21)
+    assert arrived.wait(TIMEOUT)
+    assoc.send_c_cancel(1, 99)  # no operation 1, and context 99 was never proposed
+    time.sleep(0.1)
+    assert assoc.is_established
+    assoc.send_c_cancel(21, query_model=model)
+    statuses = [status.Status for status, _identifier in responses]
+    assert statuses[-1] == 0xFE00
+    assert len(statuses) < total
+    assert assoc.is_established
+    assoc.release()
+
+
 # ------------------------------------------------------------------- C-GET
 def get_scp(lib: SimpleNamespace, servers: list[Any], handler: Any) -> int:
     scp = make_ae(lib, "GETSCP")
@@ -1357,6 +1390,28 @@ def test_server_get_handlers(lib: SimpleNamespace, servers: list[Any]) -> None:
     assert server.get_handlers(lib.evt.EVT_CONN_OPEN) == []
     server.bind(lib.evt.EVT_CONN_CLOSE, on_open)
     assert server.get_handlers(lib.evt.EVT_CONN_CLOSE) == [(on_open, None)]
+
+
+def test_association_events_include_the_answered_interventions(lib: SimpleNamespace, servers: list[Any]) -> None:
+    """``assoc.get_events()`` lists the intervention events answered without
+    a bound handler (C-STORE, user identity...) next to those bound."""
+
+    def on_close(event: Any) -> None:
+        pass
+
+    scp = make_ae(lib, "ECHOSCP")
+    scp.add_supported_context(lib.sop_class.Verification)
+    _server, port = serve(lib, servers, scp, [])
+    scu = make_ae(lib, "ECHOSCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+    assoc = scu.associate("127.0.0.1", port, evt_handlers=[(lib.evt.EVT_CONN_CLOSE, on_close)])
+    assert assoc.is_established
+    events = assoc.get_events()
+    for event in (lib.evt.EVT_C_STORE, lib.evt.EVT_C_ECHO, lib.evt.EVT_USER_ID, lib.evt.EVT_CONN_CLOSE):
+        assert event in events
+    assert lib.evt.EVT_CONN_OPEN not in events
+    assert events == sorted(events, key=lambda event: event.name)
+    assoc.release()
 
 
 # --------------------------------------------------------------- the AE

@@ -254,6 +254,31 @@ def test_error_unaccepted_context():
     Reassembler(None).feed(pdv(5, 3, ECHO_BYTES))  # None: any context
 
 
+CANCEL_BYTES = encode_command(Command(0x0FFF, message_id_being_responded_to=7, command_data_set_type=0x0101))
+
+
+def test_cancel_on_unaccepted_context_is_returned():
+    # A C-CANCEL-RQ names its operation by Message ID; peers send one on any
+    # context, so it is read, not treated as a protocol error.
+    r = Reassembler({1})
+    half = len(CANCEL_BYTES) // 2
+    assert r.feed(pdv(3, 1, CANCEL_BYTES[:half])) == []
+    (event,) = r.feed(pdv(3, 3, CANCEL_BYTES[half:]))
+    assert event.context_id == 3 and event.command.message_id_being_responded_to == 7
+    (echo,) = r.feed(pdv(1, 3, ECHO_BYTES))  # the next message is checked as before
+    assert echo.command == ECHO
+    _perr(r, pdv(3, 3, ECHO_BYTES), offset=6 + 4)
+
+
+def test_unaccepted_context_other_than_cancel_still_fails():
+    cancel_with_data = encode_command(Command(0x0FFF, message_id_being_responded_to=7, command_data_set_type=0x0000))
+    _perr(Reassembler({1}), pdv(3, 3, cancel_with_data), offset=6 + 4)
+    _perr(Reassembler({1}), pdv(3, 2, b"data"), offset=6 + 4)  # a data set fragment
+    r = Reassembler({1})
+    r.feed(pdv(1, 1, ECHO_BYTES[:4]))  # an accepted message in progress
+    _perr(r, pdv(3, 3, CANCEL_BYTES), offset=6 + 4)
+
+
 @pytest.mark.parametrize("mch", [0x04, 0x07, 0x80, 0xFF, 0x13])
 def test_error_reserved_bits(mch):
     _perr(Reassembler(), pdv(1, mch, ECHO_BYTES), offset=6 + 5)
