@@ -80,7 +80,7 @@ class AE:
         self.request_gate: Callable[[Any, Any], tuple[int, str] | None] | None = None
         self.require_calling_aet: list[str] = []
         self.implementation_class_uid = uids.IMPLEMENTATION_CLASS_UID
-        self.implementation_version_name: str | None = uids.IMPLEMENTATION_VERSION_NAME
+        self.implementation_version_name = uids.IMPLEMENTATION_VERSION_NAME
         self.async_ops_window: tuple[int, int] = (1, 1)
         # chromanet extra: spool received C-STORE data sets to files here
         # (bounded memory; handlers read event.dataset_path).
@@ -132,6 +132,40 @@ class AE:
         if isinstance(value, bytes):
             value = value.decode("ascii")
         self._ae_title = uids.validate_ae_title(value)
+
+    @property
+    def implementation_class_uid(self) -> UID:
+        """Sent in every A-ASSOCIATE-RQ/AC (PS3.7 D.3.3.2): a str, bytes or
+        UID that is a well-formed UID, kept as a pydicom ``UID``."""
+        return self._implementation_class_uid
+
+    @implementation_class_uid.setter
+    def implementation_class_uid(self, value: str | bytes) -> None:
+        if isinstance(value, bytes):
+            value = value.decode("ascii", "replace")
+        if not isinstance(value, str):
+            raise TypeError(f"implementation_class_uid takes a str, bytes or UID, not {type(value).__name__}")
+        if not uids.validate_uid(value):
+            raise ValueError(f"implementation_class_uid {value!r} is not a well-formed UID")
+        self._implementation_class_uid = UID(value)
+
+    @property
+    def implementation_version_name(self) -> str | None:
+        """Sent when set (PS3.7 D.3.3.2): 1 to 16 characters, or None."""
+        return self._implementation_version_name
+
+    @implementation_version_name.setter
+    def implementation_version_name(self, value: str | bytes | None) -> None:
+        if isinstance(value, bytes):
+            value = value.decode("ascii", "replace")
+        if value is not None:
+            if not isinstance(value, str):
+                raise TypeError(f"implementation_version_name takes a str or None, not {type(value).__name__}")
+            if not 0 < len(value) <= 16 or not value.isascii() or not value.isprintable():
+                raise ValueError(
+                    f"implementation_version_name {value!r} must be 1 to 16 printable ASCII characters, or None"
+                )
+        self._implementation_version_name = value
 
     @property
     def maximum_associations(self) -> int:
@@ -372,14 +406,15 @@ class AE:
     # ------------------------------------------------------------ acceptor
     async def start_server_async(
         self,
-        address: tuple[str, int],
+        address: tuple[Any, ...],
         evt_handlers: list[HandlerSpec] | None = None,
         ae_title: str | None = None,
         contexts: list[PresentationContext] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         sock: Any = None,
     ) -> AsyncServer:
-        """Listen on ``address``; returns a started AsyncServer. With
+        """Listen on ``address``, ``(host, port)`` or for IPv6 also
+        ``(host, port, flowinfo, scope_id)``; returns a started AsyncServer. With
         ``ssl_context`` every connection runs over TLS (PS3.15 B.1). With
         ``sock`` (chromanet extra) it accepts on that listening socket
         instead of binding ``address`` (worker processes sharing a port)."""
@@ -395,7 +430,7 @@ class AE:
 
     def start_server(
         self,
-        address: tuple[str, int],
+        address: tuple[Any, ...],
         block: bool = True,
         ssl_context: Any = None,
         evt_handlers: list[HandlerSpec] | None = None,

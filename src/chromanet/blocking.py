@@ -19,7 +19,7 @@ from pydicom import Dataset
 from chromanet import loopthread
 from chromanet.association import AsyncAssociation
 from chromanet.evt import check_implemented
-from chromanet.server import AsyncServer
+from chromanet.server import AddressInfo, AsyncServer
 from chromanet.services.handler_threads import blocking_call, taking_results
 
 if TYPE_CHECKING:
@@ -39,6 +39,10 @@ class ThreadedServer:
     @property
     def server_address(self) -> tuple[str, int]:
         return self._server.server_address
+
+    @property
+    def address_info(self) -> AddressInfo:
+        return self._server.address_info
 
     @property
     def active_associations(self) -> list[Association]:

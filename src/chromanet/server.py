@@ -15,9 +15,11 @@ association (and its slot) is only made once the handshake is done.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 import ssl
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from chromanet import _pdu, uids
@@ -65,13 +67,61 @@ class AssociationCounter(Protocol):
     def closed(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class AddressInfo:
+    """The address a server was started with (pynetdicom's
+    ``server.address_info``): host and port, and for IPv6 the flow
+    information and scope ID."""
+
+    address: str
+    port: int
+    flowinfo: int = 0
+    scope_id: int = 0
+
+    @property
+    def address_family(self) -> socket.AddressFamily:
+        return socket.AF_INET6 if self.is_ipv6 else socket.AF_INET
+
+    @property
+    def is_ipv6(self) -> bool:
+        try:
+            return ipaddress.ip_address(self.address.split("%", 1)[0]).version == 6
+        except ValueError:
+            return False
+
+    @property
+    def is_ipv4(self) -> bool:
+        return not self.is_ipv6
+
+    @property
+    def as_tuple(self) -> tuple[Any, ...]:
+        if self.is_ipv6:
+            return (self.address, self.port, self.flowinfo, self.scope_id)
+        return (self.address, self.port)
+
+
+def _ipv6_listener(address: tuple[Any, ...]) -> socket.socket:
+    """A listening IPv6 socket bound to a 4-tuple (host, port, flowinfo,
+    scope_id): the loop's create_server takes only a host and a port."""
+    listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(1024)
+        listener.setblocking(False)
+    except BaseException:
+        listener.close()
+        raise
+    return listener
+
+
 class AsyncServer:
     """A listening acceptor on the loop it was started on."""
 
     def __init__(
         self,
         ae: AE,
-        address: tuple[str, int],
+        address: tuple[Any, ...],
         handlers: Handlers,
         ae_title: str | None,
         contexts: list[PresentationContext] | None,
@@ -94,6 +144,13 @@ class AsyncServer:
         supported = contexts if contexts is not None else ae.supported_contexts
         if not supported:
             raise ValueError("no supported presentation contexts: use add_supported_context() first")
+        half_roles = sorted({ctx.abstract_syntax for ctx in supported if (ctx.scu_role is None) != (ctx.scp_role is None)})
+        if half_roles:
+            # An acceptor answers role selection only with both roles set:
+            # one alone would be silently ignored, so refuse the setting.
+            raise ValueError(
+                "set both scu_role and scp_role, or neither, on the supported contexts for: " + ", ".join(half_roles)
+            )
         self.policy = AcceptorPolicy(
             ae_title=uids.validate_ae_title(ae_title or ae.ae_title),
             supported_contexts=[ctx.to_spec() for ctx in supported],
@@ -148,6 +205,12 @@ class AsyncServer:
         return (sockname[0], sockname[1])
 
     @property
+    def address_info(self) -> AddressInfo:
+        """The address the server was started with, as pynetdicom gives it
+        (port 0 stays 0: ``server_address`` has the port bound)."""
+        return AddressInfo(*self.address)
+
+    @property
     def pending_handshakes(self) -> int:
         """TLS listeners: connections whose handshake is still running (they
         hold no association slot)."""
@@ -160,7 +223,9 @@ class AsyncServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._closed = asyncio.Event()
-        host, port = self.address
+        host, port = self.address[0], self.address[1]
+        if self.sock is None and len(self.address) == 4:
+            self.sock = _ipv6_listener(self.address)
         if self.ssl_context is not None:
             self._tls = TlsListener(
                 self.ssl_context, self._new_connection, self.ae.tls_handshake_timeout, self._handshake_failed,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import socket
 from io import BytesIO
 import threading
 import time
@@ -22,7 +23,7 @@ from typing import Any, Iterator
 import pytest
 from pydicom import Dataset, dcmread
 from pydicom.filereader import read_dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 
 from helpers.data import palette_paths
 
@@ -1481,10 +1482,57 @@ def test_ae_validation(lib: SimpleNamespace) -> None:
     assert ae.maximum_pdu_size == 20000
     ae.maximum_pdu_size = 0
     assert ae.maximum_pdu_size == 0
+    ae.implementation_class_uid = "1.2.3.4"
+    assert isinstance(ae.implementation_class_uid, UID) and ae.implementation_class_uid == "1.2.3.4"
+    with pytest.raises(TypeError):
+        ae.implementation_class_uid = None
+    ae.implementation_version_name = None
+    assert ae.implementation_version_name is None
+    with pytest.raises(TypeError):
+        ae.implementation_version_name = 1234
+    with pytest.raises(ValueError):
+        ae.implementation_version_name = ""
+    ae.implementation_version_name = "VERSION_1"
+    assert ae.implementation_version_name == "VERSION_1"
     with pytest.raises(TypeError):
         ae.associate(1112, 104)
     with pytest.raises(TypeError):
         ae.associate("127.0.0.1", "104")
+
+
+def test_server_refuses_a_context_with_one_role_set(lib: SimpleNamespace, servers: list[Any]) -> None:
+    """An acceptor answers role selection only with both roles set, so a
+    supported context with one of them set is refused at start, not served."""
+    ae = make_ae(lib, "HALFROLE")
+    ae.add_supported_context(lib.sop_class.ColorPaletteStorage, scp_role=False)
+    with pytest.raises(ValueError):
+        servers.append(ae.start_server(("127.0.0.1", 0), block=False))
+    ae.add_supported_context(lib.sop_class.ColorPaletteStorage, scu_role=True, scp_role=False)
+    server = ae.start_server(("127.0.0.1", 0), block=False)
+    servers.append(server)
+    assert server.address_info.is_ipv4
+    assert server.address_info.as_tuple == ("127.0.0.1", 0)  # as started; server_address has the port
+
+
+def test_server_on_ipv6_with_flowinfo_and_scope(lib: SimpleNamespace, servers: list[Any]) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this host")
+    ae = make_ae(lib, "ECHOSCP6")
+    ae.add_supported_context(lib.sop_class.Verification)
+    try:
+        server = ae.start_server(("::1", 0, 1, 2), block=False)
+    except OSError as exc:
+        pytest.skip(f"cannot bind ::1 here: {exc}")
+    servers.append(server)
+    info = server.address_info
+    assert info.is_ipv6 and not info.is_ipv4
+    assert (info.flowinfo, info.scope_id) == (1, 2)
+    scu = make_ae(lib, "ECHOSCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+    assoc = scu.associate("::1", server.server_address[1])
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
 
 
 def test_ae_shutdown_stops_servers(lib: SimpleNamespace) -> None:
