@@ -22,6 +22,10 @@ message tables, read together with the section 9.1 service parameter tables):
   sub-operation counts are conditional on the status and not required;
 * C-CANCEL-RQ: Message ID Being Responded To.
 
+The Command Group Length must be present, as a UL, but its value is not
+compared with the length of the command set: the P-DATA framing, not the
+value, bounds the command set, and peers whose value is off are common.
+
 Values are not checked against their meaning (a C-ECHO-RQ whose Data Set Type
 says a data set follows is decoded as such): the layer above decides.
 """
@@ -267,8 +271,8 @@ cdef list _at(const uint8_t *v, uint32_t vlen, uint32_t tag, Py_ssize_t off):
 cdef Command _decode(const uint8_t *p, Py_ssize_t n):
     cdef Command cmd = Command.__new__(Command)
     cmd.other_elements = {}
-    cdef Py_ssize_t pos = 0, start, cf_offset = 0, gl_end = 0
-    cdef uint32_t present = 0, mask, missing, bit, gl = 0
+    cdef Py_ssize_t pos = 0, start, cf_offset = 0
+    cdef uint32_t present = 0, mask, missing, bit
     cdef int64_t prev_tag = -1
     cdef uint16_t group, elem
     cdef uint32_t tag, vlen
@@ -301,8 +305,6 @@ cdef Command _decode(const uint8_t *p, Py_ssize_t n):
         if elem == 0x0000:
             if vlen != 4:
                 raise _error(f"UL value length {vlen}, expected 4", tag, start)
-            gl = load_le32(v)
-            gl_end = pos + 4
             present |= B_GL
         elif elem == 0x0002:
             cmd.affected_sop_class_uid = _text(v, vlen, K_UI, tag, start)
@@ -372,10 +374,10 @@ cdef Command _decode(const uint8_t *p, Py_ssize_t n):
             cmd.other_elements[tag] = PyBytes_FromStringAndSize(<const char *>v, vlen)
         pos += vlen
 
-    # Checked after the walk, so that a truncated element is reported as such.
-    if present & B_GL and <uint64_t>gl != <uint64_t>(n - gl_end):
-        raise _error(f"Command Group Length {gl} disagrees with the {n - gl_end} "
-                     "bytes that follow it", 0, 0)
+    # The Command Group Length's value is not compared with the bytes that
+    # follow it: the command set ends where its last PDV fragment ends, so
+    # the value decides nothing, and peers that get it wrong are served
+    # (as DCMTK and pynetdicom serve them) rather than aborted.
     if not present & B_CF:
         raise _error("Command Field missing", 0x0100, n)
     if cf == 0x0001:

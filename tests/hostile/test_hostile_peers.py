@@ -22,7 +22,7 @@ import time
 import pytest
 from pydicom import dcmread
 
-from chromanet import _dimse, _pdu, dsutil, uids
+from chromanet import _dimse, _pdata, _pdu, dsutil, uids
 from chromanet.ae import AE
 from helpers.data import palette_paths
 from helpers.hostile import (
@@ -226,6 +226,26 @@ def test_echo_with_a_data_set_is_refused(node):
     sock.sendall(message_bytes(1, command, bytes(MAX_IDENTIFIER * 4)))
     assert read_message(sock, {1}).command.status == 0x0212
     sock.close()
+
+
+def test_wrong_command_group_length_is_served_and_cancel_on_a_foreign_context_ignored(node):
+    """Sloppy but harmless: a Command Group Length off by two (as a peer's
+    C-ECHO-RQ vector has it) and a C-CANCEL-RQ on a context ID never
+    proposed. The framing bounds the command; a cancel names its operation
+    by Message ID. Neither is a reason to abort."""
+    sock = associate(node)
+    encoded = bytearray(_dimse.encode_command(echo_rq(7)))
+    struct.pack_into("<I", encoded, 8, struct.unpack_from("<I", encoded, 8)[0] + 2)
+    sock.sendall(b"".join(bytes(b) for b in _pdata.fragment_message(1, bytes(encoded), None, 16384)))
+    answer = read_message(sock, {1}).command
+    assert (answer.status, answer.message_id_being_responded_to) == (0x0000, 7)
+    cancel = _dimse.Command(_dimse.C_CANCEL_RQ, message_id_being_responded_to=99,
+                            command_data_set_type=_dimse.NO_DATASET)
+    sock.sendall(message_bytes(77, cancel))
+    sock.sendall(message_bytes(1, echo_rq(8)))
+    assert read_message(sock, {1}).command.message_id_being_responded_to == 8
+    sock.close()
+    _no_traceback(node)
 
 
 # -------------------------------------------------------------- identifiers
