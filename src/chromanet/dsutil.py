@@ -16,7 +16,6 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from pydicom import Dataset
@@ -204,7 +203,7 @@ class Part10File:
     reading a large file into memory.
     """
 
-    path: Path | None
+    path: str | os.PathLike[str] | None  # as given to open_part10
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax: str
@@ -239,7 +238,6 @@ _READ_WHOLE = 1 << 20
 def open_part10(path: str | os.PathLike[str]) -> Part10File:
     """Open a Part 10 file (read whole if small, else mapped read-only) and
     read its file meta group."""
-    path = Path(path)
     with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         if size < 132:
@@ -256,7 +254,7 @@ def open_part10(path: str | os.PathLike[str]) -> Part10File:
         raise
 
 
-def parse_part10(view: memoryview, path: Path | None = None) -> Part10File:
+def parse_part10(view: memoryview, path: str | os.PathLike[str] | None = None) -> Part10File:
     """Read the file meta group (Explicit VR LE) of a Part 10 image in memory."""
     size = len(view)
     if size < 132 or bytes(view[128:132]) != b"DICM":

@@ -109,6 +109,9 @@ class ServiceSession:
         #: What handlers in the lane receive as ``event.assoc`` (the
         #: blocking ``Association``).
         self.sync_event_source = sync_event_source if sync_event_source is not None else event_source
+        # event.context per context ID: made once (pydicom's UID() checks
+        # its value with a regular expression, too dear for every request).
+        self._event_contexts: dict[int, PresentationContextTuple] = {}
 
     # ----------------------------------------------------------- contexts
     def respond(self, message: IncomingMessage, response: Command, dataset: Any = None) -> None:
@@ -153,13 +156,16 @@ class ServiceSession:
         """The Event a handler receives for an incoming request (``in_thread``:
         for a handler in the lane, whose ``event.assoc`` is the blocking one)."""
         context = self.contexts.get(message.context_id)
+        event_context = self._event_contexts.get(message.context_id)
+        if event_context is None and context is not None:
+            event_context = self._event_contexts[message.context_id] = PresentationContextTuple(
+                context.context_id, UID(context.abstract_syntax), UID(context.transfer_syntax)
+            )
         return Event(
             self.sync_event_source if in_thread else self.event_source,
             event_type,
             message=message,
-            context=PresentationContextTuple(
-                context.context_id, UID(context.abstract_syntax), UID(context.transfer_syntax)
-            ) if context is not None else None,
+            context=event_context,
             transfer_syntax=context.transfer_syntax if context is not None else None,
         )
 

@@ -41,6 +41,7 @@ import asyncio
 import inspect
 import ipaddress
 import logging
+import os
 import weakref
 from typing import Any, AsyncIterator
 
@@ -461,6 +462,8 @@ def _sop_instance_uid(dataset: Any) -> str:
             return dsutil.uid_of(dataset, 0x00080018)
         except KeyError:
             return ""
+    if isinstance(dataset, dsutil.Part10File):
+        return dataset.sop_instance_uid
     try:
         if isinstance(dataset, (bytes, bytearray, memoryview)):
             return dsutil.parse_part10(memoryview(dataset)).sop_instance_uid
@@ -480,11 +483,20 @@ async def _store_over(
     msg_id: int | None = None,
 ) -> tuple[str, int | None]:
     """One C-STORE sub-operation; (SOP Instance UID, response status or None)."""
+    if isinstance(dataset, (str, os.PathLike)):
+        # A file is opened once: its header gives the UID, its bytes are sent.
+        try:
+            dataset = dsutil.open_part10(dataset)
+        except (OSError, ValueError) as exc:
+            LOGGER.warning("C-STORE sub-operation for %s not possible: %s", dataset, exc)
+            return "", None
     uid = _sop_instance_uid(dataset)
     if dataset is None or session is None or session.channel.end_error is not None:
         # Nothing to send, or the (sub-)association is gone (e.g. the move
         # destination aborted): this sub-operation fails, the others are
         # still counted, and the final response still goes out.
+        if isinstance(dataset, dsutil.Part10File):
+            dataset.close()
         return uid, None
     if msg_id is not None and session.channel.is_outstanding(msg_id):
         msg_id = None  # in use by another request of ours: take a free one

@@ -68,7 +68,9 @@ def _prepare(session: ServiceSession, dataset: Any) -> tuple[int, str, str, Any,
         ctx = _store_context(session, sop_class, source_syntax)
         assert ctx.transfer_syntax is not None
         return ctx.context_id, sop_class, sop_instance, dsutil.encode_dataset(dataset, ctx.transfer_syntax), None
-    if isinstance(dataset, (bytes, bytearray, memoryview)):
+    if isinstance(dataset, dsutil.Part10File):
+        part10 = dataset  # opened by the caller (a C-GET/C-MOVE sub-operation); closed once sent
+    elif isinstance(dataset, (bytes, bytearray, memoryview)):
         part10 = dsutil.parse_part10(memoryview(dataset))
     else:
         part10 = dsutil.open_part10(dataset)
