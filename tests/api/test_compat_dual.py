@@ -733,14 +733,9 @@ def test_find_cancel(lib: SimpleNamespace, servers: list[Any], palettes: list[Da
     assoc.release()
 
 
-def test_find_sent_at_the_call_and_cancelled_before_reading(
-    lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]
-) -> None:
-    """``send_c_find`` sends the request when it is called, so a C-CANCEL
-    sent before the first response is read finds the request at the SCP."""
-    total = 200
-    produced: list[int] = []
-    arrived = threading.Event()
+def slow_find_handler(palettes: list[Dataset], total: int, arrived: threading.Event, produced: list[int]) -> Any:
+    """A C-FIND handler that sets ``arrived``, then yields ``total`` matches
+    5 ms apart (noting each in ``produced``) until it sees the cancel."""
 
     def handle_find(event: Any) -> Iterator[tuple[int, Dataset | None]]:
         arrived.set()
@@ -752,6 +747,18 @@ def test_find_sent_at_the_call_and_cancelled_before_reading(
             produced.append(index)
             yield 0xFF00, palette_identifier(palettes[index % 8])
 
+    return handle_find
+
+
+def test_find_sent_at_the_call_and_cancelled_before_reading(
+    lib: SimpleNamespace, servers: list[Any], palettes: list[Dataset]
+) -> None:
+    """``send_c_find`` sends the request when it is called, so a C-CANCEL
+    sent before the first response is read finds the request at the SCP."""
+    total = 200
+    produced: list[int] = []
+    arrived = threading.Event()
+    handle_find = slow_find_handler(palettes, total, arrived, produced)
     assoc = find_scu(lib, find_scp(lib, servers, handle_find))
     model = lib.sop_class.ColorPaletteInformationModelFind
     responses = assoc.send_c_find(query_all(), model, msg_id=5)
@@ -773,17 +780,7 @@ def test_cancel_on_a_context_that_was_not_accepted(
     still cancels."""
     total = 200
     arrived = threading.Event()
-
-    def handle_find(event: Any) -> Iterator[tuple[int, Dataset | None]]:
-        arrived.set()
-        for index in range(total):
-            if event.is_cancelled:
-                yield 0xFE00, None
-                return
-            time.sleep(0.005)
-            yield 0xFF00, palette_identifier(palettes[index % 8])
-
-    assoc = find_scu(lib, find_scp(lib, servers, handle_find))
+    assoc = find_scu(lib, find_scp(lib, servers, slow_find_handler(palettes, total, arrived, [])))
     model = lib.sop_class.ColorPaletteInformationModelFind
     responses = assoc.send_c_find(query_all(), model, msg_id=21)
     assert arrived.wait(TIMEOUT)
