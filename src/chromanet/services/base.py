@@ -109,6 +109,9 @@ class ServiceSession:
         #: What handlers in the lane receive as ``event.assoc`` (the
         #: blocking ``Association``).
         self.sync_event_source = sync_event_source if sync_event_source is not None else event_source
+        # context ID -> what handlers get as ``event.context`` (made once:
+        # two UIDs validated by pydicom cost more than the rest of an event).
+        self._context_tuples: dict[int, tuple[PresentationContextTuple | None, str | None]] = {}
 
     # ----------------------------------------------------------- contexts
     def respond(self, message: IncomingMessage, response: Command, dataset: Any = None) -> None:
@@ -152,15 +155,25 @@ class ServiceSession:
     def make_event(self, event_type: EventType, message: IncomingMessage, *, in_thread: bool = False) -> Event:
         """The Event a handler receives for an incoming request (``in_thread``:
         for a handler in the lane, whose ``event.assoc`` is the blocking one)."""
-        context = self.contexts.get(message.context_id)
+        context_id = message.context_id
+        try:
+            context_tuple, transfer_syntax = self._context_tuples[context_id]
+        except KeyError:
+            context = self.contexts.get(context_id)
+            if context is None:
+                context_tuple, transfer_syntax = None, None
+            else:
+                context_tuple = PresentationContextTuple(
+                    context.context_id, UID(context.abstract_syntax), UID(context.transfer_syntax)
+                )
+                transfer_syntax = context.transfer_syntax
+            self._context_tuples[context_id] = (context_tuple, transfer_syntax)
         return Event(
             self.sync_event_source if in_thread else self.event_source,
             event_type,
             message=message,
-            context=PresentationContextTuple(
-                context.context_id, UID(context.abstract_syntax), UID(context.transfer_syntax)
-            ) if context is not None else None,
-            transfer_syntax=context.transfer_syntax if context is not None else None,
+            context=context_tuple,
+            transfer_syntax=transfer_syntax,
         )
 
     # --------------------------------------------------------------- SCU
