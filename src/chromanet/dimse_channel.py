@@ -341,6 +341,11 @@ class DimseChannel:
         self.send(context_id, command, dataset)
         await self.ul.drain()
 
+    @property
+    def writing_paused(self) -> bool:
+        """True while ``drain`` would wait (the peer reads slower than we write)."""
+        return self.ul.writing_paused
+
     async def drain(self) -> None:
         """Wait while the transport's write buffer is full (a slow reader)."""
         await self.ul.drain()

@@ -158,11 +158,26 @@ class HandlerResults:
         except (StopIteration, StopAsyncIteration):
             raise Exhausted from None
 
-    async def close(self) -> None:
+    def next_now(self) -> Any:
+        """``next`` for a sync handler, without a coroutine (the inline path)."""
         try:
-            if self._async:
+            return next(self._gen)
+        except StopIteration:
+            raise Exhausted from None
+
+    async def close(self) -> None:
+        if self._async:
+            try:
                 await self._gen.aclose()
-            elif hasattr(self._gen, "close"):
+            except Exception:
+                LOGGER.exception("handler generator raised while closing")
+        else:
+            self.close_now()
+
+    def close_now(self) -> None:
+        """``close`` for a sync handler."""
+        try:
+            if hasattr(self._gen, "close"):
                 self._gen.close()
         except Exception:
             LOGGER.exception("handler generator raised while closing")
