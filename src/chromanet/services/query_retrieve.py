@@ -41,7 +41,6 @@ import asyncio
 import inspect
 import ipaddress
 import logging
-import weakref
 from typing import Any, AsyncIterator, Awaitable
 
 from pydicom import Dataset
@@ -779,9 +778,11 @@ class _Request:
     response generator, or the finalizer of a generator never started)
     gives back its slot and, when it ended early, cancels it."""
 
-    __slots__ = ("session", "ctx", "command", "encoded", "stream", "has_slot", "ended", "__weakref__")
+    __slots__ = ("session", "ctx", "command", "encoded", "stream", "has_slot", "ended", "loop")
 
-    def __init__(self, session: ServiceSession, ctx: Any, command: Command, encoded: bytes) -> None:
+    def __init__(
+        self, session: ServiceSession, ctx: Any, command: Command, encoded: bytes, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.session = session
         self.ctx = ctx
         self.command = command
@@ -789,6 +790,18 @@ class _Request:
         self.stream: Any = None
         self.has_slot = False
         self.ended = False
+        self.loop = loop
+
+    def __del__(self) -> None:
+        # The response generator holds the request until it ends (and ends
+        # it); one never started drops it unended: end it on the loop's
+        # thread (we may be in any thread, or in the collector).
+        if not self.ended:
+            try:
+                if not self.loop.is_closed():
+                    self.loop.call_soon_threadsafe(self.end, False)
+            except RuntimeError:  # the loop closed meanwhile
+                pass
 
     def send_now(self) -> None:
         if self.session.channel.try_acquire_slot():
@@ -829,13 +842,6 @@ class _Request:
             channel.release_slot()
 
 
-def _end_unread(request: _Request, loop: asyncio.AbstractEventLoop) -> None:
-    """The responses of ``request`` were never asked for and nobody can ask
-    any more (the generator was collected): end it on the loop's thread."""
-    if not request.ended and not loop.is_closed():
-        loop.call_soon_threadsafe(request.end, False)
-
-
 def query(
     session: ServiceSession,
     field: int,
@@ -861,11 +867,11 @@ def query(
         command_data_set_type=_dimse.DATASET_PRESENT,
         move_destination=move_destination,
     )
-    request = _Request(session, ctx, command, dsutil.encode_dataset(identifier, ctx.transfer_syntax))
+    request = _Request(
+        session, ctx, command, dsutil.encode_dataset(identifier, ctx.transfer_syntax), asyncio.get_running_loop()
+    )
     request.send_now()
-    responses = _responses(request)
-    weakref.finalize(responses, _end_unread, request, asyncio.get_running_loop())
-    return responses
+    return _responses(request)
 
 
 async def _responses(request: _Request) -> AsyncIterator[tuple[Dataset, Dataset | None]]:
