@@ -112,6 +112,9 @@ class ServiceSession:
         # context ID -> what handlers get as ``event.context`` (made once:
         # two UIDs validated by pydicom cost more than the rest of an event).
         self._context_tuples: dict[int, tuple[PresentationContextTuple | None, str | None]] = {}
+        # handler -> ``is_inline_generator(handler)``, for the handlers bound
+        # (inspect's answer costs more than a small C-FIND's dispatch).
+        self._inline_generators: dict[Any, bool] = {}
 
     # ----------------------------------------------------------- contexts
     def respond(self, message: IncomingMessage, response: Command, dataset: Any = None) -> None:
@@ -151,6 +154,20 @@ class ServiceSession:
     def in_thread(self, handler: Callable[..., Any]) -> bool:
         """True when ``handler`` runs in the lane (off the loop)."""
         return self.lane is not None and runs_in_thread(handler)
+
+    def is_inline_generator(self, handler: Callable[..., Any]) -> bool:
+        """True when ``handler`` is a plain generator function that runs on
+        the loop (not in the lane): its results can be taken without a
+        coroutine."""
+        try:
+            return self._inline_generators[handler]
+        except KeyError:
+            answer = not self.in_thread(handler) and inspect.isgeneratorfunction(handler)
+            if len(self._inline_generators) < 16:
+                self._inline_generators[handler] = answer
+            return answer
+        except TypeError:  # an unhashable callable
+            return not self.in_thread(handler) and inspect.isgeneratorfunction(handler)
 
     def make_event(self, event_type: EventType, message: IncomingMessage, *, in_thread: bool = False) -> Event:
         """The Event a handler receives for an incoming request (``in_thread``:

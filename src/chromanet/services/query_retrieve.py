@@ -248,7 +248,7 @@ def serve_find(session: ServiceSession, message: IncomingMessage) -> Awaitable[N
     does the rest go on in a coroutine. Any other handler is served by the
     coroutine from the start."""
     bound = session.handler(EVT_C_FIND)
-    if bound is None or session.in_thread(bound[0]) or not inspect.isgeneratorfunction(bound[0]):
+    if bound is None or not session.is_inline_generator(bound[0]):
         return _serve_find(session, message)
     handler, args = bound
     request = message.command
