@@ -309,8 +309,11 @@ def test_decoded_wire_identifier(archive: PaletteArchive) -> None:
         dict(SOPClassUID="", SOPInstanceUID="", ContentLabel="", ContentDescription="", ContentCreatorName=""),
         dict(ContentLabel="*", PatientName="", PatientID="", AlternateContentDescriptionSequence=[]),
         dict(SpecificCharacterSet="ISO_IR 192", ContentLabel="", ContentCreatorName=""),
+        # ASCII values returned from palettes with other texts outside ASCII:
+        # the encoder's fast path, no Specific Character Set.
+        dict(SOPInstanceUID="", ContentLabel=""),
     ],
-    ids=["model-keys", "unsupported-and-sequence", "charset"],
+    ids=["model-keys", "unsupported-and-sequence", "charset", "uid-and-label"],
 )
 def test_encoded_equals_dataset_path(archive: PaletteArchive, syntax: str, keys: dict) -> None:
     result = archive.find(ident(**keys))

@@ -1,15 +1,20 @@
 """Handler answers into response commands (services/answers.py): the
 optional status elements a handler gives must never cost the response.
 Error Comment is LO (PS3.5 6.2): 64 characters of the default repertoire at
-most, no backslash (the value delimiter), no control characters."""
+most, no backslash (the value delimiter), no control characters. Responses
+come back to SCU callers as status Datasets (``response_to_dataset``) whose
+elements are those pydicom's DataElement constructor makes (PS3.7 C: Status
+and the sub-operation counts are US)."""
 
 from __future__ import annotations
 
-from pydicom import Dataset
+import pytest
+from pydicom import Dataset, config
+from pydicom.dataelem import DataElement
 
 from chromanet import _dimse
 from chromanet._dimse import Command
-from chromanet.services.answers import apply_handler_status, lo_text
+from chromanet.services.answers import apply_handler_status, lo_text, response_to_dataset
 
 
 def test_lo_text_makes_any_value_valid_lo():
@@ -45,3 +50,26 @@ def test_a_bad_optional_element_is_dropped_not_the_response():
     apply_handler_status(status, response, "EVT_C_FIND")
     assert (response.status, response.error_comment, response.error_id) == (0xC000, "kept", None)
     assert _dimse.encode_command(response)
+
+
+@pytest.mark.parametrize("status", [0x0000, 0xFF00, 0xFF01, 0xA700, 0xC311, 0xFE00])
+def test_response_to_dataset_elements_as_pydicom_makes_them(status):
+    command = Command(
+        _dimse.C_GET_RSP, message_id_being_responded_to=3, command_data_set_type=_dimse.NO_DATASET, status=status,
+        number_of_remaining_suboperations=7, number_of_completed_suboperations=0,
+        number_of_failed_suboperations=65535, number_of_warning_suboperations=1,
+        error_comment="why", offending_element=[0x00100010], affected_sop_instance_uid="1.2.3",
+    )  # fmt: skip
+    ds = response_to_dataset(command)
+    assert ds.Status == status
+    assert [int(tag) for tag in ds.keys()] == [
+        0x00000900, 0x00000902, 0x00000901, 0x00001000, 0x00001020, 0x00001021, 0x00001022, 0x00001023,
+    ]  # fmt: skip
+    for elem in ds:
+        made = DataElement(elem.tag, elem.VR, elem.value, validation_mode=config.IGNORE)
+        assert vars(elem) == vars(made)
+        assert elem == made
+    # each response its own elements: changing one changes no other
+    other = response_to_dataset(command)
+    ds.Status = 0x0001
+    assert other.Status == status

@@ -205,6 +205,24 @@ def test_leaving_async_loop_early_cancels(make_qr_scp, closing):
     assert handler.closed.wait(WAIT_TIMEOUT)
 
 
+def test_responses_never_asked_for_cancel_the_request(make_qr_scp):
+    """A C-FIND whose response generator is dropped without being iterated
+    (the request went out at the call): the engine cancels it and frees
+    its place in the window, so the next request runs."""
+    handler = EndlessFind()
+    scp = make_qr_scp([(evt.EVT_C_FIND, handler)])
+
+    async def main() -> list[int]:
+        async with qr_scu_ae().associate_async(*scp.address, ae_title="QRSCP") as assoc:
+            dropped = assoc.send_c_find(query(ENDLESS), FIND)
+            del dropped
+            return [int(s.Status) async for s, _ in assoc.send_c_find(query("three"), FIND)]
+
+    assert run_async(main(), timeout=30) == [0xFF00] * 3 + [0x0000]
+    assert handler.closed.wait(WAIT_TIMEOUT)
+    assert handler.calls == 2
+
+
 @pytest.mark.peer
 def test_pynetdicom_send_c_cancel_against_chromanet(pynetdicom, make_qr_scp):
     handler = EndlessFind()

@@ -6,6 +6,11 @@ a real socket receives: the status, the sub-operation counts, the Failed SOP
 Instance UID List (0008,0058) in the identifier, the Error Comment. The
 chromanet SCU reads most of them; pynetdicom's SCU reads the C-FIND and
 C-GET failure families, to show a foreign peer reads them the same way.
+
+Every test runs twice: with the plain handlers in the association's worker
+thread (the default) and inline on the loop (``AE.sync_handlers_inline``),
+where a generator handler's C-FIND is served without a task of its own
+(``query_retrieve.serve_find``): the statuses are the same.
 """
 
 from __future__ import annotations
@@ -42,6 +47,17 @@ PENDING = (0xFF00, 0xFF01)
 # sequence (Referenced Series Sequence) followed by bytes that are no item
 # tag makes read_dataset raise.
 UNDECODABLE = struct.pack("<HHI", 0x0008, 0x1115, 0xFFFFFFFF) + b"\x01\x02\x03\x04" + b"\x00" * 8
+
+
+@pytest.fixture(params=["thread", "inline"])
+def make_qr_scp(request, make_qr_scp):
+    """The conftest factory, with the handlers in a worker thread or inline."""
+
+    def make(handlers: list[Any] | None = None, ae_title: str = "QRSCP", **settings: Any) -> Any:
+        settings.setdefault("sync_handlers_inline", request.param == "inline")
+        return make_qr_scp(handlers, ae_title, **settings)
+
+    return make
 
 
 def query(uid: str | list[str] = "") -> Dataset:

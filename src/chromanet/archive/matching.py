@@ -355,20 +355,39 @@ class _Plain:
         self.value = value
 
 
-def _plain(raw: RawDataElement) -> _Plain | None:
-    """``raw`` as a _Plain when it is one of the simple text VRs in ASCII,
-    else None (pydicom converts it)."""
-    data = b"" if raw.value is None else raw.value  # None: zero length
-    if not isinstance(data, bytes) or not data.isascii() or _ESCAPE in data:
-        return None
-    tag = int(raw.tag)
-    vr = raw.VR
-    if vr is None:
-        if tag & 0x10000:  # private: no dictionary VR
-            return None
+# tag -> dictionary VR (None: private or unknown) for the implicit VR
+# identifiers' elements: pydicom's look-up costs more than the rest of _plain.
+_DICTIONARY_VRS: dict[int, str | None] = {}
+
+
+def _dictionary_vr(tag: int) -> str | None:
+    try:
+        return _DICTIONARY_VRS[tag]
+    except KeyError:
+        pass
+    vr: str | None
+    if tag & 0x10000:  # private: no dictionary VR
+        vr = None
+    else:
         try:
             vr = dictionary_VR(tag)
         except KeyError:
+            vr = None
+    if len(_DICTIONARY_VRS) < 4096:
+        _DICTIONARY_VRS[tag] = vr
+    return vr
+
+
+def _plain(raw: RawDataElement, tag: int) -> _Plain | None:
+    """``raw`` (with tag ``tag``) as a _Plain when it is one of the simple
+    text VRs in ASCII, else None (pydicom converts it)."""
+    data = b"" if raw.value is None else raw.value  # None: zero length
+    if not isinstance(data, bytes) or not data.isascii() or _ESCAPE in data:
+        return None
+    vr = raw.VR
+    if vr is None:
+        vr = _dictionary_vr(tag)
+        if vr is None:
             return None
     text = data.decode("ascii")
     if vr in _STRIPPED_THEN_SPLIT:
@@ -380,21 +399,32 @@ def _plain(raw: RawDataElement) -> _Plain | None:
     return _Plain(tag, vr, values[0] if len(values) == 1 else values)
 
 
-def _elements(identifier: Dataset) -> Iterable[Any]:
+def _elements(identifier: Dataset) -> list[Any]:
     """The identifier's elements in tag order, as iterating it gives them,
-    the simple raw ones read without pydicom's conversion (``_plain``)."""
-    for tag in sorted(identifier.keys()):
-        raw = identifier.get_item(tag)
-        plain = _plain(raw) if type(raw) is RawDataElement else None
-        yield plain if plain is not None else identifier[tag]
+    the simple raw ones read without pydicom's conversion (``_plain``).
+
+    ``items()`` gives the elements as they are held, raw or converted; a
+    raw element of no value (zero length) is read here too, where
+    ``get_item`` would have pydicom convert it first."""
+    held = [(int(tag), elem) for tag, elem in identifier.items()]
+    held.sort(key=_first)
+    out: list[Any] = []
+    for tag, elem in held:
+        plain = _plain(elem, tag) if type(elem) is RawDataElement else None
+        out.append(plain if plain is not None else identifier[tag])
+    return out
+
+
+def _first(pair: tuple[int, Any]) -> int:
+    return pair[0]
 
 
 def _uid(value: Any) -> str:
     return str(value).strip(" \x00")
 
 
-def _request_charset(identifier: Dataset) -> tuple[str, ...] | None:
-    elem = identifier.get(SPECIFIC_CHARACTER_SET)
+def _request_charset(elem: Any) -> tuple[str, ...] | None:
+    """The request's Specific Character Set, from its element (or None)."""
     if elem is None:
         return None
     values = tuple(_text(v) for v in _values(elem))
@@ -470,7 +500,7 @@ def plan_find(identifier: Dataset) -> FindPlan:
 
     Raises IdentifierError for an identifier this SOP class cannot answer.
     """
-    if QUERY_RETRIEVE_LEVEL in identifier:
+    if QUERY_RETRIEVE_LEVEL in identifier.keys():
         raise IdentifierError(
             IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
             "Query/Retrieve Level shall not be present (PS3.4 X.4.1)",
@@ -480,10 +510,13 @@ def plan_find(identifier: Dataset) -> FindPlan:
     keys: list[ReturnKey] = []
     unsupported = False
     wants_sequence = False
+    charset_element = None
     for elem in _elements(identifier):
         tag = int(elem.tag)
         _check_key(elem, tag)
         if tag in _NOT_KEYS or (tag & 0xFFFF) == 0:
+            if tag == SPECIFIC_CHARACTER_SET:
+                charset_element = elem
             continue  # not keys, group lengths
         model = MODEL_KEYS.get(tag)
         if model is None:
@@ -523,7 +556,7 @@ def plan_find(identifier: Dataset) -> FindPlan:
         params=params,
         keys=tuple(keys),
         status=PENDING_OPTIONAL_KEYS_NOT_SUPPORTED if unsupported else PENDING,
-        request_charset=_request_charset(identifier),
+        request_charset=_request_charset(charset_element),
         wants_sequence=wants_sequence,
         conditions=tuple(conditions),
     )

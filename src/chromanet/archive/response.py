@@ -155,7 +155,11 @@ def identifier_from_row(plan: m.FindPlan, row: Sequence[Any]) -> Dataset:
 
 
 class _Encoder:
-    """Encodes the ASCII rows of one plan without pydicom (fast path)."""
+    """Encodes the rows of one plan whose returned values are ASCII without
+    pydicom (fast path). A row qualifies by the values the response holds,
+    not by its ``ascii_only`` flag (which covers every text of the palette):
+    with only ASCII returned, ``identifier_from_row`` adds no Specific
+    Character Set either, and the bytes are the same."""
 
     def __init__(self, plan: m.FindPlan, implicit: bool) -> None:
         self.plan = plan
@@ -175,19 +179,25 @@ class _Encoder:
         self.fields = fields
 
     def encode(self, row: Sequence[Any]) -> bytes:
-        if not self.usable or not row[m.COL_ASCII_ONLY]:
-            return dsutil.encode_dataset(identifier_from_row(self.plan, row), self.syntax)
+        if not self.usable:
+            return self._slow(row)
         parts: list[bytes] = []
         pack = struct.pack
         for header, fmt, column, pad in self.fields:
             value = row[column] if column is not None else None
-            raw = value.encode("ascii") if value else b""
+            try:
+                raw = value.encode("ascii") if value else b""
+            except UnicodeEncodeError:  # text outside ASCII: a character set to choose
+                return self._slow(row)
             if len(raw) & 1:
                 raw += pad
             parts.append(header)
             parts.append(pack(fmt, len(raw)))
             parts.append(raw)
         return b"".join(parts)
+
+    def _slow(self, row: Sequence[Any]) -> bytes:
+        return dsutil.encode_dataset(identifier_from_row(self.plan, row), self.syntax)
 
 
 class FindResult:

@@ -114,6 +114,27 @@ _STATUS_TAG = BaseTag(0x00000900)
 _TRUSTED = config.IGNORE
 
 
+# A US element of an int value, as ``DataElement(tag, "US", value,
+# validation_mode=IGNORE)`` makes it (``__init__`` keeps such a value as it
+# is: nothing to convert, nothing validated), at a sixth of the cost: a new
+# instance given a copy of a made one's attributes and its own tag and
+# value. Checked at import against the constructor; when pydicom's
+# DataElement is not made that way, the constructor itself.
+_US_STATE = dict(vars(DataElement(_STATUS_TAG, "US", 0xFF00, validation_mode=_TRUSTED)))
+_FAST_US = DataElement.__new__ is object.__new__ and _US_STATE.get("_value") == 0xFF00 and "tag" in _US_STATE
+
+
+def _us_element(tag: BaseTag, value: int) -> DataElement:
+    if not _FAST_US:
+        return DataElement(tag, "US", value, validation_mode=_TRUSTED)
+    elem = object.__new__(DataElement)
+    state = elem.__dict__
+    state.update(_US_STATE)
+    state["tag"] = tag
+    state["_value"] = value
+    return elem
+
+
 def response_to_dataset(command: Command | None) -> Dataset:
     """A response command as pynetdicom returns it: a Dataset with Status
     and the optional status elements present. None (no response: the
@@ -127,11 +148,19 @@ def response_to_dataset(command: Command | None) -> Dataset:
     elements (converted when read)."""
     if command is None:
         return Dataset()
-    elements = {_STATUS_TAG: DataElement(_STATUS_TAG, "US", command.status, validation_mode=_TRUSTED)}
+    status = command.status
+    elements = {
+        _STATUS_TAG: _us_element(_STATUS_TAG, status)
+        if type(status) is int
+        else DataElement(_STATUS_TAG, "US", status, validation_mode=_TRUSTED)
+    }
     for field, tag, vr in _RESPONSE_ELEMENTS:
         value = getattr(command, field)
         if value is not None:
-            elements[tag] = DataElement(tag, vr, value, validation_mode=_TRUSTED)
+            if vr == "US" and type(value) is int:
+                elements[tag] = _us_element(tag, value)
+            else:
+                elements[tag] = DataElement(tag, vr, value, validation_mode=_TRUSTED)
     return dsutil.new_dataset(elements)
 
 
@@ -158,11 +187,26 @@ class HandlerResults:
         except (StopIteration, StopAsyncIteration):
             raise Exhausted from None
 
-    async def close(self) -> None:
+    def next_now(self) -> Any:
+        """``next`` for a sync handler, without a coroutine (the inline path)."""
         try:
-            if self._async:
+            return next(self._gen)
+        except StopIteration:
+            raise Exhausted from None
+
+    async def close(self) -> None:
+        if self._async:
+            try:
                 await self._gen.aclose()
-            elif hasattr(self._gen, "close"):
+            except Exception:
+                LOGGER.exception("handler generator raised while closing")
+        else:
+            self.close_now()
+
+    def close_now(self) -> None:
+        """``close`` for a sync handler."""
+        try:
+            if hasattr(self._gen, "close"):
                 self._gen.close()
         except Exception:
             LOGGER.exception("handler generator raised while closing")

@@ -109,9 +109,12 @@ class ServiceSession:
         #: What handlers in the lane receive as ``event.assoc`` (the
         #: blocking ``Association``).
         self.sync_event_source = sync_event_source if sync_event_source is not None else event_source
-        # event.context per context ID: made once (pydicom's UID() checks
-        # its value with a regular expression, too dear for every request).
-        self._event_contexts: dict[int, PresentationContextTuple] = {}
+        # context ID -> what handlers get as ``event.context`` (made once:
+        # two UIDs validated by pydicom cost more than the rest of an event).
+        self._context_tuples: dict[int, tuple[PresentationContextTuple | None, str | None]] = {}
+        # handler -> ``is_inline_generator(handler)``, for the handlers bound
+        # (inspect's answer costs more than a small C-FIND's dispatch).
+        self._inline_generators: dict[Any, bool] = {}
 
     # ----------------------------------------------------------- contexts
     def respond(self, message: IncomingMessage, response: Command, dataset: Any = None) -> None:
@@ -152,21 +155,42 @@ class ServiceSession:
         """True when ``handler`` runs in the lane (off the loop)."""
         return self.lane is not None and runs_in_thread(handler)
 
+    def is_inline_generator(self, handler: Callable[..., Any]) -> bool:
+        """True when ``handler`` is a plain generator function that runs on
+        the loop (not in the lane): its results can be taken without a
+        coroutine."""
+        try:
+            return self._inline_generators[handler]
+        except KeyError:
+            answer = not self.in_thread(handler) and inspect.isgeneratorfunction(handler)
+            if len(self._inline_generators) < 16:
+                self._inline_generators[handler] = answer
+            return answer
+        except TypeError:  # an unhashable callable
+            return not self.in_thread(handler) and inspect.isgeneratorfunction(handler)
+
     def make_event(self, event_type: EventType, message: IncomingMessage, *, in_thread: bool = False) -> Event:
         """The Event a handler receives for an incoming request (``in_thread``:
         for a handler in the lane, whose ``event.assoc`` is the blocking one)."""
-        context = self.contexts.get(message.context_id)
-        event_context = self._event_contexts.get(message.context_id)
-        if event_context is None and context is not None:
-            event_context = self._event_contexts[message.context_id] = PresentationContextTuple(
-                context.context_id, UID(context.abstract_syntax), UID(context.transfer_syntax)
-            )
+        context_id = message.context_id
+        try:
+            context_tuple, transfer_syntax = self._context_tuples[context_id]
+        except KeyError:
+            context = self.contexts.get(context_id)
+            if context is None:
+                context_tuple, transfer_syntax = None, None
+            else:
+                context_tuple = PresentationContextTuple(
+                    context.context_id, UID(context.abstract_syntax), UID(context.transfer_syntax)
+                )
+                transfer_syntax = context.transfer_syntax
+            self._context_tuples[context_id] = (context_tuple, transfer_syntax)
         return Event(
             self.sync_event_source if in_thread else self.event_source,
             event_type,
             message=message,
-            context=event_context,
-            transfer_syntax=context.transfer_syntax if context is not None else None,
+            context=context_tuple,
+            transfer_syntax=transfer_syntax,
         )
 
     # --------------------------------------------------------------- SCU

@@ -42,8 +42,7 @@ import inspect
 import ipaddress
 import logging
 import os
-import weakref
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable
 
 from pydicom import Dataset
 
@@ -135,7 +134,7 @@ async def _begin(
     and call the handler. None (with the failure response sent) when either
     fails or no handler is bound."""
     request = message.command
-    sender = _Sender(session.channel, message, session.transfer_syntax(message.context_id) or uids.ImplicitVRLittleEndian)
+    sender = _sender(session, message)
     bound = session.handler(event_type)
     if bound is None:
         LOGGER.error("no handler is bound to %s", event_type.name)
@@ -150,8 +149,7 @@ async def _begin(
         # which a handler could take for "match all").
         identifier = event.identifier
     except Exception as exc:
-        peer_log(LOGGER, logging.WARNING, session.peer_host, "%s request identifier from %s failed to decode: %s",
-                 event_type.name, session.peer_host, exc)
+        _identifier_failed(session, event_type, exc)
         await sender.send(_response(request, response_field, decode_failed))
         return None
     if message.trace is not None and message.trace.details:
@@ -182,6 +180,15 @@ async def _begin(
     return sender, results
 
 
+def _sender(session: ServiceSession, message: IncomingMessage) -> _Sender:
+    return _Sender(session.channel, message, session.transfer_syntax(message.context_id) or uids.ImplicitVRLittleEndian)
+
+
+def _identifier_failed(session: ServiceSession, event_type: EventType, exc: Exception) -> None:
+    peer_log(LOGGER, logging.WARNING, session.peer_host, "%s request identifier from %s failed to decode: %s",
+             event_type.name, session.peer_host, exc)
+
+
 class _Sender:
     """Sends one operation's responses; pauses for the transport and yields
     to the loop now and then."""
@@ -193,17 +200,25 @@ class _Sender:
         self.sent = 0
         self.trace: OperationRecord | None = message.trace
 
-    async def send(self, response: Command, identifier: Any = None) -> None:
-        if self.channel.end_error is not None:
-            return
+    def put(self, response: Command, identifier: Any = None) -> bool:
+        """Send ``response`` now; True when the caller is to ``await
+        pace()`` before it sends more (``send`` does both)."""
+        channel = self.channel
+        if channel.end_error is not None:
+            return False
         if identifier is not None:
             response.command_data_set_type = _dimse.DATASET_PRESENT
         # A pending response is followed at once by the next one, or by the
         # next sub-operation's C-STORE-RQ: both go out in one write.
-        self.channel.send(self.context_id, response, identifier, hold=response.status in _PENDING)
+        channel.send(self.context_id, response, identifier, hold=response.status in _PENDING)
         if self.trace is not None:
             self.trace.note_response(response, identifier)
         self.sent += 1
+        return self.sent % _YIELD_EVERY == 0 or channel.writing_paused
+
+    async def pace(self) -> None:
+        """Yield to the loop every ``_YIELD_EVERY`` responses, and wait while
+        the peer reads slower than we write."""
         if self.sent % _YIELD_EVERY == 0:
             await asyncio.sleep(0)
             # Pending responses go no further ahead of what the peer has
@@ -211,20 +226,95 @@ class _Sender:
             await self.channel.drain_below(_WRITE_AHEAD)
         await self.channel.drain()
 
+    async def send(self, response: Command, identifier: Any = None) -> None:
+        if self.put(response, identifier):
+            await self.pace()
+
     def encode(self, dataset: Dataset) -> bytes:
         return dsutil.encode_dataset(dataset, self.transfer_syntax)
 
 
 # ----------------------------------------------------------------- C-FIND
-async def serve_find(session: ServiceSession, message: IncomingMessage) -> None:
-    """SCP: serve one C-FIND-RQ with the EVT_C_FIND handler."""
+# What answering one handler result left to do (``_answer_find``).
+_GO_ON, _PACE, _OVER = 0, 1, 2
+
+
+def serve_find(session: ServiceSession, message: IncomingMessage) -> Awaitable[None] | None:
+    """SCP: serve one C-FIND-RQ with the EVT_C_FIND handler.
+
+    A plain generator handler that runs inline (on the loop) is served here
+    and now, without a task of its own: its results are taken and answered
+    one after the other as a task would, and only when something has to be
+    waited for (every ``_YIELD_EVERY`` responses, or a full write buffer)
+    does the rest go on in a coroutine. Any other handler is served by the
+    coroutine from the start."""
+    bound = session.handler(EVT_C_FIND)
+    if bound is None or not session.is_inline_generator(bound[0]):
+        return _serve_find(session, message)
+    handler, args = bound
+    request = message.command
+    sender = _sender(session, message)
+    event = session.make_event(EVT_C_FIND, message)
+    try:
+        identifier = event.identifier
+    except Exception as exc:
+        _identifier_failed(session, EVT_C_FIND, exc)
+        sender.put(_response(request, _dimse.C_FIND_RSP, FIND_DECODE_FAILED))
+        return None
+    if message.trace is not None and message.trace.details:
+        message.trace.note_query(identifier)
+    try:
+        results = HandlerResults(handler(event, *args))
+    except Exception:
+        LOGGER.exception("exception in the handler bound to %s", EVT_C_FIND.name)
+        sender.put(_response(request, _dimse.C_FIND_RSP, FIND_HANDLER_RAISED))
+        return None
+    handed_on = False
+    try:
+        while True:
+            if message.cancelled:
+                sender.put(_response(request, _dimse.C_FIND_RSP, CANCEL))
+                return None
+            try:
+                status, identifier = results.next_now()
+            except Exhausted:
+                break
+            except Exception:
+                LOGGER.exception("exception in the handler bound to EVT_C_FIND")
+                sender.put(_response(request, _dimse.C_FIND_RSP, FIND_HANDLER_RAISED))
+                return None
+            done = _answer_find(sender, request, message, status, identifier)
+            if done == _OVER:
+                return None
+            if done == _PACE:
+                handed_on = True
+                return _find_on(sender, request, message, results, paced=False)
+        sender.put(_response(request, _dimse.C_FIND_RSP, SUCCESS))
+        return None
+    finally:
+        if not handed_on:
+            results.close_now()
+
+
+async def _serve_find(session: ServiceSession, message: IncomingMessage) -> None:
+    """``serve_find`` in a coroutine: a handler in the lane, an async one,
+    or one that is not a generator."""
     request = message.command
     begun = await _begin(session, message, EVT_C_FIND, _dimse.C_FIND_RSP, FIND_DECODE_FAILED, FIND_HANDLER_RAISED)
     if begun is None:
         return
     sender, results = begun
     _batched(results, _FIND_BATCH)
+    await _find_on(sender, request, message, results, paced=True)
+
+
+async def _find_on(sender: _Sender, request: Command, message: IncomingMessage, results: Results, *, paced: bool) -> None:
+    """Answer the handler's results from here on (``paced``: the last
+    response sent needs no ``pace()`` first), then the final response; the
+    handler's generator is closed however it ends."""
     try:
+        if not paced:
+            await sender.pace()
         while True:
             if message.cancelled:
                 await sender.send(_response(request, _dimse.C_FIND_RSP, CANCEL))
@@ -237,31 +327,43 @@ async def serve_find(session: ServiceSession, message: IncomingMessage) -> None:
                 LOGGER.exception("exception in the handler bound to EVT_C_FIND")
                 await sender.send(_response(request, _dimse.C_FIND_RSP, FIND_HANDLER_RAISED))
                 return
-            response = _response(request, _dimse.C_FIND_RSP)
-            apply_handler_status(status, response, "EVT_C_FIND")
-            if response.status not in _PENDING:
-                if response.status == CANCEL or message.cancelled:
-                    response = _response(request, _dimse.C_FIND_RSP, CANCEL)
-                await sender.send(response)
+            done = _answer_find(sender, request, message, status, identifier)
+            if done == _OVER:
                 return
-            if message.cancelled:
-                await sender.send(_response(request, _dimse.C_FIND_RSP, CANCEL))
-                return
-            try:
-                # Bytes are an identifier already encoded in the context's
-                # transfer syntax (an archive's fast path): sent as they are.
-                if isinstance(identifier, (bytes, bytearray, memoryview)):
-                    encoded = identifier
-                else:
-                    encoded = sender.encode(identifier)
-            except Exception as exc:
-                LOGGER.error("C-FIND response identifier failed to encode: %s", exc)
-                await sender.send(_response(request, _dimse.C_FIND_RSP, FIND_ENCODE_FAILED))
-                return
-            await sender.send(response, encoded)
+            if done == _PACE:
+                await sender.pace()
         await sender.send(_response(request, _dimse.C_FIND_RSP, SUCCESS))
     finally:
         await results.close()
+
+
+def _answer_find(sender: _Sender, request: Command, message: IncomingMessage, status: Any, identifier: Any) -> int:
+    """Answer one (status, identifier) the handler yielded: a pending
+    response with the identifier (``_GO_ON``, or ``_PACE`` when the sender
+    asks to be paced), or the response that ends the operation (``_OVER``):
+    the handler's final status, Cancel, or a failure to encode."""
+    response = _response(request, _dimse.C_FIND_RSP)
+    apply_handler_status(status, response, "EVT_C_FIND")
+    if response.status not in _PENDING:
+        if response.status == CANCEL or message.cancelled:
+            response = _response(request, _dimse.C_FIND_RSP, CANCEL)
+        sender.put(response)
+        return _OVER
+    if message.cancelled:
+        sender.put(_response(request, _dimse.C_FIND_RSP, CANCEL))
+        return _OVER
+    try:
+        # Bytes are an identifier already encoded in the context's
+        # transfer syntax (an archive's fast path): sent as they are.
+        if isinstance(identifier, (bytes, bytearray, memoryview)):
+            encoded = identifier
+        else:
+            encoded = sender.encode(identifier)
+    except Exception as exc:
+        LOGGER.error("C-FIND response identifier failed to encode: %s", exc)
+        sender.put(_response(request, _dimse.C_FIND_RSP, FIND_ENCODE_FAILED))
+        return _OVER
+    return _PACE if sender.put(response, encoded) else _GO_ON
 
 
 # ------------------------------------------------------- C-GET and C-MOVE
@@ -688,9 +790,11 @@ class _Request:
     response generator, or the finalizer of a generator never started)
     gives back its slot and, when it ended early, cancels it."""
 
-    __slots__ = ("session", "ctx", "command", "encoded", "stream", "has_slot", "ended", "__weakref__")
+    __slots__ = ("session", "ctx", "command", "encoded", "stream", "has_slot", "ended", "loop")
 
-    def __init__(self, session: ServiceSession, ctx: Any, command: Command, encoded: bytes) -> None:
+    def __init__(
+        self, session: ServiceSession, ctx: Any, command: Command, encoded: bytes, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.session = session
         self.ctx = ctx
         self.command = command
@@ -698,6 +802,18 @@ class _Request:
         self.stream: Any = None
         self.has_slot = False
         self.ended = False
+        self.loop = loop
+
+    def __del__(self) -> None:
+        # The response generator holds the request until it ends (and ends
+        # it); one never started drops it unended: end it on the loop's
+        # thread (we may be in any thread, or in the collector).
+        if not self.ended:
+            try:
+                if not self.loop.is_closed():
+                    self.loop.call_soon_threadsafe(self.end, False)
+            except RuntimeError:  # the loop closed meanwhile
+                pass
 
     def send_now(self) -> None:
         if self.session.channel.try_acquire_slot():
@@ -738,13 +854,6 @@ class _Request:
             channel.release_slot()
 
 
-def _end_unread(request: _Request, loop: asyncio.AbstractEventLoop) -> None:
-    """The responses of ``request`` were never asked for and nobody can ask
-    any more (the generator was collected): end it on the loop's thread."""
-    if not request.ended and not loop.is_closed():
-        loop.call_soon_threadsafe(request.end, False)
-
-
 def query(
     session: ServiceSession,
     field: int,
@@ -770,11 +879,11 @@ def query(
         command_data_set_type=_dimse.DATASET_PRESENT,
         move_destination=move_destination,
     )
-    request = _Request(session, ctx, command, dsutil.encode_dataset(identifier, ctx.transfer_syntax))
+    request = _Request(
+        session, ctx, command, dsutil.encode_dataset(identifier, ctx.transfer_syntax), asyncio.get_running_loop()
+    )
     request.send_now()
-    responses = _responses(request)
-    weakref.finalize(responses, _end_unread, request, asyncio.get_running_loop())
-    return responses
+    return _responses(request)
 
 
 async def _responses(request: _Request) -> AsyncIterator[tuple[Dataset, Dataset | None]]:

@@ -463,6 +463,11 @@ class AssociationControl:
         """One DIMSE message, a large data set paced out with flow control."""
         await self.connection.send_message_paced(context_id, command, dataset)
 
+    @property
+    def writing_paused(self) -> bool:
+        """True while ``drain`` would wait (the write buffer is full)."""
+        return self.connection.writing_paused
+
     async def drain(self) -> None:
         """Wait while the transport's write buffer is above its high mark."""
         await self.connection.drain()

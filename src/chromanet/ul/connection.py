@@ -500,6 +500,12 @@ class ULConnection(asyncio.Protocol):
                     self.transport.writelines(queued)
             done.set_result(None)
 
+    @property
+    def writing_paused(self) -> bool:
+        """True while the transport's write buffer is above its high mark
+        (``drain`` would wait)."""
+        return self._writing_paused
+
     async def drain(self) -> None:
         """Wait until the transport's write buffer is below its high mark."""
         if not self._writing_paused:
