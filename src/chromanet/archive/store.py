@@ -13,7 +13,8 @@ Storing, and why it is crash safe. A store is committed when its index row
 is committed, and not before:
 
 1. the data set is in a file in ``files/`` whose name starts with "." (a
-   temporary), or is the caller's own file (``ingest_file``);
+   temporary; ``prepare_data`` writes a data set received in memory there
+   directly), or is the caller's own file (``ingest_file``);
 2. the file is validated, fsynced, and renamed (``os.replace``, atomic) to
    its final name ``<SOP Instance UID>.dcm`` (``<UID>_<random>.dcm`` when that
    name is taken by the version being replaced); the directory is fsynced;
@@ -121,6 +122,7 @@ from chromanet.archive.validation import (
     Refused,
     check_palette_dataset,
     check_palette_file,
+    checked_data,
     checked_file,
 )
 from chromanet.errors import ChromanetError
@@ -229,6 +231,25 @@ def _start_writeback(fds: list[int]) -> None:
     if _sync_file_range:
         for fd in fds:
             _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+
+
+def _write_new(path: Path, parts: tuple[Any, ...]) -> None:
+    """A new file (it must not exist) holding ``parts``, written with as
+    few calls as the kernel allows (one ``writev`` for a palette), and
+    closed; not fsynced (``commit_batch`` does that for a whole batch).
+    Owner-only, as a spooled file was."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        views = [memoryview(part).cast("B") for part in parts]
+        while views:
+            written = os.writev(fd, views) if hasattr(os, "writev") else os.write(fd, views[0])
+            while views and written >= len(views[0]):
+                written -= len(views[0])
+                views.pop(0)
+            if views and written:
+                views[0] = views[0][written:]
+    finally:
+        os.close(fd)
 
 
 def _lock_range(fd: int, start: int, length: int) -> None:
@@ -468,6 +489,35 @@ class PaletteArchive:
             return prepared
         return self.commit_batch([prepared])[0]
 
+    def prepare_data(
+        self,
+        data: Any,
+        transfer_syntax: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        *,
+        owner: str | None = None,
+        may_replace_others: bool = False,
+    ) -> "PreparedStore | IngestResult":
+        """Step 1 for a data set received in memory (a C-STORE's, without
+        its file meta; the request's Affected SOP Class and Instance UIDs
+        stand for it): validated from the bytes, then written with its file
+        meta header straight into a temporary in ``files/``, the file it
+        becomes. The same as spooling it and ``prepare_file``, without the
+        spool file (its create, write, reread and removal). A
+        ``PreparedStore`` for ``commit_batch``, or the IngestResult of a
+        refusal. Takes no lock."""
+        rights = _Rights(owner, may_replace_others)
+        try:
+            fields, warning = checked_data(data, transfer_syntax, sop_class_uid, sop_instance_uid)
+        except Refused as refused:
+            return IngestResult(refused.status, refused.comment)
+        header = dsutil.file_header(fields["sop_class_uid"], fields["sop_instance_uid"], transfer_syntax)
+        return self._prepare_new_file(
+            lambda temp: _write_new(temp, (header, data)), fields, transfer_syntax, warning, rights,
+            len(header) + memoryview(data).nbytes,
+        )  # fmt: skip
+
     def prepare_file(
         self,
         path: str | os.PathLike[str],
@@ -583,7 +633,8 @@ class PaletteArchive:
         return f"{uid}_{secrets.token_hex(4)}.dcm"
 
     def _prepare_new_file(
-        self, write: Any, fields: dict[str, Any], transfer_syntax: str, warning: str, rights: _Rights
+        self, write: Any, fields: dict[str, Any], transfer_syntax: str, warning: str, rights: _Rights,
+        size: int | None = None,
     ) -> "PreparedStore | IngestResult":
         refused = self._refuse_stored_well_known(fields)
         if refused is not None:
@@ -591,7 +642,8 @@ class PaletteArchive:
         temp = self._temp_path()
         try:
             write(temp)
-            size = os.stat(temp).st_size
+            if size is None:
+                size = os.stat(temp).st_size
         except Exception as exc:
             temp.unlink(missing_ok=True)
             return IngestResult(OUT_OF_RESOURCES, f"cannot write: {exc}"[:64], fields["sop_instance_uid"])
