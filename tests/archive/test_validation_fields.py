@@ -82,3 +82,68 @@ def test_check_palette_data_as_check_palette_file(tmp_path) -> None:
     assert isinstance(refused, validation.IngestResult) and refused.status == validation.DATASET_DOES_NOT_MATCH
     garbled = validation.check_palette_data(data[:-7], syntax, uids.ColorPaletteStorage, UID)
     assert isinstance(garbled, validation.IngestResult) and garbled.status == validation.CANNOT_UNDERSTAND
+
+
+def _through_pydicom(data: bytes, syntax: str, meta_class: str, meta_instance: str) -> tuple[dict, str]:
+    return validation._index_fields(dsutil.decode_dataset(data, syntax), meta_class or None, meta_instance or None)
+
+
+def test_scanned_columns_equal_decoded_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Explicit VR Little Endian data sets are read by ``rawscan`` (no
+    pydicom object): the same columns as the decoded data set's, for every
+    palette pydicom ships (Latin-1 alternates among them) and the variants
+    above; those the scan leaves out (an ISO 2022 or GB18030 character set)
+    are still read, through pydicom."""
+    from pydicom.data import get_palette_files
+
+    syntax = uids.ExplicitVRLittleEndian
+    cases = []
+    for path in sorted(get_palette_files("*.dcm")):
+        part = dsutil.open_part10(path)
+        cases.append((bytes(part.dataset_bytes()), part.sop_class_uid, part.sop_instance_uid, True))
+        part.close()
+    for ds in _variants():
+        charset = ds.get("SpecificCharacterSet")
+        plain = charset in (None, "ISO_IR 100", "ISO_IR 192")
+        cases.append((dsutil.encode_dataset(ds, syntax), uids.ColorPaletteStorage, UID, plain))
+    for data, meta_class, meta_instance, scanned in cases:
+        expected = _through_pydicom(data, syntax, meta_class, meta_instance)
+        assert validation.checked_data(data, syntax, meta_class, meta_instance) == expected
+        elements = validation.rawscan.scan(data)
+        assert elements is not None
+        if scanned:
+            assert validation._scanned_fields(elements, meta_class, meta_instance) == expected
+        else:
+            with pytest.raises(validation._Unplain):
+                validation._scanned_fields(elements, meta_class, meta_instance)
+
+
+def test_scan_leaves_refusals_and_the_unusual_to_pydicom() -> None:
+    """What the scan does not take (a refusal, undefined lengths, a UN
+    element) gets pydicom's answer, the same status and comment."""
+    syntax = uids.ExplicitVRLittleEndian
+    no_label = dsutil.encode_dataset(hot_iron_copy(UID, "X", ContentLabel=""), syntax)
+    refused = validation.check_palette_data(no_label, syntax, uids.ColorPaletteStorage, UID)
+    assert isinstance(refused, validation.IngestResult) and "Content Label" in refused.comment
+    wrong_meta = validation.check_palette_data(
+        dsutil.encode_dataset(hot_iron_copy(UID, "X"), syntax), syntax, uids.ColorPaletteStorage, UID + ".1"
+    )
+    assert isinstance(wrong_meta, validation.IngestResult) and "Instance UID" in wrong_meta.comment
+    # A sequence and an item of undefined length (PS3.5 7.5.1, 7.5.2), by hand.
+    ds = hot_iron_copy(UID, "UNDEFINED")
+    del ds.AlternateContentDescriptionSequence
+    data = dsutil.encode_dataset(ds, syntax)
+    sequence = (b"\x70\x00\x87\x00SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+                + b"\x70\x00\x81\x00LO\x04\x00Kept" + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+                + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")  # fmt: skip
+    tail = data.index(b"\x70\x00\x80\x00")  # (0070,0080) onwards; (0070,0087) sorts after 0084
+    after = data.index(b"\x70\x00\x84\x00", tail)
+    end = after + 8 + int.from_bytes(data[after + 6 : after + 8], "little")
+    spliced = data[:end] + sequence + data[end:]
+    elements = validation.rawscan.scan(spliced)
+    assert elements is not None and elements[0x00700087] == ("SQ", [{0x00700081: ("LO", b"Kept")}])
+    assert validation.checked_data(spliced, syntax, uids.ColorPaletteStorage, UID) == _through_pydicom(
+        spliced, syntax, uids.ColorPaletteStorage, UID
+    )
+    # Undefined length on anything but a sequence or an item: the scan declines.
+    assert validation.rawscan.scan(b"\x09\x00\x10\x10UN\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00") is None

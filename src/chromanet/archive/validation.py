@@ -38,6 +38,7 @@ from pydicom.dataelem import RawDataElement
 
 from chromanet import dsutil, uids
 from chromanet.archive import matching as m
+from chromanet.archive import rawscan
 from chromanet.status import STATUS_SUCCESS, STATUS_WARNING, Status, code_to_category
 
 __all__ = [
@@ -268,10 +269,9 @@ def _decode(data: Any, transfer_syntax: str, name: str) -> Dataset:
         raise Refused(CANNOT_UNDERSTAND, f"cannot read as Part 10: {exc}"[:64]) from exc
 
 
-def _read_palette_file(path: Path) -> tuple[Dataset, dsutil.Part10File, os.stat_result]:
-    """The data set of a Part 10 file (see ``_decode``). The file is read
-    whole (a palette is 4.4 KB to ~400 KB): one open and one read, no
-    mapping to undo in a process whose other threads serve peers."""
+def checked_file(path: Path) -> tuple[dict[str, Any], str, str, os.stat_result]:
+    """``check_palette_file``'s work, and the file's stat (the archive
+    renames the file it validated: its size is known); raises Refused."""
     try:
         with open(path, "rb") as handle:
             stat = os.fstat(handle.fileno())
@@ -279,21 +279,149 @@ def _read_palette_file(path: Path) -> tuple[Dataset, dsutil.Part10File, os.stat_
         part = dsutil.parse_part10(memoryview(data), path)
     except (OSError, ValueError) as exc:
         raise Refused(CANNOT_UNDERSTAND, f"cannot read as Part 10: {exc}"[:64]) from exc
-    return _decode(part.dataset_bytes(), part.transfer_syntax, path.name), part, stat
-
-
-def checked_file(path: Path) -> tuple[dict[str, Any], str, str, os.stat_result]:
-    """``check_palette_file``'s work, and the file's stat (the archive
-    renames the file it validated: its size is known); raises Refused."""
-    ds, part, stat = _read_palette_file(path)
-    fields, warning = _index_fields(ds, part.sop_class_uid or None, part.sop_instance_uid or None)
+    fields, warning = _checked(
+        part.dataset_bytes(), part.transfer_syntax, part.sop_class_uid, part.sop_instance_uid, path.name
+    )
     return fields, part.transfer_syntax, warning, stat
 
 
 def checked_data(data: Any, transfer_syntax: str, sop_class_uid: str, sop_instance_uid: str) -> tuple[dict[str, Any], str]:
     """``check_palette_data``'s work; raises Refused."""
-    ds = _decode(data, transfer_syntax, sop_instance_uid[:64] or "a data set")
-    return _index_fields(ds, sop_class_uid or None, sop_instance_uid or None)
+    return _checked(data, transfer_syntax, sop_class_uid, sop_instance_uid, sop_instance_uid[:64] or "a data set")
+
+
+def _checked(data: Any, transfer_syntax: str, meta_class: str, meta_instance: str, name: str) -> tuple[dict[str, Any], str]:
+    """The index columns and warning of a data set, or Refused. Explicit VR
+    Little Endian (what nearly every store sends) is checked in C and read
+    by ``rawscan``, without a pydicom object; a data set that is refused,
+    or that holds anything the scan or its plain text rules leave out, is
+    decoded and read through pydicom (``_index_fields``), which decides."""
+    if transfer_syntax == uids.ExplicitVRLittleEndian:
+        try:
+            dsutil.check_encoding(data, transfer_syntax)
+        except dsutil.EncodingError:
+            pass  # _decode refuses it, saying why
+        else:
+            elements = rawscan.scan(data)
+            if elements is not None:
+                try:
+                    return _scanned_fields(elements, meta_class or None, meta_instance or None)
+                except _Unplain:
+                    pass
+    ds = _decode(data, transfer_syntax, name)
+    return _index_fields(ds, meta_class or None, meta_instance or None)
+
+
+class _Unplain(Exception):
+    """A scanned data set the plain rules do not cover (or a refusal, whose
+    reason ``_index_fields`` gives): read it through pydicom."""
+
+
+# Character sets whose text values (SH, LO, PN) pydicom decodes with one
+# Python codec, no code extensions (PS3.5 6.1.2.2, 6.1.2.4; ISO 2022 sets
+# switch with ESC and are left to pydicom): the codec, by the value of
+# Specific Character Set (0008,0005).
+_ONE_CODEC = {None: "ascii", "": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin_1", "ISO_IR 192": "utf_8"}
+
+
+def _scanned_text(entry: Any, codec: str | None) -> str:
+    """``_text_or_none`` for a scanned element ``(VR, value)``, by
+    pydicom's rules (see ``_plain_text``): CS and UI in ASCII whatever the
+    character set, SH, LO and PN in ``codec`` (the data set's one codec,
+    None if it has none). _Unplain for anything else."""
+    vr, value = entry
+    if type(value) is not bytes or b"\x1b" in value:
+        raise _Unplain()
+    try:
+        if vr in _DEFAULT_ENCODING_VRS:
+            return value.decode("ascii").rstrip(" \x00")
+        if codec is None:
+            raise _Unplain()
+        if vr == "PN":
+            return value.rstrip(b"\x00 ").decode(codec)
+        if vr in _PLAIN_TEXT_VRS:
+            return "\\".join(part.rstrip("\x00 ") for part in value.decode(codec).split("\\"))
+    except UnicodeDecodeError:
+        raise _Unplain() from None
+    raise _Unplain()
+
+
+def _scanned_json(entry: Any, codec: str | None) -> dict[str, Any]:
+    """``_element_json`` for a scanned SH or LO element: what
+    ``DataElement.to_json_dict`` gives for its decoded value."""
+    vr = entry[0]
+    if vr not in _PLAIN_TEXT_VRS:
+        raise _Unplain()
+    text = _scanned_text(entry, codec)
+    return {"vr": vr} if not text else {"vr": vr, "Value": text.split("\\")}
+
+
+def _scanned_alternates(elements: dict[int, Any], codec: str | None) -> str | None:
+    """``_alternate_json`` for a scanned data set (an item with a character
+    set of its own is left to pydicom)."""
+    entry = elements.get(m.ALTERNATE_CONTENT_DESCRIPTION_SEQUENCE)
+    if entry is None:
+        return None
+    if entry[0] != "SQ":
+        raise _Unplain()
+    items = []
+    for item in entry[1]:
+        if m.SPECIFIC_CHARACTER_SET in item:
+            raise _Unplain()
+        kept: dict[str, Any] = {}
+        if m.CONTENT_DESCRIPTION in item:
+            kept[f"{m.CONTENT_DESCRIPTION:08X}"] = _scanned_json(item[m.CONTENT_DESCRIPTION], codec)
+        codes_entry = item.get(m.LANGUAGE_CODE_SEQUENCE)
+        if codes_entry is not None:
+            if codes_entry[0] != "SQ":
+                raise _Unplain()
+            codes = []
+            for code in codes_entry[1]:
+                if m.SPECIFIC_CHARACTER_SET in code:
+                    raise _Unplain()
+                codes.append({f"{tag:08X}": _scanned_json(code[tag], codec) for tag in m.CODE_ITEM_KEYS if tag in code})
+            kept[f"{m.LANGUAGE_CODE_SEQUENCE:08X}"] = {"vr": "SQ", "Value": codes}
+        items.append(kept)
+    return json.dumps(items, ensure_ascii=False)
+
+
+def _scanned_fields(elements: dict[int, Any], meta_class: str | None, meta_instance: str | None) -> tuple[dict[str, Any], str]:
+    """``_index_fields`` for a scanned data set that passes every check, in
+    the same order; _Unplain for anything else."""
+
+    def text(tag: int, codec: str | None) -> str | None:
+        entry = elements.get(tag)
+        return None if entry is None else _scanned_text(entry, codec)
+
+    sop_class = (text(m.SOP_CLASS_UID, None) or "").strip(" \x00")
+    uid = (text(m.SOP_INSTANCE_UID, None) or "").strip(" \x00")
+    if sop_class != uids.ColorPaletteStorage or not uids.validate_uid(uid):
+        raise _Unplain()
+    if (meta_class and meta_class != sop_class) or (meta_instance and meta_instance != uid):
+        raise _Unplain()
+    charset = text(m.SPECIFIC_CHARACTER_SET, None)
+    codec = _ONE_CODEC.get(charset)
+    label = (text(m.CONTENT_LABEL, codec) or "").strip(" ")
+    if not label or not all(tag in elements for tag in _LUT_DESCRIPTORS):
+        raise _Unplain()
+    if not (all(tag in elements for tag in _LUT_DATA) or all(tag in elements for tag in _SEGMENTED_LUT_DATA)):
+        raise _Unplain()
+    warning = "" if _ICC_PROFILE in elements else "ICC Profile (0028,2000) missing"
+    description = text(m.CONTENT_DESCRIPTION, codec)
+    creator = text(m.CONTENT_CREATOR_NAME, codec)
+    alternates = _scanned_alternates(elements, codec)
+    ascii_only = all(t is None or t.isascii() for t in (label, description, creator, alternates))
+    fields = dict(
+        sop_instance_uid=uid,
+        sop_class_uid=sop_class,
+        content_label=label,
+        content_description=description,
+        content_creator_name=creator,
+        alternate_descriptions=alternates,
+        specific_character_set=charset or None,
+        ascii_only=ascii_only,
+    )
+    return fields, warning
 
 
 def check_palette_file(path: Path) -> tuple[dict[str, Any], str, str] | IngestResult:
