@@ -18,7 +18,6 @@ class is a new module.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from pydicom.uid import UID
 
 from chromanet._dimse import NO_DATASET, Command
 from chromanet.dimse_channel import DimseChannel, DimseTimeout, IncomingMessage
-from chromanet.evt import Event, EventType, runs_in_thread
+from chromanet.evt import Event, EventType, is_coroutine_function, runs_in_thread
 from chromanet.logutil import peer_log
 from chromanet.presentation import PresentationContextTuple
 from chromanet.services.answers import apply_handler_status
@@ -83,6 +82,7 @@ class ServiceSession:
         self.channel = channel
         #: The accepted presentation contexts by ID, with transfer syntax and roles.
         self.contexts = contexts
+        self._context_tuples: dict[int, PresentationContextTuple] = {}
         #: The handlers bound on this association (replaced by bind/unbind).
         self.handlers = handlers
         #: What handlers receive as ``event.assoc`` (the public association).
@@ -157,11 +157,18 @@ class ServiceSession:
             self.sync_event_source if in_thread else self.event_source,
             event_type,
             message=message,
-            context=PresentationContextTuple(
-                context.context_id, UID(context.abstract_syntax), UID(context.transfer_syntax)
-            ) if context is not None else None,
+            context=self._context_tuple(context) if context is not None else None,
             transfer_syntax=context.transfer_syntax if context is not None else None,
         )
+
+    def _context_tuple(self, context: NegotiatedContext) -> PresentationContextTuple:
+        """``event.context`` for a context: made once per context of the
+        association (two pydicom UIDs each), not once per request."""
+        made = self._context_tuples.get(context.context_id)
+        if made is None or made.abstract_syntax != context.abstract_syntax or made.transfer_syntax != context.transfer_syntax:
+            made = PresentationContextTuple(context.context_id, UID(context.abstract_syntax), UID(context.transfer_syntax))
+            self._context_tuples[context.context_id] = made
+        return made
 
     # --------------------------------------------------------------- SCU
     async def exchange(self, context_id: int, command: Command, dataset: Any = None) -> Command | None:
@@ -224,7 +231,7 @@ def answer_once(
         event = session.make_event(event_type, message, in_thread=True)
         return _answer_async(session, message, event, bound, response, status_on_exception, after, in_thread=True)
     event = session.make_event(event_type, message)
-    if inspect.iscoroutinefunction(handler):
+    if is_coroutine_function(handler):
         return _answer_async(session, message, event, bound, response, status_on_exception, after)
     try:
         result = handler(event, *args)
