@@ -92,6 +92,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import logging
 import os
@@ -348,6 +349,8 @@ class PaletteArchive:
         self._commit_locks = [threading.Lock() for _ in range(_COMMIT_STRIPES)]
         # A file on another file system is copied in, not renamed.
         self._files_device = os.stat(self.files_dir).st_dev
+        self._temp_prefix = f"{_TEMP_PREFIX}tmp-{secrets.token_hex(6)}-"
+        self._temp_counter = itertools.count()
         self.recovered = VerifyReport() if shared else self.recover()
 
     @classmethod
@@ -620,7 +623,10 @@ class PaletteArchive:
         path.unlink(missing_ok=True)
 
     def _temp_path(self) -> Path:
-        return self.files_dir / f"{_TEMP_PREFIX}tmp-{secrets.token_hex(8)}.dcm"
+        # A random prefix per archive object and a counter: unique without
+        # a getrandom call per store (another process has its own prefix,
+        # and O_EXCL refuses a name that is taken).
+        return self.files_dir / f"{self._temp_prefix}{next(self._temp_counter)}.dcm"
 
     def _final_name(self, uid: str, existing: IndexRow | None) -> str:
         # Without a row, no one names "<uid>.dcm" (names come from UIDs, and
@@ -708,10 +714,10 @@ class PaletteArchive:
         """
         results: list[IngestResult | None] = [None] * len(stores)
         renamed: list[tuple[int, Path, IndexRow, IndexRow | None]] = []
-        stored = self.index.get_many([store.uid for store in stores]) if len(stores) > 1 else None
+        stored = self.index.get_many([store.uid for store in stores], for_write=True)
         for k, store in enumerate(stores):
             uid = store.uid
-            existing = self.index.get(uid) if stored is None else stored.get(uid)
+            existing = stored.get(uid)
             if existing is not None and not store.rights.may_replace(existing.owner):
                 if store.ours:
                     store.source.unlink(missing_ok=True)
