@@ -26,6 +26,13 @@ candidate, baseline, ...):
   and 8 with ``--fork`` (a process per association): the reference of a
   C-STORE SCP that only writes.
 
+Data directories are removed at the end of the run, not after each node
+(``--clean-each`` does that, as before): removing a node's thousands of
+files makes the next node's file creations slow on ext4 without a journal
+(``perf``: most of the next node's CPU in ``ext4_new_inode`` ->
+``find_inode_bit`` -> ``recently_deleted``, which skips inodes freed in
+the last minutes), so each build would pay for the other's clean-up.
+
 Output: a markdown table on stdout (raw figures), ``--json`` with every
 figure, the commits and the load average. Benchmarks only: no assertion
 on timings (``chromanet bench`` exits non-zero if any store failed; that
@@ -108,7 +115,8 @@ def tree_info(tree: Path) -> dict[str, Any]:
 class Node:
     """``chromanet serve`` of one tree on a fresh data directory."""
 
-    def __init__(self, tree: dict[str, Any], workers: int, work: Path, extra: list[str]) -> None:
+    def __init__(self, tree: dict[str, Any], workers: int, work: Path, extra: list[str], clean: bool = False) -> None:
+        self.clean = clean
         self.data = Path(tempfile.mkdtemp(prefix="node-", dir=work))
         self.port = free_port()
         self.log = open(self.data.with_suffix(".log"), "wb")
@@ -126,7 +134,8 @@ class Node:
     def close(self) -> None:
         stop(self.process)
         self.log.close()
-        shutil.rmtree(self.data, ignore_errors=True)
+        if self.clean:
+            shutil.rmtree(self.data, ignore_errors=True)
 
 
 def loadtool(candidate: dict[str, Any], port: int, concurrency: int, n: int, out: Path,
@@ -227,7 +236,7 @@ def storescu(port: int, files: list[Path], timeout: float = 600) -> dict[str, An
             "errors": int(done.returncode != 0), "stderr": done.stderr[-500:]}  # fmt: skip
 
 
-def storescp_cell(candidate: dict[str, Any], concurrency: int, n: int, work: Path) -> dict[str, Any]:
+def storescp_cell(candidate: dict[str, Any], concurrency: int, n: int, work: Path, clean: bool) -> dict[str, Any]:
     port = free_port()
     out_dir = Path(tempfile.mkdtemp(prefix="storescp-", dir=work))
     fork = ["--fork"] if concurrency > 1 else []
@@ -241,7 +250,8 @@ def storescp_cell(candidate: dict[str, Any], concurrency: int, n: int, work: Pat
     finally:
         stop(process)
         log.close()
-        shutil.rmtree(out_dir, ignore_errors=True)
+        if clean:
+            shutil.rmtree(out_dir, ignore_errors=True)
 
 
 def measure(args: argparse.Namespace, trees: dict[str, dict[str, Any]], work: Path) -> list[dict[str, Any]]:
@@ -252,7 +262,7 @@ def measure(args: argparse.Namespace, trees: dict[str, dict[str, Any]], work: Pa
         for side in SIDES:
             for workers in args.workers:
                 say(f"round {rnd}: {side}, {workers} worker(s)")
-                node = Node(trees[side], workers, work, [])
+                node = Node(trees[side], workers, work, [], args.clean_each)
                 try:
                     idle = EchoProbe(candidate, node.port, work / f"echo-idle-{side}-{rnd}-{workers}.json")
                     time.sleep(2.0)
@@ -282,7 +292,7 @@ def measure(args: argparse.Namespace, trees: dict[str, dict[str, Any]], work: Pa
         if args.dcmtk:
             for c in (1, 8):
                 say(f"round {rnd}: storescp (files), {c} assoc")
-                cell = storescp_cell(candidate, c, args.n, work)
+                cell = storescp_cell(candidate, c, args.n, work, args.clean_each)
                 rows.append({"cell": f"loadtool -> storescp (files), {c} assoc", "side": "dcmtk", "workers": None,
                              "round": rnd, **cell})  # fmt: skip
     return rows
@@ -323,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", type=Path, help="data directories and logs here, on the disk to measure "
                    "(default: a new directory in the system's temporary directory, removed at the end)")
     p.add_argument("--json", type=Path, help="write every figure here")
+    p.add_argument("--clean-each", action="store_true", help="remove each node's data directory when it stops "
+                   "(default: all at the end; see above)")
     args = p.parse_args(argv)
     args.concurrency = [int(x) for x in args.concurrency.split(",")]
     args.workers = [int(x) for x in args.workers.split(",")]

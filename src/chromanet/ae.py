@@ -85,6 +85,10 @@ class AE:
         # chromanet extra: spool received C-STORE data sets to files here
         # (bounded memory; handlers read event.dataset_path).
         self.store_spool_directory: Path | None = None
+        # chromanet extra: with a spool directory, a C-STORE data set of at
+        # most this many bytes stays in memory (event.encoded_dataset(), no
+        # dataset_path), a larger one is spooled; 0: every one is spooled.
+        self.store_spool_memory_limit: int = 0
         # chromanet extra: seconds a TLS handshake may take, either side
         # (a TLS listener drops a connection that has not completed its
         # handshake by then; it never held an association slot).

@@ -474,7 +474,10 @@ class AsyncAssociation:
         # Only C-STORE data sets go to disk; identifiers and responses are small.
         ctx = self._ul.contexts.get(context_id)
         if command.command_field == _dimse.C_STORE_RQ and ctx is not None and self._spool_directory is not None:
-            return FileSink(self._spool_directory, command, ctx.transfer_syntax or uids.ImplicitVRLittleEndian)
+            return FileSink(
+                self._spool_directory, command, ctx.transfer_syntax or uids.ImplicitVRLittleEndian,
+                self.ae.store_spool_memory_limit,
+            )
         return None  # the channel's own (capped) sink
 
     def _on_ended(self, future: asyncio.Future[str]) -> None:

@@ -180,6 +180,29 @@ def _plain_file_header(meta: FileMetaDataset) -> bytes | None:
     return b"\x00" * 128 + b"DICM" + group_length + bytes(body)
 
 
+def file_header(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
+    """``encode_file_header(build_file_meta(...))``: the same bytes, made
+    from the three UIDs directly (once per received C-STORE: building a
+    FileMetaDataset costs pydicom's element machinery six times)."""
+    body = bytearray(struct.pack("<HH2sHI", 0x0002, 0x0001, b"OB", 0, 2) + b"\x00\x01")
+    for element, value, vr in (
+        (0x0002, sop_class_uid, b"UI"),
+        (0x0003, sop_instance_uid, b"UI"),
+        (0x0010, transfer_syntax, b"UI"),
+        (0x0012, uids.IMPLEMENTATION_CLASS_UID, b"UI"),
+        (0x0013, uids.IMPLEMENTATION_VERSION_NAME, b"SH"),
+    ):
+        if not value.isascii() or "\\" in value or len(value) > 0xFFFE:
+            return encode_file_header(build_file_meta(sop_class_uid, sop_instance_uid, transfer_syntax))
+        raw = value.encode("ascii")
+        if len(raw) % 2:
+            raw += b" " if vr == b"SH" else b"\x00"
+        body += struct.pack("<HH2sH", 0x0002, element, vr, len(raw))
+        body += raw
+    group_length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(body))
+    return b"\x00" * 128 + b"DICM" + group_length + bytes(body)
+
+
 def encode_file_header(meta: FileMetaDataset) -> bytes:
     """The 128-byte preamble, "DICM" and the group 0002 elements."""
     plain = _plain_file_header(meta)

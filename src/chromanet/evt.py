@@ -410,9 +410,33 @@ def runs_in_thread(handler: Callable[..., Any]) -> bool:
     """True for a handler that runs in a worker thread when the association
     has a lane: a plain function or method not marked ``inline`` (an
     ``async def`` or async generator function runs on the loop)."""
+    return _handler_kind(handler)[0]
+
+
+def is_coroutine_function(handler: Callable[..., Any]) -> bool:
+    """``inspect.iscoroutinefunction(handler)``, remembered per handler."""
+    return _handler_kind(handler)[1]
+
+
+def _handler_kind(handler: Callable[..., Any]) -> tuple[bool, bool]:
+    """(runs in a thread, is a coroutine function) of a handler: asked for
+    every request served, answered once per handler (``inspect`` unwraps
+    partials and methods each time it is asked). A handler that is not
+    hashable is inspected every time."""
+    try:
+        return _remembered_kind(handler)
+    except TypeError:  # not hashable
+        return _inspect_kind(handler)
+
+
+def _inspect_kind(handler: Callable[..., Any]) -> tuple[bool, bool]:
+    coroutine = inspect.iscoroutinefunction(handler)
     if getattr(handler, INLINE_ATTRIBUTE, False):
-        return False
-    return not (inspect.iscoroutinefunction(handler) or inspect.isasyncgenfunction(handler))
+        return False, coroutine
+    return not (coroutine or inspect.isasyncgenfunction(handler)), coroutine
+
+
+_remembered_kind = functools.lru_cache(maxsize=256)(_inspect_kind)
 
 
 def notify(

@@ -285,6 +285,11 @@ def _encoded(ds: pydicom.Dataset) -> bytes:
 
 
 def test_server_killed_mid_store_leaves_nothing_partial(node: Node):
+    """Every data set spooled (``--store-memory-limit 0``): a kill while one
+    arrives leaves a partial spool file, which the restart removes."""
+    node.stop()
+    node.extra = [*node.extra, "--store-memory-limit", "0"]
+    node.start()
     palette = new_palette("KILLED")
     sock = partial_store(node.port, _encoded(palette), palette.SOPInstanceUID)
     # Wait until the server has spooled part of it, then kill it hard.

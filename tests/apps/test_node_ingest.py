@@ -2,7 +2,9 @@
 what a peer was answered with success (0x0000, PS3.4 B.2.3) is durable.
 
 - ``chromanet serve --workers 1`` killed with SIGKILL in the middle of a
-  burst from 8 associations, three rounds over one data directory: every
+  burst from 8 associations, three rounds over one data directory, with
+  the data sets received in memory (the default for palettes) and with
+  every one spooled (``--store-memory-limit 0``): every
   store answered 0x0000 is in the archive after the restart, its data set
   the bytes that were sent; between rounds no row names a missing or
   shorter file, and at the end ``verify()`` finds nothing (no temporary,
@@ -98,11 +100,12 @@ def node_args() -> list[str]:
     return ["--workers", "1", "--default-access", "all"]
 
 
-def test_acknowledged_stores_survive_kill_9(tmp_path: Path) -> None:
+@pytest.mark.parametrize("receive", [[], ["--store-memory-limit", "0"]], ids=["in-memory", "spooled"])
+def test_acknowledged_stores_survive_kill_9(tmp_path: Path, receive: list[str]) -> None:
     data_dir = tmp_path / "data"
     acked: dict[str, bytes] = {}
     for _ in range(ROUNDS):
-        node = ServeProcess(data_dir, node_args())
+        node = ServeProcess(data_dir, node_args() + receive)
         try:
             node.wait_ready()
             uvloop.run(burst(node.port, acked, lambda: node.process.send_signal(signal.SIGKILL)))
@@ -248,6 +251,14 @@ def test_batch_flags_and_toml(tmp_path: Path) -> None:
     assert (from_file.store_batch_size, from_file.store_batch_wait) == (8, 0.002)
     with pytest.raises(ValueError, match="store_batch_size"):
         PaletteNode(NodeConfig(data_dir=tmp_path / "d", store_batch_size=0))
+    from chromanet.apps.node import DEFAULT_STORE_MEMORY_LIMIT
+
+    assert default.store_memory_limit == DEFAULT_STORE_MEMORY_LIMIT
+    assert parse("--store-memory-limit", "0").store_memory_limit == 0
+    toml.write_text("store_memory_limit = 1024\n")
+    assert parse("--config", str(toml)).store_memory_limit == 1024
+    with pytest.raises(ValueError, match="store_memory_limit"):
+        PaletteNode(NodeConfig(data_dir=tmp_path / "d", store_memory_limit=-1))
     # docs/serve.toml, the documented example, names both keys.
     example = (Path(__file__).resolve().parents[2] / "docs" / "serve.toml").read_text()
-    assert "store_batch_size =" in example and "store_batch_wait =" in example
+    assert "store_batch_size =" in example and "store_batch_wait =" in example and "store_memory_limit =" in example

@@ -259,13 +259,13 @@ def test_index_flag_and_toml(tmp_path: Path) -> None:
         PaletteNode(NodeConfig(data_dir=tmp_path / "d", index="mysql://x/y"))
 
 
-def serve(data_dir: Path, port: int, url: str) -> subprocess.Popen[str]:
+def serve(data_dir: Path, port: int, url: str, *extra: str) -> subprocess.Popen[str]:
     """``chromanet serve --index URL`` in a subprocess, listening: one
     process (a node killed mid-store is one process killed; workers on
     PostgreSQL are tests/apps/test_workers.py's)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "chromanet.apps.cli", "serve", "--data-dir", str(data_dir), "--workers", "1",
-         "--port", str(port), "--bind", "127.0.0.1", "--index", url, "--default-access", "all"],
+         "--port", str(port), "--bind", "127.0.0.1", "--index", url, "--default-access", "all", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
@@ -279,10 +279,12 @@ def serve(data_dir: Path, port: int, url: str) -> subprocess.Popen[str]:
 
 def test_node_killed_mid_store_leaves_nothing(pg_url: str, tmp_path: Path) -> None:
     """A node killed while a C-STORE's data set is arriving: the database
-    never saw it, and the restarted node removes the partial spool file."""
+    never saw it, and the restarted node removes the partial spool file
+    (every data set spooled, ``--store-memory-limit 0``: the spool is
+    what this test watches)."""
     data_dir, port = tmp_path / "data", free_port()
     palette = new_palette("KILLED")
-    process = serve(data_dir, port, pg_url)
+    process = serve(data_dir, port, pg_url, "--store-memory-limit", "0")
     try:
         sock = partial_store(port, dsutil.encode_dataset(palette, uids.ExplicitVRLittleEndian),
                              palette.SOPInstanceUID)  # fmt: skip

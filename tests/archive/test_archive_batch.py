@@ -10,7 +10,12 @@ node's ``IngestQueue``:
   a stored well-known palette) are answered in their place, in order;
 - two stores of one UID in one batch commit one after the other;
 - killed at any step of a batch, ``recover()`` leaves every store of it
-  either complete (indexed, its file intact) or gone;
+  either complete (indexed, its file intact) or gone, for spooled files
+  and for data sets received in memory (``prepare_data``, which writes
+  the temporary in ``files/`` itself), and for a kill between that write
+  and the commit;
+- a data set received in memory is stored as the same file its spool
+  would have been;
 - batches from several processes at once, over the same UIDs, keep index
   and files in agreement (the cross-process stripe locks).
 """
@@ -28,6 +33,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from chromanet import dsutil
 from chromanet.archive import IngestResult, PaletteArchive
 from chromanet.archive.group_commit import IngestQueue
 from helpers.data import hot_iron_copy, write_part10
@@ -37,6 +43,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore:Invalid value for VR"),
               pytest.mark.skipif(os.name != "posix", reason="fsync of a directory, lockf")]  # fmt: skip
 
 HOT_IRON = "1.2.840.10008.1.5.1"
+EXPLICIT = "1.2.840.10008.1.2.1"
 
 
 class SimulatedKill(BaseException):
@@ -59,6 +66,15 @@ def spool(archive: PaletteArchive, uid: str, label: str = "BATCH", **changes: An
 
 def prepared(archive: PaletteArchive, path: Path, **rights: Any) -> Any:
     result = archive.prepare_file(path, **rights)
+    assert not isinstance(result, IngestResult), result
+    return result
+
+
+def received(archive: PaletteArchive, uid: str, label: str = "BATCH", **changes: Any) -> Any:
+    """A C-STORE received in memory, validated and written by ``prepare_data``."""
+    ds = hot_iron_copy(uid, label, **changes)
+    data = dsutil.encode_dataset(ds, EXPLICIT)
+    result = archive.prepare_data(data, EXPLICIT, ds.SOPClassUID, uid)
     assert not isinstance(result, IngestResult), result
     return result
 
@@ -164,14 +180,18 @@ def test_two_stores_of_one_uid_in_a_batch_commit_in_order(archive: PaletteArchiv
 BATCH_STEPS = ["_step_fsync_file", "_step_rename", "_step_fsync_dir", "_step_index_many", "_step_remove_old"]
 
 
+@pytest.mark.parametrize("source", ["spooled", "in-memory"])
 @pytest.mark.parametrize("step", BATCH_STEPS)
-def test_killed_in_a_batch_each_store_is_whole_or_gone(tmp_path: Path, monkeypatch, step: str) -> None:
+def test_killed_in_a_batch_each_store_is_whole_or_gone(tmp_path: Path, monkeypatch, step: str, source: str) -> None:
     data = tmp_path / "data"
     replaced = generate_uid()
     with PaletteArchive.open(data) as arch:
         assert arch.ingest_file(spool(arch, replaced, "OLD")).ok
         uids = [generate_uid() for _ in range(4)] + [replaced]
-        batch = [prepared(arch, spool(arch, uid, "NEW")) for uid in uids]
+        if source == "spooled":
+            batch = [prepared(arch, spool(arch, uid, "NEW")) for uid in uids]
+        else:
+            batch = [received(arch, uid, "NEW") for uid in uids]
         calls = []
 
         def die(self: PaletteArchive, *args: Any) -> None:
@@ -198,6 +218,54 @@ def test_killed_in_a_batch_each_store_is_whole_or_gone(tmp_path: Path, monkeypat
                 assert (stored is not None) == committed
                 if stored is not None:
                     assert pydicom.dcmread(stored.path).ContentLabel == "NEW"
+
+
+def test_killed_after_prepare_data_leaves_no_orphan(tmp_path: Path) -> None:
+    """``prepare_data`` wrote its temporaries into ``files/``; the process
+    dies before ``commit_batch``: the next open removes them, nothing is
+    indexed."""
+    data = tmp_path / "data"
+    uids = [generate_uid() for _ in range(3)]
+    with PaletteArchive.open(data) as arch:
+        batch = [received(arch, uid) for uid in uids]
+        assert sorted(p.name for p in arch.verify().temp_files) == sorted(s.source.name for s in batch)
+    with PaletteArchive.open(data) as arch:  # recovers
+        assert arch.verify().ok and len(arch) == 8
+        assert not [n for n in os.listdir(arch.files_dir) if n.startswith(".")]
+        assert all(arch.get(uid) is None for uid in uids)
+
+
+def test_in_memory_store_is_the_file_its_spool_would_be(archive: PaletteArchive) -> None:
+    """Through the queue: ``ingest_data`` stores the file a spool of the
+    same C-STORE stores (file meta from the request, then the bytes
+    received), and refuses what ``ingest_file`` refuses, alike."""
+    spooled_uid, memory_uid = generate_uid(), generate_uid()
+    path = spool(archive, spooled_uid, "SAME")
+    ds = hot_iron_copy(memory_uid, "SAME")
+    data = dsutil.encode_dataset(ds, EXPLICIT)
+    not_palette = dsutil.encode_dataset(hot_iron_copy(generate_uid(), "X", ContentLabel=""), EXPLICIT)
+
+    async def main() -> list[IngestResult]:
+        queue = IngestQueue(archive)
+        try:
+            return await asyncio.wait_for(asyncio.gather(
+                queue.ingest_file(path),
+                queue.ingest_data(data, EXPLICIT, ds.SOPClassUID, memory_uid, owner="PEER"),
+                queue.ingest_data(not_palette, EXPLICIT, ds.SOPClassUID, memory_uid),
+                queue.ingest_data(data[:-5], EXPLICIT, ds.SOPClassUID, memory_uid),
+            ), WAIT_TIMEOUT)  # fmt: skip
+        finally:
+            await queue.close()
+
+    results = asyncio.run(main())
+    assert [r.status for r in results] == [0x0000, 0x0000, 0xA900, 0xC000]
+    # Each file: the header a spool makes of the request, then the data set.
+    for uid, path_of in ((spooled_uid, archive.get(spooled_uid).path), (memory_uid, archive.get(memory_uid).path)):
+        header = dsutil.encode_file_header(dsutil.build_file_meta(ds.SOPClassUID, uid, EXPLICIT))
+        body = dsutil.encode_dataset(hot_iron_copy(uid, "SAME"), EXPLICIT)
+        assert path_of.read_bytes() == header + body
+    assert archive.index.get(memory_uid).owner == "PEER"
+    assert archive.verify().ok
 
 
 def test_ingest_queue_answers_refusals_in_place(archive: PaletteArchive) -> None:

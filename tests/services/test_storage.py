@@ -277,6 +277,38 @@ def test_spool_file_and_event_agree_at_any_size(make_scp, palette_files, tmp_pat
     assert os.listdir(spool) == []
 
 
+@pytest.mark.parametrize("extra", [0, 200_000], ids=["in-memory", "over-the-limit"])
+def test_spool_memory_limit(make_scp, palette_files, tmp_path, extra):
+    """``store_spool_memory_limit``: a data set up to the limit reaches the
+    handler in memory (no dataset_path, no file ever made), a larger one is
+    spooled as before; the handler sees the bytes sent either way."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    ds = pydicom.dcmread(palette_files[0])
+    if extra:
+        ds.add_new(0x00091010, "OB", bytes(range(256)) * (extra // 256))
+        ds.add_new(0x00090010, "LO", "CHROMANET TEST")
+    seen: list[tuple[Any, bytes, list[str]]] = []
+
+    def on_store(event: Any) -> int:
+        path = getattr(event, "dataset_path", None)
+        seen.append((path, event.encoded_dataset(include_meta=False), os.listdir(spool)))
+        return 0
+
+    scp = make_scp(store=False, handlers=[(evt.EVT_C_STORE, on_store)], store_spool_directory=spool,
+                   store_spool_memory_limit=64 * 1024)  # fmt: skip
+    assoc = scu_ae(palette_syntaxes=[uids.ExplicitVRLittleEndian]).associate(*scp.address, ae_title="SRV")
+    assert assoc.send_c_store(ds).Status == 0
+    assoc.release()
+    (path, received, listed), = seen
+    assert received == pydicom_encode(ds, uids.ExplicitVRLittleEndian)
+    if extra:
+        assert path is not None and listed == [Path(path).name]
+    else:
+        assert path is None and listed == []
+    assert os.listdir(spool) == []
+
+
 def test_spool_file_removed_when_not_moved(make_scp, palette_files, tmp_path):
     seen: list[tuple[Path, bool, str]] = []
 

@@ -143,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="group commit: the longest a C-STORE waits for its batch to begin while another commit runs "
         "(default 0: a second commit starts beside it at once)",
     )  # fmt: skip
+    serve.add_argument(
+        "--store-memory-limit", type=int, metavar="BYTES",
+        help="C-STOREs of data sets up to this size are received in memory and written straight into the "
+        "store; larger ones are spooled to disk as they arrive (default 65536; 0: spool all)",
+    )  # fmt: skip
     serve.add_argument("--metrics-port", type=int, metavar="PORT",
                        help="serve Prometheus metrics on http://HOST:PORT/metrics")
     serve.add_argument("--metrics-bind", metavar="HOST", help="the metrics address (default: --bind)")
@@ -414,6 +419,7 @@ def load_node_config(args: argparse.Namespace) -> Any:
         "drain_timeout",
         "store_batch_size",
         "store_batch_wait",
+        "store_memory_limit",
         "metrics_port",
         "metrics_bind",
     ):

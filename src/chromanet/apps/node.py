@@ -70,6 +70,10 @@ _OPERATIONS = {
 }
 
 
+#: Bytes of a C-STORE data set received in memory at most (a palette is
+#: 4 KB to 400 KB; the 8-bit ones most stores carry are under 16 KB).
+DEFAULT_STORE_MEMORY_LIMIT = 64 * 1024
+
 @dataclass
 class NodeConfig:
     """Everything ``chromanet serve`` can be told (file or flags)."""
@@ -139,6 +143,11 @@ class NodeConfig:
     # finds no commit running is committed at once, alone.
     store_batch_size: int = DEFAULT_MAX_BATCH
     store_batch_wait: float = DEFAULT_MAX_WAIT
+    # A C-STORE data set of at most this many bytes is received in memory
+    # and written by the archive straight into its store; a larger one is
+    # spooled to data_dir/incoming as it arrives (bounded memory: at most
+    # this much per outstanding store, 8 per association). 0: spool all.
+    store_memory_limit: int = DEFAULT_STORE_MEMORY_LIMIT
 
     @property
     def worker_count(self) -> int:
@@ -208,8 +217,10 @@ class PaletteNode:
     ) -> None:
         self.config = config
         self.worker = worker
-        if config.store_batch_size < 1 or config.store_batch_wait < 0:
-            raise ValueError("store_batch_size must be at least 1 and store_batch_wait not negative")
+        if config.store_batch_size < 1 or config.store_batch_wait < 0 or config.store_memory_limit < 0:
+            raise ValueError(
+                "store_batch_size must be at least 1, store_batch_wait and store_memory_limit not negative"
+            )
         config.data_dir.mkdir(parents=True, exist_ok=True)
         if archive is None and is_postgresql_url(config.index):
             archive_or_none: Any = None  # opened by start(): connecting is awaited
@@ -276,6 +287,7 @@ class PaletteNode:
         ae.request_gate = self._request_gate
         ae.async_ops_window = (8, 8)
         ae.store_spool_directory = self.spool_directory
+        ae.store_spool_memory_limit = self.config.store_memory_limit
         ae.add_supported_context(uids.Verification)
         for model in (
             uids.ColorPaletteInformationModelFind,
@@ -465,17 +477,29 @@ class PaletteNode:
         return self._ingest
 
     async def on_store(self, event: evt.Event) -> int | Dataset:
-        """Ingest the spooled file: validated off the event loop, then made
-        durable (fsynced, moved into the store, indexed) together with the
-        stores of other associations that arrived meanwhile (group commit);
-        answered only once its batch has committed. A peer may replace a
-        palette another peer stored only when its grant says so."""
+        """Ingest the data set (received in memory, or spooled to a file
+        when larger than ``store_memory_limit``): validated and written
+        into the store off the event loop, then made durable (fsynced,
+        renamed, indexed) together with the stores of other associations
+        that arrived meanwhile (group commit); answered only once its batch
+        has committed. A peer may replace a palette another peer stored only
+        when its grant says so."""
         grant = _grant(event)
         started = time.perf_counter()
+        owner = grant.peer or None
         try:
-            result = await self.ingest_queue.ingest_file(
-                Path(event.dataset_path), owner=grant.peer or None, may_replace_others=grant.may_replace_others
-            )
+            spooled = getattr(event, "dataset_path", None)
+            if spooled is not None:
+                result = await self.ingest_queue.ingest_file(
+                    Path(spooled), owner=owner, may_replace_others=grant.may_replace_others
+                )
+            else:
+                command = event.request.command
+                result = await self.ingest_queue.ingest_data(
+                    event.encoded_dataset(include_meta=False), event.context.transfer_syntax,
+                    command.affected_sop_class_uid or "", command.affected_sop_instance_uid or "",
+                    owner=owner, may_replace_others=grant.may_replace_others,
+                )  # fmt: skip
         except Exception as exc:  # the archive could not be written at all
             LOGGER.error("storing %s failed: %s", event.request.AffectedSOPInstanceUID, exc)
             return STORE_OUT_OF_RESOURCES

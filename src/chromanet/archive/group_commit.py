@@ -29,7 +29,8 @@ its batch begins (its association aborted) is dropped from the queue; once
 its batch has begun it is committed like the others, and its result is
 not delivered.
 
-``IngestQueue`` puts a node's spooled C-STOREs through one. A store costs
+``IngestQueue`` puts a node's C-STOREs through one (spooled to a file, or
+received in memory and written by the archive straight into its store). A store costs
 the loop no hand-off of its own: a batch's files are validated
 (``prepare_file``) and committed (``commit_batch``) together, off the loop
 (``PaletteArchive``: in one of the queue's threads, where the fsyncs wait;
@@ -271,12 +272,18 @@ class IngestQueue:
         return [item if isinstance(item, IngestResult) else next(committed) for item in prepared]
 
     def _prepare_all(self, batch: list[_Store]) -> list[Any]:
-        """Each file validated (a PreparedStore), or the IngestResult of its refusal."""
+        """Each store validated (a PreparedStore), or the IngestResult of its refusal."""
         out: list[Any] = []
+        archive = self.archive
         for store in batch:
             try:
-                out.append(self.archive.prepare_file(store.path, owner=store.owner,
-                                                     may_replace_others=store.may_replace_others))  # fmt: skip
+                if store.data is not None:
+                    out.append(archive.prepare_data(store.data, store.transfer_syntax, store.sop_class_uid,
+                                                    store.sop_instance_uid, owner=store.owner,
+                                                    may_replace_others=store.may_replace_others))  # fmt: skip
+                else:
+                    out.append(archive.prepare_file(store.path, owner=store.owner,
+                                                    may_replace_others=store.may_replace_others))  # fmt: skip
             except OSError as exc:
                 out.append(IngestResult(OUT_OF_RESOURCES, f"cannot read: {exc}"[:64]))
         return out
@@ -296,6 +303,22 @@ class IngestQueue:
         Results come back in the order the stores arrived."""
         return await self.group.submit(_Store(Path(path), owner, may_replace_others))
 
+    async def ingest_data(
+        self,
+        data: Any,
+        transfer_syntax: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        *,
+        owner: str | None = None,
+        may_replace_others: bool = False,
+    ) -> IngestResult:
+        """Store a data set received in memory (``archive.prepare_data``) in
+        the next batch, as ``ingest_file`` stores a spooled one: validated
+        and written off the loop, the result once its batch is durable."""
+        store = _Store(None, owner, may_replace_others, data, transfer_syntax, sop_class_uid, sop_instance_uid)
+        return await self.group.submit(store)
+
     async def close(self) -> None:
         """Let the batches in flight finish, then stop the commit threads."""
         await self.group.drain()
@@ -305,8 +328,14 @@ class IngestQueue:
 
 @dataclass(frozen=True, slots=True)
 class _Store:
-    """One C-STORE's spooled file and who stores it."""
+    """One C-STORE, its spooled file (``path``) or its data set received in
+    memory (``data``, its transfer syntax and the request's UIDs), and who
+    stores it."""
 
-    path: Path
+    path: Path | None
     owner: str | None
     may_replace_others: bool
+    data: Any = None
+    transfer_syntax: str = ""
+    sop_class_uid: str = ""
+    sop_instance_uid: str = ""

@@ -68,6 +68,7 @@ from chromanet.archive.validation import (
     UNABLE_TO_PROCESS,
     WARNING_DATASET_DOES_NOT_MATCH,
     IngestResult,
+    check_palette_data,
     check_palette_dataset,
     check_palette_file,
 )
@@ -338,6 +339,26 @@ class PgArchive:
             return checked
         fields, transfer_syntax, warning = checked
         return PgPreparedStore(fields, transfer_syntax, data, warning, owner, may_replace_others, source if move else None)
+
+    def prepare_data(
+        self,
+        data: Any,
+        transfer_syntax: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        *,
+        owner: str | None = None,
+        may_replace_others: bool = False,
+    ) -> "PgPreparedStore | IngestResult":
+        """``prepare_file`` for a data set received in memory (the request's
+        UIDs stand for its file meta): validated, and its Part 10 bytes
+        made, for ``commit_batch``; or the IngestResult of a refusal."""
+        checked = check_palette_data(data, transfer_syntax, sop_class_uid, sop_instance_uid)
+        if isinstance(checked, IngestResult):
+            return checked
+        fields, transfer_syntax, warning = checked
+        header = dsutil.file_header(fields["sop_class_uid"], fields["sop_instance_uid"], transfer_syntax)
+        return PgPreparedStore(fields, transfer_syntax, header + bytes(data), warning, owner, may_replace_others)
 
     async def commit_batch(self, batch: "list[PgPreparedStore]") -> list[IngestResult]:
         """Commit prepared stores in ONE transaction (group commit: one

@@ -13,7 +13,8 @@ Storing, and why it is crash safe. A store is committed when its index row
 is committed, and not before:
 
 1. the data set is in a file in ``files/`` whose name starts with "." (a
-   temporary), or is the caller's own file (``ingest_file``);
+   temporary; ``prepare_data`` writes a data set received in memory there
+   directly), or is the caller's own file (``ingest_file``);
 2. the file is validated, fsynced, and renamed (``os.replace``, atomic) to
    its final name ``<SOP Instance UID>.dcm`` (``<UID>_<random>.dcm`` when that
    name is taken by the version being replaced); the directory is fsynced;
@@ -91,6 +92,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import logging
 import os
@@ -121,6 +123,7 @@ from chromanet.archive.validation import (
     Refused,
     check_palette_dataset,
     check_palette_file,
+    checked_data,
     checked_file,
 )
 from chromanet.errors import ChromanetError
@@ -231,6 +234,25 @@ def _start_writeback(fds: list[int]) -> None:
             _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
+def _write_new(path: Path, parts: tuple[Any, ...]) -> None:
+    """A new file (it must not exist) holding ``parts``, written with as
+    few calls as the kernel allows (one ``writev`` for a palette), and
+    closed; not fsynced (``commit_batch`` does that for a whole batch).
+    Owner-only, as a spooled file was."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        views = [memoryview(part).cast("B") for part in parts]
+        while views:
+            written = os.writev(fd, views) if hasattr(os, "writev") else os.write(fd, views[0])
+            while views and written >= len(views[0]):
+                written -= len(views[0])
+                views.pop(0)
+            if views and written:
+                views[0] = views[0][written:]
+    finally:
+        os.close(fd)
+
+
 def _lock_range(fd: int, start: int, length: int) -> None:
     """``lockf`` a range of commit.lock, waiting for it. The kernel refuses
     a wait it takes for a deadlock (EDEADLK), judging by processes: with a
@@ -327,6 +349,8 @@ class PaletteArchive:
         self._commit_locks = [threading.Lock() for _ in range(_COMMIT_STRIPES)]
         # A file on another file system is copied in, not renamed.
         self._files_device = os.stat(self.files_dir).st_dev
+        self._temp_prefix = f"{_TEMP_PREFIX}tmp-{secrets.token_hex(6)}-"
+        self._temp_counter = itertools.count()
         self.recovered = VerifyReport() if shared else self.recover()
 
     @classmethod
@@ -468,6 +492,35 @@ class PaletteArchive:
             return prepared
         return self.commit_batch([prepared])[0]
 
+    def prepare_data(
+        self,
+        data: Any,
+        transfer_syntax: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        *,
+        owner: str | None = None,
+        may_replace_others: bool = False,
+    ) -> "PreparedStore | IngestResult":
+        """Step 1 for a data set received in memory (a C-STORE's, without
+        its file meta; the request's Affected SOP Class and Instance UIDs
+        stand for it): validated from the bytes, then written with its file
+        meta header straight into a temporary in ``files/``, the file it
+        becomes. The same as spooling it and ``prepare_file``, without the
+        spool file (its create, write, reread and removal). A
+        ``PreparedStore`` for ``commit_batch``, or the IngestResult of a
+        refusal. Takes no lock."""
+        rights = _Rights(owner, may_replace_others)
+        try:
+            fields, warning = checked_data(data, transfer_syntax, sop_class_uid, sop_instance_uid)
+        except Refused as refused:
+            return IngestResult(refused.status, refused.comment)
+        header = dsutil.file_header(fields["sop_class_uid"], fields["sop_instance_uid"], transfer_syntax)
+        return self._prepare_new_file(
+            lambda temp: _write_new(temp, (header, data)), fields, transfer_syntax, warning, rights,
+            len(header) + memoryview(data).nbytes,
+        )  # fmt: skip
+
     def prepare_file(
         self,
         path: str | os.PathLike[str],
@@ -570,7 +623,10 @@ class PaletteArchive:
         path.unlink(missing_ok=True)
 
     def _temp_path(self) -> Path:
-        return self.files_dir / f"{_TEMP_PREFIX}tmp-{secrets.token_hex(8)}.dcm"
+        # A random prefix per archive object and a counter: unique without
+        # a getrandom call per store (another process has its own prefix,
+        # and O_EXCL refuses a name that is taken).
+        return self.files_dir / f"{self._temp_prefix}{next(self._temp_counter)}.dcm"
 
     def _final_name(self, uid: str, existing: IndexRow | None) -> str:
         # Without a row, no one names "<uid>.dcm" (names come from UIDs, and
@@ -583,7 +639,8 @@ class PaletteArchive:
         return f"{uid}_{secrets.token_hex(4)}.dcm"
 
     def _prepare_new_file(
-        self, write: Any, fields: dict[str, Any], transfer_syntax: str, warning: str, rights: _Rights
+        self, write: Any, fields: dict[str, Any], transfer_syntax: str, warning: str, rights: _Rights,
+        size: int | None = None,
     ) -> "PreparedStore | IngestResult":
         refused = self._refuse_stored_well_known(fields)
         if refused is not None:
@@ -591,7 +648,8 @@ class PaletteArchive:
         temp = self._temp_path()
         try:
             write(temp)
-            size = os.stat(temp).st_size
+            if size is None:
+                size = os.stat(temp).st_size
         except Exception as exc:
             temp.unlink(missing_ok=True)
             return IngestResult(OUT_OF_RESOURCES, f"cannot write: {exc}"[:64], fields["sop_instance_uid"])
@@ -656,10 +714,10 @@ class PaletteArchive:
         """
         results: list[IngestResult | None] = [None] * len(stores)
         renamed: list[tuple[int, Path, IndexRow, IndexRow | None]] = []
-        stored = self.index.get_many([store.uid for store in stores]) if len(stores) > 1 else None
+        stored = self.index.get_many([store.uid for store in stores], for_write=True)
         for k, store in enumerate(stores):
             uid = store.uid
-            existing = self.index.get(uid) if stored is None else stored.get(uid)
+            existing = stored.get(uid)
             if existing is not None and not store.rights.may_replace(existing.owner):
                 if store.ours:
                     store.source.unlink(missing_ok=True)

@@ -28,7 +28,7 @@ from pydicom.uid import UID
 
 from chromanet._dimse import NO_DATASET, Command
 from chromanet.dimse_channel import DimseChannel, DimseTimeout, IncomingMessage
-from chromanet.evt import Event, EventType, runs_in_thread
+from chromanet.evt import Event, EventType, is_coroutine_function, runs_in_thread
 from chromanet.logutil import peer_log
 from chromanet.presentation import PresentationContextTuple
 from chromanet.services.answers import apply_handler_status
@@ -254,7 +254,7 @@ def answer_once(
         event = session.make_event(event_type, message, in_thread=True)
         return _answer_async(session, message, event, bound, response, status_on_exception, after, in_thread=True)
     event = session.make_event(event_type, message)
-    if inspect.iscoroutinefunction(handler):
+    if is_coroutine_function(handler):
         return _answer_async(session, message, event, bound, response, status_on_exception, after)
     try:
         result = handler(event, *args)
