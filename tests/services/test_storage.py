@@ -247,16 +247,23 @@ def test_spool_handler_keeps_files(make_scp, palette_files, tmp_path):
         assert dataset_bytes(kept) == dataset_bytes(path)
 
 
-@pytest.mark.parametrize("extra", [0, 200_000, 900_000], ids=["small", "200k", "900k"])
-def test_spool_file_and_event_agree_at_any_size(make_scp, palette_files, tmp_path, extra):
-    """A spooled data set of any size: the file on disk (dataset_path),
-    event.dataset and event.encoded_dataset() all hold the bytes sent."""
+def _spool_and_palette(tmp_path: Path, palette_files: Any, extra: int) -> tuple[Path, Any]:
+    """An empty spool directory, and a palette made ``extra`` bytes larger
+    by a private OB element (0: as shipped)."""
     spool = tmp_path / "spool"
     spool.mkdir()
     ds = pydicom.dcmread(palette_files[0])
     if extra:
         ds.add_new(0x00091010, "OB", bytes(range(256)) * (extra // 256))
         ds.add_new(0x00090010, "LO", "CHROMANET TEST")
+    return spool, ds
+
+
+@pytest.mark.parametrize("extra", [0, 200_000, 900_000], ids=["small", "200k", "900k"])
+def test_spool_file_and_event_agree_at_any_size(make_scp, palette_files, tmp_path, extra):
+    """A spooled data set of any size: the file on disk (dataset_path),
+    event.dataset and event.encoded_dataset() all hold the bytes sent."""
+    spool, ds = _spool_and_palette(tmp_path, palette_files, extra)
     seen: list[tuple[bytes, bytes, str]] = []
 
     def on_store(event: Any) -> int:
@@ -282,12 +289,7 @@ def test_spool_memory_limit(make_scp, palette_files, tmp_path, extra):
     """``store_spool_memory_limit``: a data set up to the limit reaches the
     handler in memory (no dataset_path, no file ever made), a larger one is
     spooled as before; the handler sees the bytes sent either way."""
-    spool = tmp_path / "spool"
-    spool.mkdir()
-    ds = pydicom.dcmread(palette_files[0])
-    if extra:
-        ds.add_new(0x00091010, "OB", bytes(range(256)) * (extra // 256))
-        ds.add_new(0x00090010, "LO", "CHROMANET TEST")
+    spool, ds = _spool_and_palette(tmp_path, palette_files, extra)
     seen: list[tuple[Any, bytes, list[str]]] = []
 
     def on_store(event: Any) -> int:

@@ -237,10 +237,19 @@ def _index_fields(ds: Dataset, meta_class: str | None, meta_instance: str | None
         raise Refused(DATASET_DOES_NOT_MATCH, "Palette Color LUT Descriptors missing")
     if not (all(tag in elements for tag in _LUT_DATA) or all(tag in elements for tag in _SEGMENTED_LUT_DATA)):
         raise Refused(DATASET_DOES_NOT_MATCH, "Palette Color LUT Data (normal or segmented) missing")
-    warning = "" if _ICC_PROFILE in elements else "ICC Profile (0028,2000) missing"
     description = _text(ds, elements, m.CONTENT_DESCRIPTION, plain)
     creator = _text(ds, elements, m.CONTENT_CREATOR_NAME, plain)
     alternates = _alternate_json(ds, elements, plain)
+    return _columns_and_warning(uid, sop_class, label, description, creator, alternates, charset, elements)
+
+
+def _columns_and_warning(
+    uid: str, sop_class: str, label: str, description: str | None, creator: str | None,
+    alternates: str | None, charset: str | None, elements: Any,
+) -> tuple[dict[str, Any], str]:
+    """The index columns of a palette and the warning its store gets (none,
+    or a missing ICC Profile): one shape for the pydicom and the raw path."""
+    warning = "" if _ICC_PROFILE in elements else "ICC Profile (0028,2000) missing"
     ascii_only = all(t is None or t.isascii() for t in (label, description, creator, alternates))
     fields = dict(
         sop_instance_uid=uid,
@@ -406,22 +415,10 @@ def _scanned_fields(elements: dict[int, Any], meta_class: str | None, meta_insta
         raise _Unplain()
     if not (all(tag in elements for tag in _LUT_DATA) or all(tag in elements for tag in _SEGMENTED_LUT_DATA)):
         raise _Unplain()
-    warning = "" if _ICC_PROFILE in elements else "ICC Profile (0028,2000) missing"
     description = text(m.CONTENT_DESCRIPTION, codec)
     creator = text(m.CONTENT_CREATOR_NAME, codec)
     alternates = _scanned_alternates(elements, codec)
-    ascii_only = all(t is None or t.isascii() for t in (label, description, creator, alternates))
-    fields = dict(
-        sop_instance_uid=uid,
-        sop_class_uid=sop_class,
-        content_label=label,
-        content_description=description,
-        content_creator_name=creator,
-        alternate_descriptions=alternates,
-        specific_character_set=charset or None,
-        ascii_only=ascii_only,
-    )
-    return fields, warning
+    return _columns_and_warning(uid, sop_class, label, description, creator, alternates, charset, elements)
 
 
 def check_palette_file(path: Path) -> tuple[dict[str, Any], str, str] | IngestResult:
