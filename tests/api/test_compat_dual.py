@@ -83,6 +83,32 @@ def serve(lib: SimpleNamespace, servers: list[Any], ae: Any, handlers: list[Any]
     return server, server.server_address[1]
 
 
+def echo_scp(lib: SimpleNamespace, servers: list[Any], handlers: list[Any]) -> tuple[Any, int]:
+    """A Verification SCP titled ECHOSCP with ``handlers``: (server, port)."""
+    scp = make_ae(lib, "ECHOSCP")
+    scp.add_supported_context(lib.sop_class.Verification)
+    return serve(lib, servers, scp, handlers)
+
+
+def echo_scu(lib: SimpleNamespace) -> Any:
+    """An AE titled ECHOSCU that requests Verification."""
+    scu = make_ae(lib, "ECHOSCU")
+    scu.add_requested_context(lib.sop_class.Verification)
+    return scu
+
+
+def event_recorder() -> tuple[list[str], Any]:
+    """A notification handler and the event names it recorded, in order."""
+    names: list[str] = []
+    lock = threading.Lock()
+
+    def record(event: Any) -> None:
+        with lock:
+            names.append(event.event.name)
+
+    return names, record
+
+
 def palette_identifier(ds: Dataset) -> Dataset:
     identifier = Dataset()
     identifier.SOPInstanceUID = ds.SOPInstanceUID
@@ -123,8 +149,7 @@ def test_echo(lib: SimpleNamespace, servers: list[Any]) -> None:
     scp.supported_contexts = lib.VerificationPresentationContexts
     _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_ECHO, handle_echo)])
 
-    scu = make_ae(lib, "ECHOSCU")
-    scu.add_requested_context(lib.sop_class.Verification)
+    scu = echo_scu(lib)
     assoc = scu.associate("127.0.0.1", port, ae_title="ECHOSCP")
     assert assoc.is_established
     assert [cx.abstract_syntax for cx in assoc.accepted_contexts] == [lib.sop_class.Verification]
@@ -153,11 +178,8 @@ def test_echo_failure_status_from_handler(lib: SimpleNamespace, servers: list[An
         status.ErrorComment = "not today"
         return status
 
-    scp = make_ae(lib, "ECHOSCP")
-    scp.add_supported_context(lib.sop_class.Verification)
-    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_ECHO, handle_echo)])
-    scu = make_ae(lib, "ECHOSCU")
-    scu.add_requested_context(lib.sop_class.Verification)
+    _server, port = echo_scp(lib, servers, [(lib.evt.EVT_C_ECHO, handle_echo)])
+    scu = echo_scu(lib)
     assoc = scu.associate("127.0.0.1", port)
     assert assoc.is_established
     status = assoc.send_c_echo()
@@ -171,11 +193,8 @@ def test_echo_handler_raises(lib: SimpleNamespace, servers: list[Any]) -> None:
     def handle_echo(event: Any) -> int:
         raise RuntimeError("deliberate")
 
-    scp = make_ae(lib, "ECHOSCP")
-    scp.add_supported_context(lib.sop_class.Verification)
-    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_ECHO, handle_echo)])
-    scu = make_ae(lib, "ECHOSCU")
-    scu.add_requested_context(lib.sop_class.Verification)
+    _server, port = echo_scp(lib, servers, [(lib.evt.EVT_C_ECHO, handle_echo)])
+    scu = echo_scu(lib)
     assoc = scu.associate("127.0.0.1", port)
     # Both libraries answer a C-ECHO whose handler raised with Success.
     assert assoc.send_c_echo().Status == 0x0000
@@ -195,11 +214,8 @@ def test_echo_handler_without_usable_status(lib: SimpleNamespace, servers: list[
             errors.append(type(exc))
         return answers.pop(0)
 
-    scp = make_ae(lib, "ECHOSCP")
-    scp.add_supported_context(lib.sop_class.Verification)
-    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_ECHO, handle_echo)])
-    scu = make_ae(lib, "ECHOSCU")
-    scu.add_requested_context(lib.sop_class.Verification)
+    _server, port = echo_scp(lib, servers, [(lib.evt.EVT_C_ECHO, handle_echo)])
+    scu = echo_scu(lib)
     assoc = scu.associate("127.0.0.1", port)
     assert [assoc.send_c_echo().Status for _ in range(3)] == [0x0000, 0x0000, 0x0000]
     assert answers == []
@@ -213,8 +229,7 @@ def test_rejected_association(lib: SimpleNamespace, servers: list[Any]) -> None:
     scp.require_called_aet = True
     scp.add_supported_context(lib.sop_class.Verification)
     _server, port = serve(lib, servers, scp, [])
-    scu = make_ae(lib, "ECHOSCU")
-    scu.add_requested_context(lib.sop_class.Verification)
+    scu = echo_scu(lib)
     assoc = scu.associate("127.0.0.1", port, ae_title="SOMEONEELSE")
     assert assoc.is_rejected
     assert not assoc.is_established
@@ -228,8 +243,7 @@ def test_settings_changed_while_running_apply(lib: SimpleNamespace, servers: lis
     scp = make_ae(lib, "STRICT")
     scp.add_supported_context(lib.sop_class.Verification)
     _server, port = serve(lib, servers, scp, [])
-    scu = make_ae(lib, "ECHOSCU")
-    scu.add_requested_context(lib.sop_class.Verification)
+    scu = echo_scu(lib)
 
     assoc = scu.associate("127.0.0.1", port, ae_title="ANYONE")
     assert assoc.is_established
@@ -291,8 +305,7 @@ def test_extended_negotiation_items_from_pdu_primitives(lib: SimpleNamespace, se
         window.maximum_number_operations_performed = 1
         return [identity, extended, role, window]
 
-    scu = make_ae(lib, "ECHOSCU")
-    scu.add_requested_context(lib.sop_class.Verification)
+    scu = echo_scu(lib)
     scu.add_requested_context(lib.sop_class.ColorPaletteStorage)
     assoc = scu.associate("127.0.0.1", port, ext_neg=items(b"alice"))
     assert assoc.is_established
@@ -326,13 +339,7 @@ def test_calling_aet_not_allowed(lib: SimpleNamespace, servers: list[Any]) -> No
 
 
 def test_notification_events(lib: SimpleNamespace, servers: list[Any]) -> None:
-    names: list[str] = []
-    lock = threading.Lock()
-
-    def record(event: Any) -> None:
-        with lock:
-            names.append(event.event.name)
-
+    names, record = event_recorder()
     events = [
         lib.evt.EVT_CONN_OPEN,
         lib.evt.EVT_REQUESTED,
@@ -341,11 +348,8 @@ def test_notification_events(lib: SimpleNamespace, servers: list[Any]) -> None:
         lib.evt.EVT_RELEASED,
         lib.evt.EVT_CONN_CLOSE,
     ]
-    scp = make_ae(lib, "ECHOSCP")
-    scp.add_supported_context(lib.sop_class.Verification)
-    _server, port = serve(lib, servers, scp, [(event, record) for event in events])
-    scu = make_ae(lib, "ECHOSCU")
-    scu.add_requested_context(lib.sop_class.Verification)
+    _server, port = echo_scp(lib, servers, [(event, record) for event in events])
+    scu = echo_scu(lib)
     assoc = scu.associate("127.0.0.1", port)
     assoc.release()
     assert wait_for(lambda: "EVT_CONN_CLOSE" in names)
@@ -356,13 +360,7 @@ def test_notification_events_of_the_requestor(lib: SimpleNamespace, servers: lis
     """The requesting side gets its own notifications, EVT_REQUESTED (the
     A-ASSOCIATE-RQ sent) among them, in order: the requestor's order differs
     from the acceptor's (EVT_REQUESTED comes before EVT_CONN_OPEN)."""
-    names: list[str] = []
-    lock = threading.Lock()
-
-    def record(event: Any) -> None:
-        with lock:
-            names.append(event.event.name)
-
+    names, record = event_recorder()
     events = [
         lib.evt.EVT_REQUESTED,
         lib.evt.EVT_CONN_OPEN,
@@ -371,11 +369,8 @@ def test_notification_events_of_the_requestor(lib: SimpleNamespace, servers: lis
         lib.evt.EVT_RELEASED,
         lib.evt.EVT_CONN_CLOSE,
     ]
-    scp = make_ae(lib, "ECHOSCP")
-    scp.add_supported_context(lib.sop_class.Verification)
-    _server, port = serve(lib, servers, scp, [])
-    scu = make_ae(lib, "ECHOSCU")
-    scu.add_requested_context(lib.sop_class.Verification)
+    _server, port = echo_scp(lib, servers, [])
+    scu = echo_scu(lib)
     assoc = scu.associate("127.0.0.1", port, evt_handlers=[(event, record) for event in events])
     assert assoc.is_established
     assoc.release()
@@ -1152,11 +1147,8 @@ def test_handler_aborts_the_association(lib: SimpleNamespace, servers: list[Any]
         returned.set()
         return 0x0000
 
-    scp = make_ae(lib, "ECHOSCP")
-    scp.add_supported_context(lib.sop_class.Verification)
-    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_ECHO, handle_echo)])
-    scu = make_ae(lib, "ECHOSCU")
-    scu.add_requested_context(lib.sop_class.Verification)
+    _server, port = echo_scp(lib, servers, [(lib.evt.EVT_C_ECHO, handle_echo)])
+    scu = echo_scu(lib)
     assoc = scu.associate("127.0.0.1", port)
     status = assoc.send_c_echo()
     assert "Status" not in status  # no response: the association ended first
@@ -1274,9 +1266,7 @@ def test_blocked_handler_leaves_other_associations_served(lib: SimpleNamespace, 
             unblock.wait(TIMEOUT)
         return 0x0000
 
-    scp = make_ae(lib, "ECHOSCP")
-    scp.add_supported_context(lib.sop_class.Verification)
-    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_C_ECHO, handle_echo)])
+    _server, port = echo_scp(lib, servers, [(lib.evt.EVT_C_ECHO, handle_echo)])
     slow, fast = make_ae(lib, "SLOW"), make_ae(lib, "FAST")
     for ae in (slow, fast):
         ae.add_requested_context(lib.sop_class.Verification)
@@ -1378,9 +1368,7 @@ def test_server_get_handlers(lib: SimpleNamespace, servers: list[Any]) -> None:
     def on_echo(event: Any) -> int:
         return 0x0000
 
-    scp = make_ae(lib, "ECHOSCP")
-    scp.add_supported_context(lib.sop_class.Verification)
-    server, _port = serve(lib, servers, scp, [(lib.evt.EVT_CONN_OPEN, on_open), (lib.evt.EVT_C_ECHO, on_echo, ["x"])])
+    server, _port = echo_scp(lib, servers, [(lib.evt.EVT_CONN_OPEN, on_open), (lib.evt.EVT_C_ECHO, on_echo, ["x"])])
     assert server.get_handlers(lib.evt.EVT_CONN_OPEN) == [(on_open, None)]
     assert server.get_handlers(lib.evt.EVT_C_ECHO) == (on_echo, ["x"])
     assert server.get_handlers(lib.evt.EVT_CONN_CLOSE) == []
@@ -1397,11 +1385,8 @@ def test_association_events_include_the_answered_interventions(lib: SimpleNamesp
     def on_close(event: Any) -> None:
         pass
 
-    scp = make_ae(lib, "ECHOSCP")
-    scp.add_supported_context(lib.sop_class.Verification)
-    _server, port = serve(lib, servers, scp, [])
-    scu = make_ae(lib, "ECHOSCU")
-    scu.add_requested_context(lib.sop_class.Verification)
+    _server, port = echo_scp(lib, servers, [])
+    scu = echo_scu(lib)
     assoc = scu.associate("127.0.0.1", port, evt_handlers=[(lib.evt.EVT_CONN_CLOSE, on_close)])
     assert assoc.is_established
     events = assoc.get_events()
@@ -1524,8 +1509,7 @@ def test_server_on_ipv6_with_flowinfo_and_scope(lib: SimpleNamespace, servers: l
     info = server.address_info
     assert info.is_ipv6 and not info.is_ipv4
     assert (info.flowinfo, info.scope_id) == (1, 2)
-    scu = make_ae(lib, "ECHOSCU")
-    scu.add_requested_context(lib.sop_class.Verification)
+    scu = echo_scu(lib)
     assoc = scu.associate("::1", server.server_address[1])
     assert assoc.is_established
     assert assoc.send_c_echo().Status == 0x0000
@@ -1537,8 +1521,7 @@ def test_ae_shutdown_stops_servers(lib: SimpleNamespace) -> None:
     scp.add_supported_context(lib.sop_class.Verification)
     server = scp.start_server(("127.0.0.1", 0), block=False)
     port = server.server_address[1]
-    scu = make_ae(lib, "ECHOSCU")
-    scu.add_requested_context(lib.sop_class.Verification)
+    scu = echo_scu(lib)
     assoc = scu.associate("127.0.0.1", port)
     assert assoc.is_established
     assoc.release()
@@ -1561,11 +1544,8 @@ def test_wire_events_on_the_requestor(lib: SimpleNamespace, servers: list[Any]) 
     def on_dimse(event: Any) -> None:
         seen.append((event.event.name, int(event.message.command_set.CommandField)))
 
-    scp = make_ae(lib, "ECHOSCP")
-    scp.add_supported_context(lib.sop_class.Verification)
-    _server, port = serve(lib, servers, scp, [])
-    scu = make_ae(lib, "ECHOSCU")
-    scu.add_requested_context(lib.sop_class.Verification)
+    _server, port = echo_scp(lib, servers, [])
+    scu = echo_scu(lib)
     handlers = [
         (lib.evt.EVT_DATA_SENT, on_data),
         (lib.evt.EVT_DATA_RECV, on_data),
@@ -1594,11 +1574,8 @@ def test_data_events_bound_on_the_acceptor(lib: SimpleNamespace, servers: list[A
     def on_data(event: Any) -> None:
         seen.append((event.event.name, event.data[:1]))
 
-    scp = make_ae(lib, "ECHOSCP")
-    scp.add_supported_context(lib.sop_class.Verification)
-    server, port = serve(lib, servers, scp, [])
-    scu = make_ae(lib, "ECHOSCU")
-    scu.add_requested_context(lib.sop_class.Verification)
+    server, port = echo_scp(lib, servers, [])
+    scu = echo_scu(lib)
     assoc = scu.associate("127.0.0.1", port, ae_title="ECHOSCP")
     assert assoc.is_established
     server.bind(lib.evt.EVT_DATA_RECV, on_data)
@@ -1622,11 +1599,8 @@ def test_association_negotiation_attributes(lib: SimpleNamespace, servers: list[
         return 0x0000
 
     seen: dict[str, Any] = {}
-    scp = make_ae(lib, "ECHOSCP")
-    scp.add_supported_context(lib.sop_class.Verification)
-    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_SOP_EXTENDED, on_sop_extended), (lib.evt.EVT_C_ECHO, on_echo)])
-    scu = make_ae(lib, "ECHOSCU")
-    scu.add_requested_context(lib.sop_class.Verification)
+    _server, port = echo_scp(lib, servers, [(lib.evt.EVT_SOP_EXTENDED, on_sop_extended), (lib.evt.EVT_C_ECHO, on_echo)])
+    scu = echo_scu(lib)
     item = lib.pdu_primitives.SOPClassExtendedNegotiation()
     item.sop_class_uid = "1.2.3"
     item.service_class_application_information = b"\x00\x01"
@@ -1650,11 +1624,8 @@ def test_associate_bind_address(lib: SimpleNamespace, servers: list[Any]) -> Non
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         local_port = probe.getsockname()[1]
-    scp = make_ae(lib, "ECHOSCP")
-    scp.add_supported_context(lib.sop_class.Verification)
-    server, port = serve(lib, servers, scp, [])
-    scu = make_ae(lib, "ECHOSCU")
-    scu.add_requested_context(lib.sop_class.Verification)
+    server, port = echo_scp(lib, servers, [])
+    scu = echo_scu(lib)
     assoc = scu.associate("127.0.0.1", port, ae_title="ECHOSCP", bind_address=("127.0.0.1", local_port))
     assert assoc.is_established
     assert wait_for(lambda: len(server.active_associations) == 1)
@@ -1675,11 +1646,8 @@ def test_ae_str(lib: SimpleNamespace) -> None:
 
 def test_ae_str_lists_peers(lib: SimpleNamespace, servers: list[Any]) -> None:
     """``str(ae)`` with an association open names its peer."""
-    scp = make_ae(lib, "ECHOSCP")
-    scp.add_supported_context(lib.sop_class.Verification)
-    _server, port = serve(lib, servers, scp, [])
-    scu = make_ae(lib, "ECHOSCU")
-    scu.add_requested_context(lib.sop_class.Verification)
+    _server, port = echo_scp(lib, servers, [])
+    scu = echo_scu(lib)
     assoc = scu.associate("127.0.0.1", port, ae_title="ECHOSCP")
     assert assoc.is_established
     text = str(scu)
@@ -1696,11 +1664,8 @@ def test_sop_common_handler_sees_the_proposed_items(lib: SimpleNamespace, server
         seen.update(event.items)
         return event.items
 
-    scp = make_ae(lib, "ECHOSCP")
-    scp.add_supported_context(lib.sop_class.Verification)
-    _server, port = serve(lib, servers, scp, [(lib.evt.EVT_SOP_COMMON, on_common)])
-    scu = make_ae(lib, "ECHOSCU")
-    scu.add_requested_context(lib.sop_class.Verification)
+    _server, port = echo_scp(lib, servers, [(lib.evt.EVT_SOP_COMMON, on_common)])
+    scu = echo_scu(lib)
     item = lib.pdu_primitives.SOPClassCommonExtendedNegotiation()
     item.sop_class_uid = "1.2.3"
     item.service_class_uid = "1.2.840.10008.4.2"
