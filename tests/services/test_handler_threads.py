@@ -39,6 +39,13 @@ from helpers.waits import WAIT_TIMEOUT, run_async, wait_until
 pytestmark = pytest.mark.timeout(60)
 
 
+def uid_dataset(uid: str) -> Dataset:
+    """A data set with only a SOP Instance UID ("" : a universal match key)."""
+    ds = Dataset()
+    ds.SOPInstanceUID = uid
+    return ds
+
+
 def where(event: Any) -> tuple[str, type]:
     return threading.current_thread().name, type(event.assoc)
 
@@ -267,13 +274,10 @@ def test_generator_results_cross_in_batches(make_qr_scp, monkeypatch):
 
     def on_find(event):
         for n in range(total):
-            ds = Dataset()
-            ds.SOPInstanceUID = f"1.2.3.{n}"
-            yield 0xFF00, ds
+            yield 0xFF00, uid_dataset(f"1.2.3.{n}")
 
     scp = make_qr_scp([(evt.EVT_C_FIND, on_find)])
-    query = Dataset()
-    query.SOPInstanceUID = ""
+    query = uid_dataset("")
     with qr_association(scp.port) as assoc:
         uids = [str(identifier.SOPInstanceUID) for _status, identifier in assoc.send_c_find(query, FIND)
                 if identifier is not None]
@@ -293,8 +297,7 @@ def test_slow_generator_hands_each_result_over_at_once(make_qr_scp):
         go_on.wait(WAIT_TIMEOUT)
 
     scp = make_qr_scp([(evt.EVT_C_FIND, on_find)])
-    query = Dataset()
-    query.SOPInstanceUID = ""
+    query = uid_dataset("")
     with qr_association(scp.port) as assoc:
         responses = assoc.send_c_find(query, FIND)
         first, _ = next(responses)
@@ -331,13 +334,10 @@ def test_abort_between_yields_comes_after_the_results_yielded_before(make_qr_scp
                 event.assoc.abort()
             if n >= 100:
                 after_abort.append(n)
-            ds = Dataset()
-            ds.SOPInstanceUID = f"1.2.3.{n}"
-            yield 0xFF00, ds
+            yield 0xFF00, uid_dataset(f"1.2.3.{n}")
 
     scp = make_qr_scp([(evt.EVT_C_FIND, on_find)])
-    query = Dataset()
-    query.SOPInstanceUID = ""
+    query = uid_dataset("")
     with qr_association(scp.port) as assoc:
         responses = list(assoc.send_c_find(query, FIND))
         assert [str(identifier.SOPInstanceUID) for _status, identifier in responses[:-1]] == [
@@ -354,14 +354,11 @@ def test_release_between_yields_comes_after_the_results_yielded_before(make_qr_s
 
     def on_find(event):
         for n in range(3):
-            ds = Dataset()
-            ds.SOPInstanceUID = f"1.2.3.{n}"
-            yield 0xFF00, ds
+            yield 0xFF00, uid_dataset(f"1.2.3.{n}")
         event.assoc.release()
 
     scp = make_qr_scp([(evt.EVT_C_FIND, on_find)])
-    query = Dataset()
-    query.SOPInstanceUID = ""
+    query = uid_dataset("")
     with qr_association(scp.port) as assoc:
         responses = list(assoc.send_c_find(query, FIND))
         assert [str(identifier.SOPInstanceUID) for _status, identifier in responses[:3]] == [
