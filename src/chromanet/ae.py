@@ -34,6 +34,28 @@ __all__ = ["AE", "Association", "AsyncServer", "ThreadedServer", "build_role"]
 LOGGER = logging.getLogger("chromanet.ae")
 
 
+class _LiveTimeout:
+    """An AE timeout in seconds under pynetdicom's rules (None or a number
+    >= 0; anything else is logged and replaced by ``default``) that is also
+    set on every association the AE runs, from its next wait on."""
+
+    def __init__(self, default: float | None) -> None:
+        self.default = default
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+        self.slot = "_" + name
+
+    def __get__(self, ae: Any, owner: type | None = None) -> Any:
+        return self if ae is None else getattr(ae, self.slot)
+
+    def __set__(self, ae: Any, value: float | None) -> None:
+        value = _timeout_value(value, self.default, self.name)
+        setattr(ae, self.slot, value)
+        for assoc in ae._established():
+            setattr(assoc, self.name, value)
+
+
 class AE:
     """A DICOM Application Entity (pynetdicom's ``AE``)."""
 
@@ -469,35 +491,9 @@ class AE:
     # pynetdicom's rules: None or a number >= 0 (connection_timeout > 0);
     # anything else is logged and replaced by the default. A change applies
     # to the associations already running, from their next wait on.
-    @property
-    def acse_timeout(self) -> float | None:
-        return self._acse_timeout
-
-    @acse_timeout.setter
-    def acse_timeout(self, value: float | None) -> None:
-        self._acse_timeout = _timeout_value(value, 30, "acse_timeout")
-        for assoc in self._established():
-            assoc.acse_timeout = self._acse_timeout
-
-    @property
-    def dimse_timeout(self) -> float | None:
-        return self._dimse_timeout
-
-    @dimse_timeout.setter
-    def dimse_timeout(self, value: float | None) -> None:
-        self._dimse_timeout = _timeout_value(value, 30, "dimse_timeout")
-        for assoc in self._established():
-            assoc.dimse_timeout = self._dimse_timeout
-
-    @property
-    def network_timeout(self) -> float | None:
-        return self._network_timeout
-
-    @network_timeout.setter
-    def network_timeout(self, value: float | None) -> None:
-        self._network_timeout = _timeout_value(value, 60, "network_timeout")
-        for assoc in self._established():
-            assoc.network_timeout = self._network_timeout
+    acse_timeout = _LiveTimeout(30)
+    dimse_timeout = _LiveTimeout(30)
+    network_timeout = _LiveTimeout(60)
 
     @property
     def connection_timeout(self) -> float | None:
