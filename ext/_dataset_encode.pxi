@@ -75,7 +75,7 @@ cdef bint _bytes_kept_by(bytes value, object vr, object encoding) except -1:
     backslash is never part of another character."""
     if vr not in _STRIPPED_EACH and vr not in ("LT", "ST", "UT"):
         return False
-    names = convert_encodings(encoding or [default_encoding])
+    names = _python_encodings(encoding or [default_encoding])
     if len(names) != 1:
         return False
     if names[0] in ("latin_1", "iso8859"):
@@ -98,6 +98,42 @@ cdef bint _plain_charset(object encoding):
                 return False
         return True
     return False
+
+
+# Character sets (as (0008,0005) or a parent's encodings give them) ->
+# convert_encodings' Python codec names. pydicom converts them again for
+# every data set, sequence and person name written (regular expressions and
+# codec lookups: most of the time of a small data set with a sequence). The
+# cache takes only the plain character sets the writer accepts, which
+# convert without warnings, so it stays small whatever peers send.
+cdef dict _ENCODINGS = {}
+
+
+cdef object _python_encodings(object encoding):
+    """``convert_encodings(encoding)``, remembered for plain character sets.
+    The list is shared: callers read it, never change it."""
+    if isinstance(encoding, str):
+        key = encoding
+    elif isinstance(encoding, (list, tuple, MultiValue)):
+        key = tuple(encoding)
+    else:
+        return convert_encodings(encoding)
+    found = _ENCODINGS.get(key)
+    if found is None:
+        found = convert_encodings(encoding)
+        if _plain_charset(encoding) and len(_ENCODINGS) < 64:
+            _ENCODINGS[key] = found
+    return found
+
+
+cdef object _character_set(object ds, dict elements):
+    """``ds._character_set`` (pydicom's property), with the conversion cached."""
+    if CHARSET not in elements:
+        try:
+            return ds._parent_encoding
+        except AttributeError:  # a pydicom whose Dataset keeps it elsewhere
+            return ds._character_set
+    return list(_python_encodings(ds[_tag(CHARSET)].value))
 
 
 cdef inline bint _multi(object value):
@@ -202,15 +238,16 @@ cdef class _Writer:
         elements = ds._dict
         if type(elements) is not dict:
             raise _Fallback
-        # pydicom converts every element (and corrects ambiguous VRs) unless
-        # the data set is written in the encoding it was read in.
-        convert = ds.original_encoding != self.encoding or ds.original_character_set != ds._character_set
         if CHARSET in elements:
             encoding = ds[_tag(CHARSET)].value  # what ds.get("SpecificCharacterSet") gives
         else:
             encoding = parent_encoding
         if not _plain_charset(encoding):
             raise _Fallback
+        # pydicom converts every element (and corrects ambiguous VRs) unless
+        # the data set is written in the encoding it was read in.
+        convert = (ds.original_encoding != self.encoding
+                   or ds.original_character_set != _character_set(ds, elements))
         if convert:
             self.converting += 1
         for key in sorted(elements, key=int):  # tag order, without BaseTag.__lt__
@@ -430,7 +467,7 @@ cdef class _Writer:
             names = value
         else:
             raise _Fallback
-        encodings = convert_encodings(encoding or [default_encoding])
+        encodings = _python_encodings(encoding or [default_encoding])
         parts = []
         for name in names:
             if not isinstance(name, PersonName):
@@ -531,7 +568,7 @@ cdef class _Writer:
         cdef Py_ssize_t length_at
         if not isinstance(value, Sequence):
             raise _Fallback
-        encodings = convert_encodings(encoding or [default_encoding])
+        encodings = _python_encodings(encoding or [default_encoding])
         for item in value:
             if not isinstance(item, Dataset):
                 raise _Fallback
