@@ -8,9 +8,13 @@ and the sub-operation counts are US)."""
 
 from __future__ import annotations
 
+import copy
+import pickle
+
 import pytest
 from pydicom import Dataset, config
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.tag import BaseTag
 
 from chromanet import _dimse
 from chromanet._dimse import Command
@@ -73,3 +77,27 @@ def test_response_to_dataset_elements_as_pydicom_makes_them(status):
     other = response_to_dataset(command)
     ds.Status = 0x0001
     assert other.Status == status
+
+
+def test_a_status_dataset_reads_sets_and_compares_as_a_plain_dataset():
+    command = Command(_dimse.C_FIND_RSP, message_id_being_responded_to=1, command_data_set_type=_dimse.NO_DATASET,
+                      status=0xFF00)  # fmt: skip
+    ds = response_to_dataset(command)
+    assert isinstance(ds, Dataset)
+    plain = Dataset()
+    plain.Status = 0xFF00
+    assert ds == plain and plain == ds
+    assert "Status" in ds and 0x00000900 in ds and "ErrorComment" not in ds and "NoSuchKeyword" not in ds
+    assert (ds.Status, ds.get("Status"), ds[0x00000900].value) == (0xFF00, 0xFF00, 0xFF00)
+    ds.Status = 0xA700  # pydicom's own __setattr__: the element is changed
+    assert (ds.Status, ds[0x00000900].value) == (0xA700, 0xA700)
+    assert pickle.loads(pickle.dumps(ds)) == ds and copy.deepcopy(ds).Status == 0xA700
+    del ds.Status
+    assert "Status" not in ds
+    with pytest.raises(AttributeError):
+        ds.Status
+    ds.add_new(0x00000900, "US", 0x0000)
+    assert ds.Status == 0x0000
+    # a raw element is converted when read, as pydicom converts it
+    ds[0x00000900] = RawDataElement(BaseTag(0x00000900), "US", 2, b"\x01\xff", 0, False, True)
+    assert ds.Status == 0xFF01 and type(ds.get_item(0x00000900)) is DataElement

@@ -135,6 +135,32 @@ def _us_element(tag: BaseTag, value: int) -> DataElement:
     return elem
 
 
+class StatusDataset(Dataset):
+    """The Dataset an SCU call returns for a response (see
+    ``response_to_dataset``): a plain pydicom ``Dataset`` in every way, with
+    the two reads nearly every caller makes of it, ``"Status" in status``
+    and ``status.Status``, answered from the element itself instead of
+    through pydicom's keyword lookup (~0.2 against ~2.5 us each; a C-FIND
+    with many matches makes them once per match). Anything else, setting
+    and deleting Status included, is pydicom's own."""
+
+    __slots__ = ()
+
+    def __contains__(self, name: Any) -> bool:
+        if name.__class__ is str and name == "Status":
+            return _STATUS_TAG in self._dict
+        return Dataset.__contains__(self, name)
+
+    @property
+    def Status(self) -> Any:  # noqa: N802 - the DICOM keyword, as pydicom spells it
+        elem = self._dict.get(_STATUS_TAG)
+        if elem is None:
+            raise AttributeError("'Dataset' object has no attribute 'Status'")  # as pydicom words it
+        if elem.__class__ is DataElement:
+            return elem.value
+        return self[_STATUS_TAG].value  # a raw element: converted, as pydicom does
+
+
 def response_to_dataset(command: Command | None) -> Dataset:
     """A response command as pynetdicom returns it: a Dataset with Status
     and the optional status elements present. None (no response: the
@@ -161,7 +187,9 @@ def response_to_dataset(command: Command | None) -> Dataset:
                 elements[tag] = _us_element(tag, value)
             else:
                 elements[tag] = DataElement(tag, vr, value, validation_mode=_TRUSTED)
-    return dsutil.new_dataset(elements)
+    made = dsutil.new_dataset(elements)
+    object.__setattr__(made, "__class__", StatusDataset)
+    return made
 
 
 class Exhausted(Exception):
