@@ -39,6 +39,7 @@ _IDENTIFIER_INVALID = int(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS)
 _SUCCESS = int(Status.SUCCESS)
 _SOP_CLASS_UID = 0x00080016
 _SOP_INSTANCE_UID = 0x00080018
+_TRANSFER_SYNTAX_UID = 0x00020010
 
 
 # ------------------------------------------------------------------- SCU
@@ -59,7 +60,8 @@ def _prepare(session: ServiceSession, dataset: Any) -> tuple[int, str, str, Any,
         except KeyError as exc:
             raise AttributeError(f"the data set has no {exc.args[0]}") from None
         meta = getattr(dataset, "file_meta", None)
-        source_syntax = str(meta.TransferSyntaxUID) if meta is not None and "TransferSyntaxUID" in meta else None
+        # By tag: a keyword lookup would cost more than the rest of this step.
+        source_syntax = str(meta[_TRANSFER_SYNTAX_UID].value) if meta is not None and _TRANSFER_SYNTAX_UID in meta else None
         if source_syntax is None and dsutil.has_encapsulated_pixel_data(dataset):
             raise ValueError(
                 "the data set has encapsulated (compressed) Pixel Data but no (0002,0010) Transfer Syntax UID "
