@@ -21,6 +21,7 @@ from chromanet.archive import (
 )
 from chromanet.archive.seed import well_known_palette_files
 from helpers.data import find_uids, locate_ds, hot_iron_copy
+from helpers.durability import DURABILITIES, STORE_STEPS, mode_steps
 
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR")
 
@@ -36,9 +37,9 @@ def listing(archive: PaletteArchive) -> list[str]:
     return sorted(os.listdir(archive.files_dir))
 
 
-@pytest.fixture
-def archive(tmp_path: Path):
-    arch = PaletteArchive.open(tmp_path / "data")
+@pytest.fixture(params=DURABILITIES)
+def archive(tmp_path: Path, request: pytest.FixtureRequest):
+    arch = PaletteArchive.open(tmp_path / "data", durability=request.param)
     yield arch
     arch.close()
 
@@ -206,14 +207,13 @@ class SimulatedKill(BaseException):
     """Raised inside a store step: like the process dying there (no cleanup runs)."""
 
 
-STEPS = ["_step_fsync_file", "_step_rename", "_step_fsync_dir", "_step_index", "_step_remove_old"]
-
-
 @pytest.mark.parametrize("replace", [False, True], ids=["new", "replace"])
-@pytest.mark.parametrize("step", STEPS)
-def test_killed_at_each_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str, replace: bool) -> None:
+@pytest.mark.parametrize(("durability", "step"), mode_steps(STORE_STEPS))
+def test_killed_at_each_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durability: str, step: str, replace: bool
+) -> None:
     data = tmp_path / "data"
-    with PaletteArchive.open(data) as arch:
+    with PaletteArchive.open(data, durability=durability) as arch:
         if replace:
             assert arch.ingest_dataset(palette(label="OLD")).ok
         monkeypatch.setattr(PaletteArchive, step, lambda self, *a: (_ for _ in ()).throw(SimulatedKill()))
@@ -239,16 +239,19 @@ def test_killed_at_each_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, st
             assert dcmread(stored.path).ContentLabel == expected
 
 
-@pytest.mark.parametrize("step", STEPS[:4])
-def test_failure_at_each_step_is_out_of_resources(archive: PaletteArchive, monkeypatch: pytest.MonkeyPatch, step: str) -> None:
+@pytest.mark.parametrize(("durability", "step"), mode_steps(STORE_STEPS, last=-1))
+def test_failure_at_each_step_is_out_of_resources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durability: str, step: str
+) -> None:
     def fail(self, *args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(PaletteArchive, step, fail)
-    result = archive.ingest_dataset(palette())
-    assert result.status == 0xA700 and "No space" in result.comment
-    assert archive.get(NEW_UID) is None
-    assert archive.verify().ok and len(listing(archive)) == 8  # cleaned in process
+    with PaletteArchive.open(tmp_path / "data", durability=durability) as archive:
+        monkeypatch.setattr(PaletteArchive, step, fail)
+        result = archive.ingest_dataset(palette())
+        assert result.status == 0xA700 and "No space" in result.comment
+        assert archive.get(NEW_UID) is None
+        assert archive.verify().ok and len(listing(archive)) == 8  # cleaned in process
 
 
 def test_failed_move_gives_the_file_back(archive: PaletteArchive, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
