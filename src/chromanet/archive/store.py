@@ -758,7 +758,11 @@ class PaletteArchive:
         """
         results: list[IngestResult | None] = [None] * len(stores)
         renamed: list[tuple[int, Path, IndexRow, IndexRow | None]] = []
-        stored = self.index.get_many([store.uid for store in stores], for_write=True)
+        # Read on this thread's reader, not the writer: the other batch's
+        # transaction (and its fsync) does not hold this one up. The stripe
+        # locks make it exact: whoever last wrote one of these UIDs had
+        # committed before it let go of that UID's stripe.
+        stored = self.index.get_many([store.uid for store in stores])
         for k, store in enumerate(stores):
             uid = store.uid
             existing = stored.get(uid)
