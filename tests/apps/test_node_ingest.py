@@ -4,7 +4,9 @@ what a peer was answered with success (0x0000, PS3.4 B.2.3) is durable.
 - ``chromanet serve --workers 1`` killed with SIGKILL in the middle of a
   burst from 8 associations, three rounds over one data directory, with
   the data sets received in memory (the default for palettes) and with
-  every one spooled (``--store-memory-limit 0``): every
+  every one spooled (``--store-memory-limit 0``), the second round with
+  ``--store-durability fsync`` and the others with the default (``auto``:
+  syncfs where supported, ``archive/durability.py``): every
   store answered 0x0000 is in the archive after the restart, its data set
   the bytes that were sent; between rounds no row names a missing or
   shorter file, and at the end ``verify()`` finds nothing (no temporary,
@@ -104,8 +106,9 @@ def node_args() -> list[str]:
 def test_acknowledged_stores_survive_kill_9(tmp_path: Path, receive: list[str]) -> None:
     data_dir = tmp_path / "data"
     acked: dict[str, bytes] = {}
-    for _ in range(ROUNDS):
-        node = ServeProcess(data_dir, node_args() + receive)
+    for round_ in range(ROUNDS):
+        durability = ["--store-durability", "fsync"] if round_ == 1 else []
+        node = ServeProcess(data_dir, node_args() + receive + durability)
         try:
             node.wait_ready()
             uvloop.run(burst(node.port, acked, lambda: node.process.send_signal(signal.SIGKILL)))
@@ -259,6 +262,21 @@ def test_batch_flags_and_toml(tmp_path: Path) -> None:
     assert parse("--config", str(toml)).store_memory_limit == 1024
     with pytest.raises(ValueError, match="store_memory_limit"):
         PaletteNode(NodeConfig(data_dir=tmp_path / "d", store_memory_limit=-1))
-    # docs/serve.toml, the documented example, names both keys.
+    assert default.store_durability == "auto"
+    assert parse("--store-durability", "fsync").store_durability == "fsync"
+    assert parse("--store-durability", "syncfs").store_durability == "syncfs"
+    with pytest.raises(SystemExit):
+        parse("--store-durability", "sometimes")
+    toml.write_text('store_durability = "fsync"\n')
+    assert parse("--config", str(toml)).store_durability == "fsync"
+    with pytest.raises(ValueError, match="store durability 'sometimes'"):
+        PaletteNode(NodeConfig(data_dir=tmp_path / "d", store_durability="sometimes"))
+    node = PaletteNode(NodeConfig(data_dir=tmp_path / "f", store_durability="fsync"))
+    try:
+        assert node.archive.durability == "fsync"
+    finally:
+        node.archive.close()
+    # docs/serve.toml, the documented example, names every key.
     example = (Path(__file__).resolve().parents[2] / "docs" / "serve.toml").read_text()
     assert "store_batch_size =" in example and "store_batch_wait =" in example and "store_memory_limit =" in example
+    assert "store_durability =" in example

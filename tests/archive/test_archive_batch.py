@@ -2,8 +2,15 @@
 ``commit_batch``, ``archive/store.py`` "Group commit") and through the
 node's ``IngestQueue``:
 
-- a batch costs one directory fsync and one index transaction, and every
-  file of it is fsynced before that transaction;
+- every test runs in both durability modes (``archive/durability.py``);
+- a batch costs one index transaction, and before it either an fsync of
+  every file and one of the directory (``fsync``) or one syncfs(2) of the
+  file system and no fsync at all (``syncfs``);
+- a failed syncfs (or directory fsync) fails the whole batch: no row, the
+  spooled files given back, our temporaries removed, nothing for
+  ``recover()`` to find; a syncfs error reported to another batch also
+  fails a batch whose files were written before it (errseq: an error is
+  reported once per descriptor, syncfs(2));
 - a store that fails in a batch fails alone (refused replacement of another
   owner's palette, a failed rename, a row that cannot be written), with its
   spooled file given back; refusals found while validating (not a palette,
@@ -37,6 +44,7 @@ from chromanet import dsutil
 from chromanet.archive import IngestResult, PaletteArchive
 from chromanet.archive.group_commit import IngestQueue
 from helpers.data import hot_iron_copy, write_part10
+from helpers.durability import BATCH_STEPS, DURABILITIES, mode_steps
 from helpers.waits import WAIT_TIMEOUT
 
 pytestmark = [pytest.mark.filterwarnings("ignore:Invalid value for VR"),
@@ -50,9 +58,9 @@ class SimulatedKill(BaseException):
     """Raised inside a step: like the process dying there (no cleanup runs)."""
 
 
-@pytest.fixture
-def archive(tmp_path: Path):
-    arch = PaletteArchive.open(tmp_path / "data")
+@pytest.fixture(params=DURABILITIES)
+def archive(tmp_path: Path, request: pytest.FixtureRequest):
+    arch = PaletteArchive.open(tmp_path / "data", durability=request.param)
     yield arch
     arch.close()
 
@@ -91,18 +99,22 @@ def count_calls(monkeypatch: pytest.MonkeyPatch, name: str) -> list[Any]:
     return calls
 
 
-def test_a_batch_is_one_directory_fsync_and_one_transaction(archive: PaletteArchive, monkeypatch) -> None:
+def test_a_batch_is_one_sync_and_one_transaction(archive: PaletteArchive, monkeypatch) -> None:
     uids = [generate_uid() for _ in range(6)]
     batch = [prepared(archive, spool(archive, uid)) for uid in uids]
     dir_fsyncs = count_calls(monkeypatch, "_step_fsync_dir")
+    syncfs = count_calls(monkeypatch, "_step_syncfs")
     transactions = count_calls(monkeypatch, "_step_index_many")
     single = count_calls(monkeypatch, "_step_index")
     fsynced = count_calls(monkeypatch, "_step_fsync_file")
     results = archive.commit_batch(batch)
     assert [r.status for r in results] == [0x0000] * 6
     assert [r.sop_instance_uid for r in results] == uids
-    assert len(dir_fsyncs) == 1 and len(transactions) == 1 and not single
-    assert len(fsynced) == 6
+    assert len(transactions) == 1 and not single
+    if archive.durability == "fsync":
+        assert len(dir_fsyncs) == 1 and len(fsynced) == 6 and not syncfs
+    else:
+        assert len(syncfs) == 1 and not dir_fsyncs and not fsynced
     assert all(archive.get(uid) is not None for uid in uids)
     assert archive.verify().ok and not list((archive.data_dir / "incoming").iterdir())
 
@@ -159,12 +171,46 @@ def test_a_failed_rename_fails_that_store_alone(archive: PaletteArchive, monkeyp
     assert paths[1].exists() and archive.get(uids[1]) is None and archive.verify().ok
 
 
-def test_a_failed_directory_fsync_fails_the_batch_and_gives_files_back(archive: PaletteArchive, monkeypatch) -> None:
+def test_a_failed_sync_fails_the_batch_and_gives_files_back(archive: PaletteArchive, monkeypatch) -> None:
+    """The directory fsync (``fsync``) or the syncfs (``syncfs``) fails:
+    every store of the batch fails, spooled or received in memory; no row,
+    no file left behind, now or for ``recover()``."""
     paths = [spool(archive, generate_uid()) for _ in range(3)]
-    batch = [prepared(archive, p) for p in paths]
-    monkeypatch.setattr(PaletteArchive, "_step_fsync_dir", lambda self: (_ for _ in ()).throw(OSError(5, "I/O error")))
-    assert {r.status for r in archive.commit_batch(batch)} == {0xA700}
+    memory_uids = [generate_uid() for _ in range(2)]
+    batch = [prepared(archive, p) for p in paths] + [received(archive, uid) for uid in memory_uids]
+    step = "_step_fsync_dir" if archive.durability == "fsync" else "_step_syncfs"
+    monkeypatch.setattr(PaletteArchive, step, lambda self, *a: (_ for _ in ()).throw(OSError(5, "I/O error")))
+    results = archive.commit_batch(batch)
+    assert [r.status for r in results] == [0xA700] * 5 and all("I/O error" in r.comment for r in results)
     assert all(p.exists() for p in paths) and len(archive) == 8 and archive.verify().ok
+    assert archive.recover().ok  # nothing for recovery either
+
+
+@pytest.mark.parametrize("durability", DURABILITIES[1:])
+def test_a_syncfs_error_fails_every_batch_written_before_it(tmp_path: Path, durability: str) -> None:
+    """syncfs(2) reports an error once per descriptor: the batch whose
+    syncfs sees it fails, and so does a batch whose files were written
+    before it, although its own syncfs then succeeds; a batch written
+    after it commits."""
+    import ctypes
+
+    with PaletteArchive.open(tmp_path / "data", durability=durability) as arch:
+        first = [received(arch, generate_uid()) for _ in range(2)]
+        second = [received(arch, generate_uid()) for _ in range(2)]
+        real = arch._syncfs._call
+
+        def failing(fd: int) -> int:
+            ctypes.set_errno(5)
+            return -1
+
+        arch._syncfs._call = failing
+        assert [r.status for r in arch.commit_batch(first)] == [0xA700] * 2
+        arch._syncfs._call = real
+        failed = arch.commit_batch(second)
+        assert [r.status for r in failed] == [0xA700] * 2 and "write-back error" in failed[0].comment
+        third = [received(arch, generate_uid()) for _ in range(2)]
+        assert [r.status for r in arch.commit_batch(third)] == [0x0000] * 2
+        assert len(arch) == 10 and arch.verify().ok
 
 
 def test_two_stores_of_one_uid_in_a_batch_commit_in_order(archive: PaletteArchive) -> None:
@@ -177,15 +223,14 @@ def test_two_stores_of_one_uid_in_a_batch_commit_in_order(archive: PaletteArchiv
     assert archive.verify().ok and len(archive) == 9
 
 
-BATCH_STEPS = ["_step_fsync_file", "_step_rename", "_step_fsync_dir", "_step_index_many", "_step_remove_old"]
-
-
 @pytest.mark.parametrize("source", ["spooled", "in-memory"])
-@pytest.mark.parametrize("step", BATCH_STEPS)
-def test_killed_in_a_batch_each_store_is_whole_or_gone(tmp_path: Path, monkeypatch, step: str, source: str) -> None:
+@pytest.mark.parametrize(("durability", "step"), mode_steps(BATCH_STEPS))
+def test_killed_in_a_batch_each_store_is_whole_or_gone(
+    tmp_path: Path, monkeypatch, durability: str, step: str, source: str
+) -> None:
     data = tmp_path / "data"
     replaced = generate_uid()
-    with PaletteArchive.open(data) as arch:
+    with PaletteArchive.open(data, durability=durability) as arch:
         assert arch.ingest_file(spool(arch, replaced, "OLD")).ok
         uids = [generate_uid() for _ in range(4)] + [replaced]
         if source == "spooled":

@@ -19,8 +19,11 @@ from chromanet.archive import (
     PaletteArchive,
     WELL_KNOWN_PALETTE_UIDS,
 )
+from chromanet.archive import index as index_module
+from chromanet.archive.index import SCHEMA_VERSION, IndexRow
 from chromanet.archive.seed import well_known_palette_files
 from helpers.data import find_uids, locate_ds, hot_iron_copy
+from helpers.durability import DURABILITIES, STORE_STEPS, mode_steps
 
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR")
 
@@ -36,9 +39,9 @@ def listing(archive: PaletteArchive) -> list[str]:
     return sorted(os.listdir(archive.files_dir))
 
 
-@pytest.fixture
-def archive(tmp_path: Path):
-    arch = PaletteArchive.open(tmp_path / "data")
+@pytest.fixture(params=DURABILITIES)
+def archive(tmp_path: Path, request: pytest.FixtureRequest):
+    arch = PaletteArchive.open(tmp_path / "data", durability=request.param)
     yield arch
     arch.close()
 
@@ -206,14 +209,13 @@ class SimulatedKill(BaseException):
     """Raised inside a store step: like the process dying there (no cleanup runs)."""
 
 
-STEPS = ["_step_fsync_file", "_step_rename", "_step_fsync_dir", "_step_index", "_step_remove_old"]
-
-
 @pytest.mark.parametrize("replace", [False, True], ids=["new", "replace"])
-@pytest.mark.parametrize("step", STEPS)
-def test_killed_at_each_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str, replace: bool) -> None:
+@pytest.mark.parametrize(("durability", "step"), mode_steps(STORE_STEPS))
+def test_killed_at_each_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durability: str, step: str, replace: bool
+) -> None:
     data = tmp_path / "data"
-    with PaletteArchive.open(data) as arch:
+    with PaletteArchive.open(data, durability=durability) as arch:
         if replace:
             assert arch.ingest_dataset(palette(label="OLD")).ok
         monkeypatch.setattr(PaletteArchive, step, lambda self, *a: (_ for _ in ()).throw(SimulatedKill()))
@@ -239,16 +241,19 @@ def test_killed_at_each_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, st
             assert dcmread(stored.path).ContentLabel == expected
 
 
-@pytest.mark.parametrize("step", STEPS[:4])
-def test_failure_at_each_step_is_out_of_resources(archive: PaletteArchive, monkeypatch: pytest.MonkeyPatch, step: str) -> None:
+@pytest.mark.parametrize(("durability", "step"), mode_steps(STORE_STEPS, last=-1))
+def test_failure_at_each_step_is_out_of_resources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durability: str, step: str
+) -> None:
     def fail(self, *args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(PaletteArchive, step, fail)
-    result = archive.ingest_dataset(palette())
-    assert result.status == 0xA700 and "No space" in result.comment
-    assert archive.get(NEW_UID) is None
-    assert archive.verify().ok and len(listing(archive)) == 8  # cleaned in process
+    with PaletteArchive.open(tmp_path / "data", durability=durability) as archive:
+        monkeypatch.setattr(PaletteArchive, step, fail)
+        result = archive.ingest_dataset(palette())
+        assert result.status == 0xA700 and "No space" in result.comment
+        assert archive.get(NEW_UID) is None
+        assert archive.verify().ok and len(listing(archive)) == 8  # cleaned in process
 
 
 def test_failed_move_gives_the_file_back(archive: PaletteArchive, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -305,7 +310,7 @@ def test_newer_schema_refused(tmp_path: Path) -> None:
     with pytest.raises(ArchiveVersionError):
         PaletteArchive(tmp_path)
     conn = sqlite3.connect(tmp_path / "index.sqlite3")
-    conn.execute("PRAGMA user_version = 2")
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     conn.close()
     PaletteArchive(tmp_path).close()
 
@@ -325,7 +330,53 @@ def test_version_1_index_gains_owners(tmp_path: Path) -> None:
         assert arch.ingest_dataset(palette(uid=uid, label="NEW"), owner="B").ok
         assert arch.index.get(uid).owner == "B"
     conn = sqlite3.connect(tmp_path / "index.sqlite3")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    conn.close()
+
+
+def _v2_index(path: Path) -> None:
+    """An empty index as version 2 wrote it (WITHOUT ROWID, owners kept)."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in index_module._SCHEMA_V1.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute(index_module._SCHEMA_V2)
+    conn.execute("PRAGMA user_version = 2")
+    conn.close()
+
+
+def test_version_2_index_becomes_a_rowid_table(tmp_path: Path) -> None:
+    """A version 2 index (every row in its primary key's B-tree) is copied
+    into an ordinary table on open: every row, owner and time of storing
+    kept, queries and stores as before, and the UID still unique."""
+    with PaletteArchive.open(tmp_path / "new", seed=False) as arch:
+        assert arch.ingest_dataset(palette(label="OLD"), owner="A").ok
+        (before,) = arch.index.select(IndexRow.__slots__ + ("stored_at",), "1", ())
+    (tmp_path / "old").mkdir()
+    shutil.copytree(tmp_path / "new" / "files", tmp_path / "old" / "files")
+    _v2_index(tmp_path / "old" / "index.sqlite3")
+    conn = sqlite3.connect(tmp_path / "old" / "index.sqlite3", isolation_level=None)
+    columns = ", ".join(IndexRow.__slots__ + ("stored_at",))
+    conn.execute(f"INSERT INTO instance ({columns}) VALUES ({', '.join('?' * len(before))})", before)
+    assert "WITHOUT ROWID" in conn.execute("SELECT sql FROM sqlite_master WHERE name = 'instance'").fetchone()[0]
+    conn.close()
+    with PaletteArchive.open(tmp_path / "old") as arch:
+        assert arch.verify().ok and len(arch) == 9
+        assert arch.index.select(IndexRow.__slots__ + ("stored_at",), "sop_instance_uid = ?", (NEW_UID,)) == [before]
+        assert find_uids(arch, ContentLabel="OLD") == {NEW_UID}
+        refused = arch.ingest_dataset(palette(label="NEW"), owner="B")
+        assert refused.status == 0x0124
+        assert arch.ingest_dataset(palette(label="NEW"), owner="A").ok
+        assert find_uids(arch, ContentLabel="NEW") == {NEW_UID} and len(arch) == 9
+    conn = sqlite3.connect(tmp_path / "old" / "index.sqlite3")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'instance'").fetchone()[0]
+    assert "WITHOUT ROWID" not in sql and "sop_instance_uid       TEXT NOT NULL UNIQUE" in sql
+    indexes = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "instance_content_label" in indexes
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute(f"INSERT INTO instance ({columns}) VALUES ({', '.join('?' * len(before))})",
+                     (NEW_UID,) + tuple(before[1:3]) + ("other.dcm",) + tuple(before[4:]))  # fmt: skip
     conn.close()
 
 

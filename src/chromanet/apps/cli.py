@@ -148,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="C-STOREs of data sets up to this size are received in memory and written straight into the "
         "store; larger ones are spooled to disk as they arrive (default 65536; 0: spool all)",
     )  # fmt: skip
+    serve.add_argument(
+        "--store-durability", choices=["auto", "syncfs", "fsync"],
+        help="how a batch of stored files is made durable: one syncfs of the data file system per batch, or an "
+        "fsync per file and one of the directory (default auto: syncfs on Linux >= 5.8, else fsync; "
+        "README \"Storing\")",
+    )  # fmt: skip
     serve.add_argument("--metrics-port", type=int, metavar="PORT",
                        help="serve Prometheus metrics on http://HOST:PORT/metrics")
     serve.add_argument("--metrics-bind", metavar="HOST", help="the metrics address (default: --bind)")
@@ -420,6 +426,7 @@ def load_node_config(args: argparse.Namespace) -> Any:
         "store_batch_size",
         "store_batch_wait",
         "store_memory_limit",
+        "store_durability",
         "metrics_port",
         "metrics_bind",
     ):

@@ -43,6 +43,7 @@ from chromanet.apps.metrics import NodeMetrics, serve_metrics
 from chromanet.server import AssociationCounter, AsyncServer
 from chromanet.archive import ArchiveError, PaletteArchive
 from chromanet.archive.group_commit import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT, IngestQueue
+from chromanet.archive.durability import check_durability
 from chromanet.archive.postgres import PgArchive, is_postgresql_url
 from chromanet.services.spool import SPOOL_PREFIX
 from chromanet.status import Status
@@ -148,6 +149,10 @@ class NodeConfig:
     # spooled to data_dir/incoming as it arrives (bounded memory: at most
     # this much per outstanding store, 8 per association). 0: spool all.
     store_memory_limit: int = DEFAULT_STORE_MEMORY_LIMIT
+    # How the SQLite archive makes a batch's files durable (archive/durability.py):
+    # "syncfs" (one per batch), "fsync" (one per file and one of the
+    # directory), "auto" (syncfs where it reports write-back errors).
+    store_durability: str = "auto"
 
     @property
     def worker_count(self) -> int:
@@ -221,6 +226,7 @@ class PaletteNode:
             raise ValueError(
                 "store_batch_size must be at least 1, store_batch_wait and store_memory_limit not negative"
             )
+        check_durability(config.store_durability)
         config.data_dir.mkdir(parents=True, exist_ok=True)
         if archive is None and is_postgresql_url(config.index):
             archive_or_none: Any = None  # opened by start(): connecting is awaited
@@ -228,7 +234,9 @@ class PaletteNode:
             raise ValueError(f"index {config.index!r}: only postgresql:// URLs (or none, for SQLite)")
         else:
             # A worker shares the archive its supervisor recovered and seeded.
-            archive_or_none = archive or PaletteArchive.open(config.data_dir, seed=True, shared=worker is not None)
+            archive_or_none = archive or PaletteArchive.open(
+                config.data_dir, seed=True, shared=worker is not None, durability=config.store_durability
+            )
         self.archive: Any = archive_or_none
         # Incoming C-STORE data sets are spooled here, on the archive's file
         # system, so that ingesting one is a rename. What a crash left here

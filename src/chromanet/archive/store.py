@@ -41,6 +41,22 @@ should the batch's transaction fail, the rows are written one per
 transaction to find the one at fault. ``ingest_file`` and
 ``ingest_dataset`` are a batch of one.
 
+Durability ``syncfs`` (``durability.py``; ``auto`` picks it where syncfs
+reports write-back errors). Step 2 for a batch becomes: every file renamed
+to its final name, then *one* syncfs(2) of the file system holding
+``files/``, which makes the data of the batch's files and their directory
+entries durable together; the rows are committed after it returns (step
+3), and only then is any store answered. The invariants still hold: until
+that syncfs returns, a renamed file may be short or empty after a power
+loss, but no committed row names it, because a final name is never one a
+committed row names (``<UID>.dcm`` is chosen only when no row has the UID,
+under its stripe lock; a replacement's name has a random part), so a
+rename never lands on an indexed file; killed before the transaction
+commits, the file has no row and ``recover()`` removes it. A syncfs that
+fails (or another one that failed since the batch's files were written,
+see ``durability.py``) fails every store of the batch: their files are
+removed (or given back to the caller), no row is written.
+
 Several processes (``chromanet serve --workers N``). The supervisor opens
 the archive exclusively once (recovery, seeding, schema migration), then
 keeps a shared lock while its workers open it with ``shared=True``: they
@@ -111,6 +127,7 @@ from pydicom import Dataset
 
 from chromanet import dsutil, uids
 from chromanet.archive import matching as m
+from chromanet.archive.durability import SyncFs, resolve_durability
 from chromanet.archive.index import BUSY_TIMEOUT, Index, IndexRow
 from chromanet.archive.response import FindResult
 from chromanet.archive.validation import (
@@ -302,6 +319,8 @@ class PreparedStore:
     warning: str
     rights: _Rights
     size: int  # bytes: the file is not written to once prepared
+    #: ``SyncFs.epoch`` before the file was written (``syncfs`` durability).
+    epoch: int = 0
 
     @property
     def uid(self) -> str:
@@ -319,14 +338,20 @@ class PaletteArchive:
     #: Methods are plain calls (``PgArchive``'s are awaited).
     is_async = False
 
-    def __init__(self, data_dir: str | os.PathLike[str], shared: bool = False) -> None:
+    def __init__(
+        self, data_dir: str | os.PathLike[str], shared: bool = False, durability: str = "auto"
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.files_dir = self.data_dir / "files"
+        #: ``fsync`` or ``syncfs``: how a batch's files are made durable
+        #: (``durability.py``; ``auto`` resolved here).
+        self.durability = resolve_durability(durability)
         self.files_dir.mkdir(parents=True, exist_ok=True)
         #: Opened by one of several processes of a node (see the module docstring).
         self.shared = shared
         self._lock_file = open(self.data_dir / "lock", "a+b")
         self._commit_file: Any = None
+        self._syncfs: SyncFs | None = None
         try:
             if fcntl is not None:
                 try:
@@ -337,6 +362,9 @@ class PaletteArchive:
                 if shared:
                     self._commit_file = open(self.data_dir / "commit.lock", "a+b")
             self.index = Index(self.data_dir / "index.sqlite3")
+            if self.durability == "syncfs":
+                # Opened once: syncfs reports the errors since this open.
+                self._syncfs = SyncFs(self.files_dir)
         except BaseException:
             self._lock_file.close()
             if self._commit_file is not None:
@@ -354,10 +382,13 @@ class PaletteArchive:
         self.recovered = VerifyReport() if shared else self.recover()
 
     @classmethod
-    def open(cls, data_dir: str | os.PathLike[str], seed: bool = True, shared: bool = False) -> "PaletteArchive":
+    def open(
+        cls, data_dir: str | os.PathLike[str], seed: bool = True, shared: bool = False, durability: str = "auto"
+    ) -> "PaletteArchive":
         """Open (creating if needed) and, with ``seed``, store the eight
-        well-known palettes that are not there yet (idempotent)."""
-        archive = cls(data_dir, shared=shared)
+        well-known palettes that are not there yet (idempotent).
+        ``durability``: ``auto``, ``syncfs`` or ``fsync`` (``durability.py``)."""
+        archive = cls(data_dir, shared=shared, durability=durability)
         if seed and not shared:
             from chromanet.archive.seed import seed_well_known
 
@@ -379,6 +410,8 @@ class PaletteArchive:
 
     def close(self) -> None:
         self.index.close()
+        if self._syncfs is not None:
+            self._syncfs.close()
         if not self._lock_file.closed:
             self._lock_file.close()
         if self._commit_file is not None and not self._commit_file.closed:
@@ -547,12 +580,13 @@ class PaletteArchive:
             return refused
         if stat.st_dev != self._files_device:
             return self._prepare_new_file(copy_file, fields, transfer_syntax, warning, rights)
-        return PreparedStore(source, False, fields, transfer_syntax, warning, rights, stat.st_size)
+        return PreparedStore(source, False, fields, transfer_syntax, warning, rights, stat.st_size, self._epoch())
 
     def commit_batch(self, batch: "list[PreparedStore]") -> list[IngestResult]:
         """Steps 2-4 of a store for every prepared store of ``batch`` at once
         (group commit): the files fsynced together, renamed, one directory
-        fsync, the rows in one transaction, under the stripe locks of all
+        fsync (with ``syncfs`` durability: renamed, one syncfs), the rows
+        in one transaction, under the stripe locks of all
         their UIDs. One result per store, in order; a store that fails
         (refused replacement, a failed rename or row) fails alone. Two
         stores of one UID in a batch commit one after the other, in order."""
@@ -613,6 +647,10 @@ class PaletteArchive:
         if os.name == "posix":
             _fsync_path(self.files_dir)
 
+    def _step_syncfs(self, since: int) -> None:
+        assert self._syncfs is not None
+        self._syncfs.sync(since)
+
     def _step_index(self, row: IndexRow) -> None:
         self.index.upsert(row)
 
@@ -646,6 +684,7 @@ class PaletteArchive:
         if refused is not None:
             return refused
         temp = self._temp_path()
+        epoch = self._epoch()
         try:
             write(temp)
             if size is None:
@@ -653,7 +692,10 @@ class PaletteArchive:
         except Exception as exc:
             temp.unlink(missing_ok=True)
             return IngestResult(OUT_OF_RESOURCES, f"cannot write: {exc}"[:64], fields["sop_instance_uid"])
-        return PreparedStore(temp, True, fields, transfer_syntax, warning, rights, size)
+        return PreparedStore(temp, True, fields, transfer_syntax, warning, rights, size, epoch)
+
+    def _epoch(self) -> int:
+        return self._syncfs.epoch if self._syncfs is not None else 0
 
     def _refuse_stored_well_known(self, fields: dict[str, Any]) -> IngestResult | None:
         uid = fields["sop_instance_uid"]
@@ -667,9 +709,11 @@ class PaletteArchive:
         """``commit_batch`` for stores of distinct UIDs."""
         results: list[IngestResult | None] = [None] * len(stores)
         # The data first, outside the locks: no one else names these files.
-        for k, error in enumerate(self._step_fsync_files([s.source for s in stores])):
-            if error is not None:
-                results[k] = self._failed(stores[k], None, error)
+        # (With syncfs, the data and the renames are made durable together.)
+        if self._syncfs is None:
+            for k, error in enumerate(self._step_fsync_files([s.source for s in stores])):
+                if error is not None:
+                    results[k] = self._failed(stores[k], None, error)
         live = [k for k in range(len(stores)) if results[k] is None]
         stripes = sorted({_stripe(stores[k].uid) for k in live})
         with self._stripe_locks(stripes):
@@ -714,7 +758,11 @@ class PaletteArchive:
         """
         results: list[IngestResult | None] = [None] * len(stores)
         renamed: list[tuple[int, Path, IndexRow, IndexRow | None]] = []
-        stored = self.index.get_many([store.uid for store in stores], for_write=True)
+        # Read on this thread's reader, not the writer: the other batch's
+        # transaction (and its fsync) does not hold this one up. The stripe
+        # locks make it exact: whoever last wrote one of these UIDs had
+        # committed before it let go of that UID's stripe.
+        stored = self.index.get_many([store.uid for store in stores])
         for k, store in enumerate(stores):
             uid = store.uid
             existing = stored.get(uid)
@@ -738,7 +786,10 @@ class PaletteArchive:
         if not renamed:
             return results  # type: ignore[return-value]
         try:
-            self._step_fsync_dir()
+            if self._syncfs is None:
+                self._step_fsync_dir()
+            else:
+                self._step_syncfs(min(stores[k].epoch for k, _, _, _ in renamed))
         except Exception as exc:
             for k, final, _, _ in renamed:
                 results[k] = self._failed(stores[k], final, exc)
