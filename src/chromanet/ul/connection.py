@@ -630,7 +630,12 @@ class ULConnection(asyncio.Protocol):
         for indication in indications:
             kind = type(indication)
             if upper.close_requested and kind in _MESSAGE_KINDS:
-                continue  # the association is being closed: nothing more to serve
+                # The association is being closed: nothing more to serve.
+                # A whole response that came before the A-ABORT (in the same
+                # read) still reaches the request it answers: with several
+                # requests outstanding, it says which of them were done.
+                if kind is not DimseMessage or indication.command.is_request:
+                    continue
             if kind is DimseMessage:
                 listener.on_message(indication)
             elif kind is DatasetChunk:
