@@ -356,6 +356,9 @@ class DimseChannel:
         self.request_handler = request_handler
         self.dimse_timeout = dimse_timeout
         self.max_operations_performed = max_operations_performed or 1 << 30
+        #: How many requests of ours may be outstanding at once (the
+        #: negotiated window; 0: unlimited).
+        self.max_operations_invoked = max_operations_invoked
         self.dataset_sink_factory = dataset_sink_factory
         self.max_identifier_size = max_identifier_size
         #: ``hook(sent, context_id, command, dataset)`` while EVT_DIMSE_SENT /
