@@ -415,3 +415,13 @@ def test_the_move_window_proposal():
     role = _pdu.RoleSelection(uids.ColorPaletteStorage, True, False)
     extended = _with_move_window([role], 8)
     assert extended[0] is role and len(extended) == 2
+
+
+def test_move_to_pynetdicom_destination_with_a_window_proposed(make_qr_scp, make_pynetdicom_destination, palettes):
+    """pynetdicom answers the sub-association's window proposal with (1, 1)
+    or not at all: the eight C-STOREs go one at a time and all arrive."""
+    destination = make_pynetdicom_destination(ae_title="DEST")
+    scp = make_qr_scp([(evt.EVT_C_MOVE, move_handler(palettes, destination.port))], async_ops_window=PIPELINED)
+    responses, _ = move(scp.port)
+    assert statuses(responses) == [0xFF00] * len(UIDS) + [0x0000]
+    assert destination.log.uids == UIDS

@@ -540,9 +540,10 @@ async def _run_suboperations(
     window: int = 1,
 ) -> None:
     """Iterate the handler's (status, dataset) results, storing each pending
-    dataset with ``store(dataset, message_id) -> (sop_instance_uid, status |
-    None)``; up to ``window`` of those stores outstanding at once
-    (``_InFlight``), one after the other when it is 1."""
+    dataset with ``store(dataset, message_id, hold) -> (sop_instance_uid,
+    status | None)``; up to ``window`` of those stores outstanding at once
+    (``_InFlight``, their requests held to share writes), one after the
+    other when it is 1."""
     _batched(results, _RETRIEVE_BATCH)
     flight = _InFlight(retrieve, window) if window > 1 else None
     try:
@@ -601,9 +602,9 @@ async def _suboperations(
         if category == STATUS_SUCCESS:
             break
         if flight is not None:
-            flight.start(store(dataset, retrieve.message_id()), probe)
+            flight.start(store(dataset, retrieve.message_id(), True), probe)
             continue
-        uid, store_status = await store(dataset, retrieve.message_id())
+        uid, store_status = await store(dataset, retrieve.message_id(), False)
         retrieve.record(uid, store_status)
         # A Pending response after every sub-operation, the last one
         # (Remaining 0) included, as pynetdicom sends them.
@@ -710,8 +711,11 @@ async def _store_over(
     originator: tuple[str, int] | None,
     trace: OperationRecord | None = None,
     msg_id: int | None = None,
+    hold: bool = False,
 ) -> tuple[str, int | None]:
-    """One C-STORE sub-operation; (SOP Instance UID, response status or None)."""
+    """One C-STORE sub-operation; (SOP Instance UID, response status or
+    None). ``hold``: one of several started together (``_InFlight``), whose
+    requests go out in one write."""
     if isinstance(dataset, (str, os.PathLike)):
         # A file is opened once: its header gives the UID, its bytes are sent.
         try:
@@ -738,6 +742,7 @@ async def _store_over(
             originator[0] if originator else None,
             originator[1] if originator else None,
             trace=trace,
+            hold=hold,
         )
     except (ValueError, OSError, AttributeError, KeyError) as exc:
         # No context for its SOP class, an unreadable file, or a Dataset
@@ -747,7 +752,7 @@ async def _store_over(
     return uid, response.status if response is not None else None
 
 
-async def _not_stored(dataset: Any, msg_id: int | None = None) -> tuple[str, int | None]:
+async def _not_stored(dataset: Any, msg_id: int | None = None, hold: bool = False) -> tuple[str, int | None]:
     """The sub-operation of a C-MOVE whose destination cannot take it: failed."""
     return _sop_instance_uid(dataset), None
 
@@ -777,7 +782,7 @@ async def serve_get(session: ServiceSession, message: IncomingMessage) -> None:
             retrieve,
             results,
             message,
-            lambda ds, msg_id: _store_over(session, ds, None, trace, msg_id),
+            lambda ds, msg_id, hold: _store_over(session, ds, None, trace, msg_id, hold),
             GET_HANDLER_RAISED,
             suboperation_window(session),
         )
@@ -904,7 +909,7 @@ async def serve_move(session: ServiceSession, message: IncomingMessage) -> None:
             retrieve,
             results,
             message,
-            lambda ds, msg_id: _store_over(destination_session, ds, originator, message.trace, msg_id),
+            lambda ds, msg_id, hold: _store_over(destination_session, ds, originator, message.trace, msg_id, hold),
             MOVE_HANDLER_RAISED,
             suboperation_window(destination_session),
         )

@@ -471,12 +471,15 @@ class ULConnection(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.writelines(held)
 
-    async def send_message_paced(self, context_id: int, command: Command, dataset: Any = None) -> None:
+    async def send_message_paced(
+        self, context_id: int, command: Command, dataset: Any = None, *, hold: bool = False
+    ) -> None:
         """Like send_message, but a large data set goes out a slice at a
         time, waiting for the transport between slices, so sending a file of
-        any size holds at most about PACING_SLICE bytes in the write buffer."""
+        any size holds at most about PACING_SLICE bytes in the write buffer.
+        ``hold``: as for send_message (a small message only)."""
         if dataset is None or memoryview(dataset).nbytes <= PACING_SLICE:
-            self.send_message(context_id, command, dataset)
+            self.send_message(context_id, command, dataset, hold=hold)
             return
         while self._pacing is not None:
             await asyncio.shield(self._pacing)
