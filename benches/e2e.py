@@ -39,6 +39,16 @@ Pairings (client -> SCP):
   which yield pydicom Datasets, as a pynetdicom program does after swapping
   the import; the ``cn-async`` rows are the node's archive, which sends
   encoded bytes
+- chromanet async -> chromanet with an asynchronous operations window of 8
+  (``cn-async:win8``; W1, W3-W6, W8): the client proposes (8, 8), the
+  chromanet SCP and the move destination offer it (the node always does),
+  and the client keeps 8 requests in flight (8 tasks on one association,
+  each sending its share of C-ECHOs, C-FINDs or C-STOREs in turn); a C-GET
+  or C-MOVE then has up to 8 C-STORE sub-operations outstanding. Its
+  ``x twin`` is the ratio to ``cn-async`` (one operation at a time); and
+  ``cn-async:win8-inline`` (W6, W8): the same with the store SCP's and the
+  move destination's C-STORE handler run inline on their loop instead of
+  in a worker thread
 - pynetdicom + TCP_NODELAY -> pynetdicom + TCP_NODELAY: the baseline for
   the ratios (see ``e2e_peers.py`` for how TCP_NODELAY is set: an
   ``EVT_CONN_OPEN`` handler, no patching)
@@ -74,7 +84,8 @@ Pairings (client -> SCP):
   is the ratio to the same pairing over plain TCP in the same run.
 
 Output: a table on stdout (median, min-max over the repeats, ratio of
-medians to the pynetdicom and DCMTK baselines, SCP peak RSS), JSON in
+medians to the pynetdicom and DCMTK baselines, SCP peak RSS, CPU time per
+operation of the SCP and of the client), JSON in
 ``bench-results/e2e.json``, a PNG chart (``bench-results/e2e.png``, when
 matplotlib is installed; otherwise the harness says so); peers' stderr goes
 to ``bench-results/e2e-logs/``. Timings vary with machine load: compare
@@ -201,6 +212,32 @@ class Peer:
         self._log.close()
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads) so far, and
+    of its children it waited for; 0 when it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2:].split()
+    # utime, stime, cutime, cstime: fields 14-17 of proc(5), counted from 1.
+    return sum(int(x) for x in fields[11:15]) / _CLOCK_TICKS
+
+
+def family_cpu_seconds(pid: int) -> float:
+    """``cpu_seconds`` of a process and its living children (dcmqrscp forks
+    one per association)."""
+    total = cpu_seconds(pid)
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return total + sum(cpu_seconds(int(child)) for child in children)
+
+
 def vmhwm_kb(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as f:
@@ -300,6 +337,7 @@ class Side:
     tls: bool = False
     quickack: bool = True  # chromanet: AE.tcp_quickack
     inline: bool = False  # chromanet SCP: AE.sync_handlers_inline (sync handlers on the loop)
+    window: int = 1  # chromanet: asynchronous operations window (client: proposed, and requests in flight)
 
 
 @dataclass
@@ -333,6 +371,10 @@ class Cell:
     size: int
     rates: list[float] = field(default_factory=list)
     errors: int = 0
+    # CPU seconds per timed run: the client process(es); the SCP (W6: and
+    # the move destination), from /proc.
+    client_cpu: list[float] = field(default_factory=list)
+    scp_cpu: list[float] = field(default_factory=list)
     scp_vmhwm_kb: int | None = None
     client_maxrss_kb: int | None = None
     failure: str | None = None
@@ -354,6 +396,24 @@ def pairings(args: argparse.Namespace) -> list[Pairing]:
     out.append(Pairing("cn-blocking-lib", "chromanet blocking -> chromanet library mode", Side("chromanet-blocking"),
                        Side("chromanet-lib"), dest=Side("chromanet"),
                        only=("w2-find", "w3-find1", "w4-get", "w5-get-large", "w6-move")))
+    # An asynchronous operations window of 8, proposed by the async client
+    # (and offered by the SCP and the move destination; the node always
+    # offers (8, 8)): several requests in flight (W1, W3, W8), several
+    # C-STORE sub-operations in flight (W4, W6). Next to cn-async, which
+    # proposes none and runs one operation at a time.
+    out.append(Pairing("cn-async:win8", "chromanet async -> chromanet, window 8",
+                       Side("chromanet-async", window=8), Side("chromanet", window=8),
+                       dest=Side("chromanet", window=8),
+                       only=("w1-echo", "w3-find1", "w4-get", "w5-get-large", "w6-move", "w8-store")))
+    TWINS["cn-async:win8"] = "cn-async"
+    # The same with the store SCP's (W8) and the move destination's (W6)
+    # C-STORE handler run inline on their loop: with 8 C-STOREs in flight,
+    # a handler in a worker thread contends with the busy loop thread for
+    # the GIL (hand-offs wait for the switch interval).
+    out.append(Pairing("cn-async:win8-inline", "chromanet async -> chromanet, window 8, inline",
+                       Side("chromanet-async", window=8), Side("chromanet", window=8, inline=True),
+                       dest=Side("chromanet", window=8, inline=True), only=("w6-move", "w8-store")))
+    TWINS["cn-async:win8-inline"] = "cn-async"
     # The same handlers run inline on the SCP's loop (AE.sync_handlers_inline)
     # instead of in its worker threads: what the thread hand-off costs.
     out.append(Pairing("cn-lib-inline", "chromanet async -> chromanet library mode, handlers inline",
@@ -514,6 +574,8 @@ def scp_argv(side: Side, w: Workload, port: int, args: argparse.Namespace, log_d
         argv.append("--no-quickack")
     if side.inline:
         argv.append("--inline-handlers")
+    if side.window > 1 and impl == "chromanet":  # the node offers (8, 8) itself
+        argv += ["--window", str(side.window)]
     if side.tls:
         argv += ["--tls-dir", str(args.tls_dir)]
     return argv, True
@@ -559,6 +621,8 @@ def run_cell(cell: Cell, args: argparse.Namespace, registry: list[Peer], log_dir
                 def store_argv(port: int) -> list[str]:
                     argv = [py, str(PEERS), "scp", "--impl", dest.impl, "--port", str(port)]
                     argv += ["--nodelay"] if dest.nodelay and dest.impl == "pynetdicom" else []
+                    argv += ["--window", str(dest.window)] if dest.window > 1 else []
+                    argv += ["--inline-handlers"] if dest.inline else []
                     return argv + ([] if dest.quickack else ["--no-quickack"])
                 store_scp, store_port = start_scp(store_argv, log, registry, None, True)
         side = p.scp
@@ -581,15 +645,20 @@ def run_cell(cell: Cell, args: argparse.Namespace, registry: list[Peer], log_dir
                 argv.append("--no-quickack")
             if p.client.tls:
                 argv += ["--tls-dir", str(args.tls_dir)]
+            if p.client.window > 1:
+                argv += ["--window", str(p.client.window)]
             clients.append(Peer(argv, log, registry))
         for c in clients:  # all set up (imports, warm-up) before any timing
             line = c.readline(args.timeout)
             if line != "ready":
                 raise RuntimeError(f"client said {line!r}, expected 'ready'")
+        servers = [peer for peer in (scp, store_scp) if peer is not None]
         while len(cell.rates) < args.repeats:
+            cpu0 = sum(family_cpu_seconds(peer.pid) for peer in servers)
             for c in clients:
                 c.send("go")
             answers = [json.loads(c.readline(args.timeout)) for c in clients]
+            scp_cpu = sum(family_cpu_seconds(peer.pid) for peer in servers) - cpu0
             bad = [a["error"] for a in answers if "error" in a]
             if bad:
                 # A run that failed (e.g. pynetdicom's requestor aborting on
@@ -601,6 +670,9 @@ def run_cell(cell: Cell, args: argparse.Namespace, registry: list[Peer], log_dir
             count = sum(a["n"] for a in answers)
             span = max(a["t1"] for a in answers) - min(a["t0"] for a in answers)
             cell.rates.append(count / span)
+            cell.scp_cpu.append(scp_cpu)
+            if all("cpu_s" in a for a in answers):
+                cell.client_cpu.append(sum(a["cpu_s"] for a in answers))
             cell.errors += sum(a["errors"] for a in answers)
             cell.client_maxrss_kb = max(a["maxrss_kb"] for a in answers)
     except (RuntimeError, TimeoutError, OSError, ValueError, KeyError) as exc:
@@ -635,11 +707,23 @@ def summary(cell: Cell) -> dict[str, Any]:
         "min": min(r) if r else None,
         "max": max(r) if r else None,
         "dimse_errors": cell.errors,
+        # Median CPU microseconds per operation over the timed runs.
+        "scp_cpu_us_per_op": per_op_us(cell.scp_cpu, cell),
+        "client_cpu_us_per_op": per_op_us(cell.client_cpu, cell),
         "scp_peak_rss_kb": cell.scp_vmhwm_kb,
         "client_peak_rss_kb": cell.client_maxrss_kb,
         "failure": cell.failure,
         "incidents": cell.incidents,
     }
+
+
+def fmt_us(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f}"
+
+
+def per_op_us(cpu: list[float], cell: Cell) -> float | None:
+    ops = cell.size * 8 if cell.workload.key == "w8-store" else cell.size
+    return round(statistics.median(cpu) / ops * 1e6, 1) if cpu and ops else None
 
 
 def fmt_rate(x: float | None) -> str:
@@ -691,7 +775,8 @@ def ops_per_run(row: dict[str, Any]) -> int:
 
 def print_table(rows: list[dict[str, Any]], rat: dict[str, dict[str, float]]) -> None:
     head = (f"  {'pairing (client -> SCP)':42} {'n/run':>6} {'median':>9} {'min-max':>17} "
-            f"{'x pyn+ND':>9} {'x pyn':>6} {'x DCMTK':>8} {'x plain':>8} {'x twin':>6} {'SCP RSS':>8}")
+            f"{'x pyn+ND':>9} {'x pyn':>6} {'x DCMTK':>8} {'x plain':>8} {'x twin':>6} {'SCP RSS':>8} "
+            f"{'CPU us/op SCP':>13} {'client':>6}")
     print(head)
     print("-" * len(head))
     last = None
@@ -719,7 +804,8 @@ def print_table(rows: list[dict[str, Any]], rat: dict[str, dict[str, float]]) ->
         err += f"  ({len(r['incidents'])} failed run(s) re-run, see JSON)" if r["incidents"] else ""
         print(f"  {r['pairing_label']:42} {n:>6} {fmt_rate(r['median']):>9} {rng:>17} "
               f"{fmt_ratio(x_nd):>9} {fmt_ratio(x_def):>6} {fmt_ratio(x_dcm):>8} {fmt_ratio(x_plain):>8} "
-              f"{fmt_pct(x_nd_twin):>6} {rss:>8}{err}")
+              f"{fmt_pct(x_nd_twin):>6} {rss:>8} {fmt_us(r.get('scp_cpu_us_per_op')):>13} "
+              f"{fmt_us(r.get('client_cpu_us_per_op')):>6}{err}")
 
 
 def versions() -> dict[str, str]:
@@ -763,7 +849,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "cn>dcmtk:*, cn=>dcmtk:*)")
     p.add_argument("--tls", action="store_true",
                    help="also run chromanet and DCMTK over TLS (pairings cn-async-tls, dcmtk-tls)")
-    p.add_argument("--only", help="comma-separated pairing keys: cn-async,cn-blocking,cn-lib,cn-blocking-lib,"
+    p.add_argument("--only", help="comma-separated pairing keys: cn-async,cn-async:win8,cn-async:win8-inline,cn-blocking,cn-lib,cn-blocking-lib,"
                                   "cn-lib-inline,pyn-nodelay,pyn-default,"
                                   "dcmtk,cn-async>pyn,pyn>cn,cn-async-tls,dcmtk-tls")
     p.add_argument("--workloads", help="comma-separated: w1-echo,w2-find,w3-find1,w4-get,w5-get-large,w6-move,"
@@ -923,7 +1009,10 @@ def main(argv: list[str] | None = None) -> int:
           f"'x plain' = a TLS pairing's median / the same pairing's over plain TCP.\n"
           f"'x twin' (--nagle) = a pairing with a Nagle peer: median / the same pairing's with the peer on "
           f"TCP_NODELAY (peer ND);\ncn-async: median / cn-async:noQA's (the cost of quick ACKs); "
-          f"noQA = chromanet with tcp_quickack off.")
+          f"noQA = chromanet with tcp_quickack off;\ncn-async:win8 and :win8-inline: median / cn-async's (8 operations in "
+          f"flight against one at a time).\n"
+          f"CPU us/op = median CPU time per operation of the SCP process (W6: plus the move destination) "
+          f"and of the client process(es), over the timed runs.")
     print(f"{meta['elapsed_s']} s; JSON: {args.out}")
     print(chart_note(args, rows))
     failed = any(c.failure for c in cells) or any(c.errors for c in cells)

@@ -334,11 +334,13 @@ def _tls_files(tls_dir: Path) -> dict[str, str]:
 
 def run_scp(impl: str, port: int, nodelay: bool, data_dir: Path | None = None,
             move_dests: dict[str, int] | None = None, tls_dir: Path | None = None, quickack: bool = True,
-            index: str | None = None, inline: bool = False) -> None:
+            index: str | None = None, inline: bool = False, window: int = 1) -> None:
     """``tls_dir``: listen for TLS only, with the server certificate there.
     ``index``: the chromanet node's index URL (postgresql://...; None: SQLite
     in ``data_dir``). ``inline``: the chromanet and chromanet-qr SCPs run
-    their sync handlers on the loop (``AE.sync_handlers_inline``)."""
+    their sync handlers on the loop (``AE.sync_handlers_inline``).
+    ``window``: the chromanet SCP offers this asynchronous operations
+    window, both ways (the node always offers (8, 8))."""
     move_dests = move_dests or {}
     ssl_context = None
     if tls_dir is not None and impl not in ("chromanet", "chromanet-node"):
@@ -356,6 +358,7 @@ def run_scp(impl: str, port: int, nodelay: bool, data_dir: Path | None = None,
         ae.tcp_quickack = quickack
         ae.sync_handlers_inline = inline
         ae.maximum_associations = 64
+        ae.async_ops_window = (window, window)
         ae.add_supported_context(VERIFICATION)
         ae.add_supported_context(COLOR_PALETTE_STORAGE)
         handlers = [(evt.EVT_C_STORE, lambda event: 0x0000)]
@@ -556,9 +559,37 @@ def _blocking_workload(workload: str, assoc_factory: Callable[[], Any], datasets
 
 
 def _async_workload(workload: str, ae: Any, port: int, datasets: list[Any], uids: list[str],
-                    received: list[int], move_aet: str, tls_args: Any = None) -> Callable[[int], Any]:
-    """``tls_args``: (ssl context, server name) for TLS, None for plain TCP."""
+                    received: list[int], move_aet: str, tls_args: Any = None,
+                    window: int = 1) -> Callable[[int], Any]:
+    """``tls_args``: (ssl context, server name) for TLS, None for plain TCP.
+    ``window`` > 1: every association proposes that asynchronous operations
+    window both ways, and W1, W3 and W8 keep that many requests outstanding
+    (as many tasks, each sending its share one after the other); W4's
+    C-STOREs arrive that many at a time when the SCP grants it."""
+    import asyncio
+
     from chromanet import evt
+    from chromanet.pdu_primitives import AsynchronousOperationsWindowNegotiation
+
+    ext_neg = None
+    if window > 1:
+        item = AsynchronousOperationsWindowNegotiation()
+        item.maximum_number_operations_invoked = window
+        item.maximum_number_operations_performed = window
+        ext_neg = [item]
+
+    def associate(**kwargs: Any) -> Any:
+        return ae.associate_async(HOST, port, ae_title="BENCH-SCP", tls_args=tls_args, ext_neg=ext_neg, **kwargs)
+
+    async def spread(n: int, one: Callable[[int], Any]) -> int:
+        """``one(i)`` for i in 0..n-1, ``window`` at a time; the errors."""
+        if window <= 1:
+            return sum([await one(i) for i in range(n)])
+
+        async def worker(first: int) -> int:
+            return sum([await one(i) for i in range(first, n, window)])
+
+        return sum(await asyncio.gather(*(worker(k) for k in range(window))))
 
     @evt.inline  # an asyncio program's counter: on its loop, no thread hand-off
     def store_handler(event: Any) -> int:  # C-GET sub-operations: counted, not decoded
@@ -566,13 +597,15 @@ def _async_workload(workload: str, ae: Any, port: int, datasets: list[Any], uids
         return 0x0000
 
     async def echo(n: int) -> tuple[float, float, int, int]:
-        assoc = await ae.associate_async(HOST, port, ae_title="BENCH-SCP", tls_args=tls_args)
+        assoc = await associate()
         if not assoc.is_established:
             raise RuntimeError("association not established")
-        errors = 0
+
+        async def one(i: int) -> int:
+            return _check(await assoc.send_c_echo())
+
         t0 = time.monotonic()
-        for _ in range(n):
-            errors += _check(await assoc.send_c_echo())
+        errors = await spread(n, one)
         t1 = time.monotonic()
         await assoc.release()
         return t0, t1, n, errors
@@ -591,20 +624,21 @@ def _async_workload(workload: str, ae: Any, port: int, datasets: list[Any], uids
         return t0, t1, n, errors
 
     async def store(n: int) -> tuple[float, float, int, int]:
-        assoc = await ae.associate_async(HOST, port, ae_title="BENCH-SCP", tls_args=tls_args)
+        assoc = await associate()
         if not assoc.is_established:
             raise RuntimeError("association not established")
-        errors = 0
+
+        async def one(i: int) -> int:
+            return _check(await assoc.send_c_store(datasets[i % len(datasets)]))
+
         t0 = time.monotonic()
-        for _ in range(n):
-            for ds in datasets:
-                errors += _check(await assoc.send_c_store(ds))
+        errors = await spread(n * len(datasets), one)
         t1 = time.monotonic()
         await assoc.release()
         return t0, t1, n * len(datasets), errors
 
     async def find_many(n: int) -> tuple[float, float, int, int]:
-        assoc = await ae.associate_async(HOST, port, ae_title="BENCH-SCP", tls_args=tls_args)
+        assoc = await associate()
         if not assoc.is_established:
             raise RuntimeError("association not established")
         t0 = time.monotonic()
@@ -614,14 +648,16 @@ def _async_workload(workload: str, ae: Any, port: int, datasets: list[Any], uids
         return t0, t1, matches, int(final != 0) + int(matches != n)
 
     async def find_one(n: int) -> tuple[float, float, int, int]:
-        assoc = await ae.associate_async(HOST, port, ae_title="BENCH-SCP", tls_args=tls_args)
+        assoc = await associate()
         if not assoc.is_established:
             raise RuntimeError("association not established")
-        errors = 0
-        t0 = time.monotonic()
-        for i in range(n):
+
+        async def one(i: int) -> int:
             matches, final = await _acount_find(assoc.send_c_find(_find_uid(uids[i % len(uids)]), FIND_MODEL))
-            errors += int(final != 0) + int(matches != 1)
+            return int(final != 0) + int(matches != 1)
+
+        t0 = time.monotonic()
+        errors = await spread(n, one)
         t1 = time.monotonic()
         await assoc.release()
         return t0, t1, n, errors
@@ -629,7 +665,7 @@ def _async_workload(workload: str, ae: Any, port: int, datasets: list[Any], uids
     async def retrieve(n: int) -> tuple[float, float, int, int]:
         received[0] = 0
         handlers = [(evt.EVT_C_STORE, store_handler)] if workload == "get" else None
-        assoc = await ae.associate_async(HOST, port, ae_title="BENCH-SCP", tls_args=tls_args, evt_handlers=handlers)
+        assoc = await associate(evt_handlers=handlers)
         if not assoc.is_established:
             raise RuntimeError("association not established")
         identifier = _retrieve_uids(uids[:n])
@@ -907,8 +943,9 @@ def run_client(args: argparse.Namespace) -> None:
             tls_args = (client_context(_tls_files(args.tls_dir)["ca.pem"]), None)
         loop = new_event_loop()  # uvloop when installed
         asyncio.set_event_loop(loop)
-        coro_fn = _async_workload(workload, ae, port, datasets, uids, received, args.move_aet, tls_args)
-        warm_fn = _async_workload("find-one", ae, port, datasets, uids, received, args.move_aet, tls_args)
+        coro_fn = _async_workload(workload, ae, port, datasets, uids, received, args.move_aet, tls_args, args.window)
+        warm_fn = _async_workload("find-one", ae, port, datasets, uids, received, args.move_aet, tls_args,
+                                  args.window)
 
         def run_once(count: int) -> tuple[float, float, int, int]:
             return loop.run_until_complete(coro_fn(count))
@@ -927,6 +964,8 @@ def run_client(args: argparse.Namespace) -> None:
             warmup = 0  # series level: the warm-up would move the whole series
     else:
         raise SystemExit(f"unknown client impl {impl!r}")
+    if args.window > 1 and impl != "chromanet-async":
+        raise SystemExit(f"--window: not implemented for the {impl} client")
     if args.tls_dir is not None and impl not in ("chromanet-async", "dcmtk"):
         raise SystemExit(f"--tls-dir: not implemented for the {impl} client")
 
@@ -945,14 +984,23 @@ def run_client(args: argparse.Namespace) -> None:
         if cmd != "go":
             continue
         try:
+            cpu0 = _cpu_seconds()
             t0, t1, count, errors = run_once(n)
-            out = {"t0": t0, "t1": t1, "n": count, "errors": errors}
+            out = {"t0": t0, "t1": t1, "n": count, "errors": errors, "cpu_s": _cpu_seconds() - cpu0}
         except Exception as exc:  # reported to the harness, which fails the cell
             logging.getLogger("e2e").exception("workload %s failed", workload)
             out = {"error": f"{type(exc).__name__}: {exc}"}
         out["maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(json.dumps(out), flush=True)
     os._exit(0)  # do not wait on non-daemon engine threads
+
+
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its waited-for children
+    (DCMTK's tools) so far."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 WORKLOADS = ["echo", "assoc", "store", "find-many", "find-one", "get", "move"]
@@ -973,6 +1021,8 @@ def main() -> None:
     s.add_argument("--index", help="chromanet-node: index URL (postgresql://...); default SQLite in --data-dir")
     s.add_argument("--inline-handlers", dest="inline", action="store_true",
                    help="chromanet, chromanet-qr: sync handlers inline on the loop (AE.sync_handlers_inline)")
+    s.add_argument("--window", type=int, default=1,
+                   help="chromanet: the asynchronous operations window offered, both ways (default 1)")
     c = sub.add_parser("client")
     c.add_argument("--impl", required=True, choices=["chromanet-async", "chromanet-blocking", "pynetdicom", "dcmtk"])
     c.add_argument("--port", type=int, required=True)
@@ -988,6 +1038,9 @@ def main() -> None:
     c.add_argument("--scratch", type=Path, default=Path("/tmp"), help="dcmtk get: where getscu writes")
     c.add_argument("--tls-dir", type=Path, help="over TLS, verifying the SCP against DIR/ca.pem "
                    "(chromanet-async, dcmtk)")
+    c.add_argument("--window", type=int, default=1,
+                   help="chromanet-async: propose this asynchronous operations window both ways and keep that "
+                        "many requests outstanding (W1, W3, W8; default 1: one at a time)")
     d = sub.add_parser("data")
     d.add_argument("--root", type=Path, required=True)
     d.add_argument("--set", action="append", required=True, metavar="NAME:small|large:N")
@@ -1003,7 +1056,7 @@ def main() -> None:
             aet, _, port = entry.partition("=")
             dests[aet] = int(port)
         run_scp(args.impl, args.port, args.nodelay, args.data_dir, dests, args.tls_dir, args.quickack,
-                args.index, args.inline)
+                args.index, args.inline, args.window)
     elif args.role == "data":
         run_data(args.root, args.set, args.dcmtk)
     else:

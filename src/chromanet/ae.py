@@ -103,6 +103,11 @@ class AE:
         self.require_calling_aet: list[str] = []
         self.implementation_class_uid = uids.IMPLEMENTATION_CLASS_UID
         self.implementation_version_name = uids.IMPLEMENTATION_VERSION_NAME
+        # (max invoked, max performed) this AE offers as acceptor (PS3.7
+        # D.3.3.3). Its invoked value is also what a C-MOVE SCP proposes on
+        # the sub-association to the destination: when the destination
+        # grants more than 1, that many C-STORE sub-operations are
+        # outstanding at once (services/query_retrieve.py).
         self.async_ops_window: tuple[int, int] = (1, 1)
         # chromanet extra: spool received C-STORE data sets to files here
         # (bounded memory; handlers read event.dataset_path).

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator
 
 from pydicom import Dataset
 
-from chromanet import _dimse, uids
+from chromanet import _dimse, _pdu, uids
 from chromanet._dimse import Command
 from chromanet.dimse_channel import DatasetRefused, DimseChannel, DiscardSink
 from chromanet.evt import (
@@ -41,6 +41,7 @@ from chromanet.evt import (
     EventType,
     notify,
 )
+from chromanet.pdu_primitives import AsynchronousOperationsWindowNegotiation
 from chromanet.presentation import PresentationContext, build_context
 from chromanet.services import query_retrieve, storage, verification
 from chromanet.services.answers import response_to_dataset
@@ -725,6 +726,7 @@ class AsyncAssociation:
         contexts = kwargs.pop("contexts", None) or self.ae.requested_contexts or [
             build_context(uids.ColorPaletteStorage)
         ]
+        ext_neg = _with_move_window(kwargs.pop("ext_neg", None), self.ae.async_ops_window[0])
         try:
             return await self.ae.associate_async(
                 address,
@@ -732,10 +734,27 @@ class AsyncAssociation:
                 contexts,
                 ae_title or "ANY-SCP",
                 kwargs.pop("max_pdu", 16382),
-                kwargs.pop("ext_neg", None),
+                ext_neg,
                 kwargs.pop("evt_handlers", None),
                 tls_args=kwargs.pop("tls_args", None),
             )
         except (OSError, ValueError) as exc:
             LOGGER.warning("cannot open the move destination %s:%s: %s", address, port, exc)
             return None
+
+
+def _with_move_window(ext_neg: list[Any] | None, invoked: int) -> list[Any] | None:
+    """The C-MOVE sub-association's extended negotiation: the handler's
+    items, plus an Asynchronous Operations Window item proposing that we
+    invoke ``invoked`` operations (the AE's ``async_ops_window`` invoked
+    value) and perform one, when that is not 1 and the handler proposed no
+    window itself. A destination that grants it takes several C-STORE
+    sub-operations at once; one that answers (1, 1) or nothing (pynetdicom,
+    DCMTK) gets them one after the other (PS3.7 D.3.3.3)."""
+    if invoked == 1:
+        return ext_neg
+    items = list(ext_neg or ())
+    if any(isinstance(item, (_pdu.AsyncOperationsWindow, AsynchronousOperationsWindowNegotiation)) for item in items):
+        return ext_neg
+    items.append(_pdu.AsyncOperationsWindow(invoked, 1))
+    return items

@@ -356,6 +356,9 @@ class DimseChannel:
         self.request_handler = request_handler
         self.dimse_timeout = dimse_timeout
         self.max_operations_performed = max_operations_performed or 1 << 30
+        #: How many requests of ours may be outstanding at once (the
+        #: negotiated window; 0: unlimited).
+        self.max_operations_invoked = max_operations_invoked
         self.dataset_sink_factory = dataset_sink_factory
         self.max_identifier_size = max_identifier_size
         #: ``hook(sent, context_id, command, dataset)`` while EVT_DIMSE_SENT /
@@ -473,16 +476,18 @@ class DimseChannel:
         if self._invoke_slots is not None:
             self._invoke_slots.give_back()
 
-    async def request(self, context_id: int, command: Command, dataset: Any = None) -> IncomingMessage:
+    async def request(self, context_id: int, command: Command, dataset: Any = None, *, hold: bool = False) -> IncomingMessage:
         """Send a request that has exactly one response, and return it.
-        A large data set (a C-STORE of a big file) is paced out in slices."""
+        A large data set (a C-STORE of a big file) is paced out in slices.
+        ``hold``: several requests sent in one pass of the loop (operations
+        in a window) go out in one write (``send``)."""
         await self.acquire_slot()
         try:
             stream = self._register(command)
             try:
                 if self.end_error is not None:
                     raise _fresh(self.end_error)
-                await self.ul.send_message_paced(context_id, command, dataset)
+                await self.ul.send_message_paced(context_id, command, dataset, hold=hold)
                 if self.dimse_hook is not None:  # EVT_DIMSE_SENT bound
                     self.dimse_hook(True, context_id, command, dataset)
                 await self.ul.drain()

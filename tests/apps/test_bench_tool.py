@@ -157,6 +157,48 @@ def test_duration_bound(node: int, tmp_path: Path) -> None:
     assert summary["duration_s"] == 0.5
 
 
+def test_window_keeps_operations_in_flight(tmp_path: Path) -> None:
+    """``--window 4`` against an SCP that offers (4, 4): the SCP's async
+    C-ECHO handler sees more than one and at most 4 echoes at once (each
+    waits, bounded, until 4 are running or some call saw 4)."""
+    import asyncio
+
+    from chromanet import AE, uids
+
+    seen = {"running": 0, "most": 0}
+    full: list[asyncio.Event] = []
+
+    async def on_echo(event: Any) -> int:
+        if not full:
+            full.append(asyncio.Event())
+        seen["running"] += 1
+        seen["most"] = max(seen["most"], seen["running"])
+        if seen["running"] >= 4:
+            full[0].set()
+        try:
+            await asyncio.wait_for(full[0].wait(), 10)
+        except asyncio.TimeoutError:
+            full[0].set()
+        finally:
+            seen["running"] -= 1
+        return 0x0000
+
+    scp = AE("WINDOW")
+    scp.async_ops_window = (4, 4)
+    scp.add_supported_context(uids.Verification)
+    port = free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_ECHO, on_echo)])
+    try:
+        done, summary = run_bench("127.0.0.1", str(port), "-aec", "WINDOW", "--op", "echo", "-c", "1", "-n", "20",
+                                  "--window", "4", json_path=tmp_path / "s.json")
+    finally:
+        server.shutdown()
+    assert_clean(done, summary, ops=20, assocs=1)
+    assert summary["window"] == 4
+    assert "up to 4 in flight" in done.stdout
+    assert 1 < seen["most"] <= 4
+
+
 def test_unreachable_counts_errors(tmp_path: Path) -> None:
     done, summary = run_bench("127.0.0.1", str(free_port()), "--op", "echo", "-c", "2", "-n", "3",
                               "--timeout", "5", json_path=tmp_path / "s.json")

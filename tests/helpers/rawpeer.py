@@ -134,3 +134,79 @@ def partial_store(port: int, dataset_bytes: bytes, sop_instance_uid: str, called
     for control, fragment in ((0x03, command), (0x00, half)):
         sock.sendall(pdata(1, control, fragment))
     return sock
+
+
+class RawRetrieveScu:
+    """A C-GET SCU over a plain socket that answers the C-STORE
+    sub-operations only when the test says so. A chromanet or pynetdicom
+    SCU answers each as it comes; this one can leave many unanswered, so a
+    test sees how many the SCP sends before it waits for a response.
+
+    Context 1 is Color Palette Q/R Get, context 3 Color Palette Storage
+    with the SCP role; ``window`` is the Asynchronous Operations Window
+    item proposed (None: none, synchronous)."""
+
+    def __init__(self, port: int, window: tuple[int, int] | None, called: str = "QRSCP") -> None:
+        from chromanet import uids
+        from chromanet._pdata import Reassembler
+        from chromanet.ul.negotiation import ContextSpec, build_associate_rq
+
+        syntax = [uids.ExplicitVRLittleEndian]
+        rq = build_associate_rq(
+            called,
+            "RAWSCU",
+            [
+                ContextSpec(uids.ColorPaletteInformationModelGet, syntax),
+                ContextSpec(uids.ColorPaletteStorage, syntax, scu_role=False, scp_role=True),
+            ],
+            max_pdu_length=0,
+            async_ops_window=window,
+        )
+        self.sock = raw_associate(("127.0.0.1", port), rq)
+        self._reassembler = Reassembler(accepted_context_ids={1, 3})
+        self._messages: list[Any] = []
+
+    def send(self, context_id: int, command: Any, dataset: bytes | None = None) -> None:
+        from chromanet import _dimse
+        from chromanet._pdata import fragment_message
+
+        encoded = _dimse.encode_command(command)
+        self.sock.sendall(b"".join(bytes(b) for b in fragment_message(context_id, encoded, dataset, 16384)))
+
+    def next_message(self, timeout: float = IO_TIMEOUT) -> Any:
+        """The next whole DIMSE message, or None when none came within
+        ``timeout`` seconds (a bound on the wait, not a measurement)."""
+        from chromanet._pdata import DimseMessage
+
+        self.sock.settimeout(timeout)
+        try:
+            while not self._messages:
+                pdu_type, body = recv_raw_pdu(self.sock)
+                if pdu_type != 0x04:
+                    raise AssertionError(f"PDU type 0x{pdu_type:02X} where P-DATA was expected")
+                self._messages += [m for m in self._reassembler.feed(body) if isinstance(m, DimseMessage)]
+        except socket.timeout:
+            return None
+        finally:
+            self.sock.settimeout(IO_TIMEOUT)
+        return self._messages.pop(0)
+
+    def answer_store(self, request: Any, status: int) -> None:
+        """The C-STORE-RSP to the sub-operation ``request`` (a DimseMessage)."""
+        from chromanet import _dimse
+
+        command = request.command
+        self.send(
+            request.context_id,
+            _dimse.Command(
+                _dimse.C_STORE_RSP,
+                affected_sop_class_uid=command.affected_sop_class_uid,
+                affected_sop_instance_uid=command.affected_sop_instance_uid,
+                message_id_being_responded_to=command.message_id,
+                command_data_set_type=_dimse.NO_DATASET,
+                status=status,
+            ),
+        )
+
+    def close(self) -> None:
+        self.sock.close()

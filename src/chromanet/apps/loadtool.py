@@ -2,7 +2,8 @@
 
     chromanet bench HOST PORT [--op echo|find|get|move|store] [-c N] [-n M]
                     [--duration S] [--processes P] [--query-model MODEL] [-k KEY=VALUE ...]
-                    [--move-dest AET] [--file PATH ...] [--new-uids] [--json FILE] [--histogram FILE.png]
+                    [--move-dest AET] [--file PATH ...] [--new-uids] [--window W]
+                    [--json FILE] [--histogram FILE.png]
 
 N concurrent associations (asyncio, one event loop per process; with
 ``--processes P``, P processes of N each), each doing M operations; with
@@ -12,6 +13,12 @@ operation is one complete DIMSE exchange: a C-ECHO, a C-STORE, or a whole
 C-FIND / C-GET / C-MOVE up to its final response. Its latency runs from the
 request to the final response; association set-up and release are measured
 separately and are not part of the operation latencies.
+
+``--window W`` (W > 1): each association proposes an Asynchronous
+Operations Window of W both ways (PS3.7 D.3.3.3) and keeps up to W of its M
+operations in flight (as many as the peer grants; the rest wait for a
+slot); a C-GET SCP that grants it may also send W C-STORE sub-operations
+at once. Without it (or W = 1) one operation at a time, and no window item.
 
 On a terminal a tqdm status line on stderr shows progress, rate and time
 left. At the end a summary goes to stdout: throughput, latency percentiles
@@ -97,6 +104,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage-class", action="append", default=[], metavar="UID",
                         help="C-GET: storage SOP class to accept with the SCP role (palette model: "
                              "Color Palette Storage)")
+    parser.add_argument("--window", type=int, default=1, metavar="W",
+                        help="propose an asynchronous operations window of W and keep up to W operations in flight "
+                             "on each association (default 1: one at a time)")
     parser.add_argument("--timeout", type=float, default=30.0, help="ACSE/DIMSE/network timeout in seconds")
     parser.add_argument("--max-pdu", type=int, default=16382, help="our maximum PDU length (default 16382)")
     parser.add_argument("--tcp-quickack", action=argparse.BooleanOptionalAction, default=True,
@@ -137,6 +147,7 @@ class Plan:
     tls: ClientTls | None = None  # each worker builds its own context from it
     tcp_quickack: bool = True
     new_uids: bool = False  # --op store: a fresh SOP Instance UID per store
+    window: int = 1  # operations in flight per association (and the window proposed)
 
 
 def _resolve_model(name: str, op: str) -> str:
@@ -197,13 +208,14 @@ def _fresh_uid() -> bytes:
 
 
 def build_plan(args: argparse.Namespace) -> Plan:
-    if args.concurrency < 1 or args.count < 1 or args.processes < 1:
-        raise ValueError("--concurrency, --count and --processes must be at least 1")
+    if args.concurrency < 1 or args.count < 1 or args.processes < 1 or getattr(args, "window", 1) < 1:
+        raise ValueError("--concurrency, --count, --processes and --window must be at least 1")
     if args.duration is not None and args.duration <= 0:
         raise ValueError("--duration must be positive")
     plan = Plan(args.host, args.port, args.calling_aet, args.called_aet, args.op, args.concurrency, args.count,
                 args.duration, args.timeout, args.max_pdu, keys=list(args.key), tls=client_tls_from_args(args),
-                tcp_quickack=args.tcp_quickack, new_uids=getattr(args, "new_uids", False))
+                tcp_quickack=args.tcp_quickack, new_uids=getattr(args, "new_uids", False),
+                window=getattr(args, "window", 1))
     if plan.tls is not None:
         plan.tls.tls_args()  # a file that cannot be loaded is a usage error, said now
     if args.op == "echo":
@@ -279,6 +291,7 @@ class Worker:
     def __init__(self, plan: Plan, progress: Any = None) -> None:
         from chromanet import evt
         from chromanet.ae import AE, build_role
+        from chromanet.pdu_primitives import AsynchronousOperationsWindowNegotiation
 
         self.plan = plan
         self.tally = Tally()
@@ -298,6 +311,11 @@ class Worker:
             self.ext_neg = [build_role(s, scp_role=True) for s in plan.storage_classes]
             # Quick and never blocking: run on the loop (no thread hand-off).
             self.handlers = [(evt.EVT_C_STORE, evt.inline(self._on_store))]
+        if plan.window > 1:
+            window = AsynchronousOperationsWindowNegotiation()
+            window.maximum_number_operations_invoked = plan.window
+            window.maximum_number_operations_performed = plan.window
+            self.ext_neg = [*(self.ext_neg or []), window]
         self.ae = ae
         self.identifier = build_identifier_for(plan) if plan.model else None
         self.tls_args = plan.tls.tls_args() if plan.tls is not None else None
@@ -353,14 +371,17 @@ class Worker:
             t.associations += 1
             t.assoc_latencies.record(time.monotonic_ns() - start)
             try:
-                for _ in range(plan.count):
-                    if not self._time_left():
-                        break
-                    if not assoc.is_established:
-                        t.error("association ended")
-                        self._done(False)
-                        break
-                    file_index = await self._one(assoc, file_index)
+                if plan.window <= 1:
+                    file_index = await self._lane(assoc, plan.count, file_index, 1)
+                else:
+                    # W lanes share the M operations; each sends its next one
+                    # when its last one is answered.
+                    lanes = min(plan.window, plan.count)
+                    await asyncio.gather(*(
+                        self._lane(assoc, plan.count // lanes + (k < plan.count % lanes), file_index + k, lanes)
+                        for k in range(lanes)
+                    ))
+                    file_index += plan.count
             finally:
                 if assoc.is_established:
                     try:
@@ -369,6 +390,21 @@ class Worker:
                         assoc.abort()
             if self.deadline is None or not self._time_left():
                 return
+
+    async def _lane(self, assoc: Any, count: int, file_index: int, step: int) -> int:
+        """``count`` operations one after the other on ``assoc``, the files
+        (--op store) from ``file_index`` on, ``step`` apart; the next index."""
+        t = self.tally
+        for _ in range(count):
+            if not self._time_left():
+                break
+            if not assoc.is_established:
+                t.error("association ended")
+                self._done(False)
+                break
+            await self._one(assoc, file_index)
+            file_index += step
+        return file_index
 
     async def _one(self, assoc: Any, file_index: int) -> int:
         plan, t = self.plan, self.tally
@@ -500,6 +536,7 @@ def summarize(plan: Plan, processes: int, query_model: str, tally: Tally) -> dic
         "concurrency": plan.concurrency,
         "processes": processes,
         "ops_per_association": plan.count,
+        "window": plan.window,
         "duration_s": plan.duration,
         "elapsed_s": elapsed,
         "operations": ops,
@@ -526,7 +563,8 @@ def format_summary(s: dict[str, Any]) -> str:
     lines = [
         f"chromanet bench: {s['op']} against {s['host']}:{s['port']}"
         + (f" ({s['query_model']} model)" if s["query_model"] else "")
-        + f", {s['concurrency']} association(s) x {s['processes']} process(es), {bound}",
+        + f", {s['concurrency']} association(s) x {s['processes']} process(es), {bound}"
+        + (f", up to {s['window']} in flight on each" if s.get("window", 1) > 1 else ""),
         f"  operations    {s['ok']} ok, {s['errors']} error(s) in {s['elapsed_s']:.2f} s"
         f"  ->  {s['throughput_ops_s']:,.1f} ops/s",
     ]

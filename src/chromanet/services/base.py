@@ -194,11 +194,14 @@ class ServiceSession:
         )
 
     # --------------------------------------------------------------- SCU
-    async def exchange(self, context_id: int, command: Command, dataset: Any = None) -> Command | None:
+    async def exchange(
+        self, context_id: int, command: Command, dataset: Any = None, *, hold: bool = False
+    ) -> Command | None:
         """One request, one response; None if the association ended first
-        (a DIMSE timeout aborts it, as pynetdicom does)."""
+        (a DIMSE timeout aborts it, as pynetdicom does). ``hold``: see
+        ``DimseChannel.request``."""
         try:
-            response = await self.channel.request(context_id, command, dataset)
+            response = await self.channel.request(context_id, command, dataset, hold=hold)
         except DimseTimeout:
             peer_log(LOGGER, logging.WARNING, self.peer_host, "DIMSE timeout waiting for %s: aborting the association",
                      self.peer_host or "the peer")

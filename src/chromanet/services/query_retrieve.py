@@ -15,6 +15,15 @@ SCP, with pynetdicom's handler protocol:
   ``(status, dataset)``; the C-STOREs go over a sub-association to the
   destination, with the Move Originator fields set.
 
+The C-STOREs go one after the other, a Pending response after each, unless
+the association that carries them (the C-GET's own; the sub-association of
+a C-MOVE) negotiated an asynchronous operations window that lets us invoke
+more than one operation (PS3.7 D.3.3.3): then up to that many are
+outstanding at once, the handler is asked for its next data set only when
+there is room, and each Pending response counts the sub-operations whose
+responses arrived. Whatever ends the retrieve (the handler's last status,
+a C-CANCEL) waits for the outstanding ones first.
+
 A status is an int or a Dataset holding (0000,0900) and optional elements.
 Datasets to send may be pydicom Datasets, Part 10 images (bytes) or Part 10
 file paths; files and bytes whose transfer syntax was accepted go out as they
@@ -42,6 +51,7 @@ import inspect
 import ipaddress
 import logging
 import os
+from collections import deque
 from typing import Any, AsyncIterator, Awaitable
 
 from pydicom import Dataset
@@ -98,6 +108,9 @@ _FIND_BATCH = 64
 # produces more (~200 bytes a pending response with a small identifier).
 _WRITE_AHEAD = 32 * 1024
 _RETRIEVE_BATCH = 8
+# C-STORE sub-operations outstanding at once on an association whose
+# window lets us invoke any number (0, unlimited).
+_UNLIMITED_IN_FLIGHT = 64
 
 Results = HandlerResults | ThreadedResults
 
@@ -499,6 +512,17 @@ def _early_status(value: Any) -> None:
         raise _EarlyStatus(value)
 
 
+def suboperation_window(session: ServiceSession | None) -> int:
+    """How many C-STORE sub-operations to keep outstanding at once on the
+    association of ``session``: the operations we may invoke there, as
+    negotiated (PS3.7 D.3.3.3; 1, synchronous, when no window was agreed),
+    ``_UNLIMITED_IN_FLIGHT`` when the window is unlimited (0)."""
+    if session is None:
+        return 1
+    invoked = session.channel.max_operations_invoked
+    return _UNLIMITED_IN_FLIGHT if invoked == 0 else max(1, invoked)
+
+
 async def _count(results: Results) -> int:
     value = await results.next()
     _early_status(value)
@@ -513,13 +537,39 @@ async def _run_suboperations(
     message: IncomingMessage,
     store: Any,
     raised_status: int,
+    window: int = 1,
 ) -> None:
     """Iterate the handler's (status, dataset) results, storing each pending
-    dataset with ``store(dataset, message_id) -> (sop_instance_uid, status |
-    None)``."""
+    dataset with ``store(dataset, message_id, hold) -> (sop_instance_uid,
+    status | None)``; up to ``window`` of those stores outstanding at once
+    (``_InFlight``, their requests held to share writes), one after the
+    other when it is 1."""
     _batched(results, _RETRIEVE_BATCH)
+    flight = _InFlight(retrieve, window) if window > 1 else None
+    try:
+        await _suboperations(retrieve, results, message, store, raised_status, flight)
+    finally:
+        if flight is not None:
+            await flight.discard()
+
+
+async def _suboperations(
+    retrieve: _Retrieve,
+    results: Results,
+    message: IncomingMessage,
+    store: Any,
+    raised_status: int,
+    flight: _InFlight | None,
+) -> None:
+    # Whatever ends the retrieve early first waits for the sub-operations
+    # still outstanding (``settled``): the final response counts them all.
     while True:
+        if flight is not None:
+            # Room for one more; the handler is asked for its next result
+            # only then, so a lazy generator runs no further ahead.
+            await flight.settle(flight.window - 1)
         if message.cancelled:
+            await _settled(flight)
             await retrieve.cancelled()
             return
         try:
@@ -528,34 +578,112 @@ async def _run_suboperations(
             break
         except Exception:
             LOGGER.exception("exception in the retrieve handler")
+            await _settled(flight)
             await retrieve.stopped(raised_status, raised_status)
             return
-        if retrieve.remaining <= 0:
+        if retrieve.remaining - (len(flight) if flight is not None else 0) <= 0:
             LOGGER.warning("the retrieve handler yielded more datasets than it announced; ignored")
             break
         probe = _response(retrieve.request, retrieve.field)
         apply_handler_status(status, probe, "retrieve handler")
         category = code_to_category(probe.status)
         if category == STATUS_CANCEL:
+            await _settled(flight)
             await retrieve.cancelled(dataset)
             return
         if category == STATUS_UNKNOWN:
+            await _settled(flight)
             await retrieve.unknown(probe.status)
             return
         if category in (STATUS_FAILURE, STATUS_WARNING):
+            await _settled(flight)
             await retrieve.stopped(probe.status, status, dataset)
             return
         if category == STATUS_SUCCESS:
             break
-        uid, store_status = await store(dataset, retrieve.message_id())
+        if flight is not None:
+            flight.start(store(dataset, retrieve.message_id(), True), probe)
+            continue
+        uid, store_status = await store(dataset, retrieve.message_id(), False)
         retrieve.record(uid, store_status)
         # A Pending response after every sub-operation, the last one
         # (Remaining 0) included, as pynetdicom sends them.
         await retrieve.pending(probe)
+    await _settled(flight)
     if message.cancelled and retrieve.remaining > 0:
         await retrieve.cancelled()
         return
     await retrieve.finished()
+
+
+async def _settled(flight: _InFlight | None) -> None:
+    if flight is not None:
+        await flight.settle(0)
+
+
+class _InFlight:
+    """The C-STORE sub-operations of one retrieve that are outstanding at
+    once, at most ``window`` (the asynchronous operations window we may
+    invoke on the association that carries them, PS3.7 D.3.3.3), each a
+    task. Each one that completes is counted, with its Pending response,
+    in the order the responses arrive."""
+
+    __slots__ = ("retrieve", "window", "running", "done", "waiter")
+
+    def __init__(self, retrieve: _Retrieve, window: int) -> None:
+        self.retrieve = retrieve
+        self.window = window
+        self.running: set[asyncio.Future[tuple[str, int | None]]] = set()
+        self.done: deque[tuple[asyncio.Future[tuple[str, int | None]], Command]] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+
+    def __len__(self) -> int:
+        """The sub-operations started and not yet counted."""
+        return len(self.running) + len(self.done)
+
+    def start(self, operation: Awaitable[tuple[str, int | None]], probe: Command) -> None:
+        """Run ``operation`` (one store); ``probe``: the handler's status
+        for it, which its Pending response borrows from."""
+        task = asyncio.ensure_future(operation)
+        self.running.add(task)
+        task.add_done_callback(lambda done: self._completed(done, probe))
+
+    def _completed(self, task: asyncio.Future[tuple[str, int | None]], probe: Command) -> None:
+        self.running.discard(task)
+        self.done.append((task, probe))
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def settle(self, at_most: int) -> None:
+        """Count the completed sub-operations (a Pending response each),
+        waiting for more to complete while over ``at_most`` are running."""
+        retrieve = self.retrieve
+        while True:
+            while self.done:
+                task, probe = self.done.popleft()
+                uid, store_status = task.result()
+                retrieve.record(uid, store_status)
+                await retrieve.pending(probe)
+            if len(self.running) <= at_most:
+                return
+            self.waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+
+    async def discard(self) -> None:
+        """The retrieve is over: cancel any sub-operation still running (only
+        when it ended by an exception) and collect them all, so that no
+        task's outcome goes unread."""
+        tasks = [*self.running, *(task for task, _ in self.done)]
+        self.done.clear()
+        if not tasks:
+            return
+        for task in self.running:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _sop_instance_uid(dataset: Any) -> str:
@@ -583,8 +711,11 @@ async def _store_over(
     originator: tuple[str, int] | None,
     trace: OperationRecord | None = None,
     msg_id: int | None = None,
+    hold: bool = False,
 ) -> tuple[str, int | None]:
-    """One C-STORE sub-operation; (SOP Instance UID, response status or None)."""
+    """One C-STORE sub-operation; (SOP Instance UID, response status or
+    None). ``hold``: one of several started together (``_InFlight``), whose
+    requests go out in one write."""
     if isinstance(dataset, (str, os.PathLike)):
         # A file is opened once: its header gives the UID, its bytes are sent.
         try:
@@ -611,6 +742,7 @@ async def _store_over(
             originator[0] if originator else None,
             originator[1] if originator else None,
             trace=trace,
+            hold=hold,
         )
     except (ValueError, OSError, AttributeError, KeyError) as exc:
         # No context for its SOP class, an unreadable file, or a Dataset
@@ -620,7 +752,7 @@ async def _store_over(
     return uid, response.status if response is not None else None
 
 
-async def _not_stored(dataset: Any, msg_id: int | None = None) -> tuple[str, int | None]:
+async def _not_stored(dataset: Any, msg_id: int | None = None, hold: bool = False) -> tuple[str, int | None]:
     """The sub-operation of a C-MOVE whose destination cannot take it: failed."""
     return _sop_instance_uid(dataset), None
 
@@ -647,7 +779,12 @@ async def serve_get(session: ServiceSession, message: IncomingMessage) -> None:
         retrieve = _Retrieve(request, _dimse.C_GET_RSP, sender, total)
         trace = message.trace
         await _run_suboperations(
-            retrieve, results, message, lambda ds, msg_id: _store_over(session, ds, None, trace, msg_id), GET_HANDLER_RAISED
+            retrieve,
+            results,
+            message,
+            lambda ds, msg_id, hold: _store_over(session, ds, None, trace, msg_id, hold),
+            GET_HANDLER_RAISED,
+            suboperation_window(session),
         )
     finally:
         await results.close()
@@ -772,8 +909,9 @@ async def serve_move(session: ServiceSession, message: IncomingMessage) -> None:
             retrieve,
             results,
             message,
-            lambda ds, msg_id: _store_over(destination_session, ds, originator, message.trace, msg_id),
+            lambda ds, msg_id, hold: _store_over(destination_session, ds, originator, message.trace, msg_id, hold),
             MOVE_HANDLER_RAISED,
+            suboperation_window(destination_session),
         )
     finally:
         await results.close()

@@ -126,10 +126,12 @@ async def store(
     originator_id: int | None = None,
     *,
     trace: OperationRecord | None = None,
+    hold: bool = False,
 ) -> Command | None:
     """SCU: one C-STORE; the response command, or None if none came.
     ``trace``: the C-GET/C-MOVE whose sub-operation this is, told the size
-    of the data set once it went out.
+    of the data set once it went out. ``hold``: one of several sent in this
+    pass of the loop (pipelined sub-operations): they share one write.
 
     ValueError when no accepted context fits the SOP class or for a
     priority other than 0 (medium), 1 (high) or 2 (low); OSError for an
@@ -147,7 +149,7 @@ async def store(
         move_originator_message_id=originator_id,
     )
     try:
-        response = await session.exchange(context_id, command, payload)
+        response = await session.exchange(context_id, command, payload, hold=hold)
         if trace is not None and response is not None:
             trace.note_sent(memoryview(payload).nbytes)
         return response

@@ -459,9 +459,11 @@ class AssociationControl:
         one when ``hold`` (``ULConnection.send_message``)."""
         self.connection.send_message(context_id, command, dataset, hold=hold)
 
-    async def send_message_paced(self, context_id: int, command: Any, dataset: Any = None) -> None:
-        """One DIMSE message, a large data set paced out with flow control."""
-        await self.connection.send_message_paced(context_id, command, dataset)
+    async def send_message_paced(self, context_id: int, command: Any, dataset: Any = None, *, hold: bool = False) -> None:
+        """One DIMSE message, a large data set paced out with flow control;
+        ``hold``: a small one may wait for others sent in this pass of the
+        loop, to go out in one write."""
+        await self.connection.send_message_paced(context_id, command, dataset, hold=hold)
 
     @property
     def writing_paused(self) -> bool:

@@ -471,12 +471,15 @@ class ULConnection(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.writelines(held)
 
-    async def send_message_paced(self, context_id: int, command: Command, dataset: Any = None) -> None:
+    async def send_message_paced(
+        self, context_id: int, command: Command, dataset: Any = None, *, hold: bool = False
+    ) -> None:
         """Like send_message, but a large data set goes out a slice at a
         time, waiting for the transport between slices, so sending a file of
-        any size holds at most about PACING_SLICE bytes in the write buffer."""
+        any size holds at most about PACING_SLICE bytes in the write buffer.
+        ``hold``: as for send_message (a small message only)."""
         if dataset is None or memoryview(dataset).nbytes <= PACING_SLICE:
-            self.send_message(context_id, command, dataset)
+            self.send_message(context_id, command, dataset, hold=hold)
             return
         while self._pacing is not None:
             await asyncio.shield(self._pacing)
@@ -630,7 +633,12 @@ class ULConnection(asyncio.Protocol):
         for indication in indications:
             kind = type(indication)
             if upper.close_requested and kind in _MESSAGE_KINDS:
-                continue  # the association is being closed: nothing more to serve
+                # The association is being closed: nothing more to serve.
+                # A whole response that came before the A-ABORT (in the same
+                # read) still reaches the request it answers: with several
+                # requests outstanding, it says which of them were done.
+                if kind is not DimseMessage or indication.command.is_request:
+                    continue
             if kind is DimseMessage:
                 listener.on_message(indication)
             elif kind is DatasetChunk:
