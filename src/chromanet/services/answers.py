@@ -148,17 +148,17 @@ class StatusDataset(Dataset):
 
     def __contains__(self, name: Any) -> bool:
         if name.__class__ is str and name == "Status":
-            return _STATUS_TAG in self._dict
+            return _STATUS_TAG in self.keys()
         return Dataset.__contains__(self, name)
 
     @property
     def Status(self) -> Any:  # noqa: N802 - the DICOM keyword, as pydicom spells it
-        elem = self._dict.get(_STATUS_TAG)
+        elem = self.get_item(_STATUS_TAG)
         if elem is None:
             raise AttributeError("'Dataset' object has no attribute 'Status'")  # as pydicom words it
         if elem.__class__ is DataElement:
             return elem.value
-        return self[_STATUS_TAG].value  # a raw element: converted, as pydicom does
+        return self[_STATUS_TAG].value  # a raw element: converted (in place), as pydicom does
 
 
 def response_to_dataset(command: Command | None) -> Dataset:
