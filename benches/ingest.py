@@ -1,7 +1,7 @@
 """Durable ingest: C-STOREs into ``chromanet serve``, before and after, in one run.
 
     python benches/ingest.py --baseline /work/base16 [--candidate .] [-n 2000] [--concurrency 1,8,32]
-                             [--workers 1] [--rounds 1] [--json out.json]
+                             [--workers 1] [--window 8] [--rounds 1] [--json out.json]
 
 For each build (``--baseline``, ``--candidate``: source trees with their
 own ``.venv``, e.g. ``git worktree add /work/base16 2179f99 && (cd
@@ -15,6 +15,11 @@ candidate, baseline, ...):
   bench --op store --new-uids``, the candidate's load tool for both
   builds): stores/s and latency per store p50/p99 (request to response).
   Every store is acknowledged only once it is durable, in both builds.
+- ``node, c assoc x window w`` (``--window w``): the same with each
+  association proposing an asynchronous operations window of ``w`` and
+  keeping ``w`` stores outstanding (``chromanet bench --window``), as a
+  modality or migration tool that pipelines its stores does: more stores
+  waiting means larger batches for each pair of syncs.
 - ``echo during burst``: while the 8-association burst runs, a second
   client process holds one more association and sends a C-ECHO every
   10 ms: p50/p99/max of its round trip, next to the same probe against
@@ -139,11 +144,15 @@ class Node:
 
 
 def loadtool(candidate: dict[str, Any], port: int, concurrency: int, n: int, out: Path,
-             aec: str = "CHROMANET", timeout: float = 600) -> dict[str, Any]:  # fmt: skip
-    """The candidate's ``chromanet bench --op store --new-uids``: its summary."""
+             aec: str = "CHROMANET", timeout: float = 600, window: int = 1) -> dict[str, Any]:  # fmt: skip
+    """The candidate's ``chromanet bench --op store --new-uids``: its summary.
+    ``window`` > 1: each association proposes that asynchronous operations
+    window and keeps that many stores outstanding (``--window``)."""
     per = max(1, n // concurrency)
     argv = [candidate["python"], "-m", "chromanet.apps.cli", "bench", "127.0.0.1", str(port), "-aec", aec,
             "--op", "store", "--new-uids", "-c", str(concurrency), "-n", str(per), "-q", "--json", str(out)]  # fmt: skip
+    if window > 1:
+        argv += ["--window", str(window)]
     done = subprocess.run(argv, env=child_env(), timeout=timeout, capture_output=True, text=True)
     if not out.exists():
         raise RuntimeError(f"bench failed ({done.returncode}): {done.stderr[-2000:]}")
@@ -268,16 +277,18 @@ def measure(args: argparse.Namespace, trees: dict[str, dict[str, Any]], work: Pa
                     time.sleep(2.0)
                     rows.append({"cell": "echo, idle node", "side": side, "workers": workers, "round": rnd,
                                  **idle.finish()})  # fmt: skip
-                    for c in args.concurrency:
+                    for c, w in [(c, 1) for c in args.concurrency] + [(c, w) for w in args.window for c in args.concurrency]:
                         probe = None
-                        if c == 8:
+                        if c == 8 and w == 1:
                             probe = EchoProbe(candidate, node.port, work / f"echo-{side}-{rnd}-{workers}.json")
                         try:
-                            cell = loadtool(candidate, node.port, c, args.n, work / f"node-{side}-{rnd}-{workers}-c{c}.json")
+                            cell = loadtool(candidate, node.port, c, args.n,
+                                            work / f"node-{side}-{rnd}-{workers}-c{c}-w{w}.json", window=w)  # fmt: skip
                         finally:
                             echo = probe.finish() if probe is not None else None
-                        rows.append({"cell": f"node, {c} assoc", "side": side, "workers": workers, "round": rnd, **cell})
-                        say(f"  {c} assoc: {cell['rate']:.0f}/s p50 {cell['p50_ms']} p99 {cell['p99_ms']} ms, "
+                        name = f"node, {c} assoc" + (f" x window {w}" if w > 1 else "")
+                        rows.append({"cell": name, "side": side, "workers": workers, "round": rnd, **cell})
+                        say(f"  {name}: {cell['rate']:.0f}/s p50 {cell['p50_ms']} p99 {cell['p99_ms']} ms, "
                             f"{cell['errors']} errors")  # fmt: skip
                         if echo is not None:
                             rows.append({"cell": "echo during 8-assoc burst", "side": side, "workers": workers,
@@ -327,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--candidate", type=Path, default=REPO, help="source tree after (default: this one)")
     p.add_argument("-n", type=int, default=2000, help="stores per cell (default 2000)")
     p.add_argument("--concurrency", default="1,8,32", help="associations per node cell (default 1,8,32)")
+    p.add_argument("--window", default="",
+                   help="also run the node cells with each association keeping this many stores outstanding "
+                        "(asynchronous operations window, chromanet bench --window), a comma list, e.g. 8")
     p.add_argument("--workers", default="1", help="node worker processes, a comma list (default 1)")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds (default 1)")
     p.add_argument("--no-dcmtk", dest="dcmtk", action="store_false", help="skip the storescu and storescp rows")
@@ -338,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.concurrency = [int(x) for x in args.concurrency.split(",")]
     args.workers = [int(x) for x in args.workers.split(",")]
+    args.window = [int(x) for x in args.window.split(",") if x.strip() and int(x) > 1]
     if args.dcmtk and not Path(f"{DCMTK_BIN}/storescp").exists():
         say("DCMTK not found: no storescu/storescp rows")
         args.dcmtk = False
