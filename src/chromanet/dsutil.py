@@ -261,12 +261,13 @@ _READ_WHOLE = 1 << 20
 def open_part10(path: str | os.PathLike[str]) -> Part10File:
     """Open a Part 10 file (read whole if small, else mapped read-only) and
     read its file meta group."""
-    with open(path, "rb") as handle:
+    # Unbuffered: the file is read in one call, no BufferedReader in between.
+    with open(path, "rb", buffering=0) as handle:
         size = os.fstat(handle.fileno()).st_size
         if size < 132:
             raise NotPart10Error(f"{path}: too short for a DICOM file")
         if size <= _READ_WHOLE:
-            return parse_part10(memoryview(handle.read()), path)
+            return parse_part10(memoryview(handle.readall()), path)
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
     view = memoryview(mapped)
     try:
@@ -277,32 +278,32 @@ def open_part10(path: str | os.PathLike[str]) -> Part10File:
         raise
 
 
+# The file meta group is read from a bytes copy of at most this much of a
+# large (mapped) file's start; one longer than that is read from all of it.
+_META_PEEK = 1 << 16
+# Explicit VRs with a 4-byte length after two reserved bytes (PS3.5 7.1.2)
+# that a file meta element may have.
+_LONG_META_VRS = frozenset((b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"))
+# The file meta elements read: Media Storage SOP Class UID, SOP Instance
+# UID, Transfer Syntax UID.
+_META_READ = frozenset((0x0002, 0x0003, 0x0010))
+
+
 def parse_part10(view: memoryview, path: str | os.PathLike[str] | None = None) -> Part10File:
     """Read the file meta group (Explicit VR LE) of a Part 10 image in memory."""
     size = len(view)
-    if size < 132 or bytes(view[128:132]) != b"DICM":
+    whole = view.obj
+    if type(whole) is bytes and len(whole) == size:
+        head, partial = whole, False  # the view is all of a bytes object: no copy
+    else:
+        head, partial = bytes(view[:_META_PEEK]), size > _META_PEEK
+    if size < 132 or head[128:132] != b"DICM":
         raise NotPart10Error(f"{path or 'data'}: no DICM prefix")
-    values: dict[int, bytes] = {}
-    offset = 132
-    try:
-        while offset + 8 <= size:
-            group, element = struct.unpack_from("<HH", view, offset)
-            if group != 0x0002:
-                break
-            vr = bytes(view[offset + 4 : offset + 6])
-            if vr in (b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"):
-                (length,) = struct.unpack_from("<I", view, offset + 8)
-                header = 12
-            else:
-                (length,) = struct.unpack_from("<H", view, offset + 6)
-                header = 8
-            start = offset + header
-            if start + length > size:
-                raise NotPart10Error(f"{path or 'data'}: file meta element overruns the data")
-            values[element] = bytes(view[start : start + length])
-            offset = start + length
-    except struct.error as exc:
-        raise NotPart10Error(f"{path or 'data'}: truncated file meta") from exc
+    read = _file_meta_values(head, partial, path)
+    if read is None:  # the group runs past the peek: read it from all of the data
+        read = _file_meta_values(bytes(view), False, path)
+    assert read is not None
+    offset, values = read
 
     def text(element: int) -> str:
         return values.get(element, b"").rstrip(b"\x00 ").decode("ascii", "replace")
@@ -311,6 +312,40 @@ def parse_part10(view: memoryview, path: str | os.PathLike[str] | None = None) -
     if not transfer_syntax:
         raise NotPart10Error(f"{path or 'data'}: no Transfer Syntax UID in the file meta")
     return Part10File(path, text(0x0002), text(0x0003), transfer_syntax, offset, view)
+
+
+def _file_meta_values(head: bytes, partial: bool, path: Any) -> tuple[int, dict[int, bytes]] | None:
+    """(offset of the data set, the values of ``_META_READ``) from the group
+    0002 elements after the preamble in ``head``; None when ``head`` is only
+    the start of the data (``partial``) and ends inside that group."""
+    size = len(head)
+    values: dict[int, bytes] = {}
+    offset = 132
+    while offset + 8 <= size:
+        if head[offset] != 0x02 or head[offset + 1] != 0x00:
+            break  # the first element after the group 0002
+        element = head[offset + 2] | head[offset + 3] << 8
+        if head[offset + 4 : offset + 6] in _LONG_META_VRS:
+            if offset + 12 > size:
+                if partial:
+                    return None
+                raise NotPart10Error(f"{path or 'data'}: truncated file meta")
+            length = int.from_bytes(head[offset + 8 : offset + 12], "little")
+            start = offset + 12
+        else:
+            length = head[offset + 6] | head[offset + 7] << 8
+            start = offset + 8
+        if start + length > size:
+            if partial:
+                return None
+            raise NotPart10Error(f"{path or 'data'}: file meta element overruns the data")
+        if element in _META_READ:
+            values[element] = head[start : start + length]
+        offset = start + length
+    else:
+        if partial:
+            return None  # the peek ended at an element boundary inside the group
+    return offset, values
 
 
 # ------------------------------------------------------ structural check

@@ -39,3 +39,48 @@ def test_other_file_meta_groups_are_pydicoms() -> None:
     odd_version = dsutil.build_file_meta(uids.ColorPaletteStorage, "1.2.3", uids.ExplicitVRLittleEndian)
     odd_version.ImplementationVersionName = "ODD"
     assert dsutil.encode_file_header(odd_version) == by_pydicom(odd_version)
+
+
+# ------------------------------------------------------------ reading it back
+_DATASET = b"\x08\x00\x16\x00UI\x04\x001.2\x00"  # one element after the group 0002
+
+
+def _file_with_private_meta(private_length: int) -> bytes:
+    """A Part 10 image whose file meta group holds a (0002,0102) Private
+    Information of ``private_length`` bytes before the Transfer Syntax UID
+    (out of tag order, so that the UID comes after it), then a data set."""
+    meta = dsutil.build_file_meta(uids.ColorPaletteStorage, "1.2.3.4", uids.ExplicitVRLittleEndian)
+    header = dsutil.encode_file_header(meta)
+    private = b"\x02\x00\x02\x01OB\x00\x00" + private_length.to_bytes(4, "little") + b"\x5a" * private_length
+    syntax = b"\x02\x00\x10\x00UI\x14\x00" + uids.ExplicitVRLittleEndian.encode().ljust(20, b"\x00")
+    return header + private + syntax + _DATASET
+
+
+@pytest.mark.parametrize("private_length", [0, 100, (1 << 16) - 200, 1 << 16, (1 << 16) + 7, 200_000])
+@pytest.mark.parametrize("holder", [bytes, bytearray])
+def test_a_file_meta_group_of_any_length_is_read_whole(private_length: int, holder: type) -> None:
+    # bytes are parsed in place; anything else (a mapped file) from a copy
+    # of its start, or of all of it when the group runs past that start.
+    data = _file_with_private_meta(private_length)
+    part = dsutil.parse_part10(memoryview(holder(data)))
+    assert (part.sop_class_uid, part.sop_instance_uid, part.transfer_syntax) == (
+        uids.ColorPaletteStorage, "1.2.3.4", uids.ExplicitVRLittleEndian)  # fmt: skip
+    assert bytes(part.dataset_bytes()) == _DATASET
+
+
+@pytest.mark.parametrize("holder", [bytes, bytearray])
+def test_a_lying_or_cut_file_meta_group_is_refused(holder: type) -> None:
+    data = _file_with_private_meta(100)
+    private_at = data.index(b"\x02\x00\x02\x01OB")
+    lying = bytearray(data)
+    lying[private_at + 8 : private_at + 12] = (1 << 31).to_bytes(4, "little")  # claims 2 GiB
+    with pytest.raises(dsutil.NotPart10Error, match="overruns"):
+        dsutil.parse_part10(memoryview(holder(lying)))
+    with pytest.raises(dsutil.NotPart10Error, match="truncated"):
+        dsutil.parse_part10(memoryview(holder(data[: private_at + 10])))  # inside a long VR's header
+    with pytest.raises(dsutil.NotPart10Error, match="DICM"):
+        dsutil.parse_part10(memoryview(holder(b"\x00" * 128 + b"DICX" + data[132:])))
+    no_syntax = dsutil.encode_file_header(dsutil.build_file_meta(uids.ColorPaletteStorage, "1.2", "1.2.840.10008.1.2.1"))
+    cut_before_syntax = no_syntax[: no_syntax.index(b"\x02\x00\x10\x00")]
+    with pytest.raises(dsutil.NotPart10Error, match="Transfer Syntax"):
+        dsutil.parse_part10(memoryview(holder(cut_before_syntax)))
