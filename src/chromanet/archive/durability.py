@@ -39,7 +39,7 @@ import sys
 import threading
 from typing import Any
 
-__all__ = ["DURABILITY_MODES", "SyncFs", "check_durability", "resolve_durability", "syncfs_supported"]
+__all__ = ["DURABILITY_MODES", "SyncFs", "check_durability", "linux_libc_call", "resolve_durability", "syncfs_supported"]
 
 #: The values of the setting.
 DURABILITY_MODES = ("auto", "syncfs", "fsync")
@@ -63,19 +63,27 @@ def _kernel_at_least(major: int, minor: int) -> bool:
     return tuple(numbers) >= (major, minor)
 
 
+def linux_libc_call(name: str, argtypes: list[Any]) -> Any:
+    """The C library's function ``name`` on Linux, typed (``argtypes``,
+    an int result, errno kept for ``ctypes.get_errno``); None elsewhere or
+    where the C library has no such function. ctypes releases the GIL
+    around the call, as the os module's own calls do."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        call = getattr(ctypes.CDLL(None, use_errno=True), name)
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = argtypes
+    call.restype = ctypes.c_int
+    return call
+
+
 def _syncfs_call() -> Any:
     """libc's ``syncfs``, or None."""
     global _libc_syncfs
     if _libc_syncfs is None:
-        _libc_syncfs = False
-        if sys.platform.startswith("linux"):
-            try:
-                call = ctypes.CDLL(None, use_errno=True).syncfs
-                call.argtypes = [ctypes.c_int]
-                call.restype = ctypes.c_int
-                _libc_syncfs = call
-            except (OSError, AttributeError):
-                pass
+        _libc_syncfs = linux_libc_call("syncfs", [ctypes.c_int]) or False
     return _libc_syncfs or None
 
 

@@ -107,6 +107,7 @@ C-STORE statuses (PS3.4 B.2.3, Table B.2-1) in ``IngestResult.status``:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import itertools
 import json
@@ -115,7 +116,6 @@ import os
 import secrets
 import shutil
 import sqlite3
-import sys
 import threading
 import time
 import zlib
@@ -127,7 +127,7 @@ from pydicom import Dataset
 
 from chromanet import dsutil, uids
 from chromanet.archive import matching as m
-from chromanet.archive.durability import SyncFs, resolve_durability
+from chromanet.archive.durability import SyncFs, linux_libc_call, resolve_durability
 from chromanet.archive.index import BUSY_TIMEOUT, Index, IndexRow
 from chromanet.archive.response import FindResult
 from chromanet.archive.validation import (
@@ -236,16 +236,9 @@ def _start_writeback(fds: list[int]) -> None:
     where the call is missing."""
     global _sync_file_range
     if _sync_file_range is None:
-        _sync_file_range = False
-        if sys.platform.startswith("linux"):
-            try:
-                import ctypes
-
-                call = ctypes.CDLL(None, use_errno=True).sync_file_range
-                call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-                _sync_file_range = call
-            except (OSError, AttributeError):
-                pass
+        _sync_file_range = linux_libc_call(
+            "sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        ) or False
     if _sync_file_range:
         for fd in fds:
             _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
