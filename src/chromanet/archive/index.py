@@ -231,18 +231,11 @@ class Index:
         values[_ASCII_ONLY_COLUMN] = bool(values[_ASCII_ONLY_COLUMN])
         return IndexRow(*values)
 
-    def get_many(self, sop_instance_uids: Iterable[str], *, for_write: bool = False) -> dict[str, IndexRow]:
-        """The rows of those UIDs that are stored, in one query. With
-        ``for_write`` (a commit about to write them), read on the writer's
-        connection: its page cache holds what it wrote last, where a
-        reader's is dropped after every write and read again from disk."""
-        if for_write:
-            with self._write_lock:
-                return self._get_many(self._writer, sop_instance_uids)
-        return self._get_many(self.reader(), sop_instance_uids)
-
-    def _get_many(self, conn: sqlite3.Connection, sop_instance_uids: Iterable[str]) -> dict[str, IndexRow]:
-        rows = conn.execute(
+    def get_many(self, sop_instance_uids: Iterable[str]) -> dict[str, IndexRow]:
+        """The rows of those UIDs that are stored, in one query, on this
+        thread's reader (a commit reads so: the writer may be busy with the
+        other batch's transaction; the stripe locks keep the read exact)."""
+        rows = self.reader().execute(
             f"SELECT {', '.join(IndexRow.__slots__)} FROM instance"
             " WHERE sop_instance_uid IN (SELECT value FROM json_each(?))",
             (json.dumps(list(sop_instance_uids)),),
