@@ -949,7 +949,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 args.data_root = args.data_dir.resolve()
             marker = args.data_root / "sets.json"
-            wanted = {"sets": sets, "dcmtk": not args.dcmtk_missing and not args.no_dcmtk}
+            # "layout" 2: the sets' Part 10 files exported to cn/<set>/part10 (small
+            # palettes are kept in the archive's index since its schema version 4).
+            wanted = {"sets": sets, "dcmtk": not args.dcmtk_missing and not args.no_dcmtk, "layout": 2}
             if marker.exists() and json.loads(marker.read_text()) == wanted:
                 print(f"e2e: reusing the data sets in {args.data_root}", flush=True)
             else:

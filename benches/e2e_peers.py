@@ -139,7 +139,11 @@ def _large_palette(template: Any) -> Any:
 
 
 def build_palette_set(root: Path, name: str, kind: str, n: int) -> list[str]:
-    """Archive ``root/cn/name`` with n palettes (+ the 8 well-known); their UIDs."""
+    """Archive ``root/cn/name`` with n palettes (+ the 8 well-known); their
+    UIDs. Every instance is also written out as a Part 10 file to
+    ``root/cn/name/part10`` (``part10_files``), the bytes the archive keeps,
+    for the peers that serve files or data sets loaded from them (the
+    archive keeps small palettes in its index, not in ``files/``)."""
     import pydicom
     from pydicom.data import get_palette_files
 
@@ -164,6 +168,10 @@ def build_palette_set(root: Path, name: str, kind: str, n: int) -> list[str]:
             if not result.ok:
                 raise SystemExit(f"ingest of palette {i} of set {name} failed: 0x{result.status:04X} {result.comment}")
             uids.append(str(ds.SOPInstanceUID))
+        export = root / "cn" / name / "part10"
+        export.mkdir(exist_ok=True)
+        for (uid,) in archive.index.select(["sop_instance_uid"], "1", ()):
+            (export / f"{uid}.dcm").write_bytes(archive.read(uid))  # type: ignore[arg-type]
     finally:
         archive.close()
     (root / "uids").mkdir(parents=True, exist_ok=True)
@@ -240,7 +248,7 @@ def run_data(root: Path, sets: list[str], dcmtk: bool) -> None:
         for (name, kind, n), fut in zip(specs, pending):
             fut.result()
             if dcmtk:  # same mean file size as the palettes of the set
-                files = sorted((root / "cn" / name / "files").glob("2.25.*.dcm"))[:64]
+                files = part10_files(root / "cn" / name, "2.25.*.dcm")[:64]
                 size = sum(f.stat().st_size for f in files) // max(1, len(files))
                 images.append(pool.submit(build_dcmtk_set, root, name, min(int(n), DCMTK_MAX_IMAGES), size))
         for fut in images:
@@ -258,12 +266,17 @@ def _serve_until_eof() -> None:
         os._exit(0)
 
 
+def part10_files(data_dir: Path, pattern: str = "*.dcm") -> list[Path]:
+    """The Part 10 files of every instance of an archive ``build_palette_set`` built."""
+    return sorted((data_dir / "part10").glob(pattern))
+
+
 def _load_palettes(data_dir: Path) -> dict[str, Any]:
-    """SOP Instance UID -> Dataset for every file of a built archive."""
+    """SOP Instance UID -> Dataset for every instance of a built archive."""
     import pydicom
 
     out = {}
-    for path in sorted((data_dir / "files").glob("*.dcm")):
+    for path in part10_files(data_dir):
         ds = pydicom.dcmread(path)
         out[str(ds.SOPInstanceUID)] = ds
     return out

@@ -41,17 +41,18 @@ REPO = HERE.parent
 sys.path.insert(0, str(REPO / "tests"))  # helpers.postgres: the throwaway cluster
 
 from e2e import PEERS, Peer, free_port, wait_listening  # noqa: E402
+from e2e_peers import part10_files  # noqa: E402
 from helpers.postgres import PgCluster, require_postgresql  # noqa: E402
 
 
-def load_postgresql(url: str, files_dir: Path) -> int:
-    """Store every file of the SQLite archive in the PostgreSQL one."""
+def load_postgresql(url: str, files: list[Path]) -> int:
+    """Store every instance of the SQLite archive (its Part 10 ``files``) in the PostgreSQL one."""
     from chromanet.archive.postgres import PgArchive
 
     async def load() -> int:
         archive = await PgArchive.open(url, seed=True)
         try:
-            for path in sorted(files_dir.iterdir()):
+            for path in files:
                 result = await archive.ingest_file(path, move=False)
                 if not result.ok and result.status != 0x0124:  # the seeded ones are there already
                     raise SystemExit(f"loading {path.name}: 0x{result.status:04X} {result.comment}")
@@ -120,7 +121,7 @@ def main() -> None:
         try:
             cluster.start()
             url = cluster.create_database()
-            stored = load_postgresql(url, data_dir / "files")
+            stored = load_postgresql(url, part10_files(data_dir))
             print(f"data: {args.retrieve_n} palettes (+8 well-known) in SQLite and in PostgreSQL ({stored} rows)")
             log = root / "bench.log"
             rows = []

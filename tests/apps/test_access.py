@@ -18,6 +18,7 @@ import sys
 import time
 import types
 from contextlib import contextmanager
+from io import BytesIO
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -462,13 +463,13 @@ def test_store_ownership_over_the_wire(tmp_path: Path) -> None:
         assert refused.Status == 0x0124 and "another peer" in refused.ErrorComment
         other.release()
         assert node.archive.get(uid) is not None
-        assert dcmread(node.archive.get(uid).path).ContentLabel == "A2"
+        assert dcmread(BytesIO(node.archive.read(uid))).ContentLabel == "A2"
         curator = scu("CURATOR").associate("127.0.0.1", port, ae_title="CHROMANET")
         assert curator.send_c_store(new_palette(uid, "C")).Status == 0x0000
         curator.release()
-        assert dcmread(node.archive.get(uid).path).ContentLabel == "C"
+        assert dcmread(BytesIO(node.archive.read(uid))).ContentLabel == "C"
         assert node.archive.index.get(uid).owner == "ae:PEER-A"
-        assert dcmread(node.archive.get(HOT_IRON).path).ContentLabel != "EVIL"
+        assert dcmread(BytesIO(node.archive.read(HOT_IRON))).ContentLabel != "EVIL"
         assert node.archive.verify().ok
         assert list(node.spool_directory.iterdir()) == []
 

@@ -20,6 +20,7 @@ from pydicom.uid import generate_uid
 
 from chromanet import _pdu, uids
 
+from helpers.data import StoredView
 from helpers.dcmtk import require_dcmtk, storescp_palette_options
 from helpers.peers import require_module
 from helpers.rawpeer import partial_store
@@ -73,6 +74,11 @@ class Node:
 
     def stored_files(self) -> list[Path]:
         return sorted(p for p in (self.data_dir / "files").rglob("*") if p.is_file())
+
+    @property
+    def stored(self) -> StoredView:
+        """What the node's archive holds (its index and files)."""
+        return StoredView(self.data_dir)
 
     def leftovers(self) -> list[Path]:
         """Files a crash or an abort could leave: temporary or spooled."""
@@ -270,10 +276,13 @@ def test_restart_keeps_index_and_files(node: Node, tmp_path: Path):
     palette.save_as(source, enforce_file_format=True)
     assert cli("store", "127.0.0.1", str(node.port), str(source)).returncode == 0
     files_before = node.stored_files()
+    stored_before = node.stored.part10(palette.SOPInstanceUID)
+    assert stored_before is not None
     node.stop()
     node.start()
     assert node.index_uids() == WELL_KNOWN | {palette.SOPInstanceUID}
     assert node.stored_files() == files_before
+    assert node.stored.part10(palette.SOPInstanceUID) == stored_before and node.stored.consistent()
     found = cli("find", "127.0.0.1", str(node.port), "-k", "ContentLabel=SURVIVOR")
     assert found.stdout.split()[0] == palette.SOPInstanceUID
 
@@ -303,6 +312,7 @@ def test_server_killed_mid_store_leaves_nothing_partial(node: Node):
     assert palette.SOPInstanceUID not in node.index_uids()
     assert node.leftovers() == []
     assert all(pydicom.dcmread(p).SOPInstanceUID in node.index_uids() for p in node.stored_files())
+    assert node.stored.consistent()
 
 
 def test_client_abort_mid_store_leaves_nothing_partial(node: Node):

@@ -60,7 +60,7 @@ class SimulatedKill(BaseException):
 
 @pytest.fixture(params=DURABILITIES)
 def archive(tmp_path: Path, request: pytest.FixtureRequest):
-    arch = PaletteArchive.open(tmp_path / "data", durability=request.param)
+    arch = PaletteArchive.open(tmp_path / "data", durability=request.param, inline_max=0)
     yield arch
     arch.close()
 
@@ -131,13 +131,13 @@ def test_one_failing_store_fails_alone(archive: PaletteArchive, monkeypatch) -> 
     # The batch's transaction fails because of one row; so does that row alone.
     original = PaletteArchive._step_index
 
-    def index(self: PaletteArchive, row: Any) -> None:
+    def index(self: PaletteArchive, row: Any, data: Any = None) -> None:
         if row.sop_instance_uid == bad_row:
             raise sqlite3.OperationalError("disk I/O error")
-        original(self, row)
+        original(self, row, data)
 
     monkeypatch.setattr(PaletteArchive, "_step_index", index)
-    def index_many(self: PaletteArchive, rows: list[Any]) -> None:
+    def index_many(self: PaletteArchive, rows: list[Any], data: Any = None) -> None:
         if any(row.sop_instance_uid == bad_row for row in rows):
             raise sqlite3.OperationalError("disk I/O error")
         raise AssertionError("the batch holds the bad row")
@@ -194,7 +194,7 @@ def test_a_syncfs_error_fails_every_batch_written_before_it(tmp_path: Path, dura
     after it commits."""
     import ctypes
 
-    with PaletteArchive.open(tmp_path / "data", durability=durability) as arch:
+    with PaletteArchive.open(tmp_path / "data", durability=durability, inline_max=0) as arch:
         first = [received(arch, generate_uid()) for _ in range(2)]
         second = [received(arch, generate_uid()) for _ in range(2)]
         real = arch._syncfs._call
@@ -230,7 +230,7 @@ def test_killed_in_a_batch_each_store_is_whole_or_gone(
 ) -> None:
     data = tmp_path / "data"
     replaced = generate_uid()
-    with PaletteArchive.open(data, durability=durability) as arch:
+    with PaletteArchive.open(data, durability=durability, inline_max=0) as arch:
         assert arch.ingest_file(spool(arch, replaced, "OLD")).ok
         uids = [generate_uid() for _ in range(4)] + [replaced]
         if source == "spooled":
@@ -250,7 +250,7 @@ def test_killed_in_a_batch_each_store_is_whole_or_gone(
         with pytest.raises(SimulatedKill):
             arch.commit_batch(batch)
         monkeypatch.undo()
-    with PaletteArchive.open(data) as arch:  # recovers
+    with PaletteArchive.open(data, inline_max=0) as arch:  # recovers
         assert arch.verify().ok
         assert not [n for n in os.listdir(arch.files_dir) if n.startswith(".")]
         committed = step == "_step_remove_old"
@@ -271,10 +271,10 @@ def test_killed_after_prepare_data_leaves_no_orphan(tmp_path: Path) -> None:
     indexed."""
     data = tmp_path / "data"
     uids = [generate_uid() for _ in range(3)]
-    with PaletteArchive.open(data) as arch:
+    with PaletteArchive.open(data, inline_max=0) as arch:
         batch = [received(arch, uid) for uid in uids]
         assert sorted(p.name for p in arch.verify().temp_files) == sorted(s.source.name for s in batch)
-    with PaletteArchive.open(data) as arch:  # recovers
+    with PaletteArchive.open(data, inline_max=0) as arch:  # recovers
         assert arch.verify().ok and len(arch) == 8
         assert not [n for n in os.listdir(arch.files_dir) if n.startswith(".")]
         assert all(arch.get(uid) is None for uid in uids)
@@ -350,7 +350,7 @@ def _init(start: Any) -> None:
 def _store_batches(data_dir: str, who: str) -> list[int]:
     """A worker process: ROUNDS batches, each the shared UIDs (replacing
     one another across processes) and two of its own."""
-    archive = PaletteArchive.open(data_dir, shared=True)
+    archive = PaletteArchive.open(data_dir, shared=True, inline_max=0)
     statuses = []
     try:
         _START.wait(30)
@@ -365,7 +365,7 @@ def _store_batches(data_dir: str, who: str) -> list[int]:
 
 def test_batches_from_several_processes_stay_consistent(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    supervisor = PaletteArchive.open(data)
+    supervisor = PaletteArchive.open(data, inline_max=0)
     supervisor.share()
     try:
         context = multiprocessing.get_context("spawn")
@@ -388,7 +388,7 @@ def _hold_b_then_take_a(data_dir: str, a: int, b: int, holding: Any, release: An
     which process 1 holds while one of its threads waits for b."""
     import threading
 
-    archive = PaletteArchive.open(data_dir, shared=True)
+    archive = PaletteArchive.open(data_dir, shared=True, inline_max=0)
     try:
         def hold_b() -> None:
             with archive._stripe_locks([b]):
@@ -419,9 +419,9 @@ def test_the_kernels_false_deadlock_is_waited_out(tmp_path: Path) -> None:
     import time
 
     data = tmp_path / "data"
-    supervisor = PaletteArchive.open(data)
+    supervisor = PaletteArchive.open(data, inline_max=0)
     supervisor.share()
-    mine = PaletteArchive.open(data, shared=True)
+    mine = PaletteArchive.open(data, shared=True, inline_max=0)
     a, b = 3, 40
     context = multiprocessing.get_context("spawn")
     holding, release, start = context.Event(), context.Event(), context.Event()

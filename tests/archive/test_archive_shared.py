@@ -49,7 +49,7 @@ def _init(start: Any) -> None:
 def _store_many(data_dir: str, who: str) -> list[int]:
     """A worker: the shared UIDs ROUNDS times over, and ROUNDS of its own,
     all workers starting together."""
-    archive = PaletteArchive.open(data_dir, shared=True)
+    archive = PaletteArchive.open(data_dir, shared=True, inline_max=0)
     statuses = []
     try:
         _START.wait(30)
@@ -64,11 +64,11 @@ def _store_many(data_dir: str, who: str) -> list[int]:
 
 def test_stores_from_several_processes_stay_consistent(tmp_path: Path):
     data = tmp_path / "data"
-    supervisor = PaletteArchive.open(data)
+    supervisor = PaletteArchive.open(data, inline_max=0)
     supervisor.share()
     try:
         with pytest.raises(ArchiveBusyError):
-            PaletteArchive(data)  # exclusive: refused while shared
+            PaletteArchive(data, inline_max=0)  # exclusive: refused while shared
         context = multiprocessing.get_context("spawn")
         start = context.Event()
         with context.Pool(3, initializer=_init, initargs=(start,)) as pool:
@@ -88,7 +88,7 @@ def test_stores_from_several_processes_stay_consistent(tmp_path: Path):
 
 def test_a_shared_open_leaves_other_processes_files_alone(tmp_path: Path):
     data = tmp_path / "data"
-    with PaletteArchive.open(data, seed=False) as first:
+    with PaletteArchive.open(data, seed=False, inline_max=0) as first:
         first.share()
         # What another process's store looks like between its rename and
         # its index commit: a complete file that no row names yet.
@@ -96,10 +96,10 @@ def test_a_shared_open_leaves_other_processes_files_alone(tmp_path: Path):
         in_flight.write_bytes(b"\0" * 200)
         temp = data / "files" / ".tmp-inflight.dcm"
         temp.write_bytes(b"\0" * 10)
-        with PaletteArchive.open(data, shared=True) as worker:
+        with PaletteArchive.open(data, shared=True, inline_max=0) as worker:
             assert worker.shared and not worker.recovered.files_without_row
         assert in_flight.exists() and temp.exists()
     # Alone again, an exclusive open recovers both.
-    with PaletteArchive.open(data, seed=False) as alone:
+    with PaletteArchive.open(data, seed=False, inline_max=0) as alone:
         assert in_flight in alone.recovered.files_without_row and temp in alone.recovered.temp_files
     assert not in_flight.exists() and not temp.exists()

@@ -1,5 +1,7 @@
 """The palette archive's storage: seeding, restart, ingest, duplicates,
-refusals, retrieve lookups, crash safety and ``verify()``."""
+refusals, retrieve lookups, crash safety and ``verify()``, for instances
+kept in files of their own (``inline_max=0``); ``test_archive_inline.py``
+covers instances kept in the index."""
 
 from __future__ import annotations
 
@@ -41,19 +43,19 @@ def listing(archive: PaletteArchive) -> list[str]:
 
 @pytest.fixture(params=DURABILITIES)
 def archive(tmp_path: Path, request: pytest.FixtureRequest):
-    arch = PaletteArchive.open(tmp_path / "data", durability=request.param)
+    arch = PaletteArchive.open(tmp_path / "data", durability=request.param, inline_max=0)
     yield arch
     arch.close()
 
 
 def test_seed_idempotent_and_restart(tmp_path: Path) -> None:
-    with PaletteArchive.open(tmp_path) as first:
+    with PaletteArchive.open(tmp_path, inline_max=0) as first:
         assert len(first) == 8
         assert {i.sop_instance_uid for i in first.locate(locate_ds(sorted(WELL_KNOWN_PALETTE_UIDS)))} == set(
             WELL_KNOWN_PALETTE_UIDS
         )
         files = listing(first)
-    with PaletteArchive.open(tmp_path) as second:
+    with PaletteArchive.open(tmp_path, inline_max=0) as second:
         assert len(second) == 8
         assert listing(second) == files
         assert second.verify().ok
@@ -74,11 +76,11 @@ def test_seeded_files_are_the_pydicom_files(archive: PaletteArchive) -> None:
 
 
 def test_ingest_dataset_findable_and_locatable_after_restart(tmp_path: Path) -> None:
-    with PaletteArchive.open(tmp_path) as arch:
+    with PaletteArchive.open(tmp_path, inline_max=0) as arch:
         result = arch.ingest_dataset(palette(), uids.ImplicitVRLittleEndian)
         assert result.status == 0x0000 and result.ok
         assert result.path == arch.files_dir / f"{NEW_UID}.dcm"
-    with PaletteArchive.open(tmp_path) as arch:
+    with PaletteArchive.open(tmp_path, inline_max=0) as arch:
         assert find_uids(arch, ContentLabel="MY_*") == {NEW_UID}
         (stored,) = arch.locate(locate_ds(NEW_UID))
         assert stored.transfer_syntax == uids.ImplicitVRLittleEndian
@@ -215,7 +217,7 @@ def test_killed_at_each_step(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, durability: str, step: str, replace: bool
 ) -> None:
     data = tmp_path / "data"
-    with PaletteArchive.open(data, durability=durability) as arch:
+    with PaletteArchive.open(data, durability=durability, inline_max=0) as arch:
         if replace:
             assert arch.ingest_dataset(palette(label="OLD")).ok
         monkeypatch.setattr(PaletteArchive, step, lambda self, *a: (_ for _ in ()).throw(SimulatedKill()))
@@ -225,7 +227,7 @@ def test_killed_at_each_step(
             pass
         monkeypatch.undo()
         # not cleaned up in process (it "died") ...
-    with PaletteArchive.open(data) as arch:  # ... open() recovers
+    with PaletteArchive.open(data, inline_max=0) as arch:  # ... open() recovers
         report = arch.verify()
         assert report.ok, report
         assert not [n for n in listing(arch) if n.startswith(".")]
@@ -248,7 +250,7 @@ def test_failure_at_each_step_is_out_of_resources(
     def fail(self, *args):
         raise OSError(28, "No space left on device")
 
-    with PaletteArchive.open(tmp_path / "data", durability=durability) as archive:
+    with PaletteArchive.open(tmp_path / "data", durability=durability, inline_max=0) as archive:
         monkeypatch.setattr(PaletteArchive, step, fail)
         result = archive.ingest_dataset(palette())
         assert result.status == 0xA700 and "No space" in result.comment
@@ -274,7 +276,7 @@ def test_write_failure(archive: PaletteArchive, monkeypatch: pytest.MonkeyPatch)
 
 def test_verify_reports_both_ways_and_open_repairs(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    with PaletteArchive.open(data) as arch:
+    with PaletteArchive.open(data, inline_max=0) as arch:
         orphan = arch.files_dir / "1.2.3.4.dcm"
         shutil.copyfile(arch.get(HOT_IRON).path, orphan)
         temp = arch.files_dir / ".tmp-leftover.dcm"
@@ -288,50 +290,62 @@ def test_verify_reports_both_ways_and_open_repairs(tmp_path: Path) -> None:
         assert report.size_mismatches == ["1.2.840.10008.1.5.3"]
         assert report.temp_files == [temp]
         assert not report.ok
-    with PaletteArchive.open(data, seed=False) as arch:
+    with PaletteArchive.open(data, seed=False, inline_max=0) as arch:
         assert arch.recovered.files_without_row == [orphan]
         assert not orphan.exists() and not temp.exists()
         assert arch.get("1.2.840.10008.1.5.2") is None
         assert arch.verify().rows_without_file == []
-    with PaletteArchive.open(data) as arch:  # seeding puts PET back
+    with PaletteArchive.open(data, inline_max=0) as arch:  # seeding puts PET back
         assert arch.get("1.2.840.10008.1.5.2") is not None
 
 
 def test_one_process_per_data_dir(archive: PaletteArchive) -> None:
     with pytest.raises(ArchiveBusyError):
-        PaletteArchive(archive.data_dir)
+        PaletteArchive(archive.data_dir, inline_max=0)
 
 
 def test_newer_schema_refused(tmp_path: Path) -> None:
-    PaletteArchive.open(tmp_path, seed=False).close()
+    PaletteArchive.open(tmp_path, seed=False, inline_max=0).close()
     conn = sqlite3.connect(tmp_path / "index.sqlite3")
     conn.execute("PRAGMA user_version = 99")
     conn.close()
     with pytest.raises(ArchiveVersionError):
-        PaletteArchive(tmp_path)
+        PaletteArchive(tmp_path, inline_max=0)
     conn = sqlite3.connect(tmp_path / "index.sqlite3")
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     conn.close()
-    PaletteArchive(tmp_path).close()
+    PaletteArchive(tmp_path, inline_max=0).close()
+
+
+#: The columns of versions 2 and 3 (version 4 added ``data_id``).
+_V3_COLUMNS = tuple(name for name in IndexRow.__slots__ if name != "data_id") + ("stored_at",)
 
 
 def test_version_1_index_gains_owners(tmp_path: Path) -> None:
     """An index written before owners were kept is migrated in place: its
     rows stay, with no owner, and whoever may store can claim them."""
-    with PaletteArchive.open(tmp_path, seed=False) as arch:
+    with PaletteArchive.open(tmp_path / "new", seed=False, inline_max=0) as arch:
         assert arch.ingest_dataset(palette(label="OLD")).ok
-    conn = sqlite3.connect(tmp_path / "index.sqlite3")
-    conn.execute("ALTER TABLE instance DROP COLUMN owner")
+        v1_columns = tuple(name for name in _V3_COLUMNS if name != "owner")
+        (before,) = arch.index.select(v1_columns, "1", ())
+    (tmp_path / "old").mkdir()
+    shutil.copytree(tmp_path / "new" / "files", tmp_path / "old" / "files")
+    conn = sqlite3.connect(tmp_path / "old" / "index.sqlite3", isolation_level=None)
+    for statement in index_module._SCHEMA_V1.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute(f"INSERT INTO instance ({', '.join(v1_columns)}) VALUES ({', '.join('?' * len(before))})", before)
     conn.execute("PRAGMA user_version = 1")
     conn.close()
-    with PaletteArchive(tmp_path) as arch:
+    with PaletteArchive(tmp_path / "old", inline_max=0) as arch:
         (uid,) = find_uids(arch, ContentLabel="OLD")
         assert arch.index.get(uid).owner is None
         assert arch.ingest_dataset(palette(uid=uid, label="NEW"), owner="B").ok
         assert arch.index.get(uid).owner == "B"
-    conn = sqlite3.connect(tmp_path / "index.sqlite3")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    conn = sqlite3.connect(tmp_path / "old" / "index.sqlite3")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     conn.close()
+
 
 
 def _v2_index(path: Path) -> None:
@@ -349,27 +363,27 @@ def test_version_2_index_becomes_a_rowid_table(tmp_path: Path) -> None:
     """A version 2 index (every row in its primary key's B-tree) is copied
     into an ordinary table on open: every row, owner and time of storing
     kept, queries and stores as before, and the UID still unique."""
-    with PaletteArchive.open(tmp_path / "new", seed=False) as arch:
+    with PaletteArchive.open(tmp_path / "new", seed=False, inline_max=0) as arch:
         assert arch.ingest_dataset(palette(label="OLD"), owner="A").ok
-        (before,) = arch.index.select(IndexRow.__slots__ + ("stored_at",), "1", ())
+        (before,) = arch.index.select(_V3_COLUMNS, "1", ())
     (tmp_path / "old").mkdir()
     shutil.copytree(tmp_path / "new" / "files", tmp_path / "old" / "files")
     _v2_index(tmp_path / "old" / "index.sqlite3")
     conn = sqlite3.connect(tmp_path / "old" / "index.sqlite3", isolation_level=None)
-    columns = ", ".join(IndexRow.__slots__ + ("stored_at",))
+    columns = ", ".join(_V3_COLUMNS)
     conn.execute(f"INSERT INTO instance ({columns}) VALUES ({', '.join('?' * len(before))})", before)
     assert "WITHOUT ROWID" in conn.execute("SELECT sql FROM sqlite_master WHERE name = 'instance'").fetchone()[0]
     conn.close()
-    with PaletteArchive.open(tmp_path / "old") as arch:
+    with PaletteArchive.open(tmp_path / "old", inline_max=0) as arch:
         assert arch.verify().ok and len(arch) == 9
-        assert arch.index.select(IndexRow.__slots__ + ("stored_at",), "sop_instance_uid = ?", (NEW_UID,)) == [before]
+        assert arch.index.select(_V3_COLUMNS, "sop_instance_uid = ?", (NEW_UID,)) == [before]
         assert find_uids(arch, ContentLabel="OLD") == {NEW_UID}
         refused = arch.ingest_dataset(palette(label="NEW"), owner="B")
         assert refused.status == 0x0124
         assert arch.ingest_dataset(palette(label="NEW"), owner="A").ok
         assert find_uids(arch, ContentLabel="NEW") == {NEW_UID} and len(arch) == 9
     conn = sqlite3.connect(tmp_path / "old" / "index.sqlite3")
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'instance'").fetchone()[0]
     assert "WITHOUT ROWID" not in sql and "sop_instance_uid       TEXT NOT NULL UNIQUE" in sql
     indexes = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}

@@ -101,3 +101,51 @@ def locate_ds(value: object) -> Any:
     ds = Dataset()
     ds.SOPInstanceUID = value
     return ds
+
+
+class StoredView:
+    """What a node's SQLite archive at ``data_dir`` holds, read from outside
+    the node (read-only, while it runs): its index rows, the instances kept
+    in the index, and the files in ``files/``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = Path(data_dir)
+
+    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        import contextlib
+        import sqlite3
+
+        uri = f"file:{self.data_dir / 'index.sqlite3'}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            return db.execute(sql, params).fetchall()
+
+    def rows(self) -> dict[str, str | None]:
+        """SOP Instance UID -> file name, None for an instance kept in the index."""
+        return dict(self._query("SELECT sop_instance_uid, file_name FROM instance"))
+
+    def files(self) -> list[str]:
+        return sorted(p.name for p in (self.data_dir / "files").iterdir())
+
+    def bytes_kept(self) -> int:
+        """How many instances' bytes the index keeps (one per such row, if consistent)."""
+        return int(self._query("SELECT count(*) FROM instance_data")[0][0])
+
+    def part10(self, uid: str) -> bytes | None:
+        """The stored Part 10 bytes of ``uid``, wherever kept, or None."""
+        found = self._query(
+            "SELECT i.file_name, d.data FROM instance i LEFT JOIN instance_data d ON d.id = i.data_id"
+            " WHERE i.sop_instance_uid = ?",
+            (uid,),
+        )
+        if not found:
+            return None
+        name, data = found[0]
+        return (self.data_dir / "files" / name).read_bytes() if name is not None else bytes(data)
+
+    def consistent(self) -> bool:
+        """Every row's file is there and every file has its row; the index
+        keeps bytes for exactly its rows without a file."""
+        rows = self.rows()
+        named = {name for name in rows.values() if name is not None}
+        inline = sum(1 for name in rows.values() if name is None)
+        return set(self.files()) == named and self.bytes_kept() == inline

@@ -27,6 +27,7 @@ from pydicom import Dataset
 from chromanet import _dimse, _pdu, dsutil, uids
 from chromanet._dimse import Command
 from chromanet._pdata import DimseMessage, Reassembler, fragment_message
+from helpers.data import StoredView
 from helpers.rawpeer import recv_exact
 from helpers.servers import free_port, wait_listening
 
@@ -67,8 +68,10 @@ class Node:
     def spool(self) -> list[str]:
         return sorted(os.listdir(self.data_dir / "incoming"))
 
-    def stored_files(self) -> list[str]:
-        return sorted(os.listdir(self.data_dir / "files"))
+    @property
+    def stored(self) -> StoredView:
+        """What the node's archive holds (its index and files)."""
+        return StoredView(self.data_dir)
 
 
 @contextlib.contextmanager

@@ -154,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
         "fsync per file and one of the directory (default auto: syncfs on Linux >= 5.8, else fsync; "
         "README \"Storing\")",
     )  # fmt: skip
+    serve.add_argument(
+        "--store-inline-max", type=int, metavar="BYTES",
+        help="stored instances (Part 10 files) up to this size are kept in the SQLite index, committed with "
+        "their row, instead of a file each (default 65536; 0: a file for every instance)",
+    )  # fmt: skip
     serve.add_argument("--metrics-port", type=int, metavar="PORT",
                        help="serve Prometheus metrics on http://HOST:PORT/metrics")
     serve.add_argument("--metrics-bind", metavar="HOST", help="the metrics address (default: --bind)")
@@ -427,6 +432,7 @@ def load_node_config(args: argparse.Namespace) -> Any:
         "store_batch_wait",
         "store_memory_limit",
         "store_durability",
+        "store_inline_max",
         "metrics_port",
         "metrics_bind",
     ):

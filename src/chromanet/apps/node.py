@@ -29,7 +29,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from pydicom import Dataset
 
@@ -44,6 +44,7 @@ from chromanet.server import AssociationCounter, AsyncServer
 from chromanet.archive import ArchiveError, PaletteArchive
 from chromanet.archive.group_commit import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT, IngestQueue
 from chromanet.archive.durability import check_durability
+from chromanet.archive.store import DEFAULT_INLINE_MAX
 from chromanet.archive.postgres import PgArchive, is_postgresql_url
 from chromanet.services.spool import SPOOL_PREFIX
 from chromanet.status import Status
@@ -153,6 +154,10 @@ class NodeConfig:
     # "syncfs" (one per batch), "fsync" (one per file and one of the
     # directory), "auto" (syncfs where it reports write-back errors).
     store_durability: str = "auto"
+    # A stored Part 10 file of at most this many bytes is kept in the SQLite
+    # index itself, committed with its row (archive/store.py); 0: every
+    # instance in a file of its own.
+    store_inline_max: int = DEFAULT_INLINE_MAX
 
     @property
     def worker_count(self) -> int:
@@ -222,9 +227,15 @@ class PaletteNode:
     ) -> None:
         self.config = config
         self.worker = worker
-        if config.store_batch_size < 1 or config.store_batch_wait < 0 or config.store_memory_limit < 0:
+        if (
+            config.store_batch_size < 1
+            or config.store_batch_wait < 0
+            or config.store_memory_limit < 0
+            or config.store_inline_max < 0
+        ):
             raise ValueError(
-                "store_batch_size must be at least 1, store_batch_wait and store_memory_limit not negative"
+                "store_batch_size must be at least 1, store_batch_wait, store_memory_limit and store_inline_max "
+                "not negative"
             )
         check_durability(config.store_durability)
         config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -235,8 +246,9 @@ class PaletteNode:
         else:
             # A worker shares the archive its supervisor recovered and seeded.
             archive_or_none = archive or PaletteArchive.open(
-                config.data_dir, seed=True, shared=worker is not None, durability=config.store_durability
-            )
+                config.data_dir, seed=True, shared=worker is not None, durability=config.store_durability,
+                inline_max=config.store_inline_max,
+            )  # fmt: skip
         self.archive: Any = archive_or_none
         # Incoming C-STORE data sets are spooled here, on the archive's file
         # system, so that ingesting one is a rename. What a crash left here
@@ -530,33 +542,51 @@ class PaletteNode:
             metrics.index_query("find", time.perf_counter() - started)
         yield from _find_answers(result, event)
 
-    def _instances(self, event: evt.Event) -> Any:
-        """Sub-operations of a retrieve: the stored files (sent without
-        decoding), then a UID-only Dataset for each requested UID that is not
-        stored (its sub-operation fails and it is listed in the Failed SOP
-        Instance UID List). Raises IdentifierError for a bad identifier."""
+    def _instances(self, event: evt.Event) -> tuple[int, Iterator[Any]]:
+        """Sub-operations of a retrieve: how many, and each one's item: a
+        stored file's path (sent without decoding), the bytes of an instance
+        kept in the index (read a few at a time, ``_READ_BATCH`` in one
+        query, just before they are sent), then a UID-only Dataset for each
+        requested UID that is not stored (its sub-operation fails and it is
+        listed in the Failed SOP Instance UID List); an instance replaced
+        or removed since it was located fails the same way. Raises
+        IdentifierError for a bad identifier."""
         metrics = self.metrics
         started = time.perf_counter() if metrics is not None else 0.0
         located = self.archive.locate(event.identifier)
         if metrics is not None:
             metrics.index_query("locate", time.perf_counter() - started)
-        items: list[Any] = [str(instance.path) for instance in located]
+        return len(located) + len(located.missing), self._items(located)
+
+    def _items(self, located: Any) -> Iterator[Any]:
+        for start in range(0, len(located), _READ_BATCH):
+            chunk = located[start : start + _READ_BATCH]
+            in_index = [instance.sop_instance_uid for instance in chunk if instance.path is None]
+            read: dict[str, bytes] = {}
+            if in_index:
+                try:
+                    read = self.archive.read_many(in_index)
+                except ArchiveError:
+                    pass
+            for instance in chunk:
+                if instance.path is not None:
+                    yield str(instance.path)
+                else:
+                    data = read.get(instance.sop_instance_uid)
+                    yield data if data is not None else _uid_only(instance.sop_instance_uid)
         for uid in located.missing:
-            missing = Dataset()
-            missing.SOPInstanceUID = uid
-            items.append(missing)
-        return items
+            yield _uid_only(uid)
 
     @evt.inline
     def on_get(self, event: evt.Event) -> Any:
         try:
-            items = self._instances(event)
+            count, items = self._instances(event)
         except ArchiveError as error:
             # A status Dataset in place of the number ends the retrieve
             # with that status (chromanet's handler protocol allows it).
             yield _status_dataset(error)
             return
-        yield len(items)
+        yield count
         for item in items:
             if event.is_cancelled:
                 yield Status.CANCEL, None
@@ -570,12 +600,12 @@ class PaletteNode:
             yield None, None
             return
         try:
-            items = self._instances(event)
+            count, items = self._instances(event)
         except ArchiveError as error:
             yield _status_dataset(error)
             return
         yield self._move_target(destination)
-        yield len(items)
+        yield count
         for item in items:
             if event.is_cancelled:
                 yield Status.CANCEL, None
@@ -622,17 +652,12 @@ class PaletteNode:
                     yield Status.CANCEL, None
                     return
                 data: Any = read.pop(uid, None)
-                if data is None:
-                    data = Dataset()
-                    data.SOPInstanceUID = uid
-                yield Status.PENDING, data
+                yield Status.PENDING, data if data is not None else _uid_only(uid)
         for uid in located.missing:
             if event.is_cancelled:
                 yield Status.CANCEL, None
                 return
-            missing = Dataset()
-            missing.SOPInstanceUID = uid
-            yield Status.PENDING, missing
+            yield Status.PENDING, _uid_only(uid)
 
     @evt.inline
     def on_get_async(self, event: evt.Event) -> Any:
@@ -645,6 +670,14 @@ class PaletteNode:
             return
         async for answer in self._retrieve_async(event, self._move_target(destination)):
             yield answer
+
+
+def _uid_only(uid: str) -> Dataset:
+    """The item of a sub-operation whose instance is not here: it fails,
+    and ``uid`` is listed in the Failed SOP Instance UID List."""
+    missing = Dataset()
+    missing.SOPInstanceUID = uid
+    return missing
 
 
 class _Both:

@@ -200,7 +200,9 @@ class Supervisor:
         # PostgreSQL each worker opens the database itself: its migrations
         # and seeding run under the database's own lock.)
         if not is_postgresql_url(config.index):
-            self.archive = PaletteArchive.open(config.data_dir, seed=True, durability=config.store_durability)
+            self.archive = PaletteArchive.open(
+                config.data_dir, seed=True, durability=config.store_durability, inline_max=config.store_inline_max
+            )
             self.archive.share()
         spool = config.data_dir / "incoming"
         spool.mkdir(exist_ok=True)

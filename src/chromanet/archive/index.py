@@ -1,9 +1,12 @@
 """The archive's SQLite index: one row per stored palette.
 
 The index holds what C-FIND matches and returns (decoded to Unicode text)
-and where each instance's Part 10 file is. It is a cache of the files in one
-sense only: a row is written after its file is durable, in one transaction,
-so a row never points at a file that is not complete.
+and where each instance's Part 10 file is: a file in ``files/`` (named by
+``file_name``), or, for a small instance, the file's bytes themselves in
+the table ``instance_data`` (``data_id``; schema version 4). A row is
+written after its file is durable, in one transaction, so a row never
+points at a file that is not complete; bytes kept in the index are
+committed with their row, in the same transaction.
 
 Connections: one writer, serialised by a lock, and one reader per thread, so
 that queries run in parallel with each other and with a store's commit (WAL
@@ -34,7 +37,7 @@ __all__ = ["Index", "IndexRow", "SCHEMA_VERSION", "ArchiveVersionError"]
 
 LOGGER = logging.getLogger("chromanet.archive")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Seconds a connection waits for another process's (or thread's) write
 #: transaction before "database is locked" (SQLite's busy handler): worker
@@ -98,6 +101,63 @@ CREATE INDEX instance_content_label ON instance (content_label);
 """
 
 
+# Version 4: small instances kept in the index itself. Creating a file per
+# store costs an inode allocation, a directory entry and a flush of both
+# (syncfs or fsync, then the index's own): most of a durable store's time.
+# A Part 10 file of up to ``PaletteArchive.inline_max`` bytes is instead a
+# row of ``instance_data``, committed with its ``instance`` row in one
+# transaction and one fsync of the WAL. ``file_name`` becomes NULL for such
+# an instance and ``data_id`` names its bytes; exactly one of the two is
+# set. The bytes live in a table of their own so that C-FIND's scans of
+# ``instance`` keep reading small rows. Triggers drop an instance's bytes
+# when its row is deleted or points elsewhere (a replacement), in the same
+# transaction. Existing rows keep their files; the table is copied once.
+_SCHEMA_V4 = f"""
+CREATE TABLE instance_data (
+    id   INTEGER PRIMARY KEY,
+    data BLOB NOT NULL                      -- the whole Part 10 file
+);
+CREATE TABLE instance_v4 (
+    sop_instance_uid       TEXT NOT NULL UNIQUE,
+    sop_class_uid          TEXT NOT NULL,
+    transfer_syntax        TEXT NOT NULL,
+    file_name              TEXT UNIQUE,     -- NULL: the bytes are in instance_data
+    size                   INTEGER NOT NULL,
+    content_label          TEXT NOT NULL,
+    content_description    TEXT,            -- NULL: absent from the instance
+    content_creator_name   TEXT,
+    alternate_descriptions TEXT,            -- JSON list of items (DICOM JSON), NULL: absent
+    specific_character_set TEXT,            -- values joined by backslash, NULL: absent
+    ascii_only             INTEGER NOT NULL, -- every returnable text is ASCII
+    stored_at              TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    owner                  TEXT,            -- who stored it (version 2)
+    data_id                INTEGER,         -- instance_data.id, or NULL: in files/ (version 4)
+    CHECK ((file_name IS NULL) <> (data_id IS NULL))
+);
+INSERT INTO instance_v4 ({_COLUMNS_V3}) SELECT {_COLUMNS_V3} FROM instance ORDER BY rowid;
+DROP TABLE instance;
+ALTER TABLE instance_v4 RENAME TO instance;
+CREATE INDEX instance_content_label ON instance (content_label);
+CREATE TRIGGER instance_data_replaced AFTER UPDATE OF data_id ON instance
+    WHEN old.data_id IS NOT NULL AND old.data_id IS NOT new.data_id
+    BEGIN DELETE FROM instance_data WHERE id = old.data_id; END;
+CREATE TRIGGER instance_data_deleted AFTER DELETE ON instance
+    WHEN old.data_id IS NOT NULL
+    BEGIN DELETE FROM instance_data WHERE id = old.data_id; END;
+"""
+
+
+def _statements(script: str) -> list[str]:
+    """A schema script's statements, a trigger's body kept whole."""
+    out: list[str] = []
+    for part in script.split(";"):
+        if out and out[-1].lstrip().upper().startswith("CREATE TRIGGER") and not out[-1].rstrip().upper().endswith("END"):
+            out[-1] += ";" + part
+        elif part.strip():
+            out.append(part)
+    return [statement for statement in out if statement.strip()]
+
+
 class ArchiveVersionError(ChromanetError):
     """The index was written by a newer chromanet (schema version too high)."""
 
@@ -109,7 +169,7 @@ class IndexRow:
     sop_instance_uid: str
     sop_class_uid: str
     transfer_syntax: str
-    file_name: str
+    file_name: str | None  # None: the bytes are kept in the index (``data_id``)
     size: int
     content_label: str
     content_description: str | None
@@ -118,18 +178,21 @@ class IndexRow:
     specific_character_set: str | None
     ascii_only: bool
     owner: str | None = None
+    data_id: int | None = None
 
 
 _INSERT = """
 INSERT INTO instance (sop_instance_uid, sop_class_uid, transfer_syntax, file_name, size, content_label,
-    content_description, content_creator_name, alternate_descriptions, specific_character_set, ascii_only, owner)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    content_description, content_creator_name, alternate_descriptions, specific_character_set, ascii_only, owner,
+    data_id)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (sop_instance_uid) DO UPDATE SET
     sop_class_uid = excluded.sop_class_uid, transfer_syntax = excluded.transfer_syntax,
     file_name = excluded.file_name, size = excluded.size, content_label = excluded.content_label,
     content_description = excluded.content_description, content_creator_name = excluded.content_creator_name,
     alternate_descriptions = excluded.alternate_descriptions,
     specific_character_set = excluded.specific_character_set, ascii_only = excluded.ascii_only,
+    data_id = excluded.data_id,
     stored_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
     -- A replacement keeps the first storer as the owner; an instance
     -- without one is claimed by whoever replaces it.
@@ -140,12 +203,12 @@ ON CONFLICT (sop_instance_uid) DO UPDATE SET
 _ASCII_ONLY_COLUMN = IndexRow.__slots__.index("ascii_only")
 
 
-def _values(row: IndexRow) -> tuple[Any, ...]:
-    """``row`` as the parameters of ``_INSERT``."""
+def _values(row: IndexRow, data_id: int | None = None) -> tuple[Any, ...]:
+    """``row`` as the parameters of ``_INSERT`` (its bytes at ``data_id``)."""
     return (
         row.sop_instance_uid, row.sop_class_uid, row.transfer_syntax, row.file_name, row.size,
         row.content_label, row.content_description, row.content_creator_name,
-        row.alternate_descriptions, row.specific_character_set, int(row.ascii_only), row.owner,
+        row.alternate_descriptions, row.specific_character_set, int(row.ascii_only), row.owner, data_id,
     )  # fmt: skip
 
 
@@ -188,10 +251,12 @@ class Index:
                 if version < 2:
                     conn.execute(_SCHEMA_V2)
                 if version < 3:
-                    for statement in _SCHEMA_V3.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                # Later versions: "if version < 3: ..." steps go here, in order.
+                    for statement in _statements(_SCHEMA_V3):
+                        conn.execute(statement)
+                if version < 4:
+                    for statement in _statements(_SCHEMA_V4):
+                        conn.execute(statement)
+                # Later versions: "if version < 5: ..." steps go here, in order.
                 conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 conn.execute("COMMIT")
             except BaseException:
@@ -248,35 +313,58 @@ class Index:
         return found
 
     def file_names(self) -> dict[str, tuple[str, int]]:
-        """file name -> (SOP Instance UID, size) for every row."""
-        rows = self.reader().execute("SELECT file_name, sop_instance_uid, size FROM instance").fetchall()
+        """file name -> (SOP Instance UID, size) for every row whose bytes are a file."""
+        rows = self.reader().execute(
+            "SELECT file_name, sop_instance_uid, size FROM instance WHERE file_name IS NOT NULL"
+        ).fetchall()
         return {name: (uid, size) for name, uid, size in rows}
+
+    def inline_size_mismatches(self) -> list[str]:
+        """The UIDs of rows kept in the index whose bytes are missing or not
+        of the indexed size (only a damaged database has any)."""
+        rows = self.reader().execute(
+            "SELECT i.sop_instance_uid FROM instance i LEFT JOIN instance_data d ON d.id = i.data_id"
+            " WHERE i.data_id IS NOT NULL AND (d.id IS NULL OR length(d.data) != i.size)"
+        ).fetchall()
+        return [uid for (uid,) in rows]
+
+    def read_data(self, sop_instance_uids: Iterable[str]) -> dict[str, bytes]:
+        """The bytes of those instances that are kept in the index, in one
+        query (one snapshot: a replacement since is not seen half-done)."""
+        rows = self.reader().execute(
+            "SELECT i.sop_instance_uid, d.data FROM instance i JOIN instance_data d ON d.id = i.data_id"
+            " WHERE i.sop_instance_uid IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(sop_instance_uids)),),
+        ).fetchall()
+        return dict(rows)
 
     def count(self) -> int:
         return int(self.reader().execute("SELECT count(*) FROM instance").fetchone()[0])
 
     # -- writing ---------------------------------------------------------
 
-    def upsert(self, row: IndexRow) -> None:
-        """Insert or replace the row of ``row.sop_instance_uid``, committed on return."""
-        values = _values(row)
-        with self._write_lock:
-            conn = self._writer
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute(_INSERT, values)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+    def upsert(self, row: IndexRow, data: bytes | None = None) -> None:
+        """Insert or replace the row of ``row.sop_instance_uid``, committed on
+        return; with ``data``, the instance's bytes kept in the index with it
+        (``row.file_name`` None)."""
+        self.upsert_many([row], [data])
 
-    def upsert_many(self, rows: Iterable[IndexRow]) -> None:
-        """Like ``upsert`` for many rows, in one transaction (tests, bulk import)."""
+    def upsert_many(self, rows: Iterable[IndexRow], data: Iterable[bytes | None] | None = None) -> None:
+        """Like ``upsert`` for many rows (``data``: each one's bytes, or None
+        for a row whose bytes are a file), in one transaction. The bytes a
+        replaced row kept in the index are dropped in it (a trigger)."""
         with self._write_lock:
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executemany(_INSERT, (_values(r) for r in rows))
+                if data is None:
+                    conn.executemany(_INSERT, (_values(r) for r in rows))
+                else:
+                    for row, blob in zip(rows, data):
+                        data_id = None
+                        if blob is not None:
+                            data_id = conn.execute("INSERT INTO instance_data (data) VALUES (?)", (blob,)).lastrowid
+                        conn.execute(_INSERT, _values(row, data_id))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")

@@ -2,15 +2,31 @@
 
 Layout of ``data_dir``::
 
-    index.sqlite3   the index (see ``index.py``), WAL mode, schema versioned
-    files/          one Part 10 file per instance, named from its SOP Instance UID
+    index.sqlite3   the index (see ``index.py``), WAL mode, schema versioned; it also
+                    keeps the bytes of small instances (up to ``inline_max``)
+    files/          one Part 10 file per larger instance, named from its SOP Instance UID
     lock            held (flock) while an archive is open: exclusively by one process,
                     or shared by the worker processes of one node (``shared=True``)
     commit.lock     byte-range locks (fcntl) that serialise the commit of one
                     SOP Instance UID's stripe across processes
 
-Storing, and why it is crash safe. A store is committed when its index row
-is committed, and not before:
+Small instances are kept in the index. A Part 10 file of at most
+``inline_max`` bytes (``DEFAULT_INLINE_MAX``, 64 KiB; every palette of the
+standard's well-known set is ~4 KiB) is not written to ``files/`` at all:
+its bytes go into the index with its row, in the same transaction, made
+durable by the one fsync of SQLite's write-ahead log that commits the
+batch. Creating and flushing a file per store (an inode, a directory
+entry, a syncfs or two fsyncs, then the index's own fsync) cost most of a
+durable store's time; a row in a write-ahead log is appended. Nothing
+below applies to such a store but the transaction (step 3) and the
+removal of a replaced version's file (step 4): it is never half written,
+because a transaction is atomic. ``inline_max=0`` keeps every instance
+in a file, as before. Larger instances, and files handed over to be
+moved in (``ingest_file(move=True)``: a rename creates no inode), are
+files:
+
+Storing a file, and why it is crash safe. A store is committed when its
+index row is committed, and not before:
 
 1. the data set is in a file in ``files/`` whose name starts with "." (a
    temporary; ``prepare_data`` writes a data set received in memory there
@@ -167,18 +183,24 @@ LOGGER = logging.getLogger("chromanet.archive")
 _TEMP_PREFIX = "."
 _COMMIT_STRIPES = 64
 
+#: Part 10 files of at most this many bytes are kept in the index, not in
+#: ``files/`` (see the module docstring).
+DEFAULT_INLINE_MAX = 64 * 1024
+
 class ArchiveBusyError(ChromanetError):
     """Another process has this data directory open."""
 
 
 @dataclass(frozen=True, slots=True)
 class StoredInstance:
-    """One stored Part 10 file, as C-GET / C-MOVE send it (bytes untouched)."""
+    """One stored Part 10 file, as C-GET / C-MOVE send it (bytes untouched):
+    at ``path``, or, when ``path`` is None, kept in the index
+    (``PaletteArchive.read_many``)."""
 
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax: str
-    path: Path
+    path: Path | None
     size: int
 
 
@@ -303,9 +325,11 @@ def _runs(stripes: list[int]) -> list[tuple[int, int]]:
 class PreparedStore:
     """A validated store waiting for ``PaletteArchive.commit_batch``:
     ``source`` is the file (``ours``: a temporary of ours in ``files/``,
-    removed on failure; else the caller's, given back on failure)."""
+    removed on failure; else the caller's, given back on failure), or None
+    when the instance is to be kept in the index: its Part 10 bytes are
+    ``data``."""
 
-    source: Path
+    source: Path | None
     ours: bool
     fields: dict[str, Any]
     transfer_syntax: str
@@ -314,6 +338,8 @@ class PreparedStore:
     size: int  # bytes: the file is not written to once prepared
     #: ``SyncFs.epoch`` before the file was written (``syncfs`` durability).
     epoch: int = 0
+    #: The whole Part 10 file, for an instance kept in the index.
+    data: bytes | None = None
 
     @property
     def uid(self) -> str:
@@ -332,10 +358,18 @@ class PaletteArchive:
     is_async = False
 
     def __init__(
-        self, data_dir: str | os.PathLike[str], shared: bool = False, durability: str = "auto"
+        self,
+        data_dir: str | os.PathLike[str],
+        shared: bool = False,
+        durability: str = "auto",
+        inline_max: int = DEFAULT_INLINE_MAX,
     ) -> None:
+        if inline_max < 0:
+            raise ValueError("inline_max must not be negative")
         self.data_dir = Path(data_dir)
         self.files_dir = self.data_dir / "files"
+        #: Part 10 files of at most this many bytes are kept in the index.
+        self.inline_max = inline_max
         #: ``fsync`` or ``syncfs``: how a batch's files are made durable
         #: (``durability.py``; ``auto`` resolved here).
         self.durability = resolve_durability(durability)
@@ -376,12 +410,18 @@ class PaletteArchive:
 
     @classmethod
     def open(
-        cls, data_dir: str | os.PathLike[str], seed: bool = True, shared: bool = False, durability: str = "auto"
+        cls,
+        data_dir: str | os.PathLike[str],
+        seed: bool = True,
+        shared: bool = False,
+        durability: str = "auto",
+        inline_max: int = DEFAULT_INLINE_MAX,
     ) -> "PaletteArchive":
         """Open (creating if needed) and, with ``seed``, store the eight
         well-known palettes that are not there yet (idempotent).
-        ``durability``: ``auto``, ``syncfs`` or ``fsync`` (``durability.py``)."""
-        archive = cls(data_dir, shared=shared, durability=durability)
+        ``durability``: ``auto``, ``syncfs`` or ``fsync`` (``durability.py``);
+        ``inline_max``: instances up to this size are kept in the index."""
+        archive = cls(data_dir, shared=shared, durability=durability, inline_max=inline_max)
         if seed and not shared:
             from chromanet.archive.seed import seed_well_known
 
@@ -454,8 +494,10 @@ class PaletteArchive:
             )
         except sqlite3.Error as exc:
             raise m.ArchiveError(UNABLE_TO_PROCESS, f"index query failed: {exc}") from exc
+        files = self.files_dir
         found = {
-            uid: StoredInstance(cls, uid, ts, self.files_dir / name, size) for uid, cls, ts, name, size in rows
+            uid: StoredInstance(cls, uid, ts, None if name is None else files / name, size)
+            for uid, cls, ts, name, size in rows
         }
         result = LocateResult(found[u] for u in wanted if u in found)
         result.missing = tuple(u for u in wanted if u not in found)
@@ -466,9 +508,26 @@ class PaletteArchive:
         row = self.index.get(sop_instance_uid)
         if row is None:
             return None
-        return StoredInstance(
-            row.sop_class_uid, row.sop_instance_uid, row.transfer_syntax, self.files_dir / row.file_name, row.size
-        )
+        path = None if row.file_name is None else self.files_dir / row.file_name
+        return StoredInstance(row.sop_class_uid, row.sop_instance_uid, row.transfer_syntax, path, row.size)
+
+    def read_many(self, sop_instance_uids: list[str]) -> dict[str, bytes]:
+        """The Part 10 bytes of those instances that are kept in the index
+        (``StoredInstance.path`` None), in one query. Raises ArchiveError
+        (0xC000) when the index cannot be read."""
+        try:
+            return self.index.read_data(sop_instance_uids)
+        except sqlite3.Error as exc:
+            raise m.ArchiveError(UNABLE_TO_PROCESS, f"index query failed: {exc}") from exc
+
+    def read(self, sop_instance_uid: str) -> bytes | None:
+        """The Part 10 bytes of one stored instance, wherever kept, or None."""
+        stored = self.get(sop_instance_uid)
+        if stored is None:
+            return None
+        if stored.path is not None:
+            return stored.path.read_bytes()
+        return self.index.read_data([sop_instance_uid]).get(sop_instance_uid)
 
     # -- C-STORE ---------------------------------------------------------
 
@@ -507,13 +566,11 @@ class PaletteArchive:
             return checked
         fields, warning = checked
         meta = dsutil.build_file_meta(fields["sop_class_uid"], fields["sop_instance_uid"], transfer_syntax)
-
-        def write(temp: Path) -> None:
-            with open(temp, "wb") as handle:
-                handle.write(dsutil.encode_file_header(meta))
-                handle.write(dsutil.encode_dataset(ds, transfer_syntax))
-
-        prepared = self._prepare_new_file(write, fields, transfer_syntax, warning, rights)
+        try:
+            parts = (dsutil.encode_file_header(meta), dsutil.encode_dataset(ds, transfer_syntax))
+        except Exception as exc:
+            return IngestResult(OUT_OF_RESOURCES, f"cannot write: {exc}"[:64], fields["sop_instance_uid"])
+        prepared = self._prepare_bytes(parts, fields, transfer_syntax, warning, rights)
         if isinstance(prepared, IngestResult):
             return prepared
         return self.commit_batch([prepared])[0]
@@ -542,10 +599,7 @@ class PaletteArchive:
         except Refused as refused:
             return IngestResult(refused.status, refused.comment)
         header = dsutil.file_header(fields["sop_class_uid"], fields["sop_instance_uid"], transfer_syntax)
-        return self._prepare_new_file(
-            lambda temp: _write_new(temp, (header, data)), fields, transfer_syntax, warning, rights,
-            len(header) + memoryview(data).nbytes,
-        )  # fmt: skip
+        return self._prepare_bytes((header, data), fields, transfer_syntax, warning, rights)
 
     def prepare_file(
         self,
@@ -567,6 +621,12 @@ class PaletteArchive:
             return IngestResult(refused.status, refused.comment)
         copy_file = lambda temp: shutil.copyfile(source, temp)  # noqa: E731
         if not move:
+            if stat.st_size <= self.inline_max:
+                try:
+                    data = source.read_bytes()
+                except OSError as exc:
+                    return IngestResult(OUT_OF_RESOURCES, f"cannot read: {exc}"[:64], fields["sop_instance_uid"])
+                return self._prepare_bytes((data,), fields, transfer_syntax, warning, rights)
             return self._prepare_new_file(copy_file, fields, transfer_syntax, warning, rights)
         refused = self._refuse_stored_well_known(fields)
         if refused is not None:
@@ -644,11 +704,11 @@ class PaletteArchive:
         assert self._syncfs is not None
         self._syncfs.sync(since)
 
-    def _step_index(self, row: IndexRow) -> None:
-        self.index.upsert(row)
+    def _step_index(self, row: IndexRow, data: bytes | None = None) -> None:
+        self.index.upsert(row, data)
 
-    def _step_index_many(self, rows: list[IndexRow]) -> None:
-        self.index.upsert_many(rows)
+    def _step_index_many(self, rows: list[IndexRow], data: list[bytes | None] | None = None) -> None:
+        self.index.upsert_many(rows, data)
 
     def _step_remove_old(self, path: Path) -> None:
         path.unlink(missing_ok=True)
@@ -687,6 +747,21 @@ class PaletteArchive:
             return IngestResult(OUT_OF_RESOURCES, f"cannot write: {exc}"[:64], fields["sop_instance_uid"])
         return PreparedStore(temp, True, fields, transfer_syntax, warning, rights, size, epoch)
 
+    def _prepare_bytes(
+        self, parts: tuple[Any, ...], fields: dict[str, Any], transfer_syntax: str, warning: str, rights: _Rights
+    ) -> "PreparedStore | IngestResult":
+        """A store of the Part 10 file made of ``parts`` (bytes-like): kept in
+        the index when it is small enough, else written to a temporary."""
+        size = sum(memoryview(part).nbytes for part in parts)
+        if size > self.inline_max:
+            return self._prepare_new_file(
+                lambda temp: _write_new(temp, parts), fields, transfer_syntax, warning, rights, size
+            )
+        refused = self._refuse_stored_well_known(fields)
+        if refused is not None:
+            return refused
+        return PreparedStore(None, True, fields, transfer_syntax, warning, rights, size, data=b"".join(parts))
+
     def _epoch(self) -> int:
         return self._syncfs.epoch if self._syncfs is not None else 0
 
@@ -703,8 +778,9 @@ class PaletteArchive:
         results: list[IngestResult | None] = [None] * len(stores)
         # The data first, outside the locks: no one else names these files.
         # (With syncfs, the data and the renames are made durable together.)
-        if self._syncfs is None:
-            for k, error in enumerate(self._step_fsync_files([s.source for s in stores])):
+        on_file = [k for k, store in enumerate(stores) if store.source is not None]
+        if self._syncfs is None and on_file:
+            for k, error in zip(on_file, self._step_fsync_files([stores[k].source for k in on_file])):  # type: ignore[misc]
                 if error is not None:
                     results[k] = self._failed(stores[k], None, error)
         live = [k for k in range(len(stores)) if results[k] is None]
@@ -750,7 +826,8 @@ class PaletteArchive:
         the process dying, and left to ``recover()`` at the next open.
         """
         results: list[IngestResult | None] = [None] * len(stores)
-        renamed: list[tuple[int, Path, IndexRow, IndexRow | None]] = []
+        # (store, its file's final path or None when kept in the index, row, replaced row)
+        renamed: list[tuple[int, Path | None, IndexRow, IndexRow | None]] = []
         # Read on this thread's reader, not the writer: the other batch's
         # transaction (and its fsync) does not hold this one up. The stripe
         # locks make it exact: whoever last wrote one of these UIDs had
@@ -760,37 +837,43 @@ class PaletteArchive:
             uid = store.uid
             existing = stored.get(uid)
             if existing is not None and not store.rights.may_replace(existing.owner):
-                if store.ours:
+                if store.ours and store.source is not None:
                     store.source.unlink(missing_ok=True)
                 LOGGER.info("store of %s by %s refused: stored by %s", uid, store.rights.owner, existing.owner)
                 results[k] = IngestResult(NOT_AUTHORISED, "stored by another peer: not replaced", uid)
                 continue
-            final = self.files_dir / self._final_name(uid, existing)
-            try:
-                self._step_rename(store.source, final)
-            except Exception as exc:
-                results[k] = self._failed(store, None, exc)
-                continue
+            final = None
+            if store.source is not None:
+                final = self.files_dir / self._final_name(uid, existing)
+                try:
+                    self._step_rename(store.source, final)
+                except Exception as exc:
+                    results[k] = self._failed(store, None, exc)
+                    continue
             row = IndexRow(
-                transfer_syntax=store.transfer_syntax, file_name=final.name, size=store.size, owner=store.rights.owner,
-                **store.fields,
+                transfer_syntax=store.transfer_syntax, file_name=None if final is None else final.name,
+                size=store.size, owner=store.rights.owner, **store.fields,
             )  # fmt: skip
             renamed.append((k, final, row, existing))
         if not renamed:
             return results  # type: ignore[return-value]
-        try:
-            if self._syncfs is None:
-                self._step_fsync_dir()
-            else:
-                self._step_syncfs(min(stores[k].epoch for k, _, _, _ in renamed))
-        except Exception as exc:
-            for k, final, _, _ in renamed:
-                results[k] = self._failed(stores[k], final, exc)
-            return results  # type: ignore[return-value]
+        files = [entry for entry in renamed if entry[1] is not None]
+        if files:
+            try:
+                if self._syncfs is None:
+                    self._step_fsync_dir()
+                else:
+                    self._step_syncfs(min(stores[k].epoch for k, _, _, _ in files))
+            except Exception as exc:
+                for k, final, _, _ in files:
+                    results[k] = self._failed(stores[k], final, exc)
+                renamed = [entry for entry in renamed if entry[1] is None]
         committed = self._index_rows(stores, renamed, results)
         for k, final, _, existing in committed:
             store = stores[k]
-            if existing is not None and existing.file_name != final.name:
+            if existing is not None and existing.file_name is not None and (
+                final is None or existing.file_name != final.name
+            ):
                 try:
                     self._step_remove_old(self.files_dir / existing.file_name)
                     LOGGER.info("%s replaced: its previous file %s removed", store.uid, existing.file_name)
@@ -805,15 +888,16 @@ class PaletteArchive:
     def _index_rows(
         self,
         stores: "list[PreparedStore]",
-        renamed: list[tuple[int, Path, IndexRow, IndexRow | None]],
+        renamed: list[tuple[int, Path | None, IndexRow, IndexRow | None]],
         results: list[IngestResult | None],
-    ) -> list[tuple[int, Path, IndexRow, IndexRow | None]]:
-        """The rows of ``renamed`` in one transaction; if that fails, each in
-        its own, so that a row that cannot be written fails its store alone.
-        The entries committed; the others' results set and files undone."""
+    ) -> list[tuple[int, Path | None, IndexRow, IndexRow | None]]:
+        """The rows of ``renamed`` (with the bytes of those kept in the index)
+        in one transaction; if that fails, each in its own, so that a row
+        that cannot be written fails its store alone. The entries committed;
+        the others' results set and files undone."""
         if len(renamed) > 1:
             try:
-                self._step_index_many([row for _, _, row, _ in renamed])
+                self._step_index_many([row for _, _, row, _ in renamed], [stores[k].data for k, _, _, _ in renamed])
                 return renamed
             except Exception as exc:
                 LOGGER.warning("index write of a batch of %d failed (%s): one row at a time", len(renamed), exc)
@@ -821,7 +905,7 @@ class PaletteArchive:
         for entry in renamed:
             k, final, row, _ = entry
             try:
-                self._step_index(row)
+                self._step_index(row, stores[k].data)
             except Exception as exc:
                 results[k] = self._failed(stores[k], final, exc)
             else:
@@ -838,7 +922,7 @@ class PaletteArchive:
                 renamed_to.unlink(missing_ok=True)
         elif renamed_to is not None:
             renamed_to.unlink(missing_ok=True)
-        elif store.ours:
+        elif store.ours and store.source is not None:
             store.source.unlink(missing_ok=True)
         LOGGER.warning("store of %s failed: %s", store.uid, exc)
         return IngestResult(OUT_OF_RESOURCES, f"cannot store: {exc}"[:64], store.uid)
@@ -862,6 +946,7 @@ class PaletteArchive:
         for name in sorted(rows.keys() & on_disk.keys()):
             if rows[name][1] != on_disk[name]:
                 report.size_mismatches.append(rows[name][0])
+        report.size_mismatches.extend(self.index.inline_size_mismatches())
         return report
 
     def recover(self) -> VerifyReport:
