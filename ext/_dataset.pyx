@@ -56,7 +56,7 @@ from pydicom.values import convert_string
 
 from chromanet.errors import EncodingError
 
-__all__ = ["EncodingError", "check", "decode", "encode"]
+__all__ = ["EncodingError", "check", "decode", "encode", "scan"]
 
 cdef uint32_t UNDEFINED = 0xFFFFFFFF
 cdef int MAX_DEPTH = 32
@@ -528,3 +528,4 @@ def decode(data, bint implicit, bint little):
 
 
 include "_dataset_encode.pxi"
+include "_dataset_scan.pxi"

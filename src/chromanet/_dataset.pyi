@@ -23,3 +23,9 @@ def encode(dataset: Dataset, implicit: bool, little: bool) -> bytes | None:
 def new_dataset(elements: dict[Any, Any]) -> Dataset:
     """A Dataset around ``elements`` (tag -> DataElement or RawDataElement), as
     ``Dataset(elements)`` makes it, without running ``Dataset.__init__``."""
+
+def scan(data: Any) -> dict[int, Any] | None:
+    """The top-level elements of an Explicit VR Little Endian data set that
+    ``check`` passed, by tag: (VR, value) with the value bytes up to 256
+    bytes and a memoryview beyond, or ("SQ", [item dicts]); None where the
+    general decoder must read it (``chromanet.archive.rawscan``)."""
