@@ -360,11 +360,23 @@ class Index:
                 if data is None:
                     conn.executemany(_INSERT, (_values(r) for r in rows))
                 else:
-                    for row, blob in zip(rows, data):
-                        data_id = None
-                        if blob is not None:
-                            data_id = conn.execute("INSERT INTO instance_data (data) VALUES (?)", (blob,)).lastrowid
-                        conn.execute(_INSERT, _values(row, data_id))
+                    # The bytes' ids chosen here, under the write lock, so
+                    # that a batch is one statement per table (each call
+                    # into SQLite gives the GIL up and waits to get it back).
+                    rows, data = list(rows), list(data)
+                    (next_id,) = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM instance_data").fetchone()
+                    ids: list[int | None] = []
+                    blobs = []
+                    for blob in data:
+                        if blob is None:
+                            ids.append(None)
+                        else:
+                            ids.append(next_id)
+                            blobs.append((next_id, blob))
+                            next_id += 1
+                    if blobs:
+                        conn.executemany("INSERT INTO instance_data (id, data) VALUES (?, ?)", blobs)
+                    conn.executemany(_INSERT, (_values(row, data_id) for row, data_id in zip(rows, ids)))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
