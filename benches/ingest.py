@@ -2,6 +2,7 @@
 
     python benches/ingest.py --baseline /work/base16 [--candidate .] [-n 2000] [--concurrency 1,8,32]
                              [--workers 1] [--window 8] [--rounds 1] [--json out.json]
+                             [--variant 'files=--store-inline-max 0']
 
 For each build (``--baseline``, ``--candidate``: source trees with their
 own ``.venv``, e.g. ``git worktree add /work/base16 2179f99 && (cd
@@ -15,6 +16,10 @@ candidate, baseline, ...):
   bench --op store --new-uids``, the candidate's load tool for both
   builds): stores/s and latency per store p50/p99 (request to response).
   Every store is acknowledged only once it is durable, in both builds.
+- ``--variant LABEL=ARGS``: a third (fourth...) build in the rounds, the
+  candidate's node started with extra ``serve`` arguments, e.g. the file
+  per instance layout next to the default that keeps small instances in
+  the index (``files=--store-inline-max 0``).
 - ``node, c assoc x window w`` (``--window w``): the same with each
   association proposing an asynchronous operations window of ``w`` and
   keeping ``w`` stores outstanding (``chromanet bench --window``), as a
@@ -50,6 +55,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -267,11 +273,13 @@ def measure(args: argparse.Namespace, trees: dict[str, dict[str, Any]], work: Pa
     rows: list[dict[str, Any]] = []
     candidate = trees["candidate"]
     files = make_files(args.n, work / "storescu-files") if args.dcmtk else []
+    sides = [(side, trees[side], []) for side in SIDES]
+    sides += [(label, candidate, extra) for label, extra in args.variant]
     for rnd in range(1, args.rounds + 1):
-        for side in SIDES:
+        for side, tree, extra in sides:
             for workers in args.workers:
                 say(f"round {rnd}: {side}, {workers} worker(s)")
-                node = Node(trees[side], workers, work, [], args.clean_each)
+                node = Node(tree, workers, work, extra, args.clean_each)
                 try:
                     idle = EchoProbe(candidate, node.port, work / f"echo-idle-{side}-{rnd}-{workers}.json")
                     time.sleep(2.0)
@@ -342,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run the node cells with each association keeping this many stores outstanding "
                         "(asynchronous operations window, chromanet bench --window), a comma list, e.g. 8")
     p.add_argument("--workers", default="1", help="node worker processes, a comma list (default 1)")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL=ARGS",
+                   help="also the candidate's node started with these extra serve arguments, named LABEL in the "
+                        "table, interleaved with the others (e.g. 'files=--store-inline-max 0'); repeatable")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds (default 1)")
     p.add_argument("--no-dcmtk", dest="dcmtk", action="store_false", help="skip the storescu and storescp rows")
     p.add_argument("--work-dir", type=Path, help="data directories and logs here, on the disk to measure "
@@ -353,6 +364,13 @@ def main(argv: list[str] | None = None) -> int:
     args.concurrency = [int(x) for x in args.concurrency.split(",")]
     args.workers = [int(x) for x in args.workers.split(",")]
     args.window = [int(x) for x in args.window.split(",") if x.strip() and int(x) > 1]
+    variants = []
+    for spec in args.variant:
+        label, sep, extra = spec.partition("=")
+        if not sep or not label.strip():
+            p.error(f"--variant {spec!r}: LABEL=ARGS")
+        variants.append((f"candidate, {label.strip()}", shlex.split(extra)))
+    args.variant = variants
     if args.dcmtk and not Path(f"{DCMTK_BIN}/storescp").exists():
         say("DCMTK not found: no storescu/storescp rows")
         args.dcmtk = False
