@@ -50,8 +50,6 @@ import asyncio
 import inspect
 import ipaddress
 import logging
-import os
-from collections import deque
 from typing import Any, AsyncIterator, Awaitable
 
 from pydicom import Dataset
@@ -66,6 +64,7 @@ from chromanet.services.answers import Exhausted, HandlerResults, apply_handler_
 from chromanet.services.base import ServiceSession, response_to
 from chromanet.services.handler_threads import ThreadedResults
 from chromanet.services.observe import OperationRecord
+from chromanet.services.suboperations import InFlight, not_stored, store_over, suboperation_window
 from chromanet.status import (
     STATUS_CANCEL,
     STATUS_FAILURE,
@@ -108,9 +107,6 @@ _FIND_BATCH = 64
 # produces more (~200 bytes a pending response with a small identifier).
 _WRITE_AHEAD = 32 * 1024
 _RETRIEVE_BATCH = 8
-# C-STORE sub-operations outstanding at once on an association whose
-# window lets us invoke any number (0, unlimited).
-_UNLIMITED_IN_FLIGHT = 64
 
 Results = HandlerResults | ThreadedResults
 
@@ -512,17 +508,6 @@ def _early_status(value: Any) -> None:
         raise _EarlyStatus(value)
 
 
-def suboperation_window(session: ServiceSession | None) -> int:
-    """How many C-STORE sub-operations to keep outstanding at once on the
-    association of ``session``: the operations we may invoke there, as
-    negotiated (PS3.7 D.3.3.3; 1, synchronous, when no window was agreed),
-    ``_UNLIMITED_IN_FLIGHT`` when the window is unlimited (0)."""
-    if session is None:
-        return 1
-    invoked = session.channel.max_operations_invoked
-    return _UNLIMITED_IN_FLIGHT if invoked == 0 else max(1, invoked)
-
-
 async def _count(results: Results) -> int:
     value = await results.next()
     _early_status(value)
@@ -542,10 +527,10 @@ async def _run_suboperations(
     """Iterate the handler's (status, dataset) results, storing each pending
     dataset with ``store(dataset, message_id, hold) -> (sop_instance_uid,
     status | None)``; up to ``window`` of those stores outstanding at once
-    (``_InFlight``, their requests held to share writes), one after the
+    (``InFlight``, their requests held to share writes), one after the
     other when it is 1."""
     _batched(results, _RETRIEVE_BATCH)
-    flight = _InFlight(retrieve, window) if window > 1 else None
+    flight = InFlight(retrieve, window) if window > 1 else None
     try:
         await _suboperations(retrieve, results, message, store, raised_status, flight)
     finally:
@@ -559,7 +544,7 @@ async def _suboperations(
     message: IncomingMessage,
     store: Any,
     raised_status: int,
-    flight: _InFlight | None,
+    flight: InFlight | None,
 ) -> None:
     # Whatever ends the retrieve early first waits for the sub-operations
     # still outstanding (``settled``): the final response counts them all.
@@ -616,145 +601,9 @@ async def _suboperations(
     await retrieve.finished()
 
 
-async def _settled(flight: _InFlight | None) -> None:
+async def _settled(flight: InFlight | None) -> None:
     if flight is not None:
         await flight.settle(0)
-
-
-class _InFlight:
-    """The C-STORE sub-operations of one retrieve that are outstanding at
-    once, at most ``window`` (the asynchronous operations window we may
-    invoke on the association that carries them, PS3.7 D.3.3.3), each a
-    task. Each one that completes is counted, with its Pending response,
-    in the order the responses arrive."""
-
-    __slots__ = ("retrieve", "window", "running", "done", "waiter")
-
-    def __init__(self, retrieve: _Retrieve, window: int) -> None:
-        self.retrieve = retrieve
-        self.window = window
-        self.running: set[asyncio.Future[tuple[str, int | None]]] = set()
-        self.done: deque[tuple[asyncio.Future[tuple[str, int | None]], Command]] = deque()
-        self.waiter: asyncio.Future[None] | None = None
-
-    def __len__(self) -> int:
-        """The sub-operations started and not yet counted."""
-        return len(self.running) + len(self.done)
-
-    def start(self, operation: Awaitable[tuple[str, int | None]], probe: Command) -> None:
-        """Run ``operation`` (one store); ``probe``: the handler's status
-        for it, which its Pending response borrows from."""
-        task = asyncio.ensure_future(operation)
-        self.running.add(task)
-        task.add_done_callback(lambda done: self._completed(done, probe))
-
-    def _completed(self, task: asyncio.Future[tuple[str, int | None]], probe: Command) -> None:
-        self.running.discard(task)
-        self.done.append((task, probe))
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def settle(self, at_most: int) -> None:
-        """Count the completed sub-operations (a Pending response each),
-        waiting for more to complete while over ``at_most`` are running."""
-        retrieve = self.retrieve
-        while True:
-            while self.done:
-                task, probe = self.done.popleft()
-                uid, store_status = task.result()
-                retrieve.record(uid, store_status)
-                await retrieve.pending(probe)
-            if len(self.running) <= at_most:
-                return
-            self.waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
-
-    async def discard(self) -> None:
-        """The retrieve is over: cancel any sub-operation still running (only
-        when it ended by an exception) and collect them all, so that no
-        task's outcome goes unread."""
-        tasks = [*self.running, *(task for task, _ in self.done)]
-        self.done.clear()
-        if not tasks:
-            return
-        for task in self.running:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _sop_instance_uid(dataset: Any) -> str:
-    if isinstance(dataset, Dataset):
-        try:
-            return dsutil.uid_of(dataset, 0x00080018)
-        except KeyError:
-            return ""
-    if isinstance(dataset, dsutil.Part10File):
-        return dataset.sop_instance_uid
-    try:
-        if isinstance(dataset, (bytes, bytearray, memoryview)):
-            return dsutil.parse_part10(memoryview(dataset)).sop_instance_uid
-        part = dsutil.open_part10(dataset)
-        uid = part.sop_instance_uid
-        part.close()
-        return uid
-    except (OSError, ValueError):
-        return ""
-
-
-async def _store_over(
-    session: ServiceSession | None,
-    dataset: Any,
-    originator: tuple[str, int] | None,
-    trace: OperationRecord | None = None,
-    msg_id: int | None = None,
-    hold: bool = False,
-) -> tuple[str, int | None]:
-    """One C-STORE sub-operation; (SOP Instance UID, response status or
-    None). ``hold``: one of several started together (``_InFlight``), whose
-    requests go out in one write."""
-    if isinstance(dataset, (str, os.PathLike)):
-        # A file is opened once: its header gives the UID, its bytes are sent.
-        try:
-            dataset = dsutil.open_part10(dataset)
-        except (OSError, ValueError) as exc:
-            LOGGER.warning("C-STORE sub-operation for %s not possible: %s", dataset, exc)
-            return "", None
-    uid = _sop_instance_uid(dataset)
-    if dataset is None or session is None or session.channel.end_error is not None:
-        # Nothing to send, or the (sub-)association is gone (e.g. the move
-        # destination aborted): this sub-operation fails, the others are
-        # still counted, and the final response still goes out.
-        if isinstance(dataset, dsutil.Part10File):
-            dataset.close()
-        return uid, None
-    if msg_id is not None and session.channel.is_outstanding(msg_id):
-        msg_id = None  # in use by another request of ours: take a free one
-    try:
-        response = await storage.store(
-            session,
-            dataset,
-            msg_id,
-            0,
-            originator[0] if originator else None,
-            originator[1] if originator else None,
-            trace=trace,
-            hold=hold,
-        )
-    except (ValueError, OSError, AttributeError, KeyError) as exc:
-        # No context for its SOP class, an unreadable file, or a Dataset
-        # without the SOP Class UID (e.g. one that names a missing instance).
-        LOGGER.warning("C-STORE sub-operation for %s not possible: %s", uid or "?", exc)
-        return uid, None
-    return uid, response.status if response is not None else None
-
-
-async def _not_stored(dataset: Any, msg_id: int | None = None, hold: bool = False) -> tuple[str, int | None]:
-    """The sub-operation of a C-MOVE whose destination cannot take it: failed."""
-    return _sop_instance_uid(dataset), None
 
 
 async def serve_get(session: ServiceSession, message: IncomingMessage) -> None:
@@ -782,7 +631,7 @@ async def serve_get(session: ServiceSession, message: IncomingMessage) -> None:
             retrieve,
             results,
             message,
-            lambda ds, msg_id, hold: _store_over(session, ds, None, trace, msg_id, hold),
+            lambda ds, msg_id, hold: store_over(session, ds, None, trace, msg_id, hold),
             GET_HANDLER_RAISED,
             suboperation_window(session),
         )
@@ -901,7 +750,7 @@ async def serve_move(session: ServiceSession, message: IncomingMessage) -> None:
             )
             peer_log(LOGGER, logging.WARNING, session.peer_host, "C-MOVE to %s:%d: %s: every sub-operation fails",
                      address, port, retrieve.comment)
-            await _run_suboperations(retrieve, results, message, _not_stored, MOVE_HANDLER_RAISED)
+            await _run_suboperations(retrieve, results, message, not_stored, MOVE_HANDLER_RAISED)
             return
         originator = (session.peer_ae_title, request.message_id)
         destination_session = sub_assoc.service_session
@@ -909,7 +758,7 @@ async def serve_move(session: ServiceSession, message: IncomingMessage) -> None:
             retrieve,
             results,
             message,
-            lambda ds, msg_id, hold: _store_over(destination_session, ds, originator, message.trace, msg_id, hold),
+            lambda ds, msg_id, hold: store_over(destination_session, ds, originator, message.trace, msg_id, hold),
             MOVE_HANDLER_RAISED,
             suboperation_window(destination_session),
         )
