@@ -64,7 +64,7 @@ from chromanet.services.answers import Exhausted, HandlerResults, apply_handler_
 from chromanet.services.base import ServiceSession, response_to
 from chromanet.services.handler_threads import ThreadedResults
 from chromanet.services.observe import OperationRecord
-from chromanet.services.suboperations import InFlight, not_stored, store_over, suboperation_window
+from chromanet.services.suboperations import InFlight, NotStored, StoreTarget, Target, suboperation_window
 from chromanet.status import (
     STATUS_CANCEL,
     STATUS_FAILURE,
@@ -520,19 +520,19 @@ async def _run_suboperations(
     retrieve: _Retrieve,
     results: Results,
     message: IncomingMessage,
-    store: Any,
+    target: Target,
     raised_status: int,
     window: int = 1,
 ) -> None:
     """Iterate the handler's (status, dataset) results, storing each pending
-    dataset with ``store(dataset, message_id, hold) -> (sop_instance_uid,
-    status | None)``; up to ``window`` of those stores outstanding at once
-    (``InFlight``, their requests held to share writes), one after the
-    other when it is 1."""
+    dataset with ``target`` (``StoreTarget``: a C-STORE sub-operation on
+    an association; ``NotStored``: failed); up to ``window`` of those stores
+    outstanding at once (``InFlight``, their requests held to share writes),
+    one after the other when it is 1."""
     _batched(results, _RETRIEVE_BATCH)
-    flight = InFlight(retrieve, window) if window > 1 else None
+    flight = InFlight(retrieve, window, target) if window > 1 else None
     try:
-        await _suboperations(retrieve, results, message, store, raised_status, flight)
+        await _suboperations(retrieve, results, message, target, raised_status, flight)
     finally:
         if flight is not None:
             await flight.discard()
@@ -542,7 +542,7 @@ async def _suboperations(
     retrieve: _Retrieve,
     results: Results,
     message: IncomingMessage,
-    store: Any,
+    target: Target,
     raised_status: int,
     flight: InFlight | None,
 ) -> None:
@@ -587,9 +587,9 @@ async def _suboperations(
         if category == STATUS_SUCCESS:
             break
         if flight is not None:
-            flight.start(store(dataset, retrieve.message_id(), True), probe)
+            flight.start(dataset, retrieve.message_id(), probe)
             continue
-        uid, store_status = await store(dataset, retrieve.message_id(), False)
+        uid, store_status = await target.store(dataset, retrieve.message_id())
         retrieve.record(uid, store_status)
         # A Pending response after every sub-operation, the last one
         # (Remaining 0) included, as pynetdicom sends them.
@@ -626,12 +626,11 @@ async def serve_get(session: ServiceSession, message: IncomingMessage) -> None:
         if not await _check_total(sender, request, _dimse.C_GET_RSP, total):
             return
         retrieve = _Retrieve(request, _dimse.C_GET_RSP, sender, total)
-        trace = message.trace
         await _run_suboperations(
             retrieve,
             results,
             message,
-            lambda ds, msg_id, hold: store_over(session, ds, None, trace, msg_id, hold),
+            StoreTarget(session, None, message.trace),
             GET_HANDLER_RAISED,
             suboperation_window(session),
         )
@@ -750,7 +749,7 @@ async def serve_move(session: ServiceSession, message: IncomingMessage) -> None:
             )
             peer_log(LOGGER, logging.WARNING, session.peer_host, "C-MOVE to %s:%d: %s: every sub-operation fails",
                      address, port, retrieve.comment)
-            await _run_suboperations(retrieve, results, message, not_stored, MOVE_HANDLER_RAISED)
+            await _run_suboperations(retrieve, results, message, NotStored(), MOVE_HANDLER_RAISED)
             return
         originator = (session.peer_ae_title, request.message_id)
         destination_session = sub_assoc.service_session
@@ -758,7 +757,7 @@ async def serve_move(session: ServiceSession, message: IncomingMessage) -> None:
             retrieve,
             results,
             message,
-            lambda ds, msg_id, hold: store_over(destination_session, ds, originator, message.trace, msg_id, hold),
+            StoreTarget(destination_session, originator, message.trace),
             MOVE_HANDLER_RAISED,
             suboperation_window(destination_session),
         )

@@ -1,6 +1,6 @@
 """The C-STORE sub-operations of a C-GET or C-MOVE SCP (PS3.4 C.4.2.3,
 C.4.3.3), as ``query_retrieve`` starts them: one store
-(``store_over``), and, when the association that carries them negotiated
+(``StoreTarget``), and, when the association that carries them negotiated
 an asynchronous operations window letting us invoke more than one
 operation (PS3.7 D.3.3.3), up to that many outstanding at once
 (``InFlight``), each counted with its Pending response as its response
@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 from collections import deque
-from typing import Any, Awaitable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from pydicom import Dataset
 
@@ -50,36 +50,69 @@ def suboperation_window(session: ServiceSession | None) -> int:
     return UNLIMITED_IN_FLIGHT if invoked == 0 else max(1, invoked)
 
 
+# One sub-operation's outcome: (SOP Instance UID, response status or None).
+Result = tuple[str, "int | None"]
+
+
+class Target(Protocol):
+    """Where the sub-operations of one retrieve go (``StoreTarget``,
+    ``NotStored``)."""
+
+    async def store(self, dataset: Any, msg_id: int | None) -> Result: ...
+
+    def start(self, dataset: Any, msg_id: int | None, done: Callable[[Result], None]) -> Awaitable[Result] | None: ...
+
+
 class InFlight:
     """The C-STORE sub-operations of one retrieve that are outstanding at
     once, at most ``window`` (the asynchronous operations window we may
-    invoke on the association that carries them, PS3.7 D.3.3.3), each a
-    task. Each one that completes is counted, with its Pending response,
-    in the order the responses arrive."""
+    invoke on the association that carries them, PS3.7 D.3.3.3). Each one
+    that completes is counted, with its Pending response, in the order the
+    responses arrive.
 
-    __slots__ = ("retrieve", "window", "running", "done", "waiter")
+    A sub-operation is sent where it is started, its write held with the
+    Pending responses and the other requests of that pass of the loop, and
+    its response calls it back (``StoreTarget.start``): no task, no future
+    per sub-operation. One that cannot go at once (a large data set, a full
+    write buffer, no free slot in the window) runs as a task instead."""
 
-    def __init__(self, retrieve: Counts, window: int) -> None:
+    __slots__ = ("retrieve", "window", "target", "running", "tasks", "done", "waiter")
+
+    def __init__(self, retrieve: Counts, window: int, target: Target) -> None:
         self.retrieve = retrieve
         self.window = window
-        self.running: set[asyncio.Future[tuple[str, int | None]]] = set()
-        self.done: deque[tuple[asyncio.Future[tuple[str, int | None]], Command]] = deque()
+        self.target = target
+        #: Started and not yet completed.
+        self.running = 0
+        self.tasks: set[asyncio.Future[Result]] = set()
+        #: Completed and not yet counted: the outcome (or the task that has
+        #: it) and the handler's status for the sub-operation.
+        self.done: deque[tuple[Result | asyncio.Future[Result], Command]] = deque()
         self.waiter: asyncio.Future[None] | None = None
 
     def __len__(self) -> int:
         """The sub-operations started and not yet counted."""
-        return len(self.running) + len(self.done)
+        return self.running + len(self.done)
 
-    def start(self, operation: Awaitable[tuple[str, int | None]], probe: Command) -> None:
-        """Run ``operation`` (one store); ``probe``: the handler's status
-        for it, which its Pending response borrows from."""
-        task = asyncio.ensure_future(operation)
-        self.running.add(task)
-        task.add_done_callback(lambda done: self._completed(done, probe))
+    def start(self, dataset: Any, msg_id: int | None, probe: Command) -> None:
+        """Start one store; ``probe``: the handler's status for it, which
+        its Pending response borrows from."""
+        self.running += 1
+        try:
+            later = self.target.start(dataset, msg_id, lambda result: self._completed(result, probe))
+        except BaseException:
+            self.running -= 1
+            raise
+        if later is not None:
+            task = asyncio.ensure_future(later)
+            self.tasks.add(task)
+            task.add_done_callback(lambda finished: self._completed(finished, probe))
 
-    def _completed(self, task: asyncio.Future[tuple[str, int | None]], probe: Command) -> None:
-        self.running.discard(task)
-        self.done.append((task, probe))
+    def _completed(self, outcome: Result | asyncio.Future[Result], probe: Command) -> None:
+        self.running -= 1
+        if isinstance(outcome, asyncio.Future):
+            self.tasks.discard(outcome)
+        self.done.append((outcome, probe))
         waiter = self.waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -90,11 +123,11 @@ class InFlight:
         retrieve = self.retrieve
         while True:
             while self.done:
-                task, probe = self.done.popleft()
-                uid, store_status = task.result()
+                outcome, probe = self.done.popleft()
+                uid, store_status = outcome.result() if isinstance(outcome, asyncio.Future) else outcome
                 retrieve.record(uid, store_status)
                 await retrieve.pending(probe)
-            if len(self.running) <= at_most:
+            if self.running <= at_most:
                 return
             self.waiter = asyncio.get_running_loop().create_future()
             try:
@@ -103,14 +136,16 @@ class InFlight:
                 self.waiter = None
 
     async def discard(self) -> None:
-        """The retrieve is over: cancel any sub-operation still running (only
-        when it ended by an exception) and collect them all, so that no
-        task's outcome goes unread."""
-        tasks = [*self.running, *(task for task, _ in self.done)]
+        """The retrieve is over: cancel any sub-operation still running in
+        a task (only when it ended by an exception) and collect them all, so
+        that no task's outcome goes unread. One sent without a task ends by
+        itself (its response, the association's end or the DIMSE timeout)
+        and is no longer counted."""
+        tasks = [*self.tasks, *(outcome for outcome, _ in self.done if isinstance(outcome, asyncio.Future))]
         self.done.clear()
         if not tasks:
             return
-        for task in self.running:
+        for task in self.tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
@@ -134,53 +169,105 @@ def sop_instance_uid(dataset: Any) -> str:
         return ""
 
 
-async def store_over(
-    session: ServiceSession | None,
-    dataset: Any,
-    originator: tuple[str, int] | None,
-    trace: OperationRecord | None = None,
-    msg_id: int | None = None,
-    hold: bool = False,
-) -> tuple[str, int | None]:
-    """One C-STORE sub-operation; (SOP Instance UID, response status or
-    None). ``hold``: one of several started together (``InFlight``), whose
-    requests go out in one write."""
-    if isinstance(dataset, (str, os.PathLike)):
-        # A file is opened once: its header gives the UID, its bytes are sent.
+# What makes a sub-operation impossible rather than failing the retrieve:
+# no context for its SOP class, an unreadable file, or a Dataset without
+# the SOP Class UID (e.g. one that names a missing instance).
+_NOT_POSSIBLE = (ValueError, OSError, AttributeError, KeyError)
+
+
+class StoreTarget:
+    """The association the C-STORE sub-operations of one retrieve go over
+    (``session``; None: gone), with the Move Originator fields of a C-MOVE
+    (``originator``: AE title, Message ID) and the retrieve's ``trace``."""
+
+    __slots__ = ("session", "originator", "trace")
+
+    def __init__(
+        self, session: ServiceSession | None, originator: tuple[str, int] | None, trace: OperationRecord | None
+    ) -> None:
+        self.session = session
+        self.originator = originator
+        self.trace = trace
+
+    async def store(self, dataset: Any, msg_id: int | None) -> Result:
+        """One C-STORE sub-operation, sent and waited for."""
+        uid, prepared = self._prepare(dataset, msg_id)
+        if prepared is None:
+            return uid, None
+        return await self._exchange(uid, prepared, False)
+
+    def start(self, dataset: Any, msg_id: int | None, done: Callable[[Result], None]) -> Awaitable[Result] | None:
+        """One of several sub-operations in flight: sent now, its write held
+        with the others of this pass of the loop, and ``done`` called with
+        its result once its response came (None returned). When it cannot
+        go at once, the awaitable that sends it and gives its result (for a
+        task; ``done`` is then not called)."""
+        uid, prepared = self._prepare(dataset, msg_id)
+        if prepared is None:
+            done((uid, None))
+            return None
         try:
-            dataset = dsutil.open_part10(dataset)
-        except (OSError, ValueError) as exc:
-            LOGGER.warning("C-STORE sub-operation for %s not possible: %s", dataset, exc)
-            return "", None
-    uid = sop_instance_uid(dataset)
-    if dataset is None or session is None or session.channel.end_error is not None:
-        # Nothing to send, or the (sub-)association is gone (e.g. the move
-        # destination aborted): this sub-operation fails, the others are
-        # still counted, and the final response still goes out.
-        if isinstance(dataset, dsutil.Part10File):
-            dataset.close()
-        return uid, None
-    if msg_id is not None and session.channel.is_outstanding(msg_id):
-        msg_id = None  # in use by another request of ours: take a free one
-    try:
-        response = await storage.store(
-            session,
-            dataset,
-            msg_id,
-            0,
-            originator[0] if originator else None,
-            originator[1] if originator else None,
-            trace=trace,
-            hold=hold,
-        )
-    except (ValueError, OSError, AttributeError, KeyError) as exc:
-        # No context for its SOP class, an unreadable file, or a Dataset
-        # without the SOP Class UID (e.g. one that names a missing instance).
-        LOGGER.warning("C-STORE sub-operation for %s not possible: %s", uid or "?", exc)
-        return uid, None
-    return uid, response.status if response is not None else None
+            if prepared.start(lambda response: done((uid, response.status if response is not None else None)),
+                              trace=self.trace):
+                return None
+        except _NOT_POSSIBLE as exc:
+            LOGGER.warning("C-STORE sub-operation for %s not possible: %s", uid or "?", exc)
+            done((uid, None))
+            return None
+        return self._exchange(uid, prepared, True)
+
+    def _prepare(self, dataset: Any, msg_id: int | None) -> tuple[str, storage.PreparedStore | None]:
+        """The UID and the C-STORE-RQ of a sub-operation; None in its place
+        when it fails before anything is sent."""
+        if isinstance(dataset, (str, os.PathLike)):
+            # A file is opened once: its header gives the UID, its bytes are sent.
+            try:
+                dataset = dsutil.open_part10(dataset)
+            except (OSError, ValueError) as exc:
+                LOGGER.warning("C-STORE sub-operation for %s not possible: %s", dataset, exc)
+                return "", None
+        uid = sop_instance_uid(dataset)
+        session = self.session
+        if dataset is None or session is None or session.channel.end_error is not None:
+            # Nothing to send, or the (sub-)association is gone (e.g. the move
+            # destination aborted): this sub-operation fails, the others are
+            # still counted, and the final response still goes out.
+            if isinstance(dataset, dsutil.Part10File):
+                dataset.close()
+            return uid, None
+        if msg_id is not None and session.channel.is_outstanding(msg_id):
+            msg_id = None  # in use by another request of ours: take a free one
+        originator = self.originator
+        try:
+            prepared = storage.PreparedStore(
+                session,
+                dataset,
+                msg_id,
+                0,
+                originator[0] if originator else None,
+                originator[1] if originator else None,
+            )
+        except _NOT_POSSIBLE as exc:
+            LOGGER.warning("C-STORE sub-operation for %s not possible: %s", uid or "?", exc)
+            return uid, None
+        return uid, prepared
+
+    async def _exchange(self, uid: str, prepared: storage.PreparedStore, hold: bool) -> Result:
+        try:
+            response = await prepared.exchange(trace=self.trace, hold=hold)
+        except _NOT_POSSIBLE as exc:
+            LOGGER.warning("C-STORE sub-operation for %s not possible: %s", uid or "?", exc)
+            return uid, None
+        return uid, response.status if response is not None else None
 
 
-async def not_stored(dataset: Any, msg_id: int | None = None, hold: bool = False) -> tuple[str, int | None]:
-    """The sub-operation of a C-MOVE whose destination cannot take it: failed."""
-    return sop_instance_uid(dataset), None
+class NotStored:
+    """The target of a C-MOVE whose destination cannot take the instances:
+    every sub-operation fails."""
+
+    async def store(self, dataset: Any, msg_id: int | None) -> Result:
+        return sop_instance_uid(dataset), None
+
+    def start(self, dataset: Any, msg_id: int | None, done: Callable[[Result], None]) -> Awaitable[Result] | None:
+        done((sop_instance_uid(dataset), None))
+        return None
