@@ -261,14 +261,19 @@ _READ_WHOLE = 1 << 20
 def open_part10(path: str | os.PathLike[str]) -> Part10File:
     """Open a Part 10 file (read whole if small, else mapped read-only) and
     read its file meta group."""
-    # Unbuffered: the file is read in one call, no BufferedReader in between.
-    with open(path, "rb", buffering=0) as handle:
-        size = os.fstat(handle.fileno()).st_size
+    # A bare descriptor: open, fstat, one read and close are all the system
+    # calls a small file costs (a file object's readall adds two fstats, an
+    # lseek and a read that finds the end).
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        size = os.fstat(fd).st_size
         if size < 132:
             raise NotPart10Error(f"{path}: too short for a DICOM file")
         if size <= _READ_WHOLE:
-            return parse_part10(memoryview(handle.readall()), path)
-        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            return parse_part10(memoryview(_read_all(fd, size)), path)
+        mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
     view = memoryview(mapped)
     try:
         return parse_part10(view, path)
@@ -276,6 +281,24 @@ def open_part10(path: str | os.PathLike[str]) -> Part10File:
         view.release()
         mapped.close()
         raise
+
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    """The file's bytes to its end, ``size`` (its fstat size) expected: a
+    read of one byte more that comes back short has met the end (a regular
+    file reads short only there); a file that grew meanwhile is read on."""
+    data = os.read(fd, size + 1)
+    if len(data) <= size:
+        return data
+    parts = [data]
+    while True:
+        more = os.read(fd, 1 << 16)
+        if not more:
+            return b"".join(parts)
+        parts.append(more)
 
 
 # The file meta group is read from a bytes copy of at most this much of a
