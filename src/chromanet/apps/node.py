@@ -540,7 +540,7 @@ class PaletteNode:
         located = self.archive.locate(event.identifier)
         if metrics is not None:
             metrics.index_query("locate", time.perf_counter() - started)
-        items: list[Any] = [str(instance.path) for instance in located]
+        items: list[Any] = [instance.file for instance in located]
         for uid in located.missing:
             missing = Dataset()
             missing.SOPInstanceUID = uid
