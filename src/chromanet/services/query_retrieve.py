@@ -569,23 +569,28 @@ async def _suboperations(
         if retrieve.remaining - (len(flight) if flight is not None else 0) <= 0:
             LOGGER.warning("the retrieve handler yielded more datasets than it announced; ignored")
             break
-        probe = _response(retrieve.request, retrieve.field)
-        apply_handler_status(status, probe, "retrieve handler")
-        category = code_to_category(probe.status)
-        if category == STATUS_CANCEL:
-            await _settled(flight)
-            await retrieve.cancelled(dataset)
-            return
-        if category == STATUS_UNKNOWN:
-            await _settled(flight)
-            await retrieve.unknown(probe.status)
-            return
-        if category in (STATUS_FAILURE, STATUS_WARNING):
-            await _settled(flight)
-            await retrieve.stopped(probe.status, status, dataset)
-            return
-        if category == STATUS_SUCCESS:
-            break
+        probe: Command | None = None
+        if not (isinstance(status, int) and status in _PENDING):
+            # Anything but a plain Pending code (a Dataset, another code):
+            # applied to a response, whose category decides what follows and
+            # whose optional elements the Pending response borrows.
+            probe = _response(retrieve.request, retrieve.field)
+            apply_handler_status(status, probe, "retrieve handler")
+            category = code_to_category(probe.status)
+            if category == STATUS_CANCEL:
+                await _settled(flight)
+                await retrieve.cancelled(dataset)
+                return
+            if category == STATUS_UNKNOWN:
+                await _settled(flight)
+                await retrieve.unknown(probe.status)
+                return
+            if category in (STATUS_FAILURE, STATUS_WARNING):
+                await _settled(flight)
+                await retrieve.stopped(probe.status, status, dataset)
+                return
+            if category == STATUS_SUCCESS:
+                break
         if flight is not None:
             flight.start(dataset, retrieve.message_id(), probe)
             continue

@@ -87,16 +87,16 @@ class InFlight:
         self.tasks: set[asyncio.Future[Result]] = set()
         #: Completed and not yet counted: the outcome (or the task that has
         #: it) and the handler's status for the sub-operation.
-        self.done: deque[tuple[Result | asyncio.Future[Result], Command]] = deque()
+        self.done: deque[tuple[Result | asyncio.Future[Result], Command | None]] = deque()
         self.waiter: asyncio.Future[None] | None = None
 
     def __len__(self) -> int:
         """The sub-operations started and not yet counted."""
         return self.running + len(self.done)
 
-    def start(self, dataset: Any, msg_id: int | None, probe: Command) -> None:
+    def start(self, dataset: Any, msg_id: int | None, probe: Command | None) -> None:
         """Start one store; ``probe``: the handler's status for it, which
-        its Pending response borrows from."""
+        its Pending response borrows from (None: a plain Pending code)."""
         self.running += 1
         try:
             later = self.target.start(dataset, msg_id, lambda result: self._completed(result, probe))
@@ -108,7 +108,7 @@ class InFlight:
             self.tasks.add(task)
             task.add_done_callback(lambda finished: self._completed(finished, probe))
 
-    def _completed(self, outcome: Result | asyncio.Future[Result], probe: Command) -> None:
+    def _completed(self, outcome: Result | asyncio.Future[Result], probe: Command | None) -> None:
         self.running -= 1
         if isinstance(outcome, asyncio.Future):
             self.tasks.discard(outcome)
