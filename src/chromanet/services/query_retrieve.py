@@ -22,7 +22,9 @@ more than one operation (PS3.7 D.3.3.3): then up to that many are
 outstanding at once, the handler is asked for its next data set only when
 there is room, and each Pending response counts the sub-operations whose
 responses arrived. Whatever ends the retrieve (the handler's last status,
-a C-CANCEL) waits for the outstanding ones first.
+a C-CANCEL) waits for the outstanding ones first. The sub-operations, their
+counts and responses are ``suboperations.py``'s; this module gets the
+handler's destination and number.
 
 A status is an int or a Dataset holding (0000,0900) and optional elements.
 Datasets to send may be pydicom Datasets, Part 10 images (bytes) or Part 10
@@ -64,12 +66,10 @@ from chromanet.services.answers import Exhausted, HandlerResults, apply_handler_
 from chromanet.services.base import ServiceSession, response_to
 from chromanet.services.handler_threads import ThreadedResults
 from chromanet.services.observe import OperationRecord
-from chromanet.services.suboperations import InFlight, NotStored, StoreTarget, Target, suboperation_window
+from chromanet.services.suboperations import NotStored, Retrieve, StoreTarget, Target, run_suboperations, suboperation_window
 from chromanet.status import (
     STATUS_CANCEL,
     STATUS_FAILURE,
-    STATUS_SUCCESS,
-    STATUS_UNKNOWN,
     STATUS_WARNING,
     Status,
     code_to_category,
@@ -376,119 +376,6 @@ def _answer_find(sender: _Sender, request: Command, message: IncomingMessage, st
 
 
 # ------------------------------------------------------- C-GET and C-MOVE
-class _Retrieve:
-    """Sub-operation bookkeeping shared by C-GET and C-MOVE."""
-
-    def __init__(self, request: Command, field: int, sender: _Sender, total: int) -> None:
-        self.request = request
-        self.field = field
-        self.sender = sender
-        self.total = total
-        self.remaining = total
-        self.completed = 0
-        self.failed = 0
-        self.warning = 0
-        self.failed_uids: list[str] = []
-        self.attempts = 0
-        self.trace = sender.trace
-        #: Error Comment of a final response with failures (LO: <= 64 characters).
-        self.comment: str | None = None
-
-    def _counted(self, status: int, *, remaining: bool) -> Command:
-        response = _response(self.request, self.field, status)
-        if remaining:
-            response.number_of_remaining_suboperations = self.remaining
-        response.number_of_completed_suboperations = self.completed
-        response.number_of_failed_suboperations = self.failed
-        response.number_of_warning_suboperations = self.warning
-        return response
-
-    def _failed_list(self, given: Any = None) -> bytes:
-        """The identifier of a final (or Cancel) response: the handler's own
-        Dataset when it holds a Failed SOP Instance UID List, else the list
-        of the sub-operations that failed (PS3.4 C.4.2.1.7), as pynetdicom
-        does."""
-        if isinstance(given, Dataset) and "FailedSOPInstanceUIDList" in given:
-            try:
-                return self.sender.encode(given)
-            except Exception as exc:
-                LOGGER.warning("the retrieve handler's Failed SOP Instance UID List failed to encode: %s", exc)
-        ds = Dataset()
-        ds.FailedSOPInstanceUIDList = list(self.failed_uids)
-        return self.sender.encode(ds)
-
-    def record(self, sop_instance_uid: str, store_status: int | None) -> None:
-        self.remaining -= 1
-        category = code_to_category(store_status) if store_status is not None else STATUS_FAILURE
-        if category == STATUS_SUCCESS:
-            self.completed += 1
-        elif category == STATUS_WARNING:
-            self.warning += 1
-        else:
-            self.failed += 1
-            self.failed_uids.append(sop_instance_uid)
-        if self.trace is not None:
-            self.trace.note_suboperation(sop_instance_uid, category in (STATUS_SUCCESS, STATUS_WARNING))
-
-    async def pending(self, given: Command | None = None) -> None:
-        """A Pending response with the counts; ``given`` (the handler's
-        status for this sub-operation, applied to a response) lends it its
-        Error Comment, Error ID and Offending Element, as in pynetdicom."""
-        response = self._counted(PENDING, remaining=True)
-        if given is not None:
-            response.error_comment = given.error_comment
-            response.error_id = given.error_id
-            response.offending_element = given.offending_element
-        await self.sender.send(response)
-
-    async def unknown(self, status: int) -> None:
-        """The handler yielded a status no category knows: it ends the
-        operation as it is, without an identifier (pynetdicom does this)."""
-        self.failed += 1
-        await self.sender.send(self._counted(status, remaining=True))
-
-    def message_id(self) -> int | None:
-        """The Message ID of the next C-STORE sub-operation: the C-GET or
-        C-MOVE request's plus the sub-operation's number, past 65535 from 1
-        again, as pynetdicom numbers them."""
-        self.attempts += 1
-        if self.request.message_id is None:
-            return None
-        value = self.request.message_id + self.attempts
-        return value - 65535 if value > 65535 else value
-
-    async def cancelled(self, given: Any = None) -> None:
-        await self.sender.send(self._counted(CANCEL, remaining=True), self._failed_list(given))
-
-    async def stopped(self, status: int, given: Any, identifier: Any = None) -> None:
-        """The handler yielded a final Failure or Warning status (``given``,
-        with ``identifier`` next to it): what was not done counts as
-        failed."""
-        self.failed += self.remaining
-        self.remaining = 0
-        response = self._counted(status, remaining=False)
-        apply_handler_status(given, response, "retrieve handler")
-        response.status = status
-        await self.sender.send(response, self._failed_list(identifier))
-
-    async def finished(self) -> None:
-        """The final response once the handler has nothing more to yield (or
-        yielded Success). Sub-operations it announced but never yielded are
-        not counted: they were not attempted (pynetdicom does the same);
-        0xA702 when every announced one failed, 0xB000 when some failed or
-        had a warning."""
-        self.remaining = 0
-        if not self.failed and not self.warning:
-            await self.sender.send(self._counted(SUCCESS, remaining=False))
-        else:
-            # 0xA702 only when every announced sub-operation failed (pynetdicom).
-            all_failed = self.failed == self.total
-            response = self._counted(SUBOPERATIONS_IMPOSSIBLE if all_failed else SUBOPERATIONS_WITH_FAILURES, remaining=False)
-            if self.comment:
-                response.error_comment = self.comment[:64]
-            await self.sender.send(response, self._failed_list())
-
-
 class _EarlyStatus(Exception):
     """The handler yielded a status Dataset where the destination or the
     number was due: the operation ends with that status (a chromanet
@@ -517,98 +404,15 @@ async def _count(results: Results) -> int:
 
 
 async def _run_suboperations(
-    retrieve: _Retrieve,
+    retrieve: Retrieve,
     results: Results,
     message: IncomingMessage,
     target: Target,
     raised_status: int,
     window: int = 1,
 ) -> None:
-    """Iterate the handler's (status, dataset) results, storing each pending
-    dataset with ``target`` (``StoreTarget``: a C-STORE sub-operation on
-    an association; ``NotStored``: failed); up to ``window`` of those stores
-    outstanding at once (``InFlight``, their requests held to share writes),
-    one after the other when it is 1."""
     _batched(results, _RETRIEVE_BATCH)
-    flight = InFlight(retrieve, window, target) if window > 1 else None
-    try:
-        await _suboperations(retrieve, results, message, target, raised_status, flight)
-    finally:
-        if flight is not None:
-            await flight.discard()
-
-
-async def _suboperations(
-    retrieve: _Retrieve,
-    results: Results,
-    message: IncomingMessage,
-    target: Target,
-    raised_status: int,
-    flight: InFlight | None,
-) -> None:
-    # Whatever ends the retrieve early first waits for the sub-operations
-    # still outstanding (``settled``): the final response counts them all.
-    while True:
-        if flight is not None:
-            # Room for one more; the handler is asked for its next result
-            # only then, so a lazy generator runs no further ahead.
-            await flight.settle(flight.window - 1)
-        if message.cancelled:
-            await _settled(flight)
-            await retrieve.cancelled()
-            return
-        try:
-            status, dataset = await results.next()
-        except Exhausted:
-            break
-        except Exception:
-            LOGGER.exception("exception in the retrieve handler")
-            await _settled(flight)
-            await retrieve.stopped(raised_status, raised_status)
-            return
-        if retrieve.remaining - (len(flight) if flight is not None else 0) <= 0:
-            LOGGER.warning("the retrieve handler yielded more datasets than it announced; ignored")
-            break
-        probe: Command | None = None
-        if not (isinstance(status, int) and status in _PENDING):
-            # Anything but a plain Pending code (a Dataset, another code):
-            # applied to a response, whose category decides what follows and
-            # whose optional elements the Pending response borrows.
-            probe = _response(retrieve.request, retrieve.field)
-            apply_handler_status(status, probe, "retrieve handler")
-            category = code_to_category(probe.status)
-            if category == STATUS_CANCEL:
-                await _settled(flight)
-                await retrieve.cancelled(dataset)
-                return
-            if category == STATUS_UNKNOWN:
-                await _settled(flight)
-                await retrieve.unknown(probe.status)
-                return
-            if category in (STATUS_FAILURE, STATUS_WARNING):
-                await _settled(flight)
-                await retrieve.stopped(probe.status, status, dataset)
-                return
-            if category == STATUS_SUCCESS:
-                break
-        if flight is not None:
-            flight.start(dataset, retrieve.message_id(), probe)
-            continue
-        uid, store_status = await target.store(dataset, retrieve.message_id())
-        retrieve.record(uid, store_status)
-        # A Pending response after every sub-operation, the last one
-        # (Remaining 0) included, as pynetdicom sends them.
-        await retrieve.pending(probe)
-    await _settled(flight)
-    if message.cancelled and retrieve.remaining > 0:
-        await retrieve.cancelled()
-        return
-    await retrieve.finished()
-
-
-async def _settled(flight: InFlight | None) -> None:
-    if flight is not None:
-        await flight.settle(0)
+    await run_suboperations(retrieve, results, message, target, raised_status, window)
 
 
 async def serve_get(session: ServiceSession, message: IncomingMessage) -> None:
@@ -630,7 +434,7 @@ async def serve_get(session: ServiceSession, message: IncomingMessage) -> None:
             return
         if not await _check_total(sender, request, _dimse.C_GET_RSP, total):
             return
-        retrieve = _Retrieve(request, _dimse.C_GET_RSP, sender, total)
+        retrieve = Retrieve(request, _dimse.C_GET_RSP, sender, total)
         await _run_suboperations(
             retrieve,
             results,
@@ -739,7 +543,7 @@ async def serve_move(session: ServiceSession, message: IncomingMessage) -> None:
             message.trace.move_destination_address = (address, port)
         opener = session.open_sub_association
         sub_assoc = await opener(address, port, request.move_destination, kwargs) if opener is not None else None
-        retrieve = _Retrieve(request, _dimse.C_MOVE_RSP, sender, total)
+        retrieve = Retrieve(request, _dimse.C_MOVE_RSP, sender, total)
         if sub_assoc is None or not sub_assoc.is_established:
             # A known destination that cannot take the instances (unreachable,
             # the association refused, or accepted with no context for them):
