@@ -310,6 +310,10 @@ _LONG_META_VRS = frozenset((b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"))
 # The file meta elements read: Media Storage SOP Class UID, SOP Instance
 # UID, Transfer Syntax UID.
 _META_READ = frozenset((0x0002, 0x0003, 0x0010))
+# An explicit VR little endian element header: group, element, VR and the
+# 2-byte length (the 4-byte one of a long VR follows two reserved bytes).
+_META_ELEMENT = struct.Struct("<HH2sH")
+_LONG_LENGTH = struct.Struct("<I")
 
 
 def parse_part10(view: memoryview, path: str | os.PathLike[str] | None = None) -> Part10File:
@@ -344,19 +348,19 @@ def _file_meta_values(head: bytes, partial: bool, path: Any) -> tuple[int, dict[
     size = len(head)
     values: dict[int, bytes] = {}
     offset = 132
+    element_at = _META_ELEMENT.unpack_from
     while offset + 8 <= size:
-        if head[offset] != 0x02 or head[offset + 1] != 0x00:
+        group, element, vr, length = element_at(head, offset)
+        if group != 0x0002:
             break  # the first element after the group 0002
-        element = head[offset + 2] | head[offset + 3] << 8
-        if head[offset + 4 : offset + 6] in _LONG_META_VRS:
+        if vr in _LONG_META_VRS:
             if offset + 12 > size:
                 if partial:
                     return None
                 raise NotPart10Error(f"{path or 'data'}: truncated file meta")
-            length = int.from_bytes(head[offset + 8 : offset + 12], "little")
+            (length,) = _LONG_LENGTH.unpack_from(head, offset + 8)
             start = offset + 12
         else:
-            length = head[offset + 6] | head[offset + 7] << 8
             start = offset + 8
         if start + length > size:
             if partial:
