@@ -35,6 +35,7 @@ from chromanet._dimse import Command
 from chromanet.errors import ChromanetError
 from chromanet.logutil import peer_log
 from chromanet.status import Status
+from chromanet.ul.connection import PACING_SLICE
 from chromanet.ul.upper_layer import NotEstablishedError
 from chromanet.ul.acse import AssociationAborted, AssociationClosed, AssociationControl
 
@@ -291,6 +292,34 @@ class ResponseStream:
                 DimseTimeout(f"no response to message {self.message_id} within {self.timeout} s"))
 
 
+class _OneResponse(ResponseStream):
+    """The one response to a request sent by ``DimseChannel.start_request``:
+    whatever ends the wait (the response, the association's end, the DIMSE
+    timeout) goes to the channel's ``_answered`` at once, from the callback
+    that brings it; no future and no task waits for it."""
+
+    __slots__ = ("channel", "done")
+
+    def __init__(
+        self,
+        channel: DimseChannel,
+        message_id: int,
+        done: Callable[[IncomingMessage | BaseException], None],
+    ) -> None:
+        super().__init__(message_id, channel._loop, channel.dimse_timeout, channel._wait_watch)
+        self.channel = channel
+        self.done: Callable[[IncomingMessage | BaseException], None] | None = done
+
+    def _push(self, message: IncomingMessage) -> None:
+        self.channel._answered(self, message)
+
+    def _fail(self, exc: BaseException) -> None:
+        self.channel._answered(self, _fresh(exc))
+
+    def time_out(self) -> None:
+        self.channel._answered(self, DimseTimeout(f"no response to message {self.message_id} within {self.timeout} s"))
+
+
 RequestHandler = Callable[["DimseChannel", IncomingMessage], "Awaitable[None] | None"]
 
 
@@ -496,6 +525,62 @@ class DimseChannel:
                 self.close_request(stream)
         finally:
             self.release_slot()
+
+    def start_request(
+        self,
+        context_id: int,
+        command: Command,
+        dataset: Any,
+        done: Callable[[IncomingMessage | BaseException], None],
+        *,
+        hold: bool = False,
+    ) -> bool:
+        """Send a request that has exactly one response now, and call
+        ``done`` once, on the loop, with that response, or with the
+        exception that ended the wait (the association's end,
+        DimseTimeout): ``request`` without a task or a future per request,
+        for many requests outstanding at once (C-STORE sub-operations in a
+        window). ``hold``: as for ``request``.
+
+        False, and nothing sent, when the request cannot go out at once:
+        no room now in the window we may invoke, a data set large enough to
+        be paced out, the transport's buffer full, or the association
+        ended; ``request`` then does it (waiting for each of those)."""
+        if self.end_error is not None or self.ul.writing_paused:
+            return False
+        if dataset is not None and memoryview(dataset).nbytes > PACING_SLICE:
+            return False
+        if not self.try_acquire_slot():
+            return False
+        if command.message_id is None:
+            command.message_id = self.next_message_id()
+        stream = _OneResponse(self, command.message_id, done)
+        self._pending[command.message_id] = stream
+        try:
+            self.ul.send_message(context_id, command, dataset, hold=hold)
+        except BaseException:
+            del self._pending[command.message_id]
+            self.release_slot()
+            raise
+        if self.dimse_hook is not None:  # EVT_DIMSE_SENT bound
+            self.dimse_hook(True, context_id, command, dataset)
+        if self.dimse_timeout is not None:
+            stream.deadline = self._loop.time() + self.dimse_timeout
+            self._wait_watch.add(stream, stream.deadline)
+        return True
+
+    def _answered(self, stream: _OneResponse, outcome: IncomingMessage | BaseException) -> None:
+        """The wait of a ``start_request`` is over: forget the request, give
+        its slot back, then tell its caller (once)."""
+        done = stream.done
+        if done is None:
+            return
+        stream.done = None
+        if self._pending.get(stream.message_id) is stream:
+            del self._pending[stream.message_id]
+        self._wait_watch.waits.discard(stream)
+        self.release_slot()
+        done(outcome)
 
     # ------------------------------------------------------------ receiving
     def on_message(self, message: DimseMessage) -> None:

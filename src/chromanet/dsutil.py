@@ -261,14 +261,19 @@ _READ_WHOLE = 1 << 20
 def open_part10(path: str | os.PathLike[str]) -> Part10File:
     """Open a Part 10 file (read whole if small, else mapped read-only) and
     read its file meta group."""
-    # Unbuffered: the file is read in one call, no BufferedReader in between.
-    with open(path, "rb", buffering=0) as handle:
-        size = os.fstat(handle.fileno()).st_size
+    # A bare descriptor: open, fstat, one read and close are all the system
+    # calls a small file costs (a file object's readall adds two fstats, an
+    # lseek and a read that finds the end).
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        size = os.fstat(fd).st_size
         if size < 132:
             raise NotPart10Error(f"{path}: too short for a DICOM file")
         if size <= _READ_WHOLE:
-            return parse_part10(memoryview(handle.readall()), path)
-        mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            return parse_part10(memoryview(_read_all(fd, size)), path)
+        mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)
     view = memoryview(mapped)
     try:
         return parse_part10(view, path)
@@ -276,6 +281,24 @@ def open_part10(path: str | os.PathLike[str]) -> Part10File:
         view.release()
         mapped.close()
         raise
+
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    """The file's bytes to its end, ``size`` (its fstat size) expected: a
+    read of one byte more that comes back short has met the end (a regular
+    file reads short only there); a file that grew meanwhile is read on."""
+    data = os.read(fd, size + 1)
+    if len(data) <= size:
+        return data
+    parts = [data]
+    while True:
+        more = os.read(fd, 1 << 16)
+        if not more:
+            return b"".join(parts)
+        parts.append(more)
 
 
 # The file meta group is read from a bytes copy of at most this much of a
@@ -287,6 +310,10 @@ _LONG_META_VRS = frozenset((b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN"))
 # The file meta elements read: Media Storage SOP Class UID, SOP Instance
 # UID, Transfer Syntax UID.
 _META_READ = frozenset((0x0002, 0x0003, 0x0010))
+# An explicit VR little endian element header: group, element, VR and the
+# 2-byte length (the 4-byte one of a long VR follows two reserved bytes).
+_META_ELEMENT = struct.Struct("<HH2sH")
+_LONG_LENGTH = struct.Struct("<I")
 
 
 def parse_part10(view: memoryview, path: str | os.PathLike[str] | None = None) -> Part10File:
@@ -321,19 +348,19 @@ def _file_meta_values(head: bytes, partial: bool, path: Any) -> tuple[int, dict[
     size = len(head)
     values: dict[int, bytes] = {}
     offset = 132
+    element_at = _META_ELEMENT.unpack_from
     while offset + 8 <= size:
-        if head[offset] != 0x02 or head[offset + 1] != 0x00:
+        group, element, vr, length = element_at(head, offset)
+        if group != 0x0002:
             break  # the first element after the group 0002
-        element = head[offset + 2] | head[offset + 3] << 8
-        if head[offset + 4 : offset + 6] in _LONG_META_VRS:
+        if vr in _LONG_META_VRS:
             if offset + 12 > size:
                 if partial:
                     return None
                 raise NotPart10Error(f"{path or 'data'}: truncated file meta")
-            length = int.from_bytes(head[offset + 8 : offset + 12], "little")
+            (length,) = _LONG_LENGTH.unpack_from(head, offset + 8)
             start = offset + 12
         else:
-            length = head[offset + 6] | head[offset + 7] << 8
             start = offset + 8
         if start + length > size:
             if partial:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -30,7 +31,7 @@ from chromanet.association import _with_move_window
 from chromanet.pdu_primitives import AsynchronousOperationsWindowNegotiation
 from chromanet.status import STATUS_FAILURE, Status, code_to_category
 from helpers.qr import GET, MOVE, UIDS, StoreLog, qr_association, qr_scu_ae, statuses
-from helpers.rawpeer import RawRetrieveScu
+from helpers.rawpeer import RawRetrieveScu, recv_raw_pdu
 from helpers.waits import WAIT_TIMEOUT
 
 pytestmark = pytest.mark.timeout(120)
@@ -252,6 +253,63 @@ def test_get_lazy_handler_is_read_no_further_than_the_window(make_qr_scp, palett
     assert outcome.final.status == 0x0000
     assert counts[0] == WINDOW
     assert counts == [WINDOW, len(UIDS)]
+
+
+def test_get_pipelined_dimse_timeout_aborts(make_qr_scp, palettes):
+    """Sub-operations outstanding that the SCU never answers: once the
+    DIMSE timeout has passed the SCP aborts the association (A-ABORT), as
+    one at a time."""
+    scp = make_qr_scp([(evt.EVT_C_GET, get_handler(palettes))], async_ops_window=PIPELINED, dimse_timeout=0.5)
+    scu = RawRetrieveScu(scp.port, RAW_WINDOW)
+    try:
+        command = _dimse.Command(
+            _dimse.C_GET_RQ, affected_sop_class_uid=GET, message_id=7, priority=2,
+            command_data_set_type=_dimse.DATASET_PRESENT,
+        )  # fmt: skip
+        scu.send(1, command, dsutil.encode_dataset(query(UIDS), uids.ExplicitVRLittleEndian))
+        stores = []
+        while len(stores) < WINDOW:
+            message = scu.next_message(WAIT_TIMEOUT)
+            assert message is not None, "fewer C-STORE-RQs than the window"
+            if message.command.command_field == _dimse.C_STORE_RQ:
+                stores.append(message.command.affected_sop_instance_uid)
+        assert stores == UIDS[:WINDOW]
+        scu.sock.settimeout(WAIT_TIMEOUT)
+        pdu_type, _ = recv_raw_pdu(scu.sock)
+        assert pdu_type == 0x07  # A-ABORT, nothing more sent before it
+    finally:
+        scu.close()
+
+
+def test_get_pipelined_large_files_give_the_sequential_result(make_qr_scp, palettes, tmp_path):
+    """Data sets over a MiB (mapped, paced out in slices): pipelined, the
+    same result as one at a time, with the chromanet SCU."""
+    big = {}
+    for uid, ds in palettes.items():
+        copy = ds.copy()
+        copy.private_block(0x0009, "CHROMANET TEST", create=True).add_new(0x10, "OB", bytes(3 << 19))
+        path = tmp_path / f"{uid}.dcm"
+        copy.save_as(path, enforce_file_format=True)
+        big[uid] = SimpleNamespace(filename=str(path))
+    results = {}
+    for name, window in (("sequential", SEQUENTIAL), ("pipelined", PIPELINED)):
+        scp = make_qr_scp([(evt.EVT_C_GET, get_handler(big))], async_ops_window=window)
+        overlap = Overlap(WINDOW if window == PIPELINED else 1)
+        proposed = AsynchronousOperationsWindowNegotiation()
+        proposed.maximum_number_operations_invoked = 1
+        proposed.maximum_number_operations_performed = 2 * WINDOW
+        assoc = qr_scu_ae().associate(
+            "127.0.0.1", scp.port, ae_title="QRSCP", ext_neg=[proposed], evt_handlers=[(evt.EVT_C_STORE, overlap.handle)]
+        )
+        assert assoc.is_established
+        try:
+            responses = list(assoc.send_c_get(query(UIDS), GET))
+        finally:
+            assoc.release()
+        results[name] = (statuses(responses), sorted(overlap.uids), int(responses[-1][0].NumberOfCompletedSuboperations))
+        if window == PIPELINED:
+            assert 1 < overlap.most <= WINDOW
+    assert results["pipelined"] == results["sequential"] == ([0xFF00] * len(UIDS) + [0x0000], UIDS, len(UIDS))
 
 
 class Overlap:

@@ -3,7 +3,10 @@ writes it without pydicom's writer for what ``build_file_meta`` makes (once
 per received C-STORE): the same bytes as pydicom's ``write_file_meta_info``
 (group length first, tags ascending, explicit VR little endian, UI values
 padded with NUL and SH with a space to an even length, PS3.5 6.2); any
-other file meta group is still written by pydicom."""
+other file meta group is still written by pydicom. Read back by
+``parse_part10`` (any group length; a lying or cut one refused) and by
+``open_part10`` from a file: read whole when small, mapped when large, and
+to its end even when it grew after its size was taken."""
 
 from __future__ import annotations
 
@@ -84,3 +87,42 @@ def test_a_lying_or_cut_file_meta_group_is_refused(holder: type) -> None:
     cut_before_syntax = no_syntax[: no_syntax.index(b"\x02\x00\x10\x00")]
     with pytest.raises(dsutil.NotPart10Error, match="Transfer Syntax"):
         dsutil.parse_part10(memoryview(holder(cut_before_syntax)))
+
+
+# ------------------------------------------------------------ from a file
+def test_open_part10_reads_a_small_file_whole_and_a_large_one_mapped(tmp_path) -> None:
+    small = _file_with_private_meta(100)
+    large = _file_with_private_meta(100)[: -len(_DATASET)] + b"\x09\x00\x10\x00OB\x00\x00" + (
+        (1 << 20).to_bytes(4, "little") + b"\x01" * (1 << 20))  # fmt: skip
+    for data, mapped in ((small, False), (large, True)):
+        path = tmp_path / "f.dcm"
+        path.write_bytes(data)
+        part = dsutil.open_part10(path)
+        try:
+            assert (part.path, part.sop_instance_uid) == (path, "1.2.3.4")
+            assert bytes(part.data) == data
+            assert (type(part.data.obj).__name__ == "mmap") == mapped
+        finally:
+            part.close()
+    path.write_bytes(small[:131])
+    with pytest.raises(dsutil.NotPart10Error, match="too short"):
+        dsutil.open_part10(path)
+    with pytest.raises(FileNotFoundError):
+        dsutil.open_part10(tmp_path / "missing.dcm")
+
+
+def test_a_file_that_grew_since_its_size_was_taken_is_read_to_its_end(tmp_path) -> None:
+    import os
+
+    path = tmp_path / "grown"
+    path.write_bytes(b"x" * 5000)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert dsutil._read_all(fd, 300) == b"x" * 5000  # fstat said 300 bytes
+    finally:
+        os.close(fd)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert dsutil._read_all(fd, 5000) == b"x" * 5000
+    finally:
+        os.close(fd)

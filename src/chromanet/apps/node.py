@@ -561,7 +561,7 @@ class PaletteNode:
     def _items(self, located: Any) -> Iterator[Any]:
         for start in range(0, len(located), _READ_BATCH):
             chunk = located[start : start + _READ_BATCH]
-            in_index = [instance.sop_instance_uid for instance in chunk if instance.path is None]
+            in_index = [instance.sop_instance_uid for instance in chunk if instance.file is None]
             read: dict[str, bytes] = {}
             if in_index:
                 try:
@@ -569,8 +569,8 @@ class PaletteNode:
                 except ArchiveError:
                     pass
             for instance in chunk:
-                if instance.path is not None:
-                    yield str(instance.path)
+                if instance.file is not None:
+                    yield instance.file
                 else:
                     data = read.get(instance.sop_instance_uid)
                     yield data if data is not None else _uid_only(instance.sop_instance_uid)

@@ -415,6 +415,19 @@ def _elements(identifier: Dataset) -> list[Any]:
     return out
 
 
+def _element(identifier: Dataset, tag: int) -> Any:
+    """The element ``tag`` of the identifier (None when absent), read as
+    ``_elements`` reads it: a simple raw one without pydicom's conversion."""
+    if tag not in identifier:
+        return None
+    held = identifier.get_item(tag)
+    if type(held) is RawDataElement:
+        plain = _plain(held, tag)
+        if plain is not None:
+            return plain
+    return identifier[tag]
+
+
 def _first(pair: tuple[int, Any]) -> int:
     return pair[0]
 
@@ -578,18 +591,18 @@ def retrieve_uids(identifier: Dataset) -> list[str]:
             "Query/Retrieve Level shall not be present (PS3.4 X.4.2)",
             [QUERY_RETRIEVE_LEVEL],
         )
-    extra = [
-        int(elem.tag)
-        for elem in identifier
-        if int(elem.tag) not in (SOP_INSTANCE_UID, SPECIFIC_CHARACTER_SET) and (int(elem.tag) & 0xFFFF) != 0
-    ]
+    # By tag: iterating the Dataset would have pydicom convert every
+    # element, a list of a thousand UIDs included (each checked by a regex).
+    extra = sorted(
+        int(tag) for tag in identifier.keys() if int(tag) not in (SOP_INSTANCE_UID, SPECIFIC_CHARACTER_SET) and (int(tag) & 0xFFFF) != 0
+    )
     if extra:
         raise IdentifierError(
             IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS,
             "only SOP Instance UID may be a key (no relational retrieve)",
             extra,
         )
-    elem = identifier.get(SOP_INSTANCE_UID)
+    elem = _element(identifier, SOP_INSTANCE_UID)
     wanted = [u for u in (_uid(v) for v in _values(elem))] if elem is not None else []
     if not wanted or not all(wanted):
         raise IdentifierError(

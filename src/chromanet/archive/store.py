@@ -194,14 +194,19 @@ class ArchiveBusyError(ChromanetError):
 @dataclass(frozen=True, slots=True)
 class StoredInstance:
     """One stored Part 10 file, as C-GET / C-MOVE send it (bytes untouched):
-    at ``path``, or, when ``path`` is None, kept in the index
-    (``PaletteArchive.read_many``)."""
+    at ``file`` (its path as a string, what a retrieve opens: a ``Path``
+    per instance cost a C-GET of a thousand more than its index query), or,
+    when ``file`` is None, kept in the index (``PaletteArchive.read_many``)."""
 
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax: str
-    path: Path | None
+    file: str | None
     size: int
+
+    @property
+    def path(self) -> Path | None:
+        return None if self.file is None else Path(self.file)
 
 
 class LocateResult(list[StoredInstance]):
@@ -494,9 +499,9 @@ class PaletteArchive:
             )
         except sqlite3.Error as exc:
             raise m.ArchiveError(UNABLE_TO_PROCESS, f"index query failed: {exc}") from exc
-        files = self.files_dir
+        directory = os.path.join(self.files_dir, "")
         found = {
-            uid: StoredInstance(cls, uid, ts, None if name is None else files / name, size)
+            uid: StoredInstance(cls, uid, ts, None if name is None else directory + name, size)
             for uid, cls, ts, name, size in rows
         }
         result = LocateResult(found[u] for u in wanted if u in found)
@@ -508,12 +513,12 @@ class PaletteArchive:
         row = self.index.get(sop_instance_uid)
         if row is None:
             return None
-        path = None if row.file_name is None else self.files_dir / row.file_name
-        return StoredInstance(row.sop_class_uid, row.sop_instance_uid, row.transfer_syntax, path, row.size)
+        file = None if row.file_name is None else str(self.files_dir / row.file_name)
+        return StoredInstance(row.sop_class_uid, row.sop_instance_uid, row.transfer_syntax, file, row.size)
 
     def read_many(self, sop_instance_uids: list[str]) -> dict[str, bytes]:
         """The Part 10 bytes of those instances that are kept in the index
-        (``StoredInstance.path`` None), in one query. Raises ArchiveError
+        (``StoredInstance.file`` None), in one query. Raises ArchiveError
         (0xC000) when the index cannot be read."""
         try:
             return self.index.read_data(sop_instance_uids)

@@ -211,6 +211,27 @@ class ServiceSession:
             return None
         return response.command
 
+    def start_exchange(
+        self, context_id: int, command: Command, dataset: Any, done: Callable[[Command | None], None], *, hold: bool = False
+    ) -> bool:
+        """``exchange`` without a task: the request goes out now and
+        ``done`` gets its response command, or None as from ``exchange``
+        (a DIMSE timeout aborts the association here too). False, with
+        nothing sent, when the request cannot go at once
+        (``DimseChannel.start_request``): ``exchange`` it instead."""
+
+        def answered(outcome: IncomingMessage | BaseException) -> None:
+            if isinstance(outcome, IncomingMessage):
+                done(outcome.command)
+                return
+            if isinstance(outcome, DimseTimeout):
+                peer_log(LOGGER, logging.WARNING, self.peer_host,
+                         "DIMSE timeout waiting for %s: aborting the association", self.peer_host or "the peer")
+                self.channel.abort()
+            done(None)
+
+        return self.channel.start_request(context_id, command, dataset, answered, hold=hold)
+
 
 #: An SCP operation: serve one request (sync: return None; or a coroutine).
 ServeFunction = Callable[[ServiceSession, IncomingMessage], "Awaitable[None] | None"]

@@ -22,7 +22,9 @@ more than one operation (PS3.7 D.3.3.3): then up to that many are
 outstanding at once, the handler is asked for its next data set only when
 there is room, and each Pending response counts the sub-operations whose
 responses arrived. Whatever ends the retrieve (the handler's last status,
-a C-CANCEL) waits for the outstanding ones first.
+a C-CANCEL) waits for the outstanding ones first. The sub-operations, their
+counts and responses are ``suboperations.py``'s; this module gets the
+handler's destination and number.
 
 A status is an int or a Dataset holding (0000,0900) and optional elements.
 Datasets to send may be pydicom Datasets, Part 10 images (bytes) or Part 10
@@ -50,8 +52,6 @@ import asyncio
 import inspect
 import ipaddress
 import logging
-import os
-from collections import deque
 from typing import Any, AsyncIterator, Awaitable
 
 from pydicom import Dataset
@@ -66,11 +66,10 @@ from chromanet.services.answers import Exhausted, HandlerResults, apply_handler_
 from chromanet.services.base import ServiceSession, response_to
 from chromanet.services.handler_threads import ThreadedResults
 from chromanet.services.observe import OperationRecord
+from chromanet.services.suboperations import NotStored, Retrieve, StoreTarget, Target, run_suboperations, suboperation_window
 from chromanet.status import (
     STATUS_CANCEL,
     STATUS_FAILURE,
-    STATUS_SUCCESS,
-    STATUS_UNKNOWN,
     STATUS_WARNING,
     Status,
     code_to_category,
@@ -108,9 +107,6 @@ _FIND_BATCH = 64
 # produces more (~200 bytes a pending response with a small identifier).
 _WRITE_AHEAD = 32 * 1024
 _RETRIEVE_BATCH = 8
-# C-STORE sub-operations outstanding at once on an association whose
-# window lets us invoke any number (0, unlimited).
-_UNLIMITED_IN_FLIGHT = 64
 
 Results = HandlerResults | ThreadedResults
 
@@ -380,119 +376,6 @@ def _answer_find(sender: _Sender, request: Command, message: IncomingMessage, st
 
 
 # ------------------------------------------------------- C-GET and C-MOVE
-class _Retrieve:
-    """Sub-operation bookkeeping shared by C-GET and C-MOVE."""
-
-    def __init__(self, request: Command, field: int, sender: _Sender, total: int) -> None:
-        self.request = request
-        self.field = field
-        self.sender = sender
-        self.total = total
-        self.remaining = total
-        self.completed = 0
-        self.failed = 0
-        self.warning = 0
-        self.failed_uids: list[str] = []
-        self.attempts = 0
-        self.trace = sender.trace
-        #: Error Comment of a final response with failures (LO: <= 64 characters).
-        self.comment: str | None = None
-
-    def _counted(self, status: int, *, remaining: bool) -> Command:
-        response = _response(self.request, self.field, status)
-        if remaining:
-            response.number_of_remaining_suboperations = self.remaining
-        response.number_of_completed_suboperations = self.completed
-        response.number_of_failed_suboperations = self.failed
-        response.number_of_warning_suboperations = self.warning
-        return response
-
-    def _failed_list(self, given: Any = None) -> bytes:
-        """The identifier of a final (or Cancel) response: the handler's own
-        Dataset when it holds a Failed SOP Instance UID List, else the list
-        of the sub-operations that failed (PS3.4 C.4.2.1.7), as pynetdicom
-        does."""
-        if isinstance(given, Dataset) and "FailedSOPInstanceUIDList" in given:
-            try:
-                return self.sender.encode(given)
-            except Exception as exc:
-                LOGGER.warning("the retrieve handler's Failed SOP Instance UID List failed to encode: %s", exc)
-        ds = Dataset()
-        ds.FailedSOPInstanceUIDList = list(self.failed_uids)
-        return self.sender.encode(ds)
-
-    def record(self, sop_instance_uid: str, store_status: int | None) -> None:
-        self.remaining -= 1
-        category = code_to_category(store_status) if store_status is not None else STATUS_FAILURE
-        if category == STATUS_SUCCESS:
-            self.completed += 1
-        elif category == STATUS_WARNING:
-            self.warning += 1
-        else:
-            self.failed += 1
-            self.failed_uids.append(sop_instance_uid)
-        if self.trace is not None:
-            self.trace.note_suboperation(sop_instance_uid, category in (STATUS_SUCCESS, STATUS_WARNING))
-
-    async def pending(self, given: Command | None = None) -> None:
-        """A Pending response with the counts; ``given`` (the handler's
-        status for this sub-operation, applied to a response) lends it its
-        Error Comment, Error ID and Offending Element, as in pynetdicom."""
-        response = self._counted(PENDING, remaining=True)
-        if given is not None:
-            response.error_comment = given.error_comment
-            response.error_id = given.error_id
-            response.offending_element = given.offending_element
-        await self.sender.send(response)
-
-    async def unknown(self, status: int) -> None:
-        """The handler yielded a status no category knows: it ends the
-        operation as it is, without an identifier (pynetdicom does this)."""
-        self.failed += 1
-        await self.sender.send(self._counted(status, remaining=True))
-
-    def message_id(self) -> int | None:
-        """The Message ID of the next C-STORE sub-operation: the C-GET or
-        C-MOVE request's plus the sub-operation's number, past 65535 from 1
-        again, as pynetdicom numbers them."""
-        self.attempts += 1
-        if self.request.message_id is None:
-            return None
-        value = self.request.message_id + self.attempts
-        return value - 65535 if value > 65535 else value
-
-    async def cancelled(self, given: Any = None) -> None:
-        await self.sender.send(self._counted(CANCEL, remaining=True), self._failed_list(given))
-
-    async def stopped(self, status: int, given: Any, identifier: Any = None) -> None:
-        """The handler yielded a final Failure or Warning status (``given``,
-        with ``identifier`` next to it): what was not done counts as
-        failed."""
-        self.failed += self.remaining
-        self.remaining = 0
-        response = self._counted(status, remaining=False)
-        apply_handler_status(given, response, "retrieve handler")
-        response.status = status
-        await self.sender.send(response, self._failed_list(identifier))
-
-    async def finished(self) -> None:
-        """The final response once the handler has nothing more to yield (or
-        yielded Success). Sub-operations it announced but never yielded are
-        not counted: they were not attempted (pynetdicom does the same);
-        0xA702 when every announced one failed, 0xB000 when some failed or
-        had a warning."""
-        self.remaining = 0
-        if not self.failed and not self.warning:
-            await self.sender.send(self._counted(SUCCESS, remaining=False))
-        else:
-            # 0xA702 only when every announced sub-operation failed (pynetdicom).
-            all_failed = self.failed == self.total
-            response = self._counted(SUBOPERATIONS_IMPOSSIBLE if all_failed else SUBOPERATIONS_WITH_FAILURES, remaining=False)
-            if self.comment:
-                response.error_comment = self.comment[:64]
-            await self.sender.send(response, self._failed_list())
-
-
 class _EarlyStatus(Exception):
     """The handler yielded a status Dataset where the destination or the
     number was due: the operation ends with that status (a chromanet
@@ -512,17 +395,6 @@ def _early_status(value: Any) -> None:
         raise _EarlyStatus(value)
 
 
-def suboperation_window(session: ServiceSession | None) -> int:
-    """How many C-STORE sub-operations to keep outstanding at once on the
-    association of ``session``: the operations we may invoke there, as
-    negotiated (PS3.7 D.3.3.3; 1, synchronous, when no window was agreed),
-    ``_UNLIMITED_IN_FLIGHT`` when the window is unlimited (0)."""
-    if session is None:
-        return 1
-    invoked = session.channel.max_operations_invoked
-    return _UNLIMITED_IN_FLIGHT if invoked == 0 else max(1, invoked)
-
-
 async def _count(results: Results) -> int:
     value = await results.next()
     _early_status(value)
@@ -532,229 +404,15 @@ async def _count(results: Results) -> int:
 
 
 async def _run_suboperations(
-    retrieve: _Retrieve,
+    retrieve: Retrieve,
     results: Results,
     message: IncomingMessage,
-    store: Any,
+    target: Target,
     raised_status: int,
     window: int = 1,
 ) -> None:
-    """Iterate the handler's (status, dataset) results, storing each pending
-    dataset with ``store(dataset, message_id, hold) -> (sop_instance_uid,
-    status | None)``; up to ``window`` of those stores outstanding at once
-    (``_InFlight``, their requests held to share writes), one after the
-    other when it is 1."""
     _batched(results, _RETRIEVE_BATCH)
-    flight = _InFlight(retrieve, window) if window > 1 else None
-    try:
-        await _suboperations(retrieve, results, message, store, raised_status, flight)
-    finally:
-        if flight is not None:
-            await flight.discard()
-
-
-async def _suboperations(
-    retrieve: _Retrieve,
-    results: Results,
-    message: IncomingMessage,
-    store: Any,
-    raised_status: int,
-    flight: _InFlight | None,
-) -> None:
-    # Whatever ends the retrieve early first waits for the sub-operations
-    # still outstanding (``settled``): the final response counts them all.
-    while True:
-        if flight is not None:
-            # Room for one more; the handler is asked for its next result
-            # only then, so a lazy generator runs no further ahead.
-            await flight.settle(flight.window - 1)
-        if message.cancelled:
-            await _settled(flight)
-            await retrieve.cancelled()
-            return
-        try:
-            status, dataset = await results.next()
-        except Exhausted:
-            break
-        except Exception:
-            LOGGER.exception("exception in the retrieve handler")
-            await _settled(flight)
-            await retrieve.stopped(raised_status, raised_status)
-            return
-        if retrieve.remaining - (len(flight) if flight is not None else 0) <= 0:
-            LOGGER.warning("the retrieve handler yielded more datasets than it announced; ignored")
-            break
-        probe = _response(retrieve.request, retrieve.field)
-        apply_handler_status(status, probe, "retrieve handler")
-        category = code_to_category(probe.status)
-        if category == STATUS_CANCEL:
-            await _settled(flight)
-            await retrieve.cancelled(dataset)
-            return
-        if category == STATUS_UNKNOWN:
-            await _settled(flight)
-            await retrieve.unknown(probe.status)
-            return
-        if category in (STATUS_FAILURE, STATUS_WARNING):
-            await _settled(flight)
-            await retrieve.stopped(probe.status, status, dataset)
-            return
-        if category == STATUS_SUCCESS:
-            break
-        if flight is not None:
-            flight.start(store(dataset, retrieve.message_id(), True), probe)
-            continue
-        uid, store_status = await store(dataset, retrieve.message_id(), False)
-        retrieve.record(uid, store_status)
-        # A Pending response after every sub-operation, the last one
-        # (Remaining 0) included, as pynetdicom sends them.
-        await retrieve.pending(probe)
-    await _settled(flight)
-    if message.cancelled and retrieve.remaining > 0:
-        await retrieve.cancelled()
-        return
-    await retrieve.finished()
-
-
-async def _settled(flight: _InFlight | None) -> None:
-    if flight is not None:
-        await flight.settle(0)
-
-
-class _InFlight:
-    """The C-STORE sub-operations of one retrieve that are outstanding at
-    once, at most ``window`` (the asynchronous operations window we may
-    invoke on the association that carries them, PS3.7 D.3.3.3), each a
-    task. Each one that completes is counted, with its Pending response,
-    in the order the responses arrive."""
-
-    __slots__ = ("retrieve", "window", "running", "done", "waiter")
-
-    def __init__(self, retrieve: _Retrieve, window: int) -> None:
-        self.retrieve = retrieve
-        self.window = window
-        self.running: set[asyncio.Future[tuple[str, int | None]]] = set()
-        self.done: deque[tuple[asyncio.Future[tuple[str, int | None]], Command]] = deque()
-        self.waiter: asyncio.Future[None] | None = None
-
-    def __len__(self) -> int:
-        """The sub-operations started and not yet counted."""
-        return len(self.running) + len(self.done)
-
-    def start(self, operation: Awaitable[tuple[str, int | None]], probe: Command) -> None:
-        """Run ``operation`` (one store); ``probe``: the handler's status
-        for it, which its Pending response borrows from."""
-        task = asyncio.ensure_future(operation)
-        self.running.add(task)
-        task.add_done_callback(lambda done: self._completed(done, probe))
-
-    def _completed(self, task: asyncio.Future[tuple[str, int | None]], probe: Command) -> None:
-        self.running.discard(task)
-        self.done.append((task, probe))
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def settle(self, at_most: int) -> None:
-        """Count the completed sub-operations (a Pending response each),
-        waiting for more to complete while over ``at_most`` are running."""
-        retrieve = self.retrieve
-        while True:
-            while self.done:
-                task, probe = self.done.popleft()
-                uid, store_status = task.result()
-                retrieve.record(uid, store_status)
-                await retrieve.pending(probe)
-            if len(self.running) <= at_most:
-                return
-            self.waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self.waiter
-            finally:
-                self.waiter = None
-
-    async def discard(self) -> None:
-        """The retrieve is over: cancel any sub-operation still running (only
-        when it ended by an exception) and collect them all, so that no
-        task's outcome goes unread."""
-        tasks = [*self.running, *(task for task, _ in self.done)]
-        self.done.clear()
-        if not tasks:
-            return
-        for task in self.running:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _sop_instance_uid(dataset: Any) -> str:
-    if isinstance(dataset, Dataset):
-        try:
-            return dsutil.uid_of(dataset, 0x00080018)
-        except KeyError:
-            return ""
-    if isinstance(dataset, dsutil.Part10File):
-        return dataset.sop_instance_uid
-    try:
-        if isinstance(dataset, (bytes, bytearray, memoryview)):
-            return dsutil.parse_part10(memoryview(dataset)).sop_instance_uid
-        part = dsutil.open_part10(dataset)
-        uid = part.sop_instance_uid
-        part.close()
-        return uid
-    except (OSError, ValueError):
-        return ""
-
-
-async def _store_over(
-    session: ServiceSession | None,
-    dataset: Any,
-    originator: tuple[str, int] | None,
-    trace: OperationRecord | None = None,
-    msg_id: int | None = None,
-    hold: bool = False,
-) -> tuple[str, int | None]:
-    """One C-STORE sub-operation; (SOP Instance UID, response status or
-    None). ``hold``: one of several started together (``_InFlight``), whose
-    requests go out in one write."""
-    if isinstance(dataset, (str, os.PathLike)):
-        # A file is opened once: its header gives the UID, its bytes are sent.
-        try:
-            dataset = dsutil.open_part10(dataset)
-        except (OSError, ValueError) as exc:
-            LOGGER.warning("C-STORE sub-operation for %s not possible: %s", dataset, exc)
-            return "", None
-    uid = _sop_instance_uid(dataset)
-    if dataset is None or session is None or session.channel.end_error is not None:
-        # Nothing to send, or the (sub-)association is gone (e.g. the move
-        # destination aborted): this sub-operation fails, the others are
-        # still counted, and the final response still goes out.
-        if isinstance(dataset, dsutil.Part10File):
-            dataset.close()
-        return uid, None
-    if msg_id is not None and session.channel.is_outstanding(msg_id):
-        msg_id = None  # in use by another request of ours: take a free one
-    try:
-        response = await storage.store(
-            session,
-            dataset,
-            msg_id,
-            0,
-            originator[0] if originator else None,
-            originator[1] if originator else None,
-            trace=trace,
-            hold=hold,
-        )
-    except (ValueError, OSError, AttributeError, KeyError) as exc:
-        # No context for its SOP class, an unreadable file, or a Dataset
-        # without the SOP Class UID (e.g. one that names a missing instance).
-        LOGGER.warning("C-STORE sub-operation for %s not possible: %s", uid or "?", exc)
-        return uid, None
-    return uid, response.status if response is not None else None
-
-
-async def _not_stored(dataset: Any, msg_id: int | None = None, hold: bool = False) -> tuple[str, int | None]:
-    """The sub-operation of a C-MOVE whose destination cannot take it: failed."""
-    return _sop_instance_uid(dataset), None
+    await run_suboperations(retrieve, results, message, target, raised_status, window)
 
 
 async def serve_get(session: ServiceSession, message: IncomingMessage) -> None:
@@ -776,13 +434,12 @@ async def serve_get(session: ServiceSession, message: IncomingMessage) -> None:
             return
         if not await _check_total(sender, request, _dimse.C_GET_RSP, total):
             return
-        retrieve = _Retrieve(request, _dimse.C_GET_RSP, sender, total)
-        trace = message.trace
+        retrieve = Retrieve(request, _dimse.C_GET_RSP, sender, total)
         await _run_suboperations(
             retrieve,
             results,
             message,
-            lambda ds, msg_id, hold: _store_over(session, ds, None, trace, msg_id, hold),
+            StoreTarget(session, None, message.trace),
             GET_HANDLER_RAISED,
             suboperation_window(session),
         )
@@ -886,7 +543,7 @@ async def serve_move(session: ServiceSession, message: IncomingMessage) -> None:
             message.trace.move_destination_address = (address, port)
         opener = session.open_sub_association
         sub_assoc = await opener(address, port, request.move_destination, kwargs) if opener is not None else None
-        retrieve = _Retrieve(request, _dimse.C_MOVE_RSP, sender, total)
+        retrieve = Retrieve(request, _dimse.C_MOVE_RSP, sender, total)
         if sub_assoc is None or not sub_assoc.is_established:
             # A known destination that cannot take the instances (unreachable,
             # the association refused, or accepted with no context for them):
@@ -901,7 +558,7 @@ async def serve_move(session: ServiceSession, message: IncomingMessage) -> None:
             )
             peer_log(LOGGER, logging.WARNING, session.peer_host, "C-MOVE to %s:%d: %s: every sub-operation fails",
                      address, port, retrieve.comment)
-            await _run_suboperations(retrieve, results, message, _not_stored, MOVE_HANDLER_RAISED)
+            await _run_suboperations(retrieve, results, message, NotStored(), MOVE_HANDLER_RAISED)
             return
         originator = (session.peer_ae_title, request.message_id)
         destination_session = sub_assoc.service_session
@@ -909,7 +566,7 @@ async def serve_move(session: ServiceSession, message: IncomingMessage) -> None:
             retrieve,
             results,
             message,
-            lambda ds, msg_id, hold: _store_over(destination_session, ds, originator, message.trace, msg_id, hold),
+            StoreTarget(destination_session, originator, message.trace),
             MOVE_HANDLER_RAISED,
             suboperation_window(destination_session),
         )

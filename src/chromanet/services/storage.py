@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Callable
 
 from pydicom import Dataset
 
@@ -136,25 +136,79 @@ async def store(
     ValueError when no accepted context fits the SOP class or for a
     priority other than 0 (medium), 1 (high) or 2 (low); OSError for an
     unreadable file."""
-    check_priority(priority)
-    context_id, sop_class, sop_instance, payload, part10 = _prepare(session, dataset)
-    command = Command(
-        _dimse.C_STORE_RQ,
-        affected_sop_class_uid=sop_class,
-        affected_sop_instance_uid=sop_instance,
-        message_id=msg_id,
-        priority=priority,
-        command_data_set_type=_dimse.DATASET_PRESENT,
-        move_originator_application_entity_title=originator_aet,
-        move_originator_message_id=originator_id,
-    )
-    try:
-        response = await session.exchange(context_id, command, payload, hold=hold)
+    prepared = PreparedStore(session, dataset, msg_id, priority, originator_aet, originator_id)
+    return await prepared.exchange(trace=trace, hold=hold)
+
+
+class PreparedStore:
+    """One C-STORE-RQ ready to go: its context, command and data set bytes
+    (a file opened for it is closed once its response came, or none will).
+    ``store`` sends it and waits; a pipelined sub-operation starts it
+    (``start``) and is called back. Raises as ``store`` does."""
+
+    __slots__ = ("session", "context_id", "command", "payload", "part10")
+
+    def __init__(
+        self,
+        session: ServiceSession,
+        dataset: Any,
+        msg_id: int | None,
+        priority: int,
+        originator_aet: str | None,
+        originator_id: int | None,
+    ) -> None:
+        check_priority(priority)
+        context_id, sop_class, sop_instance, payload, part10 = _prepare(session, dataset)
+        self.session = session
+        self.context_id = context_id
+        self.payload = payload
+        self.part10 = part10
+        self.command = Command(
+            _dimse.C_STORE_RQ,
+            affected_sop_class_uid=sop_class,
+            affected_sop_instance_uid=sop_instance,
+            message_id=msg_id,
+            priority=priority,
+            command_data_set_type=_dimse.DATASET_PRESENT,
+            move_originator_application_entity_title=originator_aet,
+            move_originator_message_id=originator_id,
+        )
+
+    async def exchange(self, *, trace: OperationRecord | None = None, hold: bool = False) -> Command | None:
+        """Send it and wait for the response (None if none came)."""
+        try:
+            response = await self.session.exchange(self.context_id, self.command, self.payload, hold=hold)
+            self._answered(response, trace)
+            return response
+        finally:
+            self._close()
+
+    def start(self, done: Callable[[Command | None], None], *, trace: OperationRecord | None = None) -> bool:
+        """Send it now, its write held with the others of this pass of the
+        loop; ``done`` gets the response (None if none came). False, with
+        nothing sent, when it cannot go at once
+        (``ServiceSession.start_exchange``): ``exchange`` it instead."""
+
+        def answered(response: Command | None) -> None:
+            try:
+                self._answered(response, trace)
+            finally:
+                self._close()
+            done(response)
+
+        try:
+            return self.session.start_exchange(self.context_id, self.command, self.payload, answered, hold=True)
+        except BaseException:
+            self._close()
+            raise
+
+    def _answered(self, response: Command | None, trace: OperationRecord | None) -> None:
         if trace is not None and response is not None:
-            trace.note_sent(memoryview(payload).nbytes)
-        return response
-    finally:
-        del payload
+            trace.note_sent(memoryview(self.payload).nbytes)
+
+    def _close(self) -> None:
+        self.payload = None
+        part10 = self.part10
         if part10 is not None and part10.path is not None:
             part10.close()
 
