@@ -255,6 +255,23 @@ def test_get_lazy_handler_is_read_no_further_than_the_window(make_qr_scp, palett
     assert counts == [WINDOW, len(UIDS)]
 
 
+def _get_performing_a_window(port: int, overlap: "Overlap") -> list:
+    """A chromanet C-GET of UIDS from the SCP at ``port``, proposing to
+    perform up to 2 x WINDOW operations (its C-STORE handler ``overlap``
+    counts how many run at once); every response."""
+    proposed = AsynchronousOperationsWindowNegotiation()
+    proposed.maximum_number_operations_invoked = 1
+    proposed.maximum_number_operations_performed = 2 * WINDOW
+    assoc = qr_scu_ae().associate(
+        "127.0.0.1", port, ae_title="QRSCP", ext_neg=[proposed], evt_handlers=[(evt.EVT_C_STORE, overlap.handle)]
+    )
+    assert assoc.is_established
+    try:
+        return list(assoc.send_c_get(query(UIDS), GET))
+    finally:
+        assoc.release()
+
+
 def test_get_pipelined_dimse_timeout_aborts(make_qr_scp, palettes):
     """Sub-operations outstanding that the SCU never answers: once the
     DIMSE timeout has passed the SCP aborts the association (A-ABORT), as
@@ -295,17 +312,7 @@ def test_get_pipelined_large_files_give_the_sequential_result(make_qr_scp, palet
     for name, window in (("sequential", SEQUENTIAL), ("pipelined", PIPELINED)):
         scp = make_qr_scp([(evt.EVT_C_GET, get_handler(big))], async_ops_window=window)
         overlap = Overlap(WINDOW if window == PIPELINED else 1)
-        proposed = AsynchronousOperationsWindowNegotiation()
-        proposed.maximum_number_operations_invoked = 1
-        proposed.maximum_number_operations_performed = 2 * WINDOW
-        assoc = qr_scu_ae().associate(
-            "127.0.0.1", scp.port, ae_title="QRSCP", ext_neg=[proposed], evt_handlers=[(evt.EVT_C_STORE, overlap.handle)]
-        )
-        assert assoc.is_established
-        try:
-            responses = list(assoc.send_c_get(query(UIDS), GET))
-        finally:
-            assoc.release()
+        responses = _get_performing_a_window(scp.port, overlap)
         results[name] = (statuses(responses), sorted(overlap.uids), int(responses[-1][0].NumberOfCompletedSuboperations))
         if window == PIPELINED:
             assert 1 < overlap.most <= WINDOW
@@ -349,17 +356,7 @@ def test_get_scu_performs_within_its_window(make_qr_scp, palettes):
     handlers at once."""
     scp = make_qr_scp([(evt.EVT_C_GET, get_handler(palettes))], async_ops_window=PIPELINED)
     overlap = Overlap(WINDOW)
-    window = AsynchronousOperationsWindowNegotiation()
-    window.maximum_number_operations_invoked = 1
-    window.maximum_number_operations_performed = 2 * WINDOW
-    assoc = qr_scu_ae().associate(
-        "127.0.0.1", scp.port, ae_title="QRSCP", ext_neg=[window], evt_handlers=[(evt.EVT_C_STORE, overlap.handle)]
-    )
-    assert assoc.is_established
-    try:
-        responses = list(assoc.send_c_get(query(UIDS), GET))
-    finally:
-        assoc.release()
+    responses = _get_performing_a_window(scp.port, overlap)
     assert statuses(responses) == [0xFF00] * len(UIDS) + [0x0000]
     assert 1 < overlap.most <= WINDOW
     assert sorted(overlap.uids) == UIDS
