@@ -10,6 +10,10 @@
   temporary, no file without a row, and the row count what was stored.
 - A shared open does not recover: another process's store in progress
   (a renamed file whose row is not committed yet) is not debris.
+- Processes sharing the index take turns to write it through a byte-range
+  lock of commit.lock, waited for in the kernel (not SQLite's sleeping
+  busy handler): a store waits while another process holds the turn and
+  commits as soon as it is let go.
 """
 
 from __future__ import annotations
@@ -103,3 +107,42 @@ def test_a_shared_open_leaves_other_processes_files_alone(tmp_path: Path):
     with PaletteArchive.open(data, seed=False, inline_max=0) as alone:
         assert in_flight in alone.recovered.files_without_row and temp in alone.recovered.temp_files
     assert not in_flight.exists() and not temp.exists()
+
+
+def _hold_the_index_turn(data_dir: str, held: Any, release: Any) -> None:
+    import fcntl
+
+    from chromanet.archive.store import _INDEX_TURN
+
+    with open(Path(data_dir) / "commit.lock", "a+b") as handle:
+        fcntl.lockf(handle.fileno(), fcntl.LOCK_EX, 1, _INDEX_TURN)
+        held.set()
+        release.wait(60)
+
+
+def test_a_store_waits_for_the_index_turn_another_process_holds(tmp_path: Path) -> None:
+    import threading
+
+    data = tmp_path / "data"
+    supervisor = PaletteArchive.open(data)
+    supervisor.share()
+    worker = PaletteArchive.open(data, shared=True)
+    context = multiprocessing.get_context("spawn")
+    held, release = context.Event(), context.Event()
+    holder = context.Process(target=_hold_the_index_turn, args=(str(data), held, release))
+    holder.start()
+    try:
+        assert held.wait(60)
+        results: list[Any] = []
+        storing = threading.Thread(target=lambda: results.append(worker.ingest_dataset(_palette(generate_uid(), "TURN"))))
+        storing.start()
+        storing.join(0.5)
+        assert storing.is_alive() and not results  # waiting for its turn
+        release.set()
+        storing.join(30)
+        assert results and results[0].ok
+    finally:
+        release.set()
+        holder.join(30)
+        worker.close()
+        supervisor.close()

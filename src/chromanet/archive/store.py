@@ -182,6 +182,9 @@ LOGGER = logging.getLogger("chromanet.archive")
 
 _TEMP_PREFIX = "."
 _COMMIT_STRIPES = 64
+#: The byte of commit.lock after the stripes' whose lock is a process's
+#: turn to write the index (``_index_turn``), taken after any stripe's.
+_INDEX_TURN = _COMMIT_STRIPES
 
 #: Part 10 files of at most this many bytes are kept in the index, not in
 #: ``files/`` (see the module docstring).
@@ -394,6 +397,8 @@ class PaletteArchive:
                 if shared:
                     self._commit_file = open(self.data_dir / "commit.lock", "a+b")
             self.index = Index(self.data_dir / "index.sqlite3")
+            if self._commit_file is not None:
+                self.index.write_turn = self._index_turn
             if self.durability == "syncfs":
                 # Opened once: syncfs reports the errors since this open.
                 self._syncfs = SyncFs(self.files_dir)
@@ -794,6 +799,20 @@ class PaletteArchive:
             for k, result in zip(live, self._commit_locked([stores[k] for k in live])):
                 results[k] = result
         return results  # type: ignore[return-value]
+
+    @contextlib.contextmanager
+    def _index_turn(self) -> Iterator[None]:
+        """This process's turn to write the index, among the processes
+        sharing it: a byte-range lock of commit.lock, waited for in the
+        kernel (woken when the holder lets go), taken after any stripe
+        lock (ascending, as they are). SQLite's write lock still decides;
+        this only replaces its sleeping busy handler as the way to wait."""
+        fd = self._commit_file.fileno()
+        _lock_range(fd, _INDEX_TURN, 1)
+        try:
+            yield
+        finally:
+            fcntl.lockf(fd, fcntl.LOCK_UN, 1, _INDEX_TURN)
 
     @contextlib.contextmanager
     def _stripe_locks(self, stripes: list[int]) -> Iterator[None]:
