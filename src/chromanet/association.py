@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
 from pydicom import Dataset
 
@@ -678,6 +678,29 @@ class AsyncAssociation:
         session = self._require_established()
         response = await storage.store(session, dataset, msg_id, priority, originator_aet, originator_id)
         return response_to_dataset(response)
+
+    def start_c_echo(self, msg_id: int | None, done: Callable[[Command | None], None]) -> bool:
+        """chromanet extra, on the loop (the blocking facade's C-ECHO, one
+        hand-off and no task): send the C-ECHO-RQ now; ``done`` gets the
+        response command, None if none came. False, with nothing sent,
+        when it cannot go at once: ``send_c_echo`` then."""
+        return verification.start_echo(self._require_established(), msg_id, done)
+
+    def prepare_c_store(
+        self,
+        dataset: Dataset | str | os.PathLike[str] | bytes | bytearray | memoryview,
+        msg_id: int | None = None,
+        priority: int = 2,
+        originator_aet: str | None = None,
+        originator_id: int | None = None,
+    ) -> storage.PreparedStore:
+        """chromanet extra (the blocking facade's C-STORE): the request of
+        ``send_c_store``, data set encoded, ready to go; callable from any
+        thread (the negotiated contexts no longer change). On the loop,
+        ``start`` sends it without a task, or ``exchange`` it. Raises what
+        ``send_c_store`` raises before sending."""
+        session = self._require_established()
+        return storage.PreparedStore(session, dataset, msg_id, priority, originator_aet, originator_id)
 
     # ------------------------------------------------- query/retrieve SCU
     @property

@@ -9,6 +9,7 @@ C-MOVE) are iterated a response at a time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
@@ -20,6 +21,7 @@ from chromanet import loopthread
 from chromanet.association import AsyncAssociation
 from chromanet.evt import check_implemented
 from chromanet.server import AddressInfo, AsyncServer
+from chromanet.services.answers import response_to_dataset
 from chromanet.services.handler_threads import blocking_call, taking_results
 
 if TYPE_CHECKING:
@@ -148,8 +150,14 @@ class Association:
         return self._inner.is_established
 
     def send_c_echo(self, msg_id: int = 1) -> Dataset:
+        inner = self._inner
         with blocking_call():
-            return loopthread.run(self._inner.send_c_echo(msg_id), loop=self._loop)
+            # Sent and answered by callbacks on the loop: one hand-off there
+            # and one back, no task; the coroutine when it cannot go at once.
+            started, response = loopthread.run_started(inner.start_c_echo, msg_id, loop=self._loop)
+            if not started:
+                return loopthread.run(inner.send_c_echo(msg_id), loop=self._loop)
+        return response_to_dataset(response)
 
     def send_c_store(
         self,
@@ -159,10 +167,16 @@ class Association:
         originator_aet: str | None = None,
         originator_id: int | None = None,
     ) -> Dataset:
+        # Encoded here, in the caller's thread, not on the loop's; then sent
+        # as ``send_c_echo`` is (a data set to be paced out: the coroutine).
+        # Once handed over, the loop closes the file opened for it, if any.
+        loop = loopthread.target_loop(self._loop)
+        prepared = self._inner.prepare_c_store(dataset, msg_id, priority, originator_aet, originator_id)
         with blocking_call():
-            return loopthread.run(
-                self._inner.send_c_store(dataset, msg_id, priority, originator_aet, originator_id), loop=self._loop
-            )
+            started, response = loopthread.run_started(functools.partial(prepared.start, hold=False), loop=loop)
+            if not started:
+                response = loopthread.run(prepared.exchange(), loop=loop)
+        return response_to_dataset(response)
 
     def send_c_find(
         self, dataset: Dataset, query_model: str, msg_id: int = 1, priority: int = 2

@@ -60,6 +60,26 @@ def in_loop_thread(loop: asyncio.AbstractEventLoop | None = None) -> bool:
         return False
 
 
+def target_loop(loop: asyncio.AbstractEventLoop | None = None) -> asyncio.AbstractEventLoop:
+    """The loop a blocking call hands its work to (``loop``, or the shared
+    one, started on first use); RuntimeError on that loop's own thread,
+    where waiting for it would wait forever."""
+    if loop is None:
+        if _thread is not None and threading.current_thread() is _thread:
+            raise RuntimeError(
+                "a blocking chromanet call was made from inside the event loop "
+                "(e.g. from a handler run inline on the loop): use the async API there"
+            )
+        shared = _loop
+        return shared if shared is not None and _thread is not None and _thread.is_alive() else get_loop()
+    if in_loop_thread(loop):
+        raise RuntimeError(
+            "a blocking chromanet call was made from inside the event loop "
+            "(e.g. from a handler run inline on the loop): use the async API there"
+        )
+    return loop
+
+
 def run(
     coro: Coroutine[Any, Any, T], timeout: float | None = None, loop: asyncio.AbstractEventLoop | None = None
 ) -> T:
@@ -70,41 +90,92 @@ def run(
     asyncio future to a ``concurrent.futures.Future`` whose result goes
     through a Python ``Condition``, and cost about twice as much per call
     (a no-op coroutine: ~65 against ~30 us on the 2-core machine), which a
-    blocking C-ECHO pays on every call.
+    blocking C-ECHO pays on every call. The lock is released by the task's
+    last step itself, not by a done callback, which asyncio would schedule
+    for one more pass of the loop.
 
     ``loop``: another running loop than the shared one (the loop of a
     server started with ``start_server_async``, whose sync handlers call
     the blocking API from their worker thread).
     """
-    if in_loop_thread(loop):
+    try:
+        target = target_loop(loop)
+    except RuntimeError:
         coro.close()
-        raise RuntimeError(
-            "a blocking chromanet call was made from inside the event loop "
-            "(e.g. from a handler run inline on the loop): use the async API there"
-        )
-    if loop is None:
-        loop = get_loop()
+        raise
     done = allocate_lock()
     done.acquire()
-    tasks: list[asyncio.Task[T]] = []
+    outcome: list[Any] = [None, None]  # result, exception
+    tasks: list[asyncio.Task[None]] = []
 
-    def finished(_task: asyncio.Task[T]) -> None:
-        done.release()
+    async def body() -> None:
+        try:
+            outcome[0] = await coro
+        except BaseException as exc:  # handed to the caller
+            outcome[1] = exc
+        finally:
+            done.release()
 
     def start() -> None:
-        task = loop.create_task(coro)
-        tasks.append(task)
-        task.add_done_callback(finished)
+        tasks.append(target.create_task(body()))
 
-    loop.call_soon_threadsafe(start)
+    target.call_soon_threadsafe(start)
     try:
         if not done.acquire(timeout=-1 if timeout is None else timeout):
             raise TimeoutError(f"no result within {timeout} s")
     except BaseException:
         # Timed out or interrupted (Ctrl-C): the coroutine stops too.
-        loop.call_soon_threadsafe(_cancel, tasks)
+        target.call_soon_threadsafe(_cancel, tasks)
         raise
-    return tasks[0].result()
+    error = outcome[1]
+    if error is not None:
+        outcome[1] = None
+        raise error
+    return outcome[0]  # type: ignore[no-any-return]
+
+
+def run_started(
+    start: Callable[..., bool], *args: Any, loop: asyncio.AbstractEventLoop | None = None
+) -> tuple[bool, Any]:
+    """Call ``start(*args, done)`` on the loop thread and wait until it
+    called ``done(result)`` (at once or later, from the loop: a request's
+    response arriving), without a task: one pass of the loop to begin,
+    none to end. ``start`` returns False, without calling ``done``, when
+    it cannot do the work that way (a C-STORE that must be paced, a full
+    operations window): the result is then (False, None) and the caller
+    goes the coroutine way (``run``); otherwise (True, result). What
+    ``start`` raises is raised.
+
+    Interrupted (Ctrl-C), the caller stops waiting; the work goes on on
+    the loop (a request sent gets its response, which nobody reads)."""
+    target = target_loop(loop)
+    waiting = allocate_lock()
+    waiting.acquire()
+    outcome: list[Any] = [False, None, None]  # started, result, exception
+
+    def done(result: Any) -> None:
+        outcome[1] = result
+        waiting.release()
+
+    def begin() -> None:
+        outcome[0] = True  # before ``start``: ``done`` may come from inside it
+        try:
+            started = start(*args, done)
+        except BaseException as exc:  # handed to the caller
+            outcome[0], outcome[2] = False, exc
+            waiting.release()
+            return
+        if not started:
+            outcome[0] = False
+            waiting.release()
+
+    target.call_soon_threadsafe(begin)
+    waiting.acquire()
+    started, result, error = outcome
+    if error is not None:
+        outcome[2] = None
+        raise error
+    return started, result
 
 
 def _cancel(tasks: list[asyncio.Task[Any]]) -> None:

@@ -34,11 +34,10 @@ with the sending: the blocking ``Association`` first awaits
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 from collections import deque
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from chromanet.services.answers import Exhausted
 
@@ -199,20 +198,51 @@ class HandlerLane:
             pass  # the loop is closed: nobody is waiting any more
 
 
-@contextlib.contextmanager
-def blocking_call() -> Iterator[None]:
-    """Around a blocking call on an association (the blocking
-    ``Association``'s methods): in a handler's worker, the handler's lane
-    is let go meanwhile (``HandlerLane.let_go``); anywhere else, nothing."""
+class _LettingGo:
+    """``blocking_call`` in a worker holding ``lane``."""
+
+    __slots__ = ("lane",)
+
+    def __init__(self, lane: HandlerLane) -> None:
+        self.lane = lane
+
+    def __enter__(self) -> None:
+        self.lane.let_go()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.lane.take_back()
+
+
+class _Nothing:
+    """``blocking_call`` anywhere else: nothing to do."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc_info: Any) -> None:
+        return None
+
+
+_NOTHING = _Nothing()
+
+
+def blocking_call() -> _LettingGo | _Nothing:
+    """A context manager around a blocking call on an association (the
+    blocking ``Association``'s methods): in a handler's worker, the
+    handler's lane is let go meanwhile (``HandlerLane.let_go``); anywhere
+    else, nothing (a shared object: the blocking API's every call and
+    response passes here, ``contextlib``'s generator cost ~3 us)."""
     lane = getattr(_worker, "lane", None)
     if lane is None or not _worker.holds:
-        yield
-        return
-    lane.let_go()
-    try:
-        yield
-    finally:
-        lane.take_back()
+        return _NOTHING
+    return _LettingGo(lane)
+
+
+def in_worker() -> bool:
+    """True in a handler's worker thread (running one of its jobs)."""
+    return getattr(_worker, "lane", None) is not None
 
 
 def taking_results(lane: HandlerLane | None) -> ThreadedResults | None:
