@@ -736,6 +736,24 @@ class AsyncAssociation:
         session = self._require_established()
         return query_retrieve.query(session, _dimse.C_MOVE_RQ, identifier, query_model, msg_id, priority, move_aet)
 
+    def prepare_query(
+        self,
+        field: int,
+        identifier: Dataset,
+        query_model: str,
+        msg_id: int | None,
+        priority: int,
+        move_aet: str | None,
+        loop: asyncio.AbstractEventLoop,
+    ) -> query_retrieve.QueryRequest:
+        """chromanet extra (the blocking facade's C-FIND/C-GET/C-MOVE,
+        ``field`` their request's Command Field): the request, checked and
+        its identifier encoded, from any thread; its ``responses()``, on
+        ``loop``, sends it and returns what ``send_c_find`` … return.
+        Raises what they raise at the call."""
+        session = self._require_established()
+        return query_retrieve.prepare_query(session, field, identifier, query_model, msg_id, priority, move_aet, loop)
+
     def send_c_cancel(self, msg_id: int, context_id: int | None = None, query_model: str | None = None) -> None:
         """C-CANCEL of the outstanding request ``msg_id``."""
         query_retrieve.cancel(self._require_established(), msg_id, context_id, query_model)

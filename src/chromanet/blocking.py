@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from pydicom import Dataset
 
 from chromanet import loopthread
+from chromanet._dimse import C_FIND_RQ, C_GET_RQ, C_MOVE_RQ
 from chromanet.association import AsyncAssociation
 from chromanet.evt import check_implemented
 from chromanet.server import AddressInfo, AsyncServer
 from chromanet.services.answers import response_to_dataset
-from chromanet.services.handler_threads import blocking_call, taking_results
+from chromanet.services.handler_threads import blocking_call, in_worker, taking_results
 
 if TYPE_CHECKING:
     from chromanet.ae import AE
@@ -181,29 +182,34 @@ class Association:
     def send_c_find(
         self, dataset: Dataset, query_model: str, msg_id: int = 1, priority: int = 2
     ) -> Iterator[tuple[Dataset, Dataset | None]]:
-        return self._iterate(self._inner.send_c_find, dataset, query_model, msg_id, priority)
+        return self._iterate(C_FIND_RQ, dataset, query_model, msg_id, priority, None)
 
     def send_c_get(
         self, dataset: Dataset, query_model: str, msg_id: int = 1, priority: int = 2
     ) -> Iterator[tuple[Dataset, Dataset | None]]:
-        return self._iterate(self._inner.send_c_get, dataset, query_model, msg_id, priority)
+        return self._iterate(C_GET_RQ, dataset, query_model, msg_id, priority, None)
 
     def send_c_move(
         self, dataset: Dataset, move_aet: str, query_model: str, msg_id: int = 1, priority: int = 2
     ) -> Iterator[tuple[Dataset, Dataset | None]]:
-        return self._iterate(self._inner.send_c_move, dataset, move_aet, query_model, msg_id, priority)
+        return self._iterate(C_MOVE_RQ, dataset, query_model, msg_id, priority, move_aet)
 
     def send_c_cancel(self, msg_id: int, context_id: int | None = None, query_model: str | None = None) -> None:
         loopthread.call(self._inner.send_c_cancel, msg_id, context_id, query_model, loop=self._loop)
 
-    def _iterate(self, function: Any, *args: Any) -> Iterator[tuple[Dataset, Dataset | None]]:
-        """``loopthread.iterate_call`` on this association's loop, each wait
-        for a response inside ``blocking_call`` (from a handler, the C-STOREs
+    def _iterate(
+        self, field: int, dataset: Dataset, query_model: str, msg_id: int, priority: int, move_aet: str | None
+    ) -> Iterator[tuple[Dataset, Dataset | None]]:
+        """The request checked and its identifier encoded here (what the
+        call raises is raised now), then sent on this association's loop
+        before anything the caller hands over after it (a C-CANCEL), with
+        no wait for that (``loopthread.iterate_started``). From a handler,
+        each wait for a response is inside ``blocking_call`` (the C-STOREs
         of a C-GET come back to this association's handlers meanwhile)."""
-        with blocking_call():
-            responses = loopthread.iterate_call(function, *args, loop=self._loop)
-        return _each_in_blocking_call(responses)
-
+        loop = loopthread.target_loop(self._loop)
+        request = self._inner.prepare_query(field, dataset, query_model, msg_id, priority, move_aet, loop)
+        responses = loopthread.iterate_started(request.responses, loop=loop)
+        return _each_in_blocking_call(responses) if in_worker() else responses
     async def _after_yielded(self, results: Any) -> None:
         """From a generator handler of this association, between two yields
         (``results``: what its worker takes, ``taking_results`` in the

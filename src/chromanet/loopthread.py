@@ -273,53 +273,122 @@ def iterate_call(
     (decoding responses nobody reads yet takes the GIL from the consumer,
     which then reached its C-CANCEL late); past that it waits until the
     consumer has taken half of them."""
-    if in_loop_thread(loop):
-        raise RuntimeError("a blocking chromanet call was made from inside the event loop: use the async API")
-    if loop is None:
-        loop = get_loop()
-    target = loop
+    target = target_loop(loop)
     items: queue.SimpleQueue[Any] = queue.SimpleQueue()
     flow = _Flow()
-
-    async def pump() -> None:
-        try:
-            source = function(*args)
-        except BaseException as exc:  # handed to the caller
-            items.put(_End(exc))
-            return
-        items.put(_STARTED)
-        error: BaseException | None = None
-        count = 0
-        try:
-            async for item in source:
-                items.put(item)
-                count += 1
-                if flow.put_one(target):
-                    await flow.resumed()
-                elif count % _PUMP_YIELD_EVERY == 0:
-                    # Items that were already there come without a pause:
-                    # let the loop run what waits meanwhile (the consumer's
-                    # C-CANCEL, other associations).
-                    await asyncio.sleep(0)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # handed to the consumer
-            error = exc
-        finally:
-            try:
-                aclose = getattr(source, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-            finally:
-                items.put(_End(error))
-
     tasks: list[asyncio.Task[None]] = []
-    target.call_soon_threadsafe(lambda: tasks.append(target.create_task(pump())))
+    target.call_soon_threadsafe(_start_pump, target, items, flow, tasks, True, function, args)
     first = items.get()
     if type(first) is _End:
         assert first.error is not None
         raise first.error
     return _consume(items, tasks, target, flow)
+
+
+def iterate_started(
+    function: Callable[..., AsyncIterator[T]], *args: Any, loop: asyncio.AbstractEventLoop | None = None
+) -> Iterator[T]:
+    """``iterate_call`` without waiting for the call: it returns at once.
+    ``function(*args)`` still runs on the loop before anything handed to
+    it after this call (a C-CANCEL, the next request), in the callback of
+    this hand-off; what it raises is raised by the first ``next``. For a
+    call whose checks were made in the caller's thread (a C-FIND prepared
+    there: ``AsyncAssociation.prepare_query``): the caller does not wait
+    for a round trip to the loop before the one for the first response."""
+    target = target_loop(loop)
+    items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    flow = _Flow()
+    tasks: list[asyncio.Task[None]] = []
+    target.call_soon_threadsafe(_start_pump, target, items, flow, tasks, False, function, args)
+    return _consume(items, tasks, target, flow)
+
+
+def _start_pump(
+    loop: asyncio.AbstractEventLoop,
+    items: queue.SimpleQueue[Any],
+    flow: _Flow,
+    tasks: list[asyncio.Task[None]],
+    announce: bool,
+    function: Callable[..., AsyncIterator[Any]],
+    args: tuple[Any, ...],
+) -> None:
+    """On the loop: call ``function(*args)`` now, then pump the async
+    iterator it returned into ``items`` from a task (``announce``: put
+    ``_STARTED`` first, once the call returned)."""
+    try:
+        source = function(*args)
+    except BaseException as exc:  # handed to the caller
+        items.put(_End(exc))
+        return
+    if announce:
+        items.put(_STARTED)
+    tasks.append(loop.create_task(_pump(loop, items, flow, source)))
+
+
+class _Batch:
+    """What the pump of ``iterate`` puts in one pass of the loop, handed to
+    the consumer in one ``put`` at the end of that pass (a callback), or at
+    once with the last item.
+
+    Handed over one by one, each item woke the consumer while the loop
+    thread, still holding the GIL, went on with the next one (the final
+    response of a one-match C-FIND, the end of the iterator): the consumer
+    woke, waited for the GIL, and was woken again when the loop released
+    it. Each wake-up of another thread costs the waker a few
+    microseconds (an inter-processor interrupt, dearer in a VM)."""
+
+    __slots__ = ("loop", "items", "pending", "handle")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, items: queue.SimpleQueue[Any]) -> None:
+        self.loop = loop
+        self.items = items
+        self.pending: list[Any] = []
+        self.handle: asyncio.Handle | None = None
+
+    def add(self, item: Any) -> None:
+        self.pending.append(item)
+        if self.handle is None:
+            self.handle = self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            handle.cancel()
+        if self.pending:
+            batch, self.pending = self.pending, []
+            self.items.put(batch)
+
+
+async def _pump(
+    loop: asyncio.AbstractEventLoop, items: queue.SimpleQueue[Any], flow: _Flow, source: AsyncIterator[Any]
+) -> None:
+    out = _Batch(loop, items)
+    error: BaseException | None = None
+    count = 0
+    try:
+        async for item in source:
+            out.add(item)
+            count += 1
+            if flow.put_one(loop):
+                out.flush()
+                await flow.resumed()
+            elif count % _PUMP_YIELD_EVERY == 0:
+                # Items that were already there come without a pause:
+                # let the loop run what waits meanwhile (the consumer's
+                # C-CANCEL, other associations).
+                await asyncio.sleep(0)
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # handed to the consumer
+        error = exc
+    finally:
+        try:
+            aclose = getattr(source, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            out.add(_End(error))
+            out.flush()
 
 
 #: What the pump of ``iterate_call`` puts first once the call returned.
@@ -329,24 +398,36 @@ _STARTED = object()
 def _consume(
     items: queue.SimpleQueue[Any], tasks: list[asyncio.Task[None]], loop: asyncio.AbstractEventLoop, flow: _Flow
 ) -> Iterator[Any]:
+    """The consumer's side: the pump's batches (``_Batch``), an item at a
+    time (``_End`` is the last item of the last batch; the pump's own
+    ``_End`` for a call that raised comes alone)."""
     ended = False
     try:
         while True:
-            item = items.get()
-            flow.took_one(loop)
-            if type(item) is _End:
+            batch = items.get()
+            if type(batch) is _End:  # the call raised (``_start_pump``)
                 ended = True
-                if item.error is not None:
-                    raise item.error
-                return
-            yield item
+                assert batch.error is not None
+                raise batch.error
+            for item in batch:
+                if type(item) is _End:
+                    ended = True
+                    if item.error is not None:
+                        raise item.error
+                    return
+                flow.took_one(loop)
+                yield item
     finally:
         if not ended:
             # Closed early: cancel the pump on the loop; the async iterator's
             # own cleanup runs there.
             loop.call_soon_threadsafe(_cancel, tasks)
             try:
-                while type(items.get(timeout=5)) is not _End:
+                while not _ends(items.get(timeout=5)):
                     pass
             except queue.Empty:
                 pass
+
+
+def _ends(batch: Any) -> bool:
+    return type(batch) is _End or any(type(item) is _End for item in batch)
