@@ -300,7 +300,7 @@ def iterate_started(
     flow = _Flow()
     tasks: list[asyncio.Task[None]] = []
     target.call_soon_threadsafe(_start_pump, target, items, flow, tasks, False, function, args)
-    return _consume(items, tasks, target, flow)
+    return _consume(items, tasks, target, flow, _Unread(target, tasks))
 
 
 def _start_pump(
@@ -395,12 +395,40 @@ async def _pump(
 _STARTED = object()
 
 
+class _Unread:
+    """Held by a consumer generator from its creation: dropped unstarted
+    (never iterated, so its ``finally`` never runs), the generator drops
+    it, and the pump is cancelled on the loop (a C-FIND's C-CANCEL goes
+    out and its place in the operations window is freed, as when the
+    async API's response generator is dropped)."""
+
+    __slots__ = ("loop", "tasks", "started")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tasks: list[asyncio.Task[None]]) -> None:
+        self.loop = loop
+        self.tasks = tasks
+        self.started = False
+
+    def __del__(self) -> None:
+        if not self.started:
+            try:
+                self.loop.call_soon_threadsafe(_cancel, self.tasks)
+            except RuntimeError:
+                pass  # the loop is closed
+
+
 def _consume(
-    items: queue.SimpleQueue[Any], tasks: list[asyncio.Task[None]], loop: asyncio.AbstractEventLoop, flow: _Flow
+    items: queue.SimpleQueue[Any],
+    tasks: list[asyncio.Task[None]],
+    loop: asyncio.AbstractEventLoop,
+    flow: _Flow,
+    unread: _Unread | None = None,
 ) -> Iterator[Any]:
     """The consumer's side: the pump's batches (``_Batch``), an item at a
     time (``_End`` is the last item of the last batch; the pump's own
     ``_End`` for a call that raised comes alone)."""
+    if unread is not None:
+        unread.started = True
     ended = False
     try:
         while True:

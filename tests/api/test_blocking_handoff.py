@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 from typing import Any
 
@@ -167,3 +168,33 @@ def test_echo_and_store_after_the_peer_aborted(make_scp, palettes):
         assoc.send_c_echo()
     with pytest.raises(RuntimeError, match="not established"):
         assoc.send_c_store(palettes[UIDS[0]])
+
+
+def test_responses_never_read_cancel_the_request(make_qr_scp):
+    """A C-FIND whose responses are dropped without being read (the
+    request went out at the call): it is cancelled (the SCP closes its
+    endless generator) and the association serves the next request."""
+    closed = threading.Event()
+
+    def on_find(event):
+        if event.identifier.SOPInstanceUID != "ENDLESS":
+            yield 0xFF00, uid_query("1.2.3")
+            return
+        try:
+            n = 0
+            while True:
+                n += 1
+                yield 0xFF00, uid_query(f"1.2.3.{n}")
+        finally:
+            closed.set()
+
+    scp = make_qr_scp([(evt.EVT_C_FIND, on_find)])
+    with qr_association(scp.port) as assoc:
+        gc.disable()  # dropping it is enough: no collection of cycles needed
+        try:
+            dropped = assoc.send_c_find(uid_query("ENDLESS"), FIND)
+            del dropped
+            assert closed.wait(WAIT_TIMEOUT)  # cancelled, the association still up
+        finally:
+            gc.enable()
+        assert statuses(list(assoc.send_c_find(uid_query(), FIND))) == [0xFF00, 0x0000]
