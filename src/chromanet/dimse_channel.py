@@ -415,7 +415,7 @@ class DimseChannel:
         self._waiting: deque[IncomingMessage] = deque()
         self._running = 0
         self._streaming: tuple[int, Command, DatasetSink] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Future[None]] = set()
         # The negotiated window for our own requests: callers beyond it wait
         # here for a slot (0 = unlimited).
         self._invoke_slots = _InvokeWindow(max_operations_invoked) if max_operations_invoked else None
@@ -678,11 +678,13 @@ class DimseChannel:
             self._active.pop(message.command.message_id, None)
             return
         self._running += 1
-        task = self._loop.create_task(pending)  # type: ignore[arg-type]
+        # A coroutine runs as a task; a future (a handler's answer coming
+        # back from its worker thread) is the operation itself.
+        task = pending if isinstance(pending, asyncio.Future) else self._loop.create_task(pending)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(lambda t, m=message: self._served(t, m))
 
-    def _served(self, task: asyncio.Task[None], message: IncomingMessage) -> None:
+    def _served(self, task: asyncio.Future[None], message: IncomingMessage) -> None:
         self._tasks.discard(task)
         self._running -= 1
         self._active.pop(message.command.message_id, None)
