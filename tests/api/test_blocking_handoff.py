@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import copy
 import gc
 import threading
 from typing import Any
@@ -138,7 +139,7 @@ def test_echo_and_store_responses(make_scp, palettes):
         stored = assoc.send_c_store(palettes[UIDS[0]], msg_id=34)
         assert stored.Status == 0x0000
         # a data set past the pacing slice: sent the coroutine way
-        big = palettes[UIDS[1]].copy()
+        big = copy.deepcopy(palettes[UIDS[1]])  # the fixture's data sets are shared
         big.ContentLabel = "BIG"
         big.RedPaletteColorLookupTableData = b"\x00\x01" * (PACING_SLICE // 2 + 4096)
         stored = assoc.send_c_store(big, msg_id=35)
