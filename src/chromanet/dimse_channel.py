@@ -668,12 +668,16 @@ class DimseChannel:
             self._active.pop(message.command.message_id, None)
             return
         self._running += 1
+        if isinstance(pending, asyncio.Future):
+            # Answered from a callback (``base._answer_when_done``): no task.
+            pending.add_done_callback(lambda f, m=message: self._served(f, m))
+            return
         task = self._loop.create_task(pending)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(lambda t, m=message: self._served(t, m))
 
-    def _served(self, task: asyncio.Task[None], message: IncomingMessage) -> None:
-        self._tasks.discard(task)
+    def _served(self, task: asyncio.Future[None], message: IncomingMessage) -> None:
+        self._tasks.discard(task)  # type: ignore[arg-type]
         self._running -= 1
         self._active.pop(message.command.message_id, None)
         if not task.cancelled() and task.exception() is not None:

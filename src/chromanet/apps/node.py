@@ -496,26 +496,28 @@ class PaletteNode:
             )
         return self._ingest
 
-    async def on_store(self, event: evt.Event) -> int | Dataset:
+    @evt.inline
+    def on_store(self, event: evt.Event) -> int | asyncio.Future[int | Dataset]:
         """Ingest the data set (received in memory, or spooled to a file
         when larger than ``store_memory_limit``): validated and written
         into the store off the event loop, then made durable (fsynced,
         renamed, indexed) together with the stores of other associations
         that arrived meanwhile (group commit); answered only once its batch
         has committed. A peer may replace a palette another peer stored only
-        when its grant says so."""
+        when its grant says so. Inline, it returns the future of its status
+        (answered from the commit's callback: no task or coroutine per store)."""
         grant = _grant(event)
         started = time.perf_counter()
         owner = grant.peer or None
         try:
             spooled = getattr(event, "dataset_path", None)
             if spooled is not None:
-                result = await self.ingest_queue.ingest_file(
+                committed = self.ingest_queue.submit_file(
                     Path(spooled), owner=owner, may_replace_others=grant.may_replace_others
                 )
             else:
                 command = event.request.command
-                result = await self.ingest_queue.ingest_data(
+                committed = self.ingest_queue.submit_data(
                     event.encoded_dataset(include_meta=False), event.context.transfer_syntax,
                     command.affected_sop_class_uid or "", command.affected_sop_instance_uid or "",
                     owner=owner, may_replace_others=grant.may_replace_others,
@@ -523,9 +525,23 @@ class PaletteNode:
         except Exception as exc:  # the archive could not be written at all
             LOGGER.error("storing %s failed: %s", event.request.AffectedSOPInstanceUID, exc)
             return STORE_OUT_OF_RESOURCES
-        if self.metrics is not None:
-            self.metrics.index_query("store", time.perf_counter() - started)
-        return _store_status(result)
+        status: asyncio.Future[int | Dataset] = committed.get_loop().create_future()
+
+        def stored(_: asyncio.Future[Any]) -> None:
+            if committed.cancelled():
+                status.cancel()
+                return
+            error = committed.exception()
+            if error is not None:  # the archive could not be written at all
+                LOGGER.error("storing %s failed: %s", event.request.AffectedSOPInstanceUID, error)
+                status.set_result(STORE_OUT_OF_RESOURCES)
+                return
+            if self.metrics is not None:
+                self.metrics.index_query("store", time.perf_counter() - started)
+            status.set_result(_store_status(committed.result()))
+
+        committed.add_done_callback(stored)
+        return status
 
     @evt.inline
     def on_find(self, event: evt.Event) -> Any:
