@@ -509,13 +509,16 @@ class DimseChannel:
         """Send a request that has exactly one response, and return it.
         A large data set (a C-STORE of a big file) is paced out in slices.
         ``hold``: several requests sent in one pass of the loop (operations
-        in a window) go out in one write (``send``)."""
+        in a window) go out in one write (``send``); so they do whenever
+        other requests are outstanding (the answers to a window's requests
+        often come in one read and wake their senders in one pass)."""
         await self.acquire_slot()
         try:
             stream = self._register(command)
             try:
                 if self.end_error is not None:
                     raise _fresh(self.end_error)
+                hold = hold or len(self._pending) > 1
                 await self.ul.send_message_paced(context_id, command, dataset, hold=hold)
                 if self.dimse_hook is not None:  # EVT_DIMSE_SENT bound
                     self.dimse_hook(True, context_id, command, dataset)
