@@ -627,6 +627,12 @@ def test_uid_of_reads_raw_uids_as_pydicom_converts_them(implicit: bool, little: 
         warnings.simplefilter("ignore")
         expected = pydicom_read(data, implicit, little)[0x00080018].value
         assert dsutil.uid_of(pydicom_read(data, implicit, little), 0x00080018) == ("" if expected is None else str(expected))
+        # The same once pydicom converted the element (a Dataset sent before,
+        # or built in memory): read from the DataElement.
+        converted = pydicom_read(data, implicit, little)
+        converted[0x00080018]
+        assert type(converted.get_item(0x00080018)) is DataElement
+        assert dsutil.uid_of(converted, 0x00080018) == ("" if expected is None else str(expected))
     with pytest.raises(KeyError):
         dsutil.uid_of(ds, 0x00080016)
 
