@@ -39,8 +39,9 @@ cdef dict _AS_IS_SIZES = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "SV": 8, "UV": 8, 
 # for byte when they are padded as its writer pads them (``_canonical_text``):
 # those it strips before splitting (UI; AS CS; DA DT TM while pydicom leaves
 # dates as strings), those it strips value by value (LO SH UC), and the
-# single-valued ones (LT ST UT). Not AE and UR (stripped of all white space),
-# PN, DS, IS (converted to objects).
+# single-valued ones (LT ST UT). Not AE and UR (stripped of all white space)
+# and DS (converted to objects); IS and PN have their own rule
+# (``_canonical_number_or_name``).
 cdef frozenset _STRIPPED_WHOLE = frozenset(["UI", "AS", "CS", "DA", "DT", "TM", "LT", "ST", "UT"])
 cdef frozenset _STRIPPED_EACH = frozenset(["LO", "SH", "UC"])
 cdef frozenset _TEXT_AS_IS = _STRIPPED_WHOLE | _STRIPPED_EACH
@@ -68,6 +69,48 @@ cdef bint _canonical_text(bytes value, object vr, object encoding, bint dates_co
     if len(kept) % 2:
         kept += pad
     return kept == value
+
+
+cdef bint _plain_integer(bytes part):
+    """An IS value pydicom's conversion keeps as it is (its
+    ``original_string``, which its writer writes): an optional sign and
+    1-12 ASCII digits, nothing around them (12 digits stay exact as a
+    float, so no ISfloat)."""
+    cdef Py_ssize_t n = len(part), i, start = 0
+    cdef const unsigned char* p = <const unsigned char*><const char*>part
+    if n and (p[0] == 43 or p[0] == 45):  # + -
+        start = 1
+    if n - start < 1 or n > 12:
+        return False
+    for i in range(start, n):
+        if p[i] < 48 or p[i] > 57:
+            return False
+    return True
+
+
+cdef bint _canonical_number_or_name(bytes value, object vr, bint raising) except -1:
+    """Whether pydicom's conversion of a raw IS or PN value and its writer
+    give back ``value`` byte for byte: ASCII, padded as the writer pads
+    (trailing spaces and NULs stripped, one space to an even length), and
+    IS values that are plain integers (``_plain_integer``), PN values with
+    no empty component group at their end (pydicom drops trailing '=')."""
+    if raising or _config.use_IS_numpy and vr == "IS":
+        return False
+    if not value.isascii() or b"\x1b" in value:
+        return False
+    kept = value.rstrip(b"\0 ")
+    padded = kept + b" " if len(kept) % 2 else kept
+    if padded != value:
+        return False
+    if not kept:
+        return True
+    for part in kept.split(b"\\"):
+        if vr == "IS":
+            if not _plain_integer(part):
+                return False
+        elif part.endswith(b"="):
+            return False
+    return True
 
 
 cdef bint _bytes_kept_by(bytes value, object vr, object encoding) except -1:
@@ -319,7 +362,8 @@ cdef class _Writer:
         as they are and a new header, when those bytes are what pydicom's
         conversion and writer would make of them: read with its VR (explicit)
         in the byte order being written, and either ASCII text padded as
-        pydicom pads it (``_canonical_text``) or, little endian, whole values
+        pydicom pads it (``_canonical_text``), IS integers and ASCII person
+        names it keeps (``_canonical_number_or_name``) or, little endian, whole values
         of a binary VR whose conversion keeps every bit (not FL/FD, whose
         float32 NaNs Python may change; not UN, which pydicom may re-type;
         not an SS LUT Descriptor, whose first value pydicom writes as US)."""
@@ -333,6 +377,9 @@ cdef class _Writer:
         n = len(<bytes>value)
         if vr in _TEXT_AS_IS:
             if not _canonical_text(<bytes>value, vr, encoding, self.dates_converted, self.raising):
+                return False
+        elif vr == "IS" or vr == "PN":
+            if not _canonical_number_or_name(<bytes>value, vr, self.raising):
                 return False
         else:
             if not self.little:
