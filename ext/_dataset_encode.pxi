@@ -7,8 +7,9 @@
 #   them raw: the data set's original encoding and character set are the
 #   ones being written. Otherwise pydicom converts every element first, and
 #   so do we (in place, as it does), except those whose bytes its conversion
-#   would keep (``reheaded``: binary, and text in ASCII, Latin-1 or UTF-8
-#   padded as pydicom pads it; a file's Explicit VR LE palette sent on an
+#   would keep (``reheaded``: binary, text in ASCII, Latin-1 or UTF-8
+#   padded as pydicom pads it, plain IS integers and ASCII person names
+#   without trailing empty groups; a file's Explicit VR LE palette sent on an
 #   Implicit VR LE context changes only their headers);
 # * DataElements whose VR is one of the 34, with values of the types pydicom
 #   makes: str (ASCII only) for the text VRs, int for US SS UL SL SV UV AT,
