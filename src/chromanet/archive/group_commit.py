@@ -36,7 +36,10 @@ the loop no hand-off of its own: a batch's files are validated
 (``PaletteArchive``: in one of the queue's threads, where the fsyncs wait;
 ``PgArchive``: validated in the executor, then its one transaction
 awaited). With two batches in flight one validates while the other waits
-for the disk. What each archive does with a batch, and why it stays crash
+for the disk. A data set received in memory that the SQLite archive keeps
+in its index is validated on the loop as it arrives instead (no I/O, tens
+of microseconds), so that its batch's thread does little but the
+transaction. What each archive does with a batch, and why it stays crash
 safe, is in its module.
 """
 
