@@ -8,7 +8,8 @@ in the table:
   sequence of one item), Implicit VR Little Endian, as an SCU sends it and
   an SCP decodes it;
 - pydicom's ``hotiron.dcm`` palette data set (4.4 KB, Explicit VR Little
-  Endian), as a C-GET handler yields it and the SCU decodes it.
+  Endian), as a C-GET handler yields it and the SCU decodes it; and the
+  same sent in Implicit VR Little Endian (``palette-4k-implicit``).
 
 Both sides go through ``dsutil.decode_dataset`` / ``encode_dataset``, switched
 with ``dsutil.use_native_codec``: the pydicom rows are pydicom's
@@ -60,6 +61,10 @@ def palette() -> Dataset:
 CASES: dict[str, tuple[Callable[[], Dataset], str]] = {
     "cfind-identifier": (identifier, IMPLICIT),
     "palette-4k": (palette, EXPLICIT),
+    # Library mode's W4 (benches/e2e.py): the same palette sent on an
+    # Implicit VR Little Endian context (raw elements re-headed, the others
+    # converted by the first encode, as pydicom's writer converts them).
+    "palette-4k-implicit": (palette, IMPLICIT),
 }
 
 

@@ -48,7 +48,11 @@ Pairings (client -> SCP):
   ``x twin`` is the ratio to ``cn-async`` (one operation at a time); and
   ``cn-async:win8-inline`` (W6, W8): the same with the store SCP's and the
   move destination's C-STORE handler run inline on their loop instead of
-  in a worker thread
+  in a worker thread; and library mode with the window (``cn-lib:win8``,
+  ``cn-lib-inline:win8``; W4-W6): the library-mode SCP (and the move
+  destination) offer (8, 8) too (``AE.async_ops_window``), so the C-STORE
+  sub-operations of the handler's Datasets go 8 at a time; ``x twin`` is
+  the ratio to ``cn-lib`` / ``cn-lib-inline``
 - pynetdicom + TCP_NODELAY -> pynetdicom + TCP_NODELAY: the baseline for
   the ratios (see ``e2e_peers.py`` for how TCP_NODELAY is set: an
   ``EVT_CONN_OPEN`` handler, no patching)
@@ -419,6 +423,18 @@ def pairings(args: argparse.Namespace) -> list[Pairing]:
     out.append(Pairing("cn-lib-inline", "chromanet async -> chromanet library mode, handlers inline",
                        Side("chromanet-async"), Side("chromanet-lib", inline=True), dest=Side("chromanet"),
                        only=("w2-find", "w3-find1", "w4-get", "w5-get-large", "w6-move")))
+    # Library mode with the window: the same pynetdicom-style handlers on an
+    # AE that also offers (8, 8) (``ae.async_ops_window``, a chromanet
+    # extra), the async client proposing it; W4: up to 8 C-STORE
+    # sub-operations of the handler's Datasets outstanding. Next to cn-lib.
+    out.append(Pairing("cn-lib:win8", "chromanet async -> chromanet library mode, window 8",
+                       Side("chromanet-async", window=8), Side("chromanet-lib", window=8),
+                       dest=Side("chromanet", window=8), only=("w4-get", "w5-get-large", "w6-move")))
+    TWINS["cn-lib:win8"] = "cn-lib"
+    out.append(Pairing("cn-lib-inline:win8", "chromanet async -> chromanet library mode, window 8, inline",
+                       Side("chromanet-async", window=8), Side("chromanet-lib", window=8, inline=True),
+                       dest=Side("chromanet", window=8, inline=True), only=("w4-get", "w5-get-large", "w6-move")))
+    TWINS["cn-lib-inline:win8"] = "cn-lib-inline"
     if not args.no_default_baseline:
         # Its Q/R would stall ~40 ms a response: W1, W7 and W8 only.
         out.append(Pairing("pyn-default", "pynetdicom default -> pynetdicom default",
@@ -574,7 +590,7 @@ def scp_argv(side: Side, w: Workload, port: int, args: argparse.Namespace, log_d
         argv.append("--no-quickack")
     if side.inline:
         argv.append("--inline-handlers")
-    if side.window > 1 and impl == "chromanet":  # the node offers (8, 8) itself
+    if side.window > 1 and impl in ("chromanet", "chromanet-qr"):  # the node offers (8, 8) itself
         argv += ["--window", str(side.window)]
     if side.tls:
         argv += ["--tls-dir", str(args.tls_dir)]
@@ -850,7 +866,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tls", action="store_true",
                    help="also run chromanet and DCMTK over TLS (pairings cn-async-tls, dcmtk-tls)")
     p.add_argument("--only", help="comma-separated pairing keys: cn-async,cn-async:win8,cn-async:win8-inline,cn-blocking,cn-lib,cn-blocking-lib,"
-                                  "cn-lib-inline,pyn-nodelay,pyn-default,"
+                                  "cn-lib-inline,cn-lib:win8,cn-lib-inline:win8,pyn-nodelay,pyn-default,"
                                   "dcmtk,cn-async>pyn,pyn>cn,cn-async-tls,dcmtk-tls")
     p.add_argument("--workloads", help="comma-separated: w1-echo,w2-find,w3-find1,w4-get,w5-get-large,w6-move,"
                                        "w7-assoc,w7-assoc-par,w8-store")
@@ -1012,7 +1028,7 @@ def main(argv: list[str] | None = None) -> int:
           f"'x twin' (--nagle) = a pairing with a Nagle peer: median / the same pairing's with the peer on "
           f"TCP_NODELAY (peer ND);\ncn-async: median / cn-async:noQA's (the cost of quick ACKs); "
           f"noQA = chromanet with tcp_quickack off;\ncn-async:win8 and :win8-inline: median / cn-async's (8 operations in "
-          f"flight against one at a time).\n"
+          f"flight against one at a time); cn-lib:win8, cn-lib-inline:win8: / cn-lib's, cn-lib-inline's.\n"
           f"CPU us/op = median CPU time per operation of the SCP process (W6: plus the move destination) "
           f"and of the client process(es), over the timed runs.")
     print(f"{meta['elapsed_s']} s; JSON: {args.out}")

@@ -352,8 +352,8 @@ def run_scp(impl: str, port: int, nodelay: bool, data_dir: Path | None = None,
     ``index``: the chromanet node's index URL (postgresql://...; None: SQLite
     in ``data_dir``). ``inline``: the chromanet and chromanet-qr SCPs run
     their sync handlers on the loop (``AE.sync_handlers_inline``).
-    ``window``: the chromanet SCP offers this asynchronous operations
-    window, both ways (the node always offers (8, 8))."""
+    ``window``: the chromanet and chromanet-qr SCPs offer this asynchronous
+    operations window, both ways (the node always offers (8, 8))."""
     move_dests = move_dests or {}
     ssl_context = None
     if tls_dir is not None and impl not in ("chromanet", "chromanet-node"):
@@ -418,6 +418,7 @@ def run_scp(impl: str, port: int, nodelay: bool, data_dir: Path | None = None,
         ae.tcp_quickack = quickack
         ae.sync_handlers_inline = inline
         ae.maximum_associations = 64
+        ae.async_ops_window = (window, window)
         ae.add_supported_context(VERIFICATION)
         for model in (FIND_MODEL, GET_MODEL, MOVE_MODEL):
             ae.add_supported_context(model)
@@ -1035,7 +1036,8 @@ def main() -> None:
     s.add_argument("--inline-handlers", dest="inline", action="store_true",
                    help="chromanet, chromanet-qr: sync handlers inline on the loop (AE.sync_handlers_inline)")
     s.add_argument("--window", type=int, default=1,
-                   help="chromanet: the asynchronous operations window offered, both ways (default 1)")
+                   help="chromanet, chromanet-qr: the asynchronous operations window offered, both ways "
+                        "(default 1)")
     c = sub.add_parser("client")
     c.add_argument("--impl", required=True, choices=["chromanet-async", "chromanet-blocking", "pynetdicom", "dcmtk"])
     c.add_argument("--port", type=int, required=True)

@@ -56,7 +56,7 @@ from pydicom.values import convert_string
 
 from chromanet.errors import EncodingError
 
-__all__ = ["EncodingError", "check", "decode", "encode", "scan"]
+__all__ = ["EncodingError", "check", "decode", "encode", "scan", "plain_text", "text_json"]
 
 cdef uint32_t UNDEFINED = 0xFFFFFFFF
 cdef int MAX_DEPTH = 32
@@ -529,3 +529,4 @@ def decode(data, bint implicit, bint little):
 
 include "_dataset_encode.pxi"
 include "_dataset_scan.pxi"
+include "_dataset_text.pxi"

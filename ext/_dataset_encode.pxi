@@ -7,8 +7,9 @@
 #   them raw: the data set's original encoding and character set are the
 #   ones being written. Otherwise pydicom converts every element first, and
 #   so do we (in place, as it does), except those whose bytes its conversion
-#   would keep (``reheaded``: binary, and text in ASCII, Latin-1 or UTF-8
-#   padded as pydicom pads it; a file's Explicit VR LE palette sent on an
+#   would keep (``reheaded``: binary, text in ASCII, Latin-1 or UTF-8
+#   padded as pydicom pads it, plain IS integers and ASCII person names
+#   without trailing empty groups; a file's Explicit VR LE palette sent on an
 #   Implicit VR LE context changes only their headers);
 # * DataElements whose VR is one of the 34, with values of the types pydicom
 #   makes: str (ASCII only) for the text VRs, int for US SS UL SL SV UV AT,
@@ -23,6 +24,7 @@
 # deferred values, LUT descriptors (pydicom writes their first value as US).
 
 from pydicom.filewriter import _LUT_DESCRIPTOR_TAGS
+from pydicom.valuerep import DSfloat as _DSfloat, IS as _IS
 
 cdef frozenset _PLAIN_CHARSETS = frozenset(
     ["", "iso8859", "latin_1", "UTF8", "ISO_IR 6", "ISO 2022 IR 6", "ISO_IR 100", "ISO_IR 192"])
@@ -38,23 +40,26 @@ cdef dict _AS_IS_SIZES = {"US": 2, "SS": 2, "UL": 4, "SL": 4, "SV": 8, "UV": 8, 
 # for byte when they are padded as its writer pads them (``_canonical_text``):
 # those it strips before splitting (UI; AS CS; DA DT TM while pydicom leaves
 # dates as strings), those it strips value by value (LO SH UC), and the
-# single-valued ones (LT ST UT). Not AE and UR (stripped of all white space),
-# PN, DS, IS (converted to objects).
+# single-valued ones (LT ST UT). Not AE and UR (stripped of all white space)
+# and DS (converted to objects); IS and PN have their own rule
+# (``_canonical_number_or_name``).
 cdef frozenset _STRIPPED_WHOLE = frozenset(["UI", "AS", "CS", "DA", "DT", "TM", "LT", "ST", "UT"])
 cdef frozenset _STRIPPED_EACH = frozenset(["LO", "SH", "UC"])
 cdef frozenset _TEXT_AS_IS = _STRIPPED_WHOLE | _STRIPPED_EACH
 
 
-cdef bint _canonical_text(bytes value, object vr, object encoding) except -1:
+cdef bint _canonical_text(bytes value, object vr, object encoding, bint dates_converted, bint raising) except -1:
+    # ``dates_converted``, ``raising``: pydicom's config.datetime_conversion
+    # and whether its reading validation mode is RAISE (read once per encode).
     cdef bytes pad = b"\0" if vr == "UI" else b" "
     cdef bytes kept
     if b"\x1b" in value:
         return False  # ISO 2022 escapes: decoded by the character set
     if not value.isascii() and not _bytes_kept_by(value, vr, encoding):
         return False
-    if vr in ("DA", "DT", "TM") and _config.datetime_conversion:
+    if dates_converted and vr in ("DA", "DT", "TM"):
         return False
-    if _config.settings.reading_validation_mode == _config.RAISE:
+    if raising:
         return False  # pydicom's conversion may refuse the value
     if vr == "UI" and value.rstrip(b"\0").translate(None, b"0123456789."):
         return False  # pydicom's UID strips white space from both ends too
@@ -65,6 +70,48 @@ cdef bint _canonical_text(bytes value, object vr, object encoding) except -1:
     if len(kept) % 2:
         kept += pad
     return kept == value
+
+
+cdef bint _plain_integer(bytes part):
+    """An IS value pydicom's conversion keeps as it is (its
+    ``original_string``, which its writer writes): an optional sign and
+    1-12 ASCII digits, nothing around them (12 digits stay exact as a
+    float, so no ISfloat)."""
+    cdef Py_ssize_t n = len(part), i, start = 0
+    cdef const unsigned char* p = <const unsigned char*><const char*>part
+    if n and (p[0] == 43 or p[0] == 45):  # + -
+        start = 1
+    if n - start < 1 or n > 12:
+        return False
+    for i in range(start, n):
+        if p[i] < 48 or p[i] > 57:
+            return False
+    return True
+
+
+cdef bint _canonical_number_or_name(bytes value, object vr, bint raising) except -1:
+    """Whether pydicom's conversion of a raw IS or PN value and its writer
+    give back ``value`` byte for byte: ASCII, padded as the writer pads
+    (trailing spaces and NULs stripped, one space to an even length), and
+    IS values that are plain integers (``_plain_integer``), PN values with
+    no empty component group at their end (pydicom drops trailing '=')."""
+    if raising or _config.use_IS_numpy and vr == "IS":
+        return False
+    if not value.isascii() or b"\x1b" in value:
+        return False
+    kept = value.rstrip(b"\0 ")
+    padded = kept + b" " if len(kept) % 2 else kept
+    if padded != value:
+        return False
+    if not kept:
+        return True
+    for part in kept.split(b"\\"):
+        if vr == "IS":
+            if not _plain_integer(part):
+                return False
+        elif part.endswith(b"="):
+            return False
+    return True
 
 
 cdef bint _bytes_kept_by(bytes value, object vr, object encoding) except -1:
@@ -136,7 +183,14 @@ cdef object _character_set(object ds, dict elements):
     return list(_python_encodings(ds[_tag(CHARSET)].value))
 
 
-cdef inline bint _multi(object value):
+cdef inline bint _multi(object value) except -1:
+    # isinstance(value, (MultiValue, list, tuple)), the common exact types
+    # first: MultiValue is an ABC, whose check costs ~0.3 us a call.
+    cdef type kind = type(value)
+    if kind is str or kind is bytes or kind is int or kind is float or kind is PersonName:
+        return False
+    if kind is MultiValue or kind is list or kind is tuple:
+        return True
     return isinstance(value, (MultiValue, list, tuple))
 
 
@@ -156,6 +210,8 @@ cdef class _Writer:
     cdef bint little
     cdef tuple encoding
     cdef int converting     # data sets being written that pydicom converts first
+    cdef bint dates_converted  # pydicom's config, as it is for this encode
+    cdef bint raising
 
     def __cinit__(self, bint implicit, bint little):
         self.cap = 4096
@@ -166,6 +222,8 @@ cdef class _Writer:
         self.implicit = implicit
         self.little = little
         self.encoding = (implicit, little)
+        self.dates_converted = bool(_config.datetime_conversion)
+        self.raising = _config.settings.reading_validation_mode == _config.RAISE
 
     def __dealloc__(self):
         PyMem_Free(self.buf)
@@ -246,11 +304,11 @@ cdef class _Writer:
             raise _Fallback
         # pydicom converts every element (and corrects ambiguous VRs) unless
         # the data set is written in the encoding it was read in.
-        convert = (ds.original_encoding != self.encoding
-                   or ds.original_character_set != _character_set(ds, elements))
+        convert = (_original_encoding(ds) != self.encoding
+                   or _original_character_set(ds) != _character_set(ds, elements))
         if convert:
             self.converting += 1
-        for key in sorted(elements, key=int):  # tag order, without BaseTag.__lt__
+        for key in _tag_order(elements):
             tag = key
             if (tag & 0xFFFF) == 0 and (tag >> 16) > 6:
                 continue  # retired group length, never written
@@ -305,7 +363,8 @@ cdef class _Writer:
         as they are and a new header, when those bytes are what pydicom's
         conversion and writer would make of them: read with its VR (explicit)
         in the byte order being written, and either ASCII text padded as
-        pydicom pads it (``_canonical_text``) or, little endian, whole values
+        pydicom pads it (``_canonical_text``), IS integers and ASCII person
+        names it keeps (``_canonical_number_or_name``) or, little endian, whole values
         of a binary VR whose conversion keeps every bit (not FL/FD, whose
         float32 NaNs Python may change; not UN, which pydicom may re-type;
         not an SS LUT Descriptor, whose first value pydicom writes as US)."""
@@ -318,7 +377,10 @@ cdef class _Writer:
             return False
         n = len(<bytes>value)
         if vr in _TEXT_AS_IS:
-            if not _canonical_text(<bytes>value, vr, encoding):
+            if not _canonical_text(<bytes>value, vr, encoding, self.dates_converted, self.raising):
+                return False
+        elif vr == "IS" or vr == "PN":
+            if not _canonical_number_or_name(<bytes>value, vr, self.raising):
                 return False
         else:
             if not self.little:
@@ -498,7 +560,14 @@ cdef class _Writer:
 
     cdef int numbers(self, int code, object value) except -1:
         # write_numbers: a list-like (it has .append) is several values.
-        if hasattr(value, "append"):
+        cdef type kind = type(value)
+        if kind is int or kind is float:
+            multi = False
+        elif kind is list or kind is MultiValue:
+            multi = True
+        else:
+            multi = hasattr(value, "append")
+        if multi:
             for part in value:
                 self.number(code, part)
         else:
@@ -596,9 +665,47 @@ cdef bint _is_empty(object elem, int code) except -1:
         return True
     if isinstance(value, (str, bytes, PersonName)):
         return not value
-    if isinstance(value, (list, tuple, MultiValue)):
+    if _multi(value):
         return len(value) == 0
+    kind = type(value)
+    if kind is int or kind is float or kind is _IS or kind is _DSfloat:
+        return False  # what is_empty says: not iterable, VM 1
     return elem.is_empty
+
+
+cdef object _ORIGINAL_ENCODING = Dataset.original_encoding
+cdef object _ORIGINAL_CHARSET = Dataset.original_character_set
+
+
+cdef object _original_encoding(object ds):
+    """``ds.original_encoding``, read from the attributes pydicom's property
+    returns (a property call costs ~0.6 us, once per data set and item)."""
+    state = ds.__dict__
+    if type(ds).original_encoding is _ORIGINAL_ENCODING and "_read_implicit" in state and "_read_little" in state:
+        return (state["_read_implicit"], state["_read_little"])
+    return ds.original_encoding
+
+
+cdef object _original_character_set(object ds):
+    state = ds.__dict__
+    if type(ds).original_character_set is _ORIGINAL_CHARSET and "_read_charset" in state:
+        return state["_read_charset"]
+    return ds.original_character_set
+
+
+cdef list _tag_order(dict elements):
+    """The keys of ``elements`` in tag order: as they are when already
+    ascending (as pydicom reads them, and as most code adds them), else
+    sorted by their int values (without BaseTag.__lt__)."""
+    cdef list keys = list(elements)
+    cdef Py_ssize_t i, n = len(keys)
+    cdef uint32_t previous = 0, tag
+    for i in range(n):
+        tag = keys[i]
+        if i and tag <= previous:
+            return sorted(keys, key=int)
+        previous = tag
+    return keys
 
 
 cdef object _number_string(object value):

@@ -29,3 +29,18 @@ def scan(data: Any) -> dict[int, Any] | None:
     ``check`` passed, by tag: (VR, value) with the value bytes up to 256
     bytes and a memoryview beyond, or ("SQ", [item dicts]); None where the
     general decoder must read it (``chromanet.archive.rawscan``)."""
+
+def plain_text(entry: tuple[str, Any], codec: str | None) -> str | None:
+    """The text pydicom's conversion gives for a scanned element (``(VR,
+    value)`` from ``scan``), several values joined by "\\", for the data
+    set's one ASCII-compatible ``codec`` (None: its character set has
+    none): CS and UI as ASCII whatever the character set, PN, SH and LO in
+    ``codec``, padding stripped as pydicom strips it; None for anything
+    else (the caller asks pydicom)."""
+
+def text_json(items: list[dict[int, Any]], keys: dict[int, Any], codec: str | None) -> str | None:
+    """DICOM JSON of the text elements ``keys`` (tag -> None for SH/LO, or
+    the keys of a sequence's items) of scanned ``items``: the text
+    ``json.dumps(..., ensure_ascii=False)`` gives for pydicom's
+    ``to_json_dict`` of each element, one object per item; None when
+    something is not plain."""

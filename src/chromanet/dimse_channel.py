@@ -415,7 +415,7 @@ class DimseChannel:
         self._waiting: deque[IncomingMessage] = deque()
         self._running = 0
         self._streaming: tuple[int, Command, DatasetSink] | None = None
-        self._tasks: set[asyncio.Future[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         # The negotiated window for our own requests: callers beyond it wait
         # here for a slot (0 = unlimited).
         self._invoke_slots = _InvokeWindow(max_operations_invoked) if max_operations_invoked else None
@@ -519,13 +519,16 @@ class DimseChannel:
         """Send a request that has exactly one response, and return it.
         A large data set (a C-STORE of a big file) is paced out in slices.
         ``hold``: several requests sent in one pass of the loop (operations
-        in a window) go out in one write (``send``)."""
+        in a window) go out in one write (``send``); so they do whenever
+        other requests are outstanding (the answers to a window's requests
+        often come in one read and wake their senders in one pass)."""
         await self.acquire_slot()
         try:
             stream = self._register(command)
             try:
                 if self.end_error is not None:
                     raise _fresh(self.end_error)
+                hold = hold or len(self._pending) > 1
                 await self.ul.send_message_paced(context_id, command, dataset, hold=hold)
                 if self.dimse_hook is not None:  # EVT_DIMSE_SENT bound
                     self.dimse_hook(True, context_id, command, dataset)
@@ -678,14 +681,16 @@ class DimseChannel:
             self._active.pop(message.command.message_id, None)
             return
         self._running += 1
-        # A coroutine runs as a task; a future (a handler's answer coming
-        # back from its worker thread) is the operation itself.
-        task = pending if isinstance(pending, asyncio.Future) else self._loop.create_task(pending)  # type: ignore[arg-type]
+        if isinstance(pending, asyncio.Future):
+            # Answered from a callback (``base._answer_when_done``): no task.
+            pending.add_done_callback(lambda f, m=message: self._served(f, m))
+            return
+        task = self._loop.create_task(pending)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(lambda t, m=message: self._served(t, m))
 
     def _served(self, task: asyncio.Future[None], message: IncomingMessage) -> None:
-        self._tasks.discard(task)
+        self._tasks.discard(task)  # type: ignore[arg-type]
         self._running -= 1
         self._active.pop(message.command.message_id, None)
         if not task.cancelled() and task.exception() is not None:

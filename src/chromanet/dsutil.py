@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom import Dataset
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
@@ -425,12 +425,21 @@ def uid_of(dataset: Dataset, tag: int) -> str:
     C-STORE of a Dataset read from a file or the wire reads its SOP Class and
     Instance UIDs so, without pydicom's conversion, ~25 us each). Raises
     KeyError when the element is absent."""
-    raw = dataset.get_item(tag)
+    elements = getattr(dataset, "_dict", None)
+    # pydicom's own element dict, read without Dataset.get_item's Tag()
+    # conversion (a library-mode sub-operation asks for two UIDs).
+    raw = elements.get(tag) if type(elements) is dict else dataset.get_item(tag)
     if raw is None:
         raise KeyError(f"({tag >> 16:04X},{tag & 0xFFFF:04X}) not in the data set")
-    if type(raw) is RawDataElement and type(raw.value) is bytes:
+    kind = type(raw)
+    if kind is RawDataElement and type(raw.value) is bytes:
         text = raw.value.rstrip(b"\x00 ")
         if not text.translate(None, b"0123456789."):  # digits and dots: nothing else to strip or split
             return text.decode("ascii")
+    elif kind is DataElement and raw.VR != "SQ":
+        # What dataset[tag] returns for a converted element (it only
+        # changes a sequence, whose items it ties to the data set).
+        value = raw.value
+        return "" if value is None else str(value)
     value = dataset[tag].value
     return "" if value is None else str(value)

@@ -392,7 +392,10 @@ def inline(handler: Callable[..., Any]) -> Callable[..., Any]:
     ``event.assoc`` is the ``AsyncAssociation``, as for ``async def``
     handlers. ``AE.sync_handlers_inline = True`` does this for every
     handler of the AE. A bound method cannot carry the mark: a marked
-    wrapper of it is returned (bind that one)."""
+    wrapper of it is returned (bind that one). An inline C-ECHO or C-STORE
+    handler may also return an ``asyncio.Future`` of its answer: the
+    response leaves when the future is done (failed or cancelled: the
+    status of a handler that raised), without a task per request."""
     try:
         setattr(handler, INLINE_ATTRIBUTE, True)
     except AttributeError:

@@ -252,6 +252,20 @@ def test_batch_flags_and_toml(tmp_path: Path) -> None:
     toml.write_text("store_batch_size = 8\nstore_batch_wait = 0.002\n")
     from_file = parse("--config", str(toml))
     assert (from_file.store_batch_size, from_file.store_batch_wait) == (8, 0.002)
+    from chromanet.archive.group_commit import DEFAULT_MAX_INFLIGHT
+
+    assert default.store_batch_inflight == DEFAULT_MAX_INFLIGHT
+    assert parse("--store-batch-inflight", "1").store_batch_inflight == 1
+    toml.write_text("store_batch_inflight = 3\n")
+    assert parse("--config", str(toml)).store_batch_inflight == 3
+    with pytest.raises(ValueError, match="store_batch_inflight"):
+        PaletteNode(NodeConfig(data_dir=tmp_path / "d", store_batch_inflight=0))
+    node = PaletteNode(NodeConfig(data_dir=tmp_path / "i", store_batch_inflight=1))
+    try:
+        assert node.ingest_queue.group.max_inflight == 1
+        asyncio.run(node.ingest_queue.close())  # its commit threads end
+    finally:
+        node.archive.close()
     with pytest.raises(ValueError, match="store_batch_size"):
         PaletteNode(NodeConfig(data_dir=tmp_path / "d", store_batch_size=0))
     from chromanet.apps.node import DEFAULT_STORE_MEMORY_LIMIT
@@ -279,4 +293,4 @@ def test_batch_flags_and_toml(tmp_path: Path) -> None:
     # docs/serve.toml, the documented example, names every key.
     example = (Path(__file__).resolve().parents[2] / "docs" / "serve.toml").read_text()
     assert "store_batch_size =" in example and "store_batch_wait =" in example and "store_memory_limit =" in example
-    assert "store_durability =" in example
+    assert "store_durability =" in example and "store_batch_inflight =" in example

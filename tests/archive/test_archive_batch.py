@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import threading
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore:Invalid value for VR"),
 
 HOT_IRON = "1.2.840.10008.1.5.1"
 EXPLICIT = "1.2.840.10008.1.2.1"
+PALETTE_CLASS = "1.2.840.10008.5.1.4.39.1"
 
 
 class SimulatedKill(BaseException):
@@ -311,6 +313,51 @@ def test_in_memory_store_is_the_file_its_spool_would_be(archive: PaletteArchive)
         assert path_of.read_bytes() == header + body
     assert archive.index.get(memory_uid).owner == "PEER"
     assert archive.verify().ok
+
+
+def test_stores_kept_in_the_index_are_validated_on_arrival(tmp_path: Path, monkeypatch) -> None:
+    """A data set the archive keeps in its index is validated on the event
+    loop as it arrives (the commit threads are left the transaction); one
+    that becomes a file is validated in a commit thread, where its file is
+    written. Refusals on arrival keep their place among the results."""
+    archive = PaletteArchive.open(tmp_path / "data")
+    threads: list[str] = []
+    prepare_data = archive.prepare_data
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return prepare_data(*args, **kwargs)
+
+    monkeypatch.setattr(archive, "prepare_data", recording)
+    small = [generate_uid() for _ in range(3)]
+    sets = [(uid, dsutil.encode_dataset(hot_iron_copy(uid, "SMALL"), EXPLICIT)) for uid in small]
+    not_palette = dsutil.encode_dataset(hot_iron_copy(generate_uid(), "X", ContentLabel=""), EXPLICIT)
+
+    async def main() -> list[IngestResult]:
+        queue = IngestQueue(archive)
+        try:
+            results = await asyncio.wait_for(asyncio.gather(
+                queue.ingest_data(sets[0][1], EXPLICIT, PALETTE_CLASS, sets[0][0]),
+                queue.ingest_data(not_palette, EXPLICIT, PALETTE_CLASS, ""),
+                queue.ingest_data(sets[1][1], EXPLICIT, PALETTE_CLASS, sets[1][0]),
+            ), WAIT_TIMEOUT)  # fmt: skip
+            archive.inline_max = 0
+            results.append(await asyncio.wait_for(
+                queue.ingest_data(sets[2][1], EXPLICIT, PALETTE_CLASS, sets[2][0]), WAIT_TIMEOUT
+            ))  # fmt: skip
+            return results
+        finally:
+            await queue.close()
+
+    try:
+        results = asyncio.run(main())
+        assert [r.status for r in results] == [0x0000, 0xA900, 0x0000, 0x0000]
+        assert threads[:3] == [threading.main_thread().name] * 3
+        assert threads[3].startswith("chromanet-commit")
+        assert archive.get(small[0]).path is None and archive.get(small[2]).path is not None
+        assert archive.verify().ok
+    finally:
+        archive.close()
 
 
 def test_ingest_queue_answers_refusals_in_place(archive: PaletteArchive) -> None:

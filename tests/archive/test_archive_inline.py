@@ -137,6 +137,35 @@ def test_replacing_moves_between_kinds_and_leaves_nothing_behind(archive: Palett
     assert archive.verify().ok and len(archive) == 9
 
 
+def test_a_batch_larger_than_one_statement_is_whole(archive: PaletteArchive) -> None:
+    """A batch's rows go in multi-row statements of at most
+    ``_ROWS_PER_STATEMENT`` rows: a batch of more, some in the index and
+    some in files, some replacing rows of the same batch's earlier
+    statements' UIDs, is stored whole, each instance's bytes its own."""
+    per_statement = index_module._ROWS_PER_STATEMENT
+    uids = [generate_uid() for _ in range(2 * per_statement + 3)]
+    first = [store(archive, uid, "FIRST") for uid in uids[:5]]  # replaced within the batch below
+    assert all(result.ok for result in first)
+    archive.inline_max = 65536
+    prepared = []
+    for k, uid in enumerate(uids):
+        if k == per_statement:
+            archive.inline_max = 0  # the rest of the batch in files
+        elif k == per_statement + 10:
+            archive.inline_max = 65536
+        ds = hot_iron_copy(uid, f"L{k}")
+        prepared.append(archive.prepare_data(received(uid, f"L{k}"), EXPLICIT, ds.SOPClassUID, uid))
+    results = archive.commit_batch(prepared)
+    assert all(result.ok for result in results)
+    assert [r.comment == "replaced" for r in results] == [k < 5 for k in range(len(uids))]
+    assert len(listing(archive)) == 10
+    assert blob_count(archive) == 8 + len(uids) - 10
+    for k, uid in enumerate(uids):
+        ds = dcmread(BytesIO(archive.read(uid)))
+        assert (ds.SOPInstanceUID, ds.ContentLabel) == (uid, f"L{k}")
+    assert archive.verify().ok and len(archive) == 8 + len(uids)
+
+
 def test_refusals_keep_nothing_of_the_refused_store(archive: PaletteArchive) -> None:
     uid = generate_uid()
     assert store(archive, uid, "BYA", owner="A").ok

@@ -6,7 +6,12 @@ syntaxes and for data sets pydicom decoded."""
 
 from __future__ import annotations
 
+import struct
+import warnings
+from typing import Any
+
 import pytest
+from hypothesis import given, settings, strategies as st
 from pydicom import Dataset
 
 from chromanet import dsutil, uids
@@ -147,3 +152,127 @@ def test_scan_leaves_refusals_and_the_unusual_to_pydicom() -> None:
     )
     # Undefined length on anything but a sequence or an item: the scan declines.
     assert validation.rawscan.scan(b"\x09\x00\x10\x10UN\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00") is None
+
+
+# ------------------------------------------------ text in C, against pydicom
+# Bytes that make text interesting: padding, the value separator, JSON's
+# escapes, control characters, ESC (ISO 2022), Latin-1 and UTF-8 letters and
+# bytes no codec decodes.
+_TEXT_BYTES = st.lists(
+    st.sampled_from([b"a", b"Z", b"0", b".", b" ", b"\x00", b"\\", b'"', b"\n", b"\x01", b"\x7f", b"\x1b",
+                     b"\xe9", b"\xc3\xa9", b"\xff", b"^", b"="]),
+    max_size=12,
+).map(b"".join)
+_CHARSETS = {None: "ascii", "ISO_IR 100": "latin_1", "ISO_IR 192": "utf_8", "GB18030": None}
+
+
+def _element(tag: int, vr: str, value: bytes) -> bytes:
+    """One Explicit VR Little Endian element with a 2-byte length (PS3.5 7.1.2), made by hand."""
+    return struct.pack("<HH2sH", tag >> 16, tag & 0xFFFF, vr.encode(), len(value)) + value
+
+
+def _decoded_like_a_store(tag: int, vr: str, value: bytes, charset: str | None) -> Dataset:
+    """A data set of one element (and ``charset``), encoded by hand and
+    decoded by chromanet's codec: its elements raw, as a received store's
+    are, for pydicom to convert."""
+    data = b"" if charset is None else _element(0x00080005, "CS", charset.encode() + b" " * (len(charset) % 2))
+    data += _element(tag, vr, value)
+    return dsutil.decode_dataset(data, uids.ExplicitVRLittleEndian)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_TEXT_BYTES, vr=st.sampled_from(["SH", "LO", "PN", "CS", "UI"]), charset=st.sampled_from(list(_CHARSETS)))
+def test_plain_text_is_pydicoms_text(value: bytes, vr: str, charset: str | None) -> None:
+    """``_dataset.plain_text`` gives what pydicom's conversion gives, or
+    declines; it declines only what pydicom must read (ESC, bytes the
+    codec cannot decode, no single codec)."""
+    from chromanet import _dataset
+
+    value = value if len(value) % 2 == 0 else value + b" "
+    codec = _CHARSETS[charset]
+    text = _dataset.plain_text((vr, value), codec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = _decoded_like_a_store(0x00700081, vr, value, charset)
+        try:
+            expected = validation._text_or_none(ds, 0x00700081)
+        except UnicodeDecodeError:  # pydicom cannot read it: neither may we
+            assert text is None
+            return
+    if text is not None:
+        assert text == expected
+    if vr == "UI":
+        decodes = all(c in b"0123456789.\\" for c in value.rstrip(b" \x00"))
+    else:
+        decodes = value.isascii() if vr == "CS" else codec is not None and _decodes(value, codec)
+    assert (text is not None) == (b"\x1b" not in value and decodes)
+
+
+def _decodes(value: bytes, codec: str) -> bool:
+    try:
+        value.decode(codec)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    items=st.lists(
+        st.tuples(
+            st.one_of(st.none(), _TEXT_BYTES),
+            st.one_of(st.none(), st.lists(st.tuples(*[st.one_of(st.none(), _TEXT_BYTES)] * 4), max_size=2)),
+        ),
+        max_size=3,
+    ),
+    charset=st.sampled_from(list(_CHARSETS)),
+)
+def test_text_json_is_the_json_of_pydicoms_elements(items: list[Any], charset: str | None) -> None:
+    """The alternates' JSON built in C (``_dataset.text_json``) is the text
+    built from pydicom's own JSON of each element, or it declines (and the
+    store is read through pydicom)."""
+    from pydicom.dataelem import DataElement
+    from pydicom.sequence import Sequence
+
+    from chromanet import _dataset
+
+    def even(value: bytes) -> bytes:
+        return value if len(value) % 2 == 0 else value + b" "
+
+    ds = Dataset()
+    if charset is not None:
+        ds.SpecificCharacterSet = charset
+    sequence = []
+    for description, codes in items:
+        item = Dataset()
+        if description is not None:
+            item.add(DataElement(m.CONTENT_DESCRIPTION, "LO", even(description)))
+        if codes is not None:
+            code_items = []
+            for values in codes:
+                code = Dataset()
+                for (tag, vr), value in zip(m.CODE_ITEM_KEYS.items(), values):
+                    if value is not None:
+                        code.add(DataElement(tag, vr, even(value)))
+                code_items.append(code)
+            item.add(DataElement(m.LANGUAGE_CODE_SEQUENCE, "SQ", Sequence(code_items)))
+        sequence.append(item)
+    ds.add(DataElement(m.ALTERNATE_CONTENT_DESCRIPTION_SEQUENCE, "SQ", Sequence(sequence)))
+    data = dsutil.encode_dataset(ds, uids.ExplicitVRLittleEndian)
+    elements = validation.rawscan.scan(data)
+    assert elements is not None
+    text = _dataset.text_json(elements[m.ALTERNATE_CONTENT_DESCRIPTION_SEQUENCE][1], validation._ALTERNATE_KEYS,
+                              _CHARSETS[charset])  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            expected = validation._alternate_json(dsutil.decode_dataset(data, uids.ExplicitVRLittleEndian))
+        except Exception:  # pydicom cannot make JSON of it: neither may we
+            assert text is None
+            return
+    if text is not None:
+        assert text == expected
+    values = [v for d, codes in items for v in [d, *(x for c in codes or () for x in c)] if v is not None]
+    codec = _CHARSETS[charset]
+    plain = all(codec is not None and b"\x1b" not in v and _decodes(v, codec) for v in values)
+    assert (text is not None) == plain

@@ -10,7 +10,8 @@
   all associations; the others wait for a thread and are all served.
 - A server on a program's own loop (``start_server_async``): a sync
   handler's blocking ``event.assoc`` works on that loop.
-- A generator's results cross from the worker in batches, not a hop each.
+- A generator's results cross from the worker in batches, not a hop each;
+  a retrieve's batch grows past its limit only while the generator is quick.
 - A handler blocked on its own association (a C-GET back to the peer)
   lets the association's next handlers (the C-GET's C-STOREs) run.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import pytest
@@ -283,6 +285,63 @@ def test_generator_results_cross_in_batches(make_qr_scp, monkeypatch):
                 if identifier is not None]
     assert uids == [f"1.2.3.{n}" for n in range(total)]
     assert len(jobs) <= total // 16
+
+
+class _Lane:
+    """What ``ThreadedResults`` needs of a lane to run one job by hand."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+
+
+def _one_job(generator: Any, **batch: Any) -> list[Any]:
+    """The results one job of a retrieve's ``ThreadedResults`` takes from
+    ``generator``, batched as ``batch`` says (limit 8, a final status ends it)."""
+    loop = asyncio.new_event_loop()
+    try:
+        results = handler_threads.ThreadedResults(generator, _Lane(loop), lambda: False)
+        results.batch(8, lambda item: item[0] != 0xFF00, **batch)
+        results._take()
+        return list(results._items)
+    finally:
+        loop.close()
+
+
+def _endless(sleep: float = 0.0, after: int = 0) -> Any:
+    n = 0
+    while True:
+        if sleep and n >= after:
+            time.sleep(sleep)
+        yield 0xFF00, n
+        n += 1
+
+
+def test_a_fast_generator_crosses_in_hops_of_up_to_most():
+    """A retrieve generator yielding from memory: one job takes up to
+    ``most`` results while it is quicker than ``within``; without ``most``,
+    ``limit`` (8), as before."""
+    assert len(_one_job(_endless(), most=64, within=60.0)) == 64
+    assert len(_one_job(_endless())) == 8
+    assert len(_one_job(_endless(), most=64, within=0.0)) == 8
+
+
+def test_a_slow_generator_runs_no_further_ahead_than_within_allows():
+    """A generator that builds each result (reads a file): past ``limit``,
+    a job takes no more once ``within`` has passed."""
+    assert len(_one_job(_endless(sleep=0.002), most=64, within=0.001)) == 8
+    # Quick for 8 results, then slow: the 9th is taken (the time was not
+    # up yet), and then no more.
+    assert len(_one_job(_endless(sleep=0.01, after=8), most=64, within=0.005)) == 9
+
+
+def test_a_final_status_still_ends_a_long_job():
+    def results() -> Any:
+        yield from ((0xFF00, n) for n in range(20))
+        yield 0x0000, None
+        yield 0xFF00, "never taken"
+
+    taken = _one_job(results(), most=64, within=60.0)
+    assert len(taken) == 21 and taken[-1] == (0x0000, None)
 
 
 def test_slow_generator_hands_each_result_over_at_once(make_qr_scp):

@@ -214,6 +214,44 @@ def test_async_store_handler(palette_files):
     assert seen == [str(pydicom.dcmread(palette_files[1]).SOPInstanceUID)]
 
 
+def test_inline_store_handler_answering_with_a_future(palette_files):
+    """An inline handler may return an asyncio.Future of its status (as the
+    node's C-STORE does while its group commit runs): each response leaves
+    when its future is done, with its status, and a future that fails or is
+    cancelled answers 0xC211 (the handler's exception status), the
+    association going on."""
+    answered: list[int] = []
+    handed: asyncio.Queue[asyncio.Future[Any]] = asyncio.Queue()
+
+    @evt.inline
+    def on_store(event: Any) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        handed.put_nowait(future)
+        return future
+
+    async def main() -> None:
+        async with async_scp(handlers=[(evt.EVT_C_STORE, on_store)]) as scp:
+            async with scu_ae().associate_async(*scp.address, ae_title="SRV") as assoc:
+                first = asyncio.ensure_future(assoc.send_c_store(palette_files[0]))
+                future = await handed.get()
+                await asyncio.sleep(0.05)
+                assert not first.done()  # no answer before the future is done
+                future.set_result(_status_ds(Status=0xB000, ErrorComment="later"))
+                rsp = await first
+                answered.append(rsp.Status)
+                assert rsp.ErrorComment == "later"
+                second = asyncio.ensure_future(assoc.send_c_store(palette_files[1]))
+                (await handed.get()).set_exception(RuntimeError("commit failed"))
+                answered.append((await second).Status)
+                third = asyncio.ensure_future(assoc.send_c_store(palette_files[2]))
+                (await handed.get()).cancel()
+                answered.append((await third).Status)
+                answered.append((await assoc.send_c_echo()).Status)
+
+    run_async(main())
+    assert answered == [0xB000, 0xC211, 0xC211, 0x0000]
+
+
 # ------------------------------------------------------------------ spooling
 def test_spool_handler_keeps_files(make_scp, palette_files, tmp_path):
     spool = tmp_path / "spool"

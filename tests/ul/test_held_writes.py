@@ -14,7 +14,7 @@ from typing import Any
 import uvloop
 from pydicom import Dataset
 
-from chromanet import evt, uids
+from chromanet import AE, evt, uids
 from chromanet.ul.connection import HOLD_BUFFERS, ULConnection
 from helpers.qr import FIND, GET, configure_qr_scp_ae, qr_scu_ae
 from helpers.waits import WAIT_TIMEOUT
@@ -270,3 +270,45 @@ def test_abort_after_held_message_keeps_the_order() -> None:
 
     writes = asyncio.run(body())
     assert writes == [[b"PENDING-1", b"PENDING-2"], [b"ABORT"]]
+
+
+def test_a_windows_echoes_share_writes_both_ways() -> None:
+    """Eight C-ECHOs in a window of eight on one association: the requests
+    sent while others are outstanding are held and leave together, and the
+    answers to the requests one read brought leave together once that read
+    is delivered; every request answered. (Without
+    either, each side made one write per echo.)"""
+    from chromanet.pdu_primitives import AsynchronousOperationsWindowNegotiation
+
+    async def body() -> tuple[list[int], int, int]:
+        scp = AE("SRV")
+        scp.add_supported_context(uids.Verification)
+        scp.async_ops_window = (8, 8)
+        server = await scp.start_server_async(("127.0.0.1", 0))
+        try:
+            scu = AE("SCU")
+            scu.add_requested_context(uids.Verification)
+            window = AsynchronousOperationsWindowNegotiation()
+            window.maximum_number_operations_invoked = window.maximum_number_operations_performed = 8
+            assoc = await scu.associate_async("127.0.0.1", server.server_address[1], ae_title="SRV", ext_neg=[window])
+            assert assoc.is_established and assoc.acceptor.asynchronous_operations == (8, 8)
+            server_writes = await _server_transport(server)
+            connection: ULConnection = assoc._ul.connection
+            client_writes = CountingTransport(connection.transport)
+            connection.transport = client_writes  # type: ignore[assignment]
+            responses = await asyncio.wait_for(
+                asyncio.gather(*(assoc.send_c_echo(msg_id=100 + k) for k in range(8))), WAIT_TIMEOUT
+            )
+            statuses = [int(rsp.Status) for rsp in responses]
+            writes = (client_writes.writes, server_writes.writes)
+            await assoc.release()
+            return statuses, *writes
+        finally:
+            await asyncio.wait_for(server.close(), WAIT_TIMEOUT)
+
+    statuses, client_writes, server_writes = uvloop.run(body())
+    assert statuses == [0x0000] * 8
+    # The first request leaves alone (nothing else is outstanding yet), the
+    # other seven in one write; the server reads them in one or two reads.
+    assert client_writes == 2, client_writes
+    assert server_writes <= 2, server_writes

@@ -555,6 +555,14 @@ _NON_ASCII = st.lists(st.sampled_from([b"A", b" ", b"\\", b"\0", b"\xfc", b"\xc3
                       max_size=8).map(b"".join)
 
 
+# IS-like values: integers with signs, spaces, NULs and backslashes in
+# places (pydicom keeps the plain ones as they are), and PN-like ones with
+# component groups (a trailing '=' it drops).
+_INTEGERISH = st.lists(st.sampled_from([b"1", b"0", b"9", b"-", b"+", b"\\", b" ", b"\0", b".", b"123456789012"]),
+                       max_size=8).map(b"".join)
+_NAMEISH = st.lists(st.sampled_from([b"Doe", b"^", b"=", b"\\", b" ", b"\0", b"J"]), max_size=10).map(b"".join)
+
+
 _LONG_LENGTH_VRS = {"OB", "OW", "UT", "UN", "SQ", "UC", "UR", "OD", "OF", "OL", "OV", "SV", "UV"}
 
 
@@ -574,6 +582,8 @@ def raw_encoded(draw: Any) -> tuple[bytes, bool]:
         vr = "SS" if name == "LUT-SS" else name
         if vr in ("US", "SS", "UL", "OW", "OB", "FD", "AT"):
             value = draw(st.binary(max_size=16))
+        elif vr in ("IS", "PN"):  # also values shaped like theirs, which may be written as they are
+            value = draw(st.one_of(_TEXTISH, _NON_ASCII, _INTEGERISH if vr == "IS" else _NAMEISH))
         else:
             value = draw(st.one_of(_TEXTISH, _NON_ASCII))
         header = struct.pack(order + "HH", tag >> 16, tag & 0xFFFF) + vr.encode()
@@ -617,6 +627,85 @@ def test_a_palette_file_is_reencoded_without_pydicom_writer() -> None:
         _dataset.encode(dcmread(p), True, True) is not None for p in palette_paths())
 
 
+def test_plain_integer_strings_and_person_names_keep_their_bytes() -> None:
+    """A palette as ``dcmread`` left it, sent on an Implicit VR LE context:
+    its Instance Number (IS) and Content Creator's Name (PN) are written
+    from their raw bytes, not converted first (pydicom's objects would
+    write the same bytes), and the whole is pydicom's output."""
+    for path in palette_paths():
+        ds = dcmread(path)
+        if 0x00200013 not in ds or 0x00700084 not in ds:
+            continue
+        assert _dataset.encode(ds, True, True) == pydicom_write(dcmread(path), True, True), path
+        assert type(ds.get_item(0x00200013)) is RawDataElement, path
+        assert type(ds.get_item(0x00700084)) is RawDataElement, path
+        return
+    pytest.fail("no palette with both elements")
+
+
+@pytest.mark.parametrize("value,kept", [
+    (b"12", True), (b"-5", True), (b"+7", True), (b"1 ", True), (b"1\\22", True), (b"007 ", True), (b"", True),
+    (b"+7 ", False), (b" 12", False), (b"1.0 ", False), (b"1\\ 2", False), (b"1234567890123 ", False),
+    (b"12\0", False), (b"- ", False),
+])
+def test_which_raw_integer_strings_are_kept(value: bytes, kept: bool) -> None:
+    """Hand-picked IS values (PS3.5 6.2: IS, 12 bytes at most, padded with a
+    space): what pydicom writes back after its conversion, and whether the
+    codec kept the raw element (it must, exactly for the plain ones)."""
+    ds = Dataset()
+    ds.add(RawDataElement(BaseTag(0x00200013), "IS", len(value), value, 0, False, True))
+    ds.set_original_encoding(False, True, "iso8859")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = pydicom_write(copy.deepcopy(ds), True, True)
+        ours = _dataset.encode(ds, True, True)
+    assert ours == theirs
+    assert (type(ds.get_item(0x00200013)) is RawDataElement) == kept
+
+
+@pytest.mark.parametrize("value,kept", [
+    (b"Doe^John", True), (b"A=B ", True), (b"=B", True), (b"Doe\\Roe ", True), (b"Doe \\ ", True),
+    (b"Doe=", False), (b"A==", False), (b"Doe=\\Roe ", False), (b"Doe  ", False), (b"D\xfc", False),
+])
+def test_which_raw_person_names_are_kept(value: bytes, kept: bool) -> None:
+    """Hand-picked PN values (PS3.5 6.2.1: groups split by '=', padded with a
+    space): pydicom drops empty groups at the end of a name, so those are
+    converted; the others keep their bytes. Either way, pydicom's output."""
+    ds = Dataset()
+    ds.add(RawDataElement(BaseTag(0x00700084), "PN", len(value), value, 0, False, True))
+    ds.set_original_encoding(False, True, "iso8859")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        theirs = pydicom_write(copy.deepcopy(ds), True, True)
+        ours = _dataset.encode(ds, True, True)
+    assert ours == theirs or (ours is None and not value.isascii())  # non-ASCII names: pydicom's writer
+    assert (type(ds.get_item(0x00700084)) is RawDataElement) == kept
+
+
+@pytest.mark.parametrize("implicit,little", SYNTAXES, ids=SYNTAX_IDS)
+def test_a_palette_sent_again_is_encoded_as_pydicom_encodes_it(implicit: bool, little: bool) -> None:
+    """Library mode with Datasets held in memory: the first encode converts
+    some elements in place (as pydicom's writer would), later ones write a
+    Dataset of converted elements (IS, PN, sequences) and raw ones; each
+    time the bytes are pydicom's for the same Dataset."""
+    for path in palette_paths():
+        ds = dcmread(path)
+        for _ in range(3):
+            ours = _dataset.encode(ds, implicit, little)
+            assert ours is not None or not little, path  # big endian: some values are pydicom's to write
+            assert ours is None or ours == pydicom_write(copy.deepcopy(ds), implicit, little), path
+    # Elements added out of tag order are still written in tag order.
+    ds = dcmread(palette_paths()[0])
+    shuffled = Dataset()
+    for tag in sorted(ds.keys(), key=lambda t: -int(t)):
+        shuffled.add(ds[tag])
+    shuffled.set_original_encoding(*ds.original_encoding, ds.original_character_set)
+    assert list(shuffled._dict)[0] > list(shuffled._dict)[-1]
+    ours = _dataset.encode(shuffled, implicit, little)
+    assert ours is not None or not little
+    assert ours is None or ours == pydicom_write(copy.deepcopy(ds), implicit, little)
+
+
 @pytest.mark.parametrize("implicit,little", SYNTAXES, ids=SYNTAX_IDS)
 @pytest.mark.parametrize("raw", [b"1.2.3\x00", b"1.2.34", b"1.2.3 ", b"", b"1.2\\1.3\x00", b"\xc3\xbc1", b" 1.2\x00", b"1.2 \x00\x00"])
 def test_uid_of_reads_raw_uids_as_pydicom_converts_them(implicit: bool, little: bool, raw: bytes) -> None:
@@ -627,6 +716,12 @@ def test_uid_of_reads_raw_uids_as_pydicom_converts_them(implicit: bool, little: 
         warnings.simplefilter("ignore")
         expected = pydicom_read(data, implicit, little)[0x00080018].value
         assert dsutil.uid_of(pydicom_read(data, implicit, little), 0x00080018) == ("" if expected is None else str(expected))
+        # The same once pydicom converted the element (a Dataset sent before,
+        # or built in memory): read from the DataElement.
+        converted = pydicom_read(data, implicit, little)
+        converted[0x00080018]
+        assert type(converted.get_item(0x00080018)) is DataElement
+        assert dsutil.uid_of(converted, 0x00080018) == ("" if expected is None else str(expected))
     with pytest.raises(KeyError):
         dsutil.uid_of(ds, 0x00080016)
 

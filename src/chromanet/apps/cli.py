@@ -144,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 0: a second commit starts beside it at once)",
     )  # fmt: skip
     serve.add_argument(
+        "--store-batch-inflight", type=int, metavar="N",
+        help="group commit: batches committing at once at most (default 2: one is written while the "
+        "other waits for the disk)",
+    )  # fmt: skip
+    serve.add_argument(
         "--store-memory-limit", type=int, metavar="BYTES",
         help="C-STOREs of data sets up to this size are received in memory and written straight into the "
         "store; larger ones are spooled to disk as they arrive (default 65536; 0: spool all)",
@@ -430,6 +435,7 @@ def load_node_config(args: argparse.Namespace) -> Any:
         "drain_timeout",
         "store_batch_size",
         "store_batch_wait",
+        "store_batch_inflight",
         "store_memory_limit",
         "store_durability",
         "store_inline_max",

@@ -42,7 +42,7 @@ from chromanet.apps.audit_writer import AuditWriter, FileSink, Sink, SyslogSink
 from chromanet.apps.metrics import NodeMetrics, serve_metrics
 from chromanet.server import AssociationCounter, AsyncServer
 from chromanet.archive import ArchiveError, PaletteArchive
-from chromanet.archive.group_commit import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT, IngestQueue
+from chromanet.archive.group_commit import DEFAULT_MAX_BATCH, DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_WAIT, IngestQueue
 from chromanet.archive.durability import check_durability
 from chromanet.archive.store import DEFAULT_INLINE_MAX
 from chromanet.archive.postgres import PgArchive, is_postgresql_url
@@ -141,10 +141,11 @@ class NodeConfig:
     # Group commit of C-STOREs (archive/group_commit.py): stores that arrive
     # while a commit runs are made durable together, at most this many at
     # once; a store waits at most store_batch_wait seconds for its batch to
-    # begin (then a second commit starts beside the first). A store that
-    # finds no commit running is committed at once, alone.
+    # begin (then a second commit starts beside the first, store_batch_inflight
+    # at most). A store that finds no commit running is committed at once, alone.
     store_batch_size: int = DEFAULT_MAX_BATCH
     store_batch_wait: float = DEFAULT_MAX_WAIT
+    store_batch_inflight: int = DEFAULT_MAX_INFLIGHT
     # A C-STORE data set of at most this many bytes is received in memory
     # and written by the archive straight into its store; a larger one is
     # spooled to data_dir/incoming as it arrives (bounded memory: at most
@@ -229,12 +230,13 @@ class PaletteNode:
         self.worker = worker
         if (
             config.store_batch_size < 1
+            or config.store_batch_inflight < 1
             or config.store_batch_wait < 0
             or config.store_memory_limit < 0
             or config.store_inline_max < 0
         ):
             raise ValueError(
-                "store_batch_size must be at least 1, store_batch_wait, store_memory_limit and store_inline_max "
+                "store_batch_size and store_batch_inflight must be at least 1, store_batch_wait, store_memory_limit and store_inline_max "
                 "not negative"
             )
         check_durability(config.store_durability)
@@ -492,30 +494,33 @@ class PaletteNode:
         if self._ingest is None:
             config = self.config
             self._ingest = IngestQueue(
-                self.archive, max_batch=config.store_batch_size, max_wait=config.store_batch_wait
+                self.archive, max_batch=config.store_batch_size, max_wait=config.store_batch_wait,
+                max_inflight=config.store_batch_inflight,
             )
         return self._ingest
 
-    async def on_store(self, event: evt.Event) -> int | Dataset:
+    @evt.inline
+    def on_store(self, event: evt.Event) -> int | asyncio.Future[int | Dataset]:
         """Ingest the data set (received in memory, or spooled to a file
         when larger than ``store_memory_limit``): validated and written
         into the store off the event loop, then made durable (fsynced,
         renamed, indexed) together with the stores of other associations
         that arrived meanwhile (group commit); answered only once its batch
         has committed. A peer may replace a palette another peer stored only
-        when its grant says so."""
+        when its grant says so. Inline, it returns the future of its status
+        (answered from the commit's callback: no task or coroutine per store)."""
         grant = _grant(event)
         started = time.perf_counter()
         owner = grant.peer or None
         try:
             spooled = getattr(event, "dataset_path", None)
             if spooled is not None:
-                result = await self.ingest_queue.ingest_file(
+                committed = self.ingest_queue.submit_file(
                     Path(spooled), owner=owner, may_replace_others=grant.may_replace_others
                 )
             else:
                 command = event.request.command
-                result = await self.ingest_queue.ingest_data(
+                committed = self.ingest_queue.submit_data(
                     event.encoded_dataset(include_meta=False), event.context.transfer_syntax,
                     command.affected_sop_class_uid or "", command.affected_sop_instance_uid or "",
                     owner=owner, may_replace_others=grant.may_replace_others,
@@ -523,9 +528,23 @@ class PaletteNode:
         except Exception as exc:  # the archive could not be written at all
             LOGGER.error("storing %s failed: %s", event.request.AffectedSOPInstanceUID, exc)
             return STORE_OUT_OF_RESOURCES
-        if self.metrics is not None:
-            self.metrics.index_query("store", time.perf_counter() - started)
-        return _store_status(result)
+        status: asyncio.Future[int | Dataset] = committed.get_loop().create_future()
+
+        def stored(_: asyncio.Future[Any]) -> None:
+            if committed.cancelled():
+                status.cancel()
+                return
+            error = committed.exception()
+            if error is not None:  # the archive could not be written at all
+                LOGGER.error("storing %s failed: %s", event.request.AffectedSOPInstanceUID, error)
+                status.set_result(STORE_OUT_OF_RESOURCES)
+                return
+            if self.metrics is not None:
+                self.metrics.index_query("store", time.perf_counter() - started)
+            status.set_result(_store_status(committed.result()))
+
+        committed.add_done_callback(stored)
+        return status
 
     @evt.inline
     def on_find(self, event: evt.Event) -> Any:

@@ -24,6 +24,7 @@ this code writes. A newer database is refused rather than misread.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import sqlite3
@@ -203,6 +204,30 @@ ON CONFLICT (sop_instance_uid) DO UPDATE SET
 
 _ASCII_ONLY_COLUMN = IndexRow.__slots__.index("ascii_only")
 
+# A batch's rows go in one statement per table (multi-row VALUES), not one
+# execution per row: SQLite's module gives the GIL up around every step of
+# a statement and must wait to get it back behind the event loop, so a
+# commit thread paid that wait twice per row. At most _ROWS_PER_STATEMENT
+# rows a statement (13 parameters each: under SQLite's oldest limit of 999).
+_ROWS_PER_STATEMENT = 64
+_INSERT_HEAD, _, _INSERT_TAIL = _INSERT.partition("VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_INSERT_DATA_HEAD = "INSERT INTO instance_data (id, data) VALUES "
+
+
+@functools.lru_cache(maxsize=2 * _ROWS_PER_STATEMENT)
+def _insert_statement(rows: int, data: bool = False) -> str:
+    """``_INSERT`` (or the insert into instance_data) for ``rows`` rows."""
+    if data:
+        return _INSERT_DATA_HEAD + ", ".join(["(?, ?)"] * rows)
+    return f"{_INSERT_HEAD}VALUES {', '.join(['(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)'] * rows)}{_INSERT_TAIL}"
+
+
+def _insert_many(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], data: bool = False) -> None:
+    """Insert ``rows`` (parameter tuples) a statement per _ROWS_PER_STATEMENT."""
+    for start in range(0, len(rows), _ROWS_PER_STATEMENT):
+        chunk = rows[start : start + _ROWS_PER_STATEMENT]
+        conn.execute(_insert_statement(len(chunk), data), [value for row in chunk for value in row])
+
 
 def _values(row: IndexRow, data_id: int | None = None) -> tuple[Any, ...]:
     """``row`` as the parameters of ``_INSERT`` (its bytes at ``data_id``)."""
@@ -377,7 +402,7 @@ class Index:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 if data is None:
-                    conn.executemany(_INSERT, (_values(r) for r in rows))
+                    _insert_many(conn, [_values(r) for r in rows])
                 else:
                     # The bytes' ids chosen here, under the write lock, so
                     # that a batch is one statement per table (each call
@@ -394,8 +419,8 @@ class Index:
                             blobs.append((next_id, blob))
                             next_id += 1
                     if blobs:
-                        conn.executemany("INSERT INTO instance_data (id, data) VALUES (?, ?)", blobs)
-                    conn.executemany(_INSERT, (_values(row, data_id) for row, data_id in zip(rows, ids)))
+                        _insert_many(conn, blobs, data=True)
+                    _insert_many(conn, [_values(row, data_id) for row, data_id in zip(rows, ids)])
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")

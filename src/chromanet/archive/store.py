@@ -329,6 +329,12 @@ def _runs(stripes: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
+#: More than any file meta header ``dsutil.file_header`` writes: preamble
+#: and prefix (132), group length (12), version (14), four UIs of at most 64
+#: characters (4 x 72) and the implementation version name (24).
+_MAX_FILE_META_SIZE = 512
+
+
 @dataclass(frozen=True, slots=True)
 class PreparedStore:
     """A validated store waiting for ``PaletteArchive.commit_batch``:
@@ -610,6 +616,14 @@ class PaletteArchive:
             return IngestResult(refused.status, refused.comment)
         header = dsutil.file_header(fields["sop_class_uid"], fields["sop_instance_uid"], transfer_syntax)
         return self._prepare_bytes((header, data), fields, transfer_syntax, warning, rights)
+
+    def prepares_in_memory(self, data_size: int) -> bool:
+        """Whether ``prepare_data`` of a data set of ``data_size`` bytes
+        keeps it in the index, touching no file: its Part 10 file (the data
+        set behind a file meta header, under _MAX_FILE_META_SIZE) fits
+        ``inline_max``. Such a store may be prepared on the event loop (it
+        costs validation, tens of microseconds, and no I/O)."""
+        return data_size + _MAX_FILE_META_SIZE <= self.inline_max
 
     def prepare_file(
         self,

@@ -37,6 +37,7 @@ from pydicom import Dataset
 from pydicom.dataelem import RawDataElement
 
 from chromanet import dsutil, uids
+from chromanet._dataset import plain_text, text_json
 from chromanet.archive import matching as m
 from chromanet.archive import rawscan
 from chromanet.status import STATUS_SUCCESS, STATUS_WARNING, Status, code_to_category
@@ -131,7 +132,8 @@ def _plain_text(raw: Any, plain: bool) -> str | None:
     them would be plain ASCII decoding; None when it must be asked. With
     ``plain``, the data set's character set is ASCII-safe. The rules are
     pydicom's: CS and UI values stripped of trailing spaces and NULs as a
-    whole (``multi_string``), PN likewise (``convert_PN``), SH and LO value
+    whole (``multi_string``), PN likewise (``convert_PN``) and each value
+    without its empty trailing component groups (``PersonName``), SH and LO value
     by value (``convert_text``); multiple values joined by "\\"."""
     if type(raw) is not RawDataElement:
         return None
@@ -139,8 +141,13 @@ def _plain_text(raw: Any, plain: bool) -> str | None:
     if not isinstance(value, bytes) or not value.isascii() or b"\x1b" in value:
         return None
     vr = raw.VR
-    if vr in _DEFAULT_ENCODING_VRS or (plain and vr == "PN"):
+    if vr in _DEFAULT_ENCODING_VRS:
         return value.decode("ascii").rstrip(" \x00")
+    if plain and vr == "PN":
+        # Each value without its empty trailing component groups, as
+        # pydicom's PersonName gives it ("Doe^Jane=" reads "Doe^Jane").
+        text = value.decode("ascii").rstrip(" \x00")
+        return text if "=" not in text else "\\".join(name.rstrip("=") for name in text.split("\\"))
     if plain and vr in _PLAIN_TEXT_VRS:
         return "\\".join(part.rstrip("\x00 ") for part in value.decode("ascii").split("\\"))
     return None
@@ -340,65 +347,39 @@ class _Unplain(Exception):
 _ONE_CODEC = {None: "ascii", "": "ascii", "ISO_IR 6": "ascii", "ISO_IR 100": "latin_1", "ISO_IR 192": "utf_8"}
 
 
+#: The elements of an Alternate Content Description Sequence item kept in
+#: the index, for ``text_json``: Content Description, and the code keys of
+#: the Language Code Sequence's items (the order of the JSON's keys).
+_ALTERNATE_KEYS: dict[int, Any] = {
+    m.CONTENT_DESCRIPTION: None,
+    m.LANGUAGE_CODE_SEQUENCE: {tag: None for tag in m.CODE_ITEM_KEYS},
+}
+
+
 def _scanned_text(entry: Any, codec: str | None) -> str:
-    """``_text_or_none`` for a scanned element ``(VR, value)``, by
-    pydicom's rules (see ``_plain_text``): CS and UI in ASCII whatever the
-    character set, SH, LO and PN in ``codec`` (the data set's one codec,
+    """``_text_or_none`` for a scanned element ``(VR, value)``, by pydicom's
+    rules (``_dataset.plain_text``, in C): CS and UI in ASCII whatever the
+    character set, PN, SH and LO in ``codec`` (the data set's one codec,
     None if it has none). _Unplain for anything else."""
-    vr, value = entry
-    if type(value) is not bytes or b"\x1b" in value:
+    text = plain_text(entry, codec)
+    if text is None:
         raise _Unplain()
-    try:
-        if vr in _DEFAULT_ENCODING_VRS:
-            return value.decode("ascii").rstrip(" \x00")
-        if codec is None:
-            raise _Unplain()
-        if vr == "PN":
-            return value.rstrip(b"\x00 ").decode(codec)
-        if vr in _PLAIN_TEXT_VRS:
-            return "\\".join(part.rstrip("\x00 ") for part in value.decode(codec).split("\\"))
-    except UnicodeDecodeError:
-        raise _Unplain() from None
-    raise _Unplain()
-
-
-def _scanned_json(entry: Any, codec: str | None) -> dict[str, Any]:
-    """``_element_json`` for a scanned SH or LO element: what
-    ``DataElement.to_json_dict`` gives for its decoded value."""
-    vr = entry[0]
-    if vr not in _PLAIN_TEXT_VRS:
-        raise _Unplain()
-    text = _scanned_text(entry, codec)
-    return {"vr": vr} if not text else {"vr": vr, "Value": text.split("\\")}
+    return text
 
 
 def _scanned_alternates(elements: dict[int, Any], codec: str | None) -> str | None:
-    """``_alternate_json`` for a scanned data set (an item with a character
-    set of its own is left to pydicom)."""
+    """``_alternate_json`` for a scanned data set, built in C
+    (``_dataset.text_json``: the same text as ``_alternates_json`` of the
+    items' JSON; an item with a character set of its own is left to pydicom)."""
     entry = elements.get(m.ALTERNATE_CONTENT_DESCRIPTION_SEQUENCE)
     if entry is None:
         return None
     if entry[0] != "SQ":
         raise _Unplain()
-    items = []
-    for item in entry[1]:
-        if m.SPECIFIC_CHARACTER_SET in item:
-            raise _Unplain()
-        kept: dict[str, Any] = {}
-        if m.CONTENT_DESCRIPTION in item:
-            kept[f"{m.CONTENT_DESCRIPTION:08X}"] = _scanned_json(item[m.CONTENT_DESCRIPTION], codec)
-        codes_entry = item.get(m.LANGUAGE_CODE_SEQUENCE)
-        if codes_entry is not None:
-            if codes_entry[0] != "SQ":
-                raise _Unplain()
-            codes = []
-            for code in codes_entry[1]:
-                if m.SPECIFIC_CHARACTER_SET in code:
-                    raise _Unplain()
-                codes.append({f"{tag:08X}": _scanned_json(code[tag], codec) for tag in m.CODE_ITEM_KEYS if tag in code})
-            kept[f"{m.LANGUAGE_CODE_SEQUENCE:08X}"] = {"vr": "SQ", "Value": codes}
-        items.append(kept)
-    return _alternates_json(items)
+    text = text_json(entry[1], _ALTERNATE_KEYS, codec)
+    if text is None:
+        raise _Unplain()
+    return text
 
 
 def _scanned_fields(elements: dict[int, Any], meta_class: str | None, meta_instance: str | None) -> tuple[dict[str, Any], str]:

@@ -286,6 +286,8 @@ def answer_once(
         LOGGER.exception("exception in the handler bound to %s", event_type.name)
         response.status = status_on_exception
     else:
+        if isinstance(result, asyncio.Future):
+            return _answer_when_done(session, message, event_type.name, result, response, status_on_exception, after)
         apply_handler_status(result, response, event_type.name)
     _finish(session, message, response, after)
     return None
@@ -332,6 +334,40 @@ def _answer_in_lane(
 
     lane.call_back(handler, (event, *args), answered)
     return served
+
+
+def _answer_when_done(
+    session: ServiceSession,
+    message: IncomingMessage,
+    event_name: str,
+    outcome: asyncio.Future[Any],
+    response: Command,
+    status_on_exception: int,
+    after: Callable[[], None] | None,
+) -> asyncio.Future[None]:
+    """The answer of an inline handler that returned an ``asyncio.Future``
+    of its status (a chromanet extra: e.g. the node's C-STORE, waiting for
+    its group commit), sent from the future's callback: no task, no
+    coroutine per request. The future returned is done once answered."""
+    answered: asyncio.Future[None] = outcome.get_loop().create_future()
+
+    def settle(_: asyncio.Future[Any]) -> None:
+        if outcome.cancelled():
+            response.status = status_on_exception
+        elif outcome.exception() is not None:
+            LOGGER.error("the handler bound to %s failed", event_name, exc_info=outcome.exception())
+            response.status = status_on_exception
+        else:
+            apply_handler_status(outcome.result(), response, event_name)
+        try:
+            _finish(session, message, response, after)
+        except BaseException as exc:  # as a task's would, it ends the request with an error
+            answered.set_exception(exc)
+        else:
+            answered.set_result(None)
+
+    outcome.add_done_callback(settle)
+    return answered
 
 
 async def _answer_async(

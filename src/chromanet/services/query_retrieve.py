@@ -107,6 +107,12 @@ _FIND_BATCH = 64
 # produces more (~200 bytes a pending response with a small identifier).
 _WRITE_AHEAD = 32 * 1024
 _RETRIEVE_BATCH = 8
+# ... and up to this many, while a hop has taken less than _RETRIEVE_WITHIN
+# seconds: a generator yielding Datasets it holds in memory (a pynetdicom
+# program's list of instances) hands them over in a hop per 64, not per 8;
+# one that reads a file per result makes no more than it can in that time.
+_RETRIEVE_MOST = 64
+_RETRIEVE_WITHIN = 0.0005
 
 Results = HandlerResults | ThreadedResults
 
@@ -123,9 +129,9 @@ def _ends_operation(item: Any) -> bool:
     return not isinstance(status, int) or status not in _PENDING
 
 
-def _batched(results: Results, limit: int) -> None:
+def _batched(results: Results, limit: int, most: int = 0, within: float = 0.0) -> None:
     if isinstance(results, ThreadedResults):
-        results.batch(limit, _ends_operation)
+        results.batch(limit, _ends_operation, most=most, within=within)
 
 
 _response = response_to
@@ -411,7 +417,7 @@ async def _run_suboperations(
     raised_status: int,
     window: int = 1,
 ) -> None:
-    _batched(results, _RETRIEVE_BATCH)
+    _batched(results, _RETRIEVE_BATCH, _RETRIEVE_MOST, _RETRIEVE_WITHIN)
     await run_suboperations(retrieve, results, message, target, raised_status, window)
 
 

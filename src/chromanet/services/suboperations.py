@@ -456,9 +456,9 @@ class StoreTarget:
             except (OSError, ValueError) as exc:
                 LOGGER.warning("C-STORE sub-operation for %s not possible: %s", dataset, exc)
                 return "", None
-        uid = sop_instance_uid(dataset)
         session = self.session
         if dataset is None or session is None or session.channel.end_error is not None:
+            uid = sop_instance_uid(dataset)
             # Nothing to send, or the (sub-)association is gone (e.g. the move
             # destination aborted): this sub-operation fails, the others are
             # still counted, and the final response still goes out.
@@ -478,9 +478,12 @@ class StoreTarget:
                 originator[1] if originator else None,
             )
         except _NOT_POSSIBLE as exc:
+            uid = sop_instance_uid(dataset)
             LOGGER.warning("C-STORE sub-operation for %s not possible: %s", uid or "?", exc)
             return uid, None
-        return uid, prepared
+        # The UID the request carries: what sop_instance_uid(dataset) gives
+        # (read once, not again for the failed list).
+        return prepared.command.affected_sop_instance_uid or "", prepared
 
     async def _exchange(self, uid: str, prepared: storage.PreparedStore, hold: bool) -> Result:
         try:

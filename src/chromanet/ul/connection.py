@@ -219,6 +219,10 @@ class ULConnection(asyncio.Protocol):
         # the loop callback that writes them if nothing else does first.
         self._held: list[Any] = []
         self._flush_handle: asyncio.Handle | None = None
+        # True while what one receive brought is being delivered: messages
+        # sent meanwhile (the answers of requests served inline) are held
+        # and go out in one write once the delivery is done.
+        self._delivering = False
         # Whether the message whose data set is streaming in is a request.
         self._streaming_request = False
         self._addresses: tuple[tuple[str, int], tuple[str, int]] = (("", 0), ("", 0))
@@ -321,7 +325,13 @@ class ULConnection(asyncio.Protocol):
             if upper.has_data_to_send or upper.close_requested or upper.state is not State.STA6:
                 self._carry_out()
             if indications:
-                self._deliver(indications)
+                self._delivering = True
+                try:
+                    self._deliver(indications)
+                finally:
+                    self._delivering = False
+                if self._held:
+                    self._write_held()
         except Exception:
             # A bug of ours, not the peer's doing: said once with its
             # traceback, and the association aborted, instead of the
@@ -434,7 +444,10 @@ class ULConnection(asyncio.Protocol):
         and one segment instead of two. A held message never waits longer
         than the current pass of the event loop: a callback scheduled with
         it writes whatever is still held. Everything written after it (any
-        message, an A-RELEASE, an A-ABORT) goes out after it.
+        message, an A-RELEASE, an A-ABORT) goes out after it. Messages sent
+        while what one receive brought is delivered (the answers of requests
+        served inline: several C-ECHOs, C-STOREs or C-FINDs in one read)
+        are held the same way and written together when the delivery ends.
 
         While a large message is being paced out (``send_message_paced``),
         this one waits its turn in order: fragments of two messages never
@@ -444,11 +457,11 @@ class ULConnection(asyncio.Protocol):
             self._deferred.append(buffers)
             return
         held = self._held
-        if hold and (dataset is None or len(dataset) <= HOLD_DATASET_LIMIT):
+        if (hold or self._delivering) and (dataset is None or len(dataset) <= HOLD_DATASET_LIMIT):
             held += buffers
             if len(held) >= HOLD_BUFFERS:
                 self._write_held()
-            elif self._flush_handle is None:
+            elif self._flush_handle is None and not self._delivering:
                 self._flush_handle = self._loop.call_soon(self._write_held)
             return
         if held:
