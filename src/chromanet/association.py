@@ -13,7 +13,7 @@ import asyncio
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
 from pydicom import Dataset
 
@@ -679,6 +679,29 @@ class AsyncAssociation:
         response = await storage.store(session, dataset, msg_id, priority, originator_aet, originator_id)
         return response_to_dataset(response)
 
+    def start_c_echo(self, msg_id: int | None, done: Callable[[Command | None], None]) -> bool:
+        """chromanet extra, on the loop (the blocking facade's C-ECHO, one
+        hand-off and no task): send the C-ECHO-RQ now; ``done`` gets the
+        response command, None if none came. False, with nothing sent,
+        when it cannot go at once: ``send_c_echo`` then."""
+        return verification.start_echo(self._require_established(), msg_id, done)
+
+    def prepare_c_store(
+        self,
+        dataset: Dataset | str | os.PathLike[str] | bytes | bytearray | memoryview,
+        msg_id: int | None = None,
+        priority: int = 2,
+        originator_aet: str | None = None,
+        originator_id: int | None = None,
+    ) -> storage.PreparedStore:
+        """chromanet extra (the blocking facade's C-STORE): the request of
+        ``send_c_store``, data set encoded, ready to go; callable from any
+        thread (the negotiated contexts no longer change). On the loop,
+        ``start`` sends it without a task, or ``exchange`` it. Raises what
+        ``send_c_store`` raises before sending."""
+        session = self._require_established()
+        return storage.PreparedStore(session, dataset, msg_id, priority, originator_aet, originator_id)
+
     # ------------------------------------------------- query/retrieve SCU
     @property
     def peer_ae_title(self) -> str:
@@ -712,6 +735,24 @@ class AsyncAssociation:
         """C-MOVE to the AE ``move_aet``: (status, identifier) per response."""
         session = self._require_established()
         return query_retrieve.query(session, _dimse.C_MOVE_RQ, identifier, query_model, msg_id, priority, move_aet)
+
+    def prepare_query(
+        self,
+        field: int,
+        identifier: Dataset,
+        query_model: str,
+        msg_id: int | None,
+        priority: int,
+        move_aet: str | None,
+        loop: asyncio.AbstractEventLoop,
+    ) -> query_retrieve.QueryRequest:
+        """chromanet extra (the blocking facade's C-FIND/C-GET/C-MOVE,
+        ``field`` their request's Command Field): the request, checked and
+        its identifier encoded, from any thread; its ``responses()``, on
+        ``loop``, sends it and returns what ``send_c_find`` … return.
+        Raises what they raise at the call."""
+        session = self._require_established()
+        return query_retrieve.prepare_query(session, field, identifier, query_model, msg_id, priority, move_aet, loop)
 
     def send_c_cancel(self, msg_id: int, context_id: int | None = None, query_model: str | None = None) -> None:
         """C-CANCEL of the outstanding request ``msg_id``."""

@@ -9,6 +9,7 @@ C-MOVE) are iterated a response at a time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import threading
@@ -17,10 +18,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from pydicom import Dataset
 
 from chromanet import loopthread
+from chromanet._dimse import C_FIND_RQ, C_GET_RQ, C_MOVE_RQ
 from chromanet.association import AsyncAssociation
 from chromanet.evt import check_implemented
 from chromanet.server import AddressInfo, AsyncServer
-from chromanet.services.handler_threads import blocking_call, taking_results
+from chromanet.services.answers import response_to_dataset
+from chromanet.services.handler_threads import blocking_call, in_worker, taking_results
 
 if TYPE_CHECKING:
     from chromanet.ae import AE
@@ -148,8 +151,14 @@ class Association:
         return self._inner.is_established
 
     def send_c_echo(self, msg_id: int = 1) -> Dataset:
+        inner = self._inner
         with blocking_call():
-            return loopthread.run(self._inner.send_c_echo(msg_id), loop=self._loop)
+            # Sent and answered by callbacks on the loop: one hand-off there
+            # and one back, no task; the coroutine when it cannot go at once.
+            started, response = loopthread.run_started(inner.start_c_echo, msg_id, loop=self._loop)
+            if not started:
+                return loopthread.run(inner.send_c_echo(msg_id), loop=self._loop)
+        return response_to_dataset(response)
 
     def send_c_store(
         self,
@@ -159,37 +168,48 @@ class Association:
         originator_aet: str | None = None,
         originator_id: int | None = None,
     ) -> Dataset:
+        # Encoded here, in the caller's thread, not on the loop's; then sent
+        # as ``send_c_echo`` is (a data set to be paced out: the coroutine).
+        # Once handed over, the loop closes the file opened for it, if any.
+        loop = loopthread.target_loop(self._loop)
+        prepared = self._inner.prepare_c_store(dataset, msg_id, priority, originator_aet, originator_id)
         with blocking_call():
-            return loopthread.run(
-                self._inner.send_c_store(dataset, msg_id, priority, originator_aet, originator_id), loop=self._loop
-            )
+            started, response = loopthread.run_started(functools.partial(prepared.start, hold=False), loop=loop)
+            if not started:
+                response = loopthread.run(prepared.exchange(), loop=loop)
+        return response_to_dataset(response)
 
     def send_c_find(
         self, dataset: Dataset, query_model: str, msg_id: int = 1, priority: int = 2
     ) -> Iterator[tuple[Dataset, Dataset | None]]:
-        return self._iterate(self._inner.send_c_find, dataset, query_model, msg_id, priority)
+        return self._iterate(C_FIND_RQ, dataset, query_model, msg_id, priority, None)
 
     def send_c_get(
         self, dataset: Dataset, query_model: str, msg_id: int = 1, priority: int = 2
     ) -> Iterator[tuple[Dataset, Dataset | None]]:
-        return self._iterate(self._inner.send_c_get, dataset, query_model, msg_id, priority)
+        return self._iterate(C_GET_RQ, dataset, query_model, msg_id, priority, None)
 
     def send_c_move(
         self, dataset: Dataset, move_aet: str, query_model: str, msg_id: int = 1, priority: int = 2
     ) -> Iterator[tuple[Dataset, Dataset | None]]:
-        return self._iterate(self._inner.send_c_move, dataset, move_aet, query_model, msg_id, priority)
+        return self._iterate(C_MOVE_RQ, dataset, query_model, msg_id, priority, move_aet)
 
     def send_c_cancel(self, msg_id: int, context_id: int | None = None, query_model: str | None = None) -> None:
         loopthread.call(self._inner.send_c_cancel, msg_id, context_id, query_model, loop=self._loop)
 
-    def _iterate(self, function: Any, *args: Any) -> Iterator[tuple[Dataset, Dataset | None]]:
-        """``loopthread.iterate_call`` on this association's loop, each wait
-        for a response inside ``blocking_call`` (from a handler, the C-STOREs
+    def _iterate(
+        self, field: int, dataset: Dataset, query_model: str, msg_id: int, priority: int, move_aet: str | None
+    ) -> Iterator[tuple[Dataset, Dataset | None]]:
+        """The request checked and its identifier encoded here (what the
+        call raises is raised now), then sent on this association's loop
+        before anything the caller hands over after it (a C-CANCEL), with
+        no wait for that (``loopthread.iterate_started``). From a handler,
+        each wait for a response is inside ``blocking_call`` (the C-STOREs
         of a C-GET come back to this association's handlers meanwhile)."""
-        with blocking_call():
-            responses = loopthread.iterate_call(function, *args, loop=self._loop)
-        return _each_in_blocking_call(responses)
-
+        loop = loopthread.target_loop(self._loop)
+        request = self._inner.prepare_query(field, dataset, query_model, msg_id, priority, move_aet, loop)
+        responses = loopthread.iterate_started(request.responses, loop=loop)
+        return _each_in_blocking_call(responses) if in_worker() else responses
     async def _after_yielded(self, results: Any) -> None:
         """From a generator handler of this association, between two yields
         (``results``: what its worker takes, ``taking_results`` in the

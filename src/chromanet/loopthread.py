@@ -60,6 +60,26 @@ def in_loop_thread(loop: asyncio.AbstractEventLoop | None = None) -> bool:
         return False
 
 
+def target_loop(loop: asyncio.AbstractEventLoop | None = None) -> asyncio.AbstractEventLoop:
+    """The loop a blocking call hands its work to (``loop``, or the shared
+    one, started on first use); RuntimeError on that loop's own thread,
+    where waiting for it would wait forever."""
+    if loop is None:
+        if _thread is not None and threading.current_thread() is _thread:
+            raise RuntimeError(
+                "a blocking chromanet call was made from inside the event loop "
+                "(e.g. from a handler run inline on the loop): use the async API there"
+            )
+        shared = _loop
+        return shared if shared is not None and _thread is not None and _thread.is_alive() else get_loop()
+    if in_loop_thread(loop):
+        raise RuntimeError(
+            "a blocking chromanet call was made from inside the event loop "
+            "(e.g. from a handler run inline on the loop): use the async API there"
+        )
+    return loop
+
+
 def run(
     coro: Coroutine[Any, Any, T], timeout: float | None = None, loop: asyncio.AbstractEventLoop | None = None
 ) -> T:
@@ -70,41 +90,92 @@ def run(
     asyncio future to a ``concurrent.futures.Future`` whose result goes
     through a Python ``Condition``, and cost about twice as much per call
     (a no-op coroutine: ~65 against ~30 us on the 2-core machine), which a
-    blocking C-ECHO pays on every call.
+    blocking C-ECHO pays on every call. The lock is released by the task's
+    last step itself, not by a done callback, which asyncio would schedule
+    for one more pass of the loop.
 
     ``loop``: another running loop than the shared one (the loop of a
     server started with ``start_server_async``, whose sync handlers call
     the blocking API from their worker thread).
     """
-    if in_loop_thread(loop):
+    try:
+        target = target_loop(loop)
+    except RuntimeError:
         coro.close()
-        raise RuntimeError(
-            "a blocking chromanet call was made from inside the event loop "
-            "(e.g. from a handler run inline on the loop): use the async API there"
-        )
-    if loop is None:
-        loop = get_loop()
+        raise
     done = allocate_lock()
     done.acquire()
-    tasks: list[asyncio.Task[T]] = []
+    outcome: list[Any] = [None, None]  # result, exception
+    tasks: list[asyncio.Task[None]] = []
 
-    def finished(_task: asyncio.Task[T]) -> None:
-        done.release()
+    async def body() -> None:
+        try:
+            outcome[0] = await coro
+        except BaseException as exc:  # handed to the caller
+            outcome[1] = exc
+        finally:
+            done.release()
 
     def start() -> None:
-        task = loop.create_task(coro)
-        tasks.append(task)
-        task.add_done_callback(finished)
+        tasks.append(target.create_task(body()))
 
-    loop.call_soon_threadsafe(start)
+    target.call_soon_threadsafe(start)
     try:
         if not done.acquire(timeout=-1 if timeout is None else timeout):
             raise TimeoutError(f"no result within {timeout} s")
     except BaseException:
         # Timed out or interrupted (Ctrl-C): the coroutine stops too.
-        loop.call_soon_threadsafe(_cancel, tasks)
+        target.call_soon_threadsafe(_cancel, tasks)
         raise
-    return tasks[0].result()
+    error = outcome[1]
+    if error is not None:
+        outcome[1] = None
+        raise error
+    return outcome[0]  # type: ignore[no-any-return]
+
+
+def run_started(
+    start: Callable[..., bool], *args: Any, loop: asyncio.AbstractEventLoop | None = None
+) -> tuple[bool, Any]:
+    """Call ``start(*args, done)`` on the loop thread and wait until it
+    called ``done(result)`` (at once or later, from the loop: a request's
+    response arriving), without a task: one pass of the loop to begin,
+    none to end. ``start`` returns False, without calling ``done``, when
+    it cannot do the work that way (a C-STORE that must be paced, a full
+    operations window): the result is then (False, None) and the caller
+    goes the coroutine way (``run``); otherwise (True, result). What
+    ``start`` raises is raised.
+
+    Interrupted (Ctrl-C), the caller stops waiting; the work goes on on
+    the loop (a request sent gets its response, which nobody reads)."""
+    target = target_loop(loop)
+    waiting = allocate_lock()
+    waiting.acquire()
+    outcome: list[Any] = [False, None, None]  # started, result, exception
+
+    def done(result: Any) -> None:
+        outcome[1] = result
+        waiting.release()
+
+    def begin() -> None:
+        outcome[0] = True  # before ``start``: ``done`` may come from inside it
+        try:
+            started = start(*args, done)
+        except BaseException as exc:  # handed to the caller
+            outcome[0], outcome[2] = False, exc
+            waiting.release()
+            return
+        if not started:
+            outcome[0] = False
+            waiting.release()
+
+    target.call_soon_threadsafe(begin)
+    waiting.acquire()
+    started, result, error = outcome
+    if error is not None:
+        outcome[2] = None
+        raise error
+    return started, result
 
 
 def _cancel(tasks: list[asyncio.Task[Any]]) -> None:
@@ -202,48 +273,11 @@ def iterate_call(
     (decoding responses nobody reads yet takes the GIL from the consumer,
     which then reached its C-CANCEL late); past that it waits until the
     consumer has taken half of them."""
-    if in_loop_thread(loop):
-        raise RuntimeError("a blocking chromanet call was made from inside the event loop: use the async API")
-    if loop is None:
-        loop = get_loop()
-    target = loop
+    target = target_loop(loop)
     items: queue.SimpleQueue[Any] = queue.SimpleQueue()
     flow = _Flow()
-
-    async def pump() -> None:
-        try:
-            source = function(*args)
-        except BaseException as exc:  # handed to the caller
-            items.put(_End(exc))
-            return
-        items.put(_STARTED)
-        error: BaseException | None = None
-        count = 0
-        try:
-            async for item in source:
-                items.put(item)
-                count += 1
-                if flow.put_one(target):
-                    await flow.resumed()
-                elif count % _PUMP_YIELD_EVERY == 0:
-                    # Items that were already there come without a pause:
-                    # let the loop run what waits meanwhile (the consumer's
-                    # C-CANCEL, other associations).
-                    await asyncio.sleep(0)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:  # handed to the consumer
-            error = exc
-        finally:
-            try:
-                aclose = getattr(source, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-            finally:
-                items.put(_End(error))
-
     tasks: list[asyncio.Task[None]] = []
-    target.call_soon_threadsafe(lambda: tasks.append(target.create_task(pump())))
+    target.call_soon_threadsafe(_start_pump, target, items, flow, tasks, True, function, args)
     first = items.get()
     if type(first) is _End:
         assert first.error is not None
@@ -251,31 +285,177 @@ def iterate_call(
     return _consume(items, tasks, target, flow)
 
 
+def iterate_started(
+    function: Callable[..., AsyncIterator[T]], *args: Any, loop: asyncio.AbstractEventLoop | None = None
+) -> Iterator[T]:
+    """``iterate_call`` without waiting for the call: it returns at once.
+    ``function(*args)`` still runs on the loop before anything handed to
+    it after this call (a C-CANCEL, the next request), in the callback of
+    this hand-off; what it raises is raised by the first ``next``. For a
+    call whose checks were made in the caller's thread (a C-FIND prepared
+    there: ``AsyncAssociation.prepare_query``): the caller does not wait
+    for a round trip to the loop before the one for the first response."""
+    target = target_loop(loop)
+    items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    flow = _Flow()
+    tasks: list[asyncio.Task[None]] = []
+    target.call_soon_threadsafe(_start_pump, target, items, flow, tasks, False, function, args)
+    return _consume(items, tasks, target, flow, _Unread(target, tasks))
+
+
+def _start_pump(
+    loop: asyncio.AbstractEventLoop,
+    items: queue.SimpleQueue[Any],
+    flow: _Flow,
+    tasks: list[asyncio.Task[None]],
+    announce: bool,
+    function: Callable[..., AsyncIterator[Any]],
+    args: tuple[Any, ...],
+) -> None:
+    """On the loop: call ``function(*args)`` now, then pump the async
+    iterator it returned into ``items`` from a task (``announce``: put
+    ``_STARTED`` first, once the call returned)."""
+    try:
+        source = function(*args)
+    except BaseException as exc:  # handed to the caller
+        items.put(_End(exc))
+        return
+    if announce:
+        items.put(_STARTED)
+    tasks.append(loop.create_task(_pump(loop, items, flow, source)))
+
+
+class _Batch:
+    """What the pump of ``iterate`` puts in one pass of the loop, handed to
+    the consumer in one ``put`` at the end of that pass (a callback), or at
+    once with the last item.
+
+    Handed over one by one, each item woke the consumer while the loop
+    thread, still holding the GIL, went on with the next one (the final
+    response of a one-match C-FIND, the end of the iterator): the consumer
+    woke, waited for the GIL, and was woken again when the loop released
+    it. Each wake-up of another thread costs the waker a few
+    microseconds (an inter-processor interrupt, dearer in a VM)."""
+
+    __slots__ = ("loop", "items", "pending", "handle")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, items: queue.SimpleQueue[Any]) -> None:
+        self.loop = loop
+        self.items = items
+        self.pending: list[Any] = []
+        self.handle: asyncio.Handle | None = None
+
+    def add(self, item: Any) -> None:
+        self.pending.append(item)
+        if self.handle is None:
+            self.handle = self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            handle.cancel()
+        if self.pending:
+            batch, self.pending = self.pending, []
+            self.items.put(batch)
+
+
+async def _pump(
+    loop: asyncio.AbstractEventLoop, items: queue.SimpleQueue[Any], flow: _Flow, source: AsyncIterator[Any]
+) -> None:
+    out = _Batch(loop, items)
+    error: BaseException | None = None
+    count = 0
+    try:
+        async for item in source:
+            out.add(item)
+            count += 1
+            if flow.put_one(loop):
+                out.flush()
+                await flow.resumed()
+            elif count % _PUMP_YIELD_EVERY == 0:
+                # Items that were already there come without a pause:
+                # let the loop run what waits meanwhile (the consumer's
+                # C-CANCEL, other associations).
+                await asyncio.sleep(0)
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # handed to the consumer
+        error = exc
+    finally:
+        try:
+            aclose = getattr(source, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        finally:
+            out.add(_End(error))
+            out.flush()
+
+
 #: What the pump of ``iterate_call`` puts first once the call returned.
 _STARTED = object()
 
 
+class _Unread:
+    """Held by a consumer generator from its creation: dropped unstarted
+    (never iterated, so its ``finally`` never runs), the generator drops
+    it, and the pump is cancelled on the loop (a C-FIND's C-CANCEL goes
+    out and its place in the operations window is freed, as when the
+    async API's response generator is dropped)."""
+
+    __slots__ = ("loop", "tasks", "started")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tasks: list[asyncio.Task[None]]) -> None:
+        self.loop = loop
+        self.tasks = tasks
+        self.started = False
+
+    def __del__(self) -> None:
+        if not self.started:
+            try:
+                self.loop.call_soon_threadsafe(_cancel, self.tasks)
+            except RuntimeError:
+                pass  # the loop is closed
+
+
 def _consume(
-    items: queue.SimpleQueue[Any], tasks: list[asyncio.Task[None]], loop: asyncio.AbstractEventLoop, flow: _Flow
+    items: queue.SimpleQueue[Any],
+    tasks: list[asyncio.Task[None]],
+    loop: asyncio.AbstractEventLoop,
+    flow: _Flow,
+    unread: _Unread | None = None,
 ) -> Iterator[Any]:
+    """The consumer's side: the pump's batches (``_Batch``), an item at a
+    time (``_End`` is the last item of the last batch; the pump's own
+    ``_End`` for a call that raised comes alone)."""
+    if unread is not None:
+        unread.started = True
     ended = False
     try:
         while True:
-            item = items.get()
-            flow.took_one(loop)
-            if type(item) is _End:
+            batch = items.get()
+            if type(batch) is _End:  # the call raised (``_start_pump``)
                 ended = True
-                if item.error is not None:
-                    raise item.error
-                return
-            yield item
+                assert batch.error is not None
+                raise batch.error
+            for item in batch:
+                if type(item) is _End:
+                    ended = True
+                    if item.error is not None:
+                        raise item.error
+                    return
+                flow.took_one(loop)
+                yield item
     finally:
         if not ended:
             # Closed early: cancel the pump on the loop; the async iterator's
             # own cleanup runs there.
             loop.call_soon_threadsafe(_cancel, tasks)
             try:
-                while type(items.get(timeout=5)) is not _End:
+                while not _ends(items.get(timeout=5)):
                     pass
             except queue.Empty:
                 pass
+
+
+def _ends(batch: Any) -> bool:
+    return type(batch) is _End or any(type(item) is _End for item in batch)

@@ -109,3 +109,79 @@ def test_iterate_items_error_and_early_close() -> None:
     assert [next(endless) for _ in range(3)] == [0, 1, 2]
     endless.close()  # returns once the async iterator was closed on the loop
     assert closed.is_set()
+
+
+def test_run_hands_back_what_the_coroutine_raised_and_leaves_no_task() -> None:
+    """The result crosses without a done callback: the task has finished
+    (nothing left on the loop) and an exception keeps its type."""
+
+    async def tasks_left() -> int:
+        return len([t for t in asyncio.all_tasks() if t is not asyncio.current_task()])
+
+    for _ in range(20):
+        assert loopthread.run(_value(7)) == 7
+        with pytest.raises(KeyError):
+            loopthread.run(_raise())
+    assert loopthread.run(tasks_left()) == 0
+
+    async def cancelled_inside() -> None:
+        raise asyncio.CancelledError
+
+    with pytest.raises(asyncio.CancelledError):
+        loopthread.run(cancelled_inside())
+
+
+def test_run_started_results_now_later_refused_and_raised() -> None:
+    """``run_started``: ``done`` called inside ``start`` or later from the
+    loop; ``start`` declining (False: the caller takes the coroutine way);
+    what ``start`` raises; and the refusal on the loop's own thread."""
+    on_loop: list[bool] = []
+
+    def now(value: int, done: Any) -> bool:
+        on_loop.append(loopthread.in_loop_thread())
+        done(value)
+        return True
+
+    def later(value: int, done: Any) -> bool:
+        asyncio.get_running_loop().call_later(0.01, done, value)
+        return True
+
+    def declined(done: Any) -> bool:
+        return False
+
+    def broken(done: Any) -> bool:
+        raise LookupError("no context")
+
+    assert loopthread.run_started(now, 5) == (True, 5)
+    assert on_loop == [True]
+    assert loopthread.run_started(later, 6) == (True, 6)
+    assert loopthread.run_started(declined) == (False, None)
+    with pytest.raises(LookupError, match="no context"):
+        loopthread.run_started(broken)
+
+    async def nested() -> str:
+        try:
+            loopthread.run_started(now, 1)
+        except RuntimeError as exc:
+            return str(exc)
+        return "ran"
+
+    assert "inside the event loop" in loopthread.run(nested())
+
+
+def test_run_started_from_many_threads() -> None:
+    results: dict[int, list[Any]] = {}
+
+    def later(value: int, done: Any) -> bool:
+        asyncio.get_running_loop().call_soon(done, value)
+        return True
+
+    def worker(k: int) -> None:
+        results[k] = [loopthread.run_started(later, k * 1000 + i)[1] for i in range(200)]
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert results == {k: [k * 1000 + i for i in range(200)] for k in range(6)}

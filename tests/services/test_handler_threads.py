@@ -381,6 +381,29 @@ def test_handler_threads_end_when_idle(monkeypatch):
     assert run_async(main()) == list(range(20))
 
 
+def test_workers_woken_while_their_idle_time_runs_out(monkeypatch):
+    """Idle workers whose wait ends as work arrives (an idle time of 1 ms,
+    bursts from 6 lanes with pauses around it): every job runs, none is
+    left in the queue with no worker, and the pool stays within its
+    bound."""
+    monkeypatch.setattr(handler_threads, "IDLE_SECONDS", 0.001)
+    threads = handler_threads.HandlerThreads(3, "test-race")
+
+    async def main() -> list[int]:
+        loop = asyncio.get_running_loop()
+        lanes = [handler_threads.HandlerLane(threads, loop) for _ in range(6)]
+        got: list[int] = []
+        for burst in range(60):
+            calls = [lanes[n % 6].call(lambda v=burst * 10 + n: v) for n in range(10)]
+            got += await asyncio.wait_for(asyncio.gather(*calls), WAIT_TIMEOUT)
+            await asyncio.sleep(0.001 * (burst % 3))
+        return got
+
+    assert run_async(main(), timeout=60) == list(range(600))
+    assert threads.peak_threads <= 3
+    assert wait_until(lambda: threads.threads == 0)
+
+
 def test_abort_between_yields_comes_after_the_results_yielded_before(make_qr_scp):
     """A generator yields 100 matches (the second batch is being taken) and
     aborts its association: the SCU receives the 100, then the A-ABORT; the

@@ -276,7 +276,7 @@ def answer_once(
     handler, args = bound
     if session.in_thread(handler):
         event = session.make_event(event_type, message, in_thread=True)
-        return _answer_async(session, message, event, bound, response, status_on_exception, after, in_thread=True)
+        return _answer_in_lane(session, message, event, bound, response, status_on_exception, after)
     event = session.make_event(event_type, message)
     if is_coroutine_function(handler):
         return _answer_async(session, message, event, bound, response, status_on_exception, after)
@@ -291,6 +291,49 @@ def answer_once(
         apply_handler_status(result, response, event_type.name)
     _finish(session, message, response, after)
     return None
+
+
+def _answer_in_lane(
+    session: ServiceSession,
+    message: IncomingMessage,
+    event: Event,
+    bound: tuple[Callable[..., Any], list[Any]],
+    response: Command,
+    status_on_exception: int,
+    after: Callable[[], None] | None,
+) -> asyncio.Future[None]:
+    """``answer_once`` for a handler in the association's lane, without a
+    task: the worker's outcome comes back as one callback on the loop,
+    which sends the response there and then; the future returned (what
+    the channel counts as the operation in progress) is done after it.
+    A task awaiting a future took two more passes of the loop and a
+    coroutine per request (each C-STORE sub-operation of a C-GET, for a
+    blocking client's handler)."""
+    handler, args = bound
+    lane = session.lane
+    assert lane is not None
+    served: asyncio.Future[None] = lane.loop.create_future()
+
+    def answered(result: Any, error: BaseException | None) -> None:
+        if served.done():
+            return  # the operation was cancelled meanwhile
+        if error is not None:
+            if not isinstance(error, Exception):
+                served.set_exception(error)  # as from a task: the channel aborts
+                return
+            LOGGER.error("exception in the handler bound to %s", event.event.name, exc_info=error)
+            response.status = status_on_exception
+        else:
+            apply_handler_status(result, response, event.event.name)
+        try:
+            _finish(session, message, response, after)
+        except BaseException as exc:  # handed to the channel, as a task's
+            served.set_exception(exc)
+            return
+        served.set_result(None)
+
+    lane.call_back(handler, (event, *args), answered)
+    return served
 
 
 def _answer_when_done(
@@ -335,16 +378,10 @@ async def _answer_async(
     response: Command,
     status_on_exception: int,
     after: Callable[[], None] | None,
-    *,
-    in_thread: bool = False,
 ) -> None:
     handler, args = bound
     try:
-        if in_thread:
-            assert session.lane is not None
-            result = await session.lane.call(handler, event, *args)
-        else:
-            result = await handler(event, *args)
+        result = await handler(event, *args)
     except asyncio.CancelledError:
         raise
     except Exception:

@@ -583,7 +583,7 @@ async def serve_move(session: ServiceSession, message: IncomingMessage) -> None:
 
 
 # -------------------------------------------------------------------- SCU
-class _Request:
+class QueryRequest:
     """One C-FIND/C-GET/C-MOVE request of ours: sent at once when the
     operations window has room (as pynetdicom sends at the call, so that
     "send, then C-CANCEL" works), else when its responses are first asked
@@ -615,6 +615,12 @@ class _Request:
                     self.loop.call_soon_threadsafe(self.end, False)
             except RuntimeError:  # the loop closed meanwhile
                 pass
+
+    def responses(self) -> AsyncIterator[tuple[Dataset, Dataset | None]]:
+        """On the loop: send it now when the operations window has room,
+        and return the async generator of its responses (``query``)."""
+        self.send_now()
+        return _responses(self)
 
     def send_now(self) -> None:
         if self.session.channel.try_acquire_slot():
@@ -669,6 +675,25 @@ def query(
     returned async generator yields. Called on the loop's thread.
     ValueError now when no accepted context fits ``query_model`` or the
     priority is not 0, 1 or 2."""
+    request = prepare_query(
+        session, field, identifier, query_model, msg_id, priority, move_destination, asyncio.get_running_loop()
+    )
+    return request.responses()
+
+
+def prepare_query(
+    session: ServiceSession,
+    field: int,
+    identifier: Dataset,
+    query_model: str,
+    msg_id: int | None,
+    priority: int,
+    move_destination: str | None,
+    loop: asyncio.AbstractEventLoop,
+) -> QueryRequest:
+    """``query`` up to the sending, from any thread (the blocking API's
+    caller: the checks raise there, the identifier is encoded there); its
+    ``responses()``, called on ``loop``, sends it."""
     storage.check_priority(priority)
     ctx = session.scu_context(str(query_model))
     assert ctx.transfer_syntax is not None
@@ -680,14 +705,10 @@ def query(
         command_data_set_type=_dimse.DATASET_PRESENT,
         move_destination=move_destination,
     )
-    request = _Request(
-        session, ctx, command, dsutil.encode_dataset(identifier, ctx.transfer_syntax), asyncio.get_running_loop()
-    )
-    request.send_now()
-    return _responses(request)
+    return QueryRequest(session, ctx, command, dsutil.encode_dataset(identifier, ctx.transfer_syntax), loop)
 
 
-async def _responses(request: _Request) -> AsyncIterator[tuple[Dataset, Dataset | None]]:
+async def _responses(request: QueryRequest) -> AsyncIterator[tuple[Dataset, Dataset | None]]:
     session = request.session
     syntax = request.ctx.transfer_syntax
     finished = False

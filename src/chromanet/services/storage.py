@@ -183,11 +183,14 @@ class PreparedStore:
         finally:
             self._close()
 
-    def start(self, done: Callable[[Command | None], None], *, trace: OperationRecord | None = None) -> bool:
+    def start(
+        self, done: Callable[[Command | None], None], *, trace: OperationRecord | None = None, hold: bool = True
+    ) -> bool:
         """Send it now, its write held with the others of this pass of the
-        loop; ``done`` gets the response (None if none came). False, with
-        nothing sent, when it cannot go at once
-        (``ServiceSession.start_exchange``): ``exchange`` it instead."""
+        loop (``hold``; False: written at once, a C-STORE alone); ``done``
+        gets the response (None if none came). False, with nothing sent,
+        when it cannot go at once (``ServiceSession.start_exchange``):
+        ``exchange`` it instead."""
 
         def answered(response: Command | None) -> None:
             try:
@@ -197,7 +200,7 @@ class PreparedStore:
             done(response)
 
         try:
-            return self.session.start_exchange(self.context_id, self.command, self.payload, answered, hold=True)
+            return self.session.start_exchange(self.context_id, self.command, self.payload, answered, hold=hold)
         except BaseException:
             self._close()
             raise

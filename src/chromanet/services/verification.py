@@ -52,8 +52,7 @@ def _success_when_unusable(handler: Callable[..., Any]) -> Callable[..., Any]:
     return answer if evt.runs_in_thread(handler) else evt.inline(answer)
 
 
-async def echo(session: ServiceSession, msg_id: int | None = None) -> Command | None:
-    """SCU: one C-ECHO; the response command, None if none came."""
+def _echo_request(session: ServiceSession, msg_id: int | None) -> tuple[int, Command]:
     ctx = session.scu_context(uids.Verification)
     command = Command(
         _dimse.C_ECHO_RQ,
@@ -61,7 +60,22 @@ async def echo(session: ServiceSession, msg_id: int | None = None) -> Command | 
         message_id=msg_id,
         command_data_set_type=_dimse.NO_DATASET,
     )
-    return await session.exchange(ctx.context_id, command)
+    return ctx.context_id, command
+
+
+async def echo(session: ServiceSession, msg_id: int | None = None) -> Command | None:
+    """SCU: one C-ECHO; the response command, None if none came."""
+    context_id, command = _echo_request(session, msg_id)
+    return await session.exchange(context_id, command)
+
+
+def start_echo(session: ServiceSession, msg_id: int | None, done: Callable[[Command | None], None]) -> bool:
+    """SCU: ``echo`` without a task (the blocking API's, one hand-off to
+    the loop): the C-ECHO-RQ goes out now and ``done`` gets the response
+    command, or None as from ``echo``. False, with nothing sent, when it
+    cannot go at once (``ServiceSession.start_exchange``): ``echo`` then."""
+    context_id, command = _echo_request(session, msg_id)
+    return session.start_exchange(context_id, command, None, done)
 
 
 def serve_echo(session: ServiceSession, message: IncomingMessage) -> Awaitable[None] | None:
