@@ -735,9 +735,24 @@ def _raw_tree(ds: Dataset) -> dict[int, Any]:
         raw = ds.get_item(tag)
         if raw.VR == "SQ":
             out[int(tag)] = ("SQ", [_raw_tree(item) for item in ds[tag].value])
-        else:
+        elif isinstance(raw, RawDataElement):
             out[int(tag)] = (raw.VR, bytes(raw.value or b""))
+        else:
+            # Converted while pydicom parsed the data set (Pixel Representation
+            # in an item, read to resolve ambiguous VRs): its value's bytes
+            # as pydicom's writer gives them back.
+            out[int(tag)] = (raw.VR, _written_value(raw))
     return out
+
+
+def _written_value(elem: DataElement) -> bytes:
+    """The value bytes of ``elem`` in Explicit VR Little Endian, by pydicom's writer."""
+    from pydicom.filewriter import write_data_element
+
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_data_element(fp, elem)
+    return fp.getvalue()[12 if elem.VR.encode() in _LONG_VRS else 8 :]
 
 
 def _scan_tree(elements: dict[int, Any]) -> dict[int, Any]:
