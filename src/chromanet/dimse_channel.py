@@ -238,7 +238,10 @@ class ResponseStream:
     ``_WaitWatch`` when given one, else by a timer of its own).
     """
 
-    __slots__ = ("message_id", "_items", "_waiter", "_error", "_loop", "timeout", "abandoned", "deadline", "_watch")
+    __slots__ = (
+        "message_id", "_items", "_waiter", "_error", "_loop", "timeout", "abandoned", "deadline", "_watch",
+        "slot_release",
+    )  # fmt: skip
 
     def __init__(
         self, message_id: int, loop: asyncio.AbstractEventLoop, timeout: float | None, watch: _WaitWatch | None = None
@@ -253,6 +256,9 @@ class ResponseStream:
         #: When the wait in progress times out (loop time).
         self.deadline = 0.0
         self._watch = watch
+        #: Abandoned holding its slot of the window: what gives it back (a
+        #: timer handle, or True without a DIMSE timeout); None otherwise.
+        self.slot_release: Any = None
 
     def _push(self, message: IncomingMessage) -> None:
         self._items.append(message)
@@ -495,11 +501,39 @@ class DimseChannel:
     def close_request(self, stream: ResponseStream) -> None:
         self._pending.pop(stream.message_id, None)
 
-    def abandon_request(self, stream: ResponseStream) -> None:
+    def abandon_request(self, stream: ResponseStream, *, holds_slot: bool = False) -> None:
         """Nobody reads this request's responses any more: drop them as they
-        come, and forget the request at its final response."""
+        come, and forget the request at its final response. ``holds_slot``:
+        the request holds a slot of the window we may invoke, given back at
+        that final response, not now: until the peer has answered it the
+        request is still outstanding, and one more would exceed the
+        negotiated window (a peer that stops reading at its limit would
+        then wait for us while we wait for it). Without a final response
+        the slot comes back after the DIMSE timeout, or when the
+        association ends."""
+        answered = any(item.command.status not in _PENDING for item in stream._items)
         stream.abandoned = True
         stream._items.clear()
+        if answered or self.end_error is not None:
+            self.close_request(stream)
+            if holds_slot:
+                self.release_slot()
+            return
+        if holds_slot:
+            timeout = self.dimse_timeout
+            stream.slot_release = (
+                self._loop.call_later(timeout, self._free_slot, stream) if timeout is not None else True
+            )
+
+    def _free_slot(self, stream: ResponseStream) -> None:
+        """Give back the slot an abandoned request holds (its final response
+        came, its DIMSE timeout passed, or the association ended)."""
+        release, stream.slot_release = stream.slot_release, None
+        if release is None:
+            return
+        if release is not True:
+            release.cancel()
+        self.release_slot()
 
     async def acquire_slot(self) -> None:
         """Wait for room in the asynchronous operations window we may invoke."""
@@ -640,6 +674,7 @@ class DimseChannel:
             if stream.abandoned:
                 if command.status not in _PENDING:
                     del self._pending[stream.message_id]
+                    self._free_slot(stream)  # type: ignore[arg-type]
                 return
             stream._push(message)
             return
@@ -707,6 +742,8 @@ class DimseChannel:
         self.end_error = exc
         for stream in list(self._pending.values()):
             stream._fail(exc)
+            if type(stream) is ResponseStream and stream.slot_release is not None:
+                self._free_slot(stream)  # waiters for a slot see the end
         self._wait_watch.close()
         if self._streaming is not None:
             self._streaming[2].discard()

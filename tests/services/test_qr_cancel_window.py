@@ -205,6 +205,40 @@ def test_leaving_async_loop_early_cancels(make_qr_scp, closing):
     assert handler.closed.wait(WAIT_TIMEOUT)
 
 
+def test_an_abandoned_request_keeps_its_slot_until_its_final_response(make_qr_scp):
+    """On the default window of one operation, a C-FIND left early is still
+    outstanding until the SCP answers the C-CANCEL: the next request goes
+    out only after that final response (one sent sooner exceeds the
+    negotiated window; an SCP that then stops reading, with a C-GET's
+    sub-operation answers queued behind it, waits for us as we wait for it)."""
+    handler = EndlessFind()
+    scp = make_qr_scp([(evt.EVT_C_FIND, handler)])
+    seen: list[tuple[str, int, int | None]] = []
+
+    def on_dimse(event: Any) -> None:
+        command = event.message.command
+        if event.event is evt.EVT_DIMSE_SENT:
+            seen.append(("sent", command.command_field, command.message_id))
+        else:
+            seen.append(("recv", command.message_id_being_responded_to, command.status))
+
+    async def main() -> list[int]:
+        handlers = [(evt.EVT_DIMSE_SENT, on_dimse), (evt.EVT_DIMSE_RECV, on_dimse)]
+        async with qr_scu_ae().associate_async(*scp.address, ae_title="QRSCP", evt_handlers=handlers) as assoc:
+            assert assoc.acceptor.asynchronous_operations == (1, 1)
+            async with contextlib.aclosing(assoc.send_c_find(query(ENDLESS), FIND, msg_id=7)) as found:
+                async for status, _ in found:
+                    if status.Status == 0xFF00:
+                        break
+            return [int(s.Status) async for s, _ in assoc.send_c_find(query("three"), FIND, msg_id=8)]
+
+    assert run_async(main(), timeout=30) == [0xFF00] * 3 + [0x0000]
+    final = next(k for k, entry in enumerate(seen) if entry[0] == "recv" and entry[1] == 7 and entry[2] != 0xFF00)
+    second = seen.index(("sent", _dimse.C_FIND_RQ, 8))
+    assert seen[final][2] == 0xFE00  # the C-CANCEL answered
+    assert final < second, seen
+
+
 def test_responses_never_asked_for_cancel_the_request(make_qr_scp):
     """A C-FIND whose response generator is dropped without being iterated
     (the request went out at the call): the engine cancels it and frees

@@ -652,10 +652,12 @@ class QueryRequest:
                 channel.close_request(stream)
             else:
                 # Left early: ask the SCP to stop, and let the channel drop
-                # what still comes for this request.
-                channel.abandon_request(stream)
+                # what still comes for this request; its slot of the window
+                # is given back at the final response.
                 if channel.end_error is None:
                     _send_cancel(channel, self.ctx.context_id, stream.message_id)
+                channel.abandon_request(stream, holds_slot=self.has_slot)
+                self.has_slot = False
         if self.has_slot:
             self.has_slot = False
             channel.release_slot()
