@@ -317,20 +317,10 @@ def _answer_in_lane(
     def answered(result: Any, error: BaseException | None) -> None:
         if served.done():
             return  # the operation was cancelled meanwhile
-        if error is not None:
-            if not isinstance(error, Exception):
-                served.set_exception(error)  # as from a task: the channel aborts
-                return
-            LOGGER.error("exception in the handler bound to %s", event.event.name, exc_info=error)
-            response.status = status_on_exception
-        else:
-            apply_handler_status(result, response, event.event.name)
-        try:
-            _finish(session, message, response, after)
-        except BaseException as exc:  # handed to the channel, as a task's
-            served.set_exception(exc)
+        if error is not None and not isinstance(error, Exception):
+            served.set_exception(error)  # as from a task: the channel aborts
             return
-        served.set_result(None)
+        _answer_with(served, session, message, event.event.name, result, error, response, status_on_exception, after)
 
     lane.call_back(handler, (event, *args), answered)
     return served
@@ -353,21 +343,42 @@ def _answer_when_done(
 
     def settle(_: asyncio.Future[Any]) -> None:
         if outcome.cancelled():
-            response.status = status_on_exception
-        elif outcome.exception() is not None:
-            LOGGER.error("the handler bound to %s failed", event_name, exc_info=outcome.exception())
-            response.status = status_on_exception
+            error: BaseException | None = asyncio.CancelledError()
         else:
-            apply_handler_status(outcome.result(), response, event_name)
-        try:
-            _finish(session, message, response, after)
-        except BaseException as exc:  # as a task's would, it ends the request with an error
-            answered.set_exception(exc)
-        else:
-            answered.set_result(None)
+            error = outcome.exception()
+        result = outcome.result() if error is None else None
+        _answer_with(answered, session, message, event_name, result, error, response, status_on_exception, after)
 
     outcome.add_done_callback(settle)
     return answered
+
+
+def _answer_with(
+    served: asyncio.Future[None],
+    session: ServiceSession,
+    message: IncomingMessage,
+    event_name: str,
+    result: Any,
+    error: BaseException | None,
+    response: Command,
+    status_on_exception: int,
+    after: Callable[[], None] | None,
+) -> None:
+    """Answer a request from its handler's outcome (``result``, or
+    ``error``: logged, the status of a handler that raised), then settle
+    ``served``, the operation the channel counts (an error while
+    answering is handed to it, as a task's would be)."""
+    if error is not None:
+        LOGGER.error("exception in the handler bound to %s", event_name, exc_info=error)
+        response.status = status_on_exception
+    else:
+        apply_handler_status(result, response, event_name)
+    try:
+        _finish(session, message, response, after)
+    except BaseException as exc:
+        served.set_exception(exc)
+        return
+    served.set_result(None)
 
 
 async def _answer_async(
