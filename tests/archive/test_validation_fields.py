@@ -185,7 +185,8 @@ def _decoded_like_a_store(tag: int, vr: str, value: bytes, charset: str | None) 
 def test_plain_text_is_pydicoms_text(value: bytes, vr: str, charset: str | None) -> None:
     """``_dataset.plain_text`` gives what pydicom's conversion gives, or
     declines; it declines only what pydicom must read (ESC, bytes the
-    codec cannot decode, no single codec)."""
+    codec cannot decode, no single codec). So does ``_plain_text``, its
+    Python twin for decoded data sets."""
     from chromanet import _dataset
 
     value = value if len(value) % 2 == 0 else value + b" "
@@ -194,6 +195,7 @@ def test_plain_text_is_pydicoms_text(value: bytes, vr: str, charset: str | None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = _decoded_like_a_store(0x00700081, vr, value, charset)
+        raw = ds.get_item(0x00700081)  # before pydicom converts it in place
         try:
             expected = validation._text_or_none(ds, 0x00700081)
         except UnicodeDecodeError:  # pydicom cannot read it: neither may we
@@ -201,6 +203,9 @@ def test_plain_text_is_pydicoms_text(value: bytes, vr: str, charset: str | None)
             return
     if text is not None:
         assert text == expected
+    # The same rules in Python, for data sets the codec decoded (implicit VR).
+    from_decoded = validation._plain_text(raw, charset in validation._ASCII_SAFE_CHARSETS)
+    assert from_decoded is None or from_decoded == expected
     if vr == "UI":
         decodes = all(c in b"0123456789.\\" for c in value.rstrip(b" \x00"))
     else:

@@ -132,7 +132,7 @@ def _plain_text(raw: Any, plain: bool) -> str | None:
     them would be plain ASCII decoding; None when it must be asked. With
     ``plain``, the data set's character set is ASCII-safe. The rules are
     pydicom's: CS and UI values stripped of trailing spaces and NULs as a
-    whole (``multi_string``), PN likewise (``convert_PN``) and each value
+    whole (``multi_string``; UI only when made of UID characters), PN likewise (``convert_PN``) and each value
     without its empty trailing component groups (``PersonName``), SH and LO value
     by value (``convert_text``); multiple values joined by "\\"."""
     if type(raw) is not RawDataElement:
@@ -142,7 +142,10 @@ def _plain_text(raw: Any, plain: bool) -> str | None:
         return None
     vr = raw.VR
     if vr in _DEFAULT_ENCODING_VRS:
-        return value.decode("ascii").rstrip(" \x00")
+        text = value.decode("ascii").rstrip(" \x00")
+        if vr == "UI" and text.strip("0123456789.\\"):
+            return None  # pydicom's UID strips white space from both ends too: its own
+        return text
     if plain and vr == "PN":
         # Each value without its empty trailing component groups, as
         # pydicom's PersonName gives it ("Doe^Jane=" reads "Doe^Jane").
