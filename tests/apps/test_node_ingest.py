@@ -13,7 +13,12 @@ what a peer was answered with success (0x0000, PS3.4 B.2.3) is durable.
   the bytes that were sent; between rounds no row names a missing or
   shorter file, and at the end ``verify()`` finds nothing (no temporary,
   no file without a row). The same on PostgreSQL (``--index``), where the
-  palette bytes are in the row.
+  palette bytes are in the row. And with ``--workers 2``, the supervisor
+  and both workers killed at once while the supervisor's shared committer
+  (``archive/shared_commit.py``) commits the workers' stores.
+- With workers, each acknowledged store is committed by the supervisor's
+  shared committer (its count of stores is the peers' count of
+  acknowledgements); ``--store-committer worker`` leaves it out.
 - Responses of one association leave in the order of its requests, even
   when the peer pipelines them (asynchronous operations window, PS3.7
   D.3.3.3) and a slower store is ahead of quicker ones.
@@ -23,6 +28,8 @@ what a peer was answered with success (0x0000, PS3.4 B.2.3) is durable.
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import secrets
 import signal
 from pathlib import Path
@@ -39,7 +46,7 @@ from chromanet.archive.postgres import PgArchive
 from helpers.data import hot_iron_copy
 from helpers.nodeproc import ServeProcess
 from helpers.servers import scu_ae
-from helpers.waits import WAIT_TIMEOUT
+from helpers.waits import WAIT_TIMEOUT, wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore:Invalid value for VR")
 
@@ -104,19 +111,36 @@ def node_args() -> list[str]:
     return ["--workers", "1", "--default-access", "all"]
 
 
-@pytest.mark.parametrize("receive", [[], ["--store-memory-limit", "0"]], ids=["in-memory", "spooled"])
+def kill_all(node: ServeProcess) -> None:
+    """SIGKILL to the supervisor and to every worker at once (a whole node
+    killed, its shared committer in the middle of a batch)."""
+    for pid in [node.process.pid, *node.worker_pids().values()]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.parametrize(
+    "receive", [[], ["--store-memory-limit", "0"], ["--workers", "2"]], ids=["in-memory", "spooled", "workers"]
+)
 def test_acknowledged_stores_survive_kill_9(tmp_path: Path, receive: list[str]) -> None:
     data_dir = tmp_path / "data"
     acked: dict[str, bytes] = {}
+    workers = 2 if "--workers" in receive else 1
     for round_ in range(ROUNDS):
         durability = ["--store-durability", "fsync"] if round_ == 1 else []
         layout = ["--store-inline-max", "0"] if round_ == 2 else []
         node = ServeProcess(data_dir, node_args() + receive + durability + layout)
         try:
-            node.wait_ready()
-            uvloop.run(burst(node.port, acked, lambda: node.process.send_signal(signal.SIGKILL)))
+            node.wait_ready(workers=workers)
+            kill = (lambda: kill_all(node)) if workers > 1 else (lambda: node.process.send_signal(signal.SIGKILL))
+            uvloop.run(burst(node.port, acked, kill))
         finally:
             node.stop(signal.SIGKILL)
+            if workers > 1:
+                kill_all(node)
+                assert wait_until(lambda: not any(_alive(pid) for pid in node.worker_pids().values()))
         # What the kill left, before any recovery: no row without its whole file.
         with PaletteArchive(data_dir, shared=True) as archive:
             report = archive.verify()
@@ -173,6 +197,60 @@ def node_config(data_dir: Path) -> NodeConfig:
         port=0, bind_address="127.0.0.1", data_dir=data_dir, log_level="WARNING",
         access=AccessPolicy(default_operations=frozenset(OPERATIONS)),
     )  # fmt: skip
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def store_many(port: int, per_association: int, acked: dict[str, bytes]) -> None:
+    """ASSOCIATIONS associations storing ``per_association`` new palettes
+    each, every one to be answered 0x0000."""
+    ae = scu_ae("DURABLE")
+
+    async def one_association() -> None:
+        assoc = await ae.associate_async("127.0.0.1", port, ae_title="CHROMANET")
+        try:
+            for _ in range(per_association):
+                uid, part10, body = new_store()
+                rsp = await assoc.send_c_store(part10)
+                assert int(rsp.Status) == 0x0000, rsp
+                acked[uid] = body
+        finally:
+            await assoc.release()
+
+    await asyncio.wait_for(asyncio.gather(*(one_association() for _ in range(ASSOCIATIONS))), 60)
+
+
+@pytest.mark.parametrize("committer", ["supervisor", "worker"])
+def test_workers_share_one_committer(tmp_path: Path, committer: str) -> None:
+    """With workers, the stores every worker keeps in the index commit in
+    the supervisor (``archive/shared_commit.py``), each acknowledged one
+    stored; ``--store-committer worker`` keeps them in each worker."""
+    data_dir = tmp_path / "data"
+    acked: dict[str, bytes] = {}
+    node = ServeProcess(data_dir, ["--workers", "2", "--default-access", "all", "--store-committer", committer])
+    with node:
+        node.wait_ready(workers=2)
+        uvloop.run(store_many(node.port, 25, acked))
+        assert node.stop() == 0
+    assert len(acked) == 25 * ASSOCIATIONS
+    shared = [line for line in node.lines if "shared committer:" in line and "batches" in line]
+    if committer == "supervisor":
+        assert len(shared) == 1, node.output
+        stores, batches = map(int, re.search(r"(\d+) stores in (\d+) batches", shared[0]).groups())
+        assert stores == len(acked) and batches <= stores, shared
+    else:
+        assert not shared, node.output
+    with PaletteArchive.open(data_dir, seed=False) as archive:
+        assert archive.verify().ok
+        for uid, body in acked.items():
+            data = archive.read(uid)
+            assert data is not None and bytes(dsutil.parse_part10(memoryview(data)).dataset_bytes()) == body
 
 
 def test_responses_keep_the_order_of_requests(tmp_path: Path) -> None:
@@ -268,6 +346,12 @@ def test_batch_flags_and_toml(tmp_path: Path) -> None:
         node.archive.close()
     with pytest.raises(ValueError, match="store_batch_size"):
         PaletteNode(NodeConfig(data_dir=tmp_path / "d", store_batch_size=0))
+    assert default.store_committer == "supervisor"
+    assert parse("--store-committer", "worker").store_committer == "worker"
+    toml.write_text('store_committer = "worker"\n')
+    assert parse("--config", str(toml)).store_committer == "worker"
+    with pytest.raises(ValueError, match="store_committer"):
+        PaletteNode(NodeConfig(data_dir=tmp_path / "d", store_committer="elsewhere"))
     from chromanet.apps.node import DEFAULT_STORE_MEMORY_LIMIT
 
     assert default.store_memory_limit == DEFAULT_STORE_MEMORY_LIMIT

@@ -149,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
         "other waits for the disk)",
     )  # fmt: skip
     serve.add_argument(
+        "--store-committer", choices=["supervisor", "worker"],
+        help="with workers and the SQLite index, who commits the stores kept in the index: the supervisor, "
+        "in batches shared by all workers, or each worker its own (default supervisor)",
+    )  # fmt: skip
+    serve.add_argument(
         "--store-memory-limit", type=int, metavar="BYTES",
         help="C-STOREs of data sets up to this size are received in memory and written straight into the "
         "store; larger ones are spooled to disk as they arrive (default 65536; 0: spool all)",
@@ -436,6 +441,7 @@ def load_node_config(args: argparse.Namespace) -> Any:
         "store_batch_size",
         "store_batch_wait",
         "store_batch_inflight",
+        "store_committer",
         "store_memory_limit",
         "store_durability",
         "store_inline_max",

@@ -46,6 +46,7 @@ from chromanet.archive.group_commit import DEFAULT_MAX_BATCH, DEFAULT_MAX_INFLIG
 from chromanet.archive.durability import check_durability
 from chromanet.archive.store import DEFAULT_INLINE_MAX
 from chromanet.archive.postgres import PgArchive, is_postgresql_url
+from chromanet.archive.shared_commit import RemoteCommitter
 from chromanet.services.spool import SPOOL_PREFIX
 from chromanet.status import Status
 
@@ -75,6 +76,8 @@ _OPERATIONS = {
 #: Bytes of a C-STORE data set received in memory at most (a palette is
 #: 4 KB to 400 KB; the 8-bit ones most stores carry are under 16 KB).
 DEFAULT_STORE_MEMORY_LIMIT = 64 * 1024
+#: NodeConfig.store_committer's values.
+STORE_COMMITTERS = ("supervisor", "worker")
 
 @dataclass
 class NodeConfig:
@@ -159,6 +162,11 @@ class NodeConfig:
     # index itself, committed with its row (archive/store.py); 0: every
     # instance in a file of its own.
     store_inline_max: int = DEFAULT_INLINE_MAX
+    # With workers (a supervisor) and the SQLite index: "supervisor" commits
+    # the stores every worker keeps in the index in the supervisor, in
+    # batches shared by all workers (archive/shared_commit.py); "worker":
+    # each worker commits its own, in threads of its own.
+    store_committer: str = "supervisor"
 
     @property
     def worker_count(self) -> int:
@@ -176,6 +184,9 @@ class WorkerPlace:
     tls_socket: socket.socket | None
     #: ``max_associations`` across the workers.
     counter: AssociationCounter | None
+    #: This worker's link to the supervisor's shared committer
+    #: (``archive/shared_commit.py``), or None: it commits its own stores.
+    commit_socket: socket.socket | None = None
 
 
 def _grant_of(assoc: Any) -> Grant | None:
@@ -240,6 +251,8 @@ class PaletteNode:
                 "not negative"
             )
         check_durability(config.store_durability)
+        if config.store_committer not in STORE_COMMITTERS:
+            raise ValueError(f"store_committer must be one of {', '.join(STORE_COMMITTERS)}")
         config.data_dir.mkdir(parents=True, exist_ok=True)
         if archive is None and is_postgresql_url(config.index):
             archive_or_none: Any = None  # opened by start(): connecting is awaited
@@ -278,6 +291,7 @@ class PaletteNode:
         self.tls_server: AsyncServer | None = None
         self._move_tls_context: Any = None  # built when a destination needs it
         self._ingest: IngestQueue | None = None  # made on the loop, by the first store
+        self._shared_committer: RemoteCommitter | None = None  # connected by start()
 
     def _build_audit(self) -> AuditTrail | None:
         config = self.config
@@ -363,6 +377,8 @@ class PaletteNode:
         if any(isinstance(d, MoveDestination) and d.tls for d in config.move_destinations.values()):
             self._move_tls_context = config.tls.client_context()
         worker = self.worker
+        if worker is not None and worker.commit_socket is not None and not self.archive_is_async:
+            self._shared_committer = await RemoteCommitter.connect(worker.commit_socket)
         if config.listen_plain:
             self.server = await self.ae.start_server_async(
                 (config.bind_address, config.port), evt_handlers=self.handlers(),
@@ -441,6 +457,8 @@ class PaletteNode:
             self._metrics_server = None
         if self._ingest is not None:
             await self._ingest.close()  # the batches in flight commit first
+        if self._shared_committer is not None:
+            self._shared_committer.close()
         if self.archive_is_async:
             if self.archive is not None:
                 await self.archive.close()
@@ -495,7 +513,7 @@ class PaletteNode:
             config = self.config
             self._ingest = IngestQueue(
                 self.archive, max_batch=config.store_batch_size, max_wait=config.store_batch_wait,
-                max_inflight=config.store_batch_inflight,
+                max_inflight=config.store_batch_inflight, remote=self._shared_committer,
             )
         return self._ingest
 

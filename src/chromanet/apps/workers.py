@@ -68,6 +68,7 @@ from chromanet.apps import metrics as metrics_module
 from chromanet.apps.node import NodeConfig, WorkerPlace, serve
 from chromanet.archive import PaletteArchive
 from chromanet.archive.postgres import is_postgresql_url
+from chromanet.archive.shared_commit import CommitService
 
 LOGGER = logging.getLogger("chromanet.workers")
 
@@ -186,6 +187,8 @@ class Supervisor:
         self.slots_array = self.context.RawArray("q", self.count)
         self.slots: list[_Slot] = []
         self.archive: PaletteArchive | None = None
+        #: Commits the stores every worker keeps in the index (``archive/shared_commit.py``).
+        self.commit_service: CommitService | None = None
         self.metrics_dir: Path | None = None
         self.metrics_server: Any = None
         self.stopping = False
@@ -204,6 +207,9 @@ class Supervisor:
                 config.data_dir, seed=True, durability=config.store_durability, inline_max=config.store_inline_max
             )
             self.archive.share()
+            if config.store_committer == "supervisor":
+                self.commit_service = CommitService(self.archive)
+                self.commit_service.start()
         spool = config.data_dir / "incoming"
         spool.mkdir(exist_ok=True)
         plain = listening_sockets(config.bind_address, config.port, self.count) if config.listen_plain else None
@@ -232,13 +238,18 @@ class Supervisor:
         return self.metrics_server.server_address[:2] if self.metrics_server is not None else None
 
     def _start(self, slot: _Slot) -> None:
-        place = WorkerPlace(slot.index, slot.plain, slot.tls, None)
+        link = self.commit_service.connect(f"worker {slot.index}") if self.commit_service is not None else None
+        place = WorkerPlace(slot.index, slot.plain, slot.tls, None, link)
         process = self.context.Process(
             target=worker_main,
             args=(self.config, place, self.slots_array, self._alive_read),
             name=f"worker-{slot.index}",
         )
-        process.start()
+        try:
+            process.start()
+        finally:
+            if link is not None:
+                link.close()  # the worker has its own copy (sent as the process started)
         slot.process, slot.started, slot.restart_at = process, time.monotonic(), None
         LOGGER.info("worker %d started (pid %d)", slot.index, process.pid)
 
@@ -372,6 +383,11 @@ class Supervisor:
         if self.metrics_dir is not None:
             os.environ.pop(metrics_module.MULTIPROC_ENV, None)
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        if self.commit_service is not None:
+            self.commit_service.stop(timeout=KILL_GRACE)
+            LOGGER.info(
+                "shared committer: %d stores in %d batches", self.commit_service.stores, self.commit_service.batches
+            )
         if self.archive is not None:
             self.archive.close()
         self._wake_read.close()

@@ -331,8 +331,14 @@ class IngestQueue:
         max_batch: int = DEFAULT_MAX_BATCH,
         max_wait: float = DEFAULT_MAX_WAIT,
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
+        remote: Any = None,
     ) -> None:
         self.archive = archive
+        #: The supervisor's shared committer (``shared_commit.RemoteCommitter``),
+        #: or None: the stores of a batch that are validated and kept in the
+        #: index are committed there, with other workers' stores; the others here.
+        self.remote = remote
+        self._remote_lost = False
         # The SQLite archive's batches (validation, fsyncs, the index) run
         # in threads of their own, never on the loop; a PgArchive's files
         # are validated and read in the loop's executor, its transaction awaited.
@@ -348,11 +354,52 @@ class IngestQueue:
         hand-off to a thread per batch, not per store."""
         loop = asyncio.get_running_loop()
         if self._committers is not None:
+            if self.remote is not None and not self._remote_lost:
+                return await self._commit_shared(batch)
             return await self._committers.run(self._ingest_batch, batch)
         prepared = await loop.run_in_executor(None, self._prepare_all, batch)
         stores = [item for item in prepared if not isinstance(item, IngestResult)]
         committed = iter(await self.archive.commit_batch(stores) if stores else ())
         return [item if isinstance(item, IngestResult) else next(committed) for item in prepared]
+
+    async def _commit_shared(self, batch: list[_Store | _Prepared]) -> list[IngestResult]:
+        """A batch whose stores kept in the index and validated on arrival go
+        to the shared committer, the rest (files, refusals) as usual; both at
+        once, the results in the batch's order. Should the committer be gone,
+        its stores are committed here (an index-kept store of the same
+        bytes and owner replaces itself if the lost batch had committed)."""
+        results: list[IngestResult | None] = [None] * len(batch)
+        shared: list[int] = []
+        local: list[int] = []
+        for k, item in enumerate(batch):
+            if type(item) is _Prepared and isinstance(item.outcome, IngestResult):
+                results[k] = item.outcome
+            elif type(item) is _Prepared and item.outcome.source is None:
+                shared.append(k)
+            else:
+                local.append(k)
+        waits: list[Awaitable[list[IngestResult]]] = []
+        if shared:
+            waits.append(self._commit_remote([batch[k].outcome for k in shared]))  # type: ignore[union-attr]
+        if local:
+            assert self._committers is not None
+            waits.append(self._committers.run(self._ingest_batch, [batch[k] for k in local]))
+        outcomes = iter(await asyncio.gather(*waits))
+        for part in (shared, local):
+            if part:
+                for k, result in zip(part, next(outcomes)):
+                    results[k] = result
+        return results  # type: ignore[return-value]
+
+    async def _commit_remote(self, stores: list[Any]) -> list[IngestResult]:
+        try:
+            return await self.remote.commit(stores)
+        except ConnectionError as exc:
+            if not self._remote_lost:
+                LOGGER.warning("%s: committing in this process from now on", exc)
+            self._remote_lost = True
+        assert self._committers is not None
+        return await self._committers.run(self.archive.commit_batch, stores)
 
     def _prepare_all(self, batch: list[_Store | _Prepared]) -> list[Any]:
         """Each store validated (a PreparedStore), or the IngestResult of its

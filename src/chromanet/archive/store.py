@@ -359,6 +359,15 @@ class PreparedStore:
     def uid(self) -> str:
         return str(self.fields["sop_instance_uid"])
 
+    @classmethod
+    def kept_in_index(
+        cls, fields: dict[str, Any], transfer_syntax: str, warning: str, owner: str | None,
+        may_replace_others: bool, size: int, data: bytes,
+    ) -> "PreparedStore":
+        """A store prepared elsewhere (another process of the node,
+        ``shared_commit.py``) of an instance kept in the index."""
+        return cls(None, True, fields, transfer_syntax, warning, _Rights(owner, may_replace_others), size, data=data)
+
 
 class PaletteArchive:
     """Color Palette instances in ``data_dir``: store, C-FIND, locate for retrieve.
@@ -455,6 +464,10 @@ class PaletteArchive:
         ``chromanet serve --workers`` calls it after recovery and seeding."""
         if fcntl is not None and not self.shared:
             fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_SH)
+            # From now on this process commits beside the workers (the
+            # supervisor's shared committer): the same cross-process locks.
+            self._commit_file = open(self.data_dir / "commit.lock", "a+b")
+            self.index.write_turn = self._index_turn
         self.shared = True
 
     def close(self) -> None:
