@@ -190,6 +190,7 @@ def test_without_the_service_a_worker_commits_its_own_stores(archive, service, c
         before = service.stores
         service.stop(timeout=WAIT_TIMEOUT)  # the supervisor is gone: its end of every link closes
         assert await asyncio.get_running_loop().run_in_executor(None, wait_until, lambda: not link.usable)
+        assert service.connect("a worker started later") is None  # it will commit its own
         results = [first]
         for _ in range(3):
             uid, data = new_data_set()

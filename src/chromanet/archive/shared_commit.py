@@ -134,17 +134,22 @@ class CommitService:
         self._selector.register(self._wake_read, selectors.EVENT_READ, None)
         self._lock = threading.Lock()
         self._joining: list[_Link] = []
-        self._links = 0
+        self._ended = False  # the thread is gone: no more links
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="chromanet-shared-commit", daemon=True)
         self.batches = 0
         self.stores = 0
 
-    def connect(self, name: str = "worker") -> socket.socket:
-        """A new worker's end of a link (the service keeps the other)."""
+    def connect(self, name: str = "worker") -> socket.socket | None:
+        """A new worker's end of a link (the service keeps the other), or
+        None once the service has ended (the worker commits its own)."""
         ours, theirs = socket.socketpair()
         ours.setblocking(False)
         with self._lock:
+            if self._ended:
+                ours.close()
+                theirs.close()
+                return None
             self._joining.append(_Link(ours, name))
         self._wake()
         return theirs
@@ -177,6 +182,11 @@ class CommitService:
         except Exception:  # noqa: BLE001 - logged; the workers then commit their own
             LOGGER.exception("shared committer failed: the workers commit their own stores")
         finally:
+            with self._lock:
+                self._ended = True
+                joining, self._joining = self._joining, []
+            for link in joining:
+                link.sock.close()
             for key in list(self._selector.get_map().values()):
                 if key.data is not None:
                     key.data.sock.close()
@@ -198,7 +208,6 @@ class CommitService:
                     joining, self._joining = self._joining, []
                 for new in joining:
                     self._selector.register(new.sock, selectors.EVENT_READ, new)
-                    self._links += 1
                 continue
             # Frames are taken out as each chunk arrives, so that a length
             # over MAX_FRAME ends the link before more of it is held.
@@ -275,7 +284,6 @@ class CommitService:
         except (KeyError, ValueError):
             pass
         link.sock.close()
-        self._links -= 1
 
 
 def _writable(sock: socket.socket, timeout: float) -> bool:
