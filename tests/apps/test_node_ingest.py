@@ -226,26 +226,35 @@ async def store_many(port: int, per_association: int, acked: dict[str, bytes]) -
     await asyncio.wait_for(asyncio.gather(*(one_association() for _ in range(ASSOCIATIONS))), 60)
 
 
-@pytest.mark.parametrize("committer", ["supervisor", "worker"])
-def test_workers_share_one_committer(tmp_path: Path, committer: str) -> None:
+@pytest.mark.parametrize(
+    ("workers", "committer", "shared"),
+    [(2, "auto", True), (2, "worker", False), (1, "supervisor", True)],
+    ids=["2-workers", "2-workers-own-commits", "1-worker-and-supervisor"],
+)
+def test_workers_share_one_committer(tmp_path: Path, workers: int, committer: str, shared: bool) -> None:
     """With workers, the stores every worker keeps in the index commit in
     the supervisor (``archive/shared_commit.py``), each acknowledged one
-    stored; ``--store-committer worker`` keeps them in each worker."""
+    stored; ``--store-committer worker`` keeps them in each worker;
+    ``--workers 1 --store-committer supervisor`` is a supervisor and one
+    worker that commits through it."""
     data_dir = tmp_path / "data"
     acked: dict[str, bytes] = {}
-    node = ServeProcess(data_dir, ["--workers", "2", "--default-access", "all", "--store-committer", committer])
+    node = ServeProcess(
+        data_dir, ["--workers", str(workers), "--default-access", "all", "--store-committer", committer]
+    )
     with node:
-        node.wait_ready(workers=2)
+        node.wait_ready(workers=workers)
+        assert len(node.worker_pids()) == workers  # a supervisor started them
         uvloop.run(store_many(node.port, 25, acked))
         assert node.stop() == 0
     assert len(acked) == 25 * ASSOCIATIONS
-    shared = [line for line in node.lines if "shared committer:" in line and "batches" in line]
-    if committer == "supervisor":
-        assert len(shared) == 1, node.output
-        stores, batches = map(int, re.search(r"(\d+) stores in (\d+) batches", shared[0]).groups())
-        assert stores == len(acked) and batches <= stores, shared
+    shared_lines = [line for line in node.lines if "shared committer:" in line and "batches" in line]
+    if shared:
+        assert len(shared_lines) == 1, node.output
+        stores, batches = map(int, re.search(r"(\d+) stores in (\d+) batches", shared_lines[0]).groups())
+        assert stores == len(acked) and batches <= stores, shared_lines
     else:
-        assert not shared, node.output
+        assert not shared_lines, node.output
     with PaletteArchive.open(data_dir, seed=False) as archive:
         assert archive.verify().ok
         for uid, body in acked.items():
@@ -346,8 +355,19 @@ def test_batch_flags_and_toml(tmp_path: Path) -> None:
         node.archive.close()
     with pytest.raises(ValueError, match="store_batch_size"):
         PaletteNode(NodeConfig(data_dir=tmp_path / "d", store_batch_size=0))
-    assert default.store_committer == "supervisor"
+    assert default.store_committer == "auto"
     assert parse("--store-committer", "worker").store_committer == "worker"
+    # Who commits: a supervisor for several workers, or when asked for.
+    for workers, committer, index, uses_supervisor, shared in (
+        (1, "auto", None, False, False),
+        (2, "auto", None, True, True),
+        (2, "worker", None, True, False),
+        (1, "supervisor", None, True, True),
+        (1, "supervisor", "postgresql://db.example/palettes", False, False),
+        (2, "auto", "postgresql://db.example/palettes", True, False),
+    ):
+        config = NodeConfig(workers=workers, store_committer=committer, index=index)
+        assert (config.uses_supervisor, config.shared_committer) == (uses_supervisor, shared), config
     toml.write_text('store_committer = "worker"\n')
     assert parse("--config", str(toml)).store_committer == "worker"
     with pytest.raises(ValueError, match="store_committer"):

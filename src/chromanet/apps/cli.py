@@ -149,9 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
         "other waits for the disk)",
     )  # fmt: skip
     serve.add_argument(
-        "--store-committer", choices=["supervisor", "worker"],
-        help="with workers and the SQLite index, who commits the stores kept in the index: the supervisor, "
-        "in batches shared by all workers, or each worker its own (default supervisor)",
+        "--store-committer", choices=["auto", "supervisor", "worker"],
+        help="who commits the stores kept in the SQLite index: the supervisor, in batches shared by all workers "
+        "(with --workers 1 too: a supervisor and one worker), or each worker its own; auto (default): the "
+        "supervisor when there are several workers",
     )  # fmt: skip
     serve.add_argument(
         "--store-memory-limit", type=int, metavar="BYTES",
@@ -515,7 +516,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load_node_config(args)
     if config.workers is not None and config.workers < 1:
         raise ValueError("--workers must be 1 or more")
-    if config.worker_count > 1:
+    if config.uses_supervisor:
         from chromanet.apps.workers import LOG_FORMAT, run_supervisor
 
         logging.basicConfig(level=config.log_level, format=LOG_FORMAT)

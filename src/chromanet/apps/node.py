@@ -77,7 +77,7 @@ _OPERATIONS = {
 #: 4 KB to 400 KB; the 8-bit ones most stores carry are under 16 KB).
 DEFAULT_STORE_MEMORY_LIMIT = 64 * 1024
 #: NodeConfig.store_committer's values.
-STORE_COMMITTERS = ("supervisor", "worker")
+STORE_COMMITTERS = ("auto", "supervisor", "worker")
 
 @dataclass
 class NodeConfig:
@@ -162,15 +162,27 @@ class NodeConfig:
     # index itself, committed with its row (archive/store.py); 0: every
     # instance in a file of its own.
     store_inline_max: int = DEFAULT_INLINE_MAX
-    # With workers (a supervisor) and the SQLite index: "supervisor" commits
-    # the stores every worker keeps in the index in the supervisor, in
-    # batches shared by all workers (archive/shared_commit.py); "worker":
-    # each worker commits its own, in threads of its own.
-    store_committer: str = "supervisor"
+    # Who commits the stores kept in the SQLite index: "supervisor", in
+    # batches shared by every worker (archive/shared_commit.py; with
+    # workers=1 too: a supervisor and one worker, whose commits then never
+    # wait for the worker's GIL); "worker": each worker (or the one process)
+    # its own, in threads of its own; "auto": the supervisor when there are
+    # several workers, else the one process.
+    store_committer: str = "auto"
 
     @property
     def worker_count(self) -> int:
         return max(1, self.workers if self.workers is not None else (os.cpu_count() or 1))
+
+    @property
+    def uses_supervisor(self) -> bool:
+        """Worker processes under a supervisor, rather than this process alone."""
+        return self.worker_count > 1 or (self.store_committer == "supervisor" and not is_postgresql_url(self.index))
+
+    @property
+    def shared_committer(self) -> bool:
+        """The supervisor commits the stores its workers keep in the SQLite index."""
+        return self.uses_supervisor and self.store_committer != "worker" and not is_postgresql_url(self.index)
 
 
 @dataclass

@@ -207,7 +207,7 @@ class Supervisor:
                 config.data_dir, seed=True, durability=config.store_durability, inline_max=config.store_inline_max
             )
             self.archive.share()
-            if config.store_committer == "supervisor":
+            if config.shared_committer:
                 self.commit_service = CommitService(self.archive)
                 self.commit_service.start()
         spool = config.data_dir / "incoming"
