@@ -147,8 +147,13 @@ def test_metrics_after_a_session(tmp_path: Path, destination, workers: int, monk
         if workers == 2:
             samples = scrape(node.metrics_port or 0)
             assert sum(v for (n, _), v in samples.items() if n == "chromanet_worker_associations_total") == 3
+            # The one C-STORE (kept in the index) was committed by the supervisor.
+            assert value(samples, "chromanet_shared_commit_stores_total") == 1
+            assert value(samples, "chromanet_shared_commit_batches_total") == 1
         else:
             assert "workers on" not in node.output  # no supervisor
+            samples = scrape(node.metrics_port or 0)
+            assert not any(n.startswith("chromanet_shared_commit") for n, _ in samples)
     assert node.process.returncode == 0
 
 

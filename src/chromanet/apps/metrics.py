@@ -38,7 +38,9 @@ The names and labels (README.md "Metrics" lists them with their meaning):
 - ``chromanet_dataset_bytes_received_total{operation}``, ``chromanet_dataset_bytes_sent_total{operation}``;
 - ``chromanet_suboperations_total{operation, result}``;
 - ``chromanet_spool_bytes`` (gauge);
-- ``chromanet_index_query_seconds{query}`` (histogram).
+- ``chromanet_index_query_seconds{query}`` (histogram);
+- ``chromanet_shared_commit_batches_total``, ``chromanet_shared_commit_stores_total``
+  (the supervisor's shared committer, with workers).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from chromanet.services.observe import OperationRecord
@@ -300,6 +302,26 @@ class SpoolCollector(Collector):
         )  # fmt: skip
 
 
+class SharedCommitCollector(Collector):
+    """``chromanet_shared_commit_batches_total`` and
+    ``chromanet_shared_commit_stores_total``: what the supervisor's shared
+    committer (``archive/shared_commit.py``) committed, read when scraped;
+    stores over batches is the mean batch, the sharing it buys."""
+
+    def __init__(self, service: Any) -> None:
+        self.service = service
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(
+            "chromanet_shared_commit_batches", "Transactions of the supervisor's shared committer",
+            value=self.service.batches,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "chromanet_shared_commit_stores", "Stores the supervisor's shared committer committed for the workers",
+            value=self.service.stores,
+        )  # fmt: skip
+
+
 def _tree_size(directory: Path) -> int:
     """Bytes of the files in ``directory`` and its subdirectories (one
     per worker), what vanishes meanwhile not counted."""
@@ -328,14 +350,19 @@ def serve_metrics(metrics: NodeMetrics, port: int, address: str, spool: Path) ->
     return server
 
 
-def serve_multiprocess_metrics(directory: Path, port: int, address: str, spool: Path) -> Any:
+def serve_multiprocess_metrics(
+    directory: Path, port: int, address: str, spool: Path, shared_committer: Any = None
+) -> Any:
     """The supervisor: expose the sum of the workers' values from
-    ``directory`` (prometheus_client's multi-process mode)."""
+    ``directory`` (prometheus_client's multi-process mode), and what its
+    ``shared_committer`` (a ``CommitService``, if any) committed."""
     from prometheus_client import multiprocess
 
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(directory))
     registry.register(SpoolCollector(spool))
+    if shared_committer is not None:
+        registry.register(SharedCommitCollector(shared_committer))
     server, _thread = start_http_server(port, address, registry=registry)
     LOGGER.info("metrics of every worker on http://%s:%d/metrics", address or "0.0.0.0", server.server_port)
     return server
@@ -354,6 +381,7 @@ def worker_gone(directory: Path, pid: int) -> None:
 __all__ = [
     "MULTIPROC_ENV",
     "NodeMetrics",
+    "SharedCommitCollector",
     "SpoolCollector",
     "serve_metrics",
     "serve_multiprocess_metrics",

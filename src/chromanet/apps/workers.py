@@ -225,7 +225,7 @@ class Supervisor:
             os.environ[metrics_module.MULTIPROC_ENV] = str(self.metrics_dir)
             address = config.metrics_bind if config.metrics_bind is not None else config.bind_address
             self.metrics_server = metrics_module.serve_multiprocess_metrics(
-                self.metrics_dir, config.metrics_port, address, spool
+                self.metrics_dir, config.metrics_port, address, spool, self.commit_service
             )
         where = [f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in (plain or [])[:1] + (tls or [])[:1]]
         LOGGER.info(
