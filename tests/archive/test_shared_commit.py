@@ -205,3 +205,37 @@ def test_without_the_service_a_worker_commits_its_own_stores(archive, service, c
     assert [r.status for r in results] == [0x0000] * 4
     assert all(archive.get(r.sop_instance_uid) is not None for r in results)
     assert "committing in this process from now on" in caplog.text
+
+
+def test_a_batch_mixing_files_and_index_stores_keeps_its_order(archive, service, tmp_path):
+    """A store handed over as a file (spooled) is committed by the worker
+    itself, beside the shared committer's part of the same batch; every
+    result comes back in its place."""
+    uid, data = new_data_set()
+    meta = dsutil.build_file_meta(uids.ColorPaletteStorage, uid, uids.ExplicitVRLittleEndian)
+    spooled = tmp_path / "spooled.dcm"
+    spooled.write_bytes(dsutil.encode_file_header(meta) + data)
+    small = [new_data_set() for _ in range(3)]
+
+    async def run() -> list[Any]:
+        link = await RemoteCommitter.connect(service.connect("w"))
+        # One batch at a time: the first store commits alone, the next
+        # three queue behind it and become one mixed batch.
+        queue = IngestQueue(archive, remote=link, max_inflight=1)
+        ts, cls = uids.ExplicitVRLittleEndian, uids.ColorPaletteStorage
+        results = await asyncio.gather(
+            queue.submit_data(small[0][1], ts, cls, small[0][0], owner="A"),
+            queue.submit_data(small[1][1], ts, cls, small[1][0], owner="A"),
+            queue.submit_file(spooled, owner="A"),
+            queue.submit_data(small[2][1], ts, cls, small[2][0], owner="A"),
+        )
+        await queue.close()
+        link.close()
+        assert queue.group.batches == 2
+        return results
+
+    results = uvloop.run(run())
+    assert [r.status for r in results] == [0x0000] * 4
+    assert [r.sop_instance_uid for r in results] == [small[0][0], small[1][0], uid, small[2][0]]
+    assert service.stores == 3  # the three received in memory; the file was committed by the worker
+    assert all(archive.get(u) is not None for u in (uid, *(u for u, _ in small)))

@@ -384,7 +384,10 @@ class IngestQueue:
         if local:
             assert self._committers is not None
             waits.append(self._committers.run(self._ingest_batch, [batch[k] for k in local]))
-        outcomes = iter(await asyncio.gather(*waits))
+        if len(waits) == 1:  # the usual case, awaited as it is: no task for gather
+            outcomes = iter([await waits[0]])
+        else:
+            outcomes = iter(await asyncio.gather(*waits))
         for part in (shared, local):
             if part:
                 for k, result in zip(part, next(outcomes)):

@@ -30,6 +30,8 @@ The link is a ``socketpair`` per worker, made by the supervisor and handed
 to the worker as it is spawned: nobody else can connect. Frames are a
 4-byte little-endian length and a pickle (both ends are this package, in
 processes of one node; the length is checked before anything is held).
+The link is not a trust boundary: a worker runs as the same user as the
+supervisor, with the same data directory open.
 
 Failure: a worker that dies leaves its end closed; the service forgets it
 (a batch of it already committing commits, and its answer is dropped, as a
