@@ -71,7 +71,9 @@ MAX_FRAME = 256 * 1024 * 1024
 #: waits for the next one.
 SERVICE_MAX_BATCH = 256
 #: Seconds the service waits for a worker to take an answer before it
-#: gives that worker up (a worker that reads nothing is stuck).
+#: gives that worker up (a worker that reads nothing is stuck). The other
+#: workers' stores wait meanwhile: answers are small, so it takes a worker
+#: that stopped reading for thousands of them to fill its socket first.
 SEND_TIMEOUT = 30.0
 
 
