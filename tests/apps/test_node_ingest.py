@@ -16,9 +16,10 @@ what a peer was answered with success (0x0000, PS3.4 B.2.3) is durable.
   palette bytes are in the row. And with ``--workers 2``, the supervisor
   and both workers killed at once while the supervisor's shared committer
   (``archive/shared_commit.py``) commits the workers' stores.
-- With workers, each acknowledged store is committed by the supervisor's
-  shared committer (its count of stores is the peers' count of
-  acknowledgements); ``--store-committer worker`` leaves it out.
+- With workers, the acknowledged stores are committed by the supervisor's
+  shared committer, several a batch (a worker left storing alone may
+  commit its own at the end); every one is in the archive;
+  ``--store-committer worker`` leaves the shared committer out.
 - Responses of one association leave in the order of its requests, even
   when the peer pipelines them (asynchronous operations window, PS3.7
   D.3.3.3) and a slower store is ahead of quicker ones.
@@ -252,7 +253,10 @@ def test_workers_share_one_committer(tmp_path: Path, workers: int, committer: st
     if shared:
         assert len(shared_lines) == 1, node.output
         stores, batches = map(int, re.search(r"(\d+) stores in (\d+) batches", shared_lines[0]).groups())
-        assert stores == len(acked) and batches <= stores, shared_lines
+        # Stores that met went to the supervisor, several a batch; a worker
+        # left with one association storing alone may commit its own at the
+        # end (group_commit.LONE_BATCHES_BEFORE_LOCAL).
+        assert 0 < stores <= len(acked) and batches < stores, shared_lines
     else:
         assert not shared_lines, node.output
     with PaletteArchive.open(data_dir, seed=False) as archive:

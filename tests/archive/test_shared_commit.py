@@ -239,3 +239,36 @@ def test_a_batch_mixing_files_and_index_stores_keeps_its_order(archive, service,
     assert [r.sop_instance_uid for r in results] == [small[0][0], small[1][0], uid, small[2][0]]
     assert service.stores == 3  # the three received in memory; the file was committed by the worker
     assert all(archive.get(u) is not None for u in (uid, *(u for u, _ in small)))
+
+
+def test_a_lone_association_commits_in_its_worker_until_stores_meet(archive, service):
+    """One store at a time (a lone association) goes to the shared committer
+    for LONE_BATCHES_BEFORE_LOCAL batches, then commits in the worker (no
+    trip to the supervisor and back on every store); stores that meet go
+    back to the shared committer at once."""
+    from chromanet.archive.group_commit import LONE_BATCHES_BEFORE_LOCAL
+
+    ts, cls = uids.ExplicitVRLittleEndian, uids.ColorPaletteStorage
+
+    async def run() -> list[Any]:
+        link = await RemoteCommitter.connect(service.connect("w"))
+        queue = IngestQueue(archive, remote=link)
+        results = []
+        for _ in range(LONE_BATCHES_BEFORE_LOCAL + 4):
+            uid, data = new_data_set()
+            results.append(await queue.submit_data(data, ts, cls, uid, owner="A"))
+        assert (queue.shared_batches, queue.local_batches) == (LONE_BATCHES_BEFORE_LOCAL, 4)
+        assert service.stores == LONE_BATCHES_BEFORE_LOCAL
+        # Four at once: they meet (a second batch starts beside the first,
+        # then a batch of several): shared again.
+        together = [new_data_set() for _ in range(4)]
+        results += await asyncio.gather(*(queue.submit_data(d, ts, cls, u, owner="A") for u, d in together))
+        assert queue.shared_batches > LONE_BATCHES_BEFORE_LOCAL
+        assert service.stores > LONE_BATCHES_BEFORE_LOCAL
+        await queue.close()
+        link.close()
+        return results
+
+    results = uvloop.run(run())
+    assert [r.status for r in results] == [0x0000] * (LONE_BATCHES_BEFORE_LOCAL + 8)
+    assert all(archive.get(r.sop_instance_uid) is not None for r in results)

@@ -20,7 +20,11 @@ fsync), then answers each worker. A worker's ``RemoteCommitter`` sends a
 batch and awaits its results on the worker's event loop, without a thread.
 
 What crosses: only stores that are validated and kept in the index (their
-Part 10 bytes and index fields, ``PreparedStore`` with ``source`` None). A
+Part 10 bytes and index fields, ``PreparedStore`` with ``source`` None),
+and only while stores meet: a worker storing one at a time (a lone
+association) commits its own after a few such batches, since the trip to
+the supervisor and back costs each store about half a millisecond here
+(``IngestQueue._worth_sharing``). A
 store written to a file of its own is committed by its worker as before:
 its temporary file, the syncfs epoch it was written in and its fsyncs
 belong to that worker. Both paths take the same cross-process stripe locks
