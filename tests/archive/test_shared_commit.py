@@ -272,3 +272,37 @@ def test_a_lone_association_commits_in_its_worker_until_stores_meet(archive, ser
     results = uvloop.run(run())
     assert [r.status for r in results] == [0x0000] * (LONE_BATCHES_BEFORE_LOCAL + 8)
     assert all(archive.get(r.sop_instance_uid) is not None for r in results)
+
+
+def test_a_garbled_answer_ends_the_link_and_the_worker_commits_its_own(archive, caplog):
+    """The worker's end of a link that receives what is not an answer (a
+    broken supervisor) gives the link up: the stores waiting on it are
+    committed by the worker itself, and so are the later ones."""
+    import socket
+
+    ours, theirs = socket.socketpair()
+    ts, cls = uids.ExplicitVRLittleEndian, uids.ColorPaletteStorage
+
+    async def run() -> list[Any]:
+        link = await RemoteCommitter.connect(theirs)
+        queue = IngestQueue(archive, remote=link)
+        uid, data = new_data_set()
+        waiting = queue.submit_data(data, ts, cls, uid, owner="A")
+        loop = asyncio.get_running_loop()
+        assert await loop.run_in_executor(None, ours.recv, 1 << 16)  # the request reached "the supervisor"
+        ours.sendall(struct.pack("<I", 3) + b"\x80\x05!")  # a truncated pickle
+        results = [await waiting]
+        assert not link.usable
+        uid, data = new_data_set()
+        results.append(await queue.submit_data(data, ts, cls, uid, owner="A"))
+        await queue.close()
+        link.close()
+        return results
+
+    try:
+        results = uvloop.run(run())
+    finally:
+        ours.close()
+    assert [r.status for r in results] == [0x0000, 0x0000]
+    assert all(archive.get(r.sop_instance_uid) is not None for r in results)
+    assert "shared committer link broken" in caplog.text
