@@ -101,3 +101,96 @@ def test_a_status_dataset_reads_sets_and_compares_as_a_plain_dataset():
     # a raw element is converted when read, as pydicom converts it
     ds[0x00000900] = RawDataElement(BaseTag(0x00000900), "US", 2, b"\x01\xff", 0, False, True)
     assert ds.Status == 0xFF01 and type(ds.get_item(0x00000900)) is DataElement
+
+
+def _move_response() -> Command:
+    return Command(
+        _dimse.C_MOVE_RSP, message_id_being_responded_to=2, command_data_set_type=_dimse.NO_DATASET, status=0xB000,
+        number_of_remaining_suboperations=0, number_of_completed_suboperations=3,
+        number_of_failed_suboperations=1, number_of_warning_suboperations=0, error_comment="one failed",
+    )  # fmt: skip
+
+
+def _eager(command: Command) -> Dataset:
+    """The status Dataset as it was made before its elements waited for
+    first use: every element made at once."""
+    ds = Dataset()
+    for tag, vr, value in (
+        (0x00000900, "US", command.status), (0x00000902, "LO", command.error_comment),
+        (0x00001020, "US", 0), (0x00001021, "US", 3), (0x00001022, "US", 1), (0x00001023, "US", 0),
+    ):  # fmt: skip
+        ds[tag] = DataElement(tag, vr, value, validation_mode=config.IGNORE)
+    return ds
+
+
+@pytest.mark.parametrize("first_use", [
+    "repr", "keys", "len", "get", "keyword", "tag", "set-status", "delete-status", "pickle", "deepcopy", "copy",
+    "equality", "json",
+])  # fmt: skip
+def test_a_status_dataset_makes_its_elements_on_first_use_as_they_were_made_at_once(first_use):
+    """Reading Status (or asking whether it is there) uses the response
+    command and makes nothing; anything else makes the elements then, the
+    same elements as made at once, and drops the command."""
+    ds = response_to_dataset(_move_response())
+    assert "_dict" not in vars(ds) and "Status" in ds and ds.Status == 0xB000
+    assert "_dict" not in vars(ds)  # still nothing made
+    expected = _eager(_move_response())
+    if first_use == "repr":
+        assert repr(ds) == repr(expected)
+    elif first_use == "keys":
+        assert list(ds.keys()) == list(expected.keys())
+    elif first_use == "len":
+        assert len(ds) == 6
+    elif first_use == "get":
+        assert ds.get("NumberOfFailedSuboperations") == 1
+    elif first_use == "keyword":
+        assert (ds.ErrorComment, "NumberOfCompletedSuboperations" in ds, "ErrorID" in ds) == ("one failed", True, False)
+    elif first_use == "tag":
+        assert ds[0x00001021].value == 3 and 0x00000902 in ds
+    elif first_use == "set-status":
+        ds.Status = 0x0000
+        expected.Status = 0x0000
+        assert ds.Status == 0x0000 and ds[0x00000900].value == 0x0000
+    elif first_use == "delete-status":
+        del ds.Status
+        del expected.Status
+        assert "Status" not in ds
+        with pytest.raises(AttributeError):
+            ds.Status
+    elif first_use == "pickle":
+        ds = pickle.loads(pickle.dumps(ds))
+    elif first_use == "deepcopy":
+        ds = copy.deepcopy(ds)
+    elif first_use == "copy":
+        ds = copy.copy(ds)
+    elif first_use == "equality":
+        assert ds == expected and expected == ds
+    elif first_use == "json":
+        assert ds.to_json_dict() == expected.to_json_dict()
+    assert "_command" not in vars(ds) and "_dict" in vars(ds)
+    assert ds == expected
+    for elem in ds:
+        assert vars(elem) == vars(expected[elem.tag])
+
+
+def test_status_datasets_made_by_two_threads_at_once_share_one_set_of_elements():
+    """Two threads making a status Dataset's elements at the same moment
+    (a blocking caller and another thread it handed the Dataset to) end up
+    with the one dict kept, never a dict each, and no error."""
+    import threading
+
+    for _ in range(200):
+        ds = response_to_dataset(_move_response())
+        seen: list[object] = []
+        start = threading.Barrier(2)
+
+        def touch() -> None:
+            start.wait()
+            seen.append(ds._dict)  # noqa: SLF001 - the very attribute pydicom reads
+
+        threads = [threading.Thread(target=touch) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert seen[0] is seen[1] is vars(ds)["_dict"] and len(seen[0]) == 6
