@@ -9,6 +9,7 @@ import os
 import shutil
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import Dataset, dcmread
@@ -22,7 +23,7 @@ from chromanet.archive import (
     WELL_KNOWN_PALETTE_UIDS,
 )
 from chromanet.archive import index as index_module
-from chromanet.archive.index import SCHEMA_VERSION, IndexRow
+from chromanet.archive.index import SCHEMA_VERSION, Index, IndexRow
 from chromanet.archive.seed import well_known_palette_files
 from helpers.data import find_uids, locate_ds, hot_iron_copy
 from helpers.durability import DURABILITIES, STORE_STEPS, mode_steps
@@ -510,3 +511,68 @@ def test_alternate_descriptions_json_as_by_dataset_copies() -> None:
             assert validation._alternate_json(raw) == _alternate_json_by_copies(raw), (charset, syntax)
     del odd.AlternateContentDescriptionSequence
     assert validation._alternate_json(odd) is None
+
+
+def _find_ds(**keys: object) -> Dataset:
+    ds = Dataset()
+    ds.SOPInstanceUID = ""
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def test_find_reads_only_the_columns_its_keys_return(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A C-FIND selects NULL in place of every column no return key reads
+    (descriptions, creator names, the alternates' JSON, the SOP Class UID);
+    the UID and what decides the character set are always read. What comes
+    back is the same either way: the keys asked for, with their values."""
+    with PaletteArchive.open(tmp_path, inline_max=0) as arch:
+        assert arch.ingest_dataset(palette(label="TIE", ContentDescription="Beschreibung äöü")).ok
+        selects: list[str] = []
+        original = Index.select
+
+        def select(self: Index, columns: Any, where: str, params: Any, order: str = "") -> Any:
+            selects.append(", ".join(columns))
+            return original(self, columns, where, params, order)
+
+        monkeypatch.setattr(Index, "select", select)
+        narrow = list(arch.find(_find_ds(ContentLabel="TIE")).matches)
+        assert selects[-1] == ("NULL, sop_instance_uid, content_label, NULL, NULL, NULL, specific_character_set,"
+                               " ascii_only")  # fmt: skip
+        assert [(d.SOPInstanceUID, d.ContentLabel, "ContentDescription" in d) for d in narrow] == [
+            (NEW_UID, "TIE", False)
+        ]
+        wide = list(arch.find(_find_ds(ContentLabel="TIE", ContentDescription="", SOPClassUID="")).matches)
+        assert selects[-1] == ("sop_class_uid, sop_instance_uid, content_label, content_description, NULL,"
+                               " NULL, specific_character_set, ascii_only")  # fmt: skip
+        assert [(d.ContentDescription, d.SOPClassUID) for d in wide] == [("Beschreibung äöü", uids.ColorPaletteStorage)]
+
+
+def test_find_orders_ties_of_label_as_stored_without_sorting_the_matches(tmp_path: Path) -> None:
+    """Matches come by Content Label, ties in the order they were first
+    stored (a replacement keeps its place), read in that order from the
+    label index: SQLite plans no temporary B-tree to sort them."""
+    with PaletteArchive.open(tmp_path, inline_max=0) as arch:
+        stored = ["1.2.826.0.1.3680043.10.1234.9", "1.2.826.0.1.3680043.10.1234.10", "1.2.826.0.1.3680043.10.1234.1"]
+        for uid in stored:
+            assert arch.ingest_dataset(palette(uid=uid, label="TIE")).ok
+        assert arch.ingest_dataset(palette(uid="1.2.826.0.1.3680043.10.1234.5", label="AAA")).ok
+        assert arch.ingest_dataset(palette(uid=stored[0], label="TIE")).ok  # replaced: keeps its place
+        found = [d.SOPInstanceUID for d in arch.find(_find_ds(ContentLabel="TIE")).matches]
+        assert found == stored
+        everything = [(d.ContentLabel, d.SOPInstanceUID) for d in arch.find(_find_ds(ContentLabel="")).matches]
+        assert [label for label, _ in everything] == sorted(label for label, _ in everything)
+        assert [uid for label, uid in everything if label == "TIE"] == stored
+        # The archive's own queries, as SQLite ran them (parameters bound),
+        # planned again: no temporary B-tree for the ORDER BY.
+        reader = arch.index.reader()
+        ran: list[str] = []
+        reader.set_trace_callback(ran.append)
+        for label in ("TIE", "T*", ""):
+            arch.find(_find_ds(ContentLabel=label))
+        reader.set_trace_callback(None)
+        queries = [sql for sql in ran if sql.lstrip().upper().startswith("SELECT")]
+        assert len(queries) == 3
+        for sql in queries:
+            plan = reader.execute("EXPLAIN QUERY PLAN " + sql).fetchall()
+            assert not any("TEMP B-TREE" in row[-1] for row in plan), (sql, plan)

@@ -244,11 +244,11 @@ class PgArchive:
             return int(await conn.fetchval("SELECT count(*) FROM instance"))
 
     async def find(self, identifier: Dataset) -> FindResult:
-        """Match a C-FIND identifier like ``PaletteArchive.find``."""
+        """Match a C-FIND identifier like ``PaletteArchive.find``. Ties of
+        label come by SOP Instance UID here (PostgreSQL keeps no row order
+        a replacement would not change; SQLite gives them as stored)."""
         plan = m.plan_find(identifier)
-        columns = list(m.ROW_COLUMNS)
-        if not plan.wants_sequence:
-            columns[m.COL_ALTERNATE_DESCRIPTIONS] = "NULL"
+        columns = m.selected_columns(plan)
         if any("\x00" in str(c.value) for c in plan.conditions):
             # PostgreSQL text cannot hold NUL, so no stored value has one: no
             # match, as in SQLite (and no database error a peer could repeat).

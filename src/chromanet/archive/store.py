@@ -497,11 +497,12 @@ class PaletteArchive:
         ArchiveError (0xC000) when the index cannot be read.
         """
         plan = m.plan_find(identifier)
-        columns = list(m.ROW_COLUMNS)
-        if not plan.wants_sequence:
-            columns[m.COL_ALTERNATE_DESCRIPTIONS] = "NULL"
         try:
-            rows = self.index.select(columns, plan.where, plan.params, order="content_label, sop_instance_uid")
+            # Ties of label in the order they were stored: the label index
+            # (whose entries are label, rowid) gives the rows in that order,
+            # with no sort of the matches in a temporary B-tree (which was
+            # more than half the query's time for 10,000 matches).
+            rows = self.index.select(m.selected_columns(plan), plan.where, plan.params, order="content_label, rowid")
         except sqlite3.Error as exc:
             raise m.ArchiveError(UNABLE_TO_PROCESS, f"index query failed: {exc}") from exc
         return FindResult(plan, rows)
