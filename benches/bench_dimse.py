@@ -1,4 +1,5 @@
-"""Command-set codec: chromanet._dimse vs pynetdicom, a C-FIND-RSP (pending).
+"""Command-set codec: chromanet._dimse vs pynetdicom, a C-FIND-RSP (pending),
+and the status Dataset an SCU call makes of such a response.
 
 Each group holds ours and pynetdicom's way side by side:
 - encode: build the command from its field values and encode it. pynetdicom
@@ -76,3 +77,38 @@ def test_decode_chromanet(benchmark):
 @pytest.mark.benchmark(group="dimse-decode-c-find-rsp")
 def test_decode_pynetdicom(benchmark):
     assert benchmark(_pnd_decode) == EXPECTED
+
+
+# The status Dataset an SCU call returns for each response, made from the
+# decoded response and read as callers read it ("Status" in it, its Status).
+# pynetdicom's way is its own ``Association._check_received_status`` on the
+# response primitive (``self`` is used only to abort on an invalid one).
+from pynetdicom.association import Association  # noqa: E402
+
+from chromanet.services.answers import response_to_dataset  # noqa: E402
+
+_RESPONSE = decode_command(ENCODED)
+_PRIMITIVE = P.C_FIND()
+_PRIMITIVE.MessageIDBeingRespondedTo = 5
+_PRIMITIVE.AffectedSOPClassUID = SOP
+_PRIMITIVE.Status = 0xFF00
+
+
+def _ours_status():
+    status = response_to_dataset(_RESPONSE)
+    return "Status" in status and status.Status
+
+
+def _pnd_status():
+    status = Association._check_received_status(None, _PRIMITIVE)
+    return "Status" in status and status.Status
+
+
+@pytest.mark.benchmark(group="dimse-status-dataset")
+def test_status_dataset_chromanet(benchmark):
+    assert benchmark(_ours_status) == 0xFF00
+
+
+@pytest.mark.benchmark(group="dimse-status-dataset")
+def test_status_dataset_pynetdicom(benchmark):
+    assert benchmark(_pnd_status) == 0xFF00
