@@ -19,6 +19,7 @@ the SCP sends one sub-operation at a time, as before.
 from __future__ import annotations
 
 import asyncio
+from copy import deepcopy
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -303,7 +304,9 @@ def test_get_pipelined_large_files_give_the_sequential_result(make_qr_scp, palet
     same result as one at a time, with the chromanet SCU."""
     big = {}
     for uid, ds in palettes.items():
-        copy = ds.copy()
+        # A deep copy: ``Dataset.copy()`` is shallow (the element dict and
+        # the file meta shared), and these are the session's palettes.
+        copy = deepcopy(ds)
         copy.private_block(0x0009, "CHROMANET TEST", create=True).add_new(0x10, "OB", bytes(3 << 19))
         path = tmp_path / f"{uid}.dcm"
         copy.save_as(path, enforce_file_format=True)
