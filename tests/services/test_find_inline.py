@@ -148,3 +148,47 @@ def test_failure_status_ends_the_find(finds):
     with qr_association(port) as assoc:
         assert statuses(list(assoc.send_c_find(query("FAIL"), FIND))) == [0xFF00, 0xA700]
     assert state.closed.wait(WAIT_TIMEOUT)
+
+
+@pytest.mark.parametrize("observed", [False, True])
+def test_pending_responses_share_one_command_unless_something_keeps_them(make_qr_scp, monkeypatch, observed):
+    """The pending C-FIND responses of one request carry the same command
+    (only the identifier differs), so an archive's matches are answered
+    with one Command made for the operation. Bound EVT_DIMSE_SENT handlers
+    keep what they are shown: each response is then a Command of its own.
+    The peer reads the same responses either way."""
+    from chromanet import _dimse
+    from chromanet.dimse_channel import DimseChannel
+
+    sent: list[Any] = []
+    original = DimseChannel.send
+
+    def send(self: Any, context_id: int, command: Any, dataset: Any = None, **kwargs: Any) -> None:
+        if command.command_field == _dimse.C_FIND_RSP:
+            sent.append((command, command.status))
+        original(self, context_id, command, dataset, **kwargs)
+
+    monkeypatch.setattr(DimseChannel, "send", send)
+    state = Finds()
+
+    @evt.inline
+    def on_find(event: Any) -> Any:
+        yield from state.results(event)
+
+    handlers = [(evt.EVT_C_FIND, on_find)]
+    if observed:
+        handlers.append((evt.EVT_DIMSE_SENT, lambda event: None))
+    scp = make_qr_scp(handlers)
+    with qr_association(scp.port) as assoc:
+        for n in (40, 5):
+            responses = list(assoc.send_c_find(query(f"N{n}"), FIND))
+            assert statuses(responses) == [0xFF00] * n + [0x0000]
+            assert labels(responses) == [f"MATCH{k}" for k in range(n)]
+    assert [status for _, status in sent] == [0xFF00] * 40 + [0x0000] + [0xFF00] * 5 + [0x0000]
+    first, second = sent[:40], sent[41:46]
+    if observed:
+        assert len({id(command) for command, _ in sent}) == len(sent)
+    else:
+        assert len({id(command) for command, _ in first}) == 1
+        assert len({id(command) for command, _ in second}) == 1
+        assert first[0][0] is not second[0][0]  # one per request

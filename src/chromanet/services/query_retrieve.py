@@ -214,6 +214,24 @@ class _Sender:
         self.transfer_syntax = transfer_syntax
         self.sent = 0
         self.trace: OperationRecord | None = message.trace
+        self._pending: dict[int, Command] = {}
+
+    def pending_response(self, request: Command, field: int, status: Any) -> Command | None:
+        """The response to send for a pending ``status`` that is a plain int
+        (an archive's matches), made once for the operation and sent again
+        for each: every pending response of one request carries the same
+        command (a C-FIND of 10,000 matches made and checked 10,000). None
+        for any other status, and while something keeps the commands sent
+        (the operation is traced, or EVT_DIMSE_SENT is bound): each gets
+        its own then."""
+        if status.__class__ is not int or status not in _PENDING:
+            return None
+        if self.trace is not None or self.channel.dimse_hook is not None:
+            return None
+        response = self._pending.get(status)
+        if response is None:
+            response = self._pending[status] = _response(request, field, status)
+        return response
 
     def put(self, response: Command, identifier: Any = None) -> bool:
         """Send ``response`` now; True when the caller is to ``await
@@ -357,13 +375,15 @@ def _answer_find(sender: _Sender, request: Command, message: IncomingMessage, st
     response with the identifier (``_GO_ON``, or ``_PACE`` when the sender
     asks to be paced), or the response that ends the operation (``_OVER``):
     the handler's final status, Cancel, or a failure to encode."""
-    response = _response(request, _dimse.C_FIND_RSP)
-    apply_handler_status(status, response, "EVT_C_FIND")
-    if response.status not in _PENDING:
-        if response.status == CANCEL or message.cancelled:
-            response = _response(request, _dimse.C_FIND_RSP, CANCEL)
-        sender.put(response)
-        return _OVER
+    response = sender.pending_response(request, _dimse.C_FIND_RSP, status) if identifier is not None else None
+    if response is None:
+        response = _response(request, _dimse.C_FIND_RSP)
+        apply_handler_status(status, response, "EVT_C_FIND")
+        if response.status not in _PENDING:
+            if response.status == CANCEL or message.cancelled:
+                response = _response(request, _dimse.C_FIND_RSP, CANCEL)
+            sender.put(response)
+            return _OVER
     if message.cancelled:
         sender.put(_response(request, _dimse.C_FIND_RSP, CANCEL))
         return _OVER
