@@ -74,6 +74,7 @@ Decisions, with the part of the standard behind each:
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any, Iterable, NamedTuple
@@ -279,13 +280,20 @@ class FindPlan:
 _ALWAYS_READ = frozenset({COL_SOP_INSTANCE_UID, COL_SPECIFIC_CHARACTER_SET, COL_ASCII_ONLY})
 
 
-def selected_columns(plan: FindPlan) -> list[str]:
+def selected_columns(plan: FindPlan) -> tuple[str, ...]:
     """``ROW_COLUMNS`` for ``plan``'s query, NULL in place of each column no
     return key reads: a C-FIND for UIDs and labels does not make a Python
     string per row of every description and creator name it will not send
     (about a third of the query's time for 10,000 matches on SQLite)."""
-    wanted = _ALWAYS_READ.union(key.column for key in plan.keys if key.column is not None)
-    return [name if k in wanted else "NULL" for k, name in enumerate(ROW_COLUMNS)]
+    return _columns_for(tuple([key.column for key in plan.keys]))
+
+
+@functools.lru_cache(maxsize=64)
+def _columns_for(read: tuple[int | None, ...]) -> tuple[str, ...]:
+    """``selected_columns`` by the columns the return keys read (a few
+    shapes of query recur: made once each, not per C-FIND)."""
+    wanted = _ALWAYS_READ.union(column for column in read if column is not None)
+    return tuple(name if k in wanted else "NULL" for k, name in enumerate(ROW_COLUMNS))
 
 
 def wildcard_to_like(value: str) -> str:
