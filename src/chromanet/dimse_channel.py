@@ -631,18 +631,7 @@ class DimseChannel:
 
     # ------------------------------------------------------------ receiving
     def on_message(self, message: DimseMessage) -> None:
-        incoming = IncomingMessage(message.context_id, message.command, message.dataset)
-        command = message.command
-        if command.command_field & 0x8000 and self.dimse_hook is None:
-            # A response to a request of ours that is still awaited (one
-            # per match of a C-FIND): straight to its stream. Anything
-            # else (an unknown or abandoned one, EVT_DIMSE_RECV bound) is
-            # routed below.
-            stream = self._pending.get(command.message_id_being_responded_to)
-            if stream is not None and not stream.abandoned:
-                stream._push(incoming)
-                return
-        self._dispatch(incoming)
+        self._dispatch(IncomingMessage(message.context_id, message.command, message.dataset))
 
     def on_command_arrived(self, event: CommandArrived) -> None:
         factory = self.dataset_sink_factory
