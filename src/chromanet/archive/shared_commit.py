@@ -102,15 +102,16 @@ def _frames(buffer: bytearray) -> list[bytes]:
     the rest)."""
     out = []
     start = 0
-    while len(buffer) - start >= _HEADER.size:
-        (length,) = _HEADER.unpack_from(buffer, start)
-        if length > MAX_FRAME:
-            raise ValueError(f"frame of {length} bytes")
-        end = start + _HEADER.size + length
-        if end > len(buffer):
-            break
-        out.append(bytes(buffer[start + _HEADER.size : end]))
-        start = end
+    with memoryview(buffer) as view:  # each frame copied once, not sliced first
+        while len(buffer) - start >= _HEADER.size:
+            (length,) = _HEADER.unpack_from(buffer, start)
+            if length > MAX_FRAME:
+                raise ValueError(f"frame of {length} bytes")
+            end = start + _HEADER.size + length
+            if end > len(buffer):
+                break
+            out.append(bytes(view[start + _HEADER.size : end]))
+            start = end
     if start:
         del buffer[:start]
     return out
