@@ -13,6 +13,7 @@ cluster, ``helpers.postgres``), whose SQL renders the same matching plan
 
 from __future__ import annotations
 
+import struct
 import time
 import warnings
 from pathlib import Path
@@ -195,6 +196,46 @@ def test_find_refuses(archive: PaletteArchive, keys: dict, status: int, tag: int
     with pytest.raises(IdentifierError) as info:
         archive.find(ident(**keys))
     assert info.value.status == status
+    assert info.value.offending_tags == (tag,)
+    assert len(info.value.comment) <= 64
+
+
+def _implicit_element(group: int, element: int, value: bytes) -> bytes:
+    return struct.pack("<HHI", group, element, len(value)) + value
+
+
+# Identifiers (Implicit VR Little Endian bytes, as received) with a sequence
+# that cannot be decoded: pydicom converts a sequence only when it is first
+# read, so these pass the engine's decode and reach the archive.
+_CUT_ITEM_HEADER = b"\xfe\xff\x00\xe0\x00\x00"  # 6 of an item's 8 header bytes
+UNDECODABLE = {
+    "item-header-cut-short": (0x00700087, _implicit_element(0x0070, 0x0087, _CUT_ITEM_HEADER)),
+    "element-in-item-runs-past-it": (
+        0x00700087,
+        _implicit_element(
+            0x0070, 0x0087, b"\xfe\xff\x00\xe0" + struct.pack("<I", 12) + struct.pack("<HHI", 0x0070, 0x0086, 80) + b"ABCD"
+        ),
+    ),
+    "language-code-sequence-in-item": (
+        0x00700087,
+        _implicit_element(
+            0x0070, 0x0087,
+            b"\xfe\xff\x00\xe0" + struct.pack("<I", 14) + _implicit_element(0x0008, 0x0006, _CUT_ITEM_HEADER),
+        ),
+    ),
+    "unsupported-sequence-key": (0x00081115, _implicit_element(0x0008, 0x1115, _CUT_ITEM_HEADER)),
+}
+
+
+@pytest.mark.parametrize("tag,data", UNDECODABLE.values(), ids=UNDECODABLE.keys())
+def test_find_refuses_an_identifier_it_cannot_decode(archive: PaletteArchive, tag: int, data: bytes) -> None:
+    """0xC310 (the request identifier could not be decoded) naming the
+    element, not an exception out of the handler (0xC311 and a traceback
+    in the node's log for every such request a peer sends)."""
+    identifier = dsutil.decode_dataset(_implicit_element(0x0070, 0x0080, b"") + data, uids.ImplicitVRLittleEndian)
+    with pytest.raises(IdentifierError) as info:
+        archive.find(identifier)
+    assert info.value.status == 0xC310
     assert info.value.offending_tags == (tag,)
     assert len(info.value.comment) <= 64
 

@@ -258,8 +258,11 @@ def test_wrong_command_group_length_is_served_and_cancel_on_a_foreign_context_ig
         (identifier(ContentLabel="*" * 6000), 0xA900),
         (bytes(range(256)) * 8, 0xC310),
         (b"\x00" * 32, 0xA900),
+        # Alternate Content Description Sequence whose item header is cut
+        # short: found by scripts/fuzz_node.py (0xC311 and a traceback before).
+        (identifier(ContentLabel="") + b"\x70\x00\x87\x00\x06\x00\x00\x00\xfe\xff\x00\xe0\x00\x00", 0xC310),
     ],
-    ids=["200-char-uid", "60k-wildcard", "6k-wildcard", "garbage", "command-group"],
+    ids=["200-char-uid", "60k-wildcard", "6k-wildcard", "garbage", "command-group", "sequence-item-cut-short"],
 )
 def test_malformed_identifier_gets_a_failure_never_a_match(node, payload, status):
     sock = associate(node, [(1, FIND, [IMPLICIT])])

@@ -106,6 +106,10 @@ __all__ = [
 PENDING = int(Status.PENDING)
 PENDING_OPTIONAL_KEYS_NOT_SUPPORTED = int(Status.PENDING_WARNING)
 IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = int(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS)
+# A C-FIND identifier with an element that cannot be decoded (a sequence
+# whose item is cut short, say: pydicom converts such an element only when
+# it is first read, so the engine's decode before the handler let it by).
+IDENTIFIER_UNDECODABLE = int(Status.FIND_IDENTIFIER_DECODE_FAILED)
 
 # Tags of the information model.
 SPECIFIC_CHARACTER_SET = 0x00080005
@@ -434,8 +438,22 @@ def _elements(identifier: Dataset) -> list[Any]:
     out: list[Any] = []
     for tag, elem in held:
         plain = _plain(elem, tag) if type(elem) is RawDataElement else None
-        out.append(plain if plain is not None else identifier[tag])
+        if plain is not None:
+            out.append(plain)
+            continue
+        try:
+            out.append(identifier[tag])
+        except Exception as exc:  # pydicom's conversion of what the peer sent
+            raise _undecodable(tag, exc) from exc
     return out
+
+
+def _undecodable(tag: int, exc: Exception) -> IdentifierError:
+    """The failure for an identifier element that cannot be decoded: the
+    peer's bytes, not our error, so a status (0xC310) and no traceback."""
+    return IdentifierError(
+        IDENTIFIER_UNDECODABLE, f"({tag >> 16:04X},{tag & 0xFFFF:04X}) not decodable: {exc}", [tag]
+    )
 
 
 def _element(identifier: Dataset, tag: int) -> Any:
@@ -577,7 +595,12 @@ def plan_find(identifier: Dataset) -> FindPlan:
                 kind = "wildcard" if "*" in label or "?" in label else "equal"
                 conditions.append(Condition("content_label", kind, label))
         elif tag == ALTERNATE_CONTENT_DESCRIPTION_SEQUENCE:
-            template, bad = _alternate_template(elem)
+            try:
+                template, bad = _alternate_template(elem)
+            except IdentifierError:
+                raise
+            except Exception as exc:  # an item's elements are converted as they are read
+                raise _undecodable(tag, exc) from exc
             unsupported |= bad
             wants_sequence = True
             keys.append(ReturnKey(tag, vr, column, template))
