@@ -26,7 +26,7 @@ from chromanet.presentation import DEFAULT_TRANSFER_SYNTAXES, PresentationContex
 from chromanet.services.handler_threads import HandlerThreads
 from chromanet.server import AsyncServer
 from chromanet.ul.acse import AdmissionCheck, AssociationAborted, AssociationClosed, AssociationControl, Timeouts
-from chromanet.ul.negotiation import AssociationRejected, ContextSpec, build_associate_rq
+from chromanet.ul.negotiation import AssociationRejected, ContextSpec, NegotiationError, build_associate_rq
 from chromanet.ul.tls_accept import handshake_failure_reason
 
 __all__ = ["AE", "Association", "AsyncServer", "ThreadedServer", "build_role"]
@@ -398,6 +398,13 @@ class AE:
             await ul.open(addr, port, rq, local_addr=_local_address(bind_address), **tls)
         except AssociationRejected as exc:
             LOGGER.info("association rejected: result %d source %d reason %d", exc.result, exc.source, exc.reason)
+        except NegotiationError as exc:
+            # An A-ASSOCIATE-AC that does not answer our RQ: the connection
+            # was aborted (``AssociationControl.on_associate_ac``); the
+            # caller gets a failed association, as for any other failure.
+            LOGGER.error("association request failed: %s", exc)
+            if ul.outcome == "pending":
+                ul.outcome = "aborted"
         except ssl.SSLError as exc:
             LOGGER.error("association request to %s:%d failed: TLS handshake: %s", addr, port,
                          handshake_failure_reason(exc))

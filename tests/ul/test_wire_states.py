@@ -284,6 +284,50 @@ def test_requestor_aborts_on_garbage_answer():
     assert fake.closed_by_peer.is_set()
 
 
+@pytest.mark.parametrize(
+    "context",
+    [
+        _pdu.PresentationContextAC(1, 0, uids.ExplicitVRLittleEndian),  # a transfer syntax not proposed
+        _pdu.PresentationContextAC(1, 0, ""),  # none at all
+        _pdu.PresentationContextAC(3, 0, uids.ImplicitVRLittleEndian),  # a context ID not proposed
+    ],
+    ids=["syntax-not-proposed", "no-syntax", "context-not-proposed"],
+)
+def test_requestor_aborts_an_ac_that_does_not_answer_its_rq(context):
+    """An A-ASSOCIATE-AC that accepts what was not proposed (found by
+    scripts/fuzz_scu.py): A-ABORT (service provider, invalid parameter
+    value), and ``associate`` returns an association that is not
+    established, as for any other failed request; it raised
+    NegotiationError before."""
+
+    def script(conn, fake):
+        conn.sendall(
+            _pdu.encode_pdu(
+                _pdu.AssociateAC("SRV", "RAW", [context], _pdu.UserInformation(max_length=16382,
+                                                                               implementation_class_uid="1.2.3.4"))
+            )
+        )
+        fake.received.append(recv_pdu(conn))
+
+    fake = FakeAcceptor(script)
+    for blocking in (True, False):
+        if not blocking:
+            fake = FakeAcceptor(script)
+        ae = _requestor()
+        if blocking:
+            assoc = ae.associate("127.0.0.1", fake.port)
+        else:
+            async def associate() -> object:
+                return await ae.associate_async("127.0.0.1", fake.port)
+
+            assoc = asyncio.run(associate())
+        assert not assoc.is_established and assoc.is_aborted
+        fake.thread.join(IO_TIMEOUT)
+        abort = fake.received[-1]
+        assert isinstance(abort, _pdu.Abort) and (abort.source, abort.reason) == (2, 6)
+        assert fake.closed_by_peer.is_set()
+
+
 def test_requestor_acse_timeout_aborts():
     def silent(conn, fake):
         # Read what comes next: the A-ABORT after the ACSE timeout.
