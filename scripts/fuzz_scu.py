@@ -24,7 +24,9 @@ P-DATA framing lies, command and data set element lies, deep sequences),
 or an A-ASSOCIATE-AC/RJ mutated, or silence, an unsolicited A-RELEASE-RQ,
 A-ABORT, a reset, a response to a Message ID never sent, a second
 A-ASSOCIATE-AC. The client is chromanet's async API (``AE.associate_async``)
-with short timeouts (ACSE, DIMSE and network 2 s); each case runs a few of
+with short timeouts (ACSE, DIMSE and network 2 s), or with ``--api
+blocking`` the blocking API (``AE.associate``, as a pynetdicom program
+calls it, C-STORE handler in a worker thread); each case runs a few of
 echo, find, store and get on one association, then releases it.
 
 A case is an incident when it:
@@ -406,6 +408,47 @@ async def run_case(ae: AE, port: int, rng: random.Random) -> list[str]:
     return outcomes
 
 
+def run_case_blocking(ae: AE, port: int, rng: random.Random) -> list[str]:
+    """``run_case`` on the blocking API (pynetdicom's calls), in a thread of its own."""
+    outcomes: list[str] = []
+
+    def on_store(event: Any) -> int:  # a plain def: runs in a handler worker thread
+        _ = event.dataset
+        return 0x0000
+
+    try:
+        assoc = ae.associate(HOST, port, ae_title="HOSTILE", ext_neg=[build_role(STORE, scu_role=True, scp_role=True)],
+                             evt_handlers=[(EVT_C_STORE, on_store)])  # fmt: skip
+    except (ConnectionError, OSError) as exc:
+        return [f"associate: {type(exc).__name__}"]
+    if not assoc.is_established:
+        return ["not established"]
+    for op in [rng.choice(OPS) for _ in range(rng.randint(1, 4))]:
+        try:
+            if op == "echo":
+                outcomes.append(f"echo {getattr(assoc.send_c_echo(), 'Status', None)}")
+            elif op == "store":
+                outcomes.append(f"store {getattr(assoc.send_c_store(_palette()), 'Status', None)}")
+            else:
+                ident = _identifier() if op == "find" else Dataset()
+                if op == "get":
+                    ident.SOPInstanceUID = "1.2.826.0.1.3680043.8.498.6"
+                responses = assoc.send_c_find(ident, FIND) if op == "find" else assoc.send_c_get(ident, GET)
+                seen = []
+                for status, identifier in responses:
+                    seen.append(getattr(status, "Status", None))
+                    if identifier is not None:
+                        list(identifier)
+                outcomes.append(f"{op} {seen}")
+        except RuntimeError as exc:
+            outcomes.append(f"{op}: RuntimeError {exc}"[:80])
+        except ValueError as exc:
+            outcomes.append(f"{op}: {type(exc).__name__} {exc}"[:100])
+    if assoc.is_established:
+        assoc.release()
+    return outcomes
+
+
 async def main_async(args: argparse.Namespace) -> int:
     scp = HostileSCP(args.seed)
     captured = Captured()
@@ -428,7 +471,12 @@ async def main_async(args: argparse.Namespace) -> int:
         problem = None
         outcomes: list[str] = []
         try:
-            outcomes = await asyncio.wait_for(run_case(ae, scp.port, rng), args.case_limit)
+            if args.api == "blocking":
+                # A hung call cannot be cancelled: its thread is left behind, the case reported.
+                outcomes = await asyncio.wait_for(asyncio.to_thread(run_case_blocking, ae, scp.port, rng),
+                                                  args.case_limit)  # fmt: skip
+            else:
+                outcomes = await asyncio.wait_for(run_case(ae, scp.port, rng), args.case_limit)
         except asyncio.TimeoutError:
             problem = f"hang: no end within {args.case_limit} s"
         except Exception:
@@ -454,7 +502,7 @@ async def main_async(args: argparse.Namespace) -> int:
         if done % args.progress == 0:
             print(f"{done:6d} cases, {len(incidents)} incidents, {time.monotonic() - started:.0f} s", flush=True)
     elapsed = time.monotonic() - started
-    print(f"{len(indices)} cases (seed {args.seed}) in {elapsed:.0f} s; kinds {kinds}; "
+    print(f"{len(indices)} cases (seed {args.seed}, {args.api} API) in {elapsed:.0f} s; kinds {kinds}; "
           f"incidents {len(incidents)}; hostile SCP's own errors {len(scp.errors)}")  # fmt: skip
     print(f"chromanet's ERROR lines (no traceback): {dict(sorted(captured.errors.items(), key=lambda kv: -kv[1]))}")
     for error in scp.errors[:5]:
@@ -468,6 +516,8 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=2000, help="cases to run (default 2000)")
     parser.add_argument("--start", type=int, default=0, help="first case index")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--api", choices=["async", "blocking"], default="async",
+                        help="the client's API: async (AE.associate_async) or blocking (AE.associate, pynetdicom's)")
     parser.add_argument("--replay", type=int, help="run this one case, logging everything")
     parser.add_argument("--case-limit", type=float, default=15.0, help="seconds before a case is a hang")
     parser.add_argument("--progress", type=int, default=250, help="print a line every N cases")

@@ -13,6 +13,8 @@
   the response's Status and send the caller's Message ID, and a C-STORE of a data set large enough to be paced out goes the coroutine
   way with the same result; both give an empty Dataset once the peer
   aborted (pynetdicom's answer when no response came).
+- An abort that lands between a C-FIND/C-GET's check in the caller's
+  thread and its sending on the loop gives that empty Dataset too.
 """
 
 from __future__ import annotations
@@ -199,3 +201,41 @@ def test_responses_never_read_cancel_the_request(make_qr_scp):
         finally:
             gc.enable()
         assert statuses(list(assoc.send_c_find(uid_query(), FIND))) == [0xFF00, 0x0000]
+
+
+@pytest.mark.parametrize("operation", ["find", "get", "echo"])
+def test_an_abort_between_the_callers_check_and_the_send(make_qr_scp, monkeypatch, operation):
+    """The blocking API checks a C-FIND/C-GET/C-MOVE in the caller's thread
+    and sends it on the loop; an A-ABORT processed in between (found by
+    scripts/fuzz_scu.py: a hostile SCP's second A-ASSOCIATE-AC) gives what
+    an abort while waiting gives, one empty status Dataset, never the
+    engine's own AssociationAborted out of the call. A C-ECHO is checked on
+    the loop: the RuntimeError of a call on an association that has ended."""
+    from chromanet import blocking, loopthread
+
+    def on_find(event):
+        yield 0xFF00, uid_query("1.2.3")
+
+    scp = make_qr_scp([(evt.EVT_C_FIND, on_find)])
+    with qr_association(scp.port) as assoc:
+        inner = assoc._inner
+
+        def aborted_first(real):
+            def call(*args, loop=None, **kwargs):
+                # Queued on the loop before the hand-off of the request.
+                loopthread.target_loop(loop).call_soon_threadsafe(inner.abort)
+                return real(*args, loop=loop, **kwargs)
+
+            return call
+
+        monkeypatch.setattr(loopthread, "iterate_started", aborted_first(loopthread.iterate_started))
+        monkeypatch.setattr(loopthread, "run_started", aborted_first(loopthread.run_started))
+        assert blocking.loopthread is loopthread
+        if operation == "find":
+            assert [(status, ident) for status, ident in assoc.send_c_find(uid_query(), FIND)] == [(Dataset(), None)]
+        elif operation == "get":
+            assert [(status, ident) for status, ident in assoc.send_c_get(uid_query(UIDS[0]), GET)] == [(Dataset(), None)]
+        else:
+            with pytest.raises(RuntimeError, match="not established"):
+                assoc.send_c_echo()
+        assert wait_until(lambda: assoc.is_aborted)

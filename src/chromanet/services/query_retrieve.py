@@ -611,7 +611,7 @@ class QueryRequest:
     response generator, or the finalizer of a generator never started)
     gives back its slot and, when it ended early, cancels it."""
 
-    __slots__ = ("session", "ctx", "command", "encoded", "stream", "has_slot", "ended", "loop")
+    __slots__ = ("session", "ctx", "command", "encoded", "stream", "has_slot", "ended", "loop", "lost")
 
     def __init__(
         self, session: ServiceSession, ctx: Any, command: Command, encoded: bytes, loop: asyncio.AbstractEventLoop
@@ -624,6 +624,10 @@ class QueryRequest:
         self.has_slot = False
         self.ended = False
         self.loop = loop
+        # The association ended before the request could be sent (after the
+        # blocking API's caller had checked it, in its own thread): the
+        # responses are then what an abort while waiting gives.
+        self.lost = False
 
     def __del__(self) -> None:
         # The response generator holds the request until it ends (and ends
@@ -648,7 +652,11 @@ class QueryRequest:
             self._open()
 
     async def send(self) -> None:
-        await self.session.channel.acquire_slot()
+        try:
+            await self.session.channel.acquire_slot()
+        except (AssociationAborted, AssociationClosed, ConnectionError):
+            self.lost = True
+            return
         self.has_slot = True
         self._open()
 
@@ -657,7 +665,11 @@ class QueryRequest:
         command = self.command
         if command.message_id is not None and channel.is_outstanding(command.message_id):
             command.message_id = None  # in use: take a free one
-        self.stream = channel.open_request(self.ctx.context_id, command, self.encoded)
+        try:
+            self.stream = channel.open_request(self.ctx.context_id, command, self.encoded)
+        except (AssociationAborted, AssociationClosed, ConnectionError):
+            self.lost = True
+            return
         self.session.request_contexts[self.stream.message_id] = self.ctx.context_id
 
     def end(self, finished: bool) -> None:
@@ -735,9 +747,13 @@ async def _responses(request: QueryRequest) -> AsyncIterator[tuple[Dataset, Data
     syntax = request.ctx.transfer_syntax
     finished = False
     try:
-        if request.stream is None:
+        if request.stream is None and not request.lost:
             await request.send()
         stream = request.stream
+        if stream is None:  # the association ended before the request went out
+            finished = True
+            yield Dataset(), None
+            return
         while True:
             try:
                 response = await stream.next()
