@@ -284,6 +284,25 @@ def test_refused_store_leaves_no_spool_file(node):
     assert "1.2.826.0.1.3680043.8.498.1" not in node.stored.rows() and node.stored.consistent()
 
 
+def test_store_without_a_data_set_is_refused_before_the_archive(node):
+    """A C-STORE-RQ whose Command Data Set Type says no data set (found by
+    scripts/fuzz_node.py): 0xC000 with a comment, and the association goes
+    on; it reached the node's handler before, which logged an ERROR and
+    answered 0xA700 (out of resources) as if the archive had failed."""
+    sock = associate(node, PALETTE_EXPLICIT)
+    command = store_rq("1.2.826.0.1.3680043.8.498.4", 1)
+    command.command_data_set_type = _dimse.NO_DATASET
+    sock.sendall(message_bytes(1, command))
+    answer = read_message(sock, {1}).command
+    assert (answer.status, answer.error_comment) == (0xC000, "C-STORE-RQ without a data set")
+    sock.sendall(message_bytes(1, echo_rq(2)))
+    assert read_message(sock, {1}).command.status == 0x0000
+    sock.close()
+    assert "1.2.826.0.1.3680043.8.498.4" not in node.stored.rows()
+    assert " ERROR " not in node.log(), node.log()[-3000:]
+    _no_traceback(node)
+
+
 def test_store_cut_off_by_a_reset_leaves_no_spool_file_and_no_traceback(node):
     sock = associate(node, PALETTE_EXPLICIT)
     data = dsutil.encode_dataset(dcmread(palette_paths()[0]), EXPLICIT) + bytes(2 << 20)

@@ -11,11 +11,14 @@ SCP: ``serve_store`` runs the EVT_C_STORE handler. With none bound, the
 association's ``store_directory`` (a chromanet extra) receives the instance
 as <SOP Instance UID>.dcm, and without that the request fails with
 0xC211, the status pynetdicom gives when no handler is bound. A data set spooled to a file (``spool.FileSink``) is removed once the
-handler returned, unless the handler moved it away.
+handler returned, unless the handler moved it away. A C-STORE-RQ that
+comes without a data set is refused with 0xC000 (cannot understand)
+before any handler runs.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -26,6 +29,7 @@ from chromanet import _dimse, dsutil, uids
 from chromanet._dimse import Command
 from chromanet.dimse_channel import IncomingMessage
 from chromanet.evt import EVT_C_STORE, Event
+from chromanet.logutil import peer_log
 from chromanet.services.base import ServiceClass, ServiceSession, answer_once
 from chromanet.ul.negotiation import NegotiatedContext
 from chromanet.services.observe import OperationRecord
@@ -33,10 +37,13 @@ from chromanet.status import Status
 
 # pynetdicom answers a C-STORE with no EVT_C_STORE handler bound as if the
 # handler had raised.
+LOGGER = logging.getLogger("chromanet.services")
+
 _NO_HANDLER = int(Status.STORE_HANDLER_RAISED)
 _HANDLER_RAISED = int(Status.STORE_HANDLER_RAISED)
 _IDENTIFIER_INVALID = int(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS)
 _SUCCESS = int(Status.SUCCESS)
+_CANNOT_UNDERSTAND = int(Status.CANNOT_UNDERSTAND)
 _SOP_CLASS_UID = 0x00080016
 _SOP_INSTANCE_UID = 0x00080018
 _TRANSFER_SYNTAX_UID = 0x00020010
@@ -227,6 +234,14 @@ def serve_store(session: ServiceSession, message: IncomingMessage) -> Awaitable[
         message_id_being_responded_to=request.message_id,
         command_data_set_type=_dimse.NO_DATASET,
     )
+    if message.dataset is None:
+        # PS3.7 9.3.1.1: a C-STORE-RQ carries the data set to store. Refused
+        # here, before any handler: there is nothing for it to store.
+        peer_log(LOGGER, logging.WARNING, session.peer_host, "C-STORE-RQ without a data set: refused with 0xC000")
+        response.status = _CANNOT_UNDERSTAND
+        response.error_comment = "C-STORE-RQ without a data set"
+        session.respond(message, response)
+        return None
     bound = session.handler(EVT_C_STORE)
     if bound is None and session.store_directory is not None:
         bound = (store_to_directory, [session.store_directory])
