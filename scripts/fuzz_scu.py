@@ -27,7 +27,9 @@ A-ASSOCIATE-AC. The client is chromanet's async API (``AE.associate_async``)
 with short timeouts (ACSE, DIMSE and network 2 s), or with ``--api
 blocking`` the blocking API (``AE.associate``, as a pynetdicom program
 calls it, C-STORE handler in a worker thread); each case runs a few of
-echo, find, store and get on one association, then releases it.
+echo, find, store and get on one association, then releases it. With
+``--via-node`` the hostile SCP is instead the C-MOVE destination of a
+``chromanet serve`` started here, and each case moves palettes into it.
 
 A case is an incident when it:
 - raises anything but the API's documented outcomes (a failed or
@@ -36,7 +38,8 @@ A case is an incident when it:
 - takes longer than its timeouts allow (a hang: ``--case-limit``);
 - makes chromanet log a traceback (its ERROR lines, a peer's abort or an
   undecodable response among them, are counted in the report);
-- leaves an association in ``ae.active_associations``.
+- leaves an association in ``ae.active_associations``;
+- (``--via-node``) makes the node log a traceback, or die.
 
 Run (after ``scripts/bootstrap``)::
 
@@ -84,6 +87,8 @@ HOST = "127.0.0.1"
 I, E = uids.ImplicitVRLittleEndian, uids.ExplicitVRLittleEndian
 VERIFY, STORE = uids.Verification, uids.ColorPaletteStorage
 FIND, GET = uids.ColorPaletteInformationModelFind, uids.ColorPaletteInformationModelGet
+MOVE = uids.ColorPaletteInformationModelMove
+WELL_KNOWN = sorted(uids.WELL_KNOWN_PALETTE_UIDS)
 TIMEOUT = 2.0
 IO_TIMEOUT = 10.0
 OPS = ["echo", "find", "store", "get"]
@@ -449,6 +454,66 @@ def run_case_blocking(ae: AE, port: int, rng: random.Random) -> list[str]:
     return outcomes
 
 
+class MovingNode:
+    """``chromanet serve`` (the eight well-known palettes, timeouts of
+    TIMEOUT) whose move destination HOSTILE is the hostile SCP: the node's
+    own requestor, its C-MOVE sub-associations, meets it."""
+
+    def __init__(self, scp_port: int, work: Path) -> None:
+        import subprocess
+
+        self.log_path = work / "node.log"
+        self.port = fuzz_node.free_port()
+        t = str(TIMEOUT)
+        exe = Path(sys.executable).with_name("chromanet")
+        command = [str(exe), "serve", "--port", str(self.port), "--bind", HOST, "--data-dir", str(work / "data"),
+                   "--log-level", "INFO", "--workers", "1", "--network-timeout", t, "--acse-timeout", t,
+                   "--dimse-timeout", t, "--default-access", "all", "--move-dest", f"HOSTILE={HOST}:{scp_port}"]  # fmt: skip
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection((HOST, self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the node did not start; see {self.log_path}")
+                time.sleep(0.1)
+        self._offset = 0
+
+    def new_tracebacks(self) -> list[str]:
+        text = self.log_path.read_text(errors="replace")
+        fresh, self._offset = text[self._offset :], len(text)
+        return [part[:1500] for part in fresh.split("\n\n") if "Traceback" in part]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except Exception:
+            self.proc.kill()
+        self.log.close()
+
+
+async def run_move_case(ae: AE, node: MovingNode, rng: random.Random) -> list[str]:
+    """One C-MOVE of 1-3 well-known palettes from the node to the hostile SCP."""
+    assoc = await ae.associate_async(HOST, node.port, ae_title="CHROMANET")
+    if not assoc.is_established:
+        return ["not established"]
+    ident = Dataset()
+    ident.SOPInstanceUID = rng.sample(WELL_KNOWN, rng.randint(1, 3))
+    seen = []
+    async for status, _identifier in assoc.send_c_move(ident, "HOSTILE", MOVE):
+        seen.append(getattr(status, "Status", None))
+    if assoc.is_established:
+        await assoc.release()
+    return [f"move {seen}"]
+
+
 async def main_async(args: argparse.Namespace) -> int:
     scp = HostileSCP(args.seed)
     captured = Captured()
@@ -459,6 +524,13 @@ async def main_async(args: argparse.Namespace) -> int:
     if args.replay is not None:
         logging.basicConfig(level=logging.DEBUG, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ae = make_ae()
+    node = None
+    if args.via_node:
+        import tempfile
+
+        ae.add_requested_context(MOVE, [I, E])
+        node = MovingNode(scp.port, Path(tempfile.mkdtemp(prefix="fuzz-scu-node-")))
+        print(f"node on port {node.port}, log {node.log_path}", flush=True)
     indices = [args.replay] if args.replay is not None else range(args.start, args.start + args.count)
     incidents: list[dict[str, Any]] = []
     kinds: dict[str, int] = {}
@@ -471,7 +543,9 @@ async def main_async(args: argparse.Namespace) -> int:
         problem = None
         outcomes: list[str] = []
         try:
-            if args.api == "blocking":
+            if node is not None:
+                outcomes = await asyncio.wait_for(run_move_case(ae, node, rng), args.case_limit)
+            elif args.api == "blocking":
                 # A hung call cannot be cancelled: its thread is left behind, the case reported.
                 outcomes = await asyncio.wait_for(asyncio.to_thread(run_case_blocking, ae, scp.port, rng),
                                                   args.case_limit)  # fmt: skip
@@ -491,6 +565,12 @@ async def main_async(args: argparse.Namespace) -> int:
                 assoc.abort()
         if problem is None and captured.bad:
             problem = "logged:\n" + "\n".join(captured.bad[:3])
+        if node is not None:
+            node_tracebacks = node.new_tracebacks()
+            if not node.alive():
+                problem = (problem or "") + " the node died"
+            elif problem is None and node_tracebacks:
+                problem = "the node logged:\n" + "\n".join(node_tracebacks[:2])
         plan = scp.plans.get(index)
         if plan is not None:
             kinds[plan.kind] = kinds.get(plan.kind, 0) + 1
@@ -508,6 +588,8 @@ async def main_async(args: argparse.Namespace) -> int:
     for error in scp.errors[:5]:
         print(error)
     scp.listener.close()
+    if node is not None:
+        node.stop()
     return 1 if incidents or scp.errors else 0
 
 
@@ -518,6 +600,9 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--api", choices=["async", "blocking"], default="async",
                         help="the client's API: async (AE.associate_async) or blocking (AE.associate, pynetdicom's)")
+    parser.add_argument("--via-node", action="store_true",
+                        help="the hostile SCP is a node's C-MOVE destination: each case moves 1-3 palettes from "
+                             "a chromanet serve (started here) to it, and the node's log is scanned for tracebacks")
     parser.add_argument("--replay", type=int, help="run this one case, logging everything")
     parser.add_argument("--case-limit", type=float, default=15.0, help="seconds before a case is a hang")
     parser.add_argument("--progress", type=int, default=250, help="print a line every N cases")
