@@ -14,6 +14,7 @@ How to run (from the repository root, after ``scripts/bootstrap``)::
     .venv/bin/python scripts/fuzz_node.py --quick               # ~2000 mutated PDUs, about a minute
     .venv/bin/python scripts/fuzz_node.py --json bench-results/fuzz.json   # 100,000 mutated PDUs
     .venv/bin/python scripts/fuzz_node.py --replay bench-results/fuzz/incident-1.json
+    .venv/bin/python scripts/fuzz_node.py --scp library --quick   # library mode (scripts/library_scp.py)
 
 Options: ``--count N``, ``--concurrency C`` (connections sending at once),
 ``--seed S`` (case i of seed S is always the same bytes), ``--venv DIR`` (whose
@@ -1097,8 +1098,10 @@ TRACEBACK = b"Traceback (most recent call last)"
 class Node:
     """``chromanet serve`` as a subprocess, its stderr in a file we scan."""
 
-    def __init__(self, venv: Path, work: Path, port: int, timeout: float) -> None:
+    def __init__(self, venv: Path, work: Path, port: int, timeout: float, scp: str = "node") -> None:
         self.exe = venv / "bin" / "chromanet"
+        self.python = venv / "bin" / "python"
+        self.scp = scp
         self.work, self.port, self.timeout = work, port, timeout
         self.log_path = work / "node.log"
         self.proc: subprocess.Popen | None = None
@@ -1116,6 +1119,9 @@ class Node:
                    "--dimse-timeout", t, "--max-associations", "1000", "--max-associations-per-host", "0",
                    # Every operation open, so that mutated stores and moves reach the services.
                    "--default-access", "all"]
+        if self.scp == "library":  # pynetdicom-style handlers on a chromanet AE (scripts/library_scp.py)
+            command = [str(self.python), str(Path(__file__).with_name("library_scp.py")), "--port", str(self.port),
+                       "--bind", HOST, "--timeout", t]  # fmt: skip
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                                          start_new_session=True)
@@ -1451,7 +1457,7 @@ NODES: list[Node] = []  # stopped on the way out, however we leave
 
 
 async def main_async(args: argparse.Namespace, work: Path) -> int:
-    node = Node(Path(args.venv), work, free_port(), args.node_timeout)
+    node = Node(Path(args.venv), work, free_port(), args.node_timeout, args.scp)
     NODES.append(node)
     print(f"starting the node: {node.exe} serve --port {node.port} (log {node.log_path})", flush=True)
     node.start()
@@ -1622,6 +1628,9 @@ def main() -> int:
     parser.add_argument("--watch-limit", type=int, default=384, help="connections watched for a hang at once")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--venv", default=".venv", help="the venv whose bin/chromanet runs the node")
+    parser.add_argument("--scp", choices=["node", "library"], default="node",
+                        help="what to fuzz: the archive node (chromanet serve), or scripts/library_scp.py, the "
+                             "same service as pynetdicom-style handlers on a chromanet AE (library mode)")
     parser.add_argument("--node-timeout", type=float, default=3.0,
                         help="the node's network/PDU/idle/ACSE/DIMSE limits, seconds")
     parser.add_argument("--hang-margin", type=float, default=4.0, help="seconds past the node's limit")
