@@ -35,10 +35,10 @@ from chromanet.ul.negotiation import NegotiatedContext
 from chromanet.services.observe import OperationRecord
 from chromanet.status import Status
 
-# pynetdicom answers a C-STORE with no EVT_C_STORE handler bound as if the
-# handler had raised.
 LOGGER = logging.getLogger("chromanet.services")
 
+# pynetdicom answers a C-STORE with no EVT_C_STORE handler bound as if the
+# handler had raised.
 _NO_HANDLER = int(Status.STORE_HANDLER_RAISED)
 _HANDLER_RAISED = int(Status.STORE_HANDLER_RAISED)
 _IDENTIFIER_INVALID = int(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS)
