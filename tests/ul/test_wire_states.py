@@ -309,10 +309,8 @@ def test_requestor_aborts_an_ac_that_does_not_answer_its_rq(context):
         )
         fake.received.append(recv_pdu(conn))
 
-    fake = FakeAcceptor(script)
     for blocking in (True, False):
-        if not blocking:
-            fake = FakeAcceptor(script)
+        fake = FakeAcceptor(script)
         ae = _requestor()
         if blocking:
             assoc = ae.associate("127.0.0.1", fake.port)

@@ -652,11 +652,7 @@ class QueryRequest:
             self._open()
 
     async def send(self) -> None:
-        try:
-            await self.session.channel.acquire_slot()
-        except (AssociationAborted, AssociationClosed, ConnectionError):
-            self.lost = True
-            return
+        await self.session.channel.acquire_slot()
         self.has_slot = True
         self._open()
 
