@@ -15,6 +15,7 @@ How to run (from the repository root, after ``scripts/bootstrap``)::
     .venv/bin/python scripts/fuzz_node.py --json bench-results/fuzz.json   # 100,000 mutated PDUs
     .venv/bin/python scripts/fuzz_node.py --replay bench-results/fuzz/incident-1.json
     .venv/bin/python scripts/fuzz_node.py --scp library --quick   # library mode (scripts/library_scp.py)
+    .venv/bin/python scripts/fuzz_node.py --index postgres --quick  # the node on a PostgreSQL index
 
 Options: ``--count N``, ``--concurrency C`` (connections sending at once),
 ``--seed S`` (case i of seed S is always the same bytes), ``--venv DIR`` (whose
@@ -105,6 +106,7 @@ import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 try:
     from pydicom import Dataset, config
@@ -1098,8 +1100,10 @@ TRACEBACK = b"Traceback (most recent call last)"
 class Node:
     """``chromanet serve`` as a subprocess, its stderr in a file we scan."""
 
-    def __init__(self, venv: Path, work: Path, port: int, timeout: float, scp: str = "node") -> None:
+    def __init__(self, venv: Path, work: Path, port: int, timeout: float, scp: str = "node",
+                 index: str | None = None) -> None:
         self.exe = venv / "bin" / "chromanet"
+        self.index = index  # the node's --index URL (PostgreSQL); None: SQLite in the data directory
         self.python = venv / "bin" / "python"
         self.scp = scp
         self.work, self.port, self.timeout = work, port, timeout
@@ -1119,6 +1123,8 @@ class Node:
                    "--dimse-timeout", t, "--max-associations", "1000", "--max-associations-per-host", "0",
                    # Every operation open, so that mutated stores and moves reach the services.
                    "--default-access", "all"]
+        if self.index is not None:
+            command += ["--index", self.index]
         if self.scp == "library":  # pynetdicom-style handlers on a chromanet AE (scripts/library_scp.py)
             command = [str(self.python), str(Path(__file__).with_name("library_scp.py")), "--port", str(self.port),
                        "--bind", HOST, "--timeout", t]  # fmt: skip
@@ -1454,10 +1460,32 @@ async def warm_up(fuzz: Fuzz) -> list[str]:
 
 
 NODES: list[Node] = []  # stopped on the way out, however we leave
+CLUSTERS: list[Any] = []  # throwaway PostgreSQL clusters (--index postgres), removed on the way out
+
+
+def index_url(args: argparse.Namespace) -> str | None:
+    """The node's index for ``--index postgres``: a database in a throwaway
+    cluster of Debian's PostgreSQL (the tests' ``PgCluster``: initdb as an
+    unprivileged user when we are root, a Unix socket in its own
+    directory); None for the default (SQLite in the data directory)."""
+    if args.index != "postgres":
+        return None
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.helpers.postgres import PgCluster, find_bin_dir
+
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        raise SystemExit("--index postgres: initdb and pg_ctl not found (scripts/bootstrap --peers installs them)")
+    cluster = PgCluster.create(bin_dir)
+    CLUSTERS.append(cluster)
+    cluster.start()
+    url = cluster.create_database()
+    print(f"PostgreSQL index: {url}", flush=True)
+    return url
 
 
 async def main_async(args: argparse.Namespace, work: Path) -> int:
-    node = Node(Path(args.venv), work, free_port(), args.node_timeout, args.scp)
+    node = Node(Path(args.venv), work, free_port(), args.node_timeout, args.scp, args.index_url)
     NODES.append(node)
     print(f"starting the node: {node.exe} serve --port {node.port} (log {node.log_path})", flush=True)
     node.start()
@@ -1631,6 +1659,9 @@ def main() -> int:
     parser.add_argument("--scp", choices=["node", "library"], default="node",
                         help="what to fuzz: the archive node (chromanet serve), or scripts/library_scp.py, the "
                              "same service as pynetdicom-style handlers on a chromanet AE (library mode)")
+    parser.add_argument("--index", choices=["sqlite", "postgres"], default="sqlite",
+                        help="the node's index: SQLite in its data directory (default), or a throwaway PostgreSQL "
+                             "cluster started for the run (Debian's postgresql package)")
     parser.add_argument("--node-timeout", type=float, default=3.0,
                         help="the node's network/PDU/idle/ACSE/DIMSE limits, seconds")
     parser.add_argument("--hang-margin", type=float, default=4.0, help="seconds past the node's limit")
@@ -1654,12 +1685,15 @@ def main() -> int:
         raise KeyboardInterrupt
     signal.signal(signal.SIGTERM, terminate)
     try:
+        args.index_url = index_url(args)  # before the loop: the cluster's set-up runs its own
         status = asyncio.run(main_async(args, work))
     except KeyboardInterrupt:
         status = 130
     finally:
         for node in NODES:
             node.stop()
+        for cluster in CLUSTERS:
+            cluster.destroy()
         if not args.work_dir:
             shutil.rmtree(work, ignore_errors=True)
     return status
