@@ -367,7 +367,13 @@ class AE:
         evt_handlers: list[HandlerSpec] | None,
         tls_args: tuple[ssl.SSLContext, str | None] | None = None,
         bind_address: tuple[Any, ...] = ("", 0),
+        *,
+        failure_level: int = logging.ERROR,
     ) -> AsyncAssociation:
+        """``associate_async``'s work. A failed request gives an association
+        that is not established, its reason in ``request_failure`` and, at
+        ``failure_level``, in the log (a C-MOVE sub-association's failure is
+        logged by the C-MOVE instead)."""
         # A non-str address or non-int port is a TypeError, as in pynetdicom.
         if not isinstance(addr, str):
             raise TypeError(f"addr is a str (a host name or IP address), not {type(addr).__name__}")
@@ -394,30 +400,30 @@ class AE:
         )
         self._requested_associations.add(assoc)
         ul.ended.add_done_callback(lambda _f: self._requested_associations.discard(assoc))
+        failure: str | None = None
         try:
             await ul.open(addr, port, rq, local_addr=_local_address(bind_address), **tls)
         except AssociationRejected as exc:
-            LOGGER.info("association rejected: result %d source %d reason %d", exc.result, exc.source, exc.reason)
+            assoc.request_failure = f"rejected: result {exc.result} source {exc.source} reason {exc.reason}"
+            LOGGER.info("association %s", assoc.request_failure)
         except NegotiationError as exc:
             # An A-ASSOCIATE-AC that does not answer our RQ: the connection
             # was aborted (``AssociationControl.on_associate_ac``); the
             # caller gets a failed association, as for any other failure.
-            LOGGER.error("association request failed: %s", exc)
-            if ul.outcome == "pending":
-                ul.outcome = "aborted"
+            failure = f"inconsistent A-ASSOCIATE-AC: {exc}"
         except ssl.SSLError as exc:
-            LOGGER.error("association request to %s:%d failed: TLS handshake: %s", addr, port,
-                         handshake_failure_reason(exc))
-            if ul.outcome == "pending":
-                ul.outcome = "aborted"
+            failure = f"TLS handshake: {handshake_failure_reason(exc)}"
         except (AssociationAborted, AssociationClosed, asyncio.TimeoutError, OSError) as exc:
             lost = ul.connection.lost_exception
+            # TLS 1.3: a server that refuses our certificate says so after
+            # our side of the handshake is done, on the first read.
             if isinstance(lost, ssl.SSLError):
-                # TLS 1.3: a server that refuses our certificate says so
-                # after our side of the handshake is done, on the first read.
-                LOGGER.error("association request to %s:%d failed: TLS: %s", addr, port, handshake_failure_reason(lost))
-            else:
-                LOGGER.error("association request failed: %s", exc)
+                failure = f"TLS: {handshake_failure_reason(lost)}"
+            else:  # an abort of ours says why (no context accepted), else the error's text
+                failure = getattr(exc, "why", None) or str(exc) or type(exc).__name__
+        if failure is not None:
+            assoc.request_failure = failure
+            LOGGER.log(failure_level, "association request to %s:%d failed: %s", addr, port, failure)
             if ul.outcome == "pending":
                 ul.outcome = "aborted"
         return assoc

@@ -215,6 +215,10 @@ class AsyncAssociation:
         #: chromanet extra: what the audit trail records of this association
         #: beyond the protocol (e.g. whether its user identity was verified).
         self.audit = AuditContext()
+        #: chromanet extra, requestor side: why the association request
+        #: failed (refused connection, A-ASSOCIATE-RJ, timeout, TLS...),
+        #: None while it has not failed.
+        self.request_failure: str | None = None
         self._operation_observer: OperationObserver | None = None
         # Plain ``def`` handlers run in this lane, in order, off the loop
         # (services/handler_threads.py), unless the AE runs them inline;
@@ -769,7 +773,10 @@ class AsyncAssociation:
         ]
         ext_neg = _with_move_window(kwargs.pop("ext_neg", None), self.ae.async_ops_window[0])
         try:
-            return await self.ae.associate_async(
+            # A failure is logged once, by the C-MOVE it fails, rate-limited
+            # per peer (a peer's every C-MOVE to a dead destination would
+            # otherwise be one more ERROR line): here at DEBUG only.
+            return await self.ae._associate(
                 address,
                 port,
                 contexts,
@@ -777,7 +784,8 @@ class AsyncAssociation:
                 kwargs.pop("max_pdu", 16382),
                 ext_neg,
                 kwargs.pop("evt_handlers", None),
-                tls_args=kwargs.pop("tls_args", None),
+                kwargs.pop("tls_args", None),
+                failure_level=logging.DEBUG,
             )
         except (OSError, ValueError) as exc:
             LOGGER.warning("cannot open the move destination %s:%s: %s", address, port, exc)

@@ -15,6 +15,7 @@ where a generator handler's C-FIND is served without a task of its own
 
 from __future__ import annotations
 
+import logging
 import struct
 import warnings
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 from pydicom import Dataset
 
-from chromanet import _dimse, evt, loopthread, uids
+from chromanet import _dimse, evt, logutil, loopthread, uids
 from chromanet._dimse import Command
 from helpers.qr import (
     FIND,
@@ -805,12 +806,17 @@ def test_move_unknown_destination_a801(make_qr_scp, palettes):
 
 
 @pytest.mark.parametrize("how", ["refuses", "not-listening", "no-context"])
-def test_move_destination_that_cannot_take_the_instances_a702(make_qr_scp, make_scp, palettes, how):
+def test_move_destination_that_cannot_take_the_instances_a702(make_qr_scp, make_scp, palettes, how, caplog):
     """A known destination that refuses the association, does not listen,
     or accepts the association but none of our contexts for the instances:
     every sub-operation fails (PS3.4 C.4.2.3.1) and the final response is
     0xA702 with the counts and the Failed SOP Instance UID List, as DCMTK's
-    dcmqrscp answers. 0xA801 is for a destination the handler does not know."""
+    dcmqrscp answers. 0xA801 is for a destination the handler does not know.
+    The SCP's log says so once, a WARNING with the reason; the failed
+    sub-association request adds no ERROR line of its own (each C-MOVE of
+    a peer to a dead destination would be one, not rate-limited)."""
+    logutil.reset()
+    caplog.set_level(logging.DEBUG, logger="chromanet")
     dest = None
     if how == "refuses":
         dest = make_scp(ae_title="DEST", require_calling_aet=["SOMEONE"])
@@ -833,6 +839,16 @@ def test_move_destination_that_cannot_take_the_instances_a702(make_qr_scp, make_
     if dest is not None:
         assert dest.recorder.stored == []
         assert_no_association_left(dest.server)
+    told = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("chromanet")]
+    assert [r.name for r in told] == ["chromanet.services"], [r.getMessage() for r in told]
+    line = told[0].getMessage()
+    assert f"C-MOVE to 127.0.0.1:{port}: move destination" in line and "every sub-operation fails" in line
+    reason = {
+        "refuses": "(rejected: result 1 source 1 reason 3)",
+        "not-listening": "(",  # the OS's words for a refused connection
+        "no-context": "(no presentation context was accepted)",
+    }[how]
+    assert reason in line
 
 
 def test_move_handler_raises_at_call_c511(make_qr_scp):

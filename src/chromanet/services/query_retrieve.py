@@ -582,8 +582,11 @@ async def serve_move(session: ServiceSession, message: IncomingMessage) -> None:
                 "move destination accepted no context for the instances" if answered
                 else "move destination unreachable or it refused the association"
             )
-            peer_log(LOGGER, logging.WARNING, session.peer_host, "C-MOVE to %s:%d: %s: every sub-operation fails",
-                     address, port, retrieve.comment)
+            # The one line of the failure (the request's own is at DEBUG),
+            # with its reason; rate-limited per peer.
+            reason = getattr(sub_assoc, "request_failure", None)
+            peer_log(LOGGER, logging.WARNING, session.peer_host, "C-MOVE to %s:%d: %s%s: every sub-operation fails",
+                     address, port, retrieve.comment, f" ({reason})" if reason else "")
             await _run_suboperations(retrieve, results, message, NotStored(), MOVE_HANDLER_RAISED)
             return
         originator = (session.peer_ae_title, request.message_id)

@@ -42,13 +42,16 @@ LOGGER = logging.getLogger("chromanet.ul")
 class AssociationAborted(ChromanetError):
     """The association was aborted (by either side, or the provider)."""
 
-    def __init__(self, source: int, reason: int) -> None:
-        super().__init__(f"association aborted (source {source}, reason {reason})")
+    def __init__(self, source: int, reason: int, why: str | None = None) -> None:
+        text = f"association aborted (source {source}, reason {reason})"
+        super().__init__(f"{text}: {why}" if why else text)
         self.source = source
         self.reason = reason
+        #: Why we aborted it ourselves, when we did and know.
+        self.why = why
 
-    def __reduce__(self) -> tuple[type, tuple[int, int]]:
-        return (type(self), (self.source, self.reason))  # copy.copy makes a fresh one
+    def __reduce__(self) -> tuple[type, tuple[int, int, str | None]]:
+        return (type(self), (self.source, self.reason, self.why))  # copy.copy makes a fresh one
 
 
 class AssociationClosed(ChromanetError):
@@ -271,9 +274,11 @@ class AssociationControl:
         try:
             await asyncio.wait_for(asyncio.shield(self.established), self.timeouts.acse)
         except asyncio.TimeoutError:
-            LOGGER.warning("no A-ASSOCIATE response within %s s, aborting", self.timeouts.acse)
+            # Logged by whoever asked for the association (``AE.associate``),
+            # with this reason.
+            LOGGER.debug("no A-ASSOCIATE response within %s s, aborting", self.timeouts.acse)
             self.abort()
-            raise
+            raise asyncio.TimeoutError(f"no A-ASSOCIATE response within {self.timeouts.acse} s") from None
 
     def on_associate_ac(self, ac: _pdu.AssociateAC) -> None:
         assert self.request is not None
@@ -281,7 +286,8 @@ class AssociationControl:
         try:
             result = negotiate_as_requestor(self.request, ac)
         except NegotiationError as exc:
-            LOGGER.warning("inconsistent A-ASSOCIATE-AC: %s", exc)
+            # Logged by whoever asked for the association, with ``exc``.
+            LOGGER.debug("inconsistent A-ASSOCIATE-AC: %s", exc)
             self._fail_establishment(exc)
             self.connection.abort(source=2, reason=6)
             return
@@ -289,11 +295,11 @@ class AssociationControl:
         if not self.contexts:
             # Nothing can be done on an association without a context: the
             # requestor gives it up at once (pynetdicom does the same).
-            LOGGER.warning("no presentation context was accepted: aborting the association")
+            LOGGER.debug("no presentation context was accepted: aborting the association")
             self.outcome = "aborted"
             self.abort_source_reason = (0, 0)
             self.aborted_by = "local"
-            self._fail_establishment(AssociationAborted(0, 0))
+            self._fail_establishment(AssociationAborted(0, 0, "no presentation context was accepted"))
             self.connection.abort(source=0, reason=0)
             return
         self.connection.association_accepted(result.peer_max_pdu_length, set(self.contexts))
