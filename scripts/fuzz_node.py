@@ -70,13 +70,15 @@ Figures (printed, and in ``--json``):
   answered and waited for more), ``reclaimed-*`` (watched, then closed by the
   node's limits), ``hang`` (no answer and no close within limit + margin),
   ``unreclaimed`` (answered, but still open after limit + margin);
-- ``crashes``: the node process exited (it is restarted and the run goes on);
+- ``crashes``: the node process exited (it is restarted and the run goes on),
+  or one of its worker processes did (the node restarts it, and logs so);
   ``tracebacks``: "Traceback (most recent call last)" in its stderr;
   ``error_lines``: ERROR/CRITICAL log lines;
 - ``rss_kib``: the node's VmRSS at start (after a warm-up), peak (sampled
   twice a second, and the kernel's VmHWM) and end; ``fds``: entries of
   /proc/PID/fd at start and at end (after the load stopped and the node
-  reclaimed its connections); ``log_bytes``: the node's stderr size;
+  reclaimed its connections), both summed over the node's processes (its
+  worker processes too); ``log_bytes``: the node's stderr size;
 - ``health``: one clean association with a C-ECHO after the load.
 
 Exit status 0 when crashes, hangs (and unreclaimed), tracebacks are 0, the
@@ -1095,6 +1097,9 @@ class Runner:
 TIMESTAMP = re.compile(rb"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 ERROR_LINE = re.compile(rb"^\S+ \S+ (ERROR|CRITICAL) ")
 TRACEBACK = b"Traceback (most recent call last)"
+# The supervisor restarting a worker that ended on its own (a crash: the
+# node's pid lives on, so only its log tells; apps/workers.py).
+WORKER_ENDED = re.compile(rb"worker \d+ \(pid \d+\) .* restarting")
 
 
 class Node:
@@ -1157,32 +1162,56 @@ class Node:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def status(self, key: str) -> int | None:
+    def family(self) -> list[int]:
+        """The node's processes: ``chromanet serve`` and, with worker
+        processes (``--workers``, one per core by default), its workers,
+        where the connections are served."""
+        if self.proc is None:
+            return []
+        pids = [self.proc.pid]
         try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-        except (OSError, AttributeError):
+            for task in os.listdir(f"/proc/{self.proc.pid}/task"):
+                with open(f"/proc/{self.proc.pid}/task/{task}/children") as children:
+                    pids += [int(pid) for pid in children.read().split()]
+        except OSError:
             pass
-        return None
+        return pids
+
+    def status(self, key: str) -> int | None:
+        """``key`` (VmRSS, VmHWM: KiB) of /proc/PID/status, summed over the
+        node's processes."""
+        total = None
+        for pid in self.family():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith(key + ":"):
+                        total = (total or 0) + int(line.split()[1])
+            except OSError:
+                continue
+        return total
 
     def fds(self) -> int | None:
-        try:
-            return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
-        except OSError:
-            return None
+        """Open files of the node's processes, together."""
+        total = None
+        for pid in self.family():
+            try:
+                total = (total or 0) + len(os.listdir(f"/proc/{pid}/fd"))
+            except OSError:
+                continue
+        return total
 
     def fd_kinds(self) -> dict[str, int]:
         kinds = Counter()
-        try:
-            for fd in os.listdir(f"/proc/{self.proc.pid}/fd"):
-                try:
-                    target = os.readlink(f"/proc/{self.proc.pid}/fd/{fd}")
-                except OSError:
-                    continue
-                kinds[target.split(":")[0] if ":" in target else target] += 1
-        except OSError:
-            pass
+        for pid in self.family():
+            try:
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    try:
+                        target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    except OSError:
+                        continue
+                    kinds[target.split(":")[0] if ":" in target else target] += 1
+            except OSError:
+                pass
         return dict(kinds)
 
     def scan(self, final: bool = False) -> list[tuple[str, str, int]]:
@@ -1208,6 +1237,8 @@ class Node:
                 events.append(self._traceback())
             if TIMESTAMP.match(line):
                 self._record = None
+                if WORKER_ENDED.search(line):
+                    events.append(("worker-ended", line.decode(errors="replace"), 1))
                 if ERROR_LINE.match(line):
                     self._record = len(events)
                     events.append(("error", line.decode(errors="replace"), 1))
@@ -1265,6 +1296,14 @@ class Fuzz:
         return [case for start, end, case in self.recent if start <= seen and (not end or end[0] >= seen - window)]
 
     def record(self, kind: str, text: str, count: int = 1) -> None:
+        if kind == "worker-ended":  # a worker process died: a crash, though the node's pid lives on
+            self.crashes.append({"exit": "worker", "tail": text})
+            if len(self.incidents) < 20:
+                self.incidents.append({"kind": "crash", "signature": re.sub(r"\d+", "N", text.split(" ", 3)[-1])[:110],
+                                       "text": text,
+                                       "suspects": [c.to_json() for c in self.suspects(time.monotonic())]})
+            print(f"!! {text}", flush=True)
+            return
         if kind == "traceback":
             sig, counter = signature(text), self.tracebacks
         else:  # one kind of ERROR line, whatever numbers, tags and bytes it names
