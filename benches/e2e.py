@@ -53,6 +53,12 @@ Pairings (client -> SCP):
   destination) offer (8, 8) too (``AE.async_ops_window``), so the C-STORE
   sub-operations of the handler's Datasets go 8 at a time; ``x twin`` is
   the ratio to ``cn-lib`` / ``cn-lib-inline``
+- chromanet async -> chromanet with an asyncio program at the other end
+  too (``cn-async:aio``; W6, W8): the store SCP and the move destination
+  are started with ``start_server_async`` and answer with an ``async def``
+  C-STORE handler, on their loop; ``cn-async``'s store SCP and destination
+  are pynetdicom-style, a ``def`` handler in a worker thread (a thread
+  hand-off there and back per store). ``x twin`` is the ratio to ``cn-async``
 - pynetdicom + TCP_NODELAY -> pynetdicom + TCP_NODELAY: the baseline for
   the ratios (see ``e2e_peers.py`` for how TCP_NODELAY is set: an
   ``EVT_CONN_OPEN`` handler, no patching)
@@ -418,6 +424,15 @@ def pairings(args: argparse.Namespace) -> list[Pairing]:
                        Side("chromanet-async", window=8), Side("chromanet", window=8, inline=True),
                        dest=Side("chromanet", window=8, inline=True), only=("w6-move", "w8-store")))
     TWINS["cn-async:win8-inline"] = "cn-async"
+    # An asyncio program at the other end too: the store SCP (W8) and the
+    # move destination (W6) started with ``start_server_async`` and an
+    # ``async def`` C-STORE handler, run on their loop. Next to cn-async,
+    # whose store SCP and destination are pynetdicom-style (``def``
+    # handler in a worker thread: two thread hand-offs per store).
+    out.append(Pairing("cn-async:aio", "chromanet async -> chromanet, async def handler",
+                       Side("chromanet-async"), Side("chromanet-aio"), dest=Side("chromanet-aio"),
+                       only=("w6-move", "w8-store")))
+    TWINS["cn-async:aio"] = "cn-async"
     # The same handlers run inline on the SCP's loop (AE.sync_handlers_inline)
     # instead of in its worker threads: what the thread hand-off costs.
     out.append(Pairing("cn-lib-inline", "chromanet async -> chromanet library mode, handlers inline",
@@ -579,7 +594,9 @@ def scp_argv(side: Side, w: Workload, port: int, args: argparse.Namespace, log_d
     impl = side.impl
     argv = [py, str(PEERS), "scp", "--port", str(port)]
     if w.dataset is not None:
-        impl = {"chromanet": "chromanet-node", "chromanet-lib": "chromanet-qr", "pynetdicom": "pynetdicom-qr"}[impl]
+        # Q/R: the node (an asyncio program itself) for chromanet-aio too.
+        impl = {"chromanet": "chromanet-node", "chromanet-aio": "chromanet-node", "chromanet-lib": "chromanet-qr",
+                "pynetdicom": "pynetdicom-qr"}[impl]
         argv += ["--data-dir", str(args.data_root / "cn" / w.dataset), *dests]
     elif impl == "chromanet-lib":
         impl = "chromanet"
@@ -865,7 +882,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "cn>dcmtk:*, cn=>dcmtk:*)")
     p.add_argument("--tls", action="store_true",
                    help="also run chromanet and DCMTK over TLS (pairings cn-async-tls, dcmtk-tls)")
-    p.add_argument("--only", help="comma-separated pairing keys: cn-async,cn-async:win8,cn-async:win8-inline,cn-blocking,cn-lib,cn-blocking-lib,"
+    p.add_argument("--only", help="comma-separated pairing keys: cn-async,cn-async:win8,cn-async:win8-inline,cn-async:aio,cn-blocking,cn-lib,cn-blocking-lib,"
                                   "cn-lib-inline,cn-lib:win8,cn-lib-inline:win8,pyn-nodelay,pyn-default,"
                                   "dcmtk,cn-async>pyn,pyn>cn,cn-async-tls,dcmtk-tls")
     p.add_argument("--workloads", help="comma-separated: w1-echo,w2-find,w3-find1,w4-get,w5-get-large,w6-move,"
@@ -1028,7 +1045,9 @@ def main(argv: list[str] | None = None) -> int:
           f"'x twin' (--nagle) = a pairing with a Nagle peer: median / the same pairing's with the peer on "
           f"TCP_NODELAY (peer ND);\ncn-async: median / cn-async:noQA's (the cost of quick ACKs); "
           f"noQA = chromanet with tcp_quickack off;\ncn-async:win8 and :win8-inline: median / cn-async's (8 operations in "
-          f"flight against one at a time); cn-lib:win8, cn-lib-inline:win8: / cn-lib's, cn-lib-inline's.\n"
+          f"flight against one at a time); cn-lib:win8, cn-lib-inline:win8: / cn-lib's, cn-lib-inline's;\n"
+          f"cn-async:aio: median / cn-async's (async def store handler at the store SCP / move destination "
+          f"against a def handler in a worker thread).\n"
           f"CPU us/op = median CPU time per operation of the SCP process (W6: plus the move destination) "
           f"and of the client process(es), over the timed runs.")
     print(f"{meta['elapsed_s']} s; JSON: {args.out}")

@@ -356,7 +356,7 @@ def run_scp(impl: str, port: int, nodelay: bool, data_dir: Path | None = None,
     operations window, both ways (the node always offers (8, 8))."""
     move_dests = move_dests or {}
     ssl_context = None
-    if tls_dir is not None and impl not in ("chromanet", "chromanet-node"):
+    if tls_dir is not None and impl not in ("chromanet", "chromanet-aio", "chromanet-node"):
         raise SystemExit(f"--tls-dir: not implemented for the {impl} SCP")
     if tls_dir is not None:
         from chromanet.tls_context import server_context
@@ -376,6 +376,36 @@ def run_scp(impl: str, port: int, nodelay: bool, data_dir: Path | None = None,
         ae.add_supported_context(COLOR_PALETTE_STORAGE)
         handlers = [(evt.EVT_C_STORE, lambda event: 0x0000)]
         server = ae.start_server((HOST, port), block=False, evt_handlers=handlers, ssl_context=ssl_context)
+    elif impl == "chromanet-aio":
+        # An asyncio program's store SCP: ``start_server_async`` on its own
+        # (uvloop) loop and an ``async def`` C-STORE handler, which runs on
+        # that loop (no worker thread), next to ``chromanet``'s pynetdicom-
+        # style ``def`` handler, which runs in the association's worker.
+        import asyncio
+        import threading
+
+        from chromanet import evt
+        from chromanet.ae import AE
+        from chromanet.loopthread import new_event_loop
+
+        ae = AE("BENCH-SCP")
+        ae.tcp_quickack = quickack
+        ae.maximum_associations = 64
+        ae.async_ops_window = (window, window)
+        ae.add_supported_context(VERIFICATION)
+        ae.add_supported_context(COLOR_PALETTE_STORAGE)
+
+        async def on_store(event: Any) -> int:  # counted by the client, not decoded
+            return 0x0000
+
+        loop = new_event_loop()
+        asyncio.set_event_loop(loop)
+        aio_server = loop.run_until_complete(
+            ae.start_server_async((HOST, port), evt_handlers=[(evt.EVT_C_STORE, on_store)], ssl_context=ssl_context))
+        print(f"listening {aio_server.server_address[1]}", flush=True)
+        threading.Thread(target=_serve_until_eof, daemon=True).start()
+        loop.run_forever()
+        return
     elif impl == "chromanet-node":
         import asyncio
         import threading
@@ -1024,8 +1054,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="role", required=True)
     s = sub.add_parser("scp")
-    s.add_argument("--impl", required=True, choices=["chromanet", "pynetdicom", "chromanet-node", "chromanet-qr",
-                                                         "pynetdicom-qr"])
+    s.add_argument("--impl", required=True, choices=["chromanet", "chromanet-aio", "pynetdicom", "chromanet-node",
+                                                         "chromanet-qr", "pynetdicom-qr"])
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--nodelay", action="store_true")
     s.add_argument("--no-quickack", dest="quickack", action="store_false", help="chromanet: tcp_quickack off")
