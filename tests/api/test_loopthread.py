@@ -12,6 +12,7 @@ from typing import Any, AsyncIterator
 import pytest
 
 from chromanet import loopthread
+from helpers.waits import wait_until
 
 
 async def _value(value: Any) -> Any:
@@ -109,6 +110,36 @@ def test_iterate_items_error_and_early_close() -> None:
     assert [next(endless) for _ in range(3)] == [0, 1, 2]
     endless.close()  # returns once the async iterator was closed on the loop
     assert closed.is_set()
+
+
+def test_iterate_runs_a_bounded_way_ahead_of_its_consumer() -> None:
+    """A source that has every item at once (a long C-FIND's responses
+    already read) is pumped in batches, at most about ``_PUMP_AHEAD`` items
+    ahead of a consumer that stopped taking them; the pump resumes as the
+    consumer goes on, and every item comes, in order, once."""
+    made = [0]
+    total = loopthread._PUMP_AHEAD * 4
+
+    async def ready(n: int) -> AsyncIterator[int]:
+        for i in range(n):
+            made[0] += 1
+            yield i  # no await: everything is there at once
+
+    consumer = loopthread.iterate(ready(total))
+    assert next(consumer) == 0
+
+    def made_so_far() -> int:
+        return loopthread.call(lambda: made[0])  # read on the loop, between two of its passes
+
+    # It runs ahead (what the batches are for), then stops once it is
+    # _PUMP_AHEAD ahead (checked every _PUMP_YIELD_EVERY items; one batch
+    # may be in the consumer's hands): unbounded, it would have made all
+    # ``total`` in a few milliseconds.
+    assert wait_until(lambda: made_so_far() >= loopthread._PUMP_AHEAD)
+    threading.Event().wait(0.3)
+    assert made_so_far() <= 2 * loopthread._PUMP_AHEAD + 2 * loopthread._PUMP_YIELD_EVERY < total
+    assert list(consumer) == list(range(1, total))
+    assert made[0] == total
 
 
 def test_run_hands_back_what_the_coroutine_raised_and_leaves_no_task() -> None:
