@@ -405,7 +405,9 @@ class AE:
             await ul.open(addr, port, rq, local_addr=_local_address(bind_address), **tls)
         except AssociationRejected as exc:
             assoc.request_failure = f"rejected: result {exc.result} source {exc.source} reason {exc.reason}"
-            LOGGER.info("association %s", assoc.request_failure)
+            # A refusal is the peer's answer, not a fault: INFO (DEBUG for a
+            # C-MOVE sub-association, whose C-MOVE says so).
+            LOGGER.log(min(failure_level, logging.INFO), "association %s", assoc.request_failure)
         except NegotiationError as exc:
             # An A-ASSOCIATE-AC that does not answer our RQ: the connection
             # was aborted (``AssociationControl.on_associate_ac``); the
