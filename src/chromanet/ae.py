@@ -342,6 +342,8 @@ class AE:
         evt_handlers: list[HandlerSpec] | None = None,
         tls_args: tuple[ssl.SSLContext, str | None] | None = None,
         bind_address: tuple[Any, ...] = ("", 0),
+        *,
+        failure_level: int = logging.ERROR,
     ) -> _AssociateCall:
         """Open an association. Await it for an AsyncAssociation (check
         ``is_established``), or ``async with`` it to release on exit.
@@ -350,10 +352,14 @@ class AE:
         association runs over TLS (PS3.15 B.1), the handshake within
         ``connection_timeout``; ``server_hostname`` None checks the
         certificate against ``addr``. ``bind_address``: the local (host,
-        port) to connect from."""
+        port) to connect from. ``failure_level`` (chromanet extra): the log
+        level of the line that says why a request failed (the reason is
+        also in the association's ``request_failure``); a C-MOVE SCP asks
+        for DEBUG and says it in its own, rate-limited, warning."""
         _local_address(bind_address)
         return _AssociateCall(
-            self._associate(addr, port, contexts, ae_title, max_pdu, ext_neg, evt_handlers, tls_args, bind_address)
+            self._associate(addr, port, contexts, ae_title, max_pdu, ext_neg, evt_handlers, tls_args, bind_address,
+                            failure_level=failure_level)
         )
 
     async def _associate(

@@ -776,7 +776,7 @@ class AsyncAssociation:
             # A failure is logged once, by the C-MOVE it fails, rate-limited
             # per peer (a peer's every C-MOVE to a dead destination would
             # otherwise be one more ERROR line): here at DEBUG only.
-            return await self.ae._associate(
+            return await self.ae.associate_async(
                 address,
                 port,
                 contexts,
@@ -784,7 +784,7 @@ class AsyncAssociation:
                 kwargs.pop("max_pdu", 16382),
                 ext_neg,
                 kwargs.pop("evt_handlers", None),
-                kwargs.pop("tls_args", None),
+                tls_args=kwargs.pop("tls_args", None),
                 failure_level=logging.DEBUG,
             )
         except (OSError, ValueError) as exc:
