@@ -16,6 +16,7 @@ How to run (from the repository root, after ``scripts/bootstrap``)::
     .venv/bin/python scripts/fuzz_node.py --replay bench-results/fuzz/incident-1.json
     .venv/bin/python scripts/fuzz_node.py --scp library --quick   # library mode (scripts/library_scp.py)
     .venv/bin/python scripts/fuzz_node.py --index postgres --quick  # the node on a PostgreSQL index
+    .venv/bin/python scripts/fuzz_node.py --tls --quick             # inside TLS, on the node's TLS listener
 
 Options: ``--count N``, ``--concurrency C`` (connections sending at once),
 ``--seed S`` (case i of seed S is always the same bytes), ``--venv DIR`` (whose
@@ -100,6 +101,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -936,6 +938,8 @@ class Config:
     hang_margin: float
     answer_wait: float = 2.0
     first_wait: float = 0.25
+    #: ``--tls``: every connection is TLS, verified against the run's CA.
+    tls: ssl.SSLContext | None = None
 
 
 class Runner:
@@ -973,12 +977,15 @@ class Runner:
         began = loop.time()
         try:
             transport, peer = await asyncio.wait_for(
-                loop.create_connection(lambda: Peer(case.autorespond), HOST, cfg.port), 5)
+                loop.create_connection(lambda: Peer(case.autorespond), HOST, cfg.port, ssl=cfg.tls,
+                                       server_hostname=HOST if cfg.tls is not None else None), 5)
         except (OSError, TimeoutError):
             self.stats["connect_failed"] += 1
             return "connect-failed"
         self.stats["connections"] += 1
-        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        raw = transport.get_extra_info("socket")
+        if raw is not None:
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         chunks = random.Random(case.chunk_seed)
         last_send = loop.time()
         mark = None  # PDUs received before the first mutated PDU went out
@@ -1070,8 +1077,9 @@ class Runner:
         if not peer.closed:
             peer.local_close = True
             if case.close == "rst":
-                transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
-                                                              struct.pack("ii", 1, 0))
+                raw = transport.get_extra_info("socket")  # None once a TLS transport has lost its connection
+                if raw is not None:
+                    raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 transport.abort()
             else:
                 transport.close()
@@ -1106,9 +1114,20 @@ class Node:
     """``chromanet serve`` as a subprocess, its stderr in a file we scan."""
 
     def __init__(self, venv: Path, work: Path, port: int, timeout: float, scp: str = "node",
-                 index: str | None = None) -> None:
+                 index: str | None = None, tls: bool = False) -> None:
         self.exe = venv / "bin" / "chromanet"
         self.index = index  # the node's --index URL (PostgreSQL); None: SQLite in the data directory
+        # --tls: the node listens for TLS alone, with a certificate of a CA
+        # made for the run (the tests' make_pki); the fuzzer's context trusts it.
+        self.tls_files: tuple[Path, Path] | None = None
+        self.client_tls: ssl.SSLContext | None = None
+        if tls:
+            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+            from helpers.tls import make_pki
+
+            pki = make_pki(work / "pki")
+            self.tls_files = (pki.server.certificate, pki.server.key)
+            self.client_tls = ssl.create_default_context(cafile=str(pki.ca))
         self.python = venv / "bin" / "python"
         self.scp = scp
         self.work, self.port, self.timeout = work, port, timeout
@@ -1130,6 +1149,9 @@ class Node:
                    "--default-access", "all"]
         if self.index is not None:
             command += ["--index", self.index]
+        if self.tls_files is not None:
+            command += ["--no-plain", "--tls-port", str(self.port), "--tls-certificate", str(self.tls_files[0]),
+                        "--tls-key", str(self.tls_files[1]), "--tls-handshake-timeout", t]
         if self.scp == "library":  # pynetdicom-style handlers on a chromanet AE (scripts/library_scp.py)
             command = [str(self.python), str(Path(__file__).with_name("library_scp.py")), "--port", str(self.port),
                        "--bind", HOST, "--timeout", t]  # fmt: skip
@@ -1277,7 +1299,7 @@ class Fuzz:
 
     def __init__(self, args: argparse.Namespace, node: Node) -> None:
         self.args, self.node = args, node
-        self.config = Config(node.port, args.node_timeout, args.hang_margin)
+        self.config = Config(node.port, args.node_timeout, args.hang_margin, tls=node.client_tls)
         self.runner = Runner(self.config)
         self.corpus = Corpus()
         self.recent: deque[tuple[float, list, Case]] = deque(maxlen=3000)  # (start, [end], case)
@@ -1524,7 +1546,7 @@ def index_url(args: argparse.Namespace) -> str | None:
 
 
 async def main_async(args: argparse.Namespace, work: Path) -> int:
-    node = Node(Path(args.venv), work, free_port(), args.node_timeout, args.scp, args.index_url)
+    node = Node(Path(args.venv), work, free_port(), args.node_timeout, args.scp, args.index_url, args.tls)
     NODES.append(node)
     print(f"starting the node: {node.exe} serve --port {node.port} (log {node.log_path})", flush=True)
     node.start()
@@ -1698,6 +1720,9 @@ def main() -> int:
     parser.add_argument("--scp", choices=["node", "library"], default="node",
                         help="what to fuzz: the archive node (chromanet serve), or scripts/library_scp.py, the "
                              "same service as pynetdicom-style handlers on a chromanet AE (library mode)")
+    parser.add_argument("--tls", action="store_true",
+                        help="the node's TLS listener alone (certificates made for the run): the mutated PDUs go "
+                             "inside TLS (--scp node only)")
     parser.add_argument("--index", choices=["sqlite", "postgres"], default="sqlite",
                         help="the node's index: SQLite in its data directory (default), or a throwaway PostgreSQL "
                              "cluster started for the run (Debian's postgresql package)")
@@ -1714,6 +1739,8 @@ def main() -> int:
     parser.add_argument("--work-dir", help="the node's data and log (default: a temporary directory)")
     parser.add_argument("--replay", help="replay a saved case or incident file")
     args = parser.parse_args()
+    if args.tls and args.scp != "node":
+        parser.error("--tls: the node's TLS listener (--scp node) only")
     if args.quick:
         args.count = 2000
         args.progress = 500
