@@ -345,6 +345,20 @@ def _tls_files(tls_dir: Path) -> dict[str, str]:
     return {name: str(tls_dir / f"{name}") for name in ("ca.pem", "server.pem", "server.key")}
 
 
+def _store_ae(quickack: bool, window: int) -> Any:
+    """The chromanet store SCP's AE (Verification, Color Palette Storage),
+    for the pynetdicom-style and the asyncio store SCP alike."""
+    from chromanet.ae import AE
+
+    ae = AE("BENCH-SCP")
+    ae.tcp_quickack = quickack
+    ae.maximum_associations = 64
+    ae.async_ops_window = (window, window)
+    ae.add_supported_context(VERIFICATION)
+    ae.add_supported_context(COLOR_PALETTE_STORAGE)
+    return ae
+
+
 def run_scp(impl: str, port: int, nodelay: bool, data_dir: Path | None = None,
             move_dests: dict[str, int] | None = None, tls_dir: Path | None = None, quickack: bool = True,
             index: str | None = None, inline: bool = False, window: int = 1) -> None:
@@ -364,16 +378,10 @@ def run_scp(impl: str, port: int, nodelay: bool, data_dir: Path | None = None,
         files = _tls_files(tls_dir)
         ssl_context = server_context(files["server.pem"], files["server.key"])
     if impl == "chromanet":
-        from chromanet import evt, uids  # noqa: F401
-        from chromanet.ae import AE
+        from chromanet import evt
 
-        ae = AE("BENCH-SCP")
-        ae.tcp_quickack = quickack
+        ae = _store_ae(quickack, window)
         ae.sync_handlers_inline = inline
-        ae.maximum_associations = 64
-        ae.async_ops_window = (window, window)
-        ae.add_supported_context(VERIFICATION)
-        ae.add_supported_context(COLOR_PALETTE_STORAGE)
         handlers = [(evt.EVT_C_STORE, lambda event: 0x0000)]
         server = ae.start_server((HOST, port), block=False, evt_handlers=handlers, ssl_context=ssl_context)
     elif impl == "chromanet-aio":
@@ -385,15 +393,9 @@ def run_scp(impl: str, port: int, nodelay: bool, data_dir: Path | None = None,
         import threading
 
         from chromanet import evt
-        from chromanet.ae import AE
         from chromanet.loopthread import new_event_loop
 
-        ae = AE("BENCH-SCP")
-        ae.tcp_quickack = quickack
-        ae.maximum_associations = 64
-        ae.async_ops_window = (window, window)
-        ae.add_supported_context(VERIFICATION)
-        ae.add_supported_context(COLOR_PALETTE_STORAGE)
+        ae = _store_ae(quickack, window)
 
         async def on_store(event: Any) -> int:  # counted by the client, not decoded
             return 0x0000

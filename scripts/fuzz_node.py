@@ -1122,7 +1122,7 @@ class Node:
         self.tls_files: tuple[Path, Path] | None = None
         self.client_tls: ssl.SSLContext | None = None
         if tls:
-            sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+            _tests_on_path()
             from helpers.tls import make_pki
 
             pki = make_pki(work / "pki")
@@ -1285,6 +1285,14 @@ class Node:
 def signature(text: str) -> str:
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith((" ", "\t"))]
     return (lines[-1] if lines else text)[:160]
+
+
+def _tests_on_path() -> None:
+    """The tests' helpers (``helpers.tls``, ``helpers.postgres``), as the
+    tests import them."""
+    tests = str(Path(__file__).resolve().parent.parent / "tests")
+    if tests not in sys.path:
+        sys.path.insert(0, tests)
 
 
 def free_port() -> int:
@@ -1531,8 +1539,8 @@ def index_url(args: argparse.Namespace) -> str | None:
     directory); None for the default (SQLite in the data directory)."""
     if args.index != "postgres":
         return None
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.helpers.postgres import PgCluster, find_bin_dir
+    _tests_on_path()
+    from helpers.postgres import PgCluster, find_bin_dir
 
     bin_dir = find_bin_dir()
     if bin_dir is None:
